@@ -1,0 +1,143 @@
+package proto
+
+import "time"
+
+// Method names. A family shares a prefix; board.info lists the families an
+// agent serves in its capabilities.
+const (
+	MethodHello      = "session.hello"
+	MethodBoardInfo  = "board.info"
+	MethodExecStart  = "exec.start"
+	MethodExecWait   = "exec.wait"
+	MethodExecCancel = "exec.cancel"
+	MethodExecLog    = "exec.log"
+)
+
+// Capabilities an agent may announce in board.info, session.hello and mDNS.
+const (
+	CapExec       = "exec"
+	CapExecDetach = "exec.detach"
+)
+
+// HelloParams opens a session. Over the serial link it must be the first
+// request and carry the token; over WebSocket the token travels on the
+// upgrade and hello is optional, used to negotiate the version.
+type HelloParams struct {
+	Protocol int    `json:"protocol" validate:"required,min=1"`
+	Token    string `json:"token,omitempty" validate:"max=4096"`
+	Client   string `json:"client,omitempty" validate:"max=256"`
+}
+
+// HelloResult answers session.hello with the version both ends will speak.
+type HelloResult struct {
+	Protocol     int      `json:"protocol"`
+	Agent        string   `json:"agent"`
+	BoardID      string   `json:"board_id"`
+	Capabilities []string `json:"capabilities"`
+}
+
+// BoardInfoParams is empty; board.info takes no parameters.
+type BoardInfoParams struct{}
+
+// Slot describes one A/B slot of a board.
+type Slot struct {
+	Name    string `json:"name"`
+	Version string `json:"version,omitempty"`
+	Booted  bool   `json:"booted"`
+	Active  bool   `json:"active"`
+}
+
+// BoardInfo is the result of board.info.
+type BoardInfo struct {
+	ID           string            `json:"id"`
+	Model        string            `json:"model"`
+	Labels       map[string]string `json:"labels,omitempty"`
+	Hostname     string            `json:"hostname,omitempty"`
+	Arch         string            `json:"arch"`
+	Agent        string            `json:"agent"`
+	Protocol     int               `json:"protocol"`
+	BootID       string            `json:"boot_id"`
+	BootedAt     time.Time         `json:"booted_at"`
+	UptimeMs     int64             `json:"uptime_ms"`
+	Slots        []Slot            `json:"slots"`
+	Capabilities []string          `json:"capabilities"`
+}
+
+// ExecStartParams starts a command. Argv is executed directly; a shell is
+// used only when Shell is set (then argv[0] is the script for /bin/sh -c and
+// the rest become $0, $1, ...). Stream ids name streams the caller opened
+// (0: none; stdin reads as empty, output is counted and discarded).
+type ExecStartParams struct {
+	Argv       []string          `json:"argv" validate:"required,min=1,max=4096,argv"`
+	Shell      bool              `json:"shell,omitempty"`
+	Env        map[string]string `json:"env,omitempty" validate:"max=1024,dive,keys,required,envkey,endkeys,excludes=\x00"`
+	ClearEnv   bool              `json:"clear_env,omitempty"`
+	Cwd        string            `json:"cwd,omitempty" validate:"omitempty,max=4096,excludes=\x00"`
+	Stdin      uint32            `json:"stdin,omitempty"`
+	Stdout     uint32            `json:"stdout,omitempty"`
+	Stderr     uint32            `json:"stderr,omitempty"`
+	TimeoutMs  int64             `json:"timeout_ms,omitempty" validate:"min=0"`
+	KillSignal string            `json:"kill_signal,omitempty" validate:"omitempty,oneof=HUP INT QUIT KILL USR1 USR2 TERM"`
+	GraceMs    int64             `json:"grace_ms,omitempty" validate:"min=0,max=600000"`
+	Detach     bool              `json:"detach,omitempty"`
+}
+
+// ExecStartResult identifies the started command.
+type ExecStartResult struct {
+	ID  string `json:"id"`
+	PID int    `json:"pid"`
+}
+
+// ExecWaitParams waits for a command's end.
+type ExecWaitParams struct {
+	ID string `json:"id" validate:"required,max=64"`
+}
+
+// ExecResult is a command's final record. ExitCode is -1 when the command
+// was ended by a signal (named in Signal, numbered in SignalNum).
+type ExecResult struct {
+	ID          string    `json:"id"`
+	ExitCode    int       `json:"exit_code"`
+	Signal      string    `json:"signal,omitempty"`
+	SignalNum   int       `json:"signal_num,omitempty"`
+	TimedOut    bool      `json:"timed_out"`
+	Canceled    bool      `json:"canceled"`
+	Started     time.Time `json:"started"`
+	Ended       time.Time `json:"ended"`
+	DurationMs  float64   `json:"duration_ms"`
+	StdoutBytes int64     `json:"stdout_bytes"`
+	StderrBytes int64     `json:"stderr_bytes"`
+}
+
+// ExecCancelParams signals a running command's process group.
+type ExecCancelParams struct {
+	ID     string `json:"id" validate:"required,max=64"`
+	Signal string `json:"signal,omitempty" validate:"omitempty,oneof=HUP INT QUIT KILL USR1 USR2 TERM CONT STOP"`
+}
+
+// ExecLogParams reads the agent's command log, newest first.
+type ExecLogParams struct {
+	Limit int `json:"limit,omitempty" validate:"min=0,max=10000"`
+}
+
+// ExecLogEntry is one command in the agent's log. Ended and the result
+// fields are zero while Running.
+type ExecLogEntry struct {
+	ID          string     `json:"id"`
+	Argv        []string   `json:"argv"`
+	Shell       bool       `json:"shell,omitempty"`
+	Running     bool       `json:"running"`
+	Started     time.Time  `json:"started"`
+	Ended       *time.Time `json:"ended,omitempty"`
+	ExitCode    int        `json:"exit_code"`
+	Signal      string     `json:"signal,omitempty"`
+	TimedOut    bool       `json:"timed_out,omitempty"`
+	Canceled    bool       `json:"canceled,omitempty"`
+	StdoutBytes int64      `json:"stdout_bytes"`
+	StderrBytes int64      `json:"stderr_bytes"`
+}
+
+// ExecLogResult is the result of exec.log.
+type ExecLogResult struct {
+	Entries []ExecLogEntry `json:"entries"`
+}

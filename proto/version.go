@@ -1,0 +1,25 @@
+package proto
+
+// Version is the protocol version this build speaks. A peer announces its
+// version in session.hello; the agent answers requests of any version in
+// [MinVersion, Version].
+const (
+	Version    = 1
+	MinVersion = 1
+)
+
+// Change is one entry of the protocol's history.
+type Change struct {
+	Version int
+	Date    string // YYYY-MM-DD
+	Summary string
+}
+
+// History lists every protocol version, oldest first. A change to the
+// wire format appends an entry and bumps Version; nothing is edited in place.
+var History = []Change{
+	{1, "2026-11-22", "JSON-RPC 2.0 control messages in text frames; binary stream frames " +
+		"(DATA, CREDIT, FIN, RST) with per-stream credit flow control; session.hello, " +
+		"board.info, exec.start/wait/cancel/log; serial-framed link with COBS, CRC-32, " +
+		"selective-repeat retransmission, beacons and console text outside frames."},
+}

@@ -1,0 +1,367 @@
+package transport
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/boardlink/boardlink/proto"
+)
+
+// Request is an incoming request or notification.
+type Request struct {
+	Method       string
+	Params       json.RawMessage
+	Notification bool
+}
+
+// Handler serves incoming requests and notifications. Requests run each in
+// their own goroutine, so a slow one never delays another; ctx is canceled
+// when the connection closes. Notifications run in arrival order on one
+// goroutine and must not wait on the connection. A returned error that is
+// not a *proto.Error is sent as reason internal.
+type Handler interface {
+	Handle(ctx context.Context, c *Conn, req *Request) (any, error)
+}
+
+// HandlerFunc adapts a function to Handler.
+type HandlerFunc func(ctx context.Context, c *Conn, req *Request) (any, error)
+
+// Handle calls f.
+func (f HandlerFunc) Handle(ctx context.Context, c *Conn, req *Request) (any, error) {
+	return f(ctx, c, req)
+}
+
+// Config configures a Conn.
+type Config struct {
+	// Handler serves the peer's requests; nil answers every request with
+	// method_not_found.
+	Handler Handler
+	// Client is true on the side that dialed; it opens odd stream ids, the
+	// other side even ones.
+	Client bool
+	// MaxInflight bounds the peer's concurrently served requests; one more
+	// is answered busy at once. Default 256.
+	MaxInflight int
+	Logger      *slog.Logger
+}
+
+// Conn multiplexes JSON-RPC calls, notifications and byte streams over one
+// Link. It is safe for concurrent use.
+type Conn struct {
+	link     Link
+	cfg      Config
+	log      *slog.Logger
+	chunk    int
+	inflight chan struct{}
+	notes    chan *Request
+	replies  chan *proto.Message // replies the reader must not block on
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	start  sync.Once
+	closed sync.Once
+	done   chan struct{}
+
+	nextID   atomic.Uint64
+	mu       sync.Mutex
+	pending  map[uint64]chan *proto.Message
+	streams  map[uint32]*Stream
+	nextOpen uint32
+	err      error
+}
+
+// NewConn wraps link. It starts nothing: call Start.
+func NewConn(link Link, cfg Config) *Conn {
+	if cfg.MaxInflight <= 0 {
+		cfg.MaxInflight = 256
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	chunk := 32 << 10
+	if cs, ok := link.(ChunkSizer); ok && cs.MaxChunk() > 0 {
+		chunk = min(cs.MaxChunk(), chunk)
+	}
+	ctx, cancel := context.WithCancelCause(context.Background())
+	c := &Conn{
+		link: link, cfg: cfg, log: cfg.Logger, chunk: chunk,
+		inflight: make(chan struct{}, cfg.MaxInflight),
+		notes:    make(chan *Request, 256),
+		replies:  make(chan *proto.Message, 64),
+		ctx:      ctx, cancel: cancel, done: make(chan struct{}),
+		pending: map[uint64]chan *proto.Message{},
+		streams: map[uint32]*Stream{},
+	}
+	c.nextOpen = 2
+	if cfg.Client {
+		c.nextOpen = 1
+	}
+	return c
+}
+
+// Start runs the connection's reader and its helpers until the link fails
+// or Close is called. It does not block.
+func (c *Conn) Start() {
+	c.start.Do(func() {
+		go c.readLoop()
+		go c.noteLoop()
+		go c.replyLoop()
+	})
+}
+
+// Done is closed when the connection has ended.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Context is canceled when the connection ends; its cause is Err.
+func (c *Conn) Context() context.Context { return c.ctx }
+
+// Err returns why the connection ended (wrapping ErrClosed), or nil.
+func (c *Conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// Close ends the connection and the link. Pending calls fail with ErrClosed.
+func (c *Conn) Close() error {
+	c.shutdown(nil)
+	return nil
+}
+
+func (c *Conn) shutdown(cause error) {
+	c.closed.Do(func() {
+		err := ErrClosed
+		if cause != nil && !errors.Is(cause, ErrClosed) {
+			err = fmt.Errorf("%w: %w", ErrClosed, cause)
+		} else if cause != nil {
+			err = cause
+		}
+		c.mu.Lock()
+		c.err = err
+		pending := c.pending
+		c.pending = map[uint64]chan *proto.Message{}
+		streams := c.streams
+		c.streams = map[uint32]*Stream{}
+		c.mu.Unlock()
+		c.cancel(err)
+		_ = c.link.Close()
+		for _, ch := range pending {
+			close(ch)
+		}
+		for _, s := range streams {
+			s.fail(err)
+		}
+		close(c.done)
+	})
+}
+
+func (c *Conn) readLoop() {
+	for {
+		t, data, err := c.link.ReadMessage()
+		switch {
+		case errors.Is(err, ErrTooLarge):
+			c.reply(proto.NewErrorResponse(nil, proto.Errorf(proto.ReasonTooLarge, "message too large: discarded")))
+			continue
+		case err != nil:
+			c.shutdown(err)
+			return
+		}
+		if t == Binary {
+			c.handleFrame(data)
+		} else {
+			c.handleText(data)
+		}
+	}
+}
+
+// reply queues a message for the reply writer; the reader never blocks on
+// the link, so a flood of bad input cannot stall it. When the queue is full
+// the reply is dropped: only a peer that ignores replies fills it.
+func (c *Conn) reply(m *proto.Message) {
+	select {
+	case c.replies <- m:
+	default:
+		c.log.Warn("reply queue full: reply dropped")
+	}
+}
+
+func (c *Conn) replyLoop() {
+	for {
+		select {
+		case m := <-c.replies:
+			if err := c.send(c.ctx, m); err != nil {
+				return
+			}
+		case <-c.done:
+			return
+		}
+	}
+}
+
+func (c *Conn) noteLoop() {
+	for {
+		select {
+		case r := <-c.notes:
+			if c.cfg.Handler != nil {
+				if _, err := c.cfg.Handler.Handle(c.ctx, c, r); err != nil {
+					c.log.Debug("notification handler", "method", r.Method, "err", err)
+				}
+			}
+		case <-c.done:
+			return
+		}
+	}
+}
+
+func (c *Conn) handleText(data []byte) {
+	m, err := proto.Decode(data)
+	if err != nil {
+		var de *proto.DecodeError
+		if errors.As(err, &de) {
+			c.reply(proto.NewErrorResponse(de.ID, de.Err))
+		}
+		return
+	}
+	switch m.Kind() {
+	case proto.KindResponse:
+		c.deliver(m)
+	case proto.KindNotification:
+		select {
+		case c.notes <- &Request{Method: m.Method, Params: m.Params, Notification: true}:
+		case <-c.done:
+		}
+	case proto.KindRequest:
+		select {
+		case c.inflight <- struct{}{}:
+			go c.serve(m)
+		default:
+			c.reply(proto.NewErrorResponse(m.ID, proto.Errorf(proto.ReasonBusy,
+				"too many requests in flight (%d)", c.cfg.MaxInflight)))
+		}
+	}
+}
+
+func (c *Conn) serve(m *proto.Message) {
+	defer func() { <-c.inflight }()
+	var (
+		res any
+		err error
+	)
+	if c.cfg.Handler == nil {
+		err = proto.Errorf(proto.ReasonMethodNotFound, "method not found: %s", m.Method)
+	} else {
+		res, err = c.cfg.Handler.Handle(c.ctx, c, &Request{Method: m.Method, Params: m.Params})
+	}
+	var out *proto.Message
+	if err == nil {
+		out, err = proto.NewResponse(m.ID, res)
+	}
+	if err != nil {
+		var pe *proto.Error
+		if !errors.As(err, &pe) {
+			pe = proto.Errorf(proto.ReasonInternal, "%v", err)
+		}
+		out = proto.NewErrorResponse(m.ID, pe)
+	}
+	if err := c.send(c.ctx, out); err != nil {
+		c.log.Debug("send response", "method", m.Method, "err", err)
+	}
+}
+
+func (c *Conn) deliver(m *proto.Message) {
+	id, err := strconv.ParseUint(string(m.ID), 10, 64)
+	if err != nil {
+		return // not an id we issued
+	}
+	c.mu.Lock()
+	ch := c.pending[id]
+	delete(c.pending, id)
+	c.mu.Unlock()
+	if ch != nil {
+		ch <- m
+	}
+}
+
+func (c *Conn) send(ctx context.Context, m *proto.Message) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("encode message: %w", err)
+	}
+	if err := c.link.WriteMessage(ctx, Text, b); err != nil {
+		return c.linkErr(err)
+	}
+	return nil
+}
+
+// linkErr turns a failed write into the connection's end, once.
+func (c *Conn) linkErr(err error) error {
+	if ctxErr := context.Cause(c.ctx); ctxErr != nil {
+		return ctxErr
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	c.shutdown(err)
+	return c.Err()
+}
+
+// Call sends a request and decodes its result into result (which may be
+// nil). An error response comes back as a *proto.Error; a link failure as an
+// error wrapping ErrClosed.
+func (c *Conn) Call(ctx context.Context, method string, params, result any) error {
+	id := c.nextID.Add(1)
+	m, err := proto.NewRequest(id, method, params)
+	if err != nil {
+		return err
+	}
+	ch := make(chan *proto.Message, 1)
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return c.err
+	}
+	c.pending[id] = ch
+	c.mu.Unlock()
+	forget := func() {
+		c.mu.Lock()
+		delete(c.pending, id)
+		c.mu.Unlock()
+	}
+	if err := c.send(ctx, m); err != nil {
+		forget()
+		return fmt.Errorf("%s: %w", method, err)
+	}
+	select {
+	case r, ok := <-ch:
+		if !ok {
+			return fmt.Errorf("%s: %w", method, c.Err())
+		}
+		if r.Error != nil {
+			return r.Error
+		}
+		if result != nil {
+			if err := json.Unmarshal(r.Result, result); err != nil {
+				return fmt.Errorf("%s: decode result: %w", method, err)
+			}
+		}
+		return nil
+	case <-ctx.Done():
+		forget()
+		return fmt.Errorf("%s: %w", method, ctx.Err())
+	}
+}
+
+// Notify sends a notification.
+func (c *Conn) Notify(ctx context.Context, method string, params any) error {
+	m, err := proto.NewNotification(method, params)
+	if err != nil {
+		return err
+	}
+	return c.send(ctx, m)
+}

@@ -1,0 +1,307 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/boardlink/boardlink/proto"
+)
+
+// StreamError is how a stream ends when the peer reset it.
+type StreamError struct {
+	Stream uint32
+	Reason string
+}
+
+func (e *StreamError) Error() string {
+	return fmt.Sprintf("stream %d reset by peer: %s", e.Stream, e.Reason)
+}
+
+// errStreamClosed is returned for operations on a stream closed locally.
+var errStreamClosed = errors.New("stream closed")
+
+// Stream is one flow-controlled byte stream in each direction. Reads and
+// writes may run concurrently with each other; concurrent Writes are
+// serialized.
+type Stream struct {
+	c   *Conn
+	id  uint32
+	ctx context.Context // canceled when the stream ends, so blocked writes return
+	end context.CancelFunc
+
+	writeMu sync.Mutex // keeps one Write's chunks together and in order
+
+	mu       sync.Mutex
+	readable chan struct{} // signaled on data, FIN or failure
+	writable chan struct{} // signaled on credit or failure
+	buf      [][]byte
+	window   int // bytes the peer may still send us
+	unacked  int // bytes read but not yet granted back as credit
+	finIn    bool
+	finOut   bool
+	credit   int // bytes we may still send
+	err      error
+	detached bool // removed from the connection's table
+}
+
+func (c *Conn) newStream(id uint32) *Stream {
+	ctx, cancel := context.WithCancel(c.ctx)
+	return &Stream{c: c, id: id, ctx: ctx, end: cancel,
+		readable: make(chan struct{}, 1), writable: make(chan struct{}, 1),
+		window: proto.StreamWindow, credit: proto.StreamWindow}
+}
+
+// OpenStream opens a stream with a fresh local id, ready to receive at once.
+// Name its id in a request; write to it only after the response.
+func (c *Conn) OpenStream() (*Stream, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return nil, c.err
+	}
+	id := c.nextOpen
+	c.nextOpen += 2
+	s := c.newStream(id)
+	c.streams[id] = s
+	return s, nil
+}
+
+// AttachStream takes up a stream the peer opened and named in a request.
+func (c *Conn) AttachStream(id uint32) (*Stream, error) {
+	if id == 0 || (id%2 == 1) == c.cfg.Client {
+		return nil, proto.Errorf(proto.ReasonInvalidParams, "stream %d was not opened by the peer", id)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return nil, c.err
+	}
+	if _, taken := c.streams[id]; taken {
+		return nil, proto.Errorf(proto.ReasonBusy, "stream %d is already in use", id)
+	}
+	s := c.newStream(id)
+	c.streams[id] = s
+	return s, nil
+}
+
+// ID returns the stream id, as named in requests.
+func (s *Stream) ID() uint32 { return s.id }
+
+// signal wakes a blocked Read and a blocked Write; a spurious wake-up only
+// makes them look again.
+func (s *Stream) signal() {
+	for _, ch := range []chan struct{}{s.readable, s.writable} {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Read reads data the peer sent; io.EOF after the peer's FIN.
+func (s *Stream) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	for {
+		s.mu.Lock()
+		if len(s.buf) > 0 {
+			n := copy(p, s.buf[0])
+			if n == len(s.buf[0]) {
+				s.buf[0] = nil
+				s.buf = s.buf[1:]
+			} else {
+				s.buf[0] = s.buf[0][n:]
+			}
+			s.unacked += n
+			grant := 0
+			// Grant credit back in batches, not per read.
+			if s.unacked >= proto.StreamWindow/4 || (len(s.buf) == 0 && s.unacked >= proto.StreamWindow/16) {
+				grant, s.unacked = s.unacked, 0
+				s.window += grant
+			}
+			open := s.err == nil && !s.finIn
+			s.mu.Unlock()
+			if grant > 0 && open {
+				s.c.sendFrameAsync(proto.CreditFrame(s.id, uint32(grant)))
+			}
+			return n, nil
+		}
+		switch {
+		case s.finIn:
+			s.mu.Unlock()
+			return 0, io.EOF
+		case s.err != nil:
+			err := s.err
+			s.mu.Unlock()
+			return 0, err
+		}
+		s.mu.Unlock()
+		<-s.readable
+	}
+}
+
+// Write sends p, waiting for credit as the peer's reader consumes data.
+func (s *Stream) Write(p []byte) (int, error) {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	written := 0
+	for written < len(p) {
+		s.mu.Lock()
+		for s.credit == 0 && s.err == nil && !s.finOut {
+			s.mu.Unlock()
+			select {
+			case <-s.writable:
+			case <-s.ctx.Done():
+			}
+			s.mu.Lock()
+			if s.ctx.Err() != nil && s.err == nil {
+				s.err = errStreamClosed
+			}
+		}
+		if s.err != nil || s.finOut {
+			err := s.err
+			if err == nil {
+				err = errStreamClosed
+			}
+			s.mu.Unlock()
+			return written, err
+		}
+		n := min(len(p)-written, s.credit, s.c.chunk)
+		s.credit -= n
+		s.mu.Unlock()
+		frame := proto.AppendStreamFrame(make([]byte, 0, proto.StreamHeaderLen+n), proto.FrameData, s.id, p[written:written+n])
+		if err := s.c.link.WriteMessage(s.ctx, Binary, frame); err != nil {
+			return written, s.c.linkErr(err)
+		}
+		written += n
+	}
+	return written, nil
+}
+
+// CloseWrite sends FIN: the peer reads EOF after the data already written.
+func (s *Stream) CloseWrite() error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	s.mu.Lock()
+	if s.finOut || s.err != nil {
+		s.mu.Unlock()
+		return nil
+	}
+	s.finOut = true
+	done := s.finIn
+	s.mu.Unlock()
+	err := s.c.link.WriteMessage(s.c.ctx, Binary, proto.AppendStreamFrame(nil, proto.FrameFin, s.id, nil))
+	if done {
+		s.c.forget(s)
+	}
+	if err != nil {
+		return s.c.linkErr(err)
+	}
+	return nil
+}
+
+// Close ends the stream both ways: FIN for our side, and whatever the peer
+// still sends is refused (it sees a reset).
+func (s *Stream) Close() error {
+	err := s.CloseWrite()
+	s.fail(errStreamClosed)
+	s.c.forget(s)
+	return err
+}
+
+// Reset aborts the stream and tells the peer why.
+func (s *Stream) Reset(reason string) {
+	s.fail(&StreamError{Stream: s.id, Reason: "reset locally: " + reason})
+	if s.c.forget(s) {
+		s.c.sendFrameAsync(proto.AppendStreamFrame(nil, proto.FrameReset, s.id, []byte(reason)))
+	}
+}
+
+func (s *Stream) fail(err error) {
+	s.mu.Lock()
+	if s.err == nil {
+		s.err = err
+		s.buf = nil
+	}
+	s.mu.Unlock()
+	s.end()
+	s.signal()
+}
+
+// forget removes s from the connection's table; it reports whether s was
+// still there.
+func (c *Conn) forget(s *Stream) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.streams[s.id] != s {
+		return false
+	}
+	delete(c.streams, s.id)
+	return true
+}
+
+// sendFrameAsync writes a control frame without blocking the caller (the
+// reader, or a Read that must not wait on the line).
+func (c *Conn) sendFrameAsync(frame []byte) {
+	go func() {
+		if err := c.link.WriteMessage(c.ctx, Binary, frame); err != nil {
+			_ = c.linkErr(err)
+		}
+	}()
+}
+
+func (c *Conn) handleFrame(data []byte) {
+	f, err := proto.DecodeStreamFrame(data)
+	if err != nil {
+		c.log.Debug("bad stream frame", "err", err)
+		c.reply(proto.NewErrorResponse(nil, proto.Errorf(proto.ReasonInvalidRequest, "%v", err)))
+		return
+	}
+	c.mu.Lock()
+	s := c.streams[f.Stream]
+	c.mu.Unlock()
+	if s == nil {
+		if f.Kind == proto.FrameData {
+			c.sendFrameAsync(proto.AppendStreamFrame(nil, proto.FrameReset, f.Stream, []byte(proto.ReasonNotFound)))
+		}
+		return // credit, FIN or RST for a stream already gone: nothing to do
+	}
+	switch f.Kind {
+	case proto.FrameData:
+		s.mu.Lock()
+		if s.err != nil || s.finIn {
+			s.mu.Unlock()
+			return
+		}
+		if len(f.Payload) > s.window {
+			s.mu.Unlock()
+			s.Reset("flow_control: data beyond the granted window")
+			return
+		}
+		s.window -= len(f.Payload)
+		if len(f.Payload) > 0 {
+			s.buf = append(s.buf, f.Payload)
+		}
+		s.mu.Unlock()
+	case proto.FrameCredit:
+		s.mu.Lock()
+		s.credit += int(f.Credit())
+		s.mu.Unlock()
+	case proto.FrameFin:
+		s.mu.Lock()
+		s.finIn = true
+		done := s.finOut
+		s.mu.Unlock()
+		if done {
+			c.forget(s)
+		}
+	case proto.FrameReset:
+		s.fail(&StreamError{Stream: s.id, Reason: string(f.Payload)})
+		c.forget(s)
+	}
+	s.signal()
+}

@@ -1,0 +1,205 @@
+package wslink
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/boardlink/boardlink/transport"
+)
+
+// Path is where the agent serves protocol v1.
+const Path = "/v1/ws"
+
+// Config tunes a link. Zero values take the defaults.
+type Config struct {
+	MaxMessage   int           // largest message accepted; default 1 MiB
+	HardLimit    int64         // a message beyond this closes the connection; default 4 x MaxMessage
+	PingInterval time.Duration // default 10 s
+	PongWait     time.Duration // silence after which the peer is dead; default 3 x PingInterval
+	WriteTimeout time.Duration // default 10 s
+	CloseWait    time.Duration // how long Close waits for the peer's close frame; default 1 s
+	Logger       *slog.Logger
+}
+
+func (c Config) withDefaults() Config {
+	if c.MaxMessage <= 0 {
+		c.MaxMessage = 1 << 20
+	}
+	if c.HardLimit <= 0 {
+		c.HardLimit = 4 * int64(c.MaxMessage)
+	}
+	if c.PingInterval <= 0 {
+		c.PingInterval = 10 * time.Second
+	}
+	if c.PongWait <= 0 {
+		c.PongWait = 3 * c.PingInterval
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 10 * time.Second
+	}
+	if c.CloseWait <= 0 {
+		c.CloseWait = time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+type outgoing struct {
+	t    int
+	data []byte
+	done chan error
+}
+
+// Link is a transport.Link over one WebSocket connection.
+type Link struct {
+	ws       *websocket.Conn
+	cfg      Config
+	out      chan outgoing
+	closing  chan struct{}
+	readDone chan struct{}
+	stopped  chan struct{} // the writer has exited
+	once     sync.Once
+	readOnce sync.Once
+	mu       sync.Mutex
+	err      error
+}
+
+var _ transport.Link = (*Link)(nil)
+
+func newLink(ws *websocket.Conn, cfg Config) *Link {
+	cfg = cfg.withDefaults()
+	l := &Link{ws: ws, cfg: cfg, out: make(chan outgoing),
+		closing: make(chan struct{}), readDone: make(chan struct{}), stopped: make(chan struct{})}
+	ws.SetReadLimit(cfg.HardLimit)
+	_ = ws.SetReadDeadline(time.Now().Add(cfg.PongWait))
+	ws.SetPongHandler(func(string) error {
+		return ws.SetReadDeadline(time.Now().Add(cfg.PongWait))
+	})
+	go l.writeLoop()
+	return l
+}
+
+// ReadMessage returns the next message. An oversized one is drained and
+// reported as transport.ErrTooLarge; the link stays usable.
+func (l *Link) ReadMessage() (transport.MessageType, []byte, error) {
+	t, r, err := l.ws.NextReader()
+	if err != nil {
+		return 0, nil, l.readFailed(err)
+	}
+	_ = l.ws.SetReadDeadline(time.Now().Add(l.cfg.PongWait))
+	data, err := io.ReadAll(io.LimitReader(r, int64(l.cfg.MaxMessage)+1))
+	if err != nil {
+		return 0, nil, l.readFailed(err)
+	}
+	if len(data) > l.cfg.MaxMessage {
+		if _, err := io.Copy(io.Discard, r); err != nil {
+			return 0, nil, l.readFailed(err)
+		}
+		return 0, nil, fmt.Errorf("%w: over %d bytes", transport.ErrTooLarge, l.cfg.MaxMessage)
+	}
+	return transport.MessageType(t), data, nil
+}
+
+func (l *Link) readFailed(err error) error {
+	l.readOnce.Do(func() { close(l.readDone) })
+	if websocket.IsCloseError(err, websocket.CloseNormalClosure, websocket.CloseGoingAway) {
+		err = fmt.Errorf("%w: peer closed the connection", transport.ErrClosed)
+	} else {
+		err = fmt.Errorf("websocket read: %w", err)
+	}
+	l.mu.Lock()
+	if l.err == nil {
+		l.err = err
+	}
+	l.mu.Unlock()
+	l.startClose()
+	return err
+}
+
+// WriteMessage hands p to the writer goroutine and waits until it is written.
+func (l *Link) WriteMessage(ctx context.Context, t transport.MessageType, p []byte) error {
+	m := outgoing{t: int(t), data: p, done: make(chan error, 1)}
+	select {
+	case l.out <- m:
+	case <-l.closing:
+		return l.closedErr()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-m.done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (l *Link) closedErr() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err != nil {
+		return l.err
+	}
+	return transport.ErrClosed
+}
+
+func (l *Link) writeLoop() {
+	defer close(l.stopped)
+	ping := time.NewTicker(l.cfg.PingInterval)
+	defer ping.Stop()
+	for {
+		select {
+		case m := <-l.out:
+			_ = l.ws.SetWriteDeadline(time.Now().Add(l.cfg.WriteTimeout))
+			err := l.ws.WriteMessage(m.t, m.data)
+			if err != nil {
+				err = fmt.Errorf("websocket write: %w", err)
+			}
+			m.done <- err
+			if err != nil {
+				l.startClose()
+			}
+		case <-ping.C:
+			if err := l.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(l.cfg.WriteTimeout)); err != nil {
+				l.startClose()
+			}
+		case <-l.closing:
+			l.finish()
+			return
+		}
+	}
+}
+
+// finish runs the close handshake: send our close frame, give the peer
+// CloseWait to answer (the reader sees its frame), then drop the socket.
+func (l *Link) finish() {
+	msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")
+	_ = l.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(l.cfg.WriteTimeout))
+	t := time.NewTimer(l.cfg.CloseWait)
+	defer t.Stop()
+	select {
+	case <-l.readDone:
+	case <-t.C:
+	}
+	_ = l.ws.Close()
+}
+
+func (l *Link) startClose() {
+	l.once.Do(func() { close(l.closing) })
+}
+
+// Close performs the close handshake (bounded by CloseWait) and releases
+// the connection. It is idempotent.
+func (l *Link) Close() error {
+	l.startClose()
+	<-l.stopped
+	return nil
+}
