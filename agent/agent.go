@@ -1,0 +1,232 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"log/slog"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/boardlink/boardlink/board"
+	"github.com/boardlink/boardlink/internal/version"
+	"github.com/boardlink/boardlink/proto"
+	"github.com/boardlink/boardlink/transport"
+)
+
+// Board is what the agent needs from the board it runs on.
+type Board interface {
+	Identity() board.Identity
+	BootID() string
+	BootedAt() time.Time
+}
+
+// Config configures an Agent.
+type Config struct {
+	// Token authenticates serial sessions in session.hello (WebSocket
+	// connections are checked before the upgrade). Empty: no token needed.
+	Token  string
+	Logger *slog.Logger
+}
+
+// Agent serves the protocol for one board.
+type Agent struct {
+	board Board
+	execs *Execs
+	cfg   Config
+	log   *slog.Logger
+}
+
+// New returns an agent for b whose commands run under execs.
+func New(b Board, execs *Execs, cfg Config) *Agent {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Agent{board: b, execs: execs, cfg: cfg, log: cfg.Logger}
+}
+
+// Capabilities lists the method families and features this agent serves.
+func (a *Agent) Capabilities() []string {
+	return []string{proto.CapExec, proto.CapExecDetach}
+}
+
+// Info answers board.info.
+func (a *Agent) Info() proto.BoardInfo {
+	id := a.board.Identity()
+	host, _ := os.Hostname()
+	booted := a.board.BootedAt()
+	return proto.BoardInfo{
+		ID: id.ID, Model: id.Model, Labels: id.Labels, Hostname: host,
+		Arch: runtime.GOARCH, Agent: version.Version, Protocol: proto.Version,
+		BootID: a.board.BootID(), BootedAt: booted, UptimeMs: time.Since(booted).Milliseconds(),
+		Slots: []proto.Slot{}, Capabilities: a.Capabilities(),
+	}
+}
+
+// Beacon is the payload the agent announces on an idle serial line.
+func (a *Agent) Beacon() []byte {
+	id := a.board.Identity()
+	b, _ := json.Marshal(map[string]any{
+		"id": id.ID, "model": id.Model, "proto": proto.Version, "ver": version.Version, "boot": a.board.BootID(),
+	})
+	return b
+}
+
+// ServeLink serves one connection until it ends or ctx is canceled. With
+// preauthorized false (the serial link) every request but session.hello is
+// refused until a hello carries the token.
+func (a *Agent) ServeLink(ctx context.Context, l transport.Link, preauthorized bool) {
+	s := &session{a: a, owned: map[string]*Command{}}
+	s.authed.Store(preauthorized || a.cfg.Token == "")
+	c := transport.NewConn(l, transport.Config{Handler: s, Logger: a.log})
+	c.Start()
+	select {
+	case <-c.Done():
+	case <-ctx.Done():
+		c.Close()
+	}
+	s.end()
+}
+
+// session is one connection's state.
+type session struct {
+	a      *Agent
+	authed atomic.Bool
+	mu     sync.Mutex
+	owned  map[string]*Command // commands that die with this connection
+}
+
+// end kills the commands the connection owned that are still running.
+func (s *session) end() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id := range s.owned {
+		s.a.execs.Kill(id)
+	}
+	s.owned = nil
+}
+
+func (s *session) Handle(ctx context.Context, c *transport.Conn, r *transport.Request) (any, error) {
+	if r.Notification {
+		return nil, nil // the agent takes no notifications in v1
+	}
+	if r.Method == proto.MethodHello {
+		return s.hello(r.Params)
+	}
+	if !s.authed.Load() {
+		return nil, proto.Errorf(proto.ReasonUnauthorized, "session.hello with the board's token must come first")
+	}
+	switch r.Method {
+	case proto.MethodBoardInfo:
+		var p proto.BoardInfoParams
+		if err := proto.DecodeParams(r.Params, &p); err != nil {
+			return nil, err
+		}
+		return s.a.Info(), nil
+	case proto.MethodExecStart:
+		return s.execStart(c, r.Params)
+	case proto.MethodExecWait:
+		var p proto.ExecWaitParams
+		if err := proto.DecodeParams(r.Params, &p); err != nil {
+			return nil, err
+		}
+		return s.a.execs.Wait(ctx, p.ID)
+	case proto.MethodExecCancel:
+		var p proto.ExecCancelParams
+		if err := proto.DecodeParams(r.Params, &p); err != nil {
+			return nil, err
+		}
+		return nil, s.a.execs.Cancel(p.ID, p.Signal)
+	case proto.MethodExecLog:
+		var p proto.ExecLogParams
+		if err := proto.DecodeParams(r.Params, &p); err != nil {
+			return nil, err
+		}
+		return proto.ExecLogResult{Entries: s.a.execs.Log(p.Limit)}, nil
+	}
+	return nil, proto.Errorf(proto.ReasonMethodNotFound, "method not found: %s", r.Method)
+}
+
+func (s *session) hello(params json.RawMessage) (any, error) {
+	var p proto.HelloParams
+	if err := proto.DecodeParams(params, &p); err != nil {
+		return nil, err
+	}
+	if p.Protocol < proto.MinVersion {
+		return nil, proto.Errorf(proto.ReasonIncompatible,
+			"protocol %d is not served; this agent speaks %d to %d", p.Protocol, proto.MinVersion, proto.Version)
+	}
+	if tok := s.a.cfg.Token; tok != "" && !s.authed.Load() {
+		a, b := sha256.Sum256([]byte(p.Token)), sha256.Sum256([]byte(tok))
+		if subtle.ConstantTimeCompare(a[:], b[:]) != 1 {
+			return nil, proto.Errorf(proto.ReasonUnauthorized, "wrong token")
+		}
+		s.authed.Store(true)
+	}
+	return proto.HelloResult{Protocol: min(p.Protocol, proto.Version), Agent: version.Version,
+		BoardID: s.a.board.Identity().ID, Capabilities: s.a.Capabilities()}, nil
+}
+
+// execStart attaches the caller's streams and starts the command. The
+// streams are closed when the command ends.
+func (s *session) execStart(c *transport.Conn, params json.RawMessage) (any, error) {
+	var p proto.ExecStartParams
+	if err := proto.DecodeParams(params, &p); err != nil {
+		return nil, err
+	}
+	var (
+		streams []*transport.Stream
+		io      ExecIO
+	)
+	closeAll := func() {
+		for _, st := range streams {
+			st.Close()
+		}
+	}
+	for _, want := range []struct {
+		id  uint32
+		set func(*transport.Stream)
+	}{
+		{p.Stdin, func(st *transport.Stream) { io.Stdin = st }},
+		{p.Stdout, func(st *transport.Stream) { io.Stdout = st }},
+		{p.Stderr, func(st *transport.Stream) { io.Stderr = st }},
+	} {
+		if want.id == 0 {
+			continue
+		}
+		st, err := c.AttachStream(want.id)
+		if err != nil {
+			closeAll()
+			return nil, err
+		}
+		streams = append(streams, st)
+		want.set(st)
+	}
+	cmd, err := s.a.execs.Start(p, io)
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	if !p.Detach {
+		s.mu.Lock()
+		if s.owned == nil { // the connection ended while we started
+			s.mu.Unlock()
+			s.a.execs.Kill(cmd.ID())
+		} else {
+			s.owned[cmd.ID()] = cmd
+			s.mu.Unlock()
+		}
+	}
+	go func() {
+		<-cmd.Done()
+		closeAll()
+		s.mu.Lock()
+		delete(s.owned, cmd.ID())
+		s.mu.Unlock()
+	}()
+	return proto.ExecStartResult{ID: cmd.ID(), PID: cmd.PID()}, nil
+}

@@ -1,0 +1,139 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"slices"
+
+	"github.com/boardlink/boardlink/internal/atomicfile"
+	"github.com/boardlink/boardlink/proto"
+)
+
+// execLogFormat versions the file at ExecOptions.LogPath.
+const execLogFormat = 1
+
+// logRecord is a finished command as persisted: the full result, so that
+// Wait answers for it after a restart as it did before.
+type logRecord struct {
+	Argv     []string         `json:"argv"`
+	Shell    bool             `json:"shell,omitempty"`
+	Detached bool             `json:"detached,omitempty"`
+	PID      int              `json:"pid"`
+	Result   proto.ExecResult `json:"result"`
+}
+
+func (m *Execs) findLocked(id string) *Command {
+	for _, c := range m.window {
+		if c.id == id {
+			return c
+		}
+	}
+	return nil
+}
+
+// trimLocked drops the oldest finished commands beyond the log size.
+// Running commands are never dropped, so that Wait, Cancel and Shutdown
+// always find them: the log exceeds its size while more commands than
+// that run at once.
+func (m *Execs) trimLocked() {
+	excess := len(m.window) - m.logSize
+	if excess <= 0 {
+		return
+	}
+	kept := m.window[:0]
+	for _, c := range m.window {
+		if excess > 0 && c.finished {
+			excess--
+			continue
+		}
+		kept = append(kept, c)
+	}
+	clear(m.window[len(kept):])
+	m.window = kept
+}
+
+// Log returns up to limit commands (all when limit <= 0), newest first,
+// running ones included.
+func (m *Execs) Log(limit int) []proto.ExecLogEntry {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := len(m.window)
+	if limit > 0 && limit < n {
+		n = limit
+	}
+	entries := make([]proto.ExecLogEntry, 0, n)
+	for i := len(m.window) - 1; len(entries) < n; i-- {
+		entries = append(entries, m.window[i].entryLocked())
+	}
+	return entries
+}
+
+func (c *Command) entryLocked() proto.ExecLogEntry {
+	e := proto.ExecLogEntry{ID: c.id, Argv: slices.Clone(c.argv), Shell: c.shell, Started: c.started}
+	if !c.finished {
+		e.Running = true
+		e.StdoutBytes, e.StderrBytes = c.stdout.n.Load(), c.stderr.n.Load()
+		return e
+	}
+	r := c.result
+	e.Ended = &r.Ended
+	e.ExitCode, e.Signal, e.TimedOut, e.Canceled = r.ExitCode, r.Signal, r.TimedOut, r.Canceled
+	e.StdoutBytes, e.StderrBytes = r.StdoutBytes, r.StderrBytes
+	return e
+}
+
+// LoadLog reads the log an earlier run of the agent saved at LogPath and
+// puts its commands before any started since. A missing file is an empty
+// log; a file of another format version is an error.
+func (m *Execs) LoadLog() error {
+	if m.logPath == "" {
+		return nil
+	}
+	var recs []logRecord
+	if err := atomicfile.ReadJSON(m.logPath, execLogFormat, &recs); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("exec log: %w", err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	loaded := make([]*Command, 0, len(recs)+len(m.window))
+	for _, r := range recs {
+		if r.Result.ID == "" || m.findLocked(r.Result.ID) != nil {
+			continue
+		}
+		c := &Command{
+			id: r.Result.ID, argv: r.Argv, shell: r.Shell, detached: r.Detached, pid: r.PID,
+			started: r.Result.Started, done: make(chan struct{}),
+			exited: true, finished: true, result: r.Result,
+		}
+		close(c.done)
+		loaded = append(loaded, c)
+	}
+	m.window = append(loaded, m.window...)
+	m.trimLocked()
+	return nil
+}
+
+// saveLog writes the finished part of the log to LogPath. A failure is
+// logged, not returned: the commands themselves did run.
+func (m *Execs) saveLog() {
+	if m.logPath == "" {
+		return
+	}
+	m.persistMu.Lock()
+	defer m.persistMu.Unlock()
+	m.mu.Lock()
+	recs := make([]logRecord, 0, len(m.window))
+	for _, c := range m.window {
+		if c.finished {
+			recs = append(recs, logRecord{Argv: c.argv, Shell: c.shell, Detached: c.detached, PID: c.pid, Result: c.result})
+		}
+	}
+	m.mu.Unlock()
+	if err := atomicfile.WriteJSON(m.logPath, execLogFormat, recs); err != nil {
+		m.log.Warn("exec log not saved", "path", m.logPath, "err", err)
+	}
+}

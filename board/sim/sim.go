@@ -1,0 +1,163 @@
+// Package sim is a board that lives in a directory (the agent's state dir),
+// so that a host, a test or QEMU-less CI can run the real agent. Identity
+// and boot history persist across agent restarts, which stand for reboots.
+package sim
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/boardlink/boardlink/board"
+	"github.com/boardlink/boardlink/internal/atomicfile"
+)
+
+// Files under the state dir and their format versions.
+const (
+	identityFile   = "identity.json"
+	identityFormat = 1
+	bootsFile      = "boots.json"
+	bootsFormat    = 1
+)
+
+// DefaultModel is the model of a sim board when none was ever given.
+const DefaultModel = "sim"
+
+// MaxBoots bounds the boot history kept in boots.json.
+const MaxBoots = 32
+
+// Options seed or override the persisted identity. Empty fields keep what
+// is stored; non-empty Labels replace the stored labels as a whole, so the
+// command line states the full label set.
+type Options struct {
+	ID     string
+	Model  string
+	Labels map[string]string
+}
+
+// Boot is one start of the board.
+type Boot struct {
+	ID string    `json:"id"`
+	At time.Time `json:"at"`
+}
+
+// Board is a simulated board. Open makes a new boot; a Board never changes
+// afterwards, so its methods are safe for concurrent use.
+type Board struct {
+	dir      string
+	identity board.Identity
+	boots    []Boot // oldest first; the last one is this boot
+}
+
+var _ board.Board = (*Board)(nil)
+
+// Open boots the board kept in dir, creating dir and a generated identity
+// when needed. Each call is a new boot with a fresh boot id.
+func Open(dir string, opts Options) (*Board, error) {
+	if dir == "" {
+		return nil, errors.New("sim: state directory is required")
+	}
+	dir = filepath.Clean(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("sim: %w", err)
+	}
+	id, err := loadIdentity(dir, opts)
+	if err != nil {
+		return nil, fmt.Errorf("sim: %w", err)
+	}
+	boots, err := recordBoot(dir, Boot{ID: newBootID(), At: time.Now()})
+	if err != nil {
+		return nil, fmt.Errorf("sim: %w", err)
+	}
+	return &Board{dir: dir, identity: id, boots: boots}, nil
+}
+
+func loadIdentity(dir string, opts Options) (board.Identity, error) {
+	path := filepath.Join(dir, identityFile)
+	var stored board.Identity
+	err := atomicfile.ReadJSON(path, identityFormat, &stored)
+	exists := err == nil
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		// Never replace an identity we cannot read: the board would change name.
+		return board.Identity{}, fmt.Errorf("identity: %w", err)
+	}
+	id := stored.Clone()
+	if opts.ID != "" {
+		id.ID = opts.ID
+	}
+	if opts.Model != "" {
+		id.Model = opts.Model
+	}
+	if len(opts.Labels) > 0 {
+		id.Labels = maps.Clone(opts.Labels)
+	}
+	if id.ID == "" {
+		id.ID = "sim-" + randomHex(3)
+	}
+	if id.Model == "" {
+		id.Model = DefaultModel
+	}
+	if err := id.Validate(); err != nil {
+		return board.Identity{}, fmt.Errorf("identity: %w", err)
+	}
+	if !exists || id.ID != stored.ID || id.Model != stored.Model || !maps.Equal(id.Labels, stored.Labels) {
+		if err := atomicfile.WriteJSON(path, identityFormat, id); err != nil {
+			return board.Identity{}, fmt.Errorf("identity: %w", err)
+		}
+	}
+	return id, nil
+}
+
+// recordBoot appends b to the persisted history and returns the history.
+func recordBoot(dir string, b Boot) ([]Boot, error) {
+	path := filepath.Join(dir, bootsFile)
+	var boots []Boot
+	if err := atomicfile.ReadJSON(path, bootsFormat, &boots); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("boot history: %w", err)
+	}
+	boots = append(boots, b)
+	if len(boots) > MaxBoots {
+		boots = boots[len(boots)-MaxBoots:]
+	}
+	if err := atomicfile.WriteJSON(path, bootsFormat, boots); err != nil {
+		return nil, fmt.Errorf("boot history: %w", err)
+	}
+	return boots, nil
+}
+
+// newBootID returns a random version-4 UUID, the format of Linux's
+// /proc/sys/kernel/random/boot_id, so both backends look alike.
+func newBootID() string {
+	var b [16]byte
+	rand.Read(b[:]) // never fails (crypto/rand since Go 1.24)
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Identity returns the board's identity; the caller may modify the copy.
+func (b *Board) Identity() board.Identity { return b.identity.Clone() }
+
+// BootID identifies this boot (this Open).
+func (b *Board) BootID() string { return b.boots[len(b.boots)-1].ID }
+
+// BootedAt is when this boot began.
+func (b *Board) BootedAt() time.Time { return b.boots[len(b.boots)-1].At }
+
+// Boots returns the most recent boots, oldest first, ending with this one.
+func (b *Board) Boots() []Boot { return append([]Boot(nil), b.boots...) }
+
+// Dir is the board's state directory.
+func (b *Board) Dir() string { return b.dir }

@@ -1,0 +1,120 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/proto"
+)
+
+func newExecCmd(g *globals) *cobra.Command {
+	var (
+		req     dispatcher.ExecRequest
+		env     []string
+		noStdin bool
+	)
+	cmd := &cobra.Command{
+		Use:   "exec BOARD [flags] -- ARGV...",
+		Short: "Run a command on a board and exit with its exit code",
+		Long: `exec runs ARGV on the board, directly (no shell unless --shell), and
+streams its stdout and stderr to yours, separately and byte for byte. Your
+stdin is sent to the command unless -n is given.
+
+Exit status:
+  N        the command's own exit code
+  128+N    the command was killed by signal N
+  124      the command ran past --timeout and was killed
+  127      the command was not found on the board
+  255      the link or the agent failed
+  2        the command line was wrong
+
+Interrupting boardlink (Ctrl-C) sends TERM to the command's process group
+on the board and exits with its status. Without --detach, the command is
+also killed when the connection drops.`,
+		Example: `  boardlink exec ws://127.0.0.1:7207 -- uname -a
+  boardlink exec serial:///dev/ttyUSB0 --timeout 30s -- ./run-tests --fast
+  boardlink exec ws://10.77.0.2:7207 --shell -- 'dmesg | tail -n 20'
+  echo hello | boardlink exec ws://127.0.0.1:7207 -- tr a-z A-Z`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) < 2 {
+				return &usageError{fmt.Errorf("exec needs BOARD and a command after -- (see '%s --help')", cmd.CommandPath())}
+			}
+			if dash := cmd.ArgsLenAtDash(); dash > 1 {
+				return &usageError{fmt.Errorf("exec takes one BOARD before --, got %q", args[:dash])}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			var err error
+			if req.Env, err = parseEnv(env); err != nil {
+				return err
+			}
+			if req.Timeout < 0 {
+				return &usageError{fmt.Errorf("--timeout must not be negative")}
+			}
+			req.Argv = args[1:]
+			req.Stdout, req.Stderr = cmd.OutOrStdout(), cmd.ErrOrStderr()
+			if !noStdin {
+				req.Stdin = cmd.InOrStdin()
+			}
+			c, err := g.dial(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			res, err := c.Exec(ctx, req)
+			if err != nil {
+				switch proto.ReasonOf(err) {
+				case proto.ReasonNotFound: // as a shell does for a command it cannot find
+					return &exitError{code: 127, err: err}
+				case proto.ReasonInvalidParams:
+					return &usageError{err}
+				}
+				return linkFailure(err)
+			}
+			return execStatus(res, req.Timeout)
+		},
+	}
+	f := cmd.Flags()
+	f.DurationVar(&req.Timeout, "timeout", 0, "kill the command's process group after this long (exit 124); 0: no limit")
+	f.StringArrayVarP(&env, "env", "e", nil, "set an environment variable, KEY=VALUE (repeatable)")
+	f.StringVar(&req.Cwd, "cwd", "", "working directory on the board")
+	f.BoolVar(&req.Shell, "shell", false, "run ARGV[0] as a /bin/sh -c script (ARGV[1:] become $0, $1, ...)")
+	f.BoolVar(&req.Detach, "detach", false, "keep the command running if the connection drops")
+	f.StringVar(&req.KillSignal, "kill-signal", "", "signal sent on timeout before KILL (default TERM)")
+	f.BoolVarP(&noStdin, "no-stdin", "n", false, "do not send stdin to the command")
+	return cmd
+}
+
+func parseEnv(kvs []string) (map[string]string, error) {
+	if len(kvs) == 0 {
+		return nil, nil
+	}
+	env := make(map[string]string, len(kvs))
+	for _, kv := range kvs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, &usageError{fmt.Errorf("--env %q: want KEY=VALUE", kv)}
+		}
+		env[k] = v
+	}
+	return env, nil
+}
+
+// execStatus maps a command's final record to boardlink's exit status.
+func execStatus(r proto.ExecResult, timeout time.Duration) error {
+	switch {
+	case r.TimedOut:
+		return &exitError{code: exitTimeout, err: fmt.Errorf("command timed out after %s and was killed", timeout)}
+	case r.SignalNum > 0:
+		return &exitError{code: 128 + r.SignalNum, err: fmt.Errorf("command killed by signal %s", r.Signal)}
+	case r.ExitCode != 0:
+		return &exitError{code: r.ExitCode}
+	}
+	return nil
+}

@@ -1,0 +1,232 @@
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/boardlink/boardlink/internal/version"
+	"github.com/boardlink/boardlink/proto"
+	"github.com/boardlink/boardlink/transport"
+	"github.com/boardlink/boardlink/transport/wslink"
+)
+
+// DialOptions configures Dial.
+type DialOptions struct {
+	Token  string
+	Logger *slog.Logger
+	// Console receives console text seen on a serial line (boot log,
+	// kernel messages) while the client is connected; nil discards it.
+	Console io.Writer
+}
+
+// Errors a caller branches on: the address is wrong (not worth retrying),
+// or it is a board id, which discovery resolves.
+var (
+	ErrBadAddress     = errors.New("bad board address")
+	ErrNeedsDiscovery = errors.New("board ids are resolved by discovery")
+)
+
+// Client talks to one agent. It is safe for concurrent use.
+type Client struct {
+	conn  *transport.Conn
+	hello proto.HelloResult
+	line  io.Closer // the serial-framed line under the link, if any
+}
+
+// Dial connects to the agent at addr and opens a session.
+func Dial(ctx context.Context, addr string, opts DialOptions) (*Client, error) {
+	u, err := url.Parse(addr)
+	if err != nil || u.Scheme == "" {
+		return nil, fmt.Errorf("%q: %w (or use ws://, serial://, tcp:// or unix://)", addr, ErrNeedsDiscovery)
+	}
+	switch u.Scheme {
+	case "ws", "wss":
+		l, err := wslink.Dial(ctx, addr, opts.Token, wslink.Config{Logger: opts.Logger})
+		if err != nil {
+			return nil, err
+		}
+		return open(ctx, l, nil, opts)
+	case "serial", "tcp", "unix":
+		rwc, err := openLine(ctx, u)
+		if err != nil {
+			return nil, err
+		}
+		c, err := DialLine(ctx, rwc, opts)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", addr, err)
+		}
+		return c, nil
+	}
+	return nil, fmt.Errorf("%w %q: unknown scheme %q (want ws, wss, serial, tcp or unix)", ErrBadAddress, addr, u.Scheme)
+}
+
+// DialLine opens a session over the serial-framed link on rwc, a byte
+// stream that carries an agent (an open serial port, pty or socket). It
+// listens for the agent's beacon before writing anything. Closing the
+// client closes rwc.
+func DialLine(ctx context.Context, rwc io.ReadWriteCloser, opts DialOptions) (*Client, error) {
+	l, ep, err := dialSerial(ctx, rwc, opts)
+	if err != nil {
+		rwc.Close()
+		return nil, err
+	}
+	return open(ctx, l, ep, opts)
+}
+
+// open starts the connection and its session.
+func open(ctx context.Context, l transport.Link, line io.Closer, opts DialOptions) (*Client, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	c := &Client{conn: transport.NewConn(l, transport.Config{Client: true, Logger: opts.Logger}), line: line}
+	c.conn.Start()
+	err := c.conn.Call(ctx, proto.MethodHello, proto.HelloParams{
+		Protocol: proto.Version, Token: opts.Token, Client: "boardlink/" + version.Version,
+	}, &c.hello)
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("session.hello: %w", err)
+	}
+	return c, nil
+}
+
+// Hello is what the agent answered to session.hello.
+func (c *Client) Hello() proto.HelloResult { return c.hello }
+
+// Conn is the underlying connection, for callers that need raw calls.
+func (c *Client) Conn() *transport.Conn { return c.conn }
+
+// Close ends the session.
+func (c *Client) Close() error {
+	err := c.conn.Close()
+	if c.line != nil {
+		if lerr := c.line.Close(); err == nil {
+			err = lerr
+		}
+	}
+	return err
+}
+
+// Info returns the board's identity and state.
+func (c *Client) Info(ctx context.Context) (proto.BoardInfo, error) {
+	var info proto.BoardInfo
+	err := c.conn.Call(ctx, proto.MethodBoardInfo, nil, &info)
+	return info, err
+}
+
+// ExecRequest is one command to run on the board. Nil Stdin sends no input;
+// nil Stdout or Stderr discards that output on the board.
+type ExecRequest struct {
+	Argv       []string
+	Shell      bool
+	Env        map[string]string
+	Cwd        string
+	Timeout    time.Duration
+	KillSignal string
+	Detach     bool
+	Stdin      io.Reader
+	Stdout     io.Writer
+	Stderr     io.Writer
+}
+
+// cancelGrace is how long Exec waits for a canceled command's final record.
+const cancelGrace = 5 * time.Second
+
+// Exec runs a command and returns its final record once its output has
+// been copied out. Canceling ctx sends TERM to the command and still
+// returns its record when the board answers within a few seconds.
+func (c *Client) Exec(ctx context.Context, r ExecRequest) (proto.ExecResult, error) {
+	p := proto.ExecStartParams{Argv: r.Argv, Shell: r.Shell, Env: r.Env, Cwd: r.Cwd,
+		TimeoutMs: r.Timeout.Milliseconds(), KillSignal: r.KillSignal, Detach: r.Detach}
+	var (
+		copies sync.WaitGroup
+		opened []*transport.Stream
+		stdin  *transport.Stream
+	)
+	defer func() {
+		for _, s := range opened {
+			s.Close()
+		}
+	}()
+	open := func(w io.Writer) (uint32, error) {
+		s, err := c.conn.OpenStream()
+		if err != nil {
+			return 0, err
+		}
+		opened = append(opened, s)
+		copies.Go(func() { _, _ = io.Copy(w, s) })
+		return s.ID(), nil
+	}
+	var err error
+	if r.Stdout != nil {
+		if p.Stdout, err = open(r.Stdout); err != nil {
+			return proto.ExecResult{}, err
+		}
+	}
+	if r.Stderr != nil {
+		if p.Stderr, err = open(r.Stderr); err != nil {
+			return proto.ExecResult{}, err
+		}
+	}
+	if r.Stdin != nil {
+		if stdin, err = c.conn.OpenStream(); err != nil {
+			return proto.ExecResult{}, err
+		}
+		opened = append(opened, stdin)
+		p.Stdin = stdin.ID()
+	}
+	var started proto.ExecStartResult
+	if err := c.conn.Call(ctx, proto.MethodExecStart, p, &started); err != nil {
+		return proto.ExecResult{}, err
+	}
+	if stdin != nil {
+		// Not waited for: a terminal on stdin may never reach EOF.
+		go func() {
+			if _, err := io.Copy(stdin, r.Stdin); err == nil {
+				_ = stdin.CloseWrite()
+			}
+		}()
+	}
+	res, err := c.wait(ctx, started.ID)
+	if err != nil {
+		return res, err
+	}
+	copies.Wait()
+	return res, nil
+}
+
+func (c *Client) wait(ctx context.Context, id string) (proto.ExecResult, error) {
+	var res proto.ExecResult
+	err := c.conn.Call(ctx, proto.MethodExecWait, proto.ExecWaitParams{ID: id}, &res)
+	if err == nil || ctx.Err() == nil {
+		return res, err
+	}
+	// Canceled here: end the command on the board too, and report how it ended.
+	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelGrace)
+	defer cancel()
+	if cerr := c.Cancel(bg, id, "TERM"); cerr != nil && !proto.IsReason(cerr, proto.ReasonNotFound) {
+		return res, errors.Join(err, cerr)
+	}
+	if werr := c.conn.Call(bg, proto.MethodExecWait, proto.ExecWaitParams{ID: id}, &res); werr != nil {
+		return res, errors.Join(err, werr)
+	}
+	return res, nil
+}
+
+// Cancel sends signal (default TERM) to a running command's process group.
+func (c *Client) Cancel(ctx context.Context, id, signal string) error {
+	return c.conn.Call(ctx, proto.MethodExecCancel, proto.ExecCancelParams{ID: id, Signal: signal}, nil)
+}
+
+// ExecLog returns the board's command log, newest first (limit 0: all kept).
+func (c *Client) ExecLog(ctx context.Context, limit int) ([]proto.ExecLogEntry, error) {
+	var res proto.ExecLogResult
+	err := c.conn.Call(ctx, proto.MethodExecLog, proto.ExecLogParams{Limit: limit}, &res)
+	return res.Entries, err
+}
