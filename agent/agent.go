@@ -188,12 +188,13 @@ func (s *session) execStart(c *transport.Conn, params json.RawMessage) (any, err
 		}
 	}
 	for _, want := range []struct {
-		id  uint32
-		set func(*transport.Stream)
+		field string
+		id    uint32
+		set   func(*transport.Stream)
 	}{
-		{p.Stdin, func(st *transport.Stream) { io.Stdin = st }},
-		{p.Stdout, func(st *transport.Stream) { io.Stdout = st }},
-		{p.Stderr, func(st *transport.Stream) { io.Stderr = st }},
+		{"stdin", p.Stdin, func(st *transport.Stream) { io.Stdin = st }},
+		{"stdout", p.Stdout, func(st *transport.Stream) { io.Stdout = st }},
+		{"stderr", p.Stderr, func(st *transport.Stream) { io.Stderr = st }},
 	} {
 		if want.id == 0 {
 			continue
@@ -201,7 +202,7 @@ func (s *session) execStart(c *transport.Conn, params json.RawMessage) (any, err
 		st, err := c.AttachStream(want.id)
 		if err != nil {
 			closeAll()
-			return nil, err
+			return nil, proto.InvalidField(want.field, "stream", "%v", err)
 		}
 		streams = append(streams, st)
 		want.set(st)

@@ -14,6 +14,7 @@ import (
 	"github.com/boardlink/boardlink/agent"
 	"github.com/boardlink/boardlink/board/sim"
 	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/internal/testenv"
 	"github.com/boardlink/boardlink/proto"
 )
 
@@ -26,7 +27,7 @@ type harness struct {
 	token string
 }
 
-func newHarness(t *testing.T, token string) *harness {
+func newHarness(t testing.TB, token string) *harness {
 	t.Helper()
 	b, err := sim.Open(t.TempDir(), sim.Options{ID: "test-board", Model: "sim", Labels: map[string]string{"rack": "1"}})
 	if err != nil {
@@ -57,10 +58,10 @@ func (h *harness) wsURL() string { return "ws://" + h.ws.Addr().String() }
 // transports are the ways a test reaches the harness's agent.
 type transport struct {
 	name string
-	dial func(t *testing.T, h *harness) *dispatcher.Client
+	dial func(t testing.TB, h *harness) *dispatcher.Client
 }
 
-func dialWS(t *testing.T, h *harness) *dispatcher.Client {
+func dialWS(t testing.TB, h *harness) *dispatcher.Client {
 	t.Helper()
 	c, err := dispatcher.Dial(context.Background(), h.wsURL(), dispatcher.DialOptions{Token: h.token})
 	if err != nil {
@@ -71,7 +72,7 @@ func dialWS(t *testing.T, h *harness) *dispatcher.Client {
 }
 
 // dialUnix reaches the agent's serial-framed link on a unix socket.
-func dialUnix(t *testing.T, h *harness) *dispatcher.Client {
+func dialUnix(t testing.TB, h *harness) *dispatcher.Client {
 	t.Helper()
 	c, err := dispatcher.Dial(context.Background(), "unix://"+h.serveUnix(t), dispatcher.DialOptions{Token: h.token})
 	if err != nil {
@@ -83,7 +84,7 @@ func dialUnix(t *testing.T, h *harness) *dispatcher.Client {
 
 // dialPTY reaches the agent over a real pty: the agent opens the slave by
 // path through the serial-port code, the client uses the master.
-func dialPTY(t *testing.T, h *harness) *dispatcher.Client {
+func dialPTY(t testing.TB, h *harness) *dispatcher.Client {
 	t.Helper()
 	master := h.servePTY(t)
 	c, err := dispatcher.DialLine(context.Background(), master, dispatcher.DialOptions{Token: h.token})
@@ -255,6 +256,7 @@ func TestDroppedConnectionKillsUnlessDetached(t *testing.T) {
 }
 
 func TestAuthAndBadRequests(t *testing.T) {
+	testenv.CheckLeaks(t)
 	h := newHarness(t, "right")
 	_, err := dispatcher.Dial(context.Background(), h.wsURL(), dispatcher.DialOptions{Token: "wrong"})
 	if !proto.IsReason(err, proto.ReasonUnauthorized) {
@@ -272,7 +274,8 @@ func TestAuthAndBadRequests(t *testing.T) {
 		{proto.MethodExecStart, map[string]any{"argv": []string{"/no/such/binary"}}, proto.ReasonNotFound},
 		{proto.MethodExecStart, map[string]any{"argv": []string{"ls"}, "stdout": 2}, proto.ReasonInvalidParams},
 		{proto.MethodExecWait, map[string]any{"id": "nope"}, proto.ReasonNotFound},
-		{proto.MethodHello, map[string]any{"protocol": 0}, proto.ReasonInvalidParams},
+		{proto.MethodHello, map[string]any{"protocol": -1}, proto.ReasonInvalidParams},
+		{proto.MethodHello, map[string]any{"protocol": 0}, proto.ReasonIncompatible},
 		{"exec.teleport", nil, proto.ReasonMethodNotFound},
 	} {
 		err := c.Conn().Call(ctx, tc.method, tc.params, nil)

@@ -140,13 +140,13 @@ func (c *Command) Result() proto.ExecResult { return c.result }
 // the request cannot run as given, busy after Shutdown, internal otherwise.
 func (m *Execs) Start(p proto.ExecStartParams, eio ExecIO) (*Command, error) {
 	if len(p.Argv) == 0 || p.Argv[0] == "" {
-		return nil, proto.Errorf(proto.ReasonInvalidParams, "argv must be non-empty and start with a non-empty element")
+		return nil, proto.InvalidField("argv", "argv", "must be non-empty and start with a non-empty element")
 	}
 	killSig := syscall.SIGTERM
 	if p.KillSignal != "" {
 		s, ok := signalByName(p.KillSignal)
 		if !ok {
-			return nil, proto.Errorf(proto.ReasonInvalidParams, "kill_signal %q is not a signal", p.KillSignal)
+			return nil, proto.InvalidField("kill_signal", "oneof", "%q is not a signal", p.KillSignal)
 		}
 		killSig = s
 	}
@@ -302,24 +302,23 @@ func checkCwd(cwd string) error {
 	fi, err := os.Stat(cwd)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return proto.Errorf(proto.ReasonNotFound, "cwd %s: no such directory", cwd)
+		return proto.InvalidField("cwd", "dir", "%s: no such directory", cwd)
 	case err != nil:
-		return proto.Errorf(proto.ReasonInvalidParams, "cwd %s: %v", cwd, err)
+		return proto.InvalidField("cwd", "dir", "%s: %v", cwd, err)
 	case !fi.IsDir():
-		return proto.Errorf(proto.ReasonInvalidParams, "cwd %s: not a directory", cwd)
+		return proto.InvalidField("cwd", "dir", "%s: not a directory", cwd)
 	}
 	return nil
 }
 
 func startError(err error) error {
-	reason := proto.ReasonInternal
 	switch {
 	case errors.Is(err, exec.ErrNotFound), errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.ENOTDIR):
-		reason = proto.ReasonNotFound
+		return proto.Errorf(proto.ReasonNotFound, "cannot start command: %v", err)
 	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.ENOEXEC), errors.Is(err, exec.ErrDot):
-		reason = proto.ReasonInvalidParams
+		return proto.InvalidField("argv", "exec", "cannot start command: %v", err)
 	}
-	return proto.Errorf(reason, "cannot start command: %v", err)
+	return proto.Errorf(proto.ReasonInternal, "cannot start command: %v", err)
 }
 
 // millis converts milliseconds, saturating instead of overflowing into a
@@ -571,7 +570,7 @@ func (m *Execs) Cancel(id string, signal string) error {
 	}
 	sig, ok := signalByName(signal)
 	if !ok || !cancelSignals[sig] {
-		return proto.Errorf(proto.ReasonInvalidParams, "signal %q: must be one of HUP INT QUIT KILL USR1 USR2 TERM CONT STOP", signal)
+		return proto.InvalidField("signal", "oneof", "%q: must be one of HUP INT QUIT KILL USR1 USR2 TERM CONT STOP", signal)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

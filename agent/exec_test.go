@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/boardlink/boardlink/internal/proctest"
 	"github.com/boardlink/boardlink/proto"
 )
 
@@ -101,53 +102,6 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// procStat returns the state and process group of pid from /proc.
-func procStat(pid int) (state byte, pgrp int, ok bool) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, 0, false
-	}
-	// "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
-	if len(f) < 3 {
-		return 0, 0, false
-	}
-	pgrp, _ = strconv.Atoi(f[2])
-	return f[0][0], pgrp, true
-}
-
-// gone reports whether pid no longer runs. An orphan that died stays a
-// zombie until init reaps it, and some container inits never do: a zombie
-// counts as gone.
-func gone(pid int) bool {
-	if errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) {
-		return true
-	}
-	state, _, ok := procStat(pid)
-	return !ok || state == 'Z'
-}
-
-// groupGone reports whether no live process is left in process group pgid.
-func groupGone(pgid int) bool {
-	if errors.Is(syscall.Kill(-pgid, 0), syscall.ESRCH) {
-		return true
-	}
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return false
-	}
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		if state, pgrp, ok := procStat(pid); ok && pgrp == pgid && state != 'Z' {
-			return false
-		}
-	}
-	return true
-}
-
 // skipIfIgnored skips a test of signal name when the test runs with that
 // signal ignored (nohup, a background job): commands inherit that.
 func skipIfIgnored(t *testing.T, name string) {
@@ -219,7 +173,7 @@ func TestExecStartErrors(t *testing.T) {
 		{name: "no such path", p: proto.ExecStartParams{Argv: []string{filepath.Join(dir, "nope")}},
 			reason: proto.ReasonNotFound, msg: "no such file"},
 		{name: "no such cwd", p: proto.ExecStartParams{Argv: []string{"true"}, Cwd: filepath.Join(dir, "nodir")},
-			reason: proto.ReasonNotFound, msg: "cwd"},
+			reason: proto.ReasonInvalidParams, msg: "cwd"},
 		{name: "cwd is a file", p: proto.ExecStartParams{Argv: []string{"true"}, Cwd: plain},
 			reason: proto.ReasonInvalidParams, msg: "not a directory"},
 		{name: "not executable", p: proto.ExecStartParams{Argv: []string{plain}},
@@ -235,7 +189,7 @@ func TestExecStartErrors(t *testing.T) {
 				t.Fatalf("Start succeeded (pid %d)", c.PID())
 			}
 			var pe *proto.Error
-			if !errors.As(err, &pe) || pe.Reason() != tt.reason || !strings.Contains(pe.Message, tt.msg) {
+			if !errors.As(err, &pe) || pe.Reason() != tt.reason || !strings.Contains(pe.Error(), tt.msg) {
 				t.Fatalf("err = %v, want reason %s with a message containing %q", err, tt.reason, tt.msg)
 			}
 		})
@@ -392,7 +346,7 @@ func TestExecBackgroundChildDoesNotHoldResult(t *testing.T) {
 	if err != nil {
 		t.Fatalf("background pid: %v (stdout %q)", err, out.String())
 	}
-	if gone(pid) {
+	if proctest.Gone(pid) {
 		t.Errorf("the background child %d is gone; the test proves nothing", pid)
 	}
 }
@@ -427,8 +381,8 @@ func TestExecTimeoutKillsGroup(t *testing.T) {
 			if err != nil {
 				t.Fatalf("grandchild pid: %v (stdout %q)", err, out.String())
 			}
-			waitFor(t, "the grandchild to die", func() bool { return gone(grandchild) })
-			waitFor(t, "the process group to die", func() bool { return groupGone(c.PID()) })
+			waitFor(t, "the grandchild to die", func() bool { return proctest.Gone(grandchild) })
+			waitFor(t, "the process group to die", func() bool { return proctest.GroupGone(c.PID()) })
 		})
 	}
 }
@@ -477,7 +431,7 @@ func TestExecCancel(t *testing.T) {
 				t.Errorf("exit %d signal %q Canceled %v TimedOut %v; want exit %d signal %q Canceled %v",
 					res.ExitCode, res.Signal, res.Canceled, res.TimedOut, tt.code, tt.want, tt.canceled)
 			}
-			waitFor(t, "the process group to die", func() bool { return groupGone(c.PID()) })
+			waitFor(t, "the process group to die", func() bool { return proctest.GroupGone(c.PID()) })
 			if err := m.Cancel(c.ID(), tt.signal); !proto.IsReason(err, proto.ReasonNotFound) {
 				t.Errorf("Cancel after the end = %v, want not_found", err)
 			}
@@ -560,9 +514,9 @@ func TestExecShutdown(t *testing.T) {
 		if !c.Result().Canceled {
 			t.Errorf("%s: not marked Canceled", c.ID())
 		}
-		waitFor(t, "the process group to die", func() bool { return groupGone(c.PID()) })
+		waitFor(t, "the process group to die", func() bool { return proctest.GroupGone(c.PID()) })
 	}
-	waitFor(t, "the grandchild to die", func() bool { return gone(grandchild) })
+	waitFor(t, "the grandchild to die", func() bool { return proctest.Gone(grandchild) })
 
 	if _, err := m.Start(proto.ExecStartParams{Argv: []string{"true"}}, ExecIO{}); !proto.IsReason(err, proto.ReasonBusy) {
 		t.Errorf("Start after Shutdown = %v, want busy", err)
@@ -589,7 +543,7 @@ func TestExecShutdownKillsStragglers(t *testing.T) {
 	if res := c.Result(); res.Signal != "TERM" {
 		t.Errorf("leader signal %q, want TERM", res.Signal)
 	}
-	waitFor(t, "the grandchild to die", func() bool { return gone(grandchild) })
+	waitFor(t, "the grandchild to die", func() bool { return proctest.Gone(grandchild) })
 }
 
 // When Shutdown's context ends first, everything still running is killed
@@ -608,5 +562,5 @@ func TestExecShutdownContextEnds(t *testing.T) {
 	if res := wait(t, m, c); res.Signal != "KILL" {
 		t.Errorf("signal %q, want KILL", res.Signal)
 	}
-	waitFor(t, "the process group to die", func() bool { return groupGone(c.PID()) })
+	waitFor(t, "the process group to die", func() bool { return proctest.GroupGone(c.PID()) })
 }

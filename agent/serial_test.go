@@ -1,9 +1,12 @@
 package agent_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,12 +18,13 @@ import (
 
 	"github.com/boardlink/boardlink/agent"
 	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/internal/testenv"
 	"github.com/boardlink/boardlink/proto"
 	"github.com/boardlink/boardlink/transport/seriallink/linetest"
 )
 
 // serveUnix starts a serial server on a unix socket and returns its path.
-func (h *harness) serveUnix(t *testing.T) string {
+func (h *harness) serveUnix(t testing.TB) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "serial.sock")
 	s := agent.NewUnixSerialServer(h.agent, path)
@@ -30,11 +34,11 @@ func (h *harness) serveUnix(t *testing.T) string {
 
 // servePTY has the agent serve the slave side of a new pty, opened by path
 // as a serial port, and returns the master.
-func (h *harness) servePTY(t *testing.T) *os.File {
+func (h *harness) servePTY(t testing.TB) *os.File {
 	t.Helper()
 	master, slave, err := pty.Open()
 	if err != nil {
-		t.Skipf("no pty here: %v", err) // BOARDLINK_E2E makes this fatal, see TestMain
+		testenv.SkipOrFail(t, "no pty here: %v", err)
 	}
 	s := agent.NewSerialServer(h.agent, slave.Name(), 115200)
 	h.startSerial(t, s)
@@ -42,7 +46,7 @@ func (h *harness) servePTY(t *testing.T) *os.File {
 	return master
 }
 
-func (h *harness) startSerial(t *testing.T, s *agent.SerialServer) {
+func (h *harness) startSerial(t testing.TB, s *agent.SerialServer) {
 	t.Helper()
 	if err := s.Start(context.Background()); err != nil {
 		t.Fatal(err)
@@ -139,5 +143,68 @@ func TestSerialNeedsToken(t *testing.T) {
 	defer c.Close()
 	if _, err := c.Info(ctx); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestSerialGarbage feeds the agent's line random bytes, truncated and
+// corrupted frames: the agent keeps beaconing and serves the next session.
+func TestSerialGarbage(t *testing.T) {
+	testenv.CheckLeaks(t)
+	h := newHarness(t, "")
+	path := h.serveUnix(t)
+	ctx := context.Background()
+	frame := beaconFrame(t, path)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for round := range 3 {
+		conn, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		junk := make([]byte, 4096)
+		for i := range junk {
+			junk[i] = byte(rng.IntN(256))
+		}
+		corrupt := append([]byte(nil), frame...)
+		corrupt[len(corrupt)/2] ^= 0x55
+		for _, g := range [][]byte{junk, {0x00, 0xFE, 0x81}, frame[:len(frame)/2], corrupt} {
+			if _, err := conn.Write(g); err != nil {
+				t.Fatalf("round %d: agent dropped the line: %v", round, err)
+			}
+		}
+		c, err := dispatcher.DialLine(ctx, conn, dispatcher.DialOptions{})
+		if err != nil {
+			t.Fatalf("round %d: no session after garbage: %v", round, err)
+		}
+		o := run(t, c, dispatcher.ExecRequest{Argv: []string{"echo", "still here"}})
+		c.Close()
+		if o.stdout != "still here\n" {
+			t.Fatalf("round %d: %q", round, o.stdout)
+		}
+	}
+}
+
+// beaconFrame returns one whole frame (0x00 0xFE ... 0x00) the agent sent on
+// a fresh line: a beacon, to cut into truncated and corrupted frames.
+func beaconFrame(t *testing.T, path string) []byte {
+	t.Helper()
+	conn, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second)) // give up rather than hang
+	var seen []byte
+	buf := make([]byte, 512)
+	for {
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("no beacon from the agent: %v", err)
+		}
+		seen = append(seen, buf[:n]...)
+		if start := bytes.Index(seen, []byte{0x00, 0xFE}); start >= 0 {
+			if end := bytes.IndexByte(seen[start+2:], 0); end >= 0 {
+				return seen[start : start+2+end+1]
+			}
+		}
 	}
 }

@@ -4,17 +4,8 @@ import (
 	"fmt"
 	"maps"
 	"strings"
-	"time"
 	"unicode"
 )
-
-// Board is what the agent asks of every backend.
-type Board interface {
-	Identity() Identity
-	// BootID changes on every boot; hosts use it to see that a board rebooted.
-	BootID() string
-	BootedAt() time.Time
-}
 
 // Identity is how a board is named and selected: ID is unique in a lab
 // (it is the mDNS instance name), Model selects compatible images, Labels

@@ -23,7 +23,7 @@ const (
 // request and carry the token; over WebSocket the token travels on the
 // upgrade and hello is optional, used to negotiate the version.
 type HelloParams struct {
-	Protocol int    `json:"protocol" validate:"required,min=1"`
+	Protocol int    `json:"protocol" validate:"min=0"` // below MinVersion: incompatible
 	Token    string `json:"token,omitempty" validate:"max=4096"`
 	Client   string `json:"client,omitempty" validate:"max=256"`
 }

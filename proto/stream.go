@@ -29,6 +29,10 @@ const (
 	StreamWindow    = 256 << 10
 )
 
+// MaxMessage is the largest message either end must accept, on every
+// link; a larger one is discarded and answered with reason too_large.
+const MaxMessage = 1 << 20
+
 // StreamFrame is one decoded binary frame.
 type StreamFrame struct {
 	Kind    byte

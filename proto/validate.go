@@ -129,6 +129,12 @@ func ruleMessage(fe validator.FieldError) string {
 	return "fails rule " + fe.Tag()
 }
 
+// InvalidField is the invalid_params error for one field that fails a check
+// made beyond the validate tags (a cwd that is not a directory, say).
+func InvalidField(field, rule, format string, args ...any) *Error {
+	return invalidParams([]FieldError{{Field: field, Rule: rule, Message: fmt.Sprintf(format, args...)}})
+}
+
 func invalidParams(fields []FieldError) *Error {
 	names := make([]string, len(fields))
 	for i, f := range fields {
@@ -152,7 +158,7 @@ func DecodeParams(params json.RawMessage, v any) *Error {
 			return decodeFieldError(err)
 		}
 		if dec.More() {
-			return invalidParams([]FieldError{{Field: "", Rule: "json", Message: "trailing data after params"}})
+			return invalidParams([]FieldError{{Field: "(params)", Rule: "json", Message: "trailing data after params"}})
 		}
 	}
 	return Validate(v)

@@ -20,6 +20,6 @@ type Change struct {
 var History = []Change{
 	{1, "2026-11-22", "JSON-RPC 2.0 control messages in text frames; binary stream frames " +
 		"(DATA, CREDIT, FIN, RST) with per-stream credit flow control; session.hello, " +
-		"board.info, exec.start/wait/cancel/log; serial-framed link with COBS, CRC-32, " +
+		"board.info, exec.start/wait/cancel/log; serial-framed link with COBS, CRC-32C, " +
 		"selective-repeat retransmission, beacons and console text outside frames."},
 }

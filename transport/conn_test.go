@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/boardlink/boardlink/internal/testenv"
 	"github.com/boardlink/boardlink/proto"
 	"github.com/boardlink/boardlink/transport"
 	"github.com/boardlink/boardlink/transport/wslink"
@@ -292,6 +293,7 @@ func rawExchange(t *testing.T, l *wslink.Link, mt transport.MessageType, msg []b
 }
 
 func TestBadInputGetsSpecificErrors(t *testing.T) {
+	testenv.CheckLeaks(t)
 	url := testServer(t, "", wslink.Config{MaxMessage: 64 << 10}, testHandler)
 	l, err := wslink.Dial(context.Background(), url, "", wslink.Config{})
 	if err != nil {

@@ -80,7 +80,7 @@ func (c *Conn) AttachStream(id uint32) (*Stream, error) {
 		return nil, c.err
 	}
 	if _, taken := c.streams[id]; taken {
-		return nil, proto.Errorf(proto.ReasonBusy, "stream %d is already in use", id)
+		return nil, proto.Errorf(proto.ReasonInvalidParams, "stream %d is already in use", id)
 	}
 	s := c.newStream(id)
 	c.streams[id] = s

@@ -55,8 +55,6 @@ type Board struct {
 	boots    []Boot // oldest first; the last one is this boot
 }
 
-var _ board.Board = (*Board)(nil)
-
 // Open boots the board kept in dir, creating dir and a generated identity
 // when needed. Each call is a new boot with a fresh boot id.
 func Open(dir string, opts Options) (*Board, error) {

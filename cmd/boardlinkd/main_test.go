@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -18,6 +17,7 @@ import (
 	"time"
 
 	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/internal/proctest"
 )
 
 // syncBuffer is a bytes.Buffer safe to write from the agent's logger while
@@ -39,7 +39,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-var addrRE = regexp.MustCompile(`serving websocket addr=(\S+)`)
+var addrRE = regexp.MustCompile(`"serving websocket" addr=(\S+)`)
 
 // waitAddr waits for the agent to log the address it listens on.
 func waitAddr(t *testing.T, logs func() string, done <-chan error) string {
@@ -92,9 +92,9 @@ func TestRunServesAndStopsCleanly(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("run: %v\n%s", err, logs.String())
 	}
-	if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+	if !proctest.Gone(pid) {
 		syscall.Kill(pid, syscall.SIGKILL)
-		t.Fatalf("command %d outlived the agent (kill(0) = %v)", pid, err)
+		t.Fatalf("command %d outlived the agent", pid)
 	}
 }
 
@@ -151,9 +151,9 @@ func TestSignalLeavesNoChildBehind(t *testing.T) {
 			if err := <-exited; err != nil {
 				t.Fatalf("agent exit: %v\n%s", err, logs.String())
 			}
-			if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+			if !proctest.Gone(pid) {
 				syscall.Kill(pid, syscall.SIGKILL)
-				t.Fatalf("grandchild %d still alive after %v (kill(0) = %v)", pid, sig, err)
+				t.Fatalf("grandchild %d still alive after %v", pid, sig)
 			}
 			if !strings.Contains(logs.String(), "boardlinkd stopped") {
 				t.Fatalf("no clean stop in logs:\n%s", logs.String())

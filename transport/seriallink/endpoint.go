@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/boardlink/boardlink/proto"
 	"github.com/boardlink/boardlink/transport"
 )
 
@@ -31,7 +32,7 @@ type Config struct {
 	// went unacknowledged or, when idle, keepalive probes went unanswered
 	// (default 15s).
 	DeadAfter time.Duration
-	// MaxMessage is the largest message accepted (default 2 MiB). A larger
+	// MaxMessage is the largest message accepted (default proto.MaxMessage). A larger
 	// one is dropped and ReadMessage reports transport.ErrTooLarge. It also
 	// bounds the read queue: a session buffers at most about two such
 	// messages plus its window of frames.
@@ -58,7 +59,7 @@ const (
 	DefaultWindow         = 32
 	DefaultRTO            = 500 * time.Millisecond
 	DefaultDeadAfter      = 15 * time.Second
-	DefaultMaxMessage     = 2 << 20
+	DefaultMaxMessage     = proto.MaxMessage
 	DefaultBeaconInterval = time.Second
 	DefaultConsoleBuffer  = 64 << 10
 )

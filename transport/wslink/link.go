@@ -10,6 +10,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/boardlink/boardlink/proto"
 	"github.com/boardlink/boardlink/transport"
 )
 
@@ -18,7 +19,7 @@ const Path = "/v1/ws"
 
 // Config tunes a link. Zero values take the defaults.
 type Config struct {
-	MaxMessage   int           // largest message accepted; default 1 MiB
+	MaxMessage   int           // largest message accepted; default proto.MaxMessage
 	HardLimit    int64         // a message beyond this closes the connection; default 4 x MaxMessage
 	PingInterval time.Duration // default 10 s
 	PongWait     time.Duration // silence after which the peer is dead; default 3 x PingInterval
@@ -29,7 +30,7 @@ type Config struct {
 
 func (c Config) withDefaults() Config {
 	if c.MaxMessage <= 0 {
-		c.MaxMessage = 1 << 20
+		c.MaxMessage = proto.MaxMessage
 	}
 	if c.HardLimit <= 0 {
 		c.HardLimit = 4 * int64(c.MaxMessage)
