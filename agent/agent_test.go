@@ -55,8 +55,8 @@ func newHarness(t testing.TB, token string) *harness {
 
 func (h *harness) wsURL() string { return "ws://" + h.ws.Addr().String() }
 
-// transports are the ways a test reaches the harness's agent.
-type transport struct {
+// via is one way a test reaches the harness's agent.
+type via struct {
 	name string
 	dial func(t testing.TB, h *harness) *dispatcher.Client
 }
@@ -95,7 +95,7 @@ func dialPTY(t testing.TB, h *harness) *dispatcher.Client {
 	return c
 }
 
-var transports = []transport{{"ws", dialWS}, {"serial-unix", dialUnix}, {"serial-pty", dialPTY}}
+var transports = []via{{"ws", dialWS}, {"serial-unix", dialUnix}, {"serial-pty", dialPTY}}
 
 type outcome struct {
 	stdout, stderr string

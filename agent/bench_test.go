@@ -22,7 +22,7 @@ func BenchmarkExecRoundTrip(b *testing.B) {
 		}
 		localNs = float64(b.Elapsed().Nanoseconds()) / float64(b.N)
 	})
-	for _, tr := range []transport{{"ws", dialWS}, {"serial-unix", dialUnix}} {
+	for _, tr := range []via{{"ws", dialWS}, {"serial-unix", dialUnix}} {
 		b.Run(tr.name, func(b *testing.B) {
 			c := tr.dial(b, newHarness(b, ""))
 			ctx := context.Background()

@@ -11,12 +11,12 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/boardlink/boardlink/internal/proctest"
+	"github.com/boardlink/boardlink/internal/testenv"
 	"github.com/boardlink/boardlink/proto"
 )
 
@@ -70,24 +70,6 @@ func run(t *testing.T, m *Execs, p proto.ExecStartParams, eio ExecIO) proto.Exec
 
 func sh(script string, args ...string) proto.ExecStartParams {
 	return proto.ExecStartParams{Argv: append([]string{script}, args...), Shell: true}
-}
-
-// lockedBuffer can be read while a command writes it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // waitFor polls cond until it holds.
@@ -335,7 +317,7 @@ func TestExecSlowWriterLosesNothing(t *testing.T) {
 
 func TestExecBackgroundChildDoesNotHoldResult(t *testing.T) {
 	m := newExecs(t, ExecOptions{})
-	var out lockedBuffer
+	var out testenv.Buffer
 	c := start(t, m, sh(`sleep 1000 & echo $!; exit 5`), ExecIO{Stdout: &out})
 	killGroupOnCleanup(t, c.PID())
 	res := wait(t, m, c)
@@ -367,7 +349,7 @@ func TestExecTimeoutKillsGroup(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			skipIfIgnored(t, tt.killSignal)
-			var out lockedBuffer
+			var out testenv.Buffer
 			p := sh(tt.script)
 			p.TimeoutMs, p.KillSignal, p.GraceMs = 300, tt.killSignal, 100
 			c := start(t, m, p, ExecIO{Stdout: &out})
@@ -414,7 +396,7 @@ func TestExecCancel(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			skipIfIgnored(t, tt.signal)
-			var out lockedBuffer
+			var out testenv.Buffer
 			c := start(t, m, sh(tt.script), ExecIO{Stdout: &out})
 			killGroupOnCleanup(t, c.PID())
 			waitFor(t, "the command to be ready", func() bool { return strings.Contains(out.String(), "ready") })
@@ -473,7 +455,7 @@ func TestExecWait(t *testing.T) {
 
 func TestExecShutdown(t *testing.T) {
 	m := newExecs(t, ExecOptions{DefaultGrace: 300 * time.Millisecond})
-	var ready, withChild lockedBuffer
+	var ready, withChild testenv.Buffer
 	cmds := []*Command{
 		start(t, m, proto.ExecStartParams{Argv: []string{"sleep", "1000"}}, ExecIO{}),
 		start(t, m, sh(`trap "" TERM; echo ready; sleep 1000`), ExecIO{Stdout: &ready}),
@@ -527,7 +509,7 @@ func TestExecShutdown(t *testing.T) {
 // Shutdown returns, not when the grace period ends.
 func TestExecShutdownKillsStragglers(t *testing.T) {
 	m := newExecs(t, ExecOptions{DefaultGrace: time.Hour})
-	var out lockedBuffer
+	var out testenv.Buffer
 	c := start(t, m, sh(`(trap "" TERM; exec sleep 1000) >/dev/null 2>&1 & echo $!; wait`), ExecIO{Stdout: &out})
 	killGroupOnCleanup(t, c.PID())
 	waitFor(t, "the grandchild's pid", func() bool { return strings.Contains(out.String(), "\n") })
@@ -550,7 +532,7 @@ func TestExecShutdownKillsStragglers(t *testing.T) {
 // at once instead of after the grace period.
 func TestExecShutdownContextEnds(t *testing.T) {
 	m := newExecs(t, ExecOptions{DefaultGrace: time.Hour})
-	var out lockedBuffer
+	var out testenv.Buffer
 	c := start(t, m, sh(`trap "" TERM; echo ready; sleep 1000`), ExecIO{Stdout: &out})
 	killGroupOnCleanup(t, c.PID())
 	waitFor(t, "the command to be ready", func() bool { return strings.Contains(out.String(), "ready") })

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +19,8 @@ import (
 	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/internal/testenv"
 	"github.com/boardlink/boardlink/proto"
+	"github.com/boardlink/boardlink/transport"
+	"github.com/boardlink/boardlink/transport/seriallink"
 	"github.com/boardlink/boardlink/transport/seriallink/linetest"
 )
 
@@ -67,24 +68,6 @@ func relay(master *os.File, board io.ReadWriter) {
 	go io.Copy(master, board)
 }
 
-// consoleSink collects the console text the client sees.
-type consoleSink struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (c *consoleSink) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.b.Write(p)
-}
-
-func (c *consoleSink) String() string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.b.String()
-}
-
 func TestNoisyLineThousandCommands(t *testing.T) {
 	n := 1000
 	if testing.Short() {
@@ -94,7 +77,7 @@ func TestNoisyLineThousandCommands(t *testing.T) {
 	master := h.servePTY(t)
 	line := linetest.New(linetest.Config{Corrupt: 0.001, Drop: 0.0005, Inject: 0.02, Seed: 7})
 	relay(master, line.Board())
-	var console consoleSink
+	var console testenv.Buffer
 	ctx := context.Background()
 	c, err := dispatcher.DialLine(ctx, line.Host(), dispatcher.DialOptions{Token: "noisy-token", Console: &console})
 	if err != nil {
@@ -135,14 +118,33 @@ func TestSerialNeedsToken(t *testing.T) {
 	if !proto.IsReason(err, proto.ReasonUnauthorized) {
 		t.Fatalf("wrong token over serial: %v", err)
 	}
-	// A session that skips hello is refused method by method.
-	c, err := dispatcher.Dial(ctx, "unix://"+path, dispatcher.DialOptions{Token: "serial-secret"})
+	// A raw session: every method but session.hello is refused until a
+	// hello brings the token.
+	line, err := net.Dial("unix", path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	if _, err := c.Info(ctx); err != nil {
+	ep := seriallink.NewEndpoint(line, seriallink.Config{})
+	defer ep.Close()
+	link, err := ep.Dial(ctx)
+	if err != nil {
 		t.Fatal(err)
+	}
+	c := transport.NewConn(link, transport.Config{Client: true})
+	c.Start()
+	defer c.Close()
+	if err := c.Call(ctx, proto.MethodBoardInfo, nil, nil); !proto.IsReason(err, proto.ReasonUnauthorized) {
+		t.Fatalf("board.info before hello: %v", err)
+	}
+	if err := c.Call(ctx, proto.MethodExecStart, proto.ExecStartParams{Argv: []string{"true"}}, nil); !proto.IsReason(err, proto.ReasonUnauthorized) {
+		t.Fatalf("exec.start before hello: %v", err)
+	}
+	if err := c.Call(ctx, proto.MethodHello, proto.HelloParams{Protocol: 1, Token: "serial-secret"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var info proto.BoardInfo
+	if err := c.Call(ctx, proto.MethodBoardInfo, nil, &info); err != nil || info.ID != "test-board" {
+		t.Fatalf("board.info after hello: %+v %v", info, err)
 	}
 }
 

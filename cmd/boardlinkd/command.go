@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,8 +17,6 @@ import (
 	"github.com/boardlink/boardlink/board/sim"
 	"github.com/boardlink/boardlink/internal/version"
 )
-
-var errHelp = errors.New("help shown")
 
 // stopTimeout bounds a clean shutdown: commands get their grace period,
 // connections their close handshake.
@@ -39,7 +36,8 @@ and exec with real exit codes, separate stdout and stderr, timeouts and
 cancellation, so a host never has to parse a serial shell.
 
 It listens for WebSocket connections on --listen (path /v1/ws, default port
-7207) and, with --serial, speaks the framed serial protocol on a serial port,
+7207; loopback only unless told otherwise: a lab board listens on :7207
+with --token-file) and, with --serial, speaks the framed serial protocol on a serial port,
 announcing itself there with a periodic beacon while idle. Bytes outside
 frames on that line (the kernel console) do not disturb it.
 

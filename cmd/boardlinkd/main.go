@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -16,9 +15,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout, os.Stderr); err != nil {
-		if !errors.Is(err, errHelp) {
-			fmt.Fprintln(os.Stderr, "boardlinkd:", err)
-		}
+		fmt.Fprintln(os.Stderr, "boardlinkd:", err)
 		os.Exit(2)
 	}
 }

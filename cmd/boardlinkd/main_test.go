@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"io"
 	"os"
@@ -11,33 +10,14 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/internal/proctest"
+	"github.com/boardlink/boardlink/internal/testenv"
 )
-
-// syncBuffer is a bytes.Buffer safe to write from the agent's logger while
-// the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 var addrRE = regexp.MustCompile(`"serving websocket" addr=(\S+)`)
 
@@ -68,7 +48,7 @@ func TestRunServesAndStopsCleanly(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var logs syncBuffer
+	var logs testenv.Buffer
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"--config", cfg, "--listen", "127.0.0.1:0", "--token-file", tok, "--id", "unit-1"}, io.Discard, &logs)
@@ -128,7 +108,7 @@ func TestSignalLeavesNoChildBehind(t *testing.T) {
 	}
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		t.Run(sig.String(), func(t *testing.T) {
-			var logs syncBuffer
+			var logs testenv.Buffer
 			agent := exec.Command(bin, "--state-dir", filepath.Join(dir, "state"), "--listen", "127.0.0.1:0")
 			agent.Stderr = &logs
 			if err := agent.Start(); err != nil {

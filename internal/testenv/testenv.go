@@ -5,9 +5,11 @@
 package testenv
 
 import (
+	"bytes"
 	"os"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -68,4 +70,23 @@ func trimStacks(s string) string {
 		out = append(out, strings.Join(lines[:min(len(lines), 9)], "\n"))
 	}
 	return strings.Join(out, "\n\n")
+}
+
+// Buffer is a bytes.Buffer that a test may read while another goroutine
+// (a command's output, an agent's logger) writes it.
+type Buffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *Buffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *Buffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
