@@ -70,8 +70,9 @@ func (a *Agent) Info() proto.BoardInfo {
 // Beacon is the payload the agent announces on an idle serial line.
 func (a *Agent) Beacon() []byte {
 	id := a.board.Identity()
-	b, _ := json.Marshal(map[string]any{
-		"id": id.ID, "model": id.Model, "proto": proto.Version, "ver": version.Version, "boot": a.board.BootID(),
+	b, _ := json.Marshal(proto.Beacon{
+		ID: id.ID, Model: id.Model, Protocol: proto.Version, Capabilities: a.Capabilities(),
+		Version: version.Version, BootID: a.board.BootID(), Labels: id.Labels,
 	})
 	return b
 }

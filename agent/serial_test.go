@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/creack/pty"
-
 	"github.com/boardlink/boardlink/agent"
 	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/internal/testenv"
@@ -37,13 +35,9 @@ func (h *harness) serveUnix(t testing.TB) string {
 // as a serial port, and returns the master.
 func (h *harness) servePTY(t testing.TB) *os.File {
 	t.Helper()
-	master, slave, err := pty.Open()
-	if err != nil {
-		testenv.SkipOrFail(t, "no pty here: %v", err)
-	}
+	master, slave := testenv.RawPTY(t)
 	s := agent.NewSerialServer(h.agent, slave.Name(), 115200)
 	h.startSerial(t, s)
-	slave.Close() // the agent holds its own descriptor
 	return master
 }
 

@@ -141,3 +141,17 @@ type ExecLogEntry struct {
 type ExecLogResult struct {
 	Entries []ExecLogEntry `json:"entries"`
 }
+
+// Beacon is the payload of the agent's beacon frame on an idle serial
+// line: the same facts it announces over mDNS, named by the same keys, so a
+// host that only listens knows which board is on the port.
+type Beacon struct {
+	ID           string            `json:"id"`
+	Model        string            `json:"model"`
+	Protocol     int               `json:"proto"`
+	Capabilities []string          `json:"caps,omitempty"`
+	Version      string            `json:"ver"`
+	BootID       string            `json:"boot"`
+	Slot         string            `json:"slot,omitempty"`
+	Labels       map[string]string `json:"labels,omitempty"`
+}

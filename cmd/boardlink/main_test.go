@@ -79,7 +79,7 @@ func TestCLIErrors(t *testing.T) {
 		{"link down", []string{"exec", "ws://" + closed, "--", "true"}, 255, "connection refused"},
 		{"serial link down", []string{"info", "tcp://" + closed}, 255, "connection refused"},
 		{"unknown scheme", []string{"info", "http://x"}, 2, "unknown scheme"},
-		{"board id without discovery", []string{"info", "board1"}, 2, "discovery"},
+		{"unknown board id", []string{"info", "--iface", "lo", "no-such-board"}, 2, "no-such-board"},
 		{"missing command", []string{"exec", "ws://" + closed}, 2, "command after --"},
 		{"two boards", []string{"exec", "a", "b", "--", "true"}, 2, "one BOARD"},
 		{"bad flag", []string{"exec", "--frobnicate", "x", "--", "true"}, 2, "unknown flag"},

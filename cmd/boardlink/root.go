@@ -20,6 +20,7 @@ import (
 type globals struct {
 	tokenFile string
 	verbose   bool
+	ifaces    []string
 	stderr    io.Writer
 }
 
@@ -36,6 +37,8 @@ command and get its real exit code and separate stdout and stderr, with no
 serial-shell parsing.
 
 BOARD is one of:
+  ID                           a board id (or a unique prefix of one), found
+                               by discovery as in 'boardlink ls'
   ws://HOST:PORT               the agent's WebSocket (default port 7207)
   serial:///dev/ttyUSB0?baud=115200
                                the agent's framed protocol on a serial port
@@ -56,7 +59,8 @@ variable.`,
 	pf := root.PersistentFlags()
 	pf.StringVar(&g.tokenFile, "token-file", "", "file holding the agent's token (default: $BOARDLINK_TOKEN)")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log protocol activity to stderr")
-	root.AddCommand(newInfoCmd(g), newExecCmd(g), newDemoCmd(g))
+	pf.StringArrayVar(&g.ifaces, "iface", nil, "network interface for mDNS discovery (repeatable; default: every multicast-capable one)")
+	root.AddCommand(newLsCmd(g), newInfoCmd(g), newExecCmd(g), newDemoCmd(g))
 	return root
 }
 
@@ -86,8 +90,12 @@ func (g *globals) dial(ctx context.Context, addr string) (*dispatcher.Client, er
 	if err != nil {
 		return nil, err
 	}
-	c, err := dispatcher.Dial(ctx, addr, dispatcher.DialOptions{Token: tok, Logger: g.logger()})
-	if errors.Is(err, dispatcher.ErrNeedsDiscovery) || errors.Is(err, dispatcher.ErrBadAddress) {
+	opts := dispatcher.DialOptions{Token: tok, Logger: g.logger()}
+	c, err := dispatcher.Dial(ctx, addr, opts)
+	if errors.Is(err, dispatcher.ErrNeedsDiscovery) {
+		c, err = g.dialID(ctx, addr, opts)
+	}
+	if errors.Is(err, dispatcher.ErrBadAddress) || errors.Is(err, errUnknownBoard) {
 		return nil, &usageError{err}
 	}
 	if err != nil {

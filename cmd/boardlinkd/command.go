@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"net"
 	"strings"
 	"time"
 
@@ -15,7 +16,9 @@ import (
 
 	"github.com/boardlink/boardlink/agent"
 	"github.com/boardlink/boardlink/board/sim"
+	"github.com/boardlink/boardlink/discovery"
 	"github.com/boardlink/boardlink/internal/version"
+	"github.com/boardlink/boardlink/proto"
 )
 
 // stopTimeout bounds a clean shutdown: commands get their grace period,
@@ -48,9 +51,15 @@ on the serial link.
 The sim board keeps its identity (id, model, labels) and boot history under
 --state-dir; every start is a new boot with a fresh boot id.
 
+The board advertises itself over mDNS (_boardlink._tcp, instance name = the
+board id, TXT: id, model, proto, caps, ver, boot, slot, l.KEY; never the
+token) on --iface interfaces, or every up multicast-capable one; a server
+listening on loopback only is advertised only where --iface says. It says
+goodbye when it stops. --no-mdns turns this off.
+
 A YAML file given with --config may hold the same settings (keys: board,
-state_dir, listen, serial, token_file, id, model, labels, exec_log_size,
-verbose); flags given on the command line win.
+state_dir, listen, serial, token_file, id, model, labels, ifaces, no_mdns,
+exec_log_size, verbose); flags given on the command line win.
 
 SIGINT or SIGTERM stops the agent cleanly: connections are closed and every
 running command's process group is ended (TERM, then KILL after its grace).`,
@@ -96,6 +105,8 @@ running command's process group is ended (TERM, then KILL after its grace).`,
 	f.IntVar(&cfg.ExecLogSize, "exec-log-size", 100, "number of commands kept in the command log")
 	f.BoolVarP(&cfg.Verbose, "verbose", "v", false, "log to stderr at debug level")
 	f.StringVar(&configFile, "config", "", "YAML config file with the same keys")
+	f.StringArrayVar(&cfg.Ifaces, "iface", nil, "interface to advertise on over mDNS (repeatable; default: every up, multicast-capable one)")
+	f.BoolVar(&cfg.NoMDNS, "no-mdns", false, "do not advertise over mDNS")
 	cmd.SetHelpFunc(func(c *cobra.Command, args []string) {
 		fmt.Fprintf(c.OutOrStdout(), "%s\n\n%s", c.Long, c.UsageString())
 	})
@@ -127,6 +138,10 @@ func mergeConfig(file, flags Config, cmd *cobra.Command) Config {
 		out.ExecLogSize = flags.ExecLogSize
 	}
 	out.Verbose = out.Verbose || flags.Verbose
+	out.NoMDNS = out.NoMDNS || flags.NoMDNS
+	if set("iface") {
+		out.Ifaces = flags.Ifaces
+	}
 	return out
 }
 
@@ -152,8 +167,8 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 	app := fx.New(
 		fx.WithLogger(func() fxevent.Logger { return fxevent.NopLogger }),
 		fx.Supply(cfg, log),
-		fx.Provide(newBoard, newExecs, newAgent),
-		fx.Invoke(startWebSocket, startSerial),
+		fx.Provide(newBoard, newExecs, newAgent, newWebSocket),
+		fx.Invoke(startMDNS, startSerial),
 	)
 	if err := app.Err(); err != nil {
 		return err
@@ -201,13 +216,56 @@ func newAgent(cfg Config, b *sim.Board, m *agent.Execs, log *slog.Logger) (*agen
 	return agent.New(b, m, agent.Config{Token: tok, Logger: log}), nil
 }
 
-func startWebSocket(lc fx.Lifecycle, cfg Config, a *agent.Agent) error {
+// newWebSocket returns the WebSocket server, or nil without --listen.
+func newWebSocket(lc fx.Lifecycle, cfg Config, a *agent.Agent) *agent.WebSocketServer {
 	if cfg.Listen == "" {
 		return nil
 	}
 	s := agent.NewWebSocketServer(a, cfg.Listen)
 	lc.Append(fx.Hook{OnStart: s.Start, OnStop: s.Stop})
-	return nil
+	return s
+}
+
+// startMDNS advertises the WebSocket server once it listens, and says
+// goodbye before it stops. A server on loopback only is advertised only on
+// the interfaces named with --iface: elsewhere nobody could reach it.
+func startMDNS(lc fx.Lifecycle, cfg Config, a *agent.Agent, ws *agent.WebSocketServer, log *slog.Logger) {
+	if cfg.NoMDNS || ws == nil {
+		return
+	}
+	adv := discovery.NewAdvertiser(discovery.AdvertiseConfig{Ifaces: cfg.Ifaces, Logger: log})
+	lc.Append(fx.Hook{
+		OnStart: func(ctx context.Context) error {
+			addr, ok := ws.Addr().(*net.TCPAddr)
+			if !ok {
+				return fmt.Errorf("mdns: unexpected listen address %v", ws.Addr())
+			}
+			if addr.IP.IsLoopback() && len(cfg.Ifaces) == 0 {
+				log.Info("mdns: not advertising: listening on loopback only (give --iface to advertise anyway)")
+				adv = nil
+				return nil
+			}
+			return adv.Start(ctx, boardRecord(a.Info(), addr.Port))
+		},
+		OnStop: func(ctx context.Context) error {
+			if adv == nil {
+				return nil
+			}
+			return adv.Stop(ctx)
+		},
+	})
+}
+
+// boardRecord is what the agent announces: never a secret.
+func boardRecord(info proto.BoardInfo, port int) discovery.Record {
+	r := discovery.Record{ID: info.ID, Model: info.Model, Protocol: info.Protocol, Capabilities: info.Capabilities,
+		Version: info.Agent, BootID: info.BootID, Labels: info.Labels, Port: port}
+	for _, s := range info.Slots {
+		if s.Booted {
+			r.Slot = s.Name
+		}
+	}
+	return r
 }
 
 func startSerial(lc fx.Lifecycle, cfg Config, a *agent.Agent) error {

@@ -24,6 +24,8 @@ type Config struct {
 	ID          string            `yaml:"id"`
 	Model       string            `yaml:"model"`
 	Labels      map[string]string `yaml:"labels"`
+	Ifaces      []string          `yaml:"ifaces"`
+	NoMDNS      bool              `yaml:"no_mdns"`
 	ExecLogSize int               `yaml:"exec_log_size"`
 	Verbose     bool              `yaml:"verbose"`
 }

@@ -6,36 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"os"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/creack/pty"
-	"golang.org/x/sys/unix"
-
+	"github.com/boardlink/boardlink/internal/testenv"
 	"github.com/boardlink/boardlink/transport"
 	"github.com/boardlink/boardlink/transport/seriallink/linetest"
 )
-
-// makeRaw puts a tty in raw mode, as cfmakeraw does: no echo, no line
-// editing, no output processing, 8-bit characters.
-func makeRaw(t *testing.T, f *os.File) {
-	t.Helper()
-	tio, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tio.Iflag &^= unix.IGNBRK | unix.BRKINT | unix.PARMRK | unix.ISTRIP | unix.INLCR | unix.IGNCR | unix.ICRNL | unix.IXON
-	tio.Oflag &^= unix.OPOST
-	tio.Lflag &^= unix.ECHO | unix.ECHONL | unix.ICANON | unix.ISIG | unix.IEXTEN
-	tio.Cflag &^= unix.CSIZE | unix.PARENB
-	tio.Cflag |= unix.CS8
-	tio.Cc[unix.VMIN], tio.Cc[unix.VTIME] = 1, 0
-	if err := unix.IoctlSetTermios(int(f.Fd()), unix.TCSETS, tio); err != nil {
-		t.Fatal(err)
-	}
-}
 
 func randBytes(r *rand.Rand, n int) []byte {
 	b := make([]byte, n)
@@ -49,12 +27,7 @@ func randBytes(r *rand.Rand, n int) []byte {
 // real serial code (read timeouts returning (0, nil)) runs.
 func TestPtyLink(t *testing.T) {
 	noLeaks(t)
-	master, slave, err := pty.Open()
-	if err != nil {
-		t.Skipf("no pty: %v", err)
-	}
-	defer slave.Close() // keeps the line up while agent ports come and go
-	makeRaw(t, slave)
+	master, slave := testenv.RawPTY(t)
 	port, err := OpenPort(slave.Name(), 115200)
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,127 @@
+package discovery
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Service is the DNS-SD service type boards advertise.
+const Service = "_boardlink._tcp"
+
+// Record is what discovery knows of one board: what it announced, and
+// where to reach it.
+type Record struct {
+	ID           string            `json:"id"`
+	Model        string            `json:"model"`
+	Protocol     int               `json:"proto"`
+	Capabilities []string          `json:"caps"`
+	Version      string            `json:"ver"`
+	BootID       string            `json:"boot"`
+	Slot         string            `json:"slot,omitempty"`
+	Labels       map[string]string `json:"labels,omitempty"`
+
+	// Address is a URL the CLI dials: ws://HOST:PORT or serial:///dev/...
+	Address string       `json:"address"`
+	Addrs   []netip.Addr `json:"addrs,omitempty"` // mDNS only
+	Port    int          `json:"port,omitempty"`  // mDNS only
+	Source  string       `json:"source"`          // "mdns" or "serial"
+	USB     *USBInfo     `json:"usb,omitempty"`   // serial only
+	Seen    time.Time    `json:"seen"`            // last heard of
+}
+
+// USBInfo describes the USB serial port a board was found on.
+type USBInfo struct {
+	Port         string `json:"port"`
+	VID          string `json:"vid,omitempty"`
+	PID          string `json:"pid,omitempty"`
+	SerialNumber string `json:"serial_number,omitempty"`
+	Product      string `json:"product,omitempty"`
+}
+
+// Op is the kind of change an Event reports.
+type Op string
+
+// Ops.
+const (
+	Added   Op = "added"
+	Updated Op = "updated"
+	Removed Op = "removed"
+)
+
+// Event is one change in the set of boards seen.
+type Event struct {
+	Op     Op     `json:"op"`
+	Record Record `json:"board"`
+}
+
+// TXT encodes the announced part of r as DNS-SD TXT strings, sorted so
+// that equal records encode equally.
+func (r Record) TXT() []string {
+	txt := []string{
+		"id=" + r.ID,
+		"model=" + r.Model,
+		"proto=" + strconv.Itoa(r.Protocol),
+		"caps=" + strings.Join(r.Capabilities, ","),
+		"ver=" + r.Version,
+		"boot=" + r.BootID,
+	}
+	if r.Slot != "" {
+		txt = append(txt, "slot="+r.Slot)
+	}
+	for _, k := range slices.Sorted(maps.Keys(r.Labels)) {
+		txt = append(txt, "l."+k+"="+r.Labels[k])
+	}
+	return txt
+}
+
+// ParseTXT decodes TXT strings into the announced fields of a Record.
+// Unknown keys are ignored (a newer agent may announce more); a missing id
+// or a malformed proto is an error.
+func ParseTXT(txt []string) (Record, error) {
+	var r Record
+	for _, kv := range txt {
+		k, v, _ := strings.Cut(kv, "=")
+		switch {
+		case k == "id":
+			r.ID = v
+		case k == "model":
+			r.Model = v
+		case k == "proto":
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return r, fmt.Errorf("txt proto=%q: %w", v, err)
+			}
+			r.Protocol = n
+		case k == "caps":
+			if v != "" {
+				r.Capabilities = strings.Split(v, ",")
+			}
+		case k == "ver":
+			r.Version = v
+		case k == "boot":
+			r.BootID = v
+		case k == "slot":
+			r.Slot = v
+		case strings.HasPrefix(k, "l.") && len(k) > 2:
+			if r.Labels == nil {
+				r.Labels = map[string]string{}
+			}
+			r.Labels[k[2:]] = v
+		}
+	}
+	if r.ID == "" {
+		return r, fmt.Errorf("txt has no id")
+	}
+	return r, nil
+}
+
+// SameAnnouncement reports whether a and b announce the same thing, so a
+// browser can tell an update (new boot id, new slot) from a refresh.
+func (r Record) SameAnnouncement(o Record) bool {
+	return slices.Equal(r.TXT(), o.TXT()) && r.Address == o.Address
+}
