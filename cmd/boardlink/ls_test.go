@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/boardlink/boardlink/discovery"
 	"github.com/boardlink/boardlink/internal/testenv"
@@ -61,5 +62,63 @@ func TestLsAndBoardIDs(t *testing.T) {
 		if code != tc.code || stdout != tc.stdout || !strings.Contains(stderr, tc.stderr) {
 			t.Errorf("%v: got %d %q %q, want %d %q %q", tc.args, code, stdout, stderr, tc.code, tc.stdout, tc.stderr)
 		}
+	}
+}
+
+// TestLsWatch: --watch --json prints one event per line as boards come,
+// change and go.
+func TestLsWatch(t *testing.T) {
+	if !testenv.InPrivateLoopback(t) {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var out testenv.Buffer
+	done := make(chan error, 1)
+	go func() {
+		done <- runWithStdin(ctx, strings.NewReader(""), []string{"ls", "--watch", "--json", "--iface", "lo", "--no-serial"}, &out, &out)
+	}()
+	a := discovery.NewAdvertiser(discovery.AdvertiseConfig{Ifaces: []string{"lo"}})
+	rec := discovery.Record{ID: "watched", Model: "sim", Protocol: 1, Version: "test", BootID: "boot-1", Port: 7207}
+	if err := a.Start(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	rec.BootID = "boot-2" // as after a reboot
+	waitLines(t, &out, 1)
+	if err := a.Update(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	waitLines(t, &out, 2)
+	if err := a.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	lines := waitLines(t, &out, 3)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	want := []struct {
+		op   discovery.Op
+		boot string
+	}{{discovery.Added, "boot-1"}, {discovery.Updated, "boot-2"}, {discovery.Removed, ""}}
+	for i, w := range want {
+		var ev discovery.Event
+		if err := json.Unmarshal([]byte(lines[i]), &ev); err != nil {
+			t.Fatalf("line %d %q: %v", i, lines[i], err)
+		}
+		if ev.Op != w.op || ev.Record.ID != "watched" || w.boot != "" && ev.Record.BootID != w.boot {
+			t.Fatalf("line %d: %+v, want %s %s", i, ev, w.op, w.boot)
+		}
+	}
+}
+
+// waitLines waits until out holds n lines and returns them.
+func waitLines(t *testing.T, out *testenv.Buffer, n int) []string {
+	t.Helper()
+	for {
+		if lines := strings.Split(strings.TrimSpace(out.String()), "\n"); out.String() != "" && len(lines) >= n {
+			return lines
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
