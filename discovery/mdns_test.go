@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"os/exec"
 	"reflect"
 	"slices"
 	"strings"
@@ -339,45 +337,10 @@ func TestLabIPv6Only(t *testing.T) {
 
 // ------------------------------------------------------------ loopback
 
-// loEnv marks a test process re-executed inside a private network
-// namespace whose lo has been given the MULTICAST flag.
-const loEnv = "BOARDLINK_DISCOVERY_PRIVATE_LO"
-
-// Advertise and browse pinned to lo, without root. The host's lo usually
-// lacks the MULTICAST flag and is not ours to change, so unless it has
-// it, the test re-runs itself under `unshare -rn` (a user and network
-// namespace: no root needed) where it sets lo up and multicast-capable.
+// Advertise and browse pinned to lo, without root: in a private network
+// namespace whose lo can multicast (the host's usually cannot).
 func TestLoopback(t *testing.T) {
-	lo, err := net.InterfaceByName("lo")
-	if err != nil {
-		testenv.SkipOrFail(t, "no lo interface: %v", err)
-	}
-	if lo.Flags&net.FlagMulticast == 0 || lo.Flags&net.FlagUp == 0 {
-		if os.Getenv(loEnv) == "1" {
-			t.Fatalf("lo in the private namespace is %v", lo.Flags)
-		}
-		if _, err := exec.LookPath("unshare"); err != nil {
-			testenv.SkipOrFail(t, "lo cannot multicast (%v) and there is no unshare (util-linux) to make a namespace where it can", lo.Flags)
-		}
-		exe, err := os.Executable()
-		if err != nil {
-			t.Fatal(err)
-		}
-		flag := "-rn"
-		if os.Geteuid() == 0 {
-			flag = "-n"
-		}
-		cmd := exec.Command("unshare", flag, "sh", "-c",
-			`ip link set lo up && ip link set lo multicast on && exec "$0" -test.run='^TestLoopback$' -test.v -test.count=1`, exe)
-		cmd.Env = append(os.Environ(), loEnv+"=1")
-		out, err := cmd.CombinedOutput()
-		t.Logf("in a private network namespace:\n%s", out)
-		if err != nil {
-			if strings.Contains(string(out), "--- FAIL") {
-				t.Fatalf("loopback test failed in its namespace: %v", err)
-			}
-			testenv.SkipOrFail(t, "cannot make a private network namespace with a multicast lo: %v", err)
-		}
+	if !testenv.InPrivateLoopback(t) {
 		return
 	}
 	// The first socket of a process starts Go's netpoller (an epoll fd and

@@ -121,11 +121,14 @@ func (l *lab) addNode(name string, o nodeOpts) *node {
 	n := len(l.nodes) + 1
 	nd := &node{NS: l.addNS(name)}
 	port := fmt.Sprintf("p%d", n)
-	run(l.t, "ip", "netns", "exec", nd.NS, "sysctl", "-q", "-w",
-		"net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+	setDAD := func(conf string) { // /proc/sys/net is the reader's namespace's
+		run(l.t, "ip", "netns", "exec", nd.NS, "sh", "-c", "echo 0 > /proc/sys/net/ipv6/conf/"+conf+"/accept_dad")
+	}
+	setDAD("all")
+	setDAD("default")
 	run(l.t, "ip", "-n", l.bridge, "link", "add", port, "type", "veth", "peer", "name", labIface, "netns", nd.NS)
 	run(l.t, "ip", "-n", l.bridge, "link", "set", port, "master", "br0", "up")
-	run(l.t, "ip", "netns", "exec", nd.NS, "sysctl", "-q", "-w", "net.ipv6.conf."+labIface+".accept_dad=0")
+	setDAD(labIface)
 	if !o.noIPv4 {
 		nd.IPv4 = netip.AddrFrom4([4]byte{10, 77, byte(n >> 8), byte(n)})
 		run(l.t, "ip", "-n", nd.NS, "addr", "add", nd.IPv4.String()+"/16", "dev", labIface)
@@ -158,6 +161,7 @@ func start(t testing.TB, name, ns string, env []string, argv ...string) *proc {
 	cmd.Env = append(os.Environ(), env...)
 	p := &proc{t: t, name: name, cmd: cmd, lines: make(chan string, 1024), exit: make(chan struct{}), errs: &testenv.Buffer{}}
 	cmd.Stderr = p.errs
+	cmd.WaitDelay = 5 * time.Second // should a grandchild keep the pipes open
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -180,7 +184,19 @@ func start(t testing.TB, name, ns string, env []string, argv ...string) *proc {
 	}()
 	t.Cleanup(func() {
 		p.kill()
-		<-p.exit
+		timeout := time.After(10 * time.Second)
+	drain:
+		for {
+			select {
+			case _, ok := <-p.lines:
+				if !ok {
+					break drain
+				}
+			case <-timeout:
+				t.Errorf("%s: still running 10 s after SIGKILL", name)
+				break drain
+			}
+		}
 		if t.Failed() {
 			t.Logf("%s stderr:\n%s", name, p.errs.String())
 		}

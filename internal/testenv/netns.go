@@ -37,7 +37,7 @@ func InPrivateLoopback(t *testing.T) bool {
 		flag = "-n"
 	}
 	cmd := exec.Command("unshare", flag, "sh", "-c",
-		`ip link set lo up && ip link set lo multicast on && exec "$0" -test.run="^$1\$" -test.v -test.count=1`,
+		`ip link set lo up && ip link set lo multicast on && exec "$0" -test.run="^$1\$" -test.v -test.count=1 -test.timeout=5m`,
 		exe, strings.Split(t.Name(), "/")[0])
 	cmd.Env = append(os.Environ(), privateEnv+"=1")
 	out, err := cmd.CombinedOutput()

@@ -1,0 +1,101 @@
+package discovery
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/boardlink/boardlink/internal/version"
+)
+
+// buildBinaries builds boardlinkd and boardlink for the lab, once per test.
+func buildBinaries(t *testing.T) (agent, cli string) {
+	t.Helper()
+	dir := t.TempDir()
+	agent, cli = filepath.Join(dir, "boardlinkd"), filepath.Join(dir, "boardlink")
+	for bin, pkg := range map[string]string{agent: "../cmd/boardlinkd", cli: "../cmd/boardlink"} {
+		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", pkg, err, out)
+		}
+	}
+	return agent, cli
+}
+
+// The real agent in board namespaces, the browser in the host namespace:
+// added with the right TXT, reachable by id with the real CLI, updated
+// after an agent restart (a new boot id), removed after a clean stop within
+// 2 s and after SIGKILL within the documented bound.
+func TestLabRealAgents(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binaries")
+	}
+	l := newLab(t)
+	host, b1, b2 := l.addNode("host", nodeOpts{}), l.addNode("b1", nodeOpts{}), l.addNode("b2", nodeOpts{})
+	agentBin, cliBin := buildBinaries(t)
+	br := helper(t, "browse", host.NS, "browse", labIface, "udp")
+	br.expect("ready", 10*time.Second)
+	events := eventStream{br}
+
+	state := map[string]string{"board1": t.TempDir(), "board2": t.TempDir()}
+	startAgent := func(id string, nd *node) *proc {
+		return start(t, "agent "+id, nd.NS, nil, agentBin, "--state-dir", state[id], "--listen", nd.IPv4.String()+":7207",
+			"--iface", labIface, "--id", id, "--model", "imx8", "--label", "rack="+id[len(id)-1:])
+	}
+	a1, a2 := startAgent("board1", b1), startAgent("board2", b2)
+	added := collectAdded(t, events, 15*time.Second, "board1", "board2")
+	for id, nd := range map[string]*node{"board1": b1, "board2": b2} {
+		r := added[id].Record
+		want := Record{ID: id, Model: "imx8", Protocol: 1, Capabilities: []string{"exec", "exec.detach"},
+			Version: version.Version, BootID: r.BootID, Labels: map[string]string{"rack": id[len(id)-1:]}, Port: 7207}
+		checkBoard(t, r, want, fmt.Sprintf("ws://%s:7207", nd.IPv4))
+		if r.BootID == "" {
+			t.Errorf("%s announced no boot id", id)
+		}
+	}
+
+	// Zero configuration: the CLI in the host namespace finds board1 by id.
+	find := exec.Command("ip", "netns", "exec", host.NS, cliBin, "exec", "--iface", labIface, "board1", "--",
+		"sh", "-c", "echo found by id")
+	find.Env = append(os.Environ(), "XDG_CACHE_HOME="+t.TempDir())
+	out, err := find.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "found by id") {
+		t.Fatalf("boardlink exec board1: %v\n%s", err, out)
+	}
+
+	// Restart without a goodbye: the new boot is one Updated.
+	oldBoot := added["board2"].Record.BootID
+	a2.kill()
+	<-a2.exit
+	a2 = startAgent("board2", b2)
+	ev := events.next(15 * time.Second)
+	if ev.Op != Updated || ev.Record.ID != "board2" || ev.Record.BootID == oldBoot {
+		t.Fatalf("after restart: %s %s boot %s (was %s), want updated with a new boot id", ev.Op, ev.Record.ID, ev.Record.BootID, oldBoot)
+	}
+
+	// Clean stop: goodbye.
+	t0 := time.Now()
+	if err := a1.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	ev = events.next(goodbyeBound + time.Second)
+	took := time.Unix(0, ev.At).Sub(t0)
+	if ev.Op != Removed || ev.Record.ID != "board1" || took > goodbyeBound {
+		t.Fatalf("after SIGTERM: %s %s after %v, want removed board1 within %v", ev.Op, ev.Record.ID, took, goodbyeBound)
+	}
+	t.Logf("board1 removed %v after SIGTERM", took.Round(time.Millisecond))
+
+	// SIGKILL: no goodbye; expiry removes it.
+	t0 = time.Now()
+	a2.kill()
+	ev = events.next(vanishBound + 2*time.Second)
+	took = time.Unix(0, ev.At).Sub(t0)
+	if ev.Op != Removed || ev.Record.ID != "board2" || took > vanishBound {
+		t.Fatalf("after SIGKILL: %s %s after %v, want removed board2 within %v", ev.Op, ev.Record.ID, took, vanishBound)
+	}
+	t.Logf("board2 removed %v after SIGKILL", took.Round(time.Millisecond))
+}
