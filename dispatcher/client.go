@@ -149,10 +149,12 @@ func (c *Client) Exec(ctx context.Context, r ExecRequest) (proto.ExecResult, err
 		opened []*transport.Stream
 		stdin  *transport.Stream
 	)
+	// On every way out, no copy may still touch the caller's writers.
 	defer func() {
 		for _, s := range opened {
 			s.Close()
 		}
+		copies.Wait()
 	}()
 	open := func(w io.Writer) (uint32, error) {
 		s, err := c.conn.OpenStream()
