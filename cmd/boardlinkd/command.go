@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -200,7 +201,7 @@ func newBoard(cfg Config) (*sim.Board, error) {
 // newExecs registers the command manager first, so that it stops last:
 // after the listeners, every remaining process group is ended.
 func newExecs(lc fx.Lifecycle, cfg Config, b *sim.Board, log *slog.Logger) *agent.Execs {
-	m := agent.NewExecs(agent.ExecOptions{LogSize: cfg.ExecLogSize, LogPath: b.Dir() + "/exec-log.json", Logger: log})
+	m := agent.NewExecs(agent.ExecOptions{LogSize: cfg.ExecLogSize, LogPath: filepath.Join(b.Dir(), "exec-log.json"), Logger: log})
 	lc.Append(fx.Hook{
 		OnStart: func(context.Context) error { return m.LoadLog() },
 		OnStop:  m.Shutdown,
