@@ -61,38 +61,35 @@ type via struct {
 	dial func(t testing.TB, h *harness) *dispatcher.Client
 }
 
-func dialWS(t testing.TB, h *harness) *dispatcher.Client {
+// connected fails the test on a dial error and closes the client at its end.
+func connected(t testing.TB, c *dispatcher.Client, err error) *dispatcher.Client {
 	t.Helper()
-	c, err := dispatcher.Dial(context.Background(), h.wsURL(), dispatcher.DialOptions{Token: h.token})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+func dialWS(t testing.TB, h *harness) *dispatcher.Client {
+	t.Helper()
+	c, err := dispatcher.Dial(context.Background(), h.wsURL(), dispatcher.DialOptions{Token: h.token})
+	return connected(t, c, err)
 }
 
 // dialUnix reaches the agent's serial-framed link on a unix socket.
 func dialUnix(t testing.TB, h *harness) *dispatcher.Client {
 	t.Helper()
 	c, err := dispatcher.Dial(context.Background(), "unix://"+h.serveUnix(t), dispatcher.DialOptions{Token: h.token})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
+	return connected(t, c, err)
 }
 
 // dialPTY reaches the agent over a real pty: the agent opens the slave by
 // path through the serial-port code, the client uses the master.
 func dialPTY(t testing.TB, h *harness) *dispatcher.Client {
 	t.Helper()
-	master := h.servePTY(t)
-	c, err := dispatcher.DialLine(context.Background(), master, dispatcher.DialOptions{Token: h.token})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
+	c, err := dispatcher.DialLine(context.Background(), h.servePTY(t), dispatcher.DialOptions{Token: h.token})
+	return connected(t, c, err)
 }
 
 var transports = []via{{"ws", dialWS}, {"serial-unix", dialUnix}, {"serial-pty", dialPTY}}

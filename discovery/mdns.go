@@ -165,12 +165,18 @@ func (a *Advertiser) publish(r Record) (*publication, error) {
 	return &publication{client: c, ifaces: sel}, nil
 }
 
-// Start announces r (r.ID, r.Port and the TXT fields are used).
-func (a *Advertiser) Start(ctx context.Context, r Record) error {
+// checkRequest refuses an announcement before anything is sent: ctx has
+// ended, or r cannot be announced.
+func checkRequest(ctx context.Context, r Record) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := checkRecord(r); err != nil {
+	return checkRecord(r)
+}
+
+// Start announces r (r.ID, r.Port and the TXT fields are used).
+func (a *Advertiser) Start(ctx context.Context, r Record) error {
+	if err := checkRequest(ctx, r); err != nil {
 		return err
 	}
 	a.mu.Lock()
@@ -210,10 +216,7 @@ func (a *Advertiser) Start(ctx context.Context, r Record) error {
 // once, which mDNS caches treat as new data for the same name. ctx bounds
 // the wait for the library to go quiet (at most a second).
 func (a *Advertiser) Update(ctx context.Context, r Record) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if err := checkRecord(r); err != nil {
+	if err := checkRequest(ctx, r); err != nil {
 		return err
 	}
 	a.mu.Lock()
