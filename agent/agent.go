@@ -31,6 +31,17 @@ type Config struct {
 	// connections are checked before the upgrade). Empty: no token needed.
 	Token  string
 	Logger *slog.Logger
+	// Roots are the directories file requests may touch (absolute paths);
+	// none: the file methods refuse every path.
+	Roots []string
+	// CacheDir holds file.download's content-addressed package cache and
+	// its partial downloads; "" keeps no cache.
+	CacheDir string
+	// Reboot restarts the board. The agent calls it once, in its own
+	// goroutine, after system.reboot's answer has been sent; it must stop
+	// the agent cleanly (ending running commands) and reboot. Nil:
+	// system.reboot is not served.
+	Reboot func()
 }
 
 // Agent serves the protocol for one board.

@@ -35,7 +35,10 @@ const (
 	ReasonIncompatible     Reason = "incompatible"
 	ReasonTimeout          Reason = "timeout"
 	ReasonCanceled         Reason = "canceled"
-	ReasonInternal         Reason = "internal"
+	// ReasonUnavailable: a resource the agent reaches for (a URL) did not
+	// answer, even after retries.
+	ReasonUnavailable Reason = "unavailable"
+	ReasonInternal    Reason = "internal"
 )
 
 // reasonCodes maps each reason to its JSON-RPC code.
@@ -54,6 +57,7 @@ var reasonCodes = map[Reason]int{
 	ReasonIncompatible:     -32006,
 	ReasonTimeout:          -32007,
 	ReasonCanceled:         -32008,
+	ReasonUnavailable:      -32009,
 }
 
 // Code returns the JSON-RPC error code used for r.
@@ -68,7 +72,7 @@ func (r Reason) Code() int {
 // sent again unchanged (after a backoff).
 func (r Reason) Retryable() bool {
 	switch r {
-	case ReasonBusy, ReasonTimeout, ReasonInternal:
+	case ReasonBusy, ReasonTimeout, ReasonInternal, ReasonUnavailable:
 		return true
 	}
 	return false

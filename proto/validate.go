@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path"
 	"reflect"
 	"strings"
 	"sync"
@@ -49,6 +50,9 @@ func Validator() *validator.Validate {
 			k := fl.Field().String()
 			return k != "" && !strings.ContainsAny(k, "=\x00")
 		}))
+		must(v.RegisterValidation("boardpath", func(fl validator.FieldLevel) bool {
+			return IsBoardPath(fl.Field().String())
+		}))
 		v.RegisterStructValidation(func(sl validator.StructLevel) {
 			p := sl.Current().Interface().(ExecStartParams)
 			ids := map[uint32]string{}
@@ -68,6 +72,12 @@ func Validator() *validator.Validate {
 		validate = v
 	})
 	return validate
+}
+
+// IsBoardPath reports whether p is absolute and clean, the only form file
+// requests accept: a path that needs cleaning is refused, not interpreted.
+func IsBoardPath(p string) bool {
+	return strings.HasPrefix(p, "/") && path.Clean(p) == p && !strings.ContainsRune(p, 0)
 }
 
 func must(err error) {
@@ -123,6 +133,18 @@ func ruleMessage(fe validator.FieldError) string {
 		return "must be non-empty and hold neither '=' nor NUL"
 	case "excludes":
 		return "must not contain " + fmt.Sprintf("%q", fe.Param())
+	case "boardpath":
+		return "must be an absolute, clean path (no \".\" or \"..\" elements, no trailing slash, no NUL)"
+	case "len":
+		return "must have length " + fe.Param()
+	case "hexadecimal":
+		return "must be hexadecimal"
+	case "lowercase":
+		return "must be lowercase"
+	case "url":
+		return "must be a URL"
+	case "startswith":
+		return "must start with " + fmt.Sprintf("%q", fe.Param())
 	case "unique_stream":
 		return "names a stream already used by another field"
 	}

@@ -4,7 +4,7 @@ package proto
 // version in session.hello; the agent answers requests of any version in
 // [MinVersion, Version].
 const (
-	Version    = 1
+	Version    = 2
 	MinVersion = 1
 )
 
@@ -22,4 +22,8 @@ var History = []Change{
 		"(DATA, CREDIT, FIN, RST) with per-stream credit flow control; session.hello, " +
 		"board.info, exec.start/wait/cancel/log; serial-framed link with COBS, CRC-32C, " +
 		"selective-repeat retransmission, beacons and console text outside frames."},
+	{2, "2026-11-22", "file.stat, file.push and file.pull (resumable, sha256-checked, over " +
+		"streams), file.wait, file.download (agent-side fetch with a required sha256, " +
+		"package cache, tar extraction), system.reboot, and the progress notification. " +
+		"Version 1 clients are still served."},
 }

@@ -18,6 +18,10 @@ type Request struct {
 	Method       string
 	Params       json.RawMessage
 	Notification bool
+	// AfterReply, when a handler sets it, runs once the answer has been
+	// written to the link (or failed to be): for work that must not begin
+	// before the peer can have the answer, such as a reboot.
+	AfterReply func()
 }
 
 // Handler serves incoming requests and notifications. Requests run each in
@@ -253,10 +257,14 @@ func (c *Conn) serve(m *proto.Message) {
 		res any
 		err error
 	)
+	req := &Request{Method: m.Method, Params: m.Params}
 	if c.cfg.Handler == nil {
 		err = proto.Errorf(proto.ReasonMethodNotFound, "method not found: %s", m.Method)
 	} else {
-		res, err = c.cfg.Handler.Handle(c.ctx, c, &Request{Method: m.Method, Params: m.Params})
+		res, err = c.cfg.Handler.Handle(c.ctx, c, req)
+	}
+	if req.AfterReply != nil {
+		defer req.AfterReply()
 	}
 	var out *proto.Message
 	if err == nil {
