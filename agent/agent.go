@@ -50,6 +50,11 @@ type Agent struct {
 	execs *Execs
 	cfg   Config
 	log   *slog.Logger
+	seq   atomic.Uint64 // transfer ids
+
+	mu       sync.Mutex
+	claimed  map[string]chan struct{} // targets of transfers under way; closed on release
+	rebooted bool
 }
 
 // New returns an agent for b whose commands run under execs.
@@ -57,12 +62,51 @@ func New(b Board, execs *Execs, cfg Config) *Agent {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Agent{board: b, execs: execs, cfg: cfg, log: cfg.Logger}
+	return &Agent{board: b, execs: execs, cfg: cfg, log: cfg.Logger, claimed: map[string]chan struct{}{}}
+}
+
+// claim marks key (a transfer's target) as in use. If it is, claim waits
+// a little: a push retried after a cut link often arrives before the old
+// transfer noticed the cut.
+func (a *Agent) claim(key string) bool {
+	deadline := time.After(claimWait)
+	for {
+		a.mu.Lock()
+		held, busy := a.claimed[key]
+		if !busy {
+			a.claimed[key] = make(chan struct{})
+			a.mu.Unlock()
+			return true
+		}
+		a.mu.Unlock()
+		select {
+		case <-held:
+		case <-deadline:
+			return false
+		}
+	}
+}
+
+// claimWait bounds how long a transfer waits for another on its target.
+const claimWait = 5 * time.Second
+
+func (a *Agent) release(key string) {
+	a.mu.Lock()
+	close(a.claimed[key])
+	delete(a.claimed, key)
+	a.mu.Unlock()
 }
 
 // Capabilities lists the method families and features this agent serves.
 func (a *Agent) Capabilities() []string {
-	return []string{proto.CapExec, proto.CapExecDetach}
+	caps := []string{proto.CapExec, proto.CapExecDetach}
+	if len(a.cfg.Roots) > 0 {
+		caps = append(caps, proto.CapFile)
+	}
+	if a.cfg.Reboot != nil {
+		caps = append(caps, proto.CapReboot)
+	}
+	return caps
 }
 
 // Info answers board.info.
@@ -92,7 +136,7 @@ func (a *Agent) Beacon() []byte {
 // preauthorized false (the serial link) every request but session.hello is
 // refused until a hello carries the token.
 func (a *Agent) ServeLink(ctx context.Context, l transport.Link, preauthorized bool) {
-	s := &session{a: a, owned: map[string]*Command{}}
+	s := &session{a: a, owned: map[string]*Command{}, transfers: map[string]*transfer{}}
 	s.authed.Store(preauthorized || a.cfg.Token == "")
 	c := transport.NewConn(l, transport.Config{Handler: s, Logger: a.log})
 	c.Start()
@@ -110,6 +154,9 @@ type session struct {
 	authed atomic.Bool
 	mu     sync.Mutex
 	owned  map[string]*Command // commands that die with this connection
+	// transfers are this connection's pushes and pulls, until file.wait
+	// collects them.
+	transfers map[string]*transfer
 }
 
 // end kills the commands the connection owned that are still running.
@@ -159,8 +206,40 @@ func (s *session) Handle(ctx context.Context, c *transport.Conn, r *transport.Re
 			return nil, err
 		}
 		return proto.ExecLogResult{Entries: s.a.execs.Log(p.Limit)}, nil
+	case proto.MethodFileStat:
+		return s.fileStat(r.Params)
+	case proto.MethodFilePush:
+		return s.filePush(c, r)
+	case proto.MethodFilePull:
+		return s.filePull(c, r)
+	case proto.MethodFileWait:
+		return s.fileWait(ctx, r.Params)
+	case proto.MethodSystemReboot:
+		if s.a.cfg.Reboot != nil {
+			return s.a.reboot(r)
+		}
 	}
 	return nil, proto.Errorf(proto.ReasonMethodNotFound, "method not found: %s", r.Method)
+}
+
+// reboot answers system.reboot, then hands the board to cfg.Reboot, once:
+// a second request while the first is under way is busy.
+func (a *Agent) reboot(r *transport.Request) (any, error) {
+	var p proto.RebootParams
+	if err := proto.DecodeParams(r.Params, &p); err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	already := a.rebooted
+	a.rebooted = true
+	a.mu.Unlock()
+	if already {
+		return nil, proto.Errorf(proto.ReasonBusy, "a reboot is under way")
+	}
+	running := a.execs.Running()
+	a.log.Info("reboot requested", "running_commands", running)
+	r.AfterReply = func() { go a.cfg.Reboot() }
+	return proto.RebootResult{BootID: a.board.BootID(), Commands: running}, nil
 }
 
 func (s *session) hello(params json.RawMessage) (any, error) {

@@ -25,6 +25,8 @@ type harness struct {
 	execs *agent.Execs
 	ws    *agent.WebSocketServer
 	token string
+	root  string // the agent's one file root
+	board *sim.Board
 }
 
 func newHarness(t testing.TB, token string) *harness {
@@ -34,12 +36,13 @@ func newHarness(t testing.TB, token string) *harness {
 		t.Fatal(err)
 	}
 	m := agent.NewExecs(agent.ExecOptions{LogSize: 50, DefaultGrace: 500 * time.Millisecond})
-	a := agent.New(b, m, agent.Config{Token: token})
+	root := t.TempDir()
+	a := agent.New(b, m, agent.Config{Token: token, Roots: []string{root}})
 	ws := agent.NewWebSocketServer(a, "127.0.0.1:0")
 	if err := ws.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{agent: a, execs: m, ws: ws, token: token}
+	h := &harness{agent: a, execs: m, ws: ws, token: token, root: root, board: b}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

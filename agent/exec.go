@@ -613,6 +613,19 @@ func (m *Execs) Kill(id string) {
 	m.stopLocked(c, syscall.SIGTERM)
 }
 
+// Running counts the commands still running.
+func (m *Execs) Running() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for _, c := range m.window {
+		if !c.exited {
+			n++
+		}
+	}
+	return n
+}
+
 // Shutdown stops every running command (TERM, KILL after the grace period;
 // their results say Canceled), refuses new ones with busy and waits until
 // all have ended and the log is saved.

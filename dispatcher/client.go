@@ -34,9 +34,17 @@ var (
 
 // Client talks to one agent. It is safe for concurrent use.
 type Client struct {
+	opts DialOptions
+	// redial opens a new link to the same agent: the same URL, or a new
+	// session on the same serial line.
+	redial  func(ctx context.Context) (transport.Link, error)
+	line    io.Closer    // the serial-framed line under the link, if any
+	console *consoleRing // console text seen on that line
+	notes   notes
+
+	mu    sync.Mutex
 	conn  *transport.Conn
 	hello proto.HelloResult
-	line  io.Closer // the serial-framed line under the link, if any
 }
 
 // Dial connects to the agent at addr and opens a session.
@@ -47,11 +55,10 @@ func Dial(ctx context.Context, addr string, opts DialOptions) (*Client, error) {
 	}
 	switch u.Scheme {
 	case "ws", "wss":
-		l, err := wslink.Dial(ctx, addr, opts.Token, wslink.Config{Logger: opts.Logger})
-		if err != nil {
-			return nil, err
+		redial := func(ctx context.Context) (transport.Link, error) {
+			return wslink.Dial(ctx, addr, opts.Token, wslink.Config{Logger: opts.Logger})
 		}
-		return open(ctx, l, nil, opts)
+		return open(ctx, &Client{opts: opts, redial: redial})
 	case "serial", "tcp", "unix":
 		rwc, err := openLine(ctx, u)
 		if err != nil {
@@ -71,40 +78,74 @@ func Dial(ctx context.Context, addr string, opts DialOptions) (*Client, error) {
 // listens for the agent's beacon before writing anything. Closing the
 // client closes rwc.
 func DialLine(ctx context.Context, rwc io.ReadWriteCloser, opts DialOptions) (*Client, error) {
-	l, ep, err := dialSerial(ctx, rwc, opts)
-	if err != nil {
-		rwc.Close()
-		return nil, err
-	}
-	return open(ctx, l, ep, opts)
+	c := &Client{opts: opts, console: newConsoleRing(consoleKeep)}
+	line := serialLine(rwc, opts, c.console)
+	c.line, c.redial = line, line.dial
+	return open(ctx, c)
 }
 
-// open starts the connection and its session.
-func open(ctx context.Context, l transport.Link, line io.Closer, opts DialOptions) (*Client, error) {
-	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
+// open starts the first connection and its session.
+func open(ctx context.Context, c *Client) (*Client, error) {
+	if c.opts.Logger == nil {
+		c.opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	c := &Client{conn: transport.NewConn(l, transport.Config{Client: true, Logger: opts.Logger}), line: line}
-	c.conn.Start()
-	err := c.conn.Call(ctx, proto.MethodHello, proto.HelloParams{
-		Protocol: proto.Version, Token: opts.Token, Client: "boardlink/" + version.Version,
-	}, &c.hello)
-	if err != nil {
-		c.Close()
-		return nil, fmt.Errorf("session.hello: %w", err)
+	if err := c.connect(ctx); err != nil {
+		if c.line != nil {
+			c.line.Close()
+		}
+		return nil, err
 	}
 	return c, nil
 }
 
-// Hello is what the agent answered to session.hello.
-func (c *Client) Hello() proto.HelloResult { return c.hello }
+// connect opens a link and a session on it, replacing the current one.
+func (c *Client) connect(ctx context.Context) error {
+	l, err := c.redial(ctx)
+	if err != nil {
+		return err
+	}
+	conn := transport.NewConn(l, transport.Config{Client: true, Handler: &c.notes, Logger: c.opts.Logger})
+	conn.Start()
+	var hello proto.HelloResult
+	err = conn.Call(ctx, proto.MethodHello, proto.HelloParams{
+		Protocol: proto.Version, Token: c.opts.Token, Client: "boardlink/" + version.Version,
+	}, &hello)
+	if err != nil {
+		conn.Close()
+		return fmt.Errorf("session.hello: %w", err)
+	}
+	c.mu.Lock()
+	old := c.conn
+	c.conn, c.hello = conn, hello
+	c.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	return nil
+}
 
-// Conn is the underlying connection, for callers that need raw calls.
-func (c *Client) Conn() *transport.Conn { return c.conn }
+// Reconnect replaces the connection with a new one to the same board: the
+// same address, or a new session on the same serial line. Calls made on
+// the old connection fail.
+func (c *Client) Reconnect(ctx context.Context) error { return c.connect(ctx) }
+
+// Hello is what the agent answered to session.hello.
+func (c *Client) Hello() proto.HelloResult {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.hello
+}
+
+// Conn is the current connection, for callers that need raw calls.
+func (c *Client) Conn() *transport.Conn {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.conn
+}
 
 // Close ends the session.
 func (c *Client) Close() error {
-	err := c.conn.Close()
+	err := c.Conn().Close()
 	if c.line != nil {
 		if lerr := c.line.Close(); err == nil {
 			err = lerr
@@ -116,7 +157,7 @@ func (c *Client) Close() error {
 // Info returns the board's identity and state.
 func (c *Client) Info(ctx context.Context) (proto.BoardInfo, error) {
 	var info proto.BoardInfo
-	err := c.conn.Call(ctx, proto.MethodBoardInfo, nil, &info)
+	err := c.Conn().Call(ctx, proto.MethodBoardInfo, nil, &info)
 	return info, err
 }
 
@@ -157,7 +198,7 @@ func (c *Client) Exec(ctx context.Context, r ExecRequest) (proto.ExecResult, err
 		copies.Wait()
 	}()
 	open := func(w io.Writer) (uint32, error) {
-		s, err := c.conn.OpenStream()
+		s, err := c.Conn().OpenStream()
 		if err != nil {
 			return 0, err
 		}
@@ -177,14 +218,14 @@ func (c *Client) Exec(ctx context.Context, r ExecRequest) (proto.ExecResult, err
 		}
 	}
 	if r.Stdin != nil {
-		if stdin, err = c.conn.OpenStream(); err != nil {
+		if stdin, err = c.Conn().OpenStream(); err != nil {
 			return proto.ExecResult{}, err
 		}
 		opened = append(opened, stdin)
 		p.Stdin = stdin.ID()
 	}
 	var started proto.ExecStartResult
-	if err := c.conn.Call(ctx, proto.MethodExecStart, p, &started); err != nil {
+	if err := c.Conn().Call(ctx, proto.MethodExecStart, p, &started); err != nil {
 		return proto.ExecResult{}, err
 	}
 	if stdin != nil {
@@ -205,7 +246,7 @@ func (c *Client) Exec(ctx context.Context, r ExecRequest) (proto.ExecResult, err
 
 func (c *Client) wait(ctx context.Context, id string) (proto.ExecResult, error) {
 	var res proto.ExecResult
-	err := c.conn.Call(ctx, proto.MethodExecWait, proto.ExecWaitParams{ID: id}, &res)
+	err := c.Conn().Call(ctx, proto.MethodExecWait, proto.ExecWaitParams{ID: id}, &res)
 	if err == nil || ctx.Err() == nil {
 		return res, err
 	}
@@ -215,7 +256,7 @@ func (c *Client) wait(ctx context.Context, id string) (proto.ExecResult, error) 
 	if cerr := c.Cancel(bg, id, "TERM"); cerr != nil && !proto.IsReason(cerr, proto.ReasonNotFound) {
 		return res, errors.Join(err, cerr)
 	}
-	if werr := c.conn.Call(bg, proto.MethodExecWait, proto.ExecWaitParams{ID: id}, &res); werr != nil {
+	if werr := c.Conn().Call(bg, proto.MethodExecWait, proto.ExecWaitParams{ID: id}, &res); werr != nil {
 		return res, errors.Join(err, werr)
 	}
 	return res, nil
@@ -223,12 +264,12 @@ func (c *Client) wait(ctx context.Context, id string) (proto.ExecResult, error) 
 
 // Cancel sends signal (default TERM) to a running command's process group.
 func (c *Client) Cancel(ctx context.Context, id, signal string) error {
-	return c.conn.Call(ctx, proto.MethodExecCancel, proto.ExecCancelParams{ID: id, Signal: signal}, nil)
+	return c.Conn().Call(ctx, proto.MethodExecCancel, proto.ExecCancelParams{ID: id, Signal: signal}, nil)
 }
 
 // ExecLog returns the board's command log, newest first (limit 0: all kept).
 func (c *Client) ExecLog(ctx context.Context, limit int) ([]proto.ExecLogEntry, error) {
 	var res proto.ExecLogResult
-	err := c.conn.Call(ctx, proto.MethodExecLog, proto.ExecLogParams{Limit: limit}, &res)
+	err := c.Conn().Call(ctx, proto.MethodExecLog, proto.ExecLogParams{Limit: limit}, &res)
 	return res.Entries, err
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/boardlink/boardlink/board/sim"
 	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/internal/testenv"
+	"github.com/boardlink/boardlink/proto"
 )
 
 func TestDialAddresses(t *testing.T) {
@@ -53,7 +54,7 @@ func TestExecCancelEndsCommandOnBoard(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if h := c.Hello(); h.BoardID != b.Identity().ID || h.Protocol != 1 {
+	if h := c.Hello(); h.BoardID != b.Identity().ID || h.Protocol != proto.Version {
 		t.Fatalf("hello %+v", h)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

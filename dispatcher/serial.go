@@ -29,35 +29,36 @@ func openLine(ctx context.Context, u *url.URL) (io.ReadWriteCloser, error) {
 	return seriallink.OpenPort(u.Path, baud)
 }
 
-// dialSerial opens a session on a line that carries an agent; console text
-// seen on the line goes to opts.Console. The returned closer ends the line
-// and returns once all console text seen has been written out.
-func dialSerial(ctx context.Context, rwc io.ReadWriteCloser, opts DialOptions) (transport.Link, io.Closer, error) {
-	ep := seriallink.NewEndpoint(rwc, seriallink.Config{Logger: opts.Logger})
-	lc := &lineCloser{ep: ep, copied: make(chan struct{})}
-	if opts.Console != nil {
-		go func() {
-			defer close(lc.copied)
-			_, _ = io.Copy(opts.Console, ep.Console())
-		}()
-	} else {
-		close(lc.copied)
-	}
-	l, err := ep.Dial(ctx)
-	if err != nil {
-		lc.Close()
-		return nil, nil, err
-	}
-	return l, lc, nil
-}
-
-type lineCloser struct {
+// line is a serial-framed line to one agent. Its endpoint outlives
+// sessions, so that after a reboot a new session opens on the same line
+// and no console text is lost in between.
+type line struct {
 	ep     *seriallink.Endpoint
 	copied chan struct{}
 }
 
-func (c *lineCloser) Close() error {
-	err := c.ep.Close()
-	<-c.copied // the console reader ends at io.EOF after Close
+// serialLine starts reading rwc: console text goes to ring and to
+// opts.Console. Nothing is written until dial.
+func serialLine(rwc io.ReadWriteCloser, opts DialOptions, ring *consoleRing) *line {
+	l := &line{ep: seriallink.NewEndpoint(rwc, seriallink.Config{Logger: opts.Logger}), copied: make(chan struct{})}
+	var w io.Writer = ring
+	if opts.Console != nil {
+		w = io.MultiWriter(ring, opts.Console)
+	}
+	go func() {
+		defer close(l.copied)
+		_, _ = io.Copy(w, l.ep.Console())
+	}()
+	return l
+}
+
+// dial opens a session, waiting for the agent's beacon first.
+func (l *line) dial(ctx context.Context) (transport.Link, error) { return l.ep.Dial(ctx) }
+
+// Close ends the line and returns once all console text seen has been
+// written out.
+func (l *line) Close() error {
+	err := l.ep.Close()
+	<-l.copied // the console reader ends at io.EOF after Close
 	return err
 }

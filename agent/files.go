@@ -1,0 +1,357 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/boardlink/boardlink/proto"
+	"github.com/boardlink/boardlink/transport"
+)
+
+// copyBuffer is the size of one read or write of a transfer: large enough
+// that per-call costs vanish beside the bytes.
+const copyBuffer = 256 << 10
+
+// transfer is one push or pull, owned by the session that started it.
+type transfer struct {
+	done   chan struct{}
+	result proto.FileResult
+	err    error
+}
+
+func (t *transfer) finish(res proto.FileResult, err error) {
+	t.result, t.err = res, err
+	close(t.done)
+}
+
+// newTransfer registers a transfer in the session under a fresh id.
+func (s *session) newTransfer() (string, *transfer) {
+	id := "f" + strconv.FormatUint(s.a.seq.Add(1), 10)
+	t := &transfer{done: make(chan struct{})}
+	s.mu.Lock()
+	s.transfers[id] = t
+	s.mu.Unlock()
+	return id, t
+}
+
+func (s *session) fileWait(ctx context.Context, params json.RawMessage) (any, error) {
+	var p proto.FileWaitParams
+	if err := proto.DecodeParams(params, &p); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	t := s.transfers[p.ID]
+	s.mu.Unlock()
+	if t == nil {
+		return nil, proto.Errorf(proto.ReasonNotFound, "no transfer %q on this connection", p.ID)
+	}
+	select {
+	case <-t.done:
+	case <-ctx.Done():
+		return nil, proto.Errorf(proto.ReasonCanceled, "connection closed")
+	}
+	s.mu.Lock()
+	delete(s.transfers, p.ID)
+	s.mu.Unlock()
+	return t.result, t.err
+}
+
+func (s *session) fileStat(params json.RawMessage) (any, error) {
+	var p proto.FileStatParams
+	if err := proto.DecodeParams(params, &p); err != nil {
+		return nil, err
+	}
+	root, rel, err := s.a.openRoot(p.Path)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	st, err := root.Stat(rel)
+	if errors.Is(err, os.ErrNotExist) {
+		return proto.FileInfo{Path: p.Path}, nil
+	}
+	if err != nil {
+		return nil, pathError(p.Path, err)
+	}
+	info := fileInfo(p.Path, st)
+	if p.Hash && st.Mode().IsRegular() {
+		f, err := root.Open(rel)
+		if err != nil {
+			return nil, pathError(p.Path, err)
+		}
+		defer f.Close()
+		h := sha256.New()
+		if _, err := io.Copy(h, f); err != nil {
+			return nil, proto.Errorf(proto.ReasonInternal, "%s: %v", p.Path, err)
+		}
+		info.SHA256 = hex.EncodeToString(h.Sum(nil))
+	}
+	return info, nil
+}
+
+// partialName is where a push of content sum into rel collects its bytes:
+// hidden beside the target, and keyed by the content so that only a push of
+// the same file resumes from it.
+func partialName(rel, sum string) string {
+	return filepath.Join(filepath.Dir(rel), "."+filepath.Base(rel)+"."+sum[:16]+".boardlink-partial")
+}
+
+// hashPrefix hashes the first n bytes of f into a new hash, which the
+// caller goes on feeding.
+func hashPrefix(f *os.File, n int64) (hash.Hash, error) {
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(f, 0, n)); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+func sumHex(h hash.Hash) string { return hex.EncodeToString(h.Sum(nil)) }
+
+func (s *session) filePush(c *transport.Conn, r *transport.Request) (any, error) {
+	var p proto.FilePushParams
+	if err := proto.DecodeParams(r.Params, &p); err != nil {
+		return nil, err
+	}
+	root, rel, err := s.a.openRoot(p.Path)
+	if err != nil {
+		return nil, err
+	}
+	if rel == "." {
+		root.Close()
+		return nil, proto.InvalidField("path", "file", "%s is a file root, not a file in one", p.Path)
+	}
+	if st, err := root.Lstat(rel); err == nil && st.IsDir() {
+		root.Close()
+		return nil, proto.InvalidField("path", "file", "%s is a directory", p.Path)
+	} else if err == nil && st.Mode()&os.ModeSymlink != 0 {
+		// The rename would replace the link, not write through it; still,
+		// a link out of the root says the caller means a place we refuse.
+		if _, err := root.Stat(rel); err != nil && !errors.Is(err, os.ErrNotExist) {
+			root.Close()
+			return nil, pathError(p.Path, err)
+		}
+	}
+	if err := ensureParent(root, p.Path, rel, p.Parents); err != nil {
+		root.Close()
+		return nil, err
+	}
+	partial := partialName(rel, p.SHA256)
+	if !s.a.claim(p.Path + "\x00" + partial) {
+		root.Close()
+		return nil, proto.Errorf(proto.ReasonBusy, "%s: the same content is being pushed there already", p.Path)
+	}
+	release := func() {
+		s.a.release(p.Path + "\x00" + partial)
+		root.Close()
+	}
+	f, offset, h, err := openPartial(root, partial, p.Size, p.Restart)
+	if err != nil {
+		release()
+		return nil, pathError(p.Path, err)
+	}
+	st, err := c.AttachStream(p.Stream)
+	if err != nil {
+		f.Close()
+		release()
+		return nil, proto.InvalidField("stream", "stream", "%v", err)
+	}
+	id, t := s.newTransfer()
+	res := proto.FilePushResult{ID: id, Offset: offset}
+	if offset > 0 {
+		res.OffsetSHA256 = sumHex(h)
+	}
+	go func() {
+		res, err := s.a.receive(root, rel, partial, f, h, st, p, offset)
+		release() // before file.wait can answer: a retry may claim it at once
+		t.finish(res, err)
+	}()
+	return res, nil
+}
+
+// openPartial opens (or starts) the partial file of a push of size bytes
+// and returns how much of it is kept and the hash of that much.
+func openPartial(root *os.Root, partial string, size int64, restart bool) (*os.File, int64, hash.Hash, error) {
+	f, err := root.OpenFile(partial, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, 0, nil, err
+	}
+	offset := st.Size()
+	if restart || offset > size {
+		offset = 0
+		if err := f.Truncate(0); err != nil {
+			f.Close()
+			return nil, 0, nil, err
+		}
+	}
+	h, err := hashPrefix(f, offset)
+	if err != nil {
+		f.Close()
+		return nil, 0, nil, err
+	}
+	return f, offset, h, nil
+}
+
+// receive copies a push's bytes from st into f after offset, then checks
+// and installs the file. A cut link leaves the partial file, synced, for
+// the next push to resume from.
+func (a *Agent) receive(root *os.Root, rel, partial string, f *os.File, h hash.Hash,
+	st *transport.Stream, p proto.FilePushParams, offset int64) (proto.FileResult, error) {
+	start := time.Now()
+	defer st.Close()
+	closed := false
+	defer func() {
+		if !closed {
+			f.Close()
+		}
+	}()
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		return proto.FileResult{}, proto.Errorf(proto.ReasonInternal, "%s: %v", p.Path, err)
+	}
+	// One byte past the size is read so a sender of too much is caught.
+	n, err := io.CopyBuffer(io.MultiWriter(f, h), io.LimitReader(st, p.Size-offset+1), make([]byte, copyBuffer))
+	total := offset + n
+	if serr := f.Sync(); err == nil && serr != nil {
+		err = serr
+	}
+	if err != nil {
+		a.log.Debug("push cut", "path", p.Path, "held", total, "err", err)
+		return proto.FileResult{}, proto.Errorf(proto.ReasonCanceled, "%s: push cut at %d of %d bytes (kept for resume): %v",
+			p.Path, total, p.Size, err)
+	}
+	if total != p.Size {
+		st.Reset("invalid_params")
+		if total > p.Size {
+			f.Close()
+			closed = true
+			root.Remove(partial)
+		}
+		if total > p.Size {
+			return proto.FileResult{}, proto.InvalidField("size", "size", "%s: the stream carried more than the %d bytes announced", p.Path, p.Size)
+		}
+		return proto.FileResult{}, proto.InvalidField("size", "size", "%s: the stream ended after %d of the %d bytes announced", p.Path, total, p.Size)
+	}
+	if got := sumHex(h); got != p.SHA256 {
+		f.Close()
+		closed = true
+		root.Remove(partial)
+		return proto.FileResult{}, proto.Errorf(proto.ReasonChecksumMismatch,
+			"%s: sha256 of the received bytes is %s, want %s; nothing was installed", p.Path, got, p.SHA256)
+	}
+	mode := os.FileMode(p.Mode)
+	if mode == 0 {
+		mode = 0o644
+	}
+	if err := f.Chmod(mode); err != nil {
+		return proto.FileResult{}, proto.Errorf(proto.ReasonInternal, "%s: %v", p.Path, err)
+	}
+	f.Close()
+	closed = true
+	mtime := p.ModTime
+	if !mtime.IsZero() {
+		if err := root.Chtimes(partial, mtime, mtime); err != nil {
+			return proto.FileResult{}, proto.Errorf(proto.ReasonInternal, "%s: %v", p.Path, err)
+		}
+	}
+	if err := root.Rename(partial, rel); err != nil {
+		return proto.FileResult{}, pathError(p.Path, err)
+	}
+	if err := syncDir(root, filepath.Dir(rel)); err != nil {
+		return proto.FileResult{}, proto.Errorf(proto.ReasonInternal, "%s: %v", p.Path, err)
+	}
+	info, err := root.Stat(rel)
+	if err != nil {
+		return proto.FileResult{}, pathError(p.Path, err)
+	}
+	return proto.FileResult{Path: p.Path, Size: p.Size, SHA256: p.SHA256, Offset: offset, Bytes: n,
+		Mode: uint32(mode), ModTime: info.ModTime().UTC(), DurationMs: msSince(start)}, nil
+}
+
+func msSince(t time.Time) float64 { return float64(time.Since(t).Microseconds()) / 1000 }
+
+func (s *session) filePull(c *transport.Conn, r *transport.Request) (any, error) {
+	var p proto.FilePullParams
+	if err := proto.DecodeParams(r.Params, &p); err != nil {
+		return nil, err
+	}
+	root, rel, err := s.a.openRoot(p.Path)
+	if err != nil {
+		return nil, err
+	}
+	defer root.Close()
+	f, err := root.Open(rel)
+	if err != nil {
+		return nil, pathError(p.Path, err)
+	}
+	info, err := f.Stat()
+	if err == nil && !info.Mode().IsRegular() {
+		err = proto.InvalidField("path", "file", "%s is not a regular file", p.Path)
+	}
+	offset := p.Offset
+	var h hash.Hash
+	if err == nil {
+		if offset > info.Size() {
+			offset = 0
+		}
+		h, err = hashPrefix(f, offset)
+		if err == nil && offset > 0 && sumHex(h) != p.OffsetSHA256 {
+			offset = 0 // the board's file does not begin with the caller's bytes
+			h.Reset()
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, pathError(p.Path, err)
+	}
+	st, err := c.AttachStream(p.Stream)
+	if err != nil {
+		f.Close()
+		return nil, proto.InvalidField("stream", "stream", "%v", err)
+	}
+	id, t := s.newTransfer()
+	// The data follows the answer, which tells the caller where it starts.
+	r.AfterReply = func() {
+		go func() {
+			defer f.Close()
+			t.finish(send(f, h, st, p.Path, info, offset))
+		}()
+	}
+	return proto.FilePullResult{ID: id, Size: info.Size(), Offset: offset,
+		Mode: uint32(info.Mode().Perm()), ModTime: info.ModTime().UTC()}, nil
+}
+
+// send writes f's bytes from offset to the size it had when the pull
+// began, then FIN.
+func send(f *os.File, h hash.Hash, st *transport.Stream, p string, info os.FileInfo, offset int64) (proto.FileResult, error) {
+	start := time.Now()
+	defer st.Close()
+	src := io.TeeReader(io.NewSectionReader(f, offset, info.Size()-offset), h)
+	n, err := io.CopyBuffer(st, src, make([]byte, copyBuffer))
+	if err == nil && n < info.Size()-offset {
+		err = fmt.Errorf("%s shrank to %d bytes while being read", p, offset+n)
+	}
+	if err == nil {
+		err = st.CloseWrite()
+	}
+	if err != nil {
+		st.Reset("canceled")
+		return proto.FileResult{}, proto.Errorf(proto.ReasonCanceled, "%s: pull cut after %d bytes: %v", p, offset+n, err)
+	}
+	return proto.FileResult{Path: p, Size: info.Size(), SHA256: sumHex(h), Offset: offset, Bytes: n,
+		Mode: uint32(info.Mode().Perm()), ModTime: info.ModTime().UTC(), DurationMs: msSince(start)}, nil
+}

@@ -1,0 +1,117 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/boardlink/boardlink/proto"
+)
+
+// openRoot finds the file root holding p (an absolute, clean board path,
+// checked by the request's validation) and opens it. rel is p relative to
+// the root, "." for the root itself. Every access then goes through the
+// os.Root, which refuses to leave it by ".." or by a symlink, so a check
+// made here cannot be raced by a symlink swapped in later.
+func (a *Agent) openRoot(p string) (root *os.Root, rel string, err error) {
+	best := ""
+	for _, dir := range a.cfg.Roots {
+		dir = filepath.Clean(dir)
+		if len(dir) <= len(best) {
+			continue
+		}
+		switch {
+		case p == dir:
+			best, rel = dir, "."
+		case strings.HasPrefix(p, strings.TrimSuffix(dir, "/")+"/"):
+			best, rel = dir, strings.TrimPrefix(p[len(dir):], "/")
+		}
+	}
+	if best == "" {
+		return nil, "", proto.InvalidField("path", "root", "%s is outside the agent's file roots (%s)",
+			p, strings.Join(a.cfg.Roots, ", "))
+	}
+	root, err = os.OpenRoot(best)
+	if err != nil {
+		return nil, "", proto.Errorf(proto.ReasonInternal, "file root %s: %v", best, err)
+	}
+	return root, rel, nil
+}
+
+// pathError turns an error from an os.Root operation on the request's
+// path into the answer: a missing path is not_found, a way out of the root
+// is invalid params on "path", never followed.
+func pathError(p string, err error) error {
+	var pe *proto.Error
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &pe):
+		return pe
+	case errors.Is(err, fs.ErrNotExist):
+		return proto.Errorf(proto.ReasonNotFound, "%s: no such file or directory", p)
+	case errors.Is(err, fs.ErrPermission):
+		return proto.InvalidField("path", "permission", "%s: permission denied", p)
+	case isEscape(err):
+		return proto.InvalidField("path", "root", "%s leads out of its file root (through a symlink or \"..\"): refused", p)
+	}
+	return proto.Errorf(proto.ReasonInternal, "%s: %v", p, err)
+}
+
+// isEscape reports an os.Root refusal. The os package does not export the
+// error, so it is recognised as the one PathError not caused by a syscall.
+func isEscape(err error) bool {
+	var pe *fs.PathError
+	if !errors.As(err, &pe) {
+		return false
+	}
+	var errno interface{ Errno() uintptr }
+	if errors.As(pe.Err, &errno) {
+		return false
+	}
+	return strings.Contains(pe.Err.Error(), "escapes")
+}
+
+// fileInfo is the answer for an existing path.
+func fileInfo(p string, st fs.FileInfo) proto.FileInfo {
+	return proto.FileInfo{Path: p, Exists: true, Dir: st.IsDir(), Size: st.Size(),
+		Mode: uint32(st.Mode().Perm()), ModTime: st.ModTime().UTC()}
+}
+
+// ensureParent checks that rel's parent exists, or makes it with parents.
+func ensureParent(root *os.Root, p, rel string, parents bool) error {
+	dir := filepath.Dir(rel)
+	if parents {
+		if err := root.MkdirAll(dir, 0o755); err != nil {
+			return pathError(p, err)
+		}
+		return nil
+	}
+	st, err := root.Stat(dir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return proto.Errorf(proto.ReasonNotFound, "%s: parent directory does not exist (push with parents to create it)", p)
+		}
+		return pathError(p, err)
+	}
+	if !st.IsDir() {
+		return proto.InvalidField("path", "dir", "%s: parent is not a directory", p)
+	}
+	return nil
+}
+
+// syncDir makes a rename in dir durable.
+func syncDir(root *os.Root, dir string) error {
+	d, err := root.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", dir, err)
+	}
+	return nil
+}

@@ -1,0 +1,154 @@
+package dispatcher
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/url"
+	"sync"
+
+	"github.com/boardlink/boardlink/proto"
+	"github.com/boardlink/boardlink/transport"
+	"github.com/boardlink/boardlink/transport/seriallink"
+)
+
+// consoleKeep is how much console text a client keeps: enough for a
+// whole boot log.
+const consoleKeep = 256 << 10
+
+// consoleRing keeps the newest console text and counts all of it, so a
+// caller can take what arrived since a mark (a reboot, say).
+type consoleRing struct {
+	mu    sync.Mutex
+	buf   []byte // the newest len(buf) <= size bytes
+	size  int
+	total int64
+}
+
+func newConsoleRing(size int) *consoleRing { return &consoleRing{size: size} }
+
+func (r *consoleRing) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.total += int64(len(p))
+	r.buf = append(r.buf, p...)
+	if over := len(r.buf) - r.size; over > 0 {
+		r.buf = append(r.buf[:0], r.buf[over:]...)
+	}
+	return len(p), nil
+}
+
+// mark is the count of bytes seen so far.
+func (r *consoleRing) mark() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.total
+}
+
+// since returns the text that arrived after mark, as much as is kept.
+func (r *consoleRing) since(mark int64) []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := min(r.total-mark, int64(len(r.buf)))
+	return append([]byte(nil), r.buf[int64(len(r.buf))-n:]...)
+}
+
+// ConsoleMark and ConsoleSince bracket a stretch of console text (a
+// reboot): the text that arrived after the mark, as much as is kept.
+func (c *Client) ConsoleMark() int64 {
+	if c.console == nil {
+		return 0
+	}
+	return c.console.mark()
+}
+
+// ConsoleSince: see ConsoleMark.
+func (c *Client) ConsoleSince(mark int64) []byte {
+	if c.console == nil {
+		return nil
+	}
+	return c.console.since(mark)
+}
+
+// Console copies the console text of the serial line at addr (serial://,
+// tcp:// or unix://) to w until ctx ends. It only listens: nothing is
+// written to the line, so it never disturbs a boot loader or a shell.
+func Console(ctx context.Context, addr string, w io.Writer) error {
+	u, err := url.Parse(addr)
+	if err != nil || u.Scheme == "" {
+		return fmt.Errorf("%q: %w", addr, ErrNeedsDiscovery)
+	}
+	switch u.Scheme {
+	case "serial", "tcp", "unix":
+	case "ws", "wss":
+		return fmt.Errorf("%w %s: the console is seen on a serial line only (serial://, tcp:// or unix://)", ErrBadAddress, addr)
+	default:
+		return fmt.Errorf("%w %q: unknown scheme %q", ErrBadAddress, addr, u.Scheme)
+	}
+	rwc, err := openLine(ctx, u)
+	if err != nil {
+		return err
+	}
+	ep := seriallink.NewEndpoint(rwc, seriallink.Config{})
+	copied := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(w, ep.Console())
+		copied <- err
+	}()
+	select {
+	case <-ctx.Done():
+		ep.Close()
+		<-copied
+		return nil
+	case err := <-copied:
+		ep.Close()
+		if err != nil {
+			return err
+		}
+		return fmt.Errorf("%s: the line closed", addr)
+	}
+}
+
+// notes routes the agent's progress notifications to the calls waiting
+// for them, by token.
+type notes struct {
+	mu   sync.Mutex
+	next uint64
+	subs map[string]func(proto.Progress)
+}
+
+// subscribe registers f for a fresh token; the returned func unregisters.
+func (n *notes) subscribe(f func(proto.Progress)) (string, func()) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.next++
+	tok := fmt.Sprintf("p%d", n.next)
+	if n.subs == nil {
+		n.subs = map[string]func(proto.Progress){}
+	}
+	n.subs[tok] = f
+	return tok, func() {
+		n.mu.Lock()
+		delete(n.subs, tok)
+		n.mu.Unlock()
+	}
+}
+
+// Handle takes the agent's notifications; the agent sends no requests.
+func (n *notes) Handle(_ context.Context, _ *transport.Conn, r *transport.Request) (any, error) {
+	if !r.Notification || r.Method != proto.NoteProgress {
+		return nil, proto.Errorf(proto.ReasonMethodNotFound, "method not found: %s", r.Method)
+	}
+	var p proto.Progress
+	if err := json.Unmarshal(r.Params, &p); err != nil {
+		return nil, err
+	}
+	n.mu.Lock()
+	f := n.subs[p.Token]
+	n.mu.Unlock()
+	if f != nil {
+		f(p)
+	}
+	return nil, nil
+}
