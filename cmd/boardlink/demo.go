@@ -37,6 +37,7 @@ it when discovery and rollouts land.`,
 // demoBoard is the in-process agent the demo drives.
 type demoBoard struct {
 	dir    string
+	files  string // the agent's file root
 	execs  *agent.Execs
 	ws     *agent.WebSocketServer
 	serial *agent.SerialServer
@@ -48,14 +49,18 @@ func startDemoBoard(ctx context.Context) (*demoBoard, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &demoBoard{dir: dir, sock: dir + "/serial.sock"}
+	d := &demoBoard{dir: dir, sock: dir + "/serial.sock", files: dir + "/files"}
+	if err := os.Mkdir(d.files, 0o755); err != nil {
+		d.stop()
+		return nil, err
+	}
 	b, err := sim.Open(dir+"/state", sim.Options{ID: "demo-board", Model: "sim", Labels: map[string]string{"lab": "demo"}})
 	if err != nil {
 		d.stop()
 		return nil, err
 	}
 	d.execs = agent.NewExecs(agent.ExecOptions{LogPath: dir + "/state/exec-log.json"})
-	a := agent.New(b, d.execs, agent.Config{})
+	a := agent.New(b, d.execs, agent.Config{Roots: []string{d.files}, CacheDir: dir + "/state/cache"})
 	d.ws = agent.NewWebSocketServer(a, "127.0.0.1:0")
 	if err := d.ws.Start(ctx); err != nil {
 		d.stop()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -50,6 +51,23 @@ func (g *globals) dialID(ctx context.Context, id string, opts dispatcher.DialOpt
 	cache[id] = cache[r.ID]
 	saveCache(cache)
 	return dispatcher.Dial(ctx, r.Address, opts)
+}
+
+// resolve turns BOARD into an address without opening a session: an
+// address as it is, an id through discovery.
+func (g *globals) resolve(ctx context.Context, board string) (string, error) {
+	if u, err := url.Parse(board); err == nil && u.Scheme != "" {
+		return board, nil
+	}
+	recs, err := findBoards(ctx, g, lsOptions{timeout: resolveTimeout}, board)
+	if err != nil {
+		return "", fmt.Errorf("looking for board %q: %w", board, err)
+	}
+	r, err := pick(board, recs)
+	if err != nil {
+		return "", &usageError{err}
+	}
+	return r.Address, nil
 }
 
 // pick chooses the board an id names: an exact match, else the only board

@@ -33,8 +33,10 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 		Use:   "boardlink",
 		Short: "Drive boards through their boardlink agent",
 		Long: `boardlink drives boards that run the boardlink agent (boardlinkd): run a
-command and get its real exit code and separate stdout and stderr, with no
-serial-shell parsing.
+command and get its real exit code and separate stdout and stderr, move
+files both ways (resumable, sha256-checked), have the board download and
+unpack packages itself, reboot it and wait until it is back, and read its
+serial console, with no serial-shell parsing.
 
 BOARD is one of:
   ID                           a board id (or a unique prefix of one), found
@@ -60,7 +62,8 @@ variable.`,
 	pf.StringVar(&g.tokenFile, "token-file", "", "file holding the agent's token (default: $BOARDLINK_TOKEN)")
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log protocol activity to stderr")
 	pf.StringArrayVar(&g.ifaces, "iface", nil, "network interface for mDNS discovery (repeatable; default: every multicast-capable one)")
-	root.AddCommand(newLsCmd(g), newInfoCmd(g), newExecCmd(g), newDemoCmd(g))
+	root.AddCommand(newLsCmd(g), newInfoCmd(g), newExecCmd(g), newPushCmd(g), newPullCmd(g),
+		newDownloadCmd(g), newRebootCmd(g), newConsoleCmd(g), newDemoCmd(g))
 	return root
 }
 

@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/boardlink/boardlink/dispatcher"
+)
+
+// rebootReport is reboot's JSON output.
+type rebootReport struct {
+	Board      string `json:"board"`
+	OldBootID  string `json:"old_boot_id"`
+	NewBootID  string `json:"new_boot_id,omitempty"`
+	TookMs     int64  `json:"took_ms,omitempty"`
+	Commands   int    `json:"commands_ended"`
+	ConsoleLog string `json:"console_log,omitempty"`
+	Error      string `json:"error,omitempty"`
+}
+
+func newRebootCmd(g *globals) *cobra.Command {
+	var (
+		wait       bool
+		timeout    time.Duration
+		consoleLog string
+		asJSON     bool
+	)
+	cmd := &cobra.Command{
+		Use:   "reboot BOARD [--wait] [--timeout D] [--console-log FILE] [--json]",
+		Short: "Reboot a board, and with --wait return when it is back",
+		Long: `reboot asks the agent to reboot the board. The agent answers first, then
+stops its work cleanly: every running command's process group is ended
+(TERM, then KILL after its grace period), whatever it is doing. This works
+while another command hangs.
+
+With --wait, reboot returns only when the board is back: reconnected,
+answering, and reporting a new boot id. It prints how long that took. A
+board that is not back within --timeout is an error (exit 124).
+
+On a serial link the console text seen during the reboot (boot loader,
+kernel messages) is saved to --console-log, by default under
+$XDG_STATE_HOME/boardlink/console/ (~/.local/state/...), so a board that
+fails to boot leaves its log; the path is printed.
+
+Exit status: 0 rebooted (and back, with --wait); 124 not back in time;
+255 the link failed before the agent answered; 2 a usage error.`,
+		Example: `  boardlink reboot board1 --wait
+  boardlink reboot unix:///tmp/qemu-uart.sock --wait --timeout 3m --json`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if timeout <= 0 {
+				return &usageError{fmt.Errorf("--timeout must be positive")}
+			}
+			ctx := cmd.Context()
+			c, err := g.dial(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			rep := rebootReport{Board: c.Hello().BoardID}
+			mark := c.ConsoleMark()
+			if !wait {
+				res, err := c.Reboot(ctx)
+				if err != nil {
+					return linkFailure(err)
+				}
+				rep.OldBootID, rep.Commands = res.BootID, res.Commands
+				return printReboot(cmd, asJSON, rep, nil)
+			}
+			wctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			back, werr := c.RebootWait(wctx)
+			rep.OldBootID, rep.NewBootID, rep.TookMs = back.OldBootID, back.NewBootID, back.TookMs
+			if text := c.ConsoleSince(mark); len(text) > 0 || consoleLog != "" {
+				p, err := saveConsole(consoleLog, rep.Board, text)
+				if err != nil {
+					fmt.Fprintln(cmd.ErrOrStderr(), "boardlink: saving the console log:", err)
+				}
+				rep.ConsoleLog = p
+			}
+			switch {
+			case werr == nil:
+			case errors.Is(werr, dispatcher.ErrNotBack):
+				werr = &exitError{code: exitTimeout, err: werr}
+			case back.OldBootID == "":
+				werr = linkFailure(werr) // the reboot request itself failed
+			default:
+				werr = &exitError{code: 1, err: werr}
+			}
+			return printReboot(cmd, asJSON, rep, werr)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVarP(&wait, "wait", "w", false, "return only when the board is back with a new boot id")
+	f.DurationVar(&timeout, "timeout", 5*time.Minute, "with --wait, how long the board may take to come back")
+	f.StringVar(&consoleLog, "console-log", "", "where to save the console text seen during the reboot (serial links)")
+	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
+	return cmd
+}
+
+func printReboot(cmd *cobra.Command, asJSON bool, rep rebootReport, err error) error {
+	if err != nil {
+		rep.Error = err.Error()
+	}
+	if asJSON {
+		if jerr := writeJSON(cmd.OutOrStdout(), rep); jerr != nil {
+			return jerr
+		}
+	} else {
+		out := cmd.OutOrStdout()
+		switch {
+		case rep.NewBootID != "":
+			fmt.Fprintf(out, "%s is back after %.1fs: boot %s (was %s)\n", rep.Board,
+				float64(rep.TookMs)/1000, rep.NewBootID, rep.OldBootID)
+		case err == nil:
+			fmt.Fprintf(out, "%s is rebooting (boot %s ends; %d running command(s) ended)\n", rep.Board, rep.OldBootID, rep.Commands)
+		}
+		if rep.ConsoleLog != "" {
+			fmt.Fprintf(out, "console log: %s\n", rep.ConsoleLog)
+		}
+	}
+	return err
+}
+
+// saveConsole writes text to path, or to a fresh file named after the
+// board and the time under the user's state directory.
+func saveConsole(path, board string, text []byte) (string, error) {
+	if path == "" {
+		dir := os.Getenv("XDG_STATE_HOME")
+		if dir == "" {
+			home, err := os.UserHomeDir()
+			if err != nil {
+				return "", err
+			}
+			dir = filepath.Join(home, ".local", "state")
+		}
+		dir = filepath.Join(dir, "boardlink", "console")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return "", err
+		}
+		name := strings.NewReplacer("/", "_", ":", "_").Replace(url.PathEscape(board))
+		path = filepath.Join(dir, fmt.Sprintf("%s-%s.log", name, time.Now().UTC().Format("20060102T150405Z")))
+	}
+	return path, os.WriteFile(path, text, 0o644)
+}
+
+func newConsoleCmd(g *globals) *cobra.Command {
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "console BOARD [--timeout D]",
+		Short: "Stream a board's serial console text",
+		Long: `console prints the console text of the board's serial line (boot loader
+and kernel messages, anything outside the agent's frames) as it arrives,
+until interrupted or until --timeout. It only listens: nothing is written
+to the line, so a boot loader waiting for a key or a shell is undisturbed.
+
+BOARD must be reached over a serial line: serial://, tcp:// or unix://, or
+a board id that discovery finds on a serial port.`,
+		Example: `  boardlink console serial:///dev/ttyUSB0?baud=115200
+  boardlink console unix:///tmp/qemu-uart.sock --timeout 30s > boot.log`,
+		Args: exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if timeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, timeout)
+				defer cancel()
+			}
+			addr, err := g.resolve(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			err = dispatcher.Console(ctx, addr, cmd.OutOrStdout())
+			if errors.Is(err, dispatcher.ErrBadAddress) {
+				return &usageError{err}
+			}
+			return linkFailure(err)
+		},
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "stop after this long (0: until interrupted)")
+	return cmd
+}
