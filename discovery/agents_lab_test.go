@@ -4,26 +4,20 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/boardlink/boardlink/internal/testenv"
 	"github.com/boardlink/boardlink/internal/version"
+	"github.com/boardlink/boardlink/proto"
 )
 
 // buildBinaries builds boardlinkd and boardlink for the lab, once per test.
 func buildBinaries(t *testing.T) (agent, cli string) {
 	t.Helper()
-	dir := t.TempDir()
-	agent, cli = filepath.Join(dir, "boardlinkd"), filepath.Join(dir, "boardlink")
-	for bin, pkg := range map[string]string{agent: "../cmd/boardlinkd", cli: "../cmd/boardlink"} {
-		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v\n%s", pkg, err, out)
-		}
-	}
-	return agent, cli
+	return testenv.GoBuild(t, "../cmd/boardlinkd"), testenv.GoBuild(t, "../cmd/boardlink")
 }
 
 // The real agent in board namespaces, the browser in the host namespace:
@@ -50,8 +44,9 @@ func TestLabRealAgents(t *testing.T) {
 	added := collectAdded(t, events, 15*time.Second, "board1", "board2")
 	for id, nd := range map[string]*node{"board1": b1, "board2": b2} {
 		r := added[id].Record
-		want := Record{ID: id, Model: "imx8", Protocol: 1, Capabilities: []string{"exec", "exec.detach"},
-			Version: version.Version, BootID: r.BootID, Labels: map[string]string{"rack": id[len(id)-1:]}, Port: 7207}
+		want := Record{ID: id, Model: "imx8", Protocol: proto.Version,
+			Capabilities: []string{proto.CapExec, proto.CapExecDetach, proto.CapFile, proto.CapDownload, proto.CapReboot},
+			Version:      version.Version, BootID: r.BootID, Labels: map[string]string{"rack": id[len(id)-1:]}, Port: 7207}
 		checkBoard(t, r, want, fmt.Sprintf("ws://%s:7207", nd.IPv4))
 		if r.BootID == "" {
 			t.Errorf("%s announced no boot id", id)
