@@ -24,6 +24,7 @@ type Rebooted struct {
 	Took      time.Duration `json:"-"`
 	TookMs    int64         `json:"took_ms"`
 	Attempts  int           `json:"attempts"` // connection attempts until the board answered
+	Commands  int           `json:"commands"` // running commands the reboot ended
 }
 
 // ErrNotBack is wrapped by RebootWait's error when the board was not back
@@ -39,7 +40,7 @@ func (c *Client) RebootWait(ctx context.Context) (Rebooted, error) {
 	if err != nil {
 		return Rebooted{}, err
 	}
-	out := Rebooted{OldBootID: res.BootID}
+	out := Rebooted{OldBootID: res.BootID, Commands: res.Commands}
 	backoff := 50 * time.Millisecond
 	var last error
 	for {

@@ -78,7 +78,7 @@ Exit status: 0 rebooted (and back, with --wait); 124 not back in time;
 			wctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
 			back, werr := c.RebootWait(wctx)
-			rep.OldBootID, rep.NewBootID, rep.TookMs = back.OldBootID, back.NewBootID, back.TookMs
+			rep.OldBootID, rep.NewBootID, rep.TookMs, rep.Commands = back.OldBootID, back.NewBootID, back.TookMs, back.Commands
 			if text := c.ConsoleSince(mark); len(text) > 0 || consoleLog != "" {
 				p, err := saveConsole(consoleLog, rep.Board, text)
 				if err != nil {
