@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -99,7 +101,13 @@ func runDemo(ctx context.Context, out io.Writer, g *globals) error {
 	defer d.stop()
 	ws := "ws://" + d.ws.Addr().String()
 	serial := "unix://" + d.sock
-	fmt.Fprintf(out, "\nagent up: WebSocket %s, serial-framed link %s\n", ws, serial)
+	fmt.Fprintf(out, "\nagent up: WebSocket %s, serial-framed link %s, file root %s\n", ws, serial, d.files)
+	payload := filepath.Join(d.dir, "payload.bin")
+	data := make([]byte, 256<<10)
+	rand.Read(data)
+	if err := os.WriteFile(payload, data, 0o640); err != nil {
+		return err
+	}
 
 	steps := []struct {
 		what string
@@ -112,6 +120,9 @@ func runDemo(ctx context.Context, out io.Writer, g *globals) error {
 		{"a hanging command is killed at its timeout (exit 124)", []string{"exec", ws, "--timeout", "500ms", "--", "sleep", "30"}, exitTimeout},
 		{"the same agent over its serial-framed link", []string{"exec", serial, "--", "sh", "-c", "echo over the serial link: $(id -un)"}, 0},
 		{"death by signal is 128+N", []string{"exec", serial, "--shell", "--", "kill -KILL $$"}, 128 + 9},
+		{"push a file over the serial link, sha256-checked, mode and mtime kept", []string{"push", serial, payload, d.files + "/"}, 0},
+		{"pull it back over WebSocket", []string{"pull", ws, filepath.Join(d.files, "payload.bin"), filepath.Join(d.dir, "back.bin")}, 0},
+		{"a path outside the agent's file roots is refused", []string{"push", ws, payload, "/etc/payload.bin"}, exitUsage},
 	}
 	for i, s := range steps {
 		fmt.Fprintf(out, "\n[%d/%d] %s\n$ boardlink %s\n", i+1, len(steps), s.what, strings.Join(quoteArgs(s.args), " "))

@@ -41,17 +41,11 @@ func fileFailure(err error) error {
 	return linkFailure(err)
 }
 
-// rate formats bytes over d as MB/s.
-func rate(bytes int64, ms float64) string {
-	if ms <= 0 {
-		return "-"
-	}
-	return fmt.Sprintf("%.1f MB/s", float64(bytes)/1e6/(ms/1000))
-}
-
-func summary(verb string, res proto.FileResult) string {
-	s := fmt.Sprintf("%s %s: %d bytes, sha256 %s, %.0f ms (%s)", verb, res.Path, res.Size, res.SHA256,
-		res.DurationMs, rate(res.Bytes, res.DurationMs))
+// summary is the line a finished transfer prints; took is the wall time
+// seen here, hashing included.
+func summary(verb string, res proto.FileResult, took time.Duration) string {
+	s := fmt.Sprintf("%s %s: %d bytes in %s (%.1f MB/s), sha256 %s", verb, res.Path, res.Size,
+		took.Round(time.Millisecond), float64(res.Bytes)/1e6/max(took.Seconds(), 1e-6), res.SHA256)
 	if res.Offset > 0 {
 		s += fmt.Sprintf("; resumed at byte %d, %d bytes moved", res.Offset, res.Bytes)
 	}
@@ -101,6 +95,7 @@ agent refuses (outside its roots, or leaving them through a symlink or
 			}
 			defer c.Close()
 			bar := newProgressBar(cmd.ErrOrStderr(), "push "+filepath.Base(local), st.Size())
+			start := time.Now()
 			res, err := c.Push(cmd.Context(), local, remote, dispatcher.TransferOptions{Parents: parents, Progress: bar.set})
 			bar.done(err == nil)
 			if err != nil {
@@ -109,7 +104,7 @@ agent refuses (outside its roots, or leaving them through a symlink or
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), res)
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), summary("pushed", res))
+			fmt.Fprintln(cmd.OutOrStdout(), summary("pushed", res, time.Since(start)))
 			return nil
 		},
 	}
@@ -148,6 +143,7 @@ agent refuses; 255 the link failed (pull again to resume).`,
 			}
 			defer c.Close()
 			bar := newProgressBar(cmd.ErrOrStderr(), "pull "+path.Base(remote), 0)
+			start := time.Now()
 			res, err := c.Pull(cmd.Context(), remote, local, dispatcher.TransferOptions{Progress: bar.set})
 			bar.done(err == nil)
 			if err != nil {
@@ -156,7 +152,7 @@ agent refuses; 255 the link failed (pull again to resume).`,
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), res)
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), summary("pulled", res))
+			fmt.Fprintln(cmd.OutOrStdout(), summary("pulled", res, time.Since(start)))
 			return nil
 		},
 	}
