@@ -29,7 +29,8 @@ func Dial(ctx context.Context, rawURL, token string, cfg Config) (*Link, error) 
 	if token != "" {
 		h.Set("Authorization", "Bearer "+token)
 	}
-	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second, Proxy: nil}
+	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second, Proxy: nil,
+		ReadBufferSize: readBufferSize, WriteBufferSize: writeBufferSize, WriteBufferPool: &writeBuffers}
 	ws, resp, err := d.DialContext(ctx, u.String(), h)
 	if resp != nil && resp.Body != nil {
 		defer resp.Body.Close()

@@ -71,9 +71,42 @@ type Link struct {
 	readOnce sync.Once
 	mu       sync.Mutex
 	err      error
+	sizeHint int // the reader's guess at the next message's size
 }
 
 var _ transport.Link = (*Link)(nil)
+
+// Buffer sizes. A write buffer holds a whole stream chunk (32 KiB) plus its
+// headers, so each goes out in one frame and one write; buffers are pooled
+// between connections, since a dispatcher may hold a thousand idle ones.
+const (
+	readBufferSize  = 16 << 10
+	writeBufferSize = 64 << 10
+	// maxHint bounds the buffer a message read starts with.
+	maxHint = 64 << 10
+)
+
+var writeBuffers sync.Pool
+
+// readAll is io.ReadAll starting from a buffer of hint bytes: bulk data
+// arrives as messages of one size, and growing each from 512 bytes costs
+// more than the copy.
+func readAll(r io.Reader, hint int) ([]byte, error) {
+	b := make([]byte, 0, max(hint, 512))
+	for {
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+	}
+}
 
 func newLink(ws *websocket.Conn, cfg Config) *Link {
 	cfg = cfg.withDefaults()
@@ -96,7 +129,8 @@ func (l *Link) ReadMessage() (transport.MessageType, []byte, error) {
 		return 0, nil, l.readFailed(err)
 	}
 	_ = l.ws.SetReadDeadline(time.Now().Add(l.cfg.PongWait))
-	data, err := io.ReadAll(io.LimitReader(r, int64(l.cfg.MaxMessage)+1))
+	data, err := readAll(io.LimitReader(r, int64(l.cfg.MaxMessage)+1), l.sizeHint)
+	l.sizeHint = min(cap(data), maxHint)
 	if err != nil {
 		return 0, nil, l.readFailed(err)
 	}

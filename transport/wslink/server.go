@@ -51,7 +51,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		})
 		return
 	}
-	up := websocket.Upgrader{HandshakeTimeout: 10 * time.Second}
+	up := websocket.Upgrader{HandshakeTimeout: 10 * time.Second,
+		ReadBufferSize: readBufferSize, WriteBufferSize: writeBufferSize, WriteBufferPool: &writeBuffers}
 	ws, err := up.Upgrade(w, r, nil)
 	if err != nil {
 		return // Upgrade has already answered with an HTTP error

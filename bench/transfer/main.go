@@ -1,0 +1,652 @@
+// Command transfer benchmarks boardlink's file push and pull over a
+// loopback WebSocket beside scp of the same file to a private sshd on the
+// same machine, measured in the same run.
+//
+// It writes a random file of -size bytes into a temporary directory, starts
+// an agent on a simulated board in-process on 127.0.0.1, and times
+// dispatcher.Client.Push and Pull of that file -runs times each, reporting
+// the median. The copy made by the previous run is deleted before every run,
+// so each one is a full transfer: nothing resumes and nothing is skipped.
+//
+// Then, when sshd and scp are installed, it starts a private sshd as the
+// current user on 127.0.0.1 and a free port (its own host key, client key,
+// authorized_keys and sshd_config, all in the temporary directory), and
+// times scp upload and download of the same file the same way. scp uses
+// OpenSSH's defaults (cipher, and on OpenSSH 9.0 and later the SFTP
+// protocol); the cipher it negotiated is printed.
+//
+// The table gives MB/s (10^6 bytes per second) and the ratio boardlink/scp:
+// above 1 is faster than scp. What the two times cover differs a little,
+// and the output says how: a boardlink transfer runs on a connection that
+// is already open, and hashes the file on both ends and fsyncs what it
+// received; each scp starts its own ssh connection and does not fsync. The
+// scp+fsync column adds an fsync of scp's copy for a like-for-like write.
+//
+// Run it from the module root:
+//
+//	go run ./bench/transfer                   # 256 MiB, median of 3
+//	go run ./bench/transfer -size 64MiB -runs 5
+//
+// Without sshd it measures boardlink alone and says how to get sshd
+// (apt-get install openssh-server openssh-client). Only 127.0.0.1 is used.
+// Everything it starts and writes is removed when it ends, also on error
+// or Ctrl-C.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/boardlink/boardlink/agent"
+	"github.com/boardlink/boardlink/board/sim"
+	"github.com/boardlink/boardlink/dispatcher"
+)
+
+func main() {
+	size := sizeFlag(256 << 20)
+	flag.Var(&size, "size", "file size in bytes; suffixes KiB, MiB, GiB (and KB, MB, GB) are accepted")
+	runs := flag.Int("runs", 3, "timed transfers per operation; the median is reported")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the boardlink transfers to this file")
+	flag.Parse()
+	if size <= 0 || *runs <= 0 {
+		fmt.Fprintln(os.Stderr, "transfer: -size and -runs must be positive")
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, int64(size), *runs, *cpuprofile)
+	if ctx.Err() != nil {
+		err = errors.New("interrupted (everything it started and wrote is removed)")
+	}
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "transfer:", err)
+		os.Exit(1)
+	}
+}
+
+// result is one operation's timed runs.
+type result struct {
+	runs []time.Duration
+	// synced is, for scp, each run's time including an fsync of the copy.
+	synced []time.Duration
+}
+
+func run(ctx context.Context, size int64, runs int, cpuprofile string) error {
+	tmp, err := os.MkdirTemp("", "boardlink-bench-transfer-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	dirs := map[string]string{}
+	for _, d := range []string{"state", "root", "local", "ssh", "scp"} {
+		dirs[d] = filepath.Join(tmp, d)
+		if err := os.Mkdir(dirs[d], 0o700); err != nil {
+			return err
+		}
+	}
+
+	src := filepath.Join(dirs["local"], "source.bin")
+	fmt.Printf("writing %s of random bytes to %s\n", human(size), src)
+	sum, err := writeRandom(src, size)
+	if err != nil {
+		return err
+	}
+
+	var stopProfile func()
+	if cpuprofile != "" {
+		f, err := os.Create(cpuprofile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return err
+		}
+		stopProfile = func() { pprof.StopCPUProfile(); f.Close() }
+		defer func() {
+			if stopProfile != nil {
+				stopProfile()
+			}
+		}()
+	}
+	push, pull, err := benchBoardlink(ctx, dirs, src, sum, size, runs)
+	if err != nil {
+		return fmt.Errorf("boardlink: %w", err)
+	}
+	if stopProfile != nil {
+		stopProfile()
+		stopProfile = nil
+		fmt.Printf("CPU profile of the boardlink transfers: %s\n", cpuprofile)
+	}
+
+	var up, down *result
+	var cipher, protocol, setup string
+	scpNote := ""
+	if sshd, scp, keygen, missing := findSSH(); missing != "" {
+		scpNote = "scp was not measured: " + missing + " not found; install with: apt-get install openssh-server openssh-client"
+	} else {
+		s, err := startSSHD(ctx, sshd, keygen, dirs["ssh"])
+		if err != nil {
+			return fmt.Errorf("sshd: %w", err)
+		}
+		defer s.stop()
+		up, down, cipher, protocol, setup, err = benchSCP(ctx, s, scp, dirs["scp"], src, sum, size, runs)
+		if err != nil {
+			return fmt.Errorf("scp: %w\n%s", err, s.log())
+		}
+	}
+
+	fmt.Println()
+	fmt.Printf("file: %s, runs: %d (median), MB/s = 10^6 bytes/s, CPUs: %d\n", human(size), runs, runtime.NumCPU())
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "operation\tboardlink MB/s\tscp MB/s\tboardlink/scp\tscp+fsync MB/s\tboardlink/(scp+fsync)\t")
+	row := func(name string, bl, sc *result) {
+		b := mbps(size, median(bl.runs))
+		if sc == nil {
+			fmt.Fprintf(tw, "%s\t%.1f\t-\t-\t-\t-\t\n", name, b)
+			return
+		}
+		s, sf := mbps(size, median(sc.runs)), mbps(size, median(sc.synced))
+		fmt.Fprintf(tw, "%s\t%.1f\t%.1f\t%.2f\t%.1f\t%.2f\t\n", name, b, s, b/s, sf, b/sf)
+	}
+	row("push (upload)", push, up)
+	row("pull (download)", pull, down)
+	tw.Flush()
+	fmt.Println()
+	fmt.Printf("boardlink runs: push %s; pull %s\n", list(size, push.runs), list(size, pull.runs))
+	if up != nil {
+		fmt.Printf("scp runs:       upload %s; download %s\n", list(size, up.runs), list(size, down.runs))
+		fmt.Printf("scp: OpenSSH defaults, cipher %s, %s protocol; a 1-byte scp (connection setup and auth) takes %s\n", cipher, protocol, setup)
+		fmt.Println("boardlink times run on an open connection and include hashing on both ends and the fsync of the received file;")
+		fmt.Println("scp times include its ssh connection setup and no fsync (scp+fsync adds one).")
+	} else {
+		fmt.Println(scpNote)
+	}
+	return nil
+}
+
+// benchBoardlink times push and pull through an in-process agent reached
+// over WebSocket on loopback.
+func benchBoardlink(ctx context.Context, dirs map[string]string, src, sum string, size int64, runs int) (push, pull *result, err error) {
+	board, err := sim.Open(dirs["state"], sim.Options{ID: "bench-transfer", Model: "sim"})
+	if err != nil {
+		return nil, nil, err
+	}
+	execs := agent.NewExecs(agent.ExecOptions{})
+	a := agent.New(board, execs, agent.Config{Roots: []string{dirs["root"]}})
+	ws := agent.NewWebSocketServer(a, "127.0.0.1:0")
+	if err := ws.Start(ctx); err != nil {
+		return nil, nil, err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		ws.Stop(sctx)
+		execs.Shutdown(sctx)
+	}()
+	c, err := dispatcher.Dial(ctx, "ws://"+ws.Addr().String(), dispatcher.DialOptions{})
+	if err != nil {
+		return nil, nil, err
+	}
+	defer c.Close()
+	fmt.Printf("boardlink: agent on ws://%s, root %s\n", ws.Addr(), dirs["root"])
+
+	remote := filepath.Join(dirs["root"], "pushed.bin")
+	push = &result{}
+	for i := range runs {
+		if err := removeWithPartials(remote); err != nil {
+			return nil, nil, err
+		}
+		start := time.Now()
+		res, err := c.Push(ctx, src, remote, dispatcher.TransferOptions{})
+		d := time.Since(start)
+		if err != nil {
+			return nil, nil, fmt.Errorf("push: %w", err)
+		}
+		if res.Offset != 0 || res.Bytes != size || res.SHA256 != sum {
+			return nil, nil, fmt.Errorf("push %d was not a full transfer of the file: offset %d, %d bytes, sha256 %s", i+1, res.Offset, res.Bytes, res.SHA256)
+		}
+		push.runs = append(push.runs, d)
+		fmt.Printf("  push %d: %.1f MB/s (agent-side %.0f ms)\n", i+1, mbps(size, d), res.DurationMs)
+	}
+
+	// The pushed copy, already verified, is what the board serves.
+	local := filepath.Join(dirs["local"], "pulled.bin")
+	pull = &result{}
+	for i := range runs {
+		if err := removeWithPartials(local); err != nil {
+			return nil, nil, err
+		}
+		start := time.Now()
+		res, err := c.Pull(ctx, remote, local, dispatcher.TransferOptions{})
+		d := time.Since(start)
+		if err != nil {
+			return nil, nil, fmt.Errorf("pull: %w", err)
+		}
+		if res.Offset != 0 || res.Bytes != size || res.SHA256 != sum {
+			return nil, nil, fmt.Errorf("pull %d was not a full transfer of the file: offset %d, %d bytes, sha256 %s", i+1, res.Offset, res.Bytes, res.SHA256)
+		}
+		pull.runs = append(pull.runs, d)
+		fmt.Printf("  pull %d: %.1f MB/s (agent-side %.0f ms)\n", i+1, mbps(size, d), res.DurationMs)
+	}
+	return push, pull, removeWithPartials(local)
+}
+
+// removeWithPartials removes path and the hidden partial files boardlink
+// keeps beside it, so the next transfer to it starts from nothing.
+func removeWithPartials(path string) error {
+	partials, err := filepath.Glob(filepath.Join(filepath.Dir(path), "."+globEscape(filepath.Base(path))+".*boardlink-partial"))
+	if err != nil {
+		return err
+	}
+	for _, p := range append(partials, path) {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
+func globEscape(s string) string {
+	return strings.NewReplacer(`\`, `\\`, `*`, `\*`, `?`, `\?`, `[`, `\[`).Replace(s)
+}
+
+// findSSH locates sshd (as an absolute path: sshd refuses to start
+// otherwise), scp and ssh-keygen, or names what is missing.
+func findSSH() (sshd, scp, keygen, missing string) {
+	var miss []string
+	look := func(name string, extra ...string) string {
+		if p, err := exec.LookPath(name); err == nil {
+			if abs, err := filepath.Abs(p); err == nil {
+				return abs
+			}
+		}
+		for _, p := range extra {
+			if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+				return p
+			}
+		}
+		miss = append(miss, name)
+		return ""
+	}
+	sshd = look("sshd", "/usr/sbin/sshd", "/usr/local/sbin/sshd")
+	scp = look("scp")
+	keygen = look("ssh-keygen")
+	return sshd, scp, keygen, strings.Join(miss, ", ")
+}
+
+// sshd is a private sshd on 127.0.0.1.
+type sshd struct {
+	cmd     *exec.Cmd
+	done    chan struct{}
+	port    int
+	key     string // the client's private key
+	logPath string
+	rmDir   string // the privilege separation directory, if we made it
+}
+
+// startSSHD starts sshd as the current user on a free loopback port with
+// keys and configuration generated in dir, and waits until it answers.
+func startSSHD(ctx context.Context, bin, keygen, dir string) (*sshd, error) {
+	hostKey, clientKey := filepath.Join(dir, "host_ed25519"), filepath.Join(dir, "client_ed25519")
+	for _, k := range []string{hostKey, clientKey} {
+		if out, err := exec.CommandContext(ctx, keygen, "-q", "-t", "ed25519", "-N", "", "-C", "boardlink-bench", "-f", k).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("ssh-keygen: %v: %s", err, out)
+		}
+	}
+	pub, err := os.ReadFile(clientKey + ".pub")
+	if err != nil {
+		return nil, err
+	}
+	authorized := filepath.Join(dir, "authorized_keys")
+	if err := os.WriteFile(authorized, pub, 0o600); err != nil {
+		return nil, err
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	config := filepath.Join(dir, "sshd_config")
+	conf := strings.Join([]string{
+		"ListenAddress 127.0.0.1",
+		"Port " + strconv.Itoa(port),
+		"HostKey " + hostKey,
+		"PidFile " + filepath.Join(dir, "sshd.pid"),
+		"AuthorizedKeysFile " + authorized,
+		"StrictModes no",
+		"UsePAM no",
+		"PasswordAuthentication no",
+		"KbdInteractiveAuthentication no",
+		"PubkeyAuthentication yes",
+		"PermitRootLogin prohibit-password",
+		"Subsystem sftp internal-sftp",
+		"PrintMotd no",
+		"UseDNS no",
+		"LogLevel ERROR",
+		"",
+	}, "\n")
+	if err := os.WriteFile(config, []byte(conf), 0o600); err != nil {
+		return nil, err
+	}
+	s := &sshd{done: make(chan struct{}), port: port, key: clientKey, logPath: filepath.Join(dir, "sshd.log")}
+	// Run as root, sshd wants its privilege separation directory.
+	const privsep = "/run/sshd"
+	if os.Geteuid() == 0 {
+		if _, err := os.Stat(privsep); errors.Is(err, os.ErrNotExist) {
+			if err := os.MkdirAll(privsep, 0o755); err != nil {
+				return nil, err
+			}
+			s.rmDir = privsep
+		}
+	}
+	logf, err := os.Create(s.logPath)
+	if err != nil {
+		s.stop()
+		return nil, err
+	}
+	defer logf.Close()
+	s.cmd = exec.Command(bin, "-D", "-e", "-f", config)
+	s.cmd.Stdout, s.cmd.Stderr = logf, logf
+	// Its own process group: a Ctrl-C reaches only us, and we stop sshd. If
+	// we die without stopping it, the kernel does (Pdeathsig).
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := s.cmd.Start(); err != nil {
+		s.stop()
+		return nil, err
+	}
+	go func() { s.cmd.Wait(); close(s.done) }()
+	if err := s.waitReady(ctx); err != nil {
+		s.stop()
+		return nil, fmt.Errorf("%w\n%s", err, s.log())
+	}
+	fmt.Printf("sshd: %s on 127.0.0.1:%d (pid %d)\n", bin, port, s.cmd.Process.Pid)
+	return s, nil
+}
+
+// waitReady waits until sshd sends its banner on the port.
+func (s *sshd) waitReady(ctx context.Context) error {
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		select {
+		case <-s.done:
+			return fmt.Errorf("sshd exited: %v", s.cmd.ProcessState)
+		case <-ctx.Done():
+			return ctx.Err()
+		default:
+		}
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+			line, rerr := bufio.NewReader(conn).ReadString('\n')
+			conn.Close()
+			if rerr == nil && strings.HasPrefix(line, "SSH-") {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("sshd did not answer on %s within 10s (last error: %v)", addr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stop ends sshd and removes what startSSHD made outside its directory.
+func (s *sshd) stop() {
+	if s.cmd != nil && s.cmd.Process != nil {
+		s.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-s.done:
+		case <-time.After(5 * time.Second):
+			s.cmd.Process.Kill()
+			<-s.done
+		}
+	}
+	if s.rmDir != "" {
+		os.Remove(s.rmDir) // only if still empty
+	}
+}
+
+func (s *sshd) log() string {
+	b, _ := os.ReadFile(s.logPath)
+	if len(b) == 0 {
+		return "(sshd wrote nothing)"
+	}
+	return "sshd log:\n" + string(b)
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+var (
+	cipherRE = regexp.MustCompile(`kex: client->server cipher: (\S+) MAC: (\S+)`)
+	sftpRE   = regexp.MustCompile(`Sending subsystem: sftp`)
+)
+
+// benchSCP times scp upload and download of src through s. A 1-byte
+// warm-up copy checks that login works and tells which cipher is used.
+func benchSCP(ctx context.Context, s *sshd, scp, dir, src, sum string, size int64, runs int) (up, down *result, cipher, protocol, setup string, err error) {
+	scpCmd := func(verbose bool, from, to string) *exec.Cmd {
+		args := []string{"-q"}
+		if verbose {
+			args = []string{"-v"} // for the negotiated cipher
+		}
+		args = append(args, "-P", strconv.Itoa(s.port), "-i", s.key, "-F", "/dev/null",
+			"-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+			"-o", "IdentitiesOnly=yes", from, to)
+		return exec.CommandContext(ctx, scp, args...)
+	}
+	remote := func(p string) string { return "127.0.0.1:" + p }
+
+	tiny := filepath.Join(dir, "tiny")
+	if err := os.WriteFile(tiny, []byte{1}, 0o600); err != nil {
+		return nil, nil, "", "", "", err
+	}
+	out, err := scpCmd(true, tiny, remote(filepath.Join(dir, "tiny.copy"))).CombinedOutput()
+	if err != nil {
+		return nil, nil, "", "", "", fmt.Errorf("warm-up copy: %v: %s", err, out)
+	}
+	cipher, protocol = "unknown", "scp (legacy)"
+	if m := cipherRE.FindSubmatch(out); m != nil {
+		cipher = string(m[1])
+		if mac := string(m[2]); mac != "<implicit>" {
+			cipher += " + " + mac
+		}
+	}
+	if sftpRE.Match(out) {
+		protocol = "SFTP"
+	}
+	var tinyTimes []time.Duration
+	for range 3 {
+		start := time.Now()
+		if out, err := scpCmd(false, tiny, remote(filepath.Join(dir, "tiny.copy"))).CombinedOutput(); err != nil {
+			return nil, nil, "", "", "", fmt.Errorf("tiny copy: %v: %s", err, out)
+		}
+		tinyTimes = append(tinyTimes, time.Since(start))
+	}
+	setup = median(tinyTimes).Round(time.Millisecond).String()
+
+	timed := func(label, from, to, check string) (*result, error) {
+		r := &result{}
+		for i := range runs {
+			if err := os.Remove(check); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, err
+			}
+			start := time.Now()
+			out, err := scpCmd(false, from, to).CombinedOutput()
+			d := time.Since(start)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %v: %s", label, err, out)
+			}
+			if err := fsync(check); err != nil {
+				return nil, err
+			}
+			ds := time.Since(start)
+			if got, err := hashFile(check); err != nil {
+				return nil, err
+			} else if got != sum {
+				return nil, fmt.Errorf("%s %d: the copy hashes %s, want %s", label, i+1, got, sum)
+			}
+			r.runs, r.synced = append(r.runs, d), append(r.synced, ds)
+			fmt.Printf("  scp %s %d: %.1f MB/s (%.1f MB/s with fsync)\n", label, i+1, mbps(size, d), mbps(size, ds))
+		}
+		return r, os.Remove(check)
+	}
+	uploaded := filepath.Join(dir, "uploaded.bin")
+	if up, err = timed("upload", src, remote(uploaded), uploaded); err != nil {
+		return nil, nil, "", "", "", err
+	}
+	// The download reads a file the upload did not just write, as boardlink's pull does.
+	served := filepath.Join(dir, "served.bin")
+	if err := copyFile(src, served); err != nil {
+		return nil, nil, "", "", "", err
+	}
+	downloaded := filepath.Join(dir, "downloaded.bin")
+	if down, err = timed("download", remote(served), downloaded, downloaded); err != nil {
+		return nil, nil, "", "", "", err
+	}
+	return up, down, cipher, protocol, setup, nil
+}
+
+// writeRandom writes size random bytes to path, synced so that writeback of
+// the file does not fall into a timed run, and returns their sha256.
+func writeRandom(path string, size int64) (string, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.CopyBuffer(io.MultiWriter(f, h), io.LimitReader(rand.Reader, size), make([]byte, 1<<20)); err != nil {
+		return "", err
+	}
+	if err := f.Sync(); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), f.Close()
+}
+
+func copyFile(from, to string) error {
+	in, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(to, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	if _, err := io.Copy(out, in); err != nil {
+		return err
+	}
+	if err := out.Sync(); err != nil {
+		return err
+	}
+	return out.Close()
+}
+
+func fsync(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+func hashFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	if n := len(s); n%2 == 0 {
+		return (s[n/2-1] + s[n/2]) / 2
+	}
+	return s[len(s)/2]
+}
+
+func mbps(size int64, d time.Duration) float64 { return float64(size) / 1e6 / d.Seconds() }
+
+func list(size int64, ds []time.Duration) string {
+	parts := make([]string, len(ds))
+	for i, d := range ds {
+		parts[i] = fmt.Sprintf("%.1f", mbps(size, d))
+	}
+	return strings.Join(parts, " ") + " MB/s"
+}
+
+func human(n int64) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%d GiB", n>>30)
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", n>>10)
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
+
+// sizeFlag is a byte count that accepts unit suffixes.
+type sizeFlag int64
+
+func (s *sizeFlag) String() string { return strconv.FormatInt(int64(*s), 10) }
+
+func (s *sizeFlag) Set(v string) error {
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"B", 1}}
+	mult := int64(1)
+	for _, u := range units {
+		if strings.HasSuffix(v, u.suffix) {
+			v, mult = strings.TrimSuffix(v, u.suffix), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return fmt.Errorf("not a size: %q", v)
+	}
+	*s = sizeFlag(n * mult)
+	return nil
+}
