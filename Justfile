@@ -5,7 +5,7 @@
 #   just test     the README's test command
 #   just race     the concurrency packages under the race detector
 #   just e2e      every test, with skips that need a missing tool turned into failures
-#   just bench    every benchmark in the module (BENCH, BENCHTIME to narrow or lengthen)
+#   just bench    every benchmark in the module (BENCH, BENCHTIME to narrow or lengthen), then bench/*/ programs
 #   just fuzz     every fuzz target, FUZZTIME each (default 30s)
 #   just demo     the demo
 #   just lint     gofmt and go vet
@@ -51,6 +51,12 @@ bench:
     fi
     echo "bench: ${pkgs[*]}"
     go test -run '^$' -bench "${BENCH:-.}" -benchtime "${BENCHTIME:-1s}" -benchmem "${pkgs[@]}"
+    # Programs under bench/ measure against an outside peer (scp, say).
+    for dir in bench/*/; do
+        [ -f "$dir/main.go" ] || continue
+        echo "==> go run ./$dir"
+        go run "./$dir"
+    done
 
 # Run every fuzz target in turn, each for FUZZTIME (default 30s).
 fuzz:
