@@ -68,6 +68,24 @@ func NewUnixSerialServer(a *Agent, path string) *SerialServer {
 	return s
 }
 
+// NewLineSerialServer serves on line, a serial line that is already open
+// (a sim board's UART, handed down by its supervisor), named what in logs.
+// Close of line must unblock a pending Read. Once Started, the server owns
+// line: it serves it until it ends or Stop closes it, and takes no other.
+func NewLineSerialServer(a *Agent, what string, line io.ReadWriteCloser) *SerialServer {
+	s := &SerialServer{agent: a, what: what, oneAtATime: true,
+		open: func() error { return nil }, close: func() error { return nil }}
+	s.next = func(ctx context.Context) (io.ReadWriteCloser, error) {
+		if l := line; l != nil {
+			line = nil
+			return l, nil
+		}
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return s
+}
+
 // Start opens the port or listens (so a missing device fails here) and
 // serves in the background.
 func (s *SerialServer) Start(context.Context) error {
@@ -109,14 +127,13 @@ func (s *SerialServer) loop(ctx context.Context) {
 	}
 }
 
-// serveLine runs sessions on one line until it fails or ctx ends.
+// serveLine runs sessions on one line until it fails or ctx ends. When ctx
+// ends, ServeLink closes the session, which lingers until what was queued
+// (the answer to system.reboot) is acknowledged; only then is the line
+// closed.
 func (s *SerialServer) serveLine(ctx context.Context, line io.ReadWriteCloser) {
 	ep := seriallink.NewEndpoint(line, seriallink.Config{Beacon: s.agent.Beacon, Logger: s.agent.log})
 	defer ep.Close()
-	go func() {
-		<-ctx.Done()
-		ep.Close()
-	}()
 	for {
 		link, err := ep.Accept(ctx)
 		if err != nil {

@@ -1,6 +1,9 @@
 // Package sim is a board that lives in a directory (the agent's state dir),
 // so that a host, a test or QEMU-less CI can run the real agent. Identity
-// and boot history persist across agent restarts, which stand for reboots.
+// and boot history persist across boots: each Open is one. Supervise is
+// the board's bootloader, which runs every boot of the agent as a child
+// process and boots again after a reboot or a power cut; UART is the
+// board's serial line, which outlives its boots.
 package sim
 
 import (

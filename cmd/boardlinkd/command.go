@@ -26,46 +26,93 @@ import (
 // connections their close handshake.
 const stopTimeout = 15 * time.Second
 
-func newCommand(stdout, stderr io.Writer) *cobra.Command {
+// newCommand returns boardlinkd's command for args; the sim board's
+// supervisor runs each boot with the same args.
+func newCommand(args []string, stdout, stderr io.Writer) *cobra.Command {
 	var (
 		cfg        Config
 		configFile string
 		labels     []string
 	)
 	cmd := &cobra.Command{
-		Use:   "boardlinkd --board sim --state-dir DIR [--listen ADDR] [--serial DEV[:BAUD]] [flags]",
+		Use:   "boardlinkd --board sim --state-dir DIR [--listen ADDR] [--serial DEV[:BAUD]|unix:PATH] [flags]",
 		Short: "The boardlink agent: a structured device API for the board it runs on",
 		Long: `boardlinkd runs on a board and serves the boardlink protocol: board.info,
-and exec with real exit codes, separate stdout and stderr, timeouts and
-cancellation, so a host never has to parse a serial shell.
+exec with real exit codes, separate stdout and stderr, timeouts and
+cancellation, and system.reboot, so a host never has to parse a serial
+shell.
 
 It listens for WebSocket connections on --listen (path /v1/ws, default port
 7207; loopback only unless told otherwise: a lab board listens on :7207
-with --token-file) and, with --serial, speaks the framed serial protocol on a serial port,
-announcing itself there with a periodic beacon while idle. Bytes outside
-frames on that line (the kernel console) do not disturb it.
+with --token-file) and, with --serial, speaks the framed serial protocol on
+a serial line, announcing itself there with a periodic beacon while idle.
+Bytes outside frames on that line (the kernel console) do not disturb it.
 
 With --token-file, every connection must present the token: as
 "Authorization: Bearer TOKEN" on the WebSocket upgrade, and in session.hello
 on the serial link.
 
 The sim board keeps its identity (id, model, labels) and boot history under
---state-dir; every start is a new boot with a fresh boot id.
+--state-dir, and simulates the board's bootloader. boardlinkd starts as a
+supervisor (the bootloader) that runs the agent as its child process, one
+boot after another; every boot has a fresh boot id. On system.reboot the
+agent answers, stops cleanly (connections closed, every running command's
+process group ended) and exits with status 75; the supervisor then prints
+the reboot on the console, waits --sim-boot-delay and boots again. An agent
+killed with SIGKILL is a power cut (or a watchdog) and is followed by a new
+boot too. Killing the supervisor with SIGKILL cuts the power: the agent dies
+with it, and so does every command's leader process (unlike on hardware,
+what a command left running in the background may survive). If the agent
+exits in any other way, the supervisor exits with its status; and after 3
+boots in a row that end before the agent was up it gives up with status 2,
+rather than loop. A --listen port of 0 is chosen once, when the supervisor
+starts, and kept across boots, as a board keeps its address.
+
+--serial gives the sim board a UART that, like a real one, survives its
+reboots: the supervisor holds the line and hands each boot its own end of
+it. DEV[:BAUD] opens a serial device (default 115200 baud); unix:PATH
+listens on a unix socket and takes each connection as the line, as QEMU's
+chardev server does (one at a time: a new connection replaces the old;
+a socket left behind by a killed supervisor is replaced). Between the
+agent's frames the line carries console text: the bootloader's banner at
+every boot ("sim-boot: boot N, booting boardlinkd" and a kernel-style
+line), "reboot: Restarting system" when a boot reboots, "reboot: Power
+down" when the supervisor stops, and the agent's log. What the host sends
+while no agent runs is lost.
+
+The file methods may touch the state directory and the directories given
+with --root (repeatable; each must exist), and nothing else; file.download
+keeps its package cache in STATE_DIR/cache.
 
 The board advertises itself over mDNS (_boardlink._tcp, instance name = the
 board id, TXT: id, model, proto, caps, ver, boot, slot, l.KEY; never the
 token) on --iface interfaces, or every up multicast-capable one; a server
 listening on loopback only is advertised only where --iface says. It says
-goodbye when it stops. --no-mdns turns this off.
+goodbye when it stops, and at every reboot. --no-mdns turns this off.
 
 A YAML file given with --config may hold the same settings (keys: board,
 state_dir, listen, serial, token_file, id, model, labels, ifaces, no_mdns,
-exec_log_size, verbose); flags given on the command line win.
+exec_log_size, verbose, roots, sim_boot_delay); flags given on the command
+line win (--root and --iface replace the file's lists).
 
-SIGINT or SIGTERM stops the agent cleanly: connections are closed and every
-running command's process group is ended (TERM, then KILL after its grace).`,
+SIGINT or SIGTERM stops the board cleanly: the supervisor passes SIGTERM on
+to the agent, which closes its connections and ends every running command's
+process group (TERM, then KILL after its grace), and is killed if it has
+not stopped within 20s.
+
+Exit status: 0 after a clean stop; 2 for a bad setting or a failure to
+start; the agent's own status when it exited other than by a reboot or a
+power cut (128+N when killed by signal N).
+
+The supervisor marks each boot with the environment variables
+BOARDLINKD_SIM_BOOT (the boot number), BOARDLINKD_SIM_UP_FD (a descriptor
+the agent writes to once it is up) and, with --serial, BOARDLINKD_UART_FD
+(the agent's end of the line); a process that finds BOARDLINKD_SIM_BOOT set
+runs as the agent, never as a supervisor. The agent removes them from its
+environment, so the commands it runs do not see them.`,
 		Example: `  boardlinkd --board sim --state-dir /tmp/board1 --listen 127.0.0.1:7207
   boardlinkd --board sim --state-dir /var/lib/boardlink --serial /dev/ttyGS0:115200 --token-file /etc/boardlink/token
+  boardlinkd --board sim --state-dir /tmp/board2 --no-mdns --serial unix:/tmp/board2.sock --root /tmp/board2-files
   boardlinkd --config /etc/boardlink/agent.yaml`,
 		Version:       version.Version,
 		Args:          cobra.NoArgs,
@@ -89,16 +136,24 @@ running command's process group is ended (TERM, then KILL after its grace).`,
 			if err := cfg.validate(); err != nil {
 				return err
 			}
-			return serve(cmd.Context(), cfg, stderr)
+			h, err := sim.TakeHandoff()
+			if err != nil {
+				return err
+			}
+			if h == nil {
+				return supervise(cmd.Context(), cfg, args, stdout, stderr)
+			}
+			return serve(cmd.Context(), cfg, h, stderr)
 		},
 	}
+	cmd.SetArgs(args)
 	cmd.SetOut(stdout)
 	cmd.SetErr(stderr)
 	f := cmd.Flags()
 	f.StringVar(&cfg.Board, "board", "sim", "board backend (sim)")
 	f.StringVar(&cfg.StateDir, "state-dir", "", "directory for the board's persistent state (required)")
 	f.StringVar(&cfg.Listen, "listen", fmt.Sprintf("127.0.0.1:%d", DefaultPort), `WebSocket listen address ("" to disable)`)
-	f.StringVar(&cfg.Serial, "serial", "", "serial device to serve the framed protocol on, as DEV[:BAUD] (default baud 115200)")
+	f.StringVar(&cfg.Serial, "serial", "", "serial line to serve the framed protocol on: a device as DEV[:BAUD] (default baud 115200), or unix:PATH to listen on a unix socket")
 	f.StringVar(&cfg.TokenFile, "token-file", "", "file holding the token every client must present")
 	f.StringVar(&cfg.ID, "id", "", "board id (default: the stored one, or a generated sim-XXXXXX)")
 	f.StringVar(&cfg.Model, "model", "", "board model (default: the stored one, or sim)")
@@ -108,6 +163,8 @@ running command's process group is ended (TERM, then KILL after its grace).`,
 	f.StringVar(&configFile, "config", "", "YAML config file with the same keys")
 	f.StringArrayVar(&cfg.Ifaces, "iface", nil, "interface to advertise on over mDNS (repeatable; default: every up, multicast-capable one)")
 	f.BoolVar(&cfg.NoMDNS, "no-mdns", false, "do not advertise over mDNS")
+	f.StringArrayVar(&cfg.Roots, "root", nil, "directory the file methods may touch, besides the state dir (repeatable)")
+	f.DurationVar(&cfg.SimBootDelay, "sim-boot-delay", sim.DefaultBootDelay, "sim board: pause between the end of a boot and the next")
 	cmd.SetHelpFunc(func(c *cobra.Command, args []string) {
 		fmt.Fprintf(c.OutOrStdout(), "%s\n\n%s", c.Long, c.UsageString())
 	})
@@ -143,6 +200,12 @@ func mergeConfig(file, flags Config, cmd *cobra.Command) Config {
 	if set("iface") {
 		out.Ifaces = flags.Ifaces
 	}
+	if set("root") {
+		out.Roots = flags.Roots
+	}
+	if out.SimBootDelay == 0 || set("sim-boot-delay") {
+		out.SimBootDelay = flags.SimBootDelay
+	}
 	return out
 }
 
@@ -158,16 +221,33 @@ func parseLabels(kvs []string) (map[string]string, error) {
 	return out, nil
 }
 
-// serve builds the agent with fx, starts it, and stops it when ctx ends.
-func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
+func newLogger(cfg Config, stderr io.Writer) *slog.Logger {
 	level := slog.LevelInfo
 	if cfg.Verbose {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// rebootRequest carries the agent's system.reboot to serve.
+type rebootRequest chan struct{}
+
+func (r rebootRequest) reboot() {
+	select {
+	case r <- struct{}{}:
+	default: // one is pending already
+	}
+}
+
+// serve is one boot of the board: it builds the agent with fx, starts it,
+// tells the supervisor it is up, and stops it when ctx ends or the agent
+// asks for a reboot; then it returns an *exitError with sim.ExitReboot.
+func serve(ctx context.Context, cfg Config, h *sim.Handoff, stderr io.Writer) error {
+	log := newLogger(cfg, stderr)
+	reboot := make(rebootRequest, 1)
 	app := fx.New(
 		fx.WithLogger(func() fxevent.Logger { return fxevent.NopLogger }),
-		fx.Supply(cfg, log),
+		fx.Supply(cfg, log, h, reboot),
 		fx.Provide(newBoard, newExecs, newAgent, newWebSocket),
 		fx.Invoke(startMDNS, startSerial),
 	)
@@ -179,18 +259,28 @@ func serve(ctx context.Context, cfg Config, stderr io.Writer) error {
 	if err := app.Start(startCtx); err != nil {
 		return err
 	}
-	log.Info("boardlinkd started", "version", version.Version)
+	h.Up()
+	log.Info("boardlinkd started", "version", version.Version, "boot", h.Boot)
+	rebooting := false
 	select {
 	case <-ctx.Done():
 	case sig := <-app.Done():
 		log.Info("signal", "signal", sig)
+	case <-reboot:
+		log.Info("rebooting")
+		rebooting = true
 	}
+	// The same clean stop for a reboot as for SIGTERM: connections closed,
+	// every command's process group ended.
 	stopCtx, cancelStop := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
 	defer cancelStop()
 	if err := app.Stop(stopCtx); err != nil {
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	log.Info("boardlinkd stopped")
+	if rebooting {
+		return &exitError{code: sim.ExitReboot}
+	}
 	return nil
 }
 
@@ -209,12 +299,17 @@ func newExecs(lc fx.Lifecycle, cfg Config, b *sim.Board, log *slog.Logger) *agen
 	return m
 }
 
-func newAgent(cfg Config, b *sim.Board, m *agent.Execs, log *slog.Logger) (*agent.Agent, error) {
+func newAgent(cfg Config, b *sim.Board, m *agent.Execs, log *slog.Logger, reboot rebootRequest) (*agent.Agent, error) {
 	tok, err := cfg.token()
 	if err != nil {
 		return nil, err
 	}
-	return agent.New(b, m, agent.Config{Token: tok, Logger: log}), nil
+	roots, err := cfg.fileRoots()
+	if err != nil {
+		return nil, err
+	}
+	return agent.New(b, m, agent.Config{Token: tok, Logger: log, Roots: roots,
+		CacheDir: filepath.Join(roots[0], "cache"), Reboot: reboot.reboot}), nil
 }
 
 // newWebSocket returns the WebSocket server, or nil without --listen.
@@ -269,15 +364,12 @@ func boardRecord(info proto.BoardInfo, port int) discovery.Record {
 	return r
 }
 
-func startSerial(lc fx.Lifecycle, cfg Config, a *agent.Agent) error {
-	if cfg.Serial == "" {
-		return nil
+// startSerial serves the framed protocol on the boot's end of the UART,
+// which the supervisor handed down; without --serial there is none.
+func startSerial(lc fx.Lifecycle, h *sim.Handoff, a *agent.Agent) {
+	if h.UART == nil {
+		return
 	}
-	dev, baud, err := cfg.serialPort()
-	if err != nil {
-		return err
-	}
-	s := agent.NewSerialServer(a, dev, baud)
+	s := agent.NewLineSerialServer(a, "uart", h.UART)
 	lc.Append(fx.Hook{OnStart: s.Start, OnStop: s.Stop})
-	return nil
 }

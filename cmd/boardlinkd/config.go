@@ -3,9 +3,12 @@ package main
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -28,6 +31,11 @@ type Config struct {
 	NoMDNS      bool              `yaml:"no_mdns"`
 	ExecLogSize int               `yaml:"exec_log_size"`
 	Verbose     bool              `yaml:"verbose"`
+	// Roots are directories the file methods may touch, besides StateDir.
+	Roots []string `yaml:"roots"`
+	// SimBootDelay is the sim board's pause between a boot's end and the
+	// next boot.
+	SimBootDelay time.Duration `yaml:"sim_boot_delay"`
 }
 
 // loadConfigFile reads a YAML config; unknown keys are an error so a typo
@@ -58,10 +66,45 @@ func (c *Config) validate() error {
 	if c.Listen == "" && c.Serial == "" {
 		errs = append(errs, errors.New("nothing to serve: give --listen or --serial"))
 	}
+	if c.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+			errs = append(errs, fmt.Errorf("--listen: %w", err))
+		}
+	}
+	if c.Serial != "" {
+		if _, err := c.serialLine(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if _, err := c.token(); err != nil {
+		errs = append(errs, err)
+	}
+	for _, r := range c.Roots {
+		if fi, err := os.Stat(r); err != nil || !fi.IsDir() {
+			errs = append(errs, fmt.Errorf("--root %s: not a directory", r))
+		}
+	}
 	if c.ExecLogSize < 0 {
 		errs = append(errs, errors.New("exec_log_size must not be negative"))
 	}
+	if c.SimBootDelay <= 0 {
+		errs = append(errs, errors.New("sim_boot_delay must be positive"))
+	}
 	return errors.Join(errs...)
+}
+
+// fileRoots returns the directories the file methods may touch: the state
+// dir and every --root, absolute and clean.
+func (c *Config) fileRoots() ([]string, error) {
+	dirs := append([]string{c.StateDir}, c.Roots...)
+	for i, d := range dirs {
+		abs, err := filepath.Abs(d)
+		if err != nil {
+			return nil, fmt.Errorf("root %s: %w", d, err)
+		}
+		dirs[i] = abs
+	}
+	return dirs, nil
 }
 
 // token reads the token file; no file means no token.
@@ -80,15 +123,29 @@ func (c *Config) token() (string, error) {
 	return tok, nil
 }
 
-// serialPort splits DEV[:BAUD].
-func (c *Config) serialPort() (string, int, error) {
+// serialLine is what --serial names: a unix socket to listen on, or a
+// serial device and its baud rate.
+type serialLine struct {
+	unix string
+	dev  string
+	baud int
+}
+
+// serialLine parses unix:PATH or DEV[:BAUD].
+func (c *Config) serialLine() (serialLine, error) {
+	if path, ok := strings.CutPrefix(c.Serial, "unix:"); ok {
+		if path == "" {
+			return serialLine{}, fmt.Errorf("--serial %s: no socket path", c.Serial)
+		}
+		return serialLine{unix: path}, nil
+	}
 	dev, baud, ok := strings.Cut(c.Serial, ":")
 	if !ok {
-		return dev, 115200, nil
+		return serialLine{dev: dev, baud: 115200}, nil
 	}
 	n, err := strconv.Atoi(baud)
 	if err != nil || n <= 0 {
-		return "", 0, fmt.Errorf("--serial %s: bad baud rate", c.Serial)
+		return serialLine{}, fmt.Errorf("--serial %s: bad baud rate", c.Serial)
 	}
-	return dev, n, nil
+	return serialLine{dev: dev, baud: n}, nil
 }

@@ -5,32 +5,44 @@ import (
 	"context"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/boardlink/boardlink/board/sim"
 	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/internal/proctest"
 	"github.com/boardlink/boardlink/internal/testenv"
+	"github.com/boardlink/boardlink/proto"
 )
+
+// TestMain lets the test binary be boardlinkd's boots: run() in a test is
+// the sim board's supervisor, which runs os.Executable as each boot.
+func TestMain(m *testing.M) {
+	if _, ok := os.LookupEnv(sim.EnvBoot); ok {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
 
 var addrRE = regexp.MustCompile(`"serving websocket" addr=(\S+)`)
 
 // waitAddr waits for the agent to log the address it listens on.
-func waitAddr(t *testing.T, logs func() string, done <-chan error) string {
+func waitAddr(t *testing.T, logs func() string, done <-chan struct{}) string {
 	t.Helper()
 	for {
 		if m := addrRE.FindStringSubmatch(logs()); m != nil {
 			return m[1]
 		}
 		select {
-		case err := <-done:
-			t.Fatalf("agent exited early: %v\n%s", err, logs())
+		case <-done:
+			t.Fatalf("agent exited early:\n%s", logs())
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
@@ -43,15 +55,20 @@ func TestRunServesAndStopsCleanly(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := filepath.Join(dir, "agent.yaml")
-	if err := os.WriteFile(cfg, []byte("board: sim\nstate_dir: "+dir+"/state\nmodel: imx8\nlabels:\n  rack: \"7\"\n"), 0o600); err != nil {
+	yaml := "board: sim\nstate_dir: " + dir + "/state\nmodel: imx8\nlabels:\n  rack: \"7\"\nroots: [" + dir + "]\nsim_boot_delay: 5ms\n"
+	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var logs testenv.Buffer
-	done := make(chan error, 1)
+	var (
+		logs   testenv.Buffer
+		runErr error
+		done   = make(chan struct{})
+	)
 	go func() {
-		done <- run(ctx, []string{"--config", cfg, "--listen", "127.0.0.1:0", "--token-file", tok, "--id", "unit-1"}, io.Discard, &logs)
+		defer close(done)
+		runErr = run(ctx, []string{"--config", cfg, "--listen", "127.0.0.1:0", "--token-file", tok, "--id", "unit-1", "--no-mdns"}, io.Discard, &logs)
 	}()
 	addr := waitAddr(t, logs.String, done)
 	c, err := dispatcher.Dial(ctx, "ws://"+addr, dispatcher.DialOptions{Token: "t0ken"})
@@ -62,6 +79,9 @@ func TestRunServesAndStopsCleanly(t *testing.T) {
 	if err != nil || info.ID != "unit-1" || info.Model != "imx8" || info.Labels["rack"] != "7" {
 		t.Fatalf("info %+v %v", info, err)
 	}
+	if !slices.Contains(info.Capabilities, proto.CapReboot) || !slices.Contains(info.Capabilities, proto.CapFile) {
+		t.Errorf("capabilities %v lack reboot or files", info.Capabilities)
+	}
 	// A detached command survives its connection but not the agent.
 	pid := startSleeper(t, c)
 	c.Close()
@@ -69,8 +89,9 @@ func TestRunServesAndStopsCleanly(t *testing.T) {
 		t.Fatalf("detached command died with its connection: %v", err)
 	}
 	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("run: %v\n%s", err, logs.String())
+	<-done
+	if runErr != nil {
+		t.Fatalf("run: %v\n%s", runErr, logs.String())
 	}
 	if !proctest.Gone(pid) {
 		syscall.Kill(pid, syscall.SIGKILL)
@@ -97,46 +118,41 @@ func startSleeper(t *testing.T, c *dispatcher.Client) int {
 }
 
 func TestSignalLeavesNoChildBehind(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the agent binary")
-	}
-	dir := t.TempDir()
-	bin := filepath.Join(dir, "boardlinkd")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
-		t.Run(sig.String(), func(t *testing.T) {
-			var logs testenv.Buffer
-			agent := exec.Command(bin, "--state-dir", filepath.Join(dir, "state"), "--listen", "127.0.0.1:0")
-			agent.Stderr = &logs
-			if err := agent.Start(); err != nil {
-				t.Fatal(err)
-			}
-			exited := make(chan error, 1)
-			go func() { exited <- agent.Wait() }()
-			addr := waitAddr(t, logs.String, exited)
-			ctx := context.Background()
-			c, err := dispatcher.Dial(ctx, "ws://"+addr, dispatcher.DialOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
+	bin := buildAgent(t)
+	for _, tc := range []struct {
+		name  string
+		sig   syscall.Signal
+		group bool // to the process group, as a terminal's ^C
+	}{
+		{"SIGTERM", syscall.SIGTERM, false},
+		{"SIGINT", syscall.SIGINT, false},
+		{"terminal ^C", syscall.SIGINT, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := startBoard(t, bin, "--listen", "127.0.0.1:0")
+			c, _ := dialBoot(t, "ws://"+b.addr(t), dispatcher.DialOptions{}, "")
 			defer c.Close()
+			agent := agentPID(t, c)
 			// A command tree that ignores TERM: the agent must still end it.
 			pid := startSleeper(t, c)
-			if err := agent.Process.Signal(sig); err != nil {
+			target := b.cmd.Process.Pid
+			if tc.group {
+				target = -target
+			}
+			if err := syscall.Kill(target, tc.sig); err != nil {
 				t.Fatal(err)
 			}
-			if err := <-exited; err != nil {
-				t.Fatalf("agent exit: %v\n%s", err, logs.String())
+			if err := b.wait(t); err != nil {
+				t.Fatalf("board exit: %v\n%s", err, b.logs.String())
 			}
-			if !proctest.Gone(pid) {
-				syscall.Kill(pid, syscall.SIGKILL)
-				t.Fatalf("grandchild %d still alive after %v", pid, sig)
+			for _, p := range []int{agent, pid} {
+				if !proctest.Gone(p) {
+					syscall.Kill(p, syscall.SIGKILL)
+					t.Fatalf("process %d still alive after %v", p, tc.sig)
+				}
 			}
-			if !strings.Contains(logs.String(), "boardlinkd stopped") {
-				t.Fatalf("no clean stop in logs:\n%s", logs.String())
+			if !strings.Contains(b.logs.String(), "boardlinkd stopped") {
+				t.Fatalf("no clean stop in logs:\n%s", b.logs.String())
 			}
 		})
 	}
@@ -157,6 +173,10 @@ func TestBadConfigIsAClearError(t *testing.T) {
 		{[]string{"--state-dir", dir, "--label", "novalue"}, "KEY=VALUE"},
 		{[]string{"--state-dir", dir, "--token-file", filepath.Join(dir, "missing")}, "token"},
 		{[]string{"--state-dir", dir, "--serial", "/dev/null:fast"}, "baud"},
+		{[]string{"--state-dir", dir, "--serial", "unix:"}, "no socket path"},
+		{[]string{"--state-dir", dir, "--listen", "nocolon"}, "--listen"},
+		{[]string{"--state-dir", dir, "--root", filepath.Join(dir, "missing")}, "not a directory"},
+		{[]string{"--state-dir", dir, "--sim-boot-delay", "-1s"}, "sim_boot_delay"},
 	}
 	for _, tc := range tests {
 		err := run(context.Background(), tc.args, io.Discard, io.Discard)
