@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/boardlink/boardlink/agent/fetch"
 	"github.com/boardlink/boardlink/board"
 	"github.com/boardlink/boardlink/internal/version"
 	"github.com/boardlink/boardlink/proto"
@@ -52,6 +53,8 @@ type Agent struct {
 	log   *slog.Logger
 	seq   atomic.Uint64 // transfer ids
 
+	fetcher *fetch.Fetcher
+
 	mu       sync.Mutex
 	claimed  map[string]chan struct{} // targets of transfers under way; closed on release
 	rebooted bool
@@ -62,7 +65,8 @@ func New(b Board, execs *Execs, cfg Config) *Agent {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Agent{board: b, execs: execs, cfg: cfg, log: cfg.Logger, claimed: map[string]chan struct{}{}}
+	return &Agent{board: b, execs: execs, cfg: cfg, log: cfg.Logger, claimed: map[string]chan struct{}{},
+		fetcher: fetch.New(fetch.Options{CacheDir: cfg.CacheDir, Logger: cfg.Logger})}
 }
 
 // claim marks key (a transfer's target) as in use. If it is, claim waits
@@ -101,7 +105,7 @@ func (a *Agent) release(key string) {
 func (a *Agent) Capabilities() []string {
 	caps := []string{proto.CapExec, proto.CapExecDetach}
 	if len(a.cfg.Roots) > 0 {
-		caps = append(caps, proto.CapFile)
+		caps = append(caps, proto.CapFile, proto.CapDownload)
 	}
 	if a.cfg.Reboot != nil {
 		caps = append(caps, proto.CapReboot)
@@ -214,6 +218,8 @@ func (s *session) Handle(ctx context.Context, c *transport.Conn, r *transport.Re
 		return s.filePull(c, r)
 	case proto.MethodFileWait:
 		return s.fileWait(ctx, r.Params)
+	case proto.MethodFileDownload:
+		return s.fileDownload(ctx, c, r.Params)
 	case proto.MethodSystemReboot:
 		if s.a.cfg.Reboot != nil {
 			return s.a.reboot(r)
