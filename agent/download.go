@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/boardlink/boardlink/agent/fetch"
+	"github.com/boardlink/boardlink/internal/rootpath"
 	"github.com/boardlink/boardlink/proto"
 	"github.com/boardlink/boardlink/transport"
 )
@@ -38,10 +39,7 @@ func (s *session) fileDownload(ctx context.Context, c *transport.Conn, params js
 	res, err := s.a.fetcher.Fetch(ctx, fetch.Request{URL: p.URL, SHA256: p.SHA256, Root: root, Dest: rel,
 		Extract: p.Extract, Mode: fs.FileMode(p.Mode), Parents: p.Parents}, progress)
 	if err != nil {
-		if proto.ReasonOf(err) == "" {
-			return nil, pathError(p.Path, err)
-		}
-		return nil, err
+		return nil, rootpath.Error(p.Path, err)
 	}
 	s.a.log.Info("download", "url", p.URL, "path", p.Path, "source", res.Source, "bytes", res.Bytes,
 		"attempts", res.Attempts, "resumes", res.Resumes)

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/boardlink/boardlink/internal/rootpath"
 	"github.com/boardlink/boardlink/proto"
 	"github.com/boardlink/boardlink/transport"
 )
@@ -81,13 +82,13 @@ func (s *session) fileStat(params json.RawMessage) (any, error) {
 		return proto.FileInfo{Path: p.Path}, nil
 	}
 	if err != nil {
-		return nil, pathError(p.Path, err)
+		return nil, rootpath.Error(p.Path, err)
 	}
 	info := fileInfo(p.Path, st)
 	if p.Hash && st.Mode().IsRegular() {
 		f, err := root.Open(rel)
 		if err != nil {
-			return nil, pathError(p.Path, err)
+			return nil, rootpath.Error(p.Path, err)
 		}
 		defer f.Close()
 		h := sha256.New()
@@ -139,7 +140,7 @@ func (s *session) filePush(c *transport.Conn, r *transport.Request) (any, error)
 		// a link out of the root says the caller means a place we refuse.
 		if _, err := root.Stat(rel); err != nil && !errors.Is(err, os.ErrNotExist) {
 			root.Close()
-			return nil, pathError(p.Path, err)
+			return nil, rootpath.Error(p.Path, err)
 		}
 	}
 	if err := ensureParent(root, p.Path, rel, p.Parents); err != nil {
@@ -158,7 +159,7 @@ func (s *session) filePush(c *transport.Conn, r *transport.Request) (any, error)
 	f, offset, h, err := openPartial(root, partial, p.Size, p.Restart)
 	if err != nil {
 		release()
-		return nil, pathError(p.Path, err)
+		return nil, rootpath.Error(p.Path, err)
 	}
 	st, err := c.AttachStream(p.Stream)
 	if err != nil {
@@ -269,14 +270,14 @@ func (a *Agent) receive(root *os.Root, rel, partial string, f *os.File, h hash.H
 		}
 	}
 	if err := root.Rename(partial, rel); err != nil {
-		return proto.FileResult{}, pathError(p.Path, err)
+		return proto.FileResult{}, rootpath.Error(p.Path, err)
 	}
 	if err := syncDir(root, filepath.Dir(rel)); err != nil {
 		return proto.FileResult{}, proto.Errorf(proto.ReasonInternal, "%s: %v", p.Path, err)
 	}
 	info, err := root.Stat(rel)
 	if err != nil {
-		return proto.FileResult{}, pathError(p.Path, err)
+		return proto.FileResult{}, rootpath.Error(p.Path, err)
 	}
 	return proto.FileResult{Path: p.Path, Size: p.Size, SHA256: p.SHA256, Offset: offset, Bytes: n,
 		Mode: uint32(mode), ModTime: info.ModTime().UTC(), DurationMs: msSince(start)}, nil
@@ -296,7 +297,7 @@ func (s *session) filePull(c *transport.Conn, r *transport.Request) (any, error)
 	defer root.Close()
 	f, err := root.Open(rel)
 	if err != nil {
-		return nil, pathError(p.Path, err)
+		return nil, rootpath.Error(p.Path, err)
 	}
 	info, err := f.Stat()
 	if err == nil && !info.Mode().IsRegular() {
@@ -316,7 +317,7 @@ func (s *session) filePull(c *transport.Conn, r *transport.Request) (any, error)
 	}
 	if err != nil {
 		f.Close()
-		return nil, pathError(p.Path, err)
+		return nil, rootpath.Error(p.Path, err)
 	}
 	st, err := c.AttachStream(p.Stream)
 	if err != nil {

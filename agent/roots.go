@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/boardlink/boardlink/internal/rootpath"
 	"github.com/boardlink/boardlink/proto"
 )
 
@@ -41,40 +42,6 @@ func (a *Agent) openRoot(p string) (root *os.Root, rel string, err error) {
 	return root, rel, nil
 }
 
-// pathError turns an error from an os.Root operation on the request's
-// path into the answer: a missing path is not_found, a way out of the root
-// is invalid params on "path", never followed.
-func pathError(p string, err error) error {
-	var pe *proto.Error
-	switch {
-	case err == nil:
-		return nil
-	case errors.As(err, &pe):
-		return pe
-	case errors.Is(err, fs.ErrNotExist):
-		return proto.Errorf(proto.ReasonNotFound, "%s: no such file or directory", p)
-	case errors.Is(err, fs.ErrPermission):
-		return proto.InvalidField("path", "permission", "%s: permission denied", p)
-	case isEscape(err):
-		return proto.InvalidField("path", "root", "%s leads out of its file root (through a symlink or \"..\"): refused", p)
-	}
-	return proto.Errorf(proto.ReasonInternal, "%s: %v", p, err)
-}
-
-// isEscape reports an os.Root refusal. The os package does not export the
-// error, so it is recognised as the one PathError not caused by a syscall.
-func isEscape(err error) bool {
-	var pe *fs.PathError
-	if !errors.As(err, &pe) {
-		return false
-	}
-	var errno interface{ Errno() uintptr }
-	if errors.As(pe.Err, &errno) {
-		return false
-	}
-	return strings.Contains(pe.Err.Error(), "escapes")
-}
-
 // fileInfo is the answer for an existing path.
 func fileInfo(p string, st fs.FileInfo) proto.FileInfo {
 	return proto.FileInfo{Path: p, Exists: true, Dir: st.IsDir(), Size: st.Size(),
@@ -86,7 +53,7 @@ func ensureParent(root *os.Root, p, rel string, parents bool) error {
 	dir := filepath.Dir(rel)
 	if parents {
 		if err := root.MkdirAll(dir, 0o755); err != nil {
-			return pathError(p, err)
+			return rootpath.Error(p, err)
 		}
 		return nil
 	}
@@ -95,7 +62,7 @@ func ensureParent(root *os.Root, p, rel string, parents bool) error {
 		if errors.Is(err, fs.ErrNotExist) {
 			return proto.Errorf(proto.ReasonNotFound, "%s: parent directory does not exist (push with parents to create it)", p)
 		}
-		return pathError(p, err)
+		return rootpath.Error(p, err)
 	}
 	if !st.IsDir() {
 		return proto.InvalidField("path", "dir", "%s: parent is not a directory", p)

@@ -142,6 +142,25 @@ func (e *Error) Reason() Reason {
 	return ""
 }
 
+// causeError is a protocol error that also wraps its cause: the peer sees
+// the protocol error, and errors.Is still finds the cause
+// (context.Canceled, fs.ErrNotExist).
+type causeError struct {
+	perr  *Error
+	cause error
+}
+
+func (e *causeError) Error() string   { return e.perr.Error() }
+func (e *causeError) Unwrap() []error { return []error{e.perr, e.cause} }
+
+// WithCause returns perr wrapping cause (perr itself if cause is nil).
+func WithCause(perr *Error, cause error) error {
+	if cause == nil {
+		return perr
+	}
+	return &causeError{perr: perr, cause: cause}
+}
+
 // ReasonOf returns the reason of the first *Error in err's chain, or "".
 func ReasonOf(err error) Reason {
 	var e *Error

@@ -92,7 +92,7 @@ func (f *Fetcher) download(ctx context.Context, req Request, part *os.File, pr *
 			high, fails, delay = d.off, 0, f.opts.Backoff
 		}
 		if fails++; fails >= f.opts.Attempts {
-			return 0, withCause(proto.Errorf(proto.ReasonUnavailable, "GET %s: gave up after %d attempts: %v",
+			return 0, proto.WithCause(proto.Errorf(proto.ReasonUnavailable, "GET %s: gave up after %d attempts: %v",
 				d.url, res.Attempts, te.err), te.err)
 		}
 		wait := min(delay+rand.N(delay/2+1), maxBackoff)
@@ -237,7 +237,7 @@ func (d *downloader) netError(ctx, actx context.Context, err error) error {
 	}
 	var cv *tls.CertificateVerificationError
 	if errors.As(err, &cv) {
-		return withCause(proto.Errorf(proto.ReasonUnavailable, "GET %s: %v", d.url, err), err)
+		return proto.WithCause(proto.Errorf(proto.ReasonUnavailable, "GET %s: %v", d.url, err), err)
 	}
 	return &transientError{err: err}
 }

@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/boardlink/boardlink/internal/rootpath"
 	"github.com/boardlink/boardlink/proto"
 )
 
@@ -74,7 +75,7 @@ func stageExtract(ctx context.Context, root *os.Root, dest string, r io.Reader, 
 	}
 	tmp = tempName(dest, "extract")
 	if err := root.Mkdir(tmp, 0o755); err != nil {
-		return "", 0, pathError(dest, err)
+		return "", 0, rootpath.Error(dest, err)
 	}
 	defer func() {
 		if err != nil {
@@ -122,7 +123,7 @@ func openArchive(r io.Reader) (*tar.Reader, error) {
 	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
 		zr, err := gzip.NewReader(br)
 		if err != nil {
-			return nil, withCause(archiveError("not a gzip stream: %v", err), err)
+			return nil, proto.WithCause(archiveError("not a gzip stream: %v", err), err)
 		}
 		return tar.NewReader(zr), nil
 	case bytes.HasPrefix(magic, []byte("BZh")):
@@ -175,7 +176,7 @@ func nextEntry(ctx context.Context, tr *tar.Reader) (*tar.Header, error) {
 	case ctx.Err() != nil:
 		return nil, ctx.Err()
 	}
-	return nil, withCause(archiveError("not a valid tar archive (plain, gzip or bzip2): %v", err), err)
+	return nil, proto.WithCause(archiveError("not a valid tar archive (plain, gzip or bzip2): %v", err), err)
 }
 
 func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
@@ -298,7 +299,7 @@ func (x *extractor) file(name string, hdr *tar.Header, r io.Reader) error {
 	}
 	var re *readError
 	if errors.As(err, &re) {
-		return withCause(archiveError("entry %q: %v", hdr.Name, re.err), re.err)
+		return proto.WithCause(archiveError("entry %q: %v", hdr.Name, re.err), re.err)
 	}
 	if err != nil {
 		return x.fsError(name, err)
@@ -380,11 +381,11 @@ func (x *extractor) fsError(name string, err error) error {
 	for _, e := range []error{syscall.ENOTDIR, syscall.EEXIST, syscall.EISDIR, syscall.ELOOP,
 		syscall.ENAMETOOLONG, syscall.EINVAL, syscall.ENOENT, syscall.EMLINK} {
 		if errors.Is(err, e) {
-			return withCause(archiveError("entry %q: %v", name, err), err)
+			return proto.WithCause(archiveError("entry %q: %v", name, err), err)
 		}
 	}
-	if isEscape(err) {
-		return withCause(archiveError("entry %q leads out of the directory", name), err)
+	if rootpath.IsEscape(err) {
+		return proto.WithCause(archiveError("entry %q leads out of the directory", name), err)
 	}
 	return localError("extract "+name, err)
 }

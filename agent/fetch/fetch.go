@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/boardlink/boardlink/internal/rootpath"
 	"github.com/boardlink/boardlink/proto"
 )
 
@@ -290,7 +291,7 @@ func checkDestType(req Request) error {
 	case errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR):
 		return nil
 	case err != nil:
-		return pathError(req.Dest, err)
+		return rootpath.Error(req.Dest, err)
 	case req.Extract && !st.IsDir():
 		return proto.InvalidField("path", "dir", "%s exists and is not a directory", req.Dest)
 	case !req.Extract && st.IsDir():
@@ -349,7 +350,7 @@ func ensureParent(root *os.Root, dest string, parents bool) error {
 	dir := path.Dir(dest)
 	if parents {
 		if err := root.MkdirAll(dir, 0o755); err != nil {
-			return pathError(dir, err)
+			return rootpath.Error(dir, err)
 		}
 		return nil
 	}
@@ -358,7 +359,7 @@ func ensureParent(root *os.Root, dest string, parents bool) error {
 		if errors.Is(err, fs.ErrNotExist) {
 			return proto.Errorf(proto.ReasonNotFound, "%s: parent directory does not exist (ask for parents to create it)", dest)
 		}
-		return pathError(dir, err)
+		return rootpath.Error(dir, err)
 	}
 	if !st.IsDir() {
 		return proto.InvalidField("path", "dir", "%s: parent is not a directory", dest)
@@ -445,7 +446,7 @@ func (f *Fetcher) fromNetworkUncached(ctx context.Context, req Request, mode fs.
 	partName := tempName(req.Dest, "part")
 	part, err := req.Root.OpenFile(partName, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return pathError(req.Dest, err)
+		return rootpath.Error(req.Dest, err)
 	}
 	defer func() {
 		part.Close()
@@ -476,7 +477,7 @@ func (f *Fetcher) fromNetworkUncached(ctx context.Context, req Request, mode fs.
 		return localError("fsync", err)
 	}
 	if err := req.Root.Rename(partName, req.Dest); err != nil {
-		return pathError(req.Dest, err)
+		return rootpath.Error(req.Dest, err)
 	}
 	return syncDir(req.Root, path.Dir(req.Dest))
 }
@@ -597,23 +598,6 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 	return c.r.Read(p)
 }
 
-// causeError is a proto error that also wraps its cause: the peer sees the
-// proto error, and errors.Is finds the cause (context.Canceled, say).
-type causeError struct {
-	perr  *proto.Error
-	cause error
-}
-
-func (e *causeError) Error() string   { return e.perr.Error() }
-func (e *causeError) Unwrap() []error { return []error{e.perr, e.cause} }
-
-func withCause(perr *proto.Error, cause error) error {
-	if cause == nil {
-		return perr
-	}
-	return &causeError{perr: perr, cause: cause}
-}
-
 // ctxError is the error for an ended ctx: canceled or timeout, wrapping
 // ctx.Err().
 func ctxError(ctx context.Context, what string) error {
@@ -625,7 +609,7 @@ func ctxError(ctx context.Context, what string) error {
 	if errors.Is(err, context.DeadlineExceeded) {
 		r = proto.ReasonTimeout
 	}
-	return withCause(proto.Errorf(r, "%s: %v", what, err), err)
+	return proto.WithCause(proto.Errorf(r, "%s: %v", what, err), err)
 }
 
 // localError is the internal error for a failed local operation, unless
@@ -634,42 +618,12 @@ func localError(op string, err error) error {
 	if proto.ReasonOf(err) != "" {
 		return err
 	}
-	return withCause(proto.Errorf(proto.ReasonInternal, "%s: %v", op, err), err)
-}
-
-// pathError turns an error from an os.Root operation on p into the answer:
-// a way out of the root is invalid params on "path", never followed.
-func pathError(p string, err error) error {
-	switch {
-	case proto.ReasonOf(err) != "":
-		return err
-	case errors.Is(err, fs.ErrNotExist):
-		return withCause(proto.Errorf(proto.ReasonNotFound, "%s: no such file or directory", p), err)
-	case errors.Is(err, fs.ErrPermission):
-		return withCause(proto.InvalidField("path", "permission", "%s: permission denied", p), err)
-	case isEscape(err):
-		return withCause(proto.InvalidField("path", "root", "%s leads out of its file root: refused", p), err)
-	}
-	return localError(p, err)
-}
-
-// isEscape reports an os.Root refusal. The os package does not export the
-// error, so it is recognised as the one PathError not caused by a syscall.
-func isEscape(err error) bool {
-	var pe *fs.PathError
-	if !errors.As(err, &pe) {
-		return false
-	}
-	var errno syscall.Errno
-	if errors.As(pe.Err, &errno) {
-		return false
-	}
-	return strings.Contains(pe.Err.Error(), "escapes")
+	return proto.WithCause(proto.Errorf(proto.ReasonInternal, "%s: %v", op, err), err)
 }
 
 // errCorrupt marks content that does not hash to what it should.
 var errCorrupt = errors.New("content does not match its sha256")
 
 func mismatch(want, got string) error {
-	return withCause(proto.Errorf(proto.ReasonChecksumMismatch, "sha256 mismatch: want %s, got %s", want, got), errCorrupt)
+	return proto.WithCause(proto.Errorf(proto.ReasonChecksumMismatch, "sha256 mismatch: want %s, got %s", want, got), errCorrupt)
 }

@@ -14,6 +14,7 @@ import (
 	"path"
 	"syscall"
 
+	"github.com/boardlink/boardlink/internal/rootpath"
 	"github.com/boardlink/boardlink/proto"
 )
 
@@ -78,7 +79,7 @@ func (f *Fetcher) install(ctx context.Context, req Request, mode fs.FileMode, sr
 	tmp := tempName(req.Dest, "tmp")
 	out, err := req.Root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return 0, pathError(req.Dest, err)
+		return 0, rootpath.Error(req.Dest, err)
 	}
 	committed := false
 	defer func() {
@@ -106,7 +107,7 @@ func (f *Fetcher) install(ctx context.Context, req Request, mode fs.FileMode, sr
 		return 0, localError("install "+req.Dest, err)
 	}
 	if err := req.Root.Rename(tmp, req.Dest); err != nil {
-		return 0, pathError(req.Dest, err)
+		return 0, rootpath.Error(req.Dest, err)
 	}
 	committed = true
 	return 0, syncDir(req.Root, path.Dir(req.Dest))
@@ -122,7 +123,7 @@ func commitDir(root *os.Root, tmp, dest string, log *slog.Logger) error {
 		}
 		old = tempName(dest, "old")
 		if err := root.Rename(dest, old); err != nil {
-			return pathError(dest, err)
+			return rootpath.Error(dest, err)
 		}
 	}
 	if err := root.Rename(tmp, dest); err != nil {
@@ -131,7 +132,7 @@ func commitDir(root *os.Root, tmp, dest string, log *slog.Logger) error {
 				log.Error("could not put the old directory back", "path", dest, "aside", old, "err", rerr)
 			}
 		}
-		return pathError(dest, err)
+		return rootpath.Error(dest, err)
 	}
 	if err := syncDir(root, path.Dir(dest)); err != nil {
 		log.Warn("fsync after replacing a directory", "path", dest, "err", err)
