@@ -144,13 +144,19 @@ func TestPushPull(t *testing.T) {
 	}
 }
 
+// largeSize is the big transfer of the tests: 256 MiB, less where the
+// race detector slows every byte.
+func largeSize(t testing.TB) int64 {
+	if testenv.Race || testing.Short() {
+		t.Logf("race detector or -short: 16 MiB instead of 256")
+		return 16 << 20
+	}
+	return 256 << 20
+}
+
 // TestPushPullLarge moves 256 MiB each way over loopback WebSocket.
 func TestPushPullLarge(t *testing.T) {
-	size := int64(256 << 20)
-	if testenv.Race || testing.Short() {
-		size = 16 << 20
-		t.Logf("race detector or -short: %d MiB instead of 256", size>>20)
-	}
+	size := largeSize(t)
 	h := newHarness(t, "")
 	c := dialWS(t, h)
 	local := filepath.Join(t.TempDir(), "big.bin")
@@ -179,7 +185,7 @@ func TestTransferResume(t *testing.T) {
 		size int64
 		dial func(testing.TB, *harness) *dispatcher.Client
 	}{
-		{"ws-32MiB", 32 << 20, dialWS},
+		{"ws-large", largeSize(t), dialWS},
 		{"serial-pty-1MiB", 1 << 20, dialPTY},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

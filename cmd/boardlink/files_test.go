@@ -1,11 +1,18 @@
 package main
 
 import (
+	"archive/tar"
+	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/boardlink/boardlink/proto"
@@ -68,5 +75,45 @@ func TestPushPullCLI(t *testing.T) {
 				t.Fatalf("%v: exit %d, stderr %q; want %d and %q", tc.args, code, stderr, tc.code, tc.want)
 			}
 		})
+	}
+}
+
+// TestDownloadCLI: the board fetches a tarball itself and unpacks it; the
+// second time nothing is fetched.
+func TestDownloadCLI(t *testing.T) {
+	d := startBoard(t)
+	var tarball bytes.Buffer
+	tw := tar.NewWriter(&tarball)
+	for name, body := range map[string]string{"suite/run.sh": "#!/bin/sh\necho ok\n", "suite/data.txt": "data\n"} {
+		tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(body)), Typeflag: tar.TypeReg})
+		tw.Write([]byte(body))
+	}
+	tw.Close()
+	sum := sha256.Sum256(tarball.Bytes())
+	var hits atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		w.Write(tarball.Bytes())
+	}))
+	defer srv.Close()
+	board := "ws://" + d.ws.Addr().String()
+	dest := filepath.Join(d.files, "suite")
+	args := []string{"download", board, srv.URL + "/suite.tar", dest, "--extract", "--sha256", hex.EncodeToString(sum[:])}
+	stdout, stderr, code := cli(t, "", args...)
+	if code != 0 || !strings.Contains(stdout, "downloaded "+dest) || !strings.Contains(stdout, "extracted 2 entries") {
+		t.Fatalf("download: %d %q %s", code, stdout, stderr)
+	}
+	if got, err := os.ReadFile(filepath.Join(dest, "suite", "run.sh")); err != nil || !strings.Contains(string(got), "echo ok") {
+		t.Fatalf("extracted file: %q %v", got, err)
+	}
+	stdout, stderr, code = cli(t, "", append(args, "--json")...)
+	var res proto.DownloadResult
+	if code != 0 || json.Unmarshal([]byte(stdout), &res) != nil || !res.Skipped || hits.Load() != 1 {
+		t.Fatalf("second download: %d %q %s (server hit %d times)", code, stdout, stderr, hits.Load())
+	}
+	wrong := strings.Repeat("0", 64)
+	_, stderr, code = cli(t, "", "download", board, srv.URL+"/suite.tar", filepath.Join(d.files, "other"), "--sha256", wrong)
+	if code != 1 || !strings.Contains(stderr, "checksum_mismatch") {
+		t.Fatalf("download with the wrong sha256: %d %s", code, stderr)
 	}
 }

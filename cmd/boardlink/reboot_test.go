@@ -147,3 +147,37 @@ func TestRebootNotBack(t *testing.T) {
 		t.Fatalf("console log %q (%v); stdout %q", text, err, stdout)
 	}
 }
+
+// TestConsole: `boardlink console` shows the boot text of a reboot made
+// over WebSocket, without writing to the line.
+func TestConsole(t *testing.T) {
+	b := startSimBoard(t, 200*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var out, errs testenv.Buffer
+	done := make(chan error, 1)
+	go func() { done <- runWithStdin(ctx, strings.NewReader(""), []string{"console", b.serial}, &out, &errs) }()
+	time.Sleep(500 * time.Millisecond) // let the console attach before the reboot
+	if _, stderr, code := cli(t, "", "reboot", b.ws, "--wait"); code != 0 {
+		t.Fatalf("reboot: %d %s", code, stderr)
+	}
+	for !strings.Contains(out.String(), "sim-boot: boot 2") {
+		select {
+		case err := <-done:
+			t.Fatalf("console ended early: %v\n%s%s", err, out.String(), errs.String())
+		case <-ctx.Done():
+			t.Fatalf("console never showed the second boot:\n%s", out.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("console after ^C: %v", err)
+	}
+	if !strings.Contains(out.String(), "reboot: Restarting system") {
+		t.Fatalf("console lacks the reboot line:\n%s", out.String())
+	}
+	if _, stderr, code := cli(t, "", "console", b.ws); code != exitUsage || !strings.Contains(stderr, "serial line only") {
+		t.Fatalf("console of a WebSocket address: %d %s", code, stderr)
+	}
+}
