@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/boardlink/boardlink/agent/fetch"
+	"github.com/boardlink/boardlink/agent/ota"
 	"github.com/boardlink/boardlink/board"
 	"github.com/boardlink/boardlink/internal/version"
 	"github.com/boardlink/boardlink/proto"
@@ -43,6 +44,8 @@ type Config struct {
 	// the agent cleanly (ending running commands) and reboot. Nil:
 	// system.reboot is not served.
 	Reboot func()
+	// OTA runs A/B updates; nil: the ota family is not served.
+	OTA *ota.Updater
 }
 
 // Agent serves the protocol for one board.
@@ -110,6 +113,9 @@ func (a *Agent) Capabilities() []string {
 	if a.cfg.Reboot != nil {
 		caps = append(caps, proto.CapReboot)
 	}
+	if a.cfg.OTA != nil {
+		caps = append(caps, proto.CapOTA)
+	}
 	return caps
 }
 
@@ -122,8 +128,35 @@ func (a *Agent) Info() proto.BoardInfo {
 		ID: id.ID, Model: id.Model, Labels: id.Labels, Hostname: host,
 		Arch: runtime.GOARCH, Agent: version.Version, Protocol: proto.Version,
 		BootID: a.board.BootID(), BootedAt: booted, UptimeMs: time.Since(booted).Milliseconds(),
-		Slots: []proto.Slot{}, Capabilities: a.Capabilities(),
+		Slots: a.slots(), Capabilities: a.Capabilities(),
 	}
+}
+
+// slots reports the A/B slots, when the agent runs updates.
+func (a *Agent) slots() []proto.Slot {
+	out := []proto.Slot{}
+	if a.cfg.OTA == nil {
+		return out
+	}
+	st, err := a.cfg.OTA.Status(context.Background())
+	if err != nil {
+		a.log.Warn("slots", "err", err)
+		return out
+	}
+	for _, s := range st.Slots {
+		out = append(out, proto.Slot{Name: s.Name, Version: s.Version, Booted: s.Booted, Active: s.Active})
+	}
+	return out
+}
+
+// bootedSlot names the slot running now, or "".
+func (a *Agent) bootedSlot() string {
+	for _, s := range a.slots() {
+		if s.Booted {
+			return s.Name
+		}
+	}
+	return ""
 }
 
 // Beacon is the payload the agent announces on an idle serial line.
@@ -131,7 +164,7 @@ func (a *Agent) Beacon() []byte {
 	id := a.board.Identity()
 	b, _ := json.Marshal(proto.Beacon{
 		ID: id.ID, Model: id.Model, Protocol: proto.Version, Capabilities: a.Capabilities(),
-		Version: version.Version, BootID: a.board.BootID(), Labels: id.Labels,
+		Version: version.Version, BootID: a.board.BootID(), Labels: id.Labels, Slot: a.bootedSlot(),
 	})
 	return b
 }
@@ -220,6 +253,11 @@ func (s *session) Handle(ctx context.Context, c *transport.Conn, r *transport.Re
 		return s.fileWait(ctx, r.Params)
 	case proto.MethodFileDownload:
 		return s.fileDownload(ctx, c, r.Params)
+	case proto.MethodOTAStatus, proto.MethodOTAPlan, proto.MethodOTAStart, proto.MethodOTAWrite,
+		proto.MethodOTAActivate, proto.MethodOTAWait, proto.MethodOTAAbort:
+		if s.a.cfg.OTA != nil {
+			return s.otaCall(ctx, c, r)
+		}
 	case proto.MethodSystemReboot:
 		if s.a.cfg.Reboot != nil {
 			return s.a.reboot(r)

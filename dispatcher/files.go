@@ -119,7 +119,11 @@ func (c *Client) push(ctx context.Context, f *os.File, p proto.FilePushParams, p
 // waitFile collects a transfer's result. When ctx ends first, the stream's
 // Reset (by the caller's defer) ends the transfer on the board.
 func (c *Client) waitFile(ctx context.Context, conn *transport.Conn, id string, res *proto.FileResult) error {
-	return conn.Call(ctx, proto.MethodFileWait, proto.FileWaitParams{ID: id}, res)
+	var out any
+	if res != nil { // a typed nil would be decoded into
+		out = res
+	}
+	return conn.Call(ctx, proto.MethodFileWait, proto.FileWaitParams{ID: id}, out)
 }
 
 // partialPath is where Pull collects a file before it is complete.

@@ -40,16 +40,25 @@ func (c *Client) RebootWait(ctx context.Context) (Rebooted, error) {
 	if err != nil {
 		return Rebooted{}, err
 	}
-	out := Rebooted{OldBootID: res.BootID, Commands: res.Commands}
+	out, err := c.waitBack(ctx, res.BootID)
+	out.Commands = res.Commands
+	out.Took = time.Since(start)
+	out.TookMs = out.Took.Milliseconds()
+	return out, err
+}
+
+// waitBack reconnects until the board answers with a boot id other than
+// oldBoot. Only ctx bounds it.
+func (c *Client) waitBack(ctx context.Context, oldBoot string) (Rebooted, error) {
+	start := time.Now()
+	out := Rebooted{OldBootID: oldBoot}
 	backoff := 50 * time.Millisecond
 	var last error
 	for {
 		out.Attempts++
 		id, err := c.reconnectBoot(ctx)
-		if err == nil && id != res.BootID {
+		if err == nil && id != oldBoot {
 			out.NewBootID = id
-			out.Took = time.Since(start)
-			out.TookMs = out.Took.Milliseconds()
 			return out, nil
 		}
 		if err != nil {
@@ -58,7 +67,7 @@ func (c *Client) RebootWait(ctx context.Context) (Rebooted, error) {
 		select {
 		case <-ctx.Done():
 			err := fmt.Errorf("%w after %s (boot %s ended; %d attempts)", ErrNotBack,
-				time.Since(start).Round(time.Millisecond), res.BootID, out.Attempts)
+				time.Since(start).Round(time.Millisecond), oldBoot, out.Attempts)
 			if last != nil {
 				err = fmt.Errorf("%w; last error: %w", err, last)
 			}

@@ -73,6 +73,8 @@ type Conn struct {
 	done   chan struct{}
 
 	nextID   atomic.Uint64
+	bytesIn  atomic.Int64 // stream payload bytes received
+	bytesOut atomic.Int64 // stream payload bytes sent
 	mu       sync.Mutex
 	pending  map[uint64]chan *proto.Message
 	streams  map[uint32]*Stream
@@ -124,6 +126,17 @@ func (c *Conn) Done() <-chan struct{} { return c.done }
 
 // Context is canceled when the connection ends; its cause is Err.
 func (c *Conn) Context() context.Context { return c.ctx }
+
+// Stats counts the stream payload bytes that crossed the link.
+type Stats struct {
+	StreamBytesIn  int64 `json:"stream_bytes_in"`
+	StreamBytesOut int64 `json:"stream_bytes_out"`
+}
+
+// Stats returns the connection's byte counts so far.
+func (c *Conn) Stats() Stats {
+	return Stats{StreamBytesIn: c.bytesIn.Load(), StreamBytesOut: c.bytesOut.Load()}
+}
 
 // Err returns why the connection ended (wrapping ErrClosed), or nil.
 func (c *Conn) Err() error {

@@ -177,6 +177,7 @@ func (s *Stream) Write(p []byte) (int, error) {
 		if err := s.c.link.WriteMessage(s.ctx, Binary, frame); err != nil {
 			return written, s.c.linkErr(err)
 		}
+		s.c.bytesOut.Add(int64(n))
 		written += n
 	}
 	return written, nil
@@ -283,6 +284,7 @@ func (c *Conn) handleFrame(data []byte) {
 			return
 		}
 		s.window -= len(f.Payload)
+		c.bytesIn.Add(int64(len(f.Payload)))
 		if len(f.Payload) > 0 {
 			s.buf = append(s.buf, f.Payload)
 		}

@@ -14,6 +14,9 @@ import (
 type Handoff struct {
 	Boot int      // 1 for the first boot since power-on
 	UART net.Conn // the boot's end of the serial line; nil without one
+	// Slot is the slot the bootloader booted (EnvSlot); "" when the
+	// supervisor is no A/B bootloader (SupervisorConfig.Dir unset).
+	Slot string
 	up   *os.File
 }
 
@@ -25,15 +28,18 @@ func TakeHandoff() (*Handoff, error) {
 	if !ok {
 		return nil, nil
 	}
-	upFD, uartFD := os.Getenv(EnvUpFD), os.Getenv(EnvUARTFD)
-	for _, k := range []string{EnvBoot, EnvUpFD, EnvUARTFD} {
+	upFD, uartFD, slot := os.Getenv(EnvUpFD), os.Getenv(EnvUARTFD), os.Getenv(EnvSlot)
+	for _, k := range []string{EnvBoot, EnvUpFD, EnvUARTFD, EnvSlot} {
 		os.Unsetenv(k)
 	}
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 1 {
 		return nil, fmt.Errorf("sim: %s=%q is not a boot number", EnvBoot, v)
 	}
-	h := &Handoff{Boot: n}
+	if slot != "" && !validSlot(slot) {
+		return nil, fmt.Errorf("sim: %s=%q is not a slot (A or B)", EnvSlot, slot)
+	}
+	h := &Handoff{Boot: n, Slot: slot}
 	if h.up, err = inherited(EnvUpFD, upFD); err != nil {
 		return nil, err
 	}

@@ -4,6 +4,12 @@
 // the board's bootloader, which runs every boot of the agent as a child
 // process and boots again after a reboot or a power cut; UART is the
 // board's serial line, which outlives its boots.
+//
+// The board has two slots, A and B, files under STATE_DIR/slots, and a
+// boot environment, STATE_DIR/bootenv.json, which BootControl changes and
+// the bootloader reads at each boot: a trial slot is booted once, and a
+// trial boot that ends without Commit (a reboot, a crash, a power cut) is
+// followed by a boot of the active slot.
 package sim
 
 import (
@@ -42,12 +48,18 @@ type Options struct {
 	ID     string
 	Model  string
 	Labels map[string]string
+	// Slot is the slot the boot loader booted (Handoff.Slot of a
+	// supervised boot). Empty: there is no boot loader around, and Open
+	// is its own, making the same decision Supervise makes (a pending
+	// trial once, then a fall back).
+	Slot string
 }
 
 // Boot is one start of the board.
 type Boot struct {
-	ID string    `json:"id"`
-	At time.Time `json:"at"`
+	ID   string    `json:"id"`
+	At   time.Time `json:"at"`
+	Slot string    `json:"slot,omitempty"` // the slot booted
 }
 
 // Board is a simulated board. Open makes a new boot; a Board never changes
@@ -56,6 +68,7 @@ type Board struct {
 	dir      string
 	identity board.Identity
 	boots    []Boot // oldest first; the last one is this boot
+	boot     *BootControl
 }
 
 // Open boots the board kept in dir, creating dir and a generated identity
@@ -68,15 +81,27 @@ func Open(dir string, opts Options) (*Board, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("sim: %w", err)
 	}
+	slot := opts.Slot
+	if slot == "" {
+		d, err := bootSlot(dir)
+		if err != nil {
+			return nil, fmt.Errorf("sim: %w", err)
+		}
+		slot = d.Slot
+	}
+	bc, err := NewBootControl(dir, slot)
+	if err != nil {
+		return nil, err
+	}
 	id, err := loadIdentity(dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("sim: %w", err)
 	}
-	boots, err := recordBoot(dir, Boot{ID: newBootID(), At: time.Now()})
+	boots, err := recordBoot(dir, Boot{ID: newBootID(), At: time.Now(), Slot: slot})
 	if err != nil {
 		return nil, fmt.Errorf("sim: %w", err)
 	}
-	return &Board{dir: dir, identity: id, boots: boots}, nil
+	return &Board{dir: dir, identity: id, boots: boots, boot: bc}, nil
 }
 
 func loadIdentity(dir string, opts Options) (board.Identity, error) {
@@ -162,3 +187,9 @@ func (b *Board) Boots() []Boot { return append([]Boot(nil), b.boots...) }
 
 // Dir is the board's state directory.
 func (b *Board) Dir() string { return b.dir }
+
+// BootControl is the board's A/B boot control for this boot.
+func (b *Board) BootControl() *BootControl { return b.boot }
+
+// Slot is the slot this boot booted.
+func (b *Board) Slot() string { return b.boot.Booted() }

@@ -29,6 +29,10 @@ const (
 	// EnvUARTFD is the inherited descriptor of the boot's end of the
 	// board's serial line (a stream socket); unset without a line.
 	EnvUARTFD = "BOARDLINKD_UART_FD"
+	// EnvSlot is the slot the bootloader booted, A or B; unset when the
+	// supervisor is no A/B bootloader (SupervisorConfig.Dir unset). It is
+	// recorded in bootenv.json too.
+	EnvSlot = "BOARDLINKD_SIM_SLOT"
 )
 
 // Defaults for zero SupervisorConfig fields.
@@ -42,10 +46,19 @@ const (
 type SupervisorConfig struct {
 	// Boot is the per-boot hook, the bootloader's choice: it returns the
 	// command that runs boot n (1 for the first since power-on), not yet
-	// started. Supervise adds the handoff (EnvBoot and its descriptors to
-	// Env and ExtraFiles), a parent-death SIGKILL and, with a UART, a copy
-	// of Stderr to the console. An error powers the board off.
+	// started. Supervise adds the handoff (EnvBoot, EnvSlot and its
+	// descriptors to Env and ExtraFiles), a parent-death SIGKILL and, with
+	// a UART, a copy of Stderr to the console. An error powers the board
+	// off.
 	Boot func(n int) (*exec.Cmd, error)
+	// Dir is the board's state dir. When set, Supervise is also the
+	// board's A/B bootloader: before each boot it reads Dir/bootenv.json
+	// and chooses the slot (a pending trial once; after a trial boot that
+	// ended without Commit, the active slot again, the trial cleared),
+	// writes its choice there before the boot starts, prints it on the
+	// console and hands it to the boot in EnvSlot. An unreadable boot
+	// environment powers the board off.
+	Dir string
 	// UART is the board's serial line; nil for none. The bootloader's
 	// banners and the boots' stderr (their log, as a kernel console
 	// shows it) are written to it, and each boot gets its own end.
@@ -172,6 +185,14 @@ func runBoot(ctx context.Context, cfg SupervisorConfig, n int, console io.Writer
 	if err != nil {
 		return bootEnd{}, fmt.Errorf("sim: boot %d: %w", n, err)
 	}
+	var slot bootDecision
+	if cfg.Dir != "" {
+		// The decision is durable before the boot starts: a power cut
+		// from here on finds the trial marked as booted.
+		if slot, err = bootSlot(cfg.Dir); err != nil {
+			return bootEnd{}, fmt.Errorf("sim: boot %d: %w", n, err)
+		}
+	}
 	upR, upW, err := os.Pipe()
 	if err != nil {
 		return bootEnd{}, fmt.Errorf("sim: boot %d: %w", n, err)
@@ -180,6 +201,9 @@ func runBoot(ctx context.Context, cfg SupervisorConfig, n int, console io.Writer
 	handoff := []*os.File{upW}
 	fd := 3 + len(cmd.ExtraFiles)
 	env := []string{EnvBoot + "=" + strconv.Itoa(n), EnvUpFD + "=" + strconv.Itoa(fd)}
+	if slot.Slot != "" {
+		env = append(env, EnvSlot+"="+slot.Slot)
+	}
 	if cfg.UART != nil {
 		board, child, err := socketPair()
 		if err != nil {
@@ -202,7 +226,19 @@ func runBoot(ctx context.Context, cfg SupervisorConfig, n int, console io.Writer
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL // the supervisor's death is a power cut
 	cmd.WaitDelay = drainTimeout                // a leaked stderr must not hold Wait
 
-	fmt.Fprintf(console, "\nsim-boot: boot %d, booting boardlinkd\n[    0.000000] sim: starting the agent\n", n)
+	fmt.Fprintf(console, "\nsim-boot: boot %d, booting boardlinkd\n", n)
+	if slot.FellBack != "" {
+		cfg.Logger.Warn("sim: trial boot not committed: falling back", "boot", n, "trial", slot.FellBack, "slot", slot.Slot)
+		fmt.Fprintf(console, "sim-boot: trial of slot %s was not committed: falling back to %s\n", slot.FellBack, slot.Slot)
+	}
+	if slot.Slot != "" {
+		trial := ""
+		if slot.Trial {
+			trial = " (trial, once)"
+		}
+		fmt.Fprintf(console, "sim-boot: booting slot %s%s\n", slot.Slot, trial)
+	}
+	fmt.Fprint(console, "[    0.000000] sim: starting the agent\n")
 
 	started, exited := make(chan error, 1), make(chan struct{})
 	go func() {
@@ -227,7 +263,11 @@ func runBoot(ctx context.Context, cfg SupervisorConfig, n int, console io.Writer
 	if err != nil {
 		return bootEnd{}, fmt.Errorf("sim: boot %d: %w", n, err)
 	}
-	cfg.Logger.Info("sim: boot", "boot", n, "pid", cmd.Process.Pid)
+	if slot.Slot != "" {
+		cfg.Logger.Info("sim: boot", "boot", n, "pid", cmd.Process.Pid, "slot", slot.Slot, "trial", slot.Trial)
+	} else {
+		cfg.Logger.Info("sim: boot", "boot", n, "pid", cmd.Process.Pid)
+	}
 	up := make(chan bool, 1)
 	go func() {
 		var b [1]byte

@@ -15,11 +15,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/boardlink/boardlink/board"
 	"github.com/boardlink/boardlink/internal/testenv"
 )
 
 // scriptEnv tells a fake boot what to do: its boot number picks a word.
 const scriptEnv = "SIM_TEST_SCRIPT"
+
+// dirEnv is the state dir of a fake boot's board, for the A/B words.
+const dirEnv = "SIM_TEST_DIR"
 
 // TestMain lets the test binary be a boot of the boards under test.
 func TestMain(m *testing.M) {
@@ -39,6 +43,13 @@ func TestMain(m *testing.M) {
 //	echo    come up, answer a line read from the UART, exit 0
 //	serve   come up and run until SIGTERM, then exit 0
 //	deaf    come up and ignore SIGTERM
+//	trial   come up, set a trial of the other slot, exit with ExitReboot
+//	commit  come up, commit the booted slot, exit with ExitReboot
+//	rollback come up, roll back the trial, exit with ExitReboot
+//	off     come up and exit 0
+//
+// With a slot handed down, a boot that comes up writes "boot N: slot X
+// active Y trial Z" on stderr, from its BootControl.
 func fakeBoot() int {
 	script := strings.Split(os.Getenv(scriptEnv), ",")
 	h, err := TakeHandoff()
@@ -46,7 +57,7 @@ func fakeBoot() int {
 		fmt.Fprintln(os.Stderr, "fake boot:", err)
 		return 2
 	}
-	for _, k := range []string{EnvBoot, EnvUpFD, EnvUARTFD} {
+	for _, k := range []string{EnvBoot, EnvUpFD, EnvUARTFD, EnvSlot} {
 		if v, ok := os.LookupEnv(k); ok {
 			fmt.Fprintf(os.Stderr, "fake boot: %s=%s left in the environment\n", k, v)
 			return 2
@@ -63,7 +74,37 @@ func fakeBoot() int {
 	if h.UART != nil {
 		fmt.Fprintf(h.UART, "uart of boot %d\n", h.Boot)
 	}
+	var bc *BootControl
+	if h.Slot != "" {
+		ctx := context.Background()
+		if bc, err = NewBootControl(os.Getenv(dirEnv), h.Slot); err != nil {
+			fmt.Fprintln(os.Stderr, "fake boot:", err)
+			return 2
+		}
+		st, err := bc.State(ctx)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "fake boot:", err)
+			return 2
+		}
+		fmt.Fprintf(os.Stderr, "boot %d: slot %s active %s trial %q\n", h.Boot, st.Booted, st.Active, st.Trial)
+		switch word {
+		case "trial":
+			err = bc.SetTrial(ctx, board.Other(h.Slot))
+		case "commit":
+			err = bc.Commit(ctx)
+		case "rollback":
+			err = bc.Rollback(ctx)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "fake boot:", err)
+			return 2
+		}
+	}
 	switch word {
+	case "trial", "commit", "rollback":
+		return ExitReboot
+	case "off":
+		return 0
 	case "reboot":
 		return ExitReboot
 	case "kill":
@@ -91,6 +132,7 @@ type supervised struct {
 	console testenv.Buffer // what the host received
 	host    net.Conn
 	boots   int
+	dir     string // the board's state dir: Supervise is its A/B bootloader; "" not
 }
 
 func (s *supervised) config(t *testing.T, script string) SupervisorConfig {
@@ -112,12 +154,13 @@ func (s *supervised) config(t *testing.T, script string) SupervisorConfig {
 		Boot: func(n int) (*exec.Cmd, error) {
 			s.boots = n
 			c := exec.Command(os.Args[0], "-test.run=^$")
-			c.Env = append(os.Environ(), scriptEnv+"="+script)
+			c.Env = append(os.Environ(), scriptEnv+"="+script, dirEnv+"="+s.dir)
 			c.Stderr = &s.logs
 			return c, nil
 		},
 		UART:      uart,
 		BootDelay: time.Millisecond,
+		Dir:       s.dir,
 	}
 }
 

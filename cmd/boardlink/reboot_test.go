@@ -20,11 +20,12 @@ import (
 // simBoard is a real boardlinkd (its supervisor and the agent it boots)
 // on loopback, with WebSocket and a unix-socket serial line.
 type simBoard struct {
-	ws, serial, files string
-	stderr            *testenv.Buffer
+	ws, serial, files, state string
+	stderr                   *testenv.Buffer
 }
 
-func startSimBoard(t *testing.T, bootDelay time.Duration) *simBoard {
+// startSimBoard runs boardlinkd with extra flags added to the usual ones.
+func startSimBoard(t *testing.T, bootDelay time.Duration, extra ...string) *simBoard {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("builds and runs the real boardlinkd")
@@ -38,13 +39,14 @@ func startSimBoard(t *testing.T, bootDelay time.Duration) *simBoard {
 	addr := ln.Addr().String() // every boot listens here again
 	ln.Close()
 	b := &simBoard{ws: "ws://" + addr, serial: "unix://" + filepath.Join(dir, "uart.sock"),
-		files: filepath.Join(dir, "files"), stderr: &testenv.Buffer{}}
+		files: filepath.Join(dir, "files"), state: filepath.Join(dir, "state"), stderr: &testenv.Buffer{}}
 	if err := os.Mkdir(b.files, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(bin, "--board", "sim", "--state-dir", filepath.Join(dir, "state"), "--listen", addr,
-		"--serial", "unix:"+filepath.Join(dir, "uart.sock"), "--root", b.files, "--no-mdns",
-		"--sim-boot-delay", bootDelay.String())
+	args := append([]string{"--board", "sim", "--state-dir", b.state, "--listen", addr,
+		"--serial", "unix:" + filepath.Join(dir, "uart.sock"), "--root", b.files, "--no-mdns",
+		"--sim-boot-delay", bootDelay.String()}, extra...)
+	cmd := exec.Command(bin, args...)
 	cmd.Stderr = b.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

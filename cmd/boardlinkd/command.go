@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,8 +17,11 @@ import (
 	"go.uber.org/fx/fxevent"
 
 	"github.com/boardlink/boardlink/agent"
+	"github.com/boardlink/boardlink/agent/ota"
+	"github.com/boardlink/boardlink/board"
 	"github.com/boardlink/boardlink/board/sim"
 	"github.com/boardlink/boardlink/discovery"
+	"github.com/boardlink/boardlink/image"
 	"github.com/boardlink/boardlink/internal/version"
 	"github.com/boardlink/boardlink/proto"
 )
@@ -29,11 +33,7 @@ const stopTimeout = 15 * time.Second
 // newCommand returns boardlinkd's command for args; the sim board's
 // supervisor runs each boot with the same args.
 func newCommand(args []string, stdout, stderr io.Writer) *cobra.Command {
-	var (
-		cfg        Config
-		configFile string
-		labels     []string
-	)
+	var opts options
 	cmd := &cobra.Command{
 		Use:   "boardlinkd --board sim --state-dir DIR [--listen ADDR] [--serial DEV[:BAUD]|unix:PATH] [flags]",
 		Short: "The boardlink agent: a structured device API for the board it runs on",
@@ -80,6 +80,25 @@ line), "reboot: Restarting system" when a boot reboots, "reboot: Power
 down" when the supervisor stops, and the agent's log. What the host sends
 while no agent runs is lost.
 
+The sim board has two slots, A and B, as files under STATE_DIR/slots, and
+a boot environment, STATE_DIR/bootenv.json, and the supervisor is its A/B
+boot loader (--boot sim): at every boot it reads the environment and boots
+the active slot, or a trial slot once. A trial boot that ends without a
+commit (a reboot, a crash, a power cut) is followed by a boot of the
+active slot, the trial cleared; the console says so ("sim-boot: trial of
+slot B was not committed: falling back to A") and names the slot of every
+boot ("sim-boot: booting slot A"). The boot loaders of real boards, U-Boot
+and GRUB (--boot uboot, --boot grub), need --board linux, which this build
+does not have yet; docs/boot.md describes their variables and scripts.
+
+An OTA image is installed only if it is signed by a key given with
+--trust-key (an ed25519 public key file; repeatable; each must be
+readable). After the trial boot of an update, the commands given with
+--health-check run in order, each as "/bin/sh -c CMD" with BOARDLINK_SLOT
+and BOARDLINK_VERSION in its environment; the update is committed only if
+all of them exit 0 within --health-timeout (default 60s), and rolled back
+otherwise (the board then reboots into the active slot).
+
 The file methods may touch the state directory and the directories given
 with --root (repeatable; each must exist), and nothing else; file.download
 keeps its package cache in STATE_DIR/cache.
@@ -92,8 +111,10 @@ goodbye when it stops, and at every reboot. --no-mdns turns this off.
 
 A YAML file given with --config may hold the same settings (keys: board,
 state_dir, listen, serial, token_file, id, model, labels, ifaces, no_mdns,
-exec_log_size, verbose, roots, sim_boot_delay); flags given on the command
-line win (--root and --iface replace the file's lists).
+exec_log_size, verbose, roots, sim_boot_delay, boot, trust_keys,
+health_checks, health_timeout); flags given on the command line win
+(--root, --iface, --trust-key and --health-check replace the file's
+lists).
 
 SIGINT or SIGTERM stops the board cleanly: the supervisor passes SIGTERM on
 to the agent, which closes its connections and ends every running command's
@@ -105,35 +126,24 @@ start; the agent's own status when it exited other than by a reboot or a
 power cut (128+N when killed by signal N).
 
 The supervisor marks each boot with the environment variables
-BOARDLINKD_SIM_BOOT (the boot number), BOARDLINKD_SIM_UP_FD (a descriptor
-the agent writes to once it is up) and, with --serial, BOARDLINKD_UART_FD
-(the agent's end of the line); a process that finds BOARDLINKD_SIM_BOOT set
-runs as the agent, never as a supervisor. The agent removes them from its
+BOARDLINKD_SIM_BOOT (the boot number), BOARDLINKD_SIM_SLOT (the slot it
+booted, A or B), BOARDLINKD_SIM_UP_FD (a descriptor the agent writes to
+once it is up) and, with --serial, BOARDLINKD_UART_FD (the agent's end of
+the line); a process that finds BOARDLINKD_SIM_BOOT set runs as the agent,
+never as a supervisor. The agent removes them from its
 environment, so the commands it runs do not see them.`,
 		Example: `  boardlinkd --board sim --state-dir /tmp/board1 --listen 127.0.0.1:7207
   boardlinkd --board sim --state-dir /var/lib/boardlink --serial /dev/ttyGS0:115200 --token-file /etc/boardlink/token
   boardlinkd --board sim --state-dir /tmp/board2 --no-mdns --serial unix:/tmp/board2.sock --root /tmp/board2-files
+  boardlinkd --board sim --state-dir /tmp/board3 --trust-key /etc/boardlink/release.pub --health-check 'systemctl is-system-running --wait'
   boardlinkd --config /etc/boardlink/agent.yaml`,
 		Version:       version.Version,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if configFile != "" {
-				file, err := loadConfigFile(configFile)
-				if err != nil {
-					return err
-				}
-				cfg = mergeConfig(file, cfg, cmd)
-			}
-			if len(labels) > 0 {
-				parsed, err := parseLabels(labels)
-				if err != nil {
-					return err
-				}
-				cfg.Labels = parsed
-			}
-			if err := cfg.validate(); err != nil {
+			cfg, err := opts.config(cmd)
+			if err != nil {
 				return err
 			}
 			h, err := sim.TakeHandoff()
@@ -149,7 +159,24 @@ environment, so the commands it runs do not see them.`,
 	cmd.SetArgs(args)
 	cmd.SetOut(stdout)
 	cmd.SetErr(stderr)
+	opts.bind(cmd)
+	cmd.SetHelpFunc(func(c *cobra.Command, args []string) {
+		fmt.Fprintf(c.OutOrStdout(), "%s\n\n%s", c.Long, c.UsageString())
+	})
+	return cmd
+}
+
+// options are boardlinkd's flags, before a config file is merged in.
+type options struct {
+	cfg        Config
+	configFile string
+	labels     []string
+}
+
+// bind defines the flags of cmd.
+func (o *options) bind(cmd *cobra.Command) {
 	f := cmd.Flags()
+	cfg := &o.cfg
 	f.StringVar(&cfg.Board, "board", "sim", "board backend (sim)")
 	f.StringVar(&cfg.StateDir, "state-dir", "", "directory for the board's persistent state (required)")
 	f.StringVar(&cfg.Listen, "listen", fmt.Sprintf("127.0.0.1:%d", DefaultPort), `WebSocket listen address ("" to disable)`)
@@ -157,18 +184,42 @@ environment, so the commands it runs do not see them.`,
 	f.StringVar(&cfg.TokenFile, "token-file", "", "file holding the token every client must present")
 	f.StringVar(&cfg.ID, "id", "", "board id (default: the stored one, or a generated sim-XXXXXX)")
 	f.StringVar(&cfg.Model, "model", "", "board model (default: the stored one, or sim)")
-	f.StringArrayVar(&labels, "label", nil, "label as KEY=VALUE (repeatable; replaces the stored labels)")
+	f.StringArrayVar(&o.labels, "label", nil, "label as KEY=VALUE (repeatable; replaces the stored labels)")
 	f.IntVar(&cfg.ExecLogSize, "exec-log-size", 100, "number of commands kept in the command log")
 	f.BoolVarP(&cfg.Verbose, "verbose", "v", false, "log to stderr at debug level")
-	f.StringVar(&configFile, "config", "", "YAML config file with the same keys")
+	f.StringVar(&o.configFile, "config", "", "YAML config file with the same keys")
 	f.StringArrayVar(&cfg.Ifaces, "iface", nil, "interface to advertise on over mDNS (repeatable; default: every up, multicast-capable one)")
 	f.BoolVar(&cfg.NoMDNS, "no-mdns", false, "do not advertise over mDNS")
 	f.StringArrayVar(&cfg.Roots, "root", nil, "directory the file methods may touch, besides the state dir (repeatable)")
 	f.DurationVar(&cfg.SimBootDelay, "sim-boot-delay", sim.DefaultBootDelay, "sim board: pause between the end of a boot and the next")
-	cmd.SetHelpFunc(func(c *cobra.Command, args []string) {
-		fmt.Fprintf(c.OutOrStdout(), "%s\n\n%s", c.Long, c.UsageString())
-	})
-	return cmd
+	f.StringVar(&cfg.Boot, "boot", bootSim, "boot loader of the A/B slots: sim (the sim board's supervisor); uboot and grub need --board linux (not in this build)")
+	f.StringArrayVar(&cfg.TrustKeys, "trust-key", nil, "ed25519 public key file (PATH.pub) trusted to sign OTA images (repeatable; none: every image is refused)")
+	f.StringArrayVar(&cfg.HealthChecks, "health-check", nil, "shell command that must exit 0 after a trial boot for the update to commit (repeatable; run in order)")
+	f.DurationVar(&cfg.HealthTimeout, "health-timeout", DefaultHealthTimeout, "time allowed for all the health checks of a trial boot")
+}
+
+// config is what to run with: the config file, if any, with the flags the
+// user set over it, validated.
+func (o *options) config(cmd *cobra.Command) (Config, error) {
+	cfg := o.cfg
+	if o.configFile != "" {
+		file, err := loadConfigFile(o.configFile)
+		if err != nil {
+			return Config{}, err
+		}
+		cfg = mergeConfig(file, cfg, cmd)
+	}
+	if len(o.labels) > 0 {
+		parsed, err := parseLabels(o.labels)
+		if err != nil {
+			return Config{}, err
+		}
+		cfg.Labels = parsed
+	}
+	if err := cfg.validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
 }
 
 // mergeConfig starts from the file and applies the flags the user set.
@@ -205,6 +256,18 @@ func mergeConfig(file, flags Config, cmd *cobra.Command) Config {
 	}
 	if out.SimBootDelay == 0 || set("sim-boot-delay") {
 		out.SimBootDelay = flags.SimBootDelay
+	}
+	if out.Boot == "" || set("boot") {
+		out.Boot = flags.Boot
+	}
+	if set("trust-key") {
+		out.TrustKeys = flags.TrustKeys
+	}
+	if set("health-check") {
+		out.HealthChecks = flags.HealthChecks
+	}
+	if out.HealthTimeout == 0 || set("health-timeout") {
+		out.HealthTimeout = flags.HealthTimeout
 	}
 	return out
 }
@@ -245,11 +308,13 @@ func (r rebootRequest) reboot() {
 func serve(ctx context.Context, cfg Config, h *sim.Handoff, stderr io.Writer) error {
 	log := newLogger(cfg, stderr)
 	reboot := make(rebootRequest, 1)
+	var boot board.BootControl
 	app := fx.New(
 		fx.WithLogger(func() fxevent.Logger { return fxevent.NopLogger }),
 		fx.Supply(cfg, log, h, reboot),
-		fx.Provide(newBoard, newExecs, newAgent, newWebSocket),
+		fx.Provide(newBoard, newBootControl, newExecs, newOTA, newAgent, newWebSocket),
 		fx.Invoke(startMDNS, startSerial),
+		fx.Populate(&boot),
 	)
 	if err := app.Err(); err != nil {
 		return err
@@ -260,7 +325,13 @@ func serve(ctx context.Context, cfg Config, h *sim.Handoff, stderr io.Writer) er
 		return err
 	}
 	h.Up()
-	log.Info("boardlinkd started", "version", version.Version, "boot", h.Boot)
+	if st, err := boot.State(ctx); err != nil {
+		log.Info("boardlinkd started", "version", version.Version, "boot", h.Boot)
+		log.Warn("boot loader", "err", err)
+	} else {
+		log.Info("boardlinkd started", "version", version.Version, "boot", h.Boot,
+			"slot", st.Booted, "active", st.Active, "trial", st.Trial)
+	}
 	rebooting := false
 	select {
 	case <-ctx.Done():
@@ -284,9 +355,15 @@ func serve(ctx context.Context, cfg Config, h *sim.Handoff, stderr io.Writer) er
 	return nil
 }
 
-func newBoard(cfg Config) (*sim.Board, error) {
-	return sim.Open(cfg.StateDir, sim.Options{ID: cfg.ID, Model: cfg.Model, Labels: maps.Clone(cfg.Labels)})
+// newBoard boots the sim board in the slot its bootloader, the
+// supervisor, chose.
+func newBoard(cfg Config, h *sim.Handoff) (*sim.Board, error) {
+	return sim.Open(cfg.StateDir, sim.Options{ID: cfg.ID, Model: cfg.Model, Labels: maps.Clone(cfg.Labels), Slot: h.Slot})
 }
+
+// newBootControl is the board's A/B boot loader (--boot sim: the
+// supervisor, through bootenv.json), for the OTA state machine.
+func newBootControl(b *sim.Board) board.BootControl { return b.BootControl() }
 
 // newExecs registers the command manager first, so that it stops last:
 // after the listeners, every remaining process group is ended.
@@ -299,7 +376,26 @@ func newExecs(lc fx.Lifecycle, cfg Config, b *sim.Board, log *slog.Logger) *agen
 	return m
 }
 
-func newAgent(cfg Config, b *sim.Board, m *agent.Execs, log *slog.Logger, reboot rebootRequest) (*agent.Agent, error) {
+// newOTA is the update state machine. Its hooks come after the command
+// manager's, so it starts later (a trial boot's health check may run at
+// once) and stops first.
+func newOTA(lc fx.Lifecycle, cfg Config, b *sim.Board, boot board.BootControl, log *slog.Logger, reboot rebootRequest) (*ota.Updater, error) {
+	var keys []ed25519.PublicKey
+	for _, path := range cfg.TrustKeys {
+		k, err := image.LoadPublicKey(path)
+		if err != nil {
+			return nil, fmt.Errorf("--trust-key: %w", err)
+		}
+		keys = append(keys, k)
+	}
+	u := ota.New(ota.Config{Dir: filepath.Join(b.Dir(), "ota"), Boot: boot, Model: b.Identity().Model,
+		BootID: b.BootID(), Keys: keys, HealthChecks: cfg.HealthChecks, HealthTimeout: cfg.HealthTimeout,
+		Reboot: reboot.reboot, Logger: log})
+	lc.Append(fx.Hook{OnStart: u.Start, OnStop: u.Stop})
+	return u, nil
+}
+
+func newAgent(cfg Config, b *sim.Board, m *agent.Execs, u *ota.Updater, log *slog.Logger, reboot rebootRequest) (*agent.Agent, error) {
 	tok, err := cfg.token()
 	if err != nil {
 		return nil, err
@@ -309,7 +405,7 @@ func newAgent(cfg Config, b *sim.Board, m *agent.Execs, log *slog.Logger, reboot
 		return nil, err
 	}
 	return agent.New(b, m, agent.Config{Token: tok, Logger: log, Roots: roots,
-		CacheDir: filepath.Join(roots[0], "cache"), Reboot: reboot.reboot}), nil
+		CacheDir: filepath.Join(roots[0], "cache"), Reboot: reboot.reboot, OTA: u}), nil
 }
 
 // newWebSocket returns the WebSocket server, or nil without --listen.

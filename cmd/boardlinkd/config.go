@@ -16,6 +16,16 @@ import (
 // DefaultPort is the agent's WebSocket port.
 const DefaultPort = 7207
 
+// DefaultHealthTimeout bounds the health checks after a trial boot.
+const DefaultHealthTimeout = 60 * time.Second
+
+// Boot loaders (--boot).
+const (
+	bootSim   = "sim"   // the sim board's supervisor
+	bootUBoot = "uboot" // U-Boot, board/linux
+	bootGRUB  = "grub"  // GRUB, board/linux
+)
+
 // Config is the agent's configuration: flags, or the same keys in a YAML
 // file given with --config (flags win).
 type Config struct {
@@ -36,6 +46,18 @@ type Config struct {
 	// SimBootDelay is the sim board's pause between a boot's end and the
 	// next boot.
 	SimBootDelay time.Duration `yaml:"sim_boot_delay"`
+	// Boot is the boot loader that boots the A/B slots: sim (the sim
+	// board's supervisor, the default), or uboot or grub (board/linux,
+	// for a --board linux this build does not have yet).
+	Boot string `yaml:"boot"`
+	// TrustKeys are the files of the ed25519 public keys trusted to sign
+	// OTA images; each must be readable (the image package parses them).
+	TrustKeys []string `yaml:"trust_keys"`
+	// HealthChecks are shell commands run, in order, after a trial boot;
+	// all must exit 0 within HealthTimeout for the update to commit.
+	HealthChecks []string `yaml:"health_checks"`
+	// HealthTimeout bounds the health checks (default 60s).
+	HealthTimeout time.Duration `yaml:"health_timeout"`
 }
 
 // loadConfigFile reads a YAML config; unknown keys are an error so a typo
@@ -90,7 +112,45 @@ func (c *Config) validate() error {
 	if c.SimBootDelay <= 0 {
 		errs = append(errs, errors.New("sim_boot_delay must be positive"))
 	}
+	switch c.Boot {
+	case "", bootSim:
+		c.Boot = bootSim
+	case bootUBoot, bootGRUB:
+		errs = append(errs, fmt.Errorf("--boot %s: U-Boot and GRUB need --board linux, which this build does not have (the sim board boots with --boot sim)", c.Boot))
+	default:
+		errs = append(errs, fmt.Errorf("--boot %q: want sim, uboot or grub", c.Boot))
+	}
+	for _, k := range c.TrustKeys {
+		if err := readable(k); err != nil {
+			errs = append(errs, fmt.Errorf("--trust-key: %w", err))
+		}
+	}
+	for _, hc := range c.HealthChecks {
+		if strings.TrimSpace(hc) == "" {
+			errs = append(errs, errors.New("--health-check: an empty command"))
+		}
+	}
+	if c.HealthTimeout <= 0 {
+		errs = append(errs, errors.New("health_timeout must be positive"))
+	}
 	return errors.Join(errs...)
+}
+
+// readable checks that path is a regular file this process can read.
+func readable(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s: not a regular file", path)
+	}
+	return nil
 }
 
 // fileRoots returns the directories the file methods may touch: the state

@@ -177,6 +177,13 @@ func TestBadConfigIsAClearError(t *testing.T) {
 		{[]string{"--state-dir", dir, "--listen", "nocolon"}, "--listen"},
 		{[]string{"--state-dir", dir, "--root", filepath.Join(dir, "missing")}, "not a directory"},
 		{[]string{"--state-dir", dir, "--sim-boot-delay", "-1s"}, "sim_boot_delay"},
+		{[]string{"--state-dir", dir, "--boot", "uboot"}, "need --board linux"},
+		{[]string{"--state-dir", dir, "--boot", "grub"}, "need --board linux"},
+		{[]string{"--state-dir", dir, "--boot", "lilo"}, "want sim, uboot or grub"},
+		{[]string{"--state-dir", dir, "--trust-key", filepath.Join(dir, "missing.pub")}, "--trust-key: open " + filepath.Join(dir, "missing.pub")},
+		{[]string{"--state-dir", dir, "--trust-key", dir}, "not a regular file"},
+		{[]string{"--state-dir", dir, "--health-check", " "}, "--health-check: an empty command"},
+		{[]string{"--state-dir", dir, "--health-timeout", "0s"}, "health_timeout must be positive"},
 	}
 	for _, tc := range tests {
 		err := run(context.Background(), tc.args, io.Discard, io.Discard)

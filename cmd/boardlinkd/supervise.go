@@ -20,7 +20,8 @@ import (
 
 // supervise runs the sim board's bootloader (sim.Supervise): every boot
 // is this binary again, with the same arguments, marked as a boot in its
-// environment. The supervisor holds the serial line across boots.
+// environment, in the slot the bootloader chose from the state dir's
+// bootenv.json. The supervisor holds the serial line across boots.
 func supervise(ctx context.Context, cfg Config, args []string, stdout, stderr io.Writer) error {
 	log := newLogger(cfg, stderr)
 	exe, err := os.Executable()
@@ -50,6 +51,7 @@ func supervise(ctx context.Context, cfg Config, args []string, stdout, stderr io
 			return c, nil
 		},
 		UART:        uart,
+		Dir:         cfg.StateDir, // the supervisor is the A/B boot loader too
 		BootDelay:   cfg.SimBootDelay,
 		StopTimeout: stopTimeout + 5*time.Second, // the agent's own bound, and then some
 		Logger:      log,

@@ -1,0 +1,816 @@
+package ota
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/boardlink/boardlink/board"
+	"github.com/boardlink/boardlink/image"
+	"github.com/boardlink/boardlink/proto"
+)
+
+// Config configures an Updater.
+type Config struct {
+	// Dir keeps the machine's state (created on Start).
+	Dir string
+	// Boot is the board's A/B boot loader.
+	Boot board.BootControl
+	// Model is the board's model: an image must name it.
+	Model string
+	// BootID identifies the running boot.
+	BootID string
+	// Keys are the public keys trusted to sign images; none: every image
+	// is refused.
+	Keys []ed25519.PublicKey
+	// HealthChecks are shell commands run after a trial boot, in order,
+	// with BOARDLINK_SLOT and BOARDLINK_VERSION set; all must exit 0
+	// within HealthTimeout (default 60s) for the update to commit.
+	HealthChecks  []string
+	HealthTimeout time.Duration
+	// Reboot restarts the board; it must not return before the agent is
+	// stopping. Nil: updates can be prepared but not activated.
+	Reboot func()
+	Logger *slog.Logger
+}
+
+// Updater runs one update at a time. Its methods are safe for concurrent
+// use.
+type Updater struct {
+	cfg  Config
+	st   store
+	log  *slog.Logger
+	ctx  context.Context // the machine's own work: ended by Stop
+	stop context.CancelFunc
+	work sync.WaitGroup
+
+	mu       sync.Mutex
+	upd      *update // nil: no update ever
+	man      image.Manifest
+	slots    map[string]slotMeta
+	target   *os.File // the slot being written, while preparing
+	dirty    int      // chunks marked done since the state was last saved
+	seq      int64
+	changed  chan struct{} // closed and replaced on every change
+	received bool          // a stream is being received
+
+	crashAt    string // see crashFile
+	crashAfter int
+}
+
+// New returns an Updater; it touches nothing until Start.
+func New(cfg Config) *Updater {
+	if cfg.HealthTimeout <= 0 {
+		cfg.HealthTimeout = 60 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Updater{cfg: cfg, st: store{cfg.Dir}, log: cfg.Logger, changed: make(chan struct{})}
+}
+
+// Start loads the persisted state and carries on from it: a prepare
+// resumes its copying, a trial boot runs its health check, a finished
+// commit or rollback is recorded.
+func (u *Updater) Start(context.Context) error {
+	if err := os.MkdirAll(u.cfg.Dir, 0o755); err != nil {
+		return fmt.Errorf("ota: %w", err)
+	}
+	slots, err := u.st.loadSlots()
+	if err != nil {
+		return fmt.Errorf("ota: %w", err)
+	}
+	upd, err := u.st.loadUpdate()
+	if err != nil {
+		return fmt.Errorf("ota: %w", err)
+	}
+	u.ctx, u.stop = context.WithCancel(context.Background())
+	u.loadCrashPoint()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.slots, u.upd = slots, upd
+	u.touchLocked()
+	if upd == nil || upd.Phase == proto.PhaseDone {
+		return nil
+	}
+	raw, sig, err := u.st.loadImage()
+	if err == nil {
+		u.man, err = u.verify(raw, sig)
+	}
+	if err != nil {
+		// The manifest that started this update is gone or no longer
+		// trusted: nothing can be checked against it.
+		return u.finishLocked(proto.ResultFailed, fmt.Sprintf("the update's manifest: %v", err))
+	}
+	return u.resumeLocked()
+}
+
+// Stop ends the machine's background work (copying, a health check) and
+// waits for it. State is persisted as it goes; nothing is lost.
+func (u *Updater) Stop(ctx context.Context) error {
+	if u.stop == nil {
+		return nil
+	}
+	u.stop()
+	done := make(chan struct{})
+	go func() { u.work.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.closeTargetLocked()
+	return nil
+}
+
+// touchLocked records a change: waiters wake and Seq grows. Seq is a time,
+// so it keeps growing across restarts.
+func (u *Updater) touchLocked() {
+	u.seq = max(u.seq+1, time.Now().UnixNano())
+	close(u.changed)
+	u.changed = make(chan struct{})
+}
+
+// transitionLocked moves the update to phase and persists it before the
+// caller acts on it.
+func (u *Updater) transitionLocked(phase string) error {
+	u.upd.Transitions++
+	if u.upd.Transitions > maxTransitions {
+		return u.finishLocked(proto.ResultFailed, fmt.Sprintf("more than %d transitions: stopped", maxTransitions))
+	}
+	u.upd.Phase = phase
+	return u.saveLocked()
+}
+
+func (u *Updater) saveLocked() error {
+	u.upd.Updated = time.Now().UTC()
+	u.dirty = 0
+	u.touchLocked()
+	if err := u.st.saveUpdate(u.upd); err != nil {
+		return proto.WithCause(proto.Errorf(proto.ReasonInternal, "ota: saving state: %v", err), err)
+	}
+	u.crashPoint()
+	return nil
+}
+
+// finishLocked ends the update with result. A trial still pending in the
+// boot loader is cancelled first, so a failed update never boots.
+func (u *Updater) finishLocked(result, reason string) error {
+	if result != proto.ResultCommitted {
+		if bs, err := u.cfg.Boot.State(context.Background()); err == nil && bs.Trial != "" && !bs.Trying() {
+			if err := u.cfg.Boot.Rollback(context.Background()); err != nil {
+				u.log.Error("ota: cancelling the trial", "err", err)
+			}
+		}
+	}
+	if result != proto.ResultCommitted && result != proto.ResultAborted && u.upd.FailedPhase == "" {
+		u.upd.FailedPhase = u.upd.Phase
+	}
+	u.upd.Phase, u.upd.Result, u.upd.Reason = proto.PhaseDone, result, reason
+	u.upd.Transitions++
+	u.closeTargetLocked()
+	u.log.Info("ota: update ended", "id", u.upd.ID, "result", result, "reason", reason)
+	return u.saveLocked()
+}
+
+func (u *Updater) closeTargetLocked() {
+	if u.target != nil {
+		u.target.Close()
+		u.target = nil
+	}
+}
+
+// verify checks a manifest and its signature against the trusted keys.
+func (u *Updater) verify(raw, sig []byte) (image.Manifest, error) {
+	m, err := image.VerifyManifest(raw, sig, u.cfg.Keys)
+	switch {
+	case errors.Is(err, image.ErrSignature):
+		return m, proto.WithCause(proto.Errorf(proto.ReasonSignatureInvalid, "image: %v", err), err)
+	case err != nil:
+		return m, proto.WithCause(proto.InvalidField("manifest", "manifest", "%v", err), err)
+	}
+	return m, nil
+}
+
+// Status tells the truth about slots and the update.
+func (u *Updater) Status(ctx context.Context) (proto.OTAStatus, error) {
+	bs, err := u.cfg.Boot.State(ctx)
+	if err != nil {
+		return proto.OTAStatus{}, proto.Errorf(proto.ReasonInternal, "boot loader: %v", err)
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.statusLocked(bs), nil
+}
+
+func (u *Updater) statusLocked(bs board.BootState) proto.OTAStatus {
+	out := proto.OTAStatus{Seq: u.seq}
+	for _, name := range u.cfg.Boot.Slots() {
+		m := u.slots[name]
+		s := proto.OTASlot{Name: name, Booted: bs.Booted == name, Active: bs.Active == name, Trial: bs.Trial == name,
+			Writing: m.Writing}
+		if !m.Writing {
+			s.Version, s.SHA256 = m.Version, m.SHA256
+		}
+		out.Slots = append(out.Slots, s)
+	}
+	if v := u.upd; v != nil {
+		out.Update = &proto.OTAUpdate{ID: v.ID, Version: v.Version, FromVersion: v.FromVersion, Slot: v.Slot,
+			Phase: v.Phase, Result: v.Result, Reason: v.Reason, FailedPhase: v.FailedPhase,
+			Chunks: v.Chunks, ChunksDone: v.count(), ChunksCopied: v.Copied, BytesLink: v.BytesLink,
+			Size: v.Size, Started: v.Started, Updated: v.Updated,
+			ElapsedMs: v.Updated.Sub(v.Started).Milliseconds(), Transitions: v.Transitions}
+		if v.Phase != proto.PhaseDone {
+			out.Update.ElapsedMs = time.Since(v.Started).Milliseconds()
+		}
+	}
+	return out
+}
+
+// Wait returns the status once it changed after since, or when ctx ends.
+func (u *Updater) Wait(ctx context.Context, since int64) (proto.OTAStatus, error) {
+	for {
+		u.mu.Lock()
+		seq, ch := u.seq, u.changed
+		u.mu.Unlock()
+		if seq > since {
+			return u.Status(ctx)
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return u.Status(context.WithoutCancel(ctx))
+		}
+	}
+}
+
+// Plan checks an image against the board and says what an update needs,
+// changing nothing.
+func (u *Updater) Plan(ctx context.Context, p proto.OTAImageParams) (proto.OTAPlan, error) {
+	bs, err := u.cfg.Boot.State(ctx)
+	if err != nil {
+		return proto.OTAPlan{}, proto.Errorf(proto.ReasonInternal, "boot loader: %v", err)
+	}
+	m, err := u.verify(p.Manifest, p.Signature)
+	if err != nil {
+		return proto.OTAPlan{}, err
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.planLocked(bs, m, p.Force)
+}
+
+func (u *Updater) planLocked(bs board.BootState, m image.Manifest, force bool) (proto.OTAPlan, error) {
+	if !m.Fits(u.cfg.Model) {
+		return proto.OTAPlan{}, proto.Errorf(proto.ReasonIncompatible, "image %s is for %s, not for this board's model %s",
+			m.Version, strings.Join(m.Models, ", "), u.cfg.Model)
+	}
+	if bs.Trying() {
+		return proto.OTAPlan{}, proto.Errorf(proto.ReasonBusy, "slot %s is on its trial boot: commit or roll back first", bs.Booted)
+	}
+	if bs.Booted != bs.Active {
+		// A trial rolled back and not rebooted yet: the other slot is the
+		// active one, never a target.
+		return proto.OTAPlan{}, proto.Errorf(proto.ReasonBusy, "the board runs slot %s but boots %s next: reboot first", bs.Booted, bs.Active)
+	}
+	cur := u.slots[bs.Booted]
+	if !force && cur.Version != "" && !cur.Writing && image.CompareVersions(m.Version, cur.Version) <= 0 {
+		what := "a downgrade"
+		if image.CompareVersions(m.Version, cur.Version) == 0 {
+			what = "a reinstall"
+		}
+		return proto.OTAPlan{}, proto.Errorf(proto.ReasonIncompatible,
+			"image %s would be %s of the running %s: refused unless forced", m.Version, what, cur.Version)
+	}
+	target := board.Other(bs.Booted)
+	plan := proto.OTAPlan{Slot: target, Version: m.Version, FromVersion: cur.Version, Chunks: len(m.Chunks), Need: []int{}}
+	var resume *update
+	if v := u.upd; v != nil && v.Phase == proto.PhasePrepare || v != nil && v.Phase == proto.PhasePrepared {
+		if v.PayloadSHA != m.PayloadSHA256 || v.Slot != target {
+			return proto.OTAPlan{}, proto.Errorf(proto.ReasonBusy, "update %s (%s) is under way: abort it first", v.ID, v.Version)
+		}
+		resume = v
+		plan.ID = v.ID
+	} else if v != nil && v.Phase != proto.PhaseDone {
+		return proto.OTAPlan{}, proto.Errorf(proto.ReasonBusy, "update %s is in phase %s", v.ID, v.Phase)
+	}
+	copyFrom := u.chunkIndex(bs.Active)
+	old := u.slots[target]
+	for i, sum := range m.Chunks {
+		_, n := m.ChunkRange(i)
+		switch {
+		case resume != nil && resume.has(i):
+			plan.Have++
+		case resume == nil && !old.Writing && old.ChunkSize == m.ChunkSize && i < len(old.Chunks) && old.Chunks[i] == sum &&
+			n == chunkLen(old.Size, old.ChunkSize, i):
+			plan.Have++
+		case copyFrom[sum] != nil:
+			plan.Copy++
+		default:
+			plan.Need = append(plan.Need, i)
+			plan.NeedBytes += n
+		}
+	}
+	return plan, nil
+}
+
+func chunkLen(size, chunk int64, i int) int64 { return min(chunk, size-int64(i)*chunk) }
+
+// sourceChunk is a chunk of the active slot, by offset and length.
+type sourceChunk struct{ off, n int64 }
+
+// chunkIndex maps the chunk hashes the slot holds to where they are.
+func (u *Updater) chunkIndex(slot string) map[string]*sourceChunk {
+	out := map[string]*sourceChunk{}
+	m := u.slots[slot]
+	if m.Writing || m.ChunkSize <= 0 {
+		return out
+	}
+	for i, sum := range m.Chunks {
+		if out[sum] == nil {
+			out[sum] = &sourceChunk{off: int64(i) * m.ChunkSize, n: chunkLen(m.Size, m.ChunkSize, i)}
+		}
+	}
+	return out
+}
+
+// Begin starts an update, or resumes the one preparing the same image: it
+// plans, marks the target slot as being written, and starts copying the
+// chunks the active slot holds. The caller sends the chunks in Need with
+// Receive.
+func (u *Updater) Begin(ctx context.Context, p proto.OTAImageParams) (proto.OTAPlan, error) {
+	bs, err := u.cfg.Boot.State(ctx)
+	if err != nil {
+		return proto.OTAPlan{}, proto.Errorf(proto.ReasonInternal, "boot loader: %v", err)
+	}
+	m, err := u.verify(p.Manifest, p.Signature)
+	if err != nil {
+		return proto.OTAPlan{}, err
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	plan, err := u.planLocked(bs, m, p.Force)
+	if err != nil {
+		return plan, err
+	}
+	if plan.ID != "" { // resuming: the target is already marked, the bitmap kept
+		u.log.Info("ota: resuming", "id", plan.ID, "have", plan.Have, "need", len(plan.Need))
+		return plan, u.prepareLocked()
+	}
+	if bs.Trial != "" {
+		// A trial set and never booted (an activation cut short): cancel it
+		// before its slot is overwritten.
+		if err := u.cfg.Boot.Rollback(ctx); err != nil {
+			return plan, proto.Errorf(proto.ReasonInternal, "boot loader: %v", err)
+		}
+	}
+	if err := u.st.saveImage(p.Manifest, p.Signature); err != nil {
+		return plan, proto.Errorf(proto.ReasonInternal, "ota: %v", err)
+	}
+	id := newID()
+	upd := &update{ID: id, Version: m.Version, FromVersion: plan.FromVersion, PayloadSHA: m.PayloadSHA256,
+		Slot: plan.Slot, Phase: proto.PhasePrepare, Done: make([]byte, (len(m.Chunks)+7)/8),
+		Chunks: len(m.Chunks), Size: m.PayloadSize,
+		Started: time.Now().UTC()}
+	old := u.slots[plan.Slot]
+	need := map[int]bool{}
+	for _, i := range plan.Need {
+		need[i] = true
+	}
+	for i, sum := range m.Chunks {
+		if !need[i] && !old.Writing && i < len(old.Chunks) && old.Chunks[i] == sum && old.ChunkSize == m.ChunkSize {
+			upd.set(i) // already in place
+		}
+	}
+	// The slot is marked before a byte of it changes: from here on it is
+	// not bootable, and its old chunks are not a source.
+	old.Writing = true
+	u.slots[plan.Slot] = old
+	if err := u.st.saveSlots(u.slots); err != nil {
+		return plan, proto.Errorf(proto.ReasonInternal, "ota: %v", err)
+	}
+	u.upd, u.man = upd, m
+	if err := u.saveLocked(); err != nil {
+		return plan, err
+	}
+	plan.ID = id
+	u.log.Info("ota: prepare", "id", id, "version", m.Version, "slot", plan.Slot, "have", plan.Have,
+		"copy", plan.Copy, "need", len(plan.Need), "need_bytes", plan.NeedBytes)
+	return plan, u.prepareLocked()
+}
+
+func newID() string {
+	b := make([]byte, 6)
+	rand.Read(b)
+	return "u-" + hex.EncodeToString(b)
+}
+
+// prepareLocked opens the target slot and starts copying what the active
+// slot holds; if nothing is left to do, it finishes the prepare.
+func (u *Updater) prepareLocked() error {
+	if u.upd.Phase != proto.PhasePrepare {
+		return nil
+	}
+	if u.target == nil {
+		path, err := u.cfg.Boot.SlotPath(u.upd.Slot)
+		if err == nil {
+			u.target, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
+		}
+		if err != nil {
+			return proto.Errorf(proto.ReasonInternal, "slot %s: %v", u.upd.Slot, err)
+		}
+	}
+	bs, err := u.cfg.Boot.State(u.ctx)
+	if err != nil {
+		return proto.Errorf(proto.ReasonInternal, "boot loader: %v", err)
+	}
+	src := u.chunkIndex(bs.Active)
+	var jobs []int
+	for i, sum := range u.man.Chunks {
+		if !u.upd.has(i) && src[sum] != nil {
+			jobs = append(jobs, i)
+		}
+	}
+	if len(jobs) == 0 {
+		return u.maybeFinishPrepareLocked()
+	}
+	srcPath, err := u.cfg.Boot.SlotPath(bs.Active)
+	if err != nil {
+		return proto.Errorf(proto.ReasonInternal, "slot %s: %v", bs.Active, err)
+	}
+	id, ctx, target := u.upd.ID, u.ctx, u.target
+	u.work.Go(func() { u.copyChunks(ctx, id, target, srcPath, src, jobs) })
+	return nil
+}
+
+// copyChunks copies chunks from the active slot, checking each against
+// the manifest: a chunk that does not match is left for the link.
+func (u *Updater) copyChunks(ctx context.Context, id string, target *os.File, srcPath string, src map[string]*sourceChunk, jobs []int) {
+	f, err := os.Open(srcPath)
+	if err != nil {
+		u.log.Error("ota: active slot", "err", err)
+		return
+	}
+	defer f.Close()
+	buf := make([]byte, u.man.ChunkSize)
+	for _, i := range jobs {
+		if ctx.Err() != nil {
+			return
+		}
+		s := src[u.man.Chunks[i]]
+		data := buf[:s.n]
+		if _, err := f.ReadAt(data, s.off); err != nil || image.VerifyChunk(u.man, i, data) != nil {
+			u.log.Warn("ota: active slot chunk does not match its hash; it must come over the link", "chunk", i)
+			continue
+		}
+		off, _ := u.man.ChunkRange(i)
+		if _, err := target.WriteAt(data, off); err != nil {
+			u.log.Error("ota: writing the slot", "err", err)
+			return
+		}
+		if err := u.markDone(id, i, 0, true); err != nil {
+			return
+		}
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.upd != nil && u.upd.ID == id {
+		if err := u.syncLocked(); err == nil {
+			_ = u.maybeFinishPrepareLocked()
+		}
+	}
+}
+
+// flushEvery is how many chunks may be marked done before the slot is
+// synced and the bitmap saved: a cut loses at most that much work.
+const flushEvery = 8
+
+// markDone records chunk i as written (after the caller wrote it). Every
+// flushEvery chunks the slot is fsynced and then the bitmap saved: a chunk
+// is never recorded before its bytes are durable.
+func (u *Updater) markDone(id string, i int, linkBytes int64, copied bool) error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.upd == nil || u.upd.ID != id || u.upd.Phase != proto.PhasePrepare {
+		return proto.Errorf(proto.ReasonNotFound, "update %s is no longer preparing", id)
+	}
+	if !u.upd.has(i) {
+		u.upd.set(i)
+		if copied {
+			u.upd.Copied++
+		}
+	}
+	u.upd.BytesLink += linkBytes
+	u.dirty++
+	if u.dirty >= flushEvery {
+		return u.syncLocked()
+	}
+	u.touchLocked()
+	return nil
+}
+
+func (u *Updater) syncLocked() error {
+	if u.target != nil {
+		if err := u.target.Sync(); err != nil {
+			return proto.Errorf(proto.ReasonInternal, "slot %s: %v", u.upd.Slot, err)
+		}
+	}
+	return u.saveLocked()
+}
+
+// maybeFinishPrepareLocked verifies the slot once every chunk is there.
+// Chunks that hash wrong are cleared for the link to send again.
+func (u *Updater) maybeFinishPrepareLocked() error {
+	if u.upd.Phase != proto.PhasePrepare || u.upd.count() < len(u.man.Chunks) {
+		return nil
+	}
+	if err := u.syncLocked(); err != nil {
+		return err
+	}
+	if fi, err := u.target.Stat(); err == nil && fi.Mode().IsRegular() && fi.Size() != u.man.PayloadSize {
+		if err := u.target.Truncate(u.man.PayloadSize); err != nil {
+			return proto.Errorf(proto.ReasonInternal, "slot %s: %v", u.upd.Slot, err)
+		}
+	}
+	whole := sha256.New()
+	buf := make([]byte, u.man.ChunkSize)
+	bad := 0
+	for i := range u.man.Chunks {
+		off, n := u.man.ChunkRange(i)
+		data := buf[:n]
+		if _, err := u.target.ReadAt(data, off); err != nil && !errors.Is(err, io.EOF) {
+			return proto.Errorf(proto.ReasonInternal, "slot %s: %v", u.upd.Slot, err)
+		}
+		if image.VerifyChunk(u.man, i, data) != nil {
+			u.upd.clear(i)
+			bad++
+		}
+		whole.Write(data)
+	}
+	if bad > 0 {
+		u.log.Warn("ota: chunks in the slot do not match; they must be sent again", "chunks", bad)
+		return u.saveLocked()
+	}
+	if got := hex.EncodeToString(whole.Sum(nil)); got != u.man.PayloadSHA256 {
+		return u.finishLocked(proto.ResultFailed, fmt.Sprintf("payload sha256 %s, manifest says %s", got, u.man.PayloadSHA256))
+	}
+	u.slots[u.upd.Slot] = slotMeta{Version: u.man.Version, SHA256: u.man.PayloadSHA256, Size: u.man.PayloadSize,
+		ChunkSize: u.man.ChunkSize, Chunks: u.man.Chunks}
+	if err := u.st.saveSlots(u.slots); err != nil {
+		return proto.Errorf(proto.ReasonInternal, "ota: %v", err)
+	}
+	u.closeTargetLocked()
+	u.log.Info("ota: prepared", "id", u.upd.ID, "slot", u.upd.Slot)
+	return u.transitionLocked(proto.PhasePrepared)
+}
+
+// Receive reads chunk records from r (see proto.OTAWriteParams) into the
+// target slot until EOF. A chunk that does not match its hash ends it
+// with checksum_mismatch; what was written before stays.
+func (u *Updater) Receive(id string, r io.Reader) error {
+	u.mu.Lock()
+	if u.upd == nil || u.upd.ID != id || u.upd.Phase != proto.PhasePrepare {
+		u.mu.Unlock()
+		return proto.Errorf(proto.ReasonNotFound, "no update %s is preparing", id)
+	}
+	if u.received {
+		u.mu.Unlock()
+		return proto.Errorf(proto.ReasonBusy, "update %s is already receiving", id)
+	}
+	u.received = true
+	man, target := u.man, u.target
+	u.mu.Unlock()
+	defer func() {
+		u.mu.Lock()
+		u.received = false
+		u.mu.Unlock()
+	}()
+	buf := make([]byte, man.ChunkSize)
+	var hdr [4]byte
+	for {
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			return proto.Errorf(proto.ReasonCanceled, "update %s: chunk stream cut: %v", id, err)
+		}
+		i := int(uint32(hdr[0])<<24 | uint32(hdr[1])<<16 | uint32(hdr[2])<<8 | uint32(hdr[3]))
+		if i >= len(man.Chunks) {
+			return proto.InvalidField("stream", "chunk", "chunk index %d: the image has %d chunks", i, len(man.Chunks))
+		}
+		off, n := man.ChunkRange(i)
+		data := buf[:n]
+		if _, err := io.ReadFull(r, data); err != nil {
+			return proto.Errorf(proto.ReasonCanceled, "update %s: chunk stream cut in chunk %d: %v", id, i, err)
+		}
+		if err := image.VerifyChunk(man, i, data); err != nil {
+			return proto.WithCause(proto.Errorf(proto.ReasonChecksumMismatch, "chunk %d: %v", i, err), err)
+		}
+		if _, err := target.WriteAt(data, off); err != nil {
+			return proto.Errorf(proto.ReasonInternal, "slot: %v", err)
+		}
+		if err := u.markDone(id, i, n, false); err != nil {
+			return err
+		}
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.upd == nil || u.upd.ID != id || u.upd.Phase != proto.PhasePrepare {
+		return nil
+	}
+	if err := u.syncLocked(); err != nil {
+		return err
+	}
+	return u.maybeFinishPrepareLocked()
+}
+
+// Activate sets up the trial boot of a prepared update and returns the
+// reboot to run once the caller has answered.
+func (u *Updater) Activate(ctx context.Context, id string) (func(), error) {
+	if u.cfg.Reboot == nil {
+		return nil, proto.Errorf(proto.ReasonIncompatible, "this board cannot reboot: updates cannot be activated")
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.upd == nil || u.upd.ID != id {
+		return nil, proto.Errorf(proto.ReasonNotFound, "no update %s", id)
+	}
+	if u.upd.Phase != proto.PhasePrepared {
+		return nil, proto.Errorf(proto.ReasonBusy, "update %s is in phase %s, not prepared", id, u.upd.Phase)
+	}
+	if err := u.transitionLocked(proto.PhaseActivate); err != nil {
+		return nil, err
+	}
+	if err := u.cfg.Boot.SetTrial(ctx, u.upd.Slot); err != nil {
+		u.upd.Phase = proto.PhasePrepared
+		_ = u.saveLocked()
+		return nil, proto.Errorf(proto.ReasonInternal, "boot loader: %v", err)
+	}
+	u.upd.TrialSet, u.upd.TrialBoot = true, u.cfg.BootID
+	if err := u.saveLocked(); err != nil {
+		return nil, err
+	}
+	u.log.Info("ota: trial boot set; rebooting", "id", id, "slot", u.upd.Slot)
+	return u.cfg.Reboot, nil
+}
+
+// Abort ends an update before activation. The target slot keeps what was
+// written; it is not bootable unless the prepare had finished.
+func (u *Updater) Abort(id string) error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.upd == nil || u.upd.ID != id {
+		return proto.Errorf(proto.ReasonNotFound, "no update %s", id)
+	}
+	if p := u.upd.Phase; p != proto.PhasePrepare && p != proto.PhasePrepared {
+		return proto.Errorf(proto.ReasonBusy, "update %s is in phase %s: too late to abort", id, p)
+	}
+	return u.finishLocked(proto.ResultAborted, "aborted by request")
+}
+
+// resumeLocked carries on after a restart (which may be a reboot).
+func (u *Updater) resumeLocked() error {
+	bs, err := u.cfg.Boot.State(u.ctx)
+	if err != nil {
+		return fmt.Errorf("ota: boot loader: %w", err)
+	}
+	v := u.upd
+	u.log.Info("ota: resuming", "id", v.ID, "phase", v.Phase, "booted", bs.Booted, "active", bs.Active, "trial", bs.Trial)
+	switch v.Phase {
+	case proto.PhasePrepare:
+		return u.prepareLocked()
+	case proto.PhasePrepared:
+		return nil
+	case proto.PhaseActivate:
+		switch {
+		case bs.Booted == v.Slot && bs.Trying():
+			return u.trialLocked()
+		case !v.TrialSet && bs.Trial == "":
+			// Cut before the boot loader took the trial: still prepared.
+			v.Phase = proto.PhasePrepared
+			return u.saveLocked()
+		case bs.Trial == v.Slot && v.TrialBoot == u.cfg.BootID:
+			// The agent restarted before the reboot: do it now.
+			if err := u.transitionLocked(proto.PhaseActivate); err != nil {
+				return err
+			}
+			if u.cfg.Reboot != nil {
+				go u.cfg.Reboot()
+			}
+			return nil
+		}
+		return u.finishLocked(proto.ResultRolledBack,
+			fmt.Sprintf("the trial boot of slot %s did not come up: the boot loader fell back to %s", v.Slot, bs.Booted))
+	case proto.PhaseTrial:
+		if bs.Booted == v.Slot && bs.Trying() {
+			return u.trialLocked() // the agent restarted within the trial boot
+		}
+		return u.finishLocked(proto.ResultRolledBack,
+			fmt.Sprintf("the trial boot of slot %s ended before its health check passed; booted %s", v.Slot, bs.Booted))
+	case proto.PhaseCommit:
+		if bs.Active == v.Slot {
+			return u.finishLocked(proto.ResultCommitted, "")
+		}
+		if bs.Booted == v.Slot && bs.Trying() {
+			return u.commitLocked()
+		}
+		return u.finishLocked(proto.ResultRolledBack,
+			fmt.Sprintf("the trial boot of slot %s ended before it was committed", v.Slot))
+	case proto.PhaseRollback:
+		if bs.Booted != v.Slot {
+			return u.finishLocked(proto.ResultRolledBack, v.Reason)
+		}
+		return u.rollbackLocked(v.Reason)
+	}
+	return u.finishLocked(proto.ResultFailed, fmt.Sprintf("unknown phase %q", v.Phase))
+}
+
+// trialLocked runs the health check of a trial boot in the background.
+func (u *Updater) trialLocked() error {
+	if err := u.transitionLocked(proto.PhaseTrial); err != nil {
+		return err
+	}
+	ctx, id, slot, version := u.ctx, u.upd.ID, u.upd.Slot, u.upd.Version
+	u.work.Go(func() {
+		err := u.healthCheck(ctx, slot, version)
+		if ctx.Err() != nil {
+			return // stopping: the next start decides
+		}
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		if u.upd == nil || u.upd.ID != id || u.upd.Phase != proto.PhaseTrial {
+			return
+		}
+		if err != nil {
+			u.log.Warn("ota: health check failed", "id", id, "err", err)
+			_ = u.rollbackLocked(fmt.Sprintf("health check failed: %v", err))
+			return
+		}
+		_ = u.commitLocked()
+	})
+	return nil
+}
+
+func (u *Updater) commitLocked() error {
+	if err := u.transitionLocked(proto.PhaseCommit); err != nil {
+		return err
+	}
+	if err := u.cfg.Boot.Commit(context.Background()); err != nil {
+		return u.rollbackLocked(fmt.Sprintf("commit: %v", err))
+	}
+	return u.finishLocked(proto.ResultCommitted, "")
+}
+
+// rollbackLocked cancels the trial and reboots into the old slot; the
+// next start records the result.
+func (u *Updater) rollbackLocked(reason string) error {
+	if u.upd.FailedPhase == "" {
+		u.upd.FailedPhase = u.upd.Phase
+	}
+	u.upd.Reason = reason
+	if err := u.transitionLocked(proto.PhaseRollback); err != nil {
+		return err
+	}
+	if err := u.cfg.Boot.Rollback(context.Background()); err != nil {
+		u.log.Error("ota: rollback", "err", err)
+	}
+	if u.cfg.Reboot != nil {
+		go u.cfg.Reboot()
+	}
+	return nil
+}
+
+// healthCheck runs the configured checks, all within HealthTimeout.
+func (u *Updater) healthCheck(ctx context.Context, slot, version string) error {
+	ctx, cancel := context.WithTimeout(ctx, u.cfg.HealthTimeout)
+	defer cancel()
+	for _, check := range u.cfg.HealthChecks {
+		cmd := exec.CommandContext(ctx, "/bin/sh", "-c", check)
+		cmd.Env = append(os.Environ(), "BOARDLINK_SLOT="+slot, "BOARDLINK_VERSION="+version)
+		out, err := cmd.CombinedOutput()
+		if ctx.Err() != nil {
+			return fmt.Errorf("%q did not finish within %s", check, u.cfg.HealthTimeout)
+		}
+		if err != nil {
+			tail := strings.TrimSpace(string(out))
+			if len(tail) > 200 {
+				tail = "…" + tail[len(tail)-200:]
+			}
+			return fmt.Errorf("%q: %v: %s", check, err, tail)
+		}
+	}
+	return nil
+}

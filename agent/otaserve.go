@@ -1,0 +1,106 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/boardlink/boardlink/proto"
+	"github.com/boardlink/boardlink/transport"
+)
+
+// defaultOTAWait bounds an ota.wait that names no timeout.
+const defaultOTAWait = 30 * time.Second
+
+// otaCall serves the ota family from the agent's Updater.
+func (s *session) otaCall(ctx context.Context, c *transport.Conn, r *transport.Request) (any, error) {
+	u := s.a.cfg.OTA
+	switch r.Method {
+	case proto.MethodOTAStatus:
+		var p proto.BoardInfoParams
+		if err := proto.DecodeParams(r.Params, &p); err != nil {
+			return nil, err
+		}
+		return u.Status(ctx)
+	case proto.MethodOTAPlan, proto.MethodOTAStart:
+		var p proto.OTAImageParams
+		if err := proto.DecodeParams(r.Params, &p); err != nil {
+			return nil, err
+		}
+		if r.Method == proto.MethodOTAPlan {
+			return u.Plan(ctx, p)
+		}
+		return u.Begin(ctx, p)
+	case proto.MethodOTAWrite:
+		return s.otaWrite(c, r.Params)
+	case proto.MethodOTAActivate:
+		var p proto.OTAIDParams
+		if err := proto.DecodeParams(r.Params, &p); err != nil {
+			return nil, err
+		}
+		reboot, err := u.Activate(ctx, p.ID)
+		if err != nil {
+			return nil, err
+		}
+		r.AfterReply = func() { go reboot() }
+		return u.Status(ctx)
+	case proto.MethodOTAWait:
+		var p proto.OTAWaitParams
+		if err := proto.DecodeParams(r.Params, &p); err != nil {
+			return nil, err
+		}
+		wait := defaultOTAWait
+		if p.TimeoutMs > 0 {
+			wait = time.Duration(p.TimeoutMs) * time.Millisecond
+		}
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		defer cancel()
+		return u.Wait(wctx, p.Since)
+	case proto.MethodOTAAbort:
+		var p proto.OTAIDParams
+		if err := proto.DecodeParams(r.Params, &p); err != nil {
+			return nil, err
+		}
+		if err := u.Abort(p.ID); err != nil {
+			return nil, err
+		}
+		return u.Status(ctx)
+	}
+	return nil, proto.Errorf(proto.ReasonMethodNotFound, "method not found: %s", r.Method)
+}
+
+// otaWrite attaches the caller's chunk stream and receives it in the
+// background, as a transfer the caller collects with file.wait.
+func (s *session) otaWrite(c *transport.Conn, params json.RawMessage) (any, error) {
+	var p proto.OTAWriteParams
+	if err := proto.DecodeParams(params, &p); err != nil {
+		return nil, err
+	}
+	st, err := c.AttachStream(p.Stream)
+	if err != nil {
+		return nil, proto.InvalidField("stream", "stream", "%v", err)
+	}
+	id, t := s.newTransfer()
+	go func() {
+		start := time.Now()
+		n := &countingReader{r: st}
+		err := s.a.cfg.OTA.Receive(p.ID, n)
+		if err != nil {
+			st.Reset(string(proto.ReasonOf(err)))
+		}
+		st.Close()
+		t.finish(proto.FileResult{Bytes: n.n, DurationMs: msSince(start)}, err)
+	}()
+	return proto.OTAWriteResult{Transfer: id}, nil
+}
+
+type countingReader struct {
+	r interface{ Read([]byte) (int, error) }
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}

@@ -1,0 +1,233 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/image"
+	"github.com/boardlink/boardlink/proto"
+)
+
+func newOTACmd(g *globals) *cobra.Command {
+	var (
+		force   bool
+		status  bool
+		asJSON  bool
+		timeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "ota BOARD IMAGE [--force] [--timeout D] [--json] | ota BOARD --status [--json]",
+		Short: "Update a board to a signed image (A/B, trial boot, commit or roll back)",
+		Long: `ota updates one board to IMAGE (built with 'boardlink image build') and
+returns when the board has committed it.
+
+The board checks the image's signature against the keys it trusts, that it
+fits its model, and that it is newer than what runs (--force allows a
+downgrade or a reinstall). It then writes its inactive slot: chunks its
+active slot already holds are copied there on the board, and only the
+others cross the link; every chunk and the whole payload are verified.
+Then a one-shot trial boot of the new slot, a reboot, the board's health
+check, and a commit. If the health check fails, or the trial boot does not
+come up, the board rolls back to the old slot: that is a failure, reported
+with its phase and reason, never a success.
+
+The update runs on the board, not in this command: if the link drops, run
+the same command again and it resumes (a prepare continues where it
+stopped). Progress is drawn on stderr on a terminal.
+
+--status prints the board's slots (version, booted, active, trial) and its
+current or last update, as the board tells it.
+
+Exit status: 0 committed; 1 rolled back or failed on the board (signature,
+checksum, model, version), named in the message; 124 not done within
+--timeout; 255 the link failed; 2 a usage error.`,
+		Example: `  boardlink ota board1 build/rootfs-2.1.0.img
+  boardlink ota ws://10.77.0.2:7207 rootfs-2.0.9.img --force --json
+  boardlink ota board1 --status`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			want := 2
+			if status {
+				want = 1
+			}
+			return exactArgs(want)(cmd, args)
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if timeout <= 0 {
+				return &usageError{errors.New("--timeout must be positive")}
+			}
+			ctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			var im *image.Image
+			if !status {
+				var err error
+				var closeImage func() error
+				if im, closeImage, err = openImage(args[1]); err != nil {
+					return &exitError{code: 1, err: err}
+				}
+				defer closeImage()
+			}
+			c, err := g.dial(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			out := cmd.OutOrStdout()
+			if status {
+				st, err := c.OTAStatus(ctx)
+				if err != nil {
+					return otaFailure(err)
+				}
+				if asJSON {
+					return writeJSON(out, st)
+				}
+				printOTAStatus(out, st)
+				return nil
+			}
+			show := newOTADisplay(cmd.ErrOrStderr(), filepath.Base(args[1]))
+			rep, err := c.Update(ctx, im, dispatcher.OTAOptions{Force: force, Progress: show.step})
+			show.done(err == nil)
+			if asJSON {
+				if jerr := writeJSON(out, otaJSON{OTAReport: rep, Error: errString(err)}); jerr != nil {
+					return jerr
+				}
+			} else if err == nil {
+				u := rep.Update
+				fmt.Fprintf(out, "%s committed %s in slot %s (was %s): %d of %d chunks sent, %d bytes on the link, %.1fs\n",
+					c.Hello().BoardID, u.Version, u.Slot, orNone(u.FromVersion), len(rep.Plan.Need), rep.Plan.Chunks,
+					rep.BytesSent, float64(rep.TookMs)/1000)
+			}
+			return otaFailure(err)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&force, "force", false, "allow a downgrade or a reinstall of the running version")
+	f.BoolVar(&status, "status", false, "print the board's slots and its current or last update")
+	f.BoolVar(&asJSON, "json", false, "print the result (or the status) as JSON")
+	f.DurationVar(&timeout, "timeout", 30*time.Minute, "give up after this long")
+	return cmd
+}
+
+type otaJSON struct {
+	dispatcher.OTAReport
+	Error string `json:"error,omitempty"`
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// openImage opens an image file and checks its format (the board checks
+// the signature).
+func openImage(path string) (*image.Image, func() error, error) {
+	im, err := image.OpenFile(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	return im, im.Close, nil
+}
+
+// otaFailure maps an update's error to an exit status.
+func otaFailure(err error) error {
+	var oe *dispatcher.OTAError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &oe):
+		return &exitError{code: 1, err: err}
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, dispatcher.ErrNotBack):
+		return &exitError{code: exitTimeout, err: err}
+	}
+	switch proto.ReasonOf(err) {
+	case proto.ReasonSignatureInvalid, proto.ReasonChecksumMismatch, proto.ReasonIncompatible, proto.ReasonBusy, proto.ReasonNotFound:
+		return &exitError{code: 1, err: err}
+	case proto.ReasonInvalidParams:
+		return &usageError{err}
+	}
+	return linkFailure(err)
+}
+
+func printOTAStatus(w io.Writer, st proto.OTAStatus) {
+	fmt.Fprintln(w, "SLOT  VERSION          BOOTED  ACTIVE  TRIAL")
+	for _, s := range st.Slots {
+		v := orDash(s.Version)
+		if s.Writing {
+			v = "(being written)"
+		}
+		fmt.Fprintf(w, "%-5s %-16s %-7s %-7s %s\n", s.Name, v, yes(s.Booted), yes(s.Active), yes(s.Trial))
+	}
+	u := st.Update
+	if u == nil {
+		fmt.Fprintln(w, "\nno update yet")
+		return
+	}
+	fmt.Fprintf(w, "\nupdate %s: %s -> %s into slot %s, phase %s", u.ID, orNone(u.FromVersion), u.Version, u.Slot, u.Phase)
+	if u.Result != "" {
+		fmt.Fprintf(w, ", %s", strings.ReplaceAll(u.Result, "_", " "))
+		if u.FailedPhase != "" {
+			fmt.Fprintf(w, " (in %s)", u.FailedPhase)
+		}
+	}
+	fmt.Fprintf(w, "\n  chunks %d/%d (%d copied on the board), %d bytes over the link, %.1fs\n",
+		u.ChunksDone, u.Chunks, u.ChunksCopied, u.BytesLink, float64(u.ElapsedMs)/1000)
+	if u.Reason != "" {
+		fmt.Fprintf(w, "  reason: %s\n", u.Reason)
+	}
+}
+
+func yes(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "-"
+}
+
+// otaDisplay shows an update's progress: a bar while chunks go out, a
+// line per phase.
+type otaDisplay struct {
+	w     io.Writer
+	name  string
+	bar   *progressBar
+	phase string
+	term  bool
+}
+
+func newOTADisplay(w io.Writer, name string) *otaDisplay {
+	return &otaDisplay{w: w, name: name, term: isTerminal(w)}
+}
+
+func (d *otaDisplay) step(p dispatcher.OTAProgress) {
+	if p.Phase == "send" {
+		if d.bar == nil {
+			d.bar = newProgressBar(d.w, "send "+d.name, p.ToSend)
+		}
+		d.bar.set(p.Sent, p.ToSend)
+		return
+	}
+	if p.Phase == d.phase || !d.term {
+		return
+	}
+	if d.bar != nil {
+		d.bar.done(true)
+		d.bar = nil
+	}
+	d.phase = p.Phase
+	line := "phase " + p.Phase
+	if u := p.Status.Update; u != nil && p.Phase == proto.PhasePrepare {
+		line += fmt.Sprintf(": %d/%d chunks", u.ChunksDone, u.Chunks)
+	}
+	fmt.Fprintln(d.w, line)
+}
+
+func (d *otaDisplay) done(ok bool) { d.bar.done(ok) }

@@ -1,0 +1,456 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/image"
+	"github.com/boardlink/boardlink/proto"
+)
+
+// otaChunk and otaChunks shape the test images: 4 MiB in 64 chunks.
+const (
+	otaChunk  = 64 << 10
+	otaChunks = 64
+)
+
+// otaLab holds a signing key and builds images for a sim board.
+type otaLab struct {
+	t    *testing.T
+	dir  string
+	key  ed25519.PrivateKey
+	pub  string // the public key file the board trusts
+	base []byte // the payload images derive from
+}
+
+func newOTALab(t *testing.T) *otaLab {
+	dir := t.TempDir()
+	pub, priv, err := image.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := image.WriteKeyPair(filepath.Join(dir, "key"), pub, priv); err != nil {
+		t.Fatal(err)
+	}
+	base := make([]byte, otaChunk*otaChunks)
+	rand.Read(base)
+	return &otaLab{t: t, dir: dir, key: priv, pub: filepath.Join(dir, "key.pub"), base: base}
+}
+
+// build writes an image of payload, signed by key (the lab's if nil).
+func (l *otaLab) build(version string, payload []byte, model string, key ed25519.PrivateKey) string {
+	l.t.Helper()
+	if key == nil {
+		key = l.key
+	}
+	in := filepath.Join(l.dir, version+".payload")
+	if err := os.WriteFile(in, payload, 0o644); err != nil {
+		l.t.Fatal(err)
+	}
+	out := filepath.Join(l.dir, fmt.Sprintf("%s-%s.img", version, model))
+	if _, err := image.BuildFile(out, in, image.BuildOptions{Key: key, Models: []string{model}, Version: version, ChunkSize: otaChunk}); err != nil {
+		l.t.Fatal(err)
+	}
+	return out
+}
+
+// variant is the base payload with chunks every `every` chunks rewritten.
+func (l *otaLab) variant(every int) []byte {
+	p := bytes.Clone(l.base)
+	for i := 0; i < otaChunks; i += every {
+		rand.Read(p[i*otaChunk : i*otaChunk+100])
+	}
+	return p
+}
+
+func startOTABoard(t *testing.T, l *otaLab) *simBoard {
+	return startSimBoard(t, 50*time.Millisecond, "--trust-key", l.pub,
+		"--health-check", `case "$BOARDLINK_VERSION" in *-bad) echo "refusing $BOARDLINK_VERSION" >&2; exit 3;; esac`)
+}
+
+// otaCLI runs `boardlink ota` with --json and decodes the report.
+func otaCLI(t *testing.T, board, img string, flags ...string) (otaJSON, string, int) {
+	t.Helper()
+	stdout, stderr, code := cli(t, "", append([]string{"ota", board, img, "--json", "--timeout", "2m"}, flags...)...)
+	var rep otaJSON
+	if stdout == "" { // refused before the update began: the error is on stderr
+		return rep, stderr, code
+	}
+	if err := json.Unmarshal([]byte(stdout), &rep); err != nil {
+		t.Fatalf("ota --json printed %q (%v); stderr %s", stdout, err, stderr)
+	}
+	return rep, stderr, code
+}
+
+func otaStatus(t *testing.T, board string) proto.OTAStatus {
+	t.Helper()
+	stdout, stderr, code := cli(t, "", "ota", board, "--status", "--json")
+	var st proto.OTAStatus
+	if code != 0 || json.Unmarshal([]byte(stdout), &st) != nil {
+		t.Fatalf("ota --status: %d %q %s", code, stdout, stderr)
+	}
+	return st
+}
+
+func slotOf(st proto.OTAStatus, booted bool) proto.OTASlot {
+	for _, s := range st.Slots {
+		if s.Booted == booted {
+			return s
+		}
+	}
+	return proto.OTASlot{}
+}
+
+// settled waits until no update is between activation and its end: a
+// trial boot and its health check take their time after a cut.
+func settled(t *testing.T, b *simBoard) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		st := otaStatus(t, b.ws)
+		if u := st.Update; u == nil || u.Phase == proto.PhasePrepare || u.Phase == proto.PhasePrepared || u.Phase == proto.PhaseDone {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the update never settled: %+v", st.Update)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// checkBootedSlot asserts what the kill tests must hold after every cut:
+// the board boots a slot that holds a complete image matching its record,
+// is not mid-trial, and its status says so.
+func checkBootedSlot(t *testing.T, b *simBoard) proto.OTAStatus {
+	t.Helper()
+	st := otaStatus(t, b.ws)
+	s := slotOf(st, true)
+	if !s.Active || s.Writing {
+		t.Fatalf("booted slot %+v is not the active, complete one: %+v", s, st)
+	}
+	if s.SHA256 != "" {
+		data, err := os.ReadFile(filepath.Join(b.state, "slots", s.Name+".img"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sum := sha256.Sum256(data); hex.EncodeToString(sum[:]) != s.SHA256 {
+			t.Fatalf("booted slot %s does not hold the image its record names (%s)", s.Name, s.SHA256)
+		}
+	}
+	return st
+}
+
+func bootenv(t *testing.T, b *simBoard) []byte {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(b.state, "bootenv.json"))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+// TestOTA walks one sim board through full, identical, delta, refused and
+// rolled-back updates with the real agent and the CLI.
+func TestOTA(t *testing.T) {
+	l := newOTALab(t)
+	b := startOTABoard(t, l)
+	payloadSize := int64(otaChunk * otaChunks)
+
+	v1 := l.build("1.0.0", l.base, "sim", nil)
+	rep, stderr, code := otaCLI(t, b.ws, v1)
+	if code != 0 || rep.Update.Result != proto.ResultCommitted || rep.Update.Slot != "B" || rep.Reboots < 1 {
+		t.Fatalf("first update: %d %+v %s", code, rep, stderr)
+	}
+	st := checkBootedSlot(t, b)
+	if s := slotOf(st, true); s.Name != "B" || s.Version != "1.0.0" {
+		t.Fatalf("after the first update: %+v", st)
+	}
+	t.Logf("full update: %d bytes on the link for a %d-byte payload", rep.BytesSent, payloadSize)
+
+	// The same image again: refused unless forced; forced, nothing crosses the link.
+	env := bootenv(t, b)
+	if _, stderr, code := otaCLI(t, b.ws, v1); code != 1 || !strings.Contains(stderr, "reinstall") {
+		t.Fatalf("reinstall without --force: %d %s", code, stderr)
+	}
+	if !bytes.Equal(env, bootenv(t, b)) {
+		t.Fatal("a refused update touched the boot environment")
+	}
+	rep, stderr, code = otaCLI(t, b.ws, v1, "--force")
+	if code != 0 || rep.BytesSent != 0 || len(rep.Plan.Need) != 0 {
+		t.Fatalf("identical image: %d, %d bytes sent, plan %+v; %s", code, rep.BytesSent, rep.Plan, stderr)
+	}
+
+	// One chunk in 64 changed (1.6%): at most 3% of the payload on the link.
+	v2 := l.build("1.1.0", l.variant(64), "sim", nil)
+	rep, stderr, code = otaCLI(t, b.ws, v2)
+	if code != 0 || rep.BytesSent > payloadSize*3/100 {
+		t.Fatalf("delta update: %d, %d bytes sent of %d; %s", code, rep.BytesSent, payloadSize, stderr)
+	}
+	t.Logf("delta update (1 of 64 chunks changed): %d bytes on the link (%.2f%% of the payload)",
+		rep.BytesSent, 100*float64(rep.BytesSent)/float64(payloadSize))
+
+	// Refused without touching the boot environment.
+	_, other, _ := ed25519.GenerateKey(nil)
+	tampered := l.build("1.2.0", l.variant(2), "sim", nil)
+	flipPayloadByte(t, tampered, 2*otaChunk+7) // chunk 2 differs from the board's: it must cross the link
+	badManifest := l.build("1.2.1", l.variant(3), "sim", nil)
+	replaceInFile(t, badManifest, `"1.2.1"`, `"1.2.9"`)
+	truncated := l.build("1.2.2", l.variant(5), "sim", nil)
+	if err := os.Truncate(truncated, 5000); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, img, want string }{
+		{"untrusted key", l.build("1.3.0", l.variant(4), "sim", other), "not trusted"},
+		{"wrong model", l.build("1.3.1", l.variant(4), "imx8", nil), "imx8"},
+		{"downgrade", l.build("0.9.0", l.variant(4), "sim", nil), "downgrade"},
+		{"tampered payload", tampered, "checksum_mismatch"},
+		{"tampered manifest", badManifest, "signature"},
+		{"truncated image", truncated, "truncated"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := bootenv(t, b)
+			_, stderr, code := otaCLI(t, b.ws, tc.img)
+			if code != 1 || !strings.Contains(stderr, tc.want) {
+				t.Fatalf("exit %d, stderr %q; want 1 and %q", code, stderr, tc.want)
+			}
+			if !bytes.Equal(before, bootenv(t, b)) {
+				t.Fatal("the refused image touched the boot environment")
+			}
+			checkBootedSlot(t, b)
+		})
+	}
+
+	// A health check that fails: trial boot, rollback, back on the old slot.
+	before := slotOf(checkBootedSlot(t, b), true)
+	rep, stderr, code = otaCLI(t, b.ws, l.build("2.0.0-bad", l.variant(8), "sim", nil))
+	if code != 1 || rep.Update == nil || rep.Update.Result != proto.ResultRolledBack ||
+		rep.Update.FailedPhase != proto.PhaseTrial || !strings.Contains(rep.Update.Reason, "health check") {
+		t.Fatalf("bad image: %d %+v %s", code, rep.Update, stderr)
+	}
+	st = checkBootedSlot(t, b)
+	if now := slotOf(st, true); now.Name != before.Name || now.Version != before.Version || st.Update.Result != proto.ResultRolledBack {
+		t.Fatalf("after the rollback: %+v (before: %+v)", st, before)
+	}
+	t.Logf("rolled back: %s", st.Update.Reason)
+}
+
+func flipPayloadByte(t *testing.T, path string, at int64) {
+	t.Helper()
+	im, err := image.OpenFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	off := im.PayloadOffset() + at
+	im.Close()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var b [1]byte
+	f.ReadAt(b[:], off)
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b[:], off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func replaceInFile(t *testing.T, path, old, new string) {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil || !bytes.Contains(raw, []byte(old)) || len(old) != len(new) {
+		t.Fatalf("%s lacks %q (%v)", path, old, err)
+	}
+	if err := os.WriteFile(path, bytes.Replace(raw, []byte(old), []byte(new), 1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// agentPID is the pid of the board's running agent (the parent of a
+// command it runs).
+func agentPID(t *testing.T, b *simBoard) int {
+	t.Helper()
+	stdout, stderr, code := cli(t, "", "exec", b.ws, "-n", "--", "sh", "-c", "echo $PPID")
+	pid, err := strconv.Atoi(strings.TrimSpace(stdout))
+	if code != 0 || err != nil {
+		t.Fatalf("agent pid: %d %q %s", code, stdout, stderr)
+	}
+	return pid
+}
+
+// waitUp waits until the board answers with a boot other than old.
+func waitUp(t *testing.T, b *simBoard, old string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for {
+		c, err := dispatcher.Dial(ctx, b.ws, dispatcher.DialOptions{})
+		if err == nil {
+			info, err := c.Info(ctx)
+			c.Close()
+			if err == nil && info.BootID != old {
+				return info.BootID
+			}
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the board did not come back after boot %s:\n%s", old, b.stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func bootID(t *testing.T, b *simBoard) string {
+	t.Helper()
+	return waitUp(t, b, "")
+}
+
+// TestOTAKilledInEveryState cuts the agent (SIGKILL, a power cut) right
+// after each state of an update is persisted. Afterwards the board boots a
+// complete, verified slot, the status tells the truth, and the update,
+// tried again, finishes.
+func TestOTAKilledInEveryState(t *testing.T) {
+	l := newOTALab(t)
+	b := startOTABoard(t, l)
+	if _, stderr, code := otaCLI(t, b.ws, l.build("1.0.0", l.base, "sim", nil)); code != 0 {
+		t.Fatalf("setup update: %d %s", code, stderr)
+	}
+	for i, tc := range []struct {
+		crash   string // the crash point, see agent/ota/crash.go
+		bad     bool   // an image whose health check fails
+		outcome string // the result of the update that was cut
+	}{
+		{"prepare:1", false, ""},
+		{"prepare:4", false, ""},
+		{"prepared", false, ""},
+		{"activate:1", false, ""},
+		{"activate:2", false, proto.ResultCommitted}, // the trial was set: the power cut boots it
+		{"trial", false, proto.ResultRolledBack},
+		{"commit", false, proto.ResultRolledBack},
+		{"done", false, proto.ResultCommitted},
+		{"rollback", true, proto.ResultRolledBack},
+	} {
+		t.Run(tc.crash, func(t *testing.T) {
+			version := fmt.Sprintf("1.%d.0", i+1)
+			if tc.bad {
+				version += "-bad"
+			}
+			img := l.build(version, l.variant(2+i%3), "sim", nil)
+			if err := os.WriteFile(filepath.Join(b.state, "ota", "crash-at"), []byte(tc.crash), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if _, stderr, code := cli(t, "", "reboot", b.ws, "--wait"); code != 0 { // the crash point is read at start
+				t.Fatalf("reboot: %s", stderr)
+			}
+			boot := bootID(t, b)
+			_, stderr, code := otaCLI(t, b.ws, img)
+			if _, err := os.Stat(filepath.Join(b.state, "ota", "crash-at")); err == nil {
+				t.Fatalf("the agent never reached %s (ota exit %d: %s)", tc.crash, code, stderr)
+			}
+			waitUp(t, b, boot)
+			settled(t, b)
+			st := checkBootedSlot(t, b)
+			if tc.outcome != "" && (st.Update == nil || st.Update.Result != tc.outcome) {
+				t.Fatalf("after a cut in %s: update %+v, want %s", tc.crash, st.Update, tc.outcome)
+			}
+			if tc.outcome == "" && (st.Update == nil || st.Update.Phase == proto.PhaseDone) {
+				t.Fatalf("after a cut in %s: update %+v, want it still under way", tc.crash, st.Update)
+			}
+			t.Logf("cut in %s (ota exit %d): booted %s, update %s %s %s", tc.crash, code, slotOf(st, true).Name,
+				st.Update.Phase, st.Update.Result, st.Update.Reason)
+			if tc.bad || st.Update.Result == proto.ResultCommitted {
+				return
+			}
+			rep, stderr, code := otaCLI(t, b.ws, img)
+			if code != 0 || rep.Update.Result != proto.ResultCommitted {
+				t.Fatalf("retry after a cut in %s: %d %+v %s", tc.crash, code, rep.Update, stderr)
+			}
+			if strings.HasPrefix(tc.crash, "prepare:4") && rep.Plan.Have == 0 {
+				t.Fatalf("the retried update restarted its prepare: plan %+v", rep.Plan)
+			}
+			checkBootedSlot(t, b)
+		})
+	}
+}
+
+// TestOTAKilledDuringPrepare cuts the agent at random byte offsets of the
+// chunks crossing the link (200 cuts; OTA_KILLS overrides, e.g. 10000 via
+// `just ota-kills`). After each the board boots a verified slot, and the
+// retried update resumes: it never holds fewer chunks than before the cut,
+// less what the last unsynced flush held.
+func TestOTAKilledDuringPrepare(t *testing.T) {
+	kills := 200
+	if n, err := strconv.Atoi(os.Getenv("OTA_KILLS")); err == nil && n > 0 {
+		kills = n
+	}
+	l := newOTALab(t)
+	b := startOTABoard(t, l)
+	ctx := context.Background()
+	var (
+		img     *image.Image
+		version int
+		have    = -1
+		commits int
+	)
+	for k := 0; k < kills; {
+		if img == nil {
+			version++
+			path := l.build(fmt.Sprintf("3.%d.0", version), l.variant(1), "sim", nil)
+			var err error
+			if img, err = image.OpenFile(path); err != nil {
+				t.Fatal(err)
+			}
+			have = -1
+		}
+		pid := agentPID(t, b)
+		boot := bootID(t, b)
+		c, err := dispatcher.Dial(ctx, b.ws, dispatcher.DialOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		frac, _ := rand.Int(rand.Reader, big.NewInt(1000))
+		killed := false
+		rep, err := c.Update(ctx, img, dispatcher.OTAOptions{Progress: func(p dispatcher.OTAProgress) {
+			if p.Phase == "send" && !killed && p.Sent*1000 >= p.ToSend*frac.Int64() {
+				killed = true
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}})
+		c.Close()
+		if have > rep.Plan.Have {
+			t.Fatalf("kill %d: the board held %d chunks of this image, now %d: the prepare restarted", k, have, rep.Plan.Have)
+		}
+		have = rep.Plan.Have
+		if !killed {
+			if err != nil {
+				t.Fatalf("update %d without a kill: %v", version, err)
+			}
+			commits++
+			img.Close()
+			img = nil
+			continue
+		}
+		k++
+		waitUp(t, b, boot)
+		settled(t, b)
+		checkBootedSlot(t, b)
+	}
+	if img != nil {
+		img.Close()
+	}
+	t.Logf("%d kills during prepare, %d updates committed between them", kills, commits)
+}

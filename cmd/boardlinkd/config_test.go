@@ -1,0 +1,98 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// parseConfig is what boardlinkd would run with for args.
+func parseConfig(t *testing.T, args ...string) (Config, error) {
+	t.Helper()
+	var opts options
+	cmd := &cobra.Command{}
+	opts.bind(cmd)
+	if err := cmd.ParseFlags(args); err != nil {
+		t.Fatal(err)
+	}
+	return opts.config(cmd)
+}
+
+func TestOTASettings(t *testing.T) {
+	dir := t.TempDir()
+	keys := []string{filepath.Join(dir, "release.pub"), filepath.Join(dir, "lab.pub"), filepath.Join(dir, "cli.pub")}
+	for _, k := range keys {
+		if err := os.WriteFile(k, []byte("key\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	file := filepath.Join(dir, "agent.yaml")
+	yaml := "state_dir: " + dir + "\nboot: sim\ntrust_keys: [" + keys[0] + ", " + keys[1] + "]\n" +
+		"health_checks:\n  - systemctl is-system-running --wait\n  - test -e /run/app.ok\nhealth_timeout: 90s\n"
+	if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg, err := parseConfig(t, "--state-dir", dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Boot != "sim" || cfg.TrustKeys != nil || cfg.HealthChecks != nil || cfg.HealthTimeout != DefaultHealthTimeout {
+		t.Errorf("defaults: boot %q, keys %v, checks %v, timeout %v", cfg.Boot, cfg.TrustKeys, cfg.HealthChecks, cfg.HealthTimeout)
+	}
+
+	cfg, err = parseConfig(t, "--config", file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Boot != "sim" || !slices.Equal(cfg.TrustKeys, keys[:2]) || cfg.HealthTimeout != 90*time.Second ||
+		!slices.Equal(cfg.HealthChecks, []string{"systemctl is-system-running --wait", "test -e /run/app.ok"}) {
+		t.Errorf("from the file: %+v", cfg)
+	}
+
+	// Flags win; a list flag replaces the file's list.
+	cfg, err = parseConfig(t, "--config", file, "--trust-key", keys[2], "--health-check", "true", "--health-check", "echo ok", "--health-timeout", "5s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(cfg.TrustKeys, keys[2:]) || !slices.Equal(cfg.HealthChecks, []string{"true", "echo ok"}) || cfg.HealthTimeout != 5*time.Second {
+		t.Errorf("flags over the file: %+v", cfg)
+	}
+
+	// A file without the keys gets the flags' defaults.
+	bare := filepath.Join(dir, "bare.yaml")
+	if err := os.WriteFile(bare, []byte("state_dir: "+dir+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err = parseConfig(t, "--config", bare); err != nil || cfg.Boot != "sim" || cfg.HealthTimeout != DefaultHealthTimeout {
+		t.Errorf("bare file: %+v, %v", cfg, err)
+	}
+
+	// Every bad key file is named, in one error.
+	os.Chmod(keys[1], 0o000)
+	_, err = parseConfig(t, "--config", file, "--trust-key", keys[1], "--trust-key", filepath.Join(dir, "nope.pub"))
+	if err == nil || !strings.Contains(err.Error(), "nope.pub") {
+		t.Fatalf("bad keys: %v", err)
+	}
+	if os.Geteuid() != 0 && !strings.Contains(err.Error(), "lab.pub") { // root reads anything
+		t.Errorf("an unreadable key passed: %v", err)
+	}
+}
+
+func TestHelpDescribesTheOTASettings(t *testing.T) {
+	var out strings.Builder
+	if err := run(t.Context(), []string{"--help"}, &out, &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"--trust-key", "--health-check", "--health-timeout", "--boot",
+		"trust_keys", "health_checks", "health_timeout", "BOARDLINKD_SIM_SLOT", "falling back to A", "STATE_DIR/slots"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("--help lacks %q", want)
+		}
+	}
+}

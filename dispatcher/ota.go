@@ -1,0 +1,218 @@
+package dispatcher
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/boardlink/boardlink/image"
+	"github.com/boardlink/boardlink/proto"
+)
+
+// OTAStatus reads the board's slots and its current or last update.
+func (c *Client) OTAStatus(ctx context.Context) (proto.OTAStatus, error) {
+	var st proto.OTAStatus
+	err := c.Conn().Call(ctx, proto.MethodOTAStatus, nil, &st)
+	return st, err
+}
+
+// OTAPlan asks the board what updating to im would take, changing nothing.
+func (c *Client) OTAPlan(ctx context.Context, im *image.Image, force bool) (proto.OTAPlan, error) {
+	var plan proto.OTAPlan
+	err := c.Conn().Call(ctx, proto.MethodOTAPlan, imageParams(im, force), &plan)
+	return plan, err
+}
+
+func imageParams(im *image.Image, force bool) proto.OTAImageParams {
+	return proto.OTAImageParams{Manifest: im.RawManifest, Signature: im.Signature, Force: force}
+}
+
+// OTAOptions tune Update.
+type OTAOptions struct {
+	Force bool
+	// Progress, if set, is called with each step: chunks sent, and every
+	// status the board reports.
+	Progress func(OTAProgress)
+}
+
+// OTAProgress is one step of an update as Update sees it.
+type OTAProgress struct {
+	Phase  string           // the board's phase, or "send" while chunks go out
+	Sent   int64            // chunk bytes sent so far
+	ToSend int64            // chunk bytes the board needs
+	Status *proto.OTAStatus // the board's status, when this step is one
+}
+
+// OTAReport is how an update went.
+type OTAReport struct {
+	Plan      proto.OTAPlan    `json:"plan"`
+	Update    *proto.OTAUpdate `json:"update,omitempty"`
+	BytesSent int64            `json:"bytes_sent"` // stream bytes the link carried for the chunks
+	Reboots   int              `json:"reboots"`
+	TookMs    int64            `json:"took_ms"`
+}
+
+// OTAError is an update that ended other than committed; a rollback is a
+// failure, named with its phase and reason.
+type OTAError struct {
+	Result, Phase, Reason string
+}
+
+func (e *OTAError) Error() string {
+	return fmt.Sprintf("update %s in phase %s: %s", e.Result, e.Phase, e.Reason)
+}
+
+// maxPrepareRounds bounds how often chunks are sent again after the board
+// found some of them wrong in its final check.
+const maxPrepareRounds = 3
+
+// Update runs a whole update of the board to im: plan, send the chunks the
+// board lacks, activate, wait through the reboot and the health check, and
+// return once the board committed it. Anything else is an error: an
+// *OTAError for a rollback or a failure on the board.
+func (c *Client) Update(ctx context.Context, im *image.Image, opts OTAOptions) (OTAReport, error) {
+	start := time.Now()
+	var rep OTAReport
+	progress := func(p OTAProgress) {
+		if opts.Progress != nil {
+			opts.Progress(p)
+		}
+	}
+	var st proto.OTAStatus
+	for round := 0; ; round++ {
+		if err := c.Conn().Call(ctx, proto.MethodOTAStart, imageParams(im, opts.Force), &rep.Plan); err != nil {
+			return rep, err
+		}
+		sent, err := c.sendChunks(ctx, im, rep.Plan, progress)
+		rep.BytesSent += sent
+		if proto.IsReason(err, proto.ReasonChecksumMismatch) {
+			// The image file does not match its own signed manifest: no
+			// retry can help, and the half-written slot must not block
+			// the next update.
+			aerr := c.Conn().Call(context.WithoutCancel(ctx), proto.MethodOTAAbort, proto.OTAIDParams{ID: rep.Plan.ID}, nil)
+			return rep, errors.Join(err, aerr)
+		}
+		if err != nil {
+			return rep, err
+		}
+		st, err = c.otaWaitWhile(ctx, st.Seq, progress, func(u *proto.OTAUpdate) bool { return u.Phase == proto.PhasePrepare })
+		if err != nil {
+			return rep, err
+		}
+		if u := st.Update; u.Phase != proto.PhasePrepare || round >= maxPrepareRounds {
+			break
+		}
+	}
+	if u := st.Update; u.Phase != proto.PhasePrepared {
+		rep.Update = u
+		return rep, otaFailure(u)
+	}
+	before, err := c.Info(ctx)
+	if err != nil {
+		return rep, err
+	}
+	if err := c.Conn().Call(ctx, proto.MethodOTAActivate, proto.OTAIDParams{ID: rep.Plan.ID}, &st); err != nil {
+		return rep, err
+	}
+	boot := before.BootID
+	for {
+		var err error
+		st, err = c.otaWaitWhile(ctx, st.Seq, progress, func(u *proto.OTAUpdate) bool { return u.Phase != proto.PhaseDone })
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return rep, err
+		}
+		// The board is rebooting (into the trial, or back after a rollback).
+		back, werr := c.waitBack(ctx, boot)
+		if werr != nil {
+			return rep, werr
+		}
+		rep.Reboots++
+		boot = back.NewBootID
+		st.Seq = 0
+	}
+	rep.Update = st.Update
+	rep.TookMs = time.Since(start).Milliseconds()
+	if st.Update.Result != proto.ResultCommitted {
+		return rep, otaFailure(st.Update)
+	}
+	return rep, nil
+}
+
+func otaFailure(u *proto.OTAUpdate) error {
+	phase := u.FailedPhase
+	if phase == "" {
+		phase = u.Phase
+	}
+	return &OTAError{Result: u.Result, Phase: phase, Reason: u.Reason}
+}
+
+// sendChunks streams the chunks the plan needs and returns the stream
+// bytes the link carried for them.
+func (c *Client) sendChunks(ctx context.Context, im *image.Image, plan proto.OTAPlan, progress func(OTAProgress)) (int64, error) {
+	if len(plan.Need) == 0 {
+		return 0, nil
+	}
+	conn := c.Conn()
+	s, err := conn.OpenStream()
+	if err != nil {
+		return 0, err
+	}
+	defer s.Close()
+	var w proto.OTAWriteResult
+	if err := conn.Call(ctx, proto.MethodOTAWrite, proto.OTAWriteParams{ID: plan.ID, Stream: s.ID()}, &w); err != nil {
+		return 0, err
+	}
+	before := conn.Stats().StreamBytesOut
+	copyErr := make(chan error, 1)
+	go func() {
+		var sent int64
+		var hdr [4]byte
+		buf := make([]byte, im.Manifest.ChunkSize)
+		for _, i := range plan.Need {
+			_, n := im.Manifest.ChunkRange(i)
+			binary.BigEndian.PutUint32(hdr[:], uint32(i))
+			if _, err := im.Chunk(i).ReadAt(buf[:n], 0); err != nil && !errors.Is(err, io.EOF) {
+				s.Reset("canceled")
+				copyErr <- err
+				return
+			}
+			if _, err := s.Write(append(hdr[:], buf[:n]...)); err != nil {
+				copyErr <- err
+				return
+			}
+			sent += n
+			progress(OTAProgress{Phase: "send", Sent: sent, ToSend: plan.NeedBytes})
+		}
+		copyErr <- s.CloseWrite()
+	}()
+	werr := c.waitFile(ctx, conn, w.Transfer, nil)
+	cerr := <-copyErr
+	moved := conn.Stats().StreamBytesOut - before
+	if werr != nil {
+		return moved, werr
+	}
+	return moved, cerr
+}
+
+// otaWaitWhile follows the board's status until more returns false.
+func (c *Client) otaWaitWhile(ctx context.Context, since int64, progress func(OTAProgress), more func(*proto.OTAUpdate) bool) (proto.OTAStatus, error) {
+	for {
+		var st proto.OTAStatus
+		if err := c.Conn().Call(ctx, proto.MethodOTAWait, proto.OTAWaitParams{Since: since, TimeoutMs: 10000}, &st); err != nil {
+			return st, err
+		}
+		if st.Seq != since {
+			progress(OTAProgress{Phase: st.Update.Phase, Status: &st})
+		}
+		since = st.Seq
+		if st.Update == nil || !more(st.Update) {
+			return st, nil
+		}
+	}
+}

@@ -1,0 +1,126 @@
+package proto
+
+import "time"
+
+// The OTA family (protocol version 3).
+const (
+	MethodOTAStatus   = "ota.status"
+	MethodOTAPlan     = "ota.plan"
+	MethodOTAStart    = "ota.start"
+	MethodOTAWrite    = "ota.write"
+	MethodOTAActivate = "ota.activate"
+	MethodOTAWait     = "ota.wait"
+	MethodOTAAbort    = "ota.abort"
+	CapOTA            = "ota"
+)
+
+// Phases of an update, in order. An update ends in PhaseDone with a
+// Result, or is aborted before activation.
+const (
+	PhasePrepare  = "prepare"  // writing the inactive slot
+	PhasePrepared = "prepared" // every chunk written and the payload verified
+	PhaseActivate = "activate" // the trial boot is being set up, then the reboot
+	PhaseTrial    = "trial"    // booted into the new slot: health check
+	PhaseCommit   = "commit"   // health check passed: committing
+	PhaseRollback = "rollback" // health check failed: rolling back, then the reboot
+	PhaseDone     = "done"
+)
+
+// Results of an update that ended.
+const (
+	ResultCommitted  = "committed"
+	ResultRolledBack = "rolled_back"
+	ResultFailed     = "failed"
+	ResultAborted    = "aborted"
+)
+
+// OTAImageParams names an image by its signed manifest: the exact bytes
+// that were signed, and the signature (both base64 in JSON).
+type OTAImageParams struct {
+	Manifest  []byte `json:"manifest" validate:"required,max=4194304"`
+	Signature []byte `json:"signature" validate:"required,len=64"`
+	// Force allows a downgrade or a reinstall of the running version.
+	Force bool `json:"force,omitempty"`
+}
+
+// OTAPlan says what an update needs: which chunks must cross the link
+// (Need, by index), which the board copies from its active slot or already
+// holds in the target slot, and the bytes that leaves to send.
+type OTAPlan struct {
+	ID          string `json:"id,omitempty"` // set by ota.start
+	Slot        string `json:"slot"`         // the slot that will be written
+	Version     string `json:"version"`
+	FromVersion string `json:"from_version"` // the booted slot's version ("" unknown)
+	Chunks      int    `json:"chunks"`
+	Need        []int  `json:"need"`
+	Copy        int    `json:"copy"` // chunks copied from the active slot
+	Have        int    `json:"have"` // chunks the target slot already holds
+	NeedBytes   int64  `json:"need_bytes"`
+}
+
+// OTAWriteParams hands the agent a stream that carries chunks, each as a
+// 4-byte big-endian chunk index followed by the chunk's bytes (the chunk
+// size from the manifest; the last chunk may be short), then FIN.
+type OTAWriteParams struct {
+	ID     string `json:"id" validate:"required,max=64"`
+	Stream uint32 `json:"stream" validate:"required"`
+}
+
+// OTAWriteResult names the transfer that receives the stream: file.wait
+// on it returns once the stream is consumed (Bytes: what arrived), or the
+// error that stopped it (checksum_mismatch for a chunk that hashed wrong).
+type OTAWriteResult struct {
+	Transfer string `json:"transfer"`
+}
+
+// OTAIDParams names an update.
+type OTAIDParams struct {
+	ID string `json:"id" validate:"required,max=64"`
+}
+
+// OTAWaitParams waits until the status changes past Since (a Seq seen
+// before) or TimeoutMs passes, then returns the status.
+type OTAWaitParams struct {
+	Since     int64 `json:"since" validate:"min=0"`
+	TimeoutMs int64 `json:"timeout_ms,omitempty" validate:"min=0,max=600000"`
+}
+
+// OTASlot is one slot as ota.status reports it.
+type OTASlot struct {
+	Name    string `json:"name"`
+	Version string `json:"version,omitempty"` // "" unknown (a factory image) or being written
+	SHA256  string `json:"sha256,omitempty"`  // the payload it holds, when known
+	Writing bool   `json:"writing,omitempty"` // an update is writing it: not bootable
+	Booted  bool   `json:"booted"`
+	Active  bool   `json:"active"`
+	Trial   bool   `json:"trial"`
+}
+
+// OTAUpdate is the current or the last update.
+type OTAUpdate struct {
+	ID           string    `json:"id"`
+	Version      string    `json:"version"`
+	FromVersion  string    `json:"from_version"`
+	Slot         string    `json:"slot"`
+	Phase        string    `json:"phase"`
+	Result       string    `json:"result,omitempty"`
+	Reason       string    `json:"reason,omitempty"`
+	FailedPhase  string    `json:"failed_phase,omitempty"`
+	Chunks       int       `json:"chunks"`
+	ChunksDone   int       `json:"chunks_done"`
+	ChunksCopied int       `json:"chunks_copied"`
+	BytesLink    int64     `json:"bytes_link"` // chunk bytes received over the link
+	Size         int64     `json:"size"`
+	Started      time.Time `json:"started"`
+	Updated      time.Time `json:"updated"`
+	ElapsedMs    int64     `json:"elapsed_ms"`
+	Transitions  int       `json:"transitions"`
+}
+
+// OTAStatus is the truth about the board's slots and its update. Seq grows
+// with every change, so a client resumes its view with ota.wait.
+type OTAStatus struct {
+	Seq    int64      `json:"seq"`
+	Slots  []OTASlot  `json:"slots"`
+	Update *OTAUpdate `json:"update,omitempty"`
+}
