@@ -4,6 +4,7 @@
 #   just build    binaries into bin/
 #   just test     the README's test command
 #   just race     the concurrency packages under the race detector
+#   just ota-kills  10,000 power cuts during OTA prepares (OTA_KILLS to change)
 #   just e2e      every test, with skips that need a missing tool turned into failures
 #   just bench    every benchmark in the module (BENCH, BENCHTIME to narrow or lengthen), then bench/*/ programs
 #   just fuzz     every fuzz target, FUZZTIME each (default 30s)
@@ -27,7 +28,7 @@ test:
 
 # Run the concurrency-heavy packages under the race detector (needs cgo: gcc).
 race:
-    go test -race ./transport/... ./agent/... ./dispatcher/... ./proto/...
+    go test -race ./transport/... ./agent/... ./board/... ./dispatcher/... ./proto/...
 
 # Run every test, uncached, with BOARDLINK_E2E=1 so that a test which would skip for a missing tool fails.
 e2e:
@@ -77,6 +78,10 @@ fuzz:
         done
     done < <(go list -e -f '{{{{.Dir}} {{{{.ImportPath}}' ./...)
     echo "fuzz: $ran target(s) ran for $fuzztime each"
+
+# Kill the agent at OTA_KILLS (default 10000) random points of an update's prepare, checking the board after each.
+ota-kills:
+    OTA_KILLS=${OTA_KILLS:-10000} go test -count=1 -timeout 0 -run TestOTAKilledDuringPrepare -v ./cmd/boardlink
 
 # Run the demo.
 demo:

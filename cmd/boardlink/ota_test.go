@@ -20,6 +20,7 @@ import (
 
 	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/image"
+	"github.com/boardlink/boardlink/internal/testenv"
 	"github.com/boardlink/boardlink/proto"
 )
 
@@ -387,70 +388,73 @@ func TestOTAKilledInEveryState(t *testing.T) {
 	}
 }
 
-// TestOTAKilledDuringPrepare cuts the agent at random byte offsets of the
-// chunks crossing the link (200 cuts; OTA_KILLS overrides, e.g. 10000 via
-// `just ota-kills`). After each the board boots a verified slot, and the
-// retried update resumes: it never holds fewer chunks than before the cut,
-// less what the last unsynced flush held.
+// TestOTAKilledDuringPrepare cuts the agent (SIGKILL) at random byte
+// offsets of the chunks crossing the link: 200 cuts, 50 under the race
+// detector, OTA_KILLS to choose (`just ota-kills` runs 10,000). After each
+// cut the board boots a verified slot and tells the truth, and the update,
+// tried again, resumes its prepare (it holds at least the chunks it held
+// before) and commits.
 func TestOTAKilledDuringPrepare(t *testing.T) {
 	kills := 200
+	if testenv.Race {
+		kills = 50 // the same path, several times slower under the detector
+	}
 	if n, err := strconv.Atoi(os.Getenv("OTA_KILLS")); err == nil && n > 0 {
 		kills = n
 	}
 	l := newOTALab(t)
 	b := startOTABoard(t, l)
 	ctx := context.Background()
-	var (
-		img     *image.Image
-		version int
-		have    = -1
-		commits int
-	)
-	for k := 0; k < kills; {
-		if img == nil {
-			version++
-			path := l.build(fmt.Sprintf("3.%d.0", version), l.variant(1), "sim", nil)
-			var err error
-			if img, err = image.OpenFile(path); err != nil {
-				t.Fatal(err)
-			}
-			have = -1
-		}
-		pid := agentPID(t, b)
-		boot := bootID(t, b)
-		c, err := dispatcher.Dial(ctx, b.ws, dispatcher.DialOptions{})
+	resumed := 0
+	for k := range kills {
+		path := l.build(fmt.Sprintf("3.%d.0", k+1), l.variant(1), "sim", nil)
+		img, err := image.OpenFile(path)
 		if err != nil {
 			t.Fatal(err)
 		}
+		pid, boot := agentPID(t, b), bootID(t, b)
 		frac, _ := rand.Int(rand.Reader, big.NewInt(1000))
 		killed := false
-		rep, err := c.Update(ctx, img, dispatcher.OTAOptions{Progress: func(p dispatcher.OTAProgress) {
+		cut := dispatcher.OTAOptions{Progress: func(p dispatcher.OTAProgress) {
 			if p.Phase == "send" && !killed && p.Sent*1000 >= p.ToSend*frac.Int64() {
 				killed = true
 				syscall.Kill(pid, syscall.SIGKILL)
 			}
-		}})
-		c.Close()
-		if have > rep.Plan.Have {
-			t.Fatalf("kill %d: the board held %d chunks of this image, now %d: the prepare restarted", k, have, rep.Plan.Have)
+		}}
+		first, err := update(ctx, b, img, cut)
+		if !killed || err == nil {
+			t.Fatalf("cut %d: not killed (%v)", k, err)
 		}
-		have = rep.Plan.Have
-		if !killed {
-			if err != nil {
-				t.Fatalf("update %d without a kill: %v", version, err)
-			}
-			commits++
-			img.Close()
-			img = nil
-			continue
-		}
-		k++
 		waitUp(t, b, boot)
 		settled(t, b)
-		checkBootedSlot(t, b)
-	}
-	if img != nil {
+		st := checkBootedSlot(t, b)
+		if u := st.Update; u == nil || u.Phase != proto.PhasePrepare || u.ID != first.Plan.ID {
+			t.Fatalf("cut %d: the status says %+v, want update %s still preparing", k, u, first.Plan.ID)
+		}
+		held := st.Update.ChunksDone
+		again, err := update(ctx, b, img, dispatcher.OTAOptions{})
 		img.Close()
+		if err != nil {
+			t.Fatalf("cut %d: the retried update: %v", k, err)
+		}
+		if again.Plan.ID != first.Plan.ID || again.Plan.Have < held {
+			t.Fatalf("cut %d: the retry restarted: plan %s held %d, first %s", k, again.Plan.ID, again.Plan.Have, first.Plan.ID)
+		}
+		resumed += again.Plan.Have
 	}
-	t.Logf("%d kills during prepare, %d updates committed between them", kills, commits)
+	t.Logf("%d cuts during prepare: each board booted a verified slot, each retry resumed (%.1f of %d chunks kept on average) and committed",
+		kills, float64(resumed)/float64(kills), otaChunks)
+	if resumed == 0 {
+		t.Fatal("no retry kept a chunk: the prepare always restarted")
+	}
+}
+
+// update runs one update of b to img over a fresh connection.
+func update(ctx context.Context, b *simBoard, img *image.Image, opts dispatcher.OTAOptions) (dispatcher.OTAReport, error) {
+	c, err := dispatcher.Dial(ctx, b.ws, dispatcher.DialOptions{})
+	if err != nil {
+		return dispatcher.OTAReport{}, err
+	}
+	defer c.Close()
+	return c.Update(ctx, img, opts)
 }
