@@ -33,6 +33,10 @@ func imageParams(im *image.Image, force bool) proto.OTAImageParams {
 // OTAOptions tune Update.
 type OTAOptions struct {
 	Force bool
+	// URL, if set, serves the same image file over http(s): the board
+	// fetches the chunks it lacks from there itself, and none cross the
+	// link.
+	URL string
 	// Progress, if set, is called with each step: chunks sent, and every
 	// status the board reports.
 	Progress func(OTAProgress)
@@ -83,10 +87,18 @@ func (c *Client) Update(ctx context.Context, im *image.Image, opts OTAOptions) (
 	}
 	var st proto.OTAStatus
 	for round := 0; ; round++ {
-		if err := c.Conn().Call(ctx, proto.MethodOTAStart, imageParams(im, opts.Force), &rep.Plan); err != nil {
+		params := imageParams(im, opts.Force)
+		if opts.URL != "" {
+			params.URL, params.PayloadOffset = opts.URL, im.PayloadOffset()
+		}
+		if err := c.Conn().Call(ctx, proto.MethodOTAStart, params, &rep.Plan); err != nil {
 			return rep, err
 		}
-		sent, err := c.sendChunks(ctx, im, rep.Plan, progress)
+		var sent int64
+		var err error
+		if opts.URL == "" {
+			sent, err = c.sendChunks(ctx, im, rep.Plan, progress)
+		}
 		rep.BytesSent += sent
 		if proto.IsReason(err, proto.ReasonChecksumMismatch) {
 			// The image file does not match its own signed manifest: no

@@ -41,6 +41,12 @@ type OTAImageParams struct {
 	Signature []byte `json:"signature" validate:"required,len=64"`
 	// Force allows a downgrade or a reinstall of the running version.
 	Force bool `json:"force,omitempty"`
+	// URL, on ota.start, makes the agent fetch the chunks it lacks from
+	// the image file served at URL (http or https, with Range requests),
+	// instead of over the link; PayloadOffset is where the payload begins
+	// in that file.
+	URL           string `json:"url,omitempty" validate:"omitempty,max=8192,url,startswith=http"`
+	PayloadOffset int64  `json:"payload_offset,omitempty" validate:"min=0"`
 }
 
 // OTAPlan says what an update needs: which chunks must cross the link
@@ -109,7 +115,8 @@ type OTAUpdate struct {
 	Chunks       int       `json:"chunks"`
 	ChunksDone   int       `json:"chunks_done"`
 	ChunksCopied int       `json:"chunks_copied"`
-	BytesLink    int64     `json:"bytes_link"` // chunk bytes received over the link
+	BytesLink    int64     `json:"bytes_link"`          // chunk bytes received over the link
+	BytesURL     int64     `json:"bytes_url,omitempty"` // chunk bytes the agent fetched from the URL
 	Size         int64     `json:"size"`
 	Started      time.Time `json:"started"`
 	Updated      time.Time `json:"updated"`

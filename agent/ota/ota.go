@@ -64,6 +64,7 @@ type Updater struct {
 	seq      int64
 	changed  chan struct{} // closed and replaced on every change
 	received bool          // a stream is being received
+	filling  bool          // copying from the active slot or fetching from the URL
 
 	crashAt    string // see crashFile
 	crashAfter int
@@ -230,7 +231,7 @@ func (u *Updater) statusLocked(bs board.BootState) proto.OTAStatus {
 	if v := u.upd; v != nil {
 		out.Update = &proto.OTAUpdate{ID: v.ID, Version: v.Version, FromVersion: v.FromVersion, Slot: v.Slot,
 			Phase: v.Phase, Result: v.Result, Reason: v.Reason, FailedPhase: v.FailedPhase,
-			Chunks: v.Chunks, ChunksDone: v.count(), ChunksCopied: v.Copied, BytesLink: v.BytesLink,
+			Chunks: v.Chunks, ChunksDone: v.count(), ChunksCopied: v.Copied, BytesLink: v.BytesLink, BytesURL: v.BytesURL,
 			Size: v.Size, Started: v.Started, Updated: v.Updated,
 			ElapsedMs: v.Updated.Sub(v.Started).Milliseconds(), Transitions: v.Transitions}
 		if v.Phase != proto.PhaseDone {
@@ -368,6 +369,12 @@ func (u *Updater) Begin(ctx context.Context, p proto.OTAImageParams) (proto.OTAP
 	}
 	if plan.ID != "" { // resuming: the target is already marked, the bitmap kept
 		u.log.Info("ota: resuming", "id", plan.ID, "have", plan.Have, "need", len(plan.Need))
+		if p.URL != "" && u.upd.URL != p.URL {
+			u.upd.URL, u.upd.PayloadOffset = p.URL, p.PayloadOffset
+			if err := u.saveLocked(); err != nil {
+				return plan, err
+			}
+		}
 		return plan, u.prepareLocked()
 	}
 	if bs.Trial != "" {
@@ -383,7 +390,7 @@ func (u *Updater) Begin(ctx context.Context, p proto.OTAImageParams) (proto.OTAP
 	id := newID()
 	upd := &update{ID: id, Version: m.Version, FromVersion: plan.FromVersion, PayloadSHA: m.PayloadSHA256,
 		Slot: plan.Slot, Phase: proto.PhasePrepare, Done: make([]byte, (len(m.Chunks)+7)/8),
-		Chunks: len(m.Chunks), Size: m.PayloadSize,
+		Chunks: len(m.Chunks), Size: m.PayloadSize, URL: p.URL, PayloadOffset: p.PayloadOffset,
 		Started: time.Now().UTC()}
 	old := u.slots[plan.Slot]
 	need := map[int]bool{}
@@ -444,15 +451,36 @@ func (u *Updater) prepareLocked() error {
 			jobs = append(jobs, i)
 		}
 	}
-	if len(jobs) == 0 {
+	if len(jobs) == 0 && u.upd.URL == "" {
 		return u.maybeFinishPrepareLocked()
 	}
 	srcPath, err := u.cfg.Boot.SlotPath(bs.Active)
 	if err != nil {
 		return proto.Errorf(proto.ReasonInternal, "slot %s: %v", bs.Active, err)
 	}
-	id, ctx, target := u.upd.ID, u.ctx, u.target
-	u.work.Go(func() { u.copyChunks(ctx, id, target, srcPath, src, jobs) })
+	if u.filling {
+		return nil // the goroutine below is at work already
+	}
+	u.filling = true
+	id, ctx, target, url, payloadOff := u.upd.ID, u.ctx, u.target, u.upd.URL, u.upd.PayloadOffset
+	u.work.Go(func() {
+		defer func() {
+			u.mu.Lock()
+			u.filling = false
+			u.mu.Unlock()
+		}()
+		u.copyChunks(ctx, id, target, srcPath, src, jobs)
+		if url != "" {
+			u.fetchChunks(ctx, id, target, url, payloadOff)
+		}
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		if u.upd != nil && u.upd.ID == id && u.upd.Phase == proto.PhasePrepare {
+			if err := u.syncLocked(); err == nil {
+				_ = u.maybeFinishPrepareLocked()
+			}
+		}
+	})
 	return nil
 }
 
@@ -485,13 +513,6 @@ func (u *Updater) copyChunks(ctx context.Context, id string, target *os.File, sr
 			return
 		}
 	}
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	if u.upd != nil && u.upd.ID == id {
-		if err := u.syncLocked(); err == nil {
-			_ = u.maybeFinishPrepareLocked()
-		}
-	}
 }
 
 // flushEvery is how many chunks may be marked done before the slot is
@@ -502,6 +523,10 @@ const flushEvery = 8
 // flushEvery chunks the slot is fsynced and then the bitmap saved: a chunk
 // is never recorded before its bytes are durable.
 func (u *Updater) markDone(id string, i int, linkBytes int64, copied bool) error {
+	return u.markDoneFrom(id, i, linkBytes, 0, copied)
+}
+
+func (u *Updater) markDoneFrom(id string, i int, linkBytes, urlBytes int64, copied bool) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.upd == nil || u.upd.ID != id || u.upd.Phase != proto.PhasePrepare {
@@ -514,6 +539,7 @@ func (u *Updater) markDone(id string, i int, linkBytes int64, copied bool) error
 		}
 	}
 	u.upd.BytesLink += linkBytes
+	u.upd.BytesURL += urlBytes
 	u.dirty++
 	if u.dirty >= flushEvery {
 		return u.syncLocked()

@@ -27,23 +27,27 @@ const maxTransitions = 32
 
 // update is the persisted state of the current or last update.
 type update struct {
-	ID          string    `json:"id"`
-	Version     string    `json:"version"`
-	FromVersion string    `json:"from_version"`
-	PayloadSHA  string    `json:"payload_sha256"`
-	Slot        string    `json:"slot"`
-	Phase       string    `json:"phase"`
-	Result      string    `json:"result,omitempty"`
-	Reason      string    `json:"reason,omitempty"`
-	FailedPhase string    `json:"failed_phase,omitempty"`
-	Chunks      int       `json:"chunks"`
-	Size        int64     `json:"size"`
-	Done        []byte    `json:"done"`   // bitmap of chunks written, synced and verified
-	Copied      int       `json:"copied"` // chunks copied from the active slot
-	BytesLink   int64     `json:"bytes_link"`
-	Started     time.Time `json:"started"`
-	Updated     time.Time `json:"updated"`
-	Transitions int       `json:"transitions"`
+	ID          string `json:"id"`
+	Version     string `json:"version"`
+	FromVersion string `json:"from_version"`
+	PayloadSHA  string `json:"payload_sha256"`
+	Slot        string `json:"slot"`
+	Phase       string `json:"phase"`
+	Result      string `json:"result,omitempty"`
+	Reason      string `json:"reason,omitempty"`
+	FailedPhase string `json:"failed_phase,omitempty"`
+	Chunks      int    `json:"chunks"`
+	Size        int64  `json:"size"`
+	Done        []byte `json:"done"`   // bitmap of chunks written, synced and verified
+	Copied      int    `json:"copied"` // chunks copied from the active slot
+	BytesLink   int64  `json:"bytes_link"`
+	BytesURL    int64  `json:"bytes_url,omitempty"`
+	// URL and PayloadOffset: where the agent fetches missing chunks itself.
+	URL           string    `json:"url,omitempty"`
+	PayloadOffset int64     `json:"payload_offset,omitempty"`
+	Started       time.Time `json:"started"`
+	Updated       time.Time `json:"updated"`
+	Transitions   int       `json:"transitions"`
 	// TrialSet is true once the boot loader holds the trial; TrialBoot is
 	// the boot id that set it, to tell a restart of the agent from a reboot.
 	TrialSet  bool   `json:"trial_set,omitempty"`

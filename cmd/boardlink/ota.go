@@ -19,6 +19,7 @@ import (
 func newOTACmd(g *globals) *cobra.Command {
 	var (
 		force   bool
+		url     string
 		status  bool
 		asJSON  bool
 		timeout time.Duration
@@ -39,6 +40,10 @@ check, and a commit. If the health check fails, or the trial boot does not
 come up, the board rolls back to the old slot: that is a failure, reported
 with its phase and reason, never a success.
 
+With --url, the board fetches the chunks it lacks from the same image file
+served over http(s) (Range requests), so nothing but the manifest crosses
+the link: for a board on a slow serial line and a fast network.
+
 The update runs on the board, not in this command: if the link drops, run
 the same command again and it resumes (a prepare continues where it
 stopped). Progress is drawn on stderr on a terminal.
@@ -51,6 +56,7 @@ checksum, model, version), named in the message; 124 not done within
 --timeout; 255 the link failed; 2 a usage error.`,
 		Example: `  boardlink ota board1 build/rootfs-2.1.0.img
   boardlink ota ws://10.77.0.2:7207 rootfs-2.0.9.img --force --json
+  boardlink ota serial:///dev/ttyUSB0 rootfs-2.1.0.img --url http://10.77.0.1:8000/rootfs-2.1.0.img
   boardlink ota board1 --status`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			want := 2
@@ -93,7 +99,7 @@ checksum, model, version), named in the message; 124 not done within
 				return nil
 			}
 			show := newOTADisplay(cmd.ErrOrStderr(), filepath.Base(args[1]))
-			rep, err := c.Update(ctx, im, dispatcher.OTAOptions{Force: force, Progress: show.step})
+			rep, err := c.Update(ctx, im, dispatcher.OTAOptions{Force: force, URL: url, Progress: show.step})
 			show.done(err == nil)
 			if asJSON {
 				if jerr := writeJSON(out, otaJSON{OTAReport: rep, Error: errString(err)}); jerr != nil {
@@ -110,6 +116,7 @@ checksum, model, version), named in the message; 124 not done within
 	}
 	f := cmd.Flags()
 	f.BoolVar(&force, "force", false, "allow a downgrade or a reinstall of the running version")
+	f.StringVar(&url, "url", "", "the same IMAGE served over http(s): the board fetches the chunks it lacks from there, not over the link")
 	f.BoolVar(&status, "status", false, "print the board's slots and its current or last update")
 	f.BoolVar(&asJSON, "json", false, "print the result (or the status) as JSON")
 	f.DurationVar(&timeout, "timeout", 30*time.Minute, "give up after this long")

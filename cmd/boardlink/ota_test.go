@@ -10,10 +10,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/big"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -204,6 +207,23 @@ func TestOTA(t *testing.T) {
 	}
 	t.Logf("delta update (1 of 64 chunks changed): %d bytes on the link (%.2f%% of the payload)",
 		rep.BytesSent, 100*float64(rep.BytesSent)/float64(payloadSize))
+
+	// From a URL: the board fetches what it lacks itself; the link carries none of it.
+	v3 := l.build("1.1.5", l.variant(4), "sim", nil)
+	var ranges atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Range") != "" {
+			ranges.Add(1)
+		}
+		http.ServeFile(w, r, v3)
+	}))
+	defer srv.Close()
+	rep, stderr, code = otaCLI(t, b.ws, v3, "--url", srv.URL+"/v3.img")
+	if code != 0 || rep.BytesSent != 0 || rep.Update.BytesURL == 0 || int(ranges.Load()) != len(rep.Plan.Need) {
+		t.Fatalf("update from a URL: %d, %d bytes on the link, update %+v, %d range requests for %d chunks; %s",
+			code, rep.BytesSent, rep.Update, ranges.Load(), len(rep.Plan.Need), stderr)
+	}
+	t.Logf("update from a URL: %d chunks fetched by the board (%d bytes), 0 on the link", len(rep.Plan.Need), rep.Update.BytesURL)
 
 	// Refused without touching the boot environment.
 	_, other, _ := ed25519.GenerateKey(nil)
