@@ -4,7 +4,7 @@ package proto
 // version in session.hello; the agent answers requests of any version in
 // [MinVersion, Version].
 const (
-	Version    = 2
+	Version    = 3
 	MinVersion = 1
 )
 
@@ -26,4 +26,7 @@ var History = []Change{
 		"streams), file.wait, file.download (agent-side fetch with a required sha256, " +
 		"package cache, tar extraction), system.reboot, and the progress notification. " +
 		"Version 1 clients are still served."},
+	{3, "2026-11-22", "ota.status, ota.plan, ota.start, ota.write, ota.activate, ota.wait and " +
+		"ota.abort: signed A/B updates with chunk-level delta, trial boot, health check, commit " +
+		"or rollback; board.info reports slots. Earlier clients are still served."},
 }
