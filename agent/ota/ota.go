@@ -208,9 +208,9 @@ func (u *Updater) verify(raw, sig []byte) (image.Manifest, error) {
 
 // Status tells the truth about slots and the update.
 func (u *Updater) Status(ctx context.Context) (proto.OTAStatus, error) {
-	bs, err := u.cfg.Boot.State(ctx)
+	bs, err := u.bootState(ctx)
 	if err != nil {
-		return proto.OTAStatus{}, proto.Errorf(proto.ReasonInternal, "boot loader: %v", err)
+		return proto.OTAStatus{}, err
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -261,17 +261,31 @@ func (u *Updater) Wait(ctx context.Context, since int64) (proto.OTAStatus, error
 // Plan checks an image against the board and says what an update needs,
 // changing nothing.
 func (u *Updater) Plan(ctx context.Context, p proto.OTAImageParams) (proto.OTAPlan, error) {
-	bs, err := u.cfg.Boot.State(ctx)
-	if err != nil {
-		return proto.OTAPlan{}, proto.Errorf(proto.ReasonInternal, "boot loader: %v", err)
-	}
-	m, err := u.verify(p.Manifest, p.Signature)
+	bs, m, err := u.check(ctx, p)
 	if err != nil {
 		return proto.OTAPlan{}, err
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return u.planLocked(bs, m, p.Force)
+}
+
+// check reads the boot loader and verifies the image's manifest.
+func (u *Updater) check(ctx context.Context, p proto.OTAImageParams) (board.BootState, image.Manifest, error) {
+	bs, err := u.bootState(ctx)
+	if err != nil {
+		return bs, image.Manifest{}, err
+	}
+	m, err := u.verify(p.Manifest, p.Signature)
+	return bs, m, err
+}
+
+func (u *Updater) bootState(ctx context.Context) (board.BootState, error) {
+	bs, err := u.cfg.Boot.State(ctx)
+	if err != nil {
+		return bs, proto.Errorf(proto.ReasonInternal, "boot loader: %v", err)
+	}
+	return bs, nil
 }
 
 func (u *Updater) planLocked(bs board.BootState, m image.Manifest, force bool) (proto.OTAPlan, error) {
@@ -353,11 +367,7 @@ func (u *Updater) chunkIndex(slot string) map[string]*sourceChunk {
 // chunks the active slot holds. The caller sends the chunks in Need with
 // Receive.
 func (u *Updater) Begin(ctx context.Context, p proto.OTAImageParams) (proto.OTAPlan, error) {
-	bs, err := u.cfg.Boot.State(ctx)
-	if err != nil {
-		return proto.OTAPlan{}, proto.Errorf(proto.ReasonInternal, "boot loader: %v", err)
-	}
-	m, err := u.verify(p.Manifest, p.Signature)
+	bs, m, err := u.check(ctx, p)
 	if err != nil {
 		return proto.OTAPlan{}, err
 	}
@@ -440,9 +450,9 @@ func (u *Updater) prepareLocked() error {
 			return proto.Errorf(proto.ReasonInternal, "slot %s: %v", u.upd.Slot, err)
 		}
 	}
-	bs, err := u.cfg.Boot.State(u.ctx)
+	bs, err := u.bootState(u.ctx)
 	if err != nil {
-		return proto.Errorf(proto.ReasonInternal, "boot loader: %v", err)
+		return err
 	}
 	src := u.chunkIndex(bs.Active)
 	var jobs []int
