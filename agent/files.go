@@ -272,7 +272,7 @@ func (a *Agent) receive(root *os.Root, rel, partial string, f *os.File, h hash.H
 	if err := root.Rename(partial, rel); err != nil {
 		return proto.FileResult{}, rootpath.Error(p.Path, err)
 	}
-	if err := syncDir(root, filepath.Dir(rel)); err != nil {
+	if err := rootpath.SyncDir(root, filepath.Dir(rel)); err != nil {
 		return proto.FileResult{}, proto.Errorf(proto.ReasonInternal, "%s: %v", p.Path, err)
 	}
 	info, err := root.Stat(rel)

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -66,19 +65,6 @@ func ensureParent(root *os.Root, p, rel string, parents bool) error {
 	}
 	if !st.IsDir() {
 		return proto.InvalidField("path", "dir", "%s: parent is not a directory", p)
-	}
-	return nil
-}
-
-// syncDir makes a rename in dir durable.
-func syncDir(root *os.Root, dir string) error {
-	d, err := root.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/boardlink/boardlink/internal/atomicfile"
 	"github.com/boardlink/boardlink/proto"
 	"github.com/boardlink/boardlink/transport"
 )
@@ -211,7 +212,7 @@ func (c *Client) Pull(ctx context.Context, remote, local string, opts TransferOp
 		return res, err
 	}
 	keep = true // renamed: nothing to remove
-	return res, syncDir(filepath.Dir(local))
+	return res, atomicfile.SyncDir(filepath.Dir(local))
 }
 
 // hashRange returns the hex sha256 of f's first n bytes.
@@ -221,15 +222,6 @@ func hashRange(f *os.File, n int64) (string, error) {
 		return "", err
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // counter counts bytes on their way to w and reports progress.

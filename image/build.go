@@ -14,8 +14,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
+
+	"github.com/boardlink/boardlink/internal/atomicfile"
 )
 
 // BuildOptions are what Build needs besides the payload.
@@ -242,22 +243,8 @@ func BuildFile(out, payloadPath string, opts BuildOptions) (Manifest, error) {
 		return Manifest{}, fmt.Errorf("build image: %w", err)
 	}
 	ok = true
-	if err := syncDir(dir); err != nil {
+	if err := atomicfile.SyncDir(dir); err != nil {
 		return Manifest{}, fmt.Errorf("build image: sync directory of %s: %w", out, err)
 	}
 	return m, nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	// Some file systems cannot fsync a directory; the rename is then as
-	// durable as they make it.
-	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOTSUP) {
-		return err
-	}
-	return nil
 }

@@ -12,7 +12,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path"
-	"syscall"
 
 	"github.com/boardlink/boardlink/internal/rootpath"
 	"github.com/boardlink/boardlink/proto"
@@ -157,14 +156,7 @@ func tempName(dest, kind string) string {
 
 // syncDir makes a rename in dir durable.
 func syncDir(root *os.Root, dir string) error {
-	d, err := root.Open(dir)
-	if err != nil {
-		return localError("fsync "+dir, err)
-	}
-	defer d.Close()
-	// Some file systems cannot fsync a directory; the rename is then as
-	// durable as they make it.
-	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOTSUP) {
+	if err := rootpath.SyncDir(root, dir); err != nil {
 		return localError("fsync "+dir, err)
 	}
 	return nil

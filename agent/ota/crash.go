@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/boardlink/boardlink/internal/atomicfile"
 )
 
 // crashFile, when present in the state directory, holds a crash point
@@ -40,16 +42,7 @@ func (u *Updater) crashPoint() {
 	if err := os.Remove(u.st.path(crashFile)); err != nil {
 		panic(fmt.Sprintf("ota: crash point: %v", err)) // crashing again at every boot would loop
 	}
-	_ = syncDir(u.cfg.Dir)
+	_ = atomicfile.SyncDir(u.cfg.Dir)
 	_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 	select {} // the signal is on its way
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

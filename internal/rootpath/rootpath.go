@@ -7,6 +7,7 @@ package rootpath
 import (
 	"errors"
 	"io/fs"
+	"os"
 	"strings"
 	"syscall"
 
@@ -45,4 +46,19 @@ func IsEscape(err error) bool {
 		return false
 	}
 	return strings.Contains(pe.Err.Error(), "escapes")
+}
+
+// SyncDir makes a rename in dir (relative to root) durable. Some file
+// systems cannot fsync a directory; the rename is then as durable as they
+// make it.
+func SyncDir(root *os.Root, dir string) error {
+	d, err := root.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOTSUP) {
+		return err
+	}
+	return nil
 }
