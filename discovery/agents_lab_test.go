@@ -45,8 +45,8 @@ func TestLabRealAgents(t *testing.T) {
 	for id, nd := range map[string]*node{"board1": b1, "board2": b2} {
 		r := added[id].Record
 		want := Record{ID: id, Model: "imx8", Protocol: proto.Version,
-			Capabilities: []string{proto.CapExec, proto.CapExecDetach, proto.CapFile, proto.CapDownload, proto.CapReboot},
-			Version:      version.Version, BootID: r.BootID, Labels: map[string]string{"rack": id[len(id)-1:]}, Port: 7207}
+			Capabilities: []string{proto.CapExec, proto.CapExecDetach, proto.CapFile, proto.CapDownload, proto.CapReboot, proto.CapOTA},
+			Version:      version.Version, BootID: r.BootID, Slot: "A", Labels: map[string]string{"rack": id[len(id)-1:]}, Port: 7207}
 		checkBoard(t, r, want, fmt.Sprintf("ws://%s:7207", nd.IPv4))
 		if r.BootID == "" {
 			t.Errorf("%s announced no boot id", id)

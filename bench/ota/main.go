@@ -22,6 +22,9 @@
 //     slot, copies the unchanged chunks from the slot it runs, and only the
 //     changed chunks cross the link.
 //
+// A push and a full update into each slot before the first round warm up
+// the caches, the connection and the slot files; they are not counted.
+//
 // The slot each update writes holds the image from two updates earlier,
 // which shares no chunk with the new one: no chunk is ever found already in
 // place, and the plan of every update is checked to be exactly as above
@@ -145,7 +148,7 @@ type bench struct {
 	chunk    int64
 	chunks   int
 	version  int   // the last version installed, as N.0.0
-	imgBytes int64 // the size of the last full image file
+	imgBytes int64 // the size of the last image file built
 }
 
 func run(ctx context.Context, size, chunk int64, runs int, pcts []float64) (err error) {
@@ -203,6 +206,35 @@ func run(ctx context.Context, size, chunk int64, runs int, pcts []float64) (err 
 	bn.c = c
 	fmt.Printf("board: boardlinkd --board sim on %s (pid %d), state dir %s\n", b.ws, b.cmd.Process.Pid, b.state)
 
+	// A warm-up, not counted: one push and a full update into each slot,
+	// so that the timed runs pay neither for cold caches nor for the first
+	// write of a slot file (the sim board starts with none).
+	for i := range 2 {
+		warmPayload := filepath.Join(tmp, "warm.payload")
+		if err := writeRandom(warmPayload, size); err != nil {
+			return err
+		}
+		warm, err := bn.build(warmPayload)
+		if err != nil {
+			return err
+		}
+		if err := os.Remove(warmPayload); err != nil {
+			return err
+		}
+		if i == 0 {
+			if _, err := bn.push(ctx, warm); err != nil {
+				return fmt.Errorf("warm-up push: %w", err)
+			}
+		}
+		if _, err := bn.update(ctx, warm, -1); err != nil {
+			return fmt.Errorf("warm-up update: %w", err)
+		}
+		if err := removeImages(tmp); err != nil {
+			return err
+		}
+	}
+	fmt.Println("warm-up (one push, a full update into each slot; not counted): done")
+
 	fulls := []otaRun{}
 	deltas := make([][]otaRun, len(pcts))
 	var pushes []pushRun
@@ -231,10 +263,8 @@ func run(ctx context.Context, size, chunk int64, runs int, pcts []float64) (err 
 			}
 			deltas[i] = append(deltas[i], d)
 			printRun(fmt.Sprintf("%g%%", pct), d)
-			for _, p := range []string{full, delta} {
-				if err := os.Remove(p); err != nil {
-					return err
-				}
+			if err := removeImages(tmp); err != nil {
+				return err
 			}
 		}
 	}
@@ -244,7 +274,7 @@ func run(ctx context.Context, size, chunk int64, runs int, pcts []float64) (err 
 
 	fmt.Println()
 	fmt.Printf("payload: %s of random bytes in %d chunks of %s; image file %s; rounds: %d (median); CPUs: %d\n",
-		human(size), bn.chunks, human(chunk), human(bn.imgBytes), runs, runtime.NumCPU())
+		human(size), bn.chunks, human(chunk), mib(bn.imgBytes), runs, runtime.NumCPU())
 	fmt.Printf("board: real boardlinkd, --board sim, ws on 127.0.0.1, --sim-boot-delay %s, no health check\n", bootDelay)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "update\tn\tchunks sent\tchunks copied\tlink bytes\t% of payload\ttime\tprepare\tactivate..commit\treboots\ttime OTA/push\tbytes OTA/push\t")
@@ -302,6 +332,17 @@ func printRun(name string, o otaRun) {
 		name, sec(o.took), sec(o.prepare), o.sent, o.copied, mib(o.bytes), o.reboots)
 }
 
+// removeImages removes the image files in dir.
+func removeImages(dir string) error {
+	imgs, err := filepath.Glob(filepath.Join(dir, "*.img"))
+	for _, p := range imgs {
+		if rerr := os.Remove(p); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+	}
+	return err
+}
+
 // buildPair builds a full image of a fresh random payload and a delta image
 // whose payload has pct% of its chunks (at least one) rewritten, both with
 // the next versions, and returns their paths and how many chunks differ.
@@ -324,25 +365,30 @@ func (bn *bench) buildPair(ctx context.Context, pct float64) (full, delta string
 	if err := rewriteChunks(variant, bn.size, bn.chunk, mrand.Perm(bn.chunks)[:changed]); err != nil {
 		return "", "", 0, err
 	}
-	build := func(payload string) (string, error) {
-		bn.version++
-		v := fmt.Sprintf("%d.0.0", bn.version)
-		out := filepath.Join(bn.dir, v+".img")
-		_, err := image.BuildFile(out, payload, image.BuildOptions{Key: bn.key, Models: []string{"sim"}, Version: v, ChunkSize: bn.chunk})
-		return out, err
-	}
-	if full, err = build(base); err != nil {
+	if full, err = bn.build(base); err != nil {
 		return "", "", 0, err
 	}
-	st, err := os.Stat(full)
-	if err != nil {
-		return "", "", 0, err
-	}
-	bn.imgBytes = st.Size()
-	if delta, err = build(variant); err != nil {
+	if delta, err = bn.build(variant); err != nil {
 		return "", "", 0, err
 	}
 	return full, delta, changed, nil
+}
+
+// build builds an image of the payload file with the next version and
+// returns its path.
+func (bn *bench) build(payload string) (string, error) {
+	bn.version++
+	v := fmt.Sprintf("%d.0.0", bn.version)
+	out := filepath.Join(bn.dir, v+".img")
+	if _, err := image.BuildFile(out, payload, image.BuildOptions{Key: bn.key, Models: []string{"sim"}, Version: v, ChunkSize: bn.chunk}); err != nil {
+		return "", err
+	}
+	st, err := os.Stat(out)
+	if err != nil {
+		return "", err
+	}
+	bn.imgBytes = st.Size()
+	return out, nil
 }
 
 // push times a push of the image file at path to the board's state
