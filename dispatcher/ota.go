@@ -73,18 +73,31 @@ func (e *OTAError) Error() string {
 // found some of them wrong in its final check.
 const maxPrepareRounds = 3
 
-// Update runs a whole update of the board to im: plan, send the chunks the
-// board lacks, activate, wait through the reboot and the health check, and
-// return once the board committed it. Anything else is an error: an
+// Update runs a whole update of the board to im: Prepare, then Execute.
+// It returns once the board committed it; anything else is an error: an
 // *OTAError for a rollback or a failure on the board.
 func (c *Client) Update(ctx context.Context, im *image.Image, opts OTAOptions) (OTAReport, error) {
 	start := time.Now()
-	var rep OTAReport
-	progress := func(p OTAProgress) {
-		if opts.Progress != nil {
-			opts.Progress(p)
-		}
+	rep, err := c.Prepare(ctx, im, opts)
+	if err == nil {
+		err = c.Execute(ctx, &rep, opts)
 	}
+	rep.TookMs = time.Since(start).Milliseconds()
+	return rep, err
+}
+
+func (o OTAOptions) progress(p OTAProgress) {
+	if o.Progress != nil {
+		o.Progress(p)
+	}
+}
+
+// Prepare has the board write its inactive slot with im: it plans, sends
+// the chunks the board lacks (or lets it fetch them from opts.URL), and
+// returns once the board verified the slot (phase prepared). Run again
+// after a cut, it resumes.
+func (c *Client) Prepare(ctx context.Context, im *image.Image, opts OTAOptions) (OTAReport, error) {
+	var rep OTAReport
 	var st proto.OTAStatus
 	for round := 0; ; round++ {
 		params := imageParams(im, opts.Force)
@@ -97,7 +110,7 @@ func (c *Client) Update(ctx context.Context, im *image.Image, opts OTAOptions) (
 		var sent int64
 		var err error
 		if opts.URL == "" {
-			sent, err = c.sendChunks(ctx, im, rep.Plan, progress)
+			sent, err = c.sendChunks(ctx, im, rep.Plan, opts.progress)
 		}
 		rep.BytesSent += sent
 		if proto.IsReason(err, proto.ReasonChecksumMismatch) {
@@ -110,7 +123,7 @@ func (c *Client) Update(ctx context.Context, im *image.Image, opts OTAOptions) (
 		if err != nil {
 			return rep, err
 		}
-		st, err = c.otaWaitWhile(ctx, st.Seq, progress, func(u *proto.OTAUpdate) bool { return u.Phase == proto.PhasePrepare })
+		st, err = c.otaWaitWhile(ctx, st.Seq, opts.progress, func(u *proto.OTAUpdate) bool { return u.Phase == proto.PhasePrepare })
 		if err != nil {
 			return rep, err
 		}
@@ -118,42 +131,49 @@ func (c *Client) Update(ctx context.Context, im *image.Image, opts OTAOptions) (
 			break
 		}
 	}
-	if u := st.Update; u.Phase != proto.PhasePrepared {
-		rep.Update = u
-		return rep, otaFailure(u)
+	rep.Update = st.Update
+	if st.Update.Phase != proto.PhasePrepared {
+		return rep, otaFailure(st.Update)
 	}
+	return rep, nil
+}
+
+// Execute activates a prepared update (rep.Plan.ID), waits through the
+// reboot into the trial, the health check and, after a rollback, the
+// reboot back, and returns once the update ended: nil only if committed.
+func (c *Client) Execute(ctx context.Context, rep *OTAReport, opts OTAOptions) error {
 	before, err := c.Info(ctx)
 	if err != nil {
-		return rep, err
+		return err
 	}
+	var st proto.OTAStatus
 	if err := c.Conn().Call(ctx, proto.MethodOTAActivate, proto.OTAIDParams{ID: rep.Plan.ID}, &st); err != nil {
-		return rep, err
+		return err
 	}
 	boot := before.BootID
 	for {
 		var err error
-		st, err = c.otaWaitWhile(ctx, st.Seq, progress, func(u *proto.OTAUpdate) bool { return u.Phase != proto.PhaseDone })
+		st, err = c.otaWaitWhile(ctx, st.Seq, opts.progress, func(u *proto.OTAUpdate) bool { return u.Phase != proto.PhaseDone })
 		if err == nil {
 			break
 		}
 		if ctx.Err() != nil {
-			return rep, err
+			return err
 		}
 		// The board is rebooting (into the trial, or back after a rollback).
 		back, werr := c.waitBack(ctx, boot)
 		if werr != nil {
-			return rep, werr
+			return werr
 		}
 		rep.Reboots++
 		boot = back.NewBootID
 		st.Seq = 0
 	}
 	rep.Update = st.Update
-	rep.TookMs = time.Since(start).Milliseconds()
 	if st.Update.Result != proto.ResultCommitted {
-		return rep, otaFailure(st.Update)
+		return otaFailure(st.Update)
 	}
-	return rep, nil
+	return nil
 }
 
 func otaFailure(u *proto.OTAUpdate) error {

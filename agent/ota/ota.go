@@ -42,7 +42,11 @@ type Config struct {
 	// Reboot restarts the board; it must not return before the agent is
 	// stopping. Nil: updates can be prepared but not activated.
 	Reboot func()
-	Logger *slog.Logger
+	// OnPhase, if set, is called (with the machine's lock held: it must
+	// not call back) each time an update enters a phase: for metrics and
+	// for tests that count boards by phase on the board's side.
+	OnPhase func(id, phase string)
+	Logger  *slog.Logger
 }
 
 // Updater runs one update at a time. Its methods are safe for concurrent
@@ -153,7 +157,14 @@ func (u *Updater) transitionLocked(phase string) error {
 		return u.finishLocked(proto.ResultFailed, fmt.Sprintf("more than %d transitions: stopped", maxTransitions))
 	}
 	u.upd.Phase = phase
+	u.phaseHook()
 	return u.saveLocked()
+}
+
+func (u *Updater) phaseHook() {
+	if u.cfg.OnPhase != nil {
+		u.cfg.OnPhase(u.upd.ID, u.upd.Phase)
+	}
 }
 
 func (u *Updater) saveLocked() error {
@@ -182,6 +193,7 @@ func (u *Updater) finishLocked(result, reason string) error {
 	}
 	u.upd.Phase, u.upd.Result, u.upd.Reason = proto.PhaseDone, result, reason
 	u.upd.Transitions++
+	u.phaseHook()
 	u.closeTargetLocked()
 	u.log.Info("ota: update ended", "id", u.upd.ID, "result", result, "reason", reason)
 	return u.saveLocked()
@@ -420,6 +432,7 @@ func (u *Updater) Begin(ctx context.Context, p proto.OTAImageParams) (proto.OTAP
 		return plan, proto.Errorf(proto.ReasonInternal, "ota: %v", err)
 	}
 	u.upd, u.man = upd, m
+	u.phaseHook()
 	if err := u.saveLocked(); err != nil {
 		return plan, err
 	}
@@ -737,6 +750,7 @@ func (u *Updater) resumeLocked() error {
 		case !v.TrialSet && bs.Trial == "":
 			// Cut before the boot loader took the trial: still prepared.
 			v.Phase = proto.PhasePrepared
+			u.phaseHook()
 			return u.saveLocked()
 		case bs.Trial == v.Slot && v.TrialBoot == u.cfg.BootID:
 			// The agent restarted before the reboot: do it now.
