@@ -40,6 +40,33 @@ type OTAOptions struct {
 	// Progress, if set, is called with each step: chunks sent, and every
 	// status the board reports.
 	Progress func(OTAProgress)
+	// Chunks, if set, supplies the chunks to send (a rollout shares one
+	// ChunkCache among its boards); nil reads them from the image.
+	Chunks ChunkSource
+}
+
+// ChunkSource supplies an image's chunks, verified. The caller calls
+// release once it is done with data.
+type ChunkSource interface {
+	Chunk(i int) (data []byte, release func(), err error)
+}
+
+// imageChunks reads each chunk from the image as it is asked for.
+type imageChunks struct {
+	im  *image.Image
+	buf []byte
+}
+
+func (s *imageChunks) Chunk(i int) ([]byte, func(), error) {
+	_, n := s.im.Manifest.ChunkRange(i)
+	if s.buf == nil {
+		s.buf = make([]byte, s.im.Manifest.ChunkSize)
+	}
+	data := s.buf[:n]
+	if _, err := s.im.Chunk(i).ReadAt(data, 0); err != nil && !errors.Is(err, io.EOF) {
+		return nil, nil, err
+	}
+	return data, func() {}, nil
 }
 
 // OTAProgress is one step of an update as Update sees it.
@@ -110,7 +137,11 @@ func (c *Client) Prepare(ctx context.Context, im *image.Image, opts OTAOptions) 
 		var sent int64
 		var err error
 		if opts.URL == "" {
-			sent, err = c.sendChunks(ctx, im, rep.Plan, opts.progress)
+			src := opts.Chunks
+			if src == nil {
+				src = &imageChunks{im: im}
+			}
+			sent, err = c.sendChunks(ctx, src, rep.Plan, opts.progress)
 		}
 		rep.BytesSent += sent
 		if proto.IsReason(err, proto.ReasonChecksumMismatch) {
@@ -146,12 +177,22 @@ func (c *Client) Execute(ctx context.Context, rep *OTAReport, opts OTAOptions) e
 	if err != nil {
 		return err
 	}
-	var st proto.OTAStatus
-	if err := c.Conn().Call(ctx, proto.MethodOTAActivate, proto.OTAIDParams{ID: rep.Plan.ID}, &st); err != nil {
+	st, err := c.OTAStatus(ctx)
+	if err != nil {
 		return err
 	}
+	if u := st.Update; u == nil || u.ID != rep.Plan.ID {
+		return proto.Errorf(proto.ReasonNotFound, "the board's update is %v, not %s", u, rep.Plan.ID)
+	}
+	// Activate only a prepared update: an Execute run again after a cut
+	// link (or a resumed rollout) picks up an update already under way.
+	if st.Update.Phase == proto.PhasePrepared {
+		if err := c.Conn().Call(ctx, proto.MethodOTAActivate, proto.OTAIDParams{ID: rep.Plan.ID}, &st); err != nil {
+			return err
+		}
+	}
 	boot := before.BootID
-	for {
+	for st.Update.Phase != proto.PhaseDone {
 		var err error
 		st, err = c.otaWaitWhile(ctx, st.Seq, opts.progress, func(u *proto.OTAUpdate) bool { return u.Phase != proto.PhaseDone })
 		if err == nil {
@@ -167,7 +208,12 @@ func (c *Client) Execute(ctx context.Context, rep *OTAReport, opts OTAOptions) e
 		}
 		rep.Reboots++
 		boot = back.NewBootID
-		st.Seq = 0
+		if st, err = c.OTAStatus(ctx); err != nil {
+			return err
+		}
+		if st.Update == nil || st.Update.ID != rep.Plan.ID {
+			return proto.Errorf(proto.ReasonNotFound, "after the reboot the board reports update %v, not %s", st.Update, rep.Plan.ID)
+		}
 	}
 	rep.Update = st.Update
 	if st.Update.Result != proto.ResultCommitted {
@@ -186,7 +232,7 @@ func otaFailure(u *proto.OTAUpdate) error {
 
 // sendChunks streams the chunks the plan needs and returns the stream
 // bytes the link carried for them.
-func (c *Client) sendChunks(ctx context.Context, im *image.Image, plan proto.OTAPlan, progress func(OTAProgress)) (int64, error) {
+func (c *Client) sendChunks(ctx context.Context, src ChunkSource, plan proto.OTAPlan, progress func(OTAProgress)) (int64, error) {
 	if len(plan.Need) == 0 {
 		return 0, nil
 	}
@@ -205,16 +251,21 @@ func (c *Client) sendChunks(ctx context.Context, im *image.Image, plan proto.OTA
 	go func() {
 		var sent int64
 		var hdr [4]byte
-		buf := make([]byte, im.Manifest.ChunkSize)
 		for _, i := range plan.Need {
-			_, n := im.Manifest.ChunkRange(i)
-			binary.BigEndian.PutUint32(hdr[:], uint32(i))
-			if _, err := im.Chunk(i).ReadAt(buf[:n], 0); err != nil && !errors.Is(err, io.EOF) {
+			data, release, err := src.Chunk(i)
+			if err != nil {
 				s.Reset("canceled")
 				copyErr <- err
 				return
 			}
-			if _, err := s.Write(append(hdr[:], buf[:n]...)); err != nil {
+			binary.BigEndian.PutUint32(hdr[:], uint32(i))
+			_, err = s.Write(hdr[:])
+			if err == nil {
+				_, err = s.Write(data)
+			}
+			n := int64(len(data))
+			release()
+			if err != nil {
 				copyErr <- err
 				return
 			}
