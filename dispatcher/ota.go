@@ -46,8 +46,10 @@ type OTAOptions struct {
 }
 
 // ChunkSource supplies an image's chunks, verified. The caller calls
-// release once it is done with data.
+// release once it is done with data. Expect announces the chunks a board
+// will ask for, in order.
 type ChunkSource interface {
+	Expect(chunks []int)
 	Chunk(i int) (data []byte, release func(), err error)
 }
 
@@ -56,6 +58,8 @@ type imageChunks struct {
 	im  *image.Image
 	buf []byte
 }
+
+func (s *imageChunks) Expect([]int) {}
 
 func (s *imageChunks) Chunk(i int) ([]byte, func(), error) {
 	_, n := s.im.Manifest.ChunkRange(i)
@@ -247,6 +251,7 @@ func (c *Client) sendChunks(ctx context.Context, src ChunkSource, plan proto.OTA
 		return 0, err
 	}
 	before := conn.Stats().StreamBytesOut
+	src.Expect(plan.Need)
 	copyErr := make(chan error, 1)
 	go func() {
 		var sent int64

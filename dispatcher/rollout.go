@@ -1,0 +1,476 @@
+package dispatcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/boardlink/boardlink/image"
+	"github.com/boardlink/boardlink/proto"
+	"github.com/boardlink/boardlink/transport"
+)
+
+// Target is a board a rollout may update.
+type Target struct {
+	ID      string            `json:"id"`
+	Address string            `json:"address"`
+	Model   string            `json:"model,omitempty"`
+	Labels  map[string]string `json:"labels,omitempty"`
+}
+
+// Stages of a rollout, each run over every board before the next begins.
+const (
+	StagePlan    = "plan"
+	StagePrepare = "prepare"
+	StageExecute = "execute"
+	StageDone    = "done"
+)
+
+// Board results in a rollout report, besides the OTA results (committed,
+// rolled_back, failed).
+const (
+	ResultCurrent      = "current"      // already runs the image's version: nothing to do
+	ResultSkipped      = "skipped"      // not started: too many failures before its turn
+	ResultIncompatible = "incompatible" // the board refused the image (model, version, signature)
+	ResultUnreachable  = "unreachable"  // the board did not answer, through every retry
+)
+
+// PlanFormat is the version of a saved plan's JSON.
+const PlanFormat = 1
+
+// Plan is a rollout's plan stage result; it can be saved and run later.
+type Plan struct {
+	Format      int         `json:"format"`
+	Version     string      `json:"version"`
+	ImageSHA256 string      `json:"image_sha256"` // the payload's
+	Created     time.Time   `json:"created"`
+	Boards      []BoardPlan `json:"boards"`
+}
+
+// BoardPlan is one board in a plan. Result is set for a board the plan
+// stage already settled (current, incompatible, unreachable).
+type BoardPlan struct {
+	Target
+	FromVersion string `json:"from_version,omitempty"`
+	Slot        string `json:"slot,omitempty"`
+	NeedChunks  int    `json:"need_chunks"`
+	NeedBytes   int64  `json:"need_bytes"`
+	Result      string `json:"result,omitempty"`
+	Reason      string `json:"reason,omitempty"`
+}
+
+// BoardReport is how one board fared.
+type BoardReport struct {
+	ID          string `json:"id"`
+	Address     string `json:"address"`
+	Result      string `json:"result"`
+	Stage       string `json:"stage"` // where it ended
+	Phase       string `json:"phase,omitempty"`
+	Reason      string `json:"reason,omitempty"`
+	FromVersion string `json:"from_version,omitempty"`
+	ToVersion   string `json:"to_version,omitempty"`
+	UpdateID    string `json:"update_id,omitempty"`
+	BytesSent   int64  `json:"bytes_sent"`
+	Attempts    int    `json:"attempts"`
+	DurationMs  int64  `json:"duration_ms"`
+}
+
+// Report is a rollout's outcome.
+type Report struct {
+	Version        string         `json:"version"`
+	Boards         []BoardReport  `json:"boards"`
+	Counts         map[string]int `json:"counts"`
+	ImageBytesRead int64          `json:"image_bytes_read"`
+	TookMs         int64          `json:"took_ms"`
+}
+
+// OK reports whether every board committed (or already ran the version).
+func (r Report) OK() bool {
+	for _, b := range r.Boards {
+		if b.Result != proto.ResultCommitted && b.Result != ResultCurrent {
+			return false
+		}
+	}
+	return true
+}
+
+// Event is one step of a rollout, for displays and logs.
+type Event struct {
+	Time    time.Time `json:"time"`
+	Board   string    `json:"board,omitempty"` // "" for the rollout itself
+	Stage   string    `json:"stage"`
+	Kind    string    `json:"kind"` // stage, start, progress, retry, done
+	Result  string    `json:"result,omitempty"`
+	Reason  string    `json:"reason,omitempty"`
+	Phase   string    `json:"phase,omitempty"`
+	Sent    int64     `json:"sent,omitempty"`
+	ToSend  int64     `json:"to_send,omitempty"`
+	Attempt int       `json:"attempt,omitempty"`
+}
+
+// RolloutConfig configures a rollout.
+type RolloutConfig struct {
+	Image *image.Image
+	// Concurrency bounds the boards worked on at once in each stage
+	// (default 8).
+	Concurrency int
+	// MaxFailures: once more boards than this have failed, no new board
+	// starts; the rest are skipped. Negative: no limit.
+	MaxFailures int
+	// BoardTimeout bounds one attempt at one stage of one board (default
+	// 15 minutes).
+	BoardTimeout time.Duration
+	// Attempts and Backoff: transient errors (a link that drops, a board
+	// that does not answer) are tried again, up to Attempts times in all
+	// (default 3), after Backoff, doubled each time (default 1s).
+	Attempts int
+	Backoff  time.Duration
+	Force    bool
+	// Dial connects to a board; default Dial with DialOptions{}.
+	Dial func(ctx context.Context, addr string) (*Client, error)
+	// Events, if set, receives every event; called from many goroutines.
+	Events func(Event)
+	// Record, if set, is called with a board's report each time it changes
+	// (to persist it); called from many goroutines.
+	Record func(BoardReport)
+	// CacheBytes bounds the chunk cache (default 256 MiB).
+	CacheBytes int64
+}
+
+// Transient reports whether err may go away when the same step is tried
+// again: the link or the board was away, not a refusal.
+func Transient(err error) bool {
+	var oe *OTAError
+	if err == nil || errors.As(err, &oe) {
+		return false
+	}
+	switch proto.ReasonOf(err) {
+	case "":
+	case proto.ReasonBusy, proto.ReasonTimeout, proto.ReasonInternal, proto.ReasonUnavailable, proto.ReasonCanceled:
+		return true
+	default:
+		return false
+	}
+	var ne net.Error
+	return errors.Is(err, transport.ErrClosed) || errors.Is(err, context.DeadlineExceeded) ||
+		errors.Is(err, ErrNotBack) || errors.As(err, &ne) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, errDial)
+}
+
+var errDial = errors.New("dial")
+
+// run is one rollout under way.
+type run struct {
+	cfg      RolloutConfig
+	cache    *ChunkCache
+	failures atomic.Int32
+	mu       sync.Mutex
+	boards   map[string]*BoardReport
+}
+
+func (cfg *RolloutConfig) defaults() {
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 8
+	}
+	if cfg.BoardTimeout <= 0 {
+		cfg.BoardTimeout = 15 * time.Minute
+	}
+	if cfg.Attempts <= 0 {
+		cfg.Attempts = 3
+	}
+	if cfg.Backoff <= 0 {
+		cfg.Backoff = time.Second
+	}
+	if cfg.Dial == nil {
+		cfg.Dial = func(ctx context.Context, addr string) (*Client, error) { return Dial(ctx, addr, DialOptions{}) }
+	}
+}
+
+func (r *run) emit(e Event) {
+	if r.cfg.Events != nil {
+		e.Time = time.Now()
+		r.cfg.Events(e)
+	}
+}
+
+// PlanRollout is the plan stage: it asks every target, at most
+// Concurrency at once, whether the image fits and what it would take.
+func PlanRollout(ctx context.Context, cfg RolloutConfig, targets []Target) Plan {
+	cfg.defaults()
+	r := &run{cfg: cfg, boards: map[string]*BoardReport{}}
+	plan := Plan{Format: PlanFormat, Version: cfg.Image.Manifest.Version, ImageSHA256: cfg.Image.Manifest.PayloadSHA256,
+		Created: time.Now().UTC(), Boards: make([]BoardPlan, len(targets))}
+	r.emit(Event{Stage: StagePlan, Kind: "stage"})
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, cfg.Concurrency)
+	for i, t := range targets {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			plan.Boards[i] = r.planBoard(ctx, t)
+		})
+	}
+	wg.Wait()
+	return plan
+}
+
+func (r *run) planBoard(ctx context.Context, t Target) BoardPlan {
+	bp := BoardPlan{Target: t}
+	r.emit(Event{Board: t.ID, Stage: StagePlan, Kind: "start"})
+	err := r.attempts(ctx, t.ID, StagePlan, func(ctx context.Context, c *Client) error {
+		info, err := c.Info(ctx)
+		if err != nil {
+			return err
+		}
+		for _, s := range info.Slots {
+			if s.Booted {
+				bp.FromVersion = s.Version
+			}
+		}
+		if bp.FromVersion == r.cfg.Image.Manifest.Version && !r.cfg.Force {
+			bp.Result = ResultCurrent
+			return nil
+		}
+		p, err := c.OTAPlan(ctx, r.cfg.Image, r.cfg.Force)
+		if err != nil {
+			return err
+		}
+		bp.Slot, bp.NeedChunks, bp.NeedBytes = p.Slot, len(p.Need), p.NeedBytes
+		return nil
+	}, t.Address)
+	if err != nil {
+		bp.Result, bp.Reason = failureResult(err), err.Error()
+	}
+	r.emit(Event{Board: t.ID, Stage: StagePlan, Kind: "done", Result: bp.Result, Reason: bp.Reason})
+	return bp
+}
+
+// failureResult names a board's failure.
+func failureResult(err error) string {
+	var oe *OTAError
+	switch {
+	case errors.As(err, &oe):
+		return oe.Result
+	case Transient(err):
+		return ResultUnreachable
+	}
+	switch proto.ReasonOf(err) {
+	case proto.ReasonIncompatible, proto.ReasonSignatureInvalid:
+		return ResultIncompatible
+	}
+	return proto.ResultFailed
+}
+
+// attempts runs step on a fresh connection to addr, again after a
+// backoff while it fails transiently.
+func (r *run) attempts(ctx context.Context, board, stage string, step func(context.Context, *Client) error, addr string) error {
+	backoff := r.cfg.Backoff
+	var err error
+	for attempt := 1; attempt <= r.cfg.Attempts; attempt++ {
+		if attempt > 1 {
+			r.emit(Event{Board: board, Stage: stage, Kind: "retry", Attempt: attempt, Reason: err.Error()})
+			select {
+			case <-ctx.Done():
+				return errors.Join(err, ctx.Err())
+			case <-time.After(backoff):
+			}
+			backoff *= 2
+		}
+		r.note(board, func(b *BoardReport) { b.Attempts++ })
+		err = func() error {
+			actx, cancel := context.WithTimeout(ctx, r.cfg.BoardTimeout)
+			defer cancel()
+			c, err := r.cfg.Dial(actx, addr)
+			if err != nil {
+				return fmt.Errorf("%w %s: %w", errDial, addr, err)
+			}
+			defer c.Close()
+			return step(actx, c)
+		}()
+		if err == nil || !Transient(err) || ctx.Err() != nil {
+			return err
+		}
+	}
+	return err
+}
+
+// note changes a board's report under the lock and records it.
+func (r *run) note(board string, change func(*BoardReport)) {
+	r.mu.Lock()
+	b := r.boards[board]
+	if b == nil {
+		r.mu.Unlock()
+		return
+	}
+	change(b)
+	snap := *b
+	r.mu.Unlock()
+	if r.cfg.Record != nil {
+		r.cfg.Record(snap)
+	}
+}
+
+// RunRollout runs the prepare and execute stages of plan. Boards the plan
+// settled keep their result; done (from an earlier, interrupted run of the
+// same rollout) names boards to leave alone and the reports they ended
+// with, and carries the update ids of boards to resume.
+func RunRollout(ctx context.Context, cfg RolloutConfig, plan Plan, done []BoardReport) Report {
+	cfg.defaults()
+	start := time.Now()
+	r := &run{cfg: cfg, cache: NewChunkCache(cfg.Image, cfg.CacheBytes), boards: map[string]*BoardReport{}}
+	prior := map[string]BoardReport{}
+	for _, b := range done {
+		prior[b.ID] = b
+	}
+	var order []string
+	addr := map[string]string{}
+	var todo []string
+	for _, bp := range plan.Boards {
+		order = append(order, bp.ID)
+		addr[bp.ID] = bp.Address
+		rep := &BoardReport{ID: bp.ID, Address: bp.Address, FromVersion: bp.FromVersion,
+			ToVersion: plan.Version, Stage: StagePlan, Result: bp.Result, Reason: bp.Reason}
+		if p, ok := prior[bp.ID]; ok {
+			rep = &p
+		}
+		r.boards[bp.ID] = rep
+		switch rep.Result {
+		case proto.ResultCommitted, ResultCurrent:
+		case "", ResultSkipped: // never finished: this run does it
+			rep.Result, rep.Reason = "", ""
+			todo = append(todo, bp.ID)
+		default:
+			r.failures.Add(1)
+		}
+	}
+	prepared := r.stage(ctx, StagePrepare, todo, addr, func(ctx context.Context, c *Client, b string) error {
+		if r.resumeLater(ctx, c, b) {
+			return nil
+		}
+		rep, err := c.Prepare(ctx, cfg.Image, OTAOptions{Force: cfg.Force, Chunks: r.cache, Progress: r.progress(b, StagePrepare)})
+		r.note(b, func(br *BoardReport) {
+			br.UpdateID = rep.Plan.ID
+			br.BytesSent += rep.BytesSent
+			if rep.Update != nil {
+				br.Phase = rep.Update.Phase
+			}
+		})
+		return err
+	})
+	r.stage(ctx, StageExecute, prepared, addr, func(ctx context.Context, c *Client, b string) error {
+		r.mu.Lock()
+		rep := OTAReport{Plan: proto.OTAPlan{ID: r.boards[b].UpdateID}}
+		r.mu.Unlock()
+		err := c.Execute(ctx, &rep, OTAOptions{Progress: r.progress(b, StageExecute)})
+		if rep.Update != nil {
+			r.note(b, func(br *BoardReport) { br.Phase = rep.Update.Phase })
+		}
+		if err == nil {
+			r.note(b, func(br *BoardReport) { br.Result = proto.ResultCommitted })
+		}
+		return err
+	})
+	out := Report{Version: plan.Version, Counts: map[string]int{}, ImageBytesRead: r.cache.BytesRead(),
+		TookMs: time.Since(start).Milliseconds()}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, id := range order {
+		b := *r.boards[id]
+		if b.Result == "" {
+			b.Result, b.Reason = ResultSkipped, "the rollout was interrupted"
+		}
+		out.Counts[b.Result]++
+		out.Boards = append(out.Boards, b)
+	}
+	r.emit(Event{Stage: StageDone, Kind: "stage"})
+	return out
+}
+
+// resumeLater reports whether the board's update from an interrupted run
+// of this rollout went past prepare: the execute stage then picks it up
+// where it is (activating it, waiting for it, or reading its result).
+func (r *run) resumeLater(ctx context.Context, c *Client, b string) bool {
+	r.mu.Lock()
+	id := r.boards[b].UpdateID
+	r.mu.Unlock()
+	if id == "" {
+		return false
+	}
+	st, err := c.OTAStatus(ctx)
+	if err != nil || st.Update == nil || st.Update.ID != id || st.Update.Phase == proto.PhasePrepare {
+		return false
+	}
+	r.note(b, func(br *BoardReport) { br.Phase = st.Update.Phase })
+	return true
+}
+
+// progress turns a board's OTA progress into events.
+func (r *run) progress(board, stage string) func(OTAProgress) {
+	return func(p OTAProgress) {
+		r.emit(Event{Board: board, Stage: stage, Kind: "progress", Phase: p.Phase, Sent: p.Sent, ToSend: p.ToSend})
+	}
+}
+
+// stage runs step on every board, at most Concurrency at once, in order,
+// and returns the boards that passed. Once failures exceed MaxFailures no
+// further board starts; those left are skipped.
+func (r *run) stage(ctx context.Context, name string, boards []string, addr map[string]string,
+	step func(context.Context, *Client, string) error) []string {
+	r.emit(Event{Stage: name, Kind: "stage"})
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		passed []string
+	)
+	sem := make(chan struct{}, r.cfg.Concurrency)
+	for _, b := range boards {
+		sem <- struct{}{}
+		if r.tooMany() || ctx.Err() != nil {
+			<-sem
+			reason := "more than the allowed failures before its turn"
+			if ctx.Err() != nil {
+				reason = "the rollout was interrupted"
+			}
+			r.note(b, func(br *BoardReport) { br.Result, br.Reason, br.Stage = ResultSkipped, reason, name })
+			r.emit(Event{Board: b, Stage: name, Kind: "done", Result: ResultSkipped, Reason: reason})
+			continue
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			started := time.Now()
+			r.note(b, func(br *BoardReport) { br.Stage = name })
+			r.emit(Event{Board: b, Stage: name, Kind: "start"})
+			err := r.attempts(ctx, b, name, func(ctx context.Context, c *Client) error { return step(ctx, c, b) }, addr[b])
+			r.note(b, func(br *BoardReport) { br.DurationMs += time.Since(started).Milliseconds() })
+			if err != nil {
+				if ctx.Err() != nil {
+					return // interrupted: the board stays as it was, to resume
+				}
+				r.failures.Add(1)
+				res := failureResult(err)
+				r.note(b, func(br *BoardReport) { br.Result, br.Reason = res, err.Error() })
+				r.emit(Event{Board: b, Stage: name, Kind: "done", Result: res, Reason: err.Error()})
+				return
+			}
+			r.mu.Lock()
+			res := r.boards[b].Result
+			r.mu.Unlock()
+			r.emit(Event{Board: b, Stage: name, Kind: "done", Result: res})
+			mu.Lock()
+			passed = append(passed, b)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	slices.SortFunc(passed, func(a, b string) int { return slices.Index(boards, a) - slices.Index(boards, b) })
+	return passed
+}
+
+func (r *run) tooMany() bool {
+	return r.cfg.MaxFailures >= 0 && int(r.failures.Load()) > r.cfg.MaxFailures
+}

@@ -1,0 +1,451 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+// Rollout states.
+const (
+	StateRunning = "running" // started, or interrupted while running (resume it)
+	StateDone    = "done"    // every board has a result
+	StateStopped = "stopped" // stopped early: too many failures, or by hand
+)
+
+// Board phases in a rollout.
+const (
+	PhasePlan    = "plan"    // chosen; nothing done on the board yet
+	PhasePrepare = "prepare" // the board is writing its inactive slot (UpdateID set)
+	PhaseExecute = "execute" // activate, reboot, trial boot, health check, commit
+	PhaseDone    = "done"    // Result says how it ended
+)
+
+// Board results. Result is open-ended: these are the ones boardlink writes
+// today.
+const (
+	ResultCommitted    = "committed"
+	ResultRolledBack   = "rolled_back"
+	ResultFailed       = "failed"
+	ResultSkipped      = "skipped"
+	ResultUnreachable  = "unreachable"
+	ResultIncompatible = "incompatible"
+)
+
+// Summary keys for boards that have no Result yet.
+const (
+	SummaryPending = "pending" // Result "" and Phase "plan"
+	SummaryRunning = "running" // Result "" in any other phase
+)
+
+// Rollout is one staged OTA rollout.
+type Rollout struct {
+	ID          string `json:"id"`
+	Image       string `json:"image"`        // the image file's path
+	ImageSHA256 string `json:"image_sha256"` // the payload's sha256
+	Version     string `json:"version"`      // the image's version
+	Selector    string `json:"selector"`     // which boards, as given (e.g. "model=imx8")
+	Concurrency int    `json:"concurrency"`
+	MaxFailures int    `json:"max_failures"`
+	// Plan is the JSON of the plan saved or used; the store only keeps it.
+	// Rollouts leaves it nil; Rollout fills it.
+	Plan    json.RawMessage `json:"plan,omitempty"`
+	State   string          `json:"state"` // StateRunning, StateDone or StateStopped
+	Created time.Time       `json:"created"`
+	Updated time.Time       `json:"updated"` // the last write to the rollout or any of its boards
+
+	// Computed on read, ignored by CreateRollout: how many boards, and how
+	// many per Result (SummaryPending and SummaryRunning for those with
+	// none yet).
+	Boards  int            `json:"boards"`
+	Summary map[string]int `json:"summary"`
+}
+
+// BoardResult is one board's part in a rollout.
+type BoardResult struct {
+	RolloutID   string    `json:"rollout_id"`
+	BoardID     string    `json:"board_id"`
+	Address     string    `json:"address"`
+	Phase       string    `json:"phase"`  // PhasePlan, PhasePrepare, PhaseExecute or PhaseDone
+	Result      string    `json:"result"` // "" while under way, else ResultCommitted, ResultFailed...
+	Reason      string    `json:"reason,omitempty"`
+	FromVersion string    `json:"from_version"`
+	ToVersion   string    `json:"to_version"`
+	BytesSent   int64     `json:"bytes_sent"`
+	Attempts    int       `json:"attempts"`
+	Started     time.Time `json:"started,omitzero"`
+	Ended       time.Time `json:"ended,omitzero"`
+	UpdateID    string    `json:"update_id,omitempty"` // the board's OTA update id, to resume it
+}
+
+// summaryKey is the Summary key a board counts under.
+func summaryKey(phase, result string) string {
+	switch {
+	case result != "":
+		return result
+	case phase == PhasePlan:
+		return SummaryPending
+	}
+	return SummaryRunning
+}
+
+// NewRolloutID returns a new rollout id, "r-YYYYMMDD-HHMM-xxxx": the UTC
+// time to the minute and 16 random bits. Ids sort by creation time to the
+// minute.
+func NewRolloutID() string { return newRolloutID(time.Now()) }
+
+func newRolloutID(t time.Time) string {
+	var b [2]byte
+	rand.Read(b[:])
+	return "r-" + t.UTC().Format("20060102-1504") + "-" + hex.EncodeToString(b[:])
+}
+
+func validState(s string) bool {
+	return s == StateRunning || s == StateDone || s == StateStopped
+}
+
+func validPhase(p string) bool {
+	return p == PhasePlan || p == PhasePrepare || p == PhaseExecute || p == PhaseDone
+}
+
+// CreateRollout records a new rollout. r.ID is required; an empty State is
+// StateRunning, a zero Created is now, a zero Updated is Created. Plan, if
+// set, must be JSON. An id in use is ErrExists.
+func (s *Store) CreateRollout(ctx context.Context, r Rollout) error {
+	if r.ID == "" {
+		return errors.New("store: rollout id is empty")
+	}
+	if r.State == "" {
+		r.State = StateRunning
+	}
+	if !validState(r.State) {
+		return fmt.Errorf("store: rollout %s: unknown state %q", r.ID, r.State)
+	}
+	if len(r.Plan) > 0 && !json.Valid(r.Plan) {
+		return fmt.Errorf("store: rollout %s: the plan is not JSON", r.ID)
+	}
+	if r.Created.IsZero() {
+		r.Created = time.Now()
+	}
+	if r.Updated.IsZero() {
+		r.Updated = r.Created
+	}
+	var plan any
+	if len(r.Plan) > 0 {
+		plan = []byte(r.Plan)
+	}
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var one int
+		err := tx.QueryRowContext(ctx, `SELECT 1 FROM rollouts WHERE id = ?`, r.ID).Scan(&one)
+		if err == nil {
+			return fmt.Errorf("rollout %s: %w", r.ID, ErrExists)
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO rollouts
+			(id, image, image_sha256, version, selector, concurrency, max_failures, plan, state, created, updated)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			r.ID, r.Image, r.ImageSHA256, r.Version, r.Selector, r.Concurrency, r.MaxFailures, plan,
+			r.State, dbTime(r.Created), dbTime(r.Updated))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("store: create rollout: %w", err)
+	}
+	return nil
+}
+
+// SetRolloutState sets the state of rollout id (exact id) and its Updated
+// time. An unknown id is ErrNotFound.
+func (s *Store) SetRolloutState(ctx context.Context, id, state string) error {
+	if !validState(state) {
+		return fmt.Errorf("store: rollout %s: unknown state %q", id, state)
+	}
+	res, err := s.db.ExecContext(ctx, `UPDATE rollouts SET state = ?, updated = ? WHERE id = ?`,
+		state, dbTime(time.Now()), id)
+	if err != nil {
+		return fmt.Errorf("store: set rollout state: %w", err)
+	}
+	if n, err := res.RowsAffected(); err == nil && n == 0 {
+		return fmt.Errorf("store: rollout %s: %w", id, ErrNotFound)
+	}
+	return nil
+}
+
+// PutBoard stores b as the row of board b.BoardID in rollout b.RolloutID
+// (exact id), replacing the whole row if there is one, and bumps the
+// rollout's Updated time. An empty Phase is PhasePlan. A rollout that does
+// not exist is ErrNotFound.
+func (s *Store) PutBoard(ctx context.Context, b BoardResult) error {
+	if b.RolloutID == "" || b.BoardID == "" {
+		return fmt.Errorf("store: put board: rollout id %q and board id %q must both be set", b.RolloutID, b.BoardID)
+	}
+	if b.Phase == "" {
+		b.Phase = PhasePlan
+	}
+	if !validPhase(b.Phase) {
+		return fmt.Errorf("store: board %s: unknown phase %q", b.BoardID, b.Phase)
+	}
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE rollouts SET updated = max(updated, ?) WHERE id = ?`,
+			dbTime(time.Now()), b.RolloutID)
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err == nil && n == 0 {
+			return fmt.Errorf("rollout %s: %w", b.RolloutID, ErrNotFound)
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO board_results
+			(rollout_id, board_id, address, phase, result, reason, from_version, to_version,
+			 bytes_sent, attempts, started, ended, update_id)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+			ON CONFLICT (rollout_id, board_id) DO UPDATE SET
+				address = excluded.address, phase = excluded.phase, result = excluded.result,
+				reason = excluded.reason, from_version = excluded.from_version,
+				to_version = excluded.to_version, bytes_sent = excluded.bytes_sent,
+				attempts = excluded.attempts, started = excluded.started, ended = excluded.ended,
+				update_id = excluded.update_id`,
+			b.RolloutID, b.BoardID, b.Address, b.Phase, b.Result, b.Reason, b.FromVersion, b.ToVersion,
+			b.BytesSent, b.Attempts, dbTime(b.Started), dbTime(b.Ended), b.UpdateID)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("store: put board %s: %w", b.BoardID, err)
+	}
+	return nil
+}
+
+const rolloutColumns = `id, image, image_sha256, version, selector, concurrency, max_failures, state, created, updated`
+
+func scanRollout(sc interface{ Scan(...any) error }, extra ...any) (Rollout, error) {
+	var (
+		r                Rollout
+		created, updated sql.NullInt64
+	)
+	err := sc.Scan(append([]any{&r.ID, &r.Image, &r.ImageSHA256, &r.Version, &r.Selector,
+		&r.Concurrency, &r.MaxFailures, &r.State, &created, &updated}, extra...)...)
+	r.Created, r.Updated = goTime(created), goTime(updated)
+	r.Summary = map[string]int{}
+	return r, err
+}
+
+// ResolveRollout returns the id of the one rollout whose id is id or, failing
+// that, begins with id. None is ErrNotFound; more than one is ErrAmbiguous
+// (the error names a few).
+func (s *Store) ResolveRollout(ctx context.Context, id string) (string, error) {
+	if id == "" {
+		return "", fmt.Errorf("store: empty rollout id: %w", ErrNotFound)
+	}
+	var got string
+	err := s.db.QueryRowContext(ctx, `SELECT id FROM rollouts WHERE id = ?`, id).Scan(&got)
+	if err == nil {
+		return got, nil
+	}
+	if !errors.Is(err, sql.ErrNoRows) {
+		return "", fmt.Errorf("store: %w", err)
+	}
+	rows, err := s.db.QueryContext(ctx,
+		`SELECT id FROM rollouts WHERE substr(id, 1, length(?1)) = ?1 ORDER BY id LIMIT 4`, id)
+	if err != nil {
+		return "", fmt.Errorf("store: %w", err)
+	}
+	var ids []string
+	for rows.Next() {
+		if err := rows.Scan(&got); err != nil {
+			rows.Close()
+			return "", fmt.Errorf("store: %w", err)
+		}
+		ids = append(ids, got)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return "", fmt.Errorf("store: %w", err)
+	}
+	switch len(ids) {
+	case 0:
+		return "", fmt.Errorf("store: no rollout %q: %w", id, ErrNotFound)
+	case 1:
+		return ids[0], nil
+	}
+	more := ""
+	if len(ids) > 3 {
+		ids, more = ids[:3], ", ..."
+	}
+	return "", fmt.Errorf("store: rollout id %q is %w: it matches %s%s", id, ErrAmbiguous, strings.Join(ids, ", "), more)
+}
+
+// Rollout returns the rollout whose id is id, or the only one whose id
+// begins with id (see ResolveRollout), with its plan and its boards sorted
+// by board id.
+func (s *Store) Rollout(ctx context.Context, id string) (Rollout, []BoardResult, error) {
+	full, err := s.ResolveRollout(ctx, id)
+	if err != nil {
+		return Rollout{}, nil, err
+	}
+	var plan []byte
+	r, err := scanRollout(s.db.QueryRowContext(ctx,
+		`SELECT `+rolloutColumns+`, plan FROM rollouts WHERE id = ?`, full), &plan)
+	if errors.Is(err, sql.ErrNoRows) { // deleted in between
+		return Rollout{}, nil, fmt.Errorf("store: no rollout %q: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Rollout{}, nil, fmt.Errorf("store: rollout %s: %w", full, err)
+	}
+	if len(plan) > 0 {
+		r.Plan = plan
+	}
+	boards, err := s.boards(ctx, full, nil)
+	if err != nil {
+		return Rollout{}, nil, err
+	}
+	for _, b := range boards {
+		r.Summary[summaryKey(b.Phase, b.Result)]++
+	}
+	r.Boards = len(boards)
+	return r, boards, nil
+}
+
+// Boards returns the boards of rollout rolloutID (exact id) whose Result is
+// one of results ("" for boards without a result yet), or all of them when
+// results is empty, sorted by board id. An unknown rollout is ErrNotFound.
+func (s *Store) Boards(ctx context.Context, rolloutID string, results ...string) ([]BoardResult, error) {
+	var one int
+	err := s.db.QueryRowContext(ctx, `SELECT 1 FROM rollouts WHERE id = ?`, rolloutID).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("store: rollout %s: %w", rolloutID, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	if results == nil {
+		results = []string{}
+	}
+	return s.boards(ctx, rolloutID, results)
+}
+
+// boards lists a rollout's boards; a nil results is all of them.
+func (s *Store) boards(ctx context.Context, rolloutID string, results []string) ([]BoardResult, error) {
+	q := `SELECT rollout_id, board_id, address, phase, result, reason, from_version, to_version,
+		bytes_sent, attempts, started, ended, update_id FROM board_results WHERE rollout_id = ?`
+	args := []any{rolloutID}
+	if len(results) > 0 {
+		q += ` AND result IN (?` + strings.Repeat(`, ?`, len(results)-1) + `)`
+		for _, r := range results {
+			args = append(args, r)
+		}
+	}
+	rows, err := s.db.QueryContext(ctx, q+` ORDER BY board_id`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("store: boards of %s: %w", rolloutID, err)
+	}
+	defer rows.Close()
+	var out []BoardResult
+	for rows.Next() {
+		var (
+			b              BoardResult
+			started, ended sql.NullInt64
+		)
+		if err := rows.Scan(&b.RolloutID, &b.BoardID, &b.Address, &b.Phase, &b.Result, &b.Reason,
+			&b.FromVersion, &b.ToVersion, &b.BytesSent, &b.Attempts, &started, &ended, &b.UpdateID); err != nil {
+			return nil, fmt.Errorf("store: boards of %s: %w", rolloutID, err)
+		}
+		b.Started, b.Ended = goTime(started), goTime(ended)
+		out = append(out, b)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: boards of %s: %w", rolloutID, err)
+	}
+	return out, nil
+}
+
+// Rollouts returns the newest limit rollouts (all when limit <= 0), newest
+// first, each with Boards and Summary but without its Plan.
+func (s *Store) Rollouts(ctx context.Context, limit int) ([]Rollout, error) {
+	if limit <= 0 {
+		limit = -1 // SQLite: no limit
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT `+rolloutColumns+` FROM rollouts
+		ORDER BY created DESC, id DESC LIMIT ?`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("store: rollouts: %w", err)
+	}
+	var out []Rollout
+	index := map[string]int{}
+	for rows.Next() {
+		r, err := scanRollout(rows)
+		if err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("store: rollouts: %w", err)
+		}
+		index[r.ID] = len(out)
+		out = append(out, r)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: rollouts: %w", err)
+	}
+	if len(out) == 0 {
+		return out, nil
+	}
+	// The summaries in one query, after the rollouts' rows are closed (the
+	// store has one connection).
+	rows, err = s.db.QueryContext(ctx, `SELECT b.rollout_id, b.phase, b.result, count(*)
+		FROM board_results b JOIN (SELECT id FROM rollouts ORDER BY created DESC, id DESC LIMIT ?) r
+		ON r.id = b.rollout_id GROUP BY b.rollout_id, b.phase, b.result`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("store: rollouts: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var (
+			id, phase, result string
+			n                 int
+		)
+		if err := rows.Scan(&id, &phase, &result, &n); err != nil {
+			return nil, fmt.Errorf("store: rollouts: %w", err)
+		}
+		if i, ok := index[id]; ok {
+			out[i].Summary[summaryKey(phase, result)] += n
+			out[i].Boards += n
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: rollouts: %w", err)
+	}
+	return out, nil
+}
+
+// SummaryKeys returns the keys of a Summary in a stable order: committed
+// first, then the other results alphabetically, then running and pending.
+func SummaryKeys(sum map[string]int) []string {
+	rank := func(k string) int {
+		switch k {
+		case ResultCommitted:
+			return 0
+		case SummaryRunning:
+			return 2
+		case SummaryPending:
+			return 3
+		}
+		return 1
+	}
+	keys := make([]string, 0, len(sum))
+	for k := range sum {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b string) int {
+		if d := rank(a) - rank(b); d != 0 {
+			return d
+		}
+		return strings.Compare(a, b)
+	})
+	return keys
+}
