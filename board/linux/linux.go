@@ -6,6 +6,11 @@
 // variables and sample scripts are in docs/boot.md. The slot that runs is
 // read from the kernel command line (boardlink.slot=A, or RAUC's
 // rauc.slot=A), which the boot script sets.
+//
+// Board (Open) is the whole board for the agent (boardlinkd --board
+// linux): its identity, kept in the state directory as on the sim board
+// (board.LoadIdentity), its boot id and boot time from procfs, its
+// BootControl, and its reboot, a command run once the agent has stopped.
 package linux
 
 import (

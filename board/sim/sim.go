@@ -18,7 +18,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"maps"
 	"os"
 	"path/filepath"
 	"time"
@@ -29,8 +28,8 @@ import (
 
 // Files under the state dir and their format versions.
 const (
-	identityFile   = "identity.json"
-	identityFormat = 1
+	identityFile   = board.IdentityFile // board.LoadIdentity keeps it
+	identityFormat = board.IdentityFormat
 	bootsFile      = "boots.json"
 	bootsFormat    = 1
 )
@@ -93,7 +92,8 @@ func Open(dir string, opts Options) (*Board, error) {
 	if err != nil {
 		return nil, err
 	}
-	id, err := loadIdentity(dir, opts)
+	id, err := board.LoadIdentity(dir, board.IdentityOptions{ID: opts.ID, Model: opts.Model, Labels: opts.Labels,
+		DefaultID: func() (string, error) { return "sim-" + randomHex(3), nil }, DefaultModel: DefaultModel})
 	if err != nil {
 		return nil, fmt.Errorf("sim: %w", err)
 	}
@@ -102,42 +102,6 @@ func Open(dir string, opts Options) (*Board, error) {
 		return nil, fmt.Errorf("sim: %w", err)
 	}
 	return &Board{dir: dir, identity: id, boots: boots, boot: bc}, nil
-}
-
-func loadIdentity(dir string, opts Options) (board.Identity, error) {
-	path := filepath.Join(dir, identityFile)
-	var stored board.Identity
-	err := atomicfile.ReadJSON(path, identityFormat, &stored)
-	exists := err == nil
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		// Never replace an identity we cannot read: the board would change name.
-		return board.Identity{}, fmt.Errorf("identity: %w", err)
-	}
-	id := stored.Clone()
-	if opts.ID != "" {
-		id.ID = opts.ID
-	}
-	if opts.Model != "" {
-		id.Model = opts.Model
-	}
-	if len(opts.Labels) > 0 {
-		id.Labels = maps.Clone(opts.Labels)
-	}
-	if id.ID == "" {
-		id.ID = "sim-" + randomHex(3)
-	}
-	if id.Model == "" {
-		id.Model = DefaultModel
-	}
-	if err := id.Validate(); err != nil {
-		return board.Identity{}, fmt.Errorf("identity: %w", err)
-	}
-	if !exists || id.ID != stored.ID || id.Model != stored.Model || !maps.Equal(id.Labels, stored.Labels) {
-		if err := atomicfile.WriteJSON(path, identityFormat, id); err != nil {
-			return board.Identity{}, fmt.Errorf("identity: %w", err)
-		}
-	}
-	return id, nil
 }
 
 // recordBoot appends b to the persisted history and returns the history.

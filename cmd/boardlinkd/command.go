@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"net"
 	"path/filepath"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"github.com/boardlink/boardlink/agent"
 	"github.com/boardlink/boardlink/agent/ota"
 	"github.com/boardlink/boardlink/board"
+	"github.com/boardlink/boardlink/board/linux"
 	"github.com/boardlink/boardlink/board/sim"
 	"github.com/boardlink/boardlink/discovery"
 	"github.com/boardlink/boardlink/image"
@@ -35,12 +35,12 @@ const stopTimeout = 15 * time.Second
 func newCommand(args []string, stdout, stderr io.Writer) *cobra.Command {
 	var opts options
 	cmd := &cobra.Command{
-		Use:   "boardlinkd --board sim --state-dir DIR [--listen ADDR] [--serial DEV[:BAUD]|unix:PATH] [flags]",
+		Use:   "boardlinkd --board linux|sim --state-dir DIR [--listen ADDR] [--serial DEV[:BAUD]|unix:PATH] [flags]",
 		Short: "The boardlink agent: a structured device API for the board it runs on",
 		Long: `boardlinkd runs on a board and serves the boardlink protocol: board.info,
 exec with real exit codes, separate stdout and stderr, timeouts and
-cancellation, and system.reboot, so a host never has to parse a serial
-shell.
+cancellation, files both ways, downloads, system.reboot and signed A/B
+updates, so a host never has to parse a serial shell.
 
 It listens for WebSocket connections on --listen (path /v1/ws, default port
 7207; loopback only unless told otherwise: a lab board listens on :7207
@@ -52,21 +52,105 @@ With --token-file, every connection must present the token: as
 "Authorization: Bearer TOKEN" on the WebSocket upgrade, and in session.hello
 on the serial link.
 
-The sim board keeps its identity (id, model, labels) and boot history under
---state-dir, and simulates the board's bootloader. boardlinkd starts as a
-supervisor (the bootloader) that runs the agent as its child process, one
-boot after another; every boot has a fresh boot id. On system.reboot the
-agent answers, stops cleanly (connections closed, every running command's
-process group ended) and exits with status 75; the supervisor then prints
-the reboot on the console, waits --sim-boot-delay and boots again. An agent
-killed with SIGKILL is a power cut (or a watchdog) and is followed by a new
-boot too. Killing the supervisor with SIGKILL cuts the power: the agent dies
-with it, and so does every command's leader process (unlike on hardware,
-what a command left running in the background may survive). If the agent
-exits in any other way, the supervisor exits with its status; and after 3
-boots in a row that end before the agent was up it gives up with status 2,
-rather than loop. A --listen port of 0 is chosen once, when the supervisor
-starts, and kept across boots, as a board keeps its address.
+BOARDS
+
+--board says what the agent runs on:
+
+  linux  the Linux system boardlinkd runs on: a lab board, or a VM. Its
+         A/B slots are block devices booted by U-Boot or GRUB, and a
+         reboot reboots it. boardlinkd is the agent itself, started by the
+         init system.
+  sim    a simulated board in a directory (the default), for a host, a
+         test or CI: boardlinkd is the board's boot loader, a supervisor
+         that runs the agent as its child, one boot after another.
+
+Both keep their identity (id, model, labels) in STATE_DIR/identity.json and
+serve the same methods; what differs is where the boot id, the slots and
+the reboot come from.
+
+A LINUX BOARD
+
+Identity: the first start names the board after its host name, up to the
+first dot ("linux-" and the first 12 hex digits of /etc/machine-id when the
+host name is "localhost" or no valid id), unless --id names it, and needs
+--model: the model selects the images the board accepts, so it is never
+guessed. Later starts keep what is stored, so an update that brings another
+host name leaves the id alone; --id, --model and --label change it. Boards
+flashed from one image that keeps its host name need --id. The boot id is
+the kernel's (/proc/sys/kernel/random/boot_id), the boot time its btime
+(/proc/stat).
+
+Slots: --boot names the boot loader, uboot or grub (required); --slot
+A=DEV and --slot B=DEV the block devices of the two slots (both required;
+a --slot replaces every slot of the config file); --boot-env the boot
+loader's environment: for U-Boot the fw_env.config that locates it
+(default /etc/fw_env.config), for GRUB the grubenv file (default
+/boot/grub/grubenv; make it once with "grub-editenv FILE create"). The
+slot that runs is read from the kernel command line (--cmdline, default
+/proc/cmdline), where the boot script puts boardlink.slot=A (or RAUC's
+rauc.slot=A). U-Boot needs fw_printenv and fw_setenv (Debian package
+libubootenv-tool), GRUB needs grub-editenv (grub-common). The boot scripts
+that boot a trial slot once and fall back by themselves, and the variables
+boardlinkd sets, are in docs/boot.md. Every setting is checked at start,
+and the tools looked for; what the environment and the command line say
+is read when it is needed, so a board whose boot script is wrong still
+serves exec, and says what is wrong in its log and in its OTA status.
+
+Reboot: on system.reboot, and to boot an update's trial or to go back
+after a failed one, the agent answers, stops cleanly (connections closed,
+every running command's process group ended), then runs --reboot-command
+with /bin/sh -c (default: "systemctl reboot" where systemd is the init
+system, "reboot" elsewhere) and exits with status 0 once the command has
+returned: the init system takes the board down. If the command fails,
+boardlinkd says so and exits with status 1, and the board runs on without
+its agent until the service manager starts it again: run it under a
+systemd unit with Restart=on-failure (not Restart=always, which could
+start it again while the system goes down).
+
+--serial on a linux board opens the device itself, DEV[:BAUD], and opens
+it again after a pause when it fails (a USB gadget port while the cable is
+out); unix:PATH listens on a unix socket and serves each connection as the
+line.
+
+A U-Boot board's /etc/boardlink/agent.yaml, its slots on eMMC partitions
+2 and 3:
+
+    board: linux
+    state_dir: /var/lib/boardlink
+    listen: ":7207"
+    token_file: /etc/boardlink/token
+    model: imx8mp-evk
+    labels: {lab: berlin, rack: "3"}
+    boot: uboot
+    slots:
+      A: /dev/mmcblk2p2
+      B: /dev/mmcblk2p3
+    boot_env: /etc/fw_env.config
+    serial: /dev/ttyGS0:115200
+    roots: [/srv/tests]
+    trust_keys: [/etc/boardlink/release.pub]
+    health_checks:
+      - systemctl is-system-running --wait
+    health_timeout: 2m
+
+A SIM BOARD
+
+The sim board keeps its identity (its default id a generated sim-XXXXXX,
+its default model sim) and boot history under --state-dir, and simulates
+the board's bootloader. boardlinkd starts as a supervisor (the bootloader)
+that runs the agent as its child process, one boot after another; every
+boot has a fresh boot id. On system.reboot the agent answers, stops
+cleanly (connections closed, every running command's process group ended)
+and exits with status 75; the supervisor then prints the reboot on the
+console, waits --sim-boot-delay and boots again. An agent killed with
+SIGKILL is a power cut (or a watchdog) and is followed by a new boot too.
+Killing the supervisor with SIGKILL cuts the power: the agent dies with
+it, and so does every command's leader process (unlike on hardware, what a
+command left running in the background may survive). If the agent exits in
+any other way, the supervisor exits with its status; and after 3 boots in
+a row that end before the agent was up it gives up with status 2, rather
+than loop. A --listen port of 0 is chosen once, when the supervisor starts,
+and kept across boots, as a board keeps its address.
 
 --serial gives the sim board a UART that, like a real one, survives its
 reboots: the supervisor holds the line and hands each boot its own end of
@@ -82,26 +166,42 @@ while no agent runs is lost.
 
 The sim board has two slots, A and B, as files under STATE_DIR/slots, and
 a boot environment, STATE_DIR/bootenv.json, and the supervisor is its A/B
-boot loader (--boot sim): at every boot it reads the environment and boots
-the active slot, or a trial slot once. A trial boot that ends without a
-commit (a reboot, a crash, a power cut) is followed by a boot of the
-active slot, the trial cleared; the console says so ("sim-boot: trial of
-slot B was not committed: falling back to A") and names the slot of every
-boot ("sim-boot: booting slot A"). The boot loaders of real boards, U-Boot
-and GRUB (--boot uboot, --boot grub), need --board linux, which this build
-does not have yet; docs/boot.md describes their variables and scripts.
+boot loader (--boot sim, the default there): at every boot it reads the
+environment and boots the active slot, or a trial slot once. A trial boot
+that ends without a commit (a reboot, a crash, a power cut) is followed by
+a boot of the active slot, the trial cleared; the console says so
+("sim-boot: trial of slot B was not committed: falling back to A") and
+names the slot of every boot ("sim-boot: booting slot A"). --slot,
+--boot-env, --cmdline and --reboot-command are for a linux board only.
+
+The supervisor marks each boot with the environment variables
+BOARDLINKD_SIM_BOOT (the boot number), BOARDLINKD_SIM_SLOT (the slot it
+booted, A or B), BOARDLINKD_SIM_UP_FD (a descriptor the agent writes to
+once it is up) and, with --serial, BOARDLINKD_UART_FD (the agent's end of
+the line); a process that finds BOARDLINKD_SIM_BOOT set runs as the agent,
+never as a supervisor. The agent removes them from its environment, so the
+commands it runs do not see them.
+
+UPDATES
 
 An OTA image is installed only if it is signed by a key given with
 --trust-key (an ed25519 public key file; repeatable; each must be
-readable). After the trial boot of an update, the commands given with
---health-check run in order, each as "/bin/sh -c CMD" with BOARDLINK_SLOT
-and BOARDLINK_VERSION in its environment; the update is committed only if
-all of them exit 0 within --health-timeout (default 60s), and rolled back
-otherwise (the board then reboots into the active slot).
+readable), and only if it names the board's model. The board writes the
+slot that does not run, sets a trial boot of it and reboots. After the
+trial boot, the commands given with --health-check run in order, each as
+"/bin/sh -c CMD" with BOARDLINK_SLOT and BOARDLINK_VERSION in its
+environment; the update is committed only if all of them exit 0 within
+--health-timeout (default 60s), and rolled back otherwise (the board then
+reboots into the active slot). The update's state is kept in
+STATE_DIR/ota.
+
+FILES
 
 The file methods may touch the state directory and the directories given
 with --root (repeatable; each must exist), and nothing else; file.download
 keeps its package cache in STATE_DIR/cache.
+
+DISCOVERY
 
 The board advertises itself over mDNS (_boardlink._tcp, instance name = the
 board id, TXT: id, model, proto, caps, ver, boot, slot, l.KEY; never the
@@ -109,30 +209,35 @@ token) on --iface interfaces, or every up multicast-capable one; a server
 listening on loopback only is advertised only where --iface says. It says
 goodbye when it stops, and at every reboot. --no-mdns turns this off.
 
-A YAML file given with --config may hold the same settings (keys: board,
-state_dir, listen, serial, token_file, id, model, labels, ifaces, no_mdns,
-exec_log_size, verbose, roots, sim_boot_delay, boot, trust_keys,
-health_checks, health_timeout); flags given on the command line win
-(--root, --iface, --trust-key and --health-check replace the file's
-lists).
+CONFIG FILE
 
-SIGINT or SIGTERM stops the board cleanly: the supervisor passes SIGTERM on
-to the agent, which closes its connections and ends every running command's
-process group (TERM, then KILL after its grace), and is killed if it has
-not stopped within 20s.
+A YAML file given with --config may hold the same settings, under the
+keys board, state_dir, listen, serial, token_file, id, model, labels,
+ifaces, no_mdns, exec_log_size, verbose, roots, sim_boot_delay, boot,
+slots, boot_env, cmdline, reboot_command, trust_keys, health_checks and
+health_timeout; an unknown key is an error. Flags given on the command
+line win: --root, --iface, --trust-key, --health-check and --slot replace
+the file's lists, --label its labels.
 
-Exit status: 0 after a clean stop; 2 for a bad setting or a failure to
-start; the agent's own status when it exited other than by a reboot or a
-power cut (128+N when killed by signal N).
+SIGNALS AND EXIT STATUS
 
-The supervisor marks each boot with the environment variables
-BOARDLINKD_SIM_BOOT (the boot number), BOARDLINKD_SIM_SLOT (the slot it
-booted, A or B), BOARDLINKD_SIM_UP_FD (a descriptor the agent writes to
-once it is up) and, with --serial, BOARDLINKD_UART_FD (the agent's end of
-the line); a process that finds BOARDLINKD_SIM_BOOT set runs as the agent,
-never as a supervisor. The agent removes them from its
-environment, so the commands it runs do not see them.`,
-		Example: `  boardlinkd --board sim --state-dir /tmp/board1 --listen 127.0.0.1:7207
+SIGINT or SIGTERM stops the board cleanly: the agent closes its
+connections and ends every running command's process group (TERM, then
+KILL after its grace). On the sim board the supervisor passes SIGTERM on
+to the agent, and kills it if it has not stopped within 20s.
+
+Exit status: 0 after a clean stop, and on a linux board after the reboot
+command started a reboot; 1 when that command failed; 2 for a bad setting
+or a failure to start; on the sim board, the agent's own status when it
+exited other than by a reboot or a power cut (128+N when killed by signal
+N).`,
+		Example: `  boardlinkd --board linux --state-dir /var/lib/boardlink --listen :7207 --token-file /etc/boardlink/token \
+      --model rpi4 --boot uboot --slot A=/dev/mmcblk0p2 --slot B=/dev/mmcblk0p3 \
+      --trust-key /etc/boardlink/release.pub
+  boardlinkd --board linux --state-dir /var/lib/boardlink --model pc-x86 --boot grub --boot-env /boot/efi/grubenv \
+      --slot A=/dev/disk/by-partlabel/rootfs_a --slot B=/dev/disk/by-partlabel/rootfs_b \
+      --reboot-command 'systemctl reboot --no-wall'
+  boardlinkd --board sim --state-dir /tmp/board1 --listen 127.0.0.1:7207
   boardlinkd --board sim --state-dir /var/lib/boardlink --serial /dev/ttyGS0:115200 --token-file /etc/boardlink/token
   boardlinkd --board sim --state-dir /tmp/board2 --no-mdns --serial unix:/tmp/board2.sock --root /tmp/board2-files
   boardlinkd --board sim --state-dir /tmp/board3 --trust-key /etc/boardlink/release.pub --health-check 'systemctl is-system-running --wait'
@@ -146,6 +251,13 @@ environment, so the commands it runs do not see them.`,
 			if err != nil {
 				return err
 			}
+			var parts boardParts
+			if cfg.Board == boardLinux {
+				if parts, err = newLinuxBoard(cfg); err != nil {
+					return err
+				}
+				return serve(cmd.Context(), cfg, parts, stderr)
+			}
 			h, err := sim.TakeHandoff()
 			if err != nil {
 				return err
@@ -153,7 +265,10 @@ environment, so the commands it runs do not see them.`,
 			if h == nil {
 				return supervise(cmd.Context(), cfg, args, stdout, stderr)
 			}
-			return serve(cmd.Context(), cfg, h, stderr)
+			if parts, err = newSimBoard(cfg, h); err != nil {
+				return err
+			}
+			return serve(cmd.Context(), cfg, parts, stderr)
 		},
 	}
 	cmd.SetArgs(args)
@@ -171,19 +286,20 @@ type options struct {
 	cfg        Config
 	configFile string
 	labels     []string
+	slots      []string
 }
 
 // bind defines the flags of cmd.
 func (o *options) bind(cmd *cobra.Command) {
 	f := cmd.Flags()
 	cfg := &o.cfg
-	f.StringVar(&cfg.Board, "board", "sim", "board backend (sim)")
+	f.StringVar(&cfg.Board, "board", boardSim, "what the agent runs on: linux (this system) or sim (a simulated board in --state-dir)")
 	f.StringVar(&cfg.StateDir, "state-dir", "", "directory for the board's persistent state (required)")
 	f.StringVar(&cfg.Listen, "listen", fmt.Sprintf("127.0.0.1:%d", DefaultPort), `WebSocket listen address ("" to disable)`)
 	f.StringVar(&cfg.Serial, "serial", "", "serial line to serve the framed protocol on: a device as DEV[:BAUD] (default baud 115200), or unix:PATH to listen on a unix socket")
 	f.StringVar(&cfg.TokenFile, "token-file", "", "file holding the token every client must present")
-	f.StringVar(&cfg.ID, "id", "", "board id (default: the stored one, or a generated sim-XXXXXX)")
-	f.StringVar(&cfg.Model, "model", "", "board model (default: the stored one, or sim)")
+	f.StringVar(&cfg.ID, "id", "", "board id (default: the stored one; else on a linux board the host name, on a sim board a generated sim-XXXXXX)")
+	f.StringVar(&cfg.Model, "model", "", "board model, which images must name (default: the stored one; else sim on a sim board; a linux board's first start needs it)")
 	f.StringArrayVar(&o.labels, "label", nil, "label as KEY=VALUE (repeatable; replaces the stored labels)")
 	f.IntVar(&cfg.ExecLogSize, "exec-log-size", 100, "number of commands kept in the command log")
 	f.BoolVarP(&cfg.Verbose, "verbose", "v", false, "log to stderr at debug level")
@@ -192,7 +308,11 @@ func (o *options) bind(cmd *cobra.Command) {
 	f.BoolVar(&cfg.NoMDNS, "no-mdns", false, "do not advertise over mDNS")
 	f.StringArrayVar(&cfg.Roots, "root", nil, "directory the file methods may touch, besides the state dir (repeatable)")
 	f.DurationVar(&cfg.SimBootDelay, "sim-boot-delay", sim.DefaultBootDelay, "sim board: pause between the end of a boot and the next")
-	f.StringVar(&cfg.Boot, "boot", bootSim, "boot loader of the A/B slots: sim (the sim board's supervisor); uboot and grub need --board linux (not in this build)")
+	f.StringVar(&cfg.Boot, "boot", "", "boot loader of the A/B slots: uboot or grub on a linux board (required there); sim, the supervisor, on a sim board (the default there)")
+	f.StringArrayVar(&o.slots, "slot", nil, "linux board: a slot's block device as SLOT=DEVICE, e.g. A=/dev/mmcblk0p2 (give A and B)")
+	f.StringVar(&cfg.BootEnv, "boot-env", "", "linux board: the boot loader's environment: uboot, its fw_env.config (default "+linux.DefaultUBootEnv+"); grub, the grubenv file (default "+linux.DefaultGRUBEnv+")")
+	f.StringVar(&cfg.Cmdline, "cmdline", "", "linux board: the kernel command line naming the booted slot with boardlink.slot= (default "+linux.DefaultCmdline+")")
+	f.StringVar(&cfg.RebootCommand, "reboot-command", "", "linux board: shell command that reboots, run once the agent stopped (default: systemctl reboot, or reboot without systemd)")
 	f.StringArrayVar(&cfg.TrustKeys, "trust-key", nil, "ed25519 public key file (PATH.pub) trusted to sign OTA images (repeatable; none: every image is refused)")
 	f.StringArrayVar(&cfg.HealthChecks, "health-check", nil, "shell command that must exit 0 after a trial boot for the update to commit (repeatable; run in order)")
 	f.DurationVar(&cfg.HealthTimeout, "health-timeout", DefaultHealthTimeout, "time allowed for all the health checks of a trial boot")
@@ -216,6 +336,13 @@ func (o *options) config(cmd *cobra.Command) (Config, error) {
 		}
 		cfg.Labels = parsed
 	}
+	if len(o.slots) > 0 {
+		parsed, err := parseSlots(o.slots)
+		if err != nil {
+			return Config{}, err
+		}
+		cfg.Slots = parsed
+	}
 	if err := cfg.validate(); err != nil {
 		return Config{}, err
 	}
@@ -238,6 +365,8 @@ func mergeConfig(file, flags Config, cmd *cobra.Command) Config {
 	for name, pair := range map[string][2]*string{
 		"serial": {&out.Serial, &flags.Serial}, "token-file": {&out.TokenFile, &flags.TokenFile},
 		"id": {&out.ID, &flags.ID}, "model": {&out.Model, &flags.Model},
+		"boot-env": {&out.BootEnv, &flags.BootEnv}, "cmdline": {&out.Cmdline, &flags.Cmdline},
+		"reboot-command": {&out.RebootCommand, &flags.RebootCommand},
 	} {
 		if set(name) {
 			*pair[0] = *pair[1]
@@ -284,6 +413,22 @@ func parseLabels(kvs []string) (map[string]string, error) {
 	return out, nil
 }
 
+// parseSlots parses --slot SLOT=DEVICE flags; validate checks the slots.
+func parseSlots(kvs []string) (map[string]string, error) {
+	out := make(map[string]string, len(kvs))
+	for _, kv := range kvs {
+		s, dev, ok := strings.Cut(kv, "=")
+		if !ok || s == "" || dev == "" {
+			return nil, fmt.Errorf("--slot %q: want SLOT=DEVICE, e.g. A=/dev/mmcblk0p2", kv)
+		}
+		if _, dup := out[s]; dup {
+			return nil, fmt.Errorf("--slot %s: given twice", s)
+		}
+		out[s] = dev
+	}
+	return out, nil
+}
+
 func newLogger(cfg Config, stderr io.Writer) *slog.Logger {
 	level := slog.LevelInfo
 	if cfg.Verbose {
@@ -302,19 +447,25 @@ func (r rebootRequest) reboot() {
 	}
 }
 
-// serve is one boot of the board: it builds the agent with fx, starts it,
-// tells the supervisor it is up, and stops it when ctx ends or the agent
-// asks for a reboot; then it returns an *exitError with sim.ExitReboot.
-func serve(ctx context.Context, cfg Config, h *sim.Handoff, stderr io.Writer) error {
+// serve is one boot of the board: it builds the agent with fx from the
+// common parts and the board's own (parts: newSimBoard's or
+// newLinuxBoard's), starts it, tells the board it is up, and stops it
+// when ctx ends or the agent asks for a reboot; then the board reboots
+// (platform.reboot).
+func serve(ctx context.Context, cfg Config, parts boardParts, stderr io.Writer) error {
 	log := newLogger(cfg, stderr)
 	reboot := make(rebootRequest, 1)
-	var boot board.BootControl
+	var (
+		boot board.BootControl
+		plat *platform
+	)
 	app := fx.New(
 		fx.WithLogger(func() fxevent.Logger { return fxevent.NopLogger }),
-		fx.Supply(cfg, log, h, reboot),
-		fx.Provide(newBoard, newBootControl, newExecs, newOTA, newAgent, newWebSocket),
+		fx.Supply(cfg, log, reboot),
+		fx.Provide(func() boardParts { return parts }),
+		fx.Provide(newExecs, newOTA, newAgent, newWebSocket),
 		fx.Invoke(startMDNS, startSerial),
-		fx.Populate(&boot),
+		fx.Populate(&boot, &plat),
 	)
 	if err := app.Err(); err != nil {
 		return err
@@ -324,13 +475,13 @@ func serve(ctx context.Context, cfg Config, h *sim.Handoff, stderr io.Writer) er
 	if err := app.Start(startCtx); err != nil {
 		return err
 	}
-	h.Up()
+	plat.up()
+	started := append([]any{"version", version.Version}, plat.attrs...)
 	if st, err := boot.State(ctx); err != nil {
-		log.Info("boardlinkd started", "version", version.Version, "boot", h.Boot)
+		log.Info("boardlinkd started", started...)
 		log.Warn("boot loader", "err", err)
 	} else {
-		log.Info("boardlinkd started", "version", version.Version, "boot", h.Boot,
-			"slot", st.Booted, "active", st.Active, "trial", st.Trial)
+		log.Info("boardlinkd started", append(started, "slot", st.Booted, "active", st.Active, "trial", st.Trial)...)
 	}
 	rebooting := false
 	select {
@@ -350,24 +501,14 @@ func serve(ctx context.Context, cfg Config, h *sim.Handoff, stderr io.Writer) er
 	}
 	log.Info("boardlinkd stopped")
 	if rebooting {
-		return &exitError{code: sim.ExitReboot}
+		return plat.reboot(context.WithoutCancel(ctx), log)
 	}
 	return nil
 }
 
-// newBoard boots the sim board in the slot its bootloader, the
-// supervisor, chose.
-func newBoard(cfg Config, h *sim.Handoff) (*sim.Board, error) {
-	return sim.Open(cfg.StateDir, sim.Options{ID: cfg.ID, Model: cfg.Model, Labels: maps.Clone(cfg.Labels), Slot: h.Slot})
-}
-
-// newBootControl is the board's A/B boot loader (--boot sim: the
-// supervisor, through bootenv.json), for the OTA state machine.
-func newBootControl(b *sim.Board) board.BootControl { return b.BootControl() }
-
 // newExecs registers the command manager first, so that it stops last:
 // after the listeners, every remaining process group is ended.
-func newExecs(lc fx.Lifecycle, cfg Config, b *sim.Board, log *slog.Logger) *agent.Execs {
+func newExecs(lc fx.Lifecycle, cfg Config, b stateBoard, log *slog.Logger) *agent.Execs {
 	m := agent.NewExecs(agent.ExecOptions{LogSize: cfg.ExecLogSize, LogPath: filepath.Join(b.Dir(), "exec-log.json"), Logger: log})
 	lc.Append(fx.Hook{
 		OnStart: func(context.Context) error { return m.LoadLog() },
@@ -379,7 +520,7 @@ func newExecs(lc fx.Lifecycle, cfg Config, b *sim.Board, log *slog.Logger) *agen
 // newOTA is the update state machine. Its hooks come after the command
 // manager's, so it starts later (a trial boot's health check may run at
 // once) and stops first.
-func newOTA(lc fx.Lifecycle, cfg Config, b *sim.Board, boot board.BootControl, log *slog.Logger, reboot rebootRequest) (*ota.Updater, error) {
+func newOTA(lc fx.Lifecycle, cfg Config, b stateBoard, boot board.BootControl, log *slog.Logger, reboot rebootRequest) (*ota.Updater, error) {
 	var keys []ed25519.PublicKey
 	for _, path := range cfg.TrustKeys {
 		k, err := image.LoadPublicKey(path)
@@ -395,7 +536,7 @@ func newOTA(lc fx.Lifecycle, cfg Config, b *sim.Board, boot board.BootControl, l
 	return u, nil
 }
 
-func newAgent(cfg Config, b *sim.Board, m *agent.Execs, u *ota.Updater, log *slog.Logger, reboot rebootRequest) (*agent.Agent, error) {
+func newAgent(cfg Config, b stateBoard, m *agent.Execs, u *ota.Updater, log *slog.Logger, reboot rebootRequest) (*agent.Agent, error) {
 	tok, err := cfg.token()
 	if err != nil {
 		return nil, err
@@ -460,12 +601,12 @@ func boardRecord(info proto.BoardInfo, port int) discovery.Record {
 	return r
 }
 
-// startSerial serves the framed protocol on the boot's end of the UART,
-// which the supervisor handed down; without --serial there is none.
-func startSerial(lc fx.Lifecycle, h *sim.Handoff, a *agent.Agent) {
-	if h.UART == nil {
+// startSerial serves the framed protocol on --serial, on the line the
+// board gives (serialServer); without --serial there is none.
+func startSerial(lc fx.Lifecycle, serial serialServer, a *agent.Agent) {
+	if serial == nil {
 		return
 	}
-	s := agent.NewLineSerialServer(a, "uart", h.UART)
+	s := serial(a)
 	lc.Append(fx.Hook{OnStart: s.Start, OnStop: s.Stop})
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -11,6 +12,9 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/boardlink/boardlink/board"
+	"github.com/boardlink/boardlink/board/linux"
 )
 
 // DefaultPort is the agent's WebSocket port.
@@ -18,6 +22,12 @@ const DefaultPort = 7207
 
 // DefaultHealthTimeout bounds the health checks after a trial boot.
 const DefaultHealthTimeout = 60 * time.Second
+
+// Boards (--board).
+const (
+	boardSim   = "sim"   // board/sim: a board in a directory, with its supervisor
+	boardLinux = "linux" // board/linux: the Linux system boardlinkd runs on
+)
 
 // Boot loaders (--boot).
 const (
@@ -47,9 +57,21 @@ type Config struct {
 	// next boot.
 	SimBootDelay time.Duration `yaml:"sim_boot_delay"`
 	// Boot is the boot loader that boots the A/B slots: sim (the sim
-	// board's supervisor, the default), or uboot or grub (board/linux,
-	// for a --board linux this build does not have yet).
+	// board's supervisor, the default there), or uboot or grub (a linux
+	// board, which needs one of them).
 	Boot string `yaml:"boot"`
+	// Slots maps each slot, A and B, to its block device (linux board).
+	Slots map[string]string `yaml:"slots"`
+	// BootEnv is the boot loader's environment (linux board): U-Boot's
+	// fw_env.config, or GRUB's grubenv; "" for the loader's default.
+	BootEnv string `yaml:"boot_env"`
+	// Cmdline is the kernel command line the booted slot is read from
+	// (linux board; "" is /proc/cmdline).
+	Cmdline string `yaml:"cmdline"`
+	// RebootCommand is the shell command that reboots a linux board once
+	// the agent stopped; "" is systemctl reboot, or reboot without
+	// systemd.
+	RebootCommand string `yaml:"reboot_command"`
 	// TrustKeys are the files of the ed25519 public keys trusted to sign
 	// OTA images; each must be readable (the image package parses them).
 	TrustKeys []string `yaml:"trust_keys"`
@@ -79,8 +101,10 @@ func loadConfigFile(path string) (Config, error) {
 
 func (c *Config) validate() error {
 	var errs []error
-	if c.Board != "sim" {
-		errs = append(errs, fmt.Errorf("--board %q: the only backend in this build is sim", c.Board))
+	switch c.Board {
+	case boardSim, boardLinux:
+	default:
+		errs = append(errs, fmt.Errorf("--board %q: want sim or linux", c.Board))
 	}
 	if c.StateDir == "" {
 		errs = append(errs, errors.New("--state-dir is required"))
@@ -112,13 +136,11 @@ func (c *Config) validate() error {
 	if c.SimBootDelay <= 0 {
 		errs = append(errs, errors.New("sim_boot_delay must be positive"))
 	}
-	switch c.Boot {
-	case "", bootSim:
-		c.Boot = bootSim
-	case bootUBoot, bootGRUB:
-		errs = append(errs, fmt.Errorf("--boot %s: U-Boot and GRUB need --board linux, which this build does not have (the sim board boots with --boot sim)", c.Boot))
-	default:
-		errs = append(errs, fmt.Errorf("--boot %q: want sim, uboot or grub", c.Boot))
+	switch c.Board {
+	case boardSim:
+		errs = append(errs, c.validateSim()...)
+	case boardLinux:
+		errs = append(errs, c.validateLinux()...)
 	}
 	for _, k := range c.TrustKeys {
 		if err := readable(k); err != nil {
@@ -134,6 +156,134 @@ func (c *Config) validate() error {
 		errs = append(errs, errors.New("health_timeout must be positive"))
 	}
 	return errors.Join(errs...)
+}
+
+// validateSim checks the settings of the sim board: its boot loader is
+// its supervisor, and the linux board's settings have no meaning there.
+func (c *Config) validateSim() []error {
+	var errs []error
+	switch c.Boot {
+	case "", bootSim:
+		c.Boot = bootSim
+	case bootUBoot, bootGRUB:
+		errs = append(errs, fmt.Errorf("--boot %s: U-Boot and GRUB need --board linux (the sim board boots with --boot sim)", c.Boot))
+	default:
+		errs = append(errs, fmt.Errorf("--boot %q: want sim, uboot or grub", c.Boot))
+	}
+	for _, s := range []struct {
+		flag string
+		set  bool
+	}{
+		{"--slot", len(c.Slots) > 0}, {"--boot-env", c.BootEnv != ""},
+		{"--cmdline", c.Cmdline != ""}, {"--reboot-command", c.RebootCommand != ""},
+	} {
+		if s.set {
+			errs = append(errs, fmt.Errorf("%s: only for --board linux (the sim board's slots and boot environment live in --state-dir)", s.flag))
+		}
+	}
+	return errs
+}
+
+// validateLinux checks the settings of a linux board: a boot loader, both
+// slot devices, the boot environment and the command line must be there,
+// and the boot loader's tools installed (linux.New). Reading the
+// environment, and the slot the command line names, is left to the
+// agent: a board whose boot script is wrong still serves exec, and says
+// what is wrong in its log and its OTA status.
+func (c *Config) validateLinux() []error {
+	var errs []error
+	switch c.Boot {
+	case bootUBoot, bootGRUB:
+	case "":
+		errs = append(errs, errors.New("--boot is required with --board linux: uboot or grub"))
+	case bootSim:
+		errs = append(errs, errors.New("--boot sim: the sim boot loader is the sim board's supervisor; a linux board boots with --boot uboot or --boot grub"))
+	default:
+		errs = append(errs, fmt.Errorf("--boot %q: want uboot or grub", c.Boot))
+	}
+	slotsOK := true
+	for _, s := range []string{board.SlotA, board.SlotB} {
+		dev, ok := c.Slots[s]
+		if !ok || dev == "" {
+			errs = append(errs, fmt.Errorf("--slot %s=DEVICE is required with --board linux (slots: {A: DEV, B: DEV} in a config file)", s))
+			slotsOK = false
+			continue
+		}
+		if fi, err := os.Stat(dev); err != nil {
+			errs = append(errs, fmt.Errorf("--slot %s=%s: %w", s, dev, err))
+			slotsOK = false
+		} else if fi.IsDir() {
+			errs = append(errs, fmt.Errorf("--slot %s=%s: a directory, not a device", s, dev))
+			slotsOK = false
+		}
+	}
+	for s := range c.Slots {
+		if s != board.SlotA && s != board.SlotB {
+			errs = append(errs, fmt.Errorf("--slot %s: no such slot (A or B)", s))
+			slotsOK = false
+		}
+	}
+	if slotsOK && sameFile(c.Slots[board.SlotA], c.Slots[board.SlotB]) {
+		errs = append(errs, fmt.Errorf("--slot A=%s and --slot B=%s are the same device", c.Slots[board.SlotA], c.Slots[board.SlotB]))
+		slotsOK = false
+	}
+	if c.Boot == bootUBoot || c.Boot == bootGRUB {
+		if env := c.bootEnv(); env != "" {
+			if err := readable(env); err != nil {
+				what := "the U-Boot environment's fw_env.config"
+				if c.Boot == bootGRUB {
+					what = "the grubenv (make one with grub-editenv FILE create)"
+				}
+				errs = append(errs, fmt.Errorf("--boot-env, %s: %w", what, err))
+			}
+		}
+	}
+	cmdline := c.Cmdline
+	if cmdline == "" {
+		cmdline = linux.DefaultCmdline
+	}
+	if _, err := os.ReadFile(cmdline); err != nil {
+		errs = append(errs, fmt.Errorf("--cmdline: %w", err))
+	}
+	if c.RebootCommand != "" && strings.TrimSpace(c.RebootCommand) == "" {
+		errs = append(errs, errors.New("--reboot-command: an empty command"))
+	}
+	if len(errs) == 0 && slotsOK {
+		// The tools: a missing one names its Debian package.
+		if _, err := linux.New(c.bootConfig()); err != nil {
+			errs = append(errs, fmt.Errorf("--boot %s: %w", c.Boot, err))
+		}
+	}
+	return errs
+}
+
+// sameFile reports whether a and b name the same file (or device).
+func sameFile(a, b string) bool {
+	fa, erra := os.Stat(a)
+	fb, errb := os.Stat(b)
+	if erra != nil || errb != nil {
+		return filepath.Clean(a) == filepath.Clean(b)
+	}
+	return os.SameFile(fa, fb)
+}
+
+// bootEnv is the boot loader's environment of a linux board: --boot-env,
+// or the loader's default.
+func (c *Config) bootEnv() string {
+	switch {
+	case c.BootEnv != "":
+		return c.BootEnv
+	case c.Boot == bootUBoot:
+		return linux.DefaultUBootEnv
+	case c.Boot == bootGRUB:
+		return linux.DefaultGRUBEnv
+	}
+	return ""
+}
+
+// bootConfig is the boot control of a linux board.
+func (c *Config) bootConfig() linux.Config {
+	return linux.Config{Loader: linux.Loader(c.Boot), Devices: maps.Clone(c.Slots), Env: c.bootEnv(), Cmdline: c.Cmdline}
 }
 
 // readable checks that path is a regular file this process can read.

@@ -167,7 +167,7 @@ func TestBadConfigIsAClearError(t *testing.T) {
 		want string
 	}{
 		{[]string{"--listen", "127.0.0.1:0"}, "--state-dir is required"},
-		{[]string{"--state-dir", dir, "--board", "rpi"}, "only backend"},
+		{[]string{"--state-dir", dir, "--board", "rpi"}, `--board "rpi": want sim or linux`},
 		{[]string{"--state-dir", dir, "--listen", "", "--serial", ""}, "nothing to serve"},
 		{[]string{"--config", bad}, "state_dirr"},
 		{[]string{"--state-dir", dir, "--label", "novalue"}, "KEY=VALUE"},

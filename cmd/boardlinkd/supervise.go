@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"slices"
 	"strconv"
-	"syscall"
 	"time"
 
 	"github.com/boardlink/boardlink/board/sim"
@@ -151,17 +151,25 @@ func attachDevice(dev string, baud int, uart *sim.UART, log *slog.Logger) (detac
 // listenUnix listens on path, replacing a socket that nobody serves any
 // more (a supervisor that was killed leaves its socket behind).
 func listenUnix(path string) (net.Listener, error) {
+	removeStaleSocket(path)
 	ln, err := net.Listen("unix", path)
-	if errors.Is(err, syscall.EADDRINUSE) {
-		if c, derr := net.Dial("unix", path); derr == nil {
-			c.Close()
-			return nil, fmt.Errorf("serial: %w", err) // a live one: not ours to take
-		}
-		os.Remove(path)
-		ln, err = net.Listen("unix", path)
-	}
 	if err != nil {
-		return nil, fmt.Errorf("serial: %w", err)
+		return nil, fmt.Errorf("serial: %w", err) // a live one is not ours to take
 	}
 	return ln, nil
+}
+
+// removeStaleSocket removes the unix socket at path if nobody answers on
+// it. Anything else at path (a live socket, a file) is left alone, and
+// listening there fails.
+func removeStaleSocket(path string) {
+	fi, err := os.Lstat(path)
+	if err != nil || fi.Mode().Type() != fs.ModeSocket {
+		return
+	}
+	if c, err := net.Dial("unix", path); err == nil {
+		c.Close()
+		return
+	}
+	os.Remove(path)
 }
