@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/boardlink/boardlink/proto"
 )
 
 // Service is the DNS-SD service type boards advertise.
@@ -124,4 +126,18 @@ func ParseTXT(txt []string) (Record, error) {
 // browser can tell an update (new boot id, new slot) from a refresh.
 func (r Record) SameAnnouncement(o Record) bool {
 	return slices.Equal(r.TXT(), o.TXT()) && r.Address == o.Address
+}
+
+// RecordOf is the record an agent announces for itself: its board.info
+// answer (info) and the port of its WebSocket server. It carries nothing
+// secret (never the token), and names the booted slot when info has one.
+func RecordOf(info proto.BoardInfo, port int) Record {
+	r := Record{ID: info.ID, Model: info.Model, Protocol: info.Protocol, Capabilities: info.Capabilities,
+		Version: info.Agent, BootID: info.BootID, Labels: info.Labels, Port: port}
+	for _, s := range info.Slots {
+		if s.Booted {
+			r.Slot = s.Name
+		}
+	}
+	return r
 }

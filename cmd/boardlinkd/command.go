@@ -23,7 +23,6 @@ import (
 	"github.com/boardlink/boardlink/discovery"
 	"github.com/boardlink/boardlink/image"
 	"github.com/boardlink/boardlink/internal/version"
-	"github.com/boardlink/boardlink/proto"
 )
 
 // stopTimeout bounds a clean shutdown: commands get their grace period,
@@ -578,7 +577,7 @@ func startMDNS(lc fx.Lifecycle, cfg Config, a *agent.Agent, ws *agent.WebSocketS
 				adv = nil
 				return nil
 			}
-			return adv.Start(ctx, boardRecord(a.Info(), addr.Port))
+			return adv.Start(ctx, discovery.RecordOf(a.Info(), addr.Port))
 		},
 		OnStop: func(ctx context.Context) error {
 			if adv == nil {
@@ -589,17 +588,6 @@ func startMDNS(lc fx.Lifecycle, cfg Config, a *agent.Agent, ws *agent.WebSocketS
 	})
 }
 
-// boardRecord is what the agent announces: never a secret.
-func boardRecord(info proto.BoardInfo, port int) discovery.Record {
-	r := discovery.Record{ID: info.ID, Model: info.Model, Protocol: info.Protocol, Capabilities: info.Capabilities,
-		Version: info.Agent, BootID: info.BootID, Labels: info.Labels, Port: port}
-	for _, s := range info.Slots {
-		if s.Booted {
-			r.Slot = s.Name
-		}
-	}
-	return r
-}
 
 // startSerial serves the framed protocol on --serial, on the line the
 // board gives (serialServer); without --serial there is none.
