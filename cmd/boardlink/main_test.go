@@ -134,15 +134,3 @@ func TestHelpIsComplete(t *testing.T) {
 		}
 	}
 }
-
-func TestDemo(t *testing.T) {
-	stdout, stderr, code := cli(t, "", "demo")
-	if code != 0 {
-		t.Fatalf("demo failed (%d): %s\n%s", code, stderr, stdout)
-	}
-	for _, want := range []string{"exit status 42", "exit status 124", "over the serial link", "demo finished"} {
-		if !strings.Contains(stdout, want) {
-			t.Errorf("demo output lacks %q:\n%s", want, stdout)
-		}
-	}
-}

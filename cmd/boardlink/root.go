@@ -63,7 +63,7 @@ variable.`,
 	pf.BoolVarP(&g.verbose, "verbose", "v", false, "log protocol activity to stderr")
 	pf.StringArrayVar(&g.ifaces, "iface", nil, "network interface for mDNS discovery (repeatable; default: every multicast-capable one)")
 	root.AddCommand(newLsCmd(g), newInfoCmd(g), newExecCmd(g), newPushCmd(g), newPullCmd(g),
-		newDownloadCmd(g), newRebootCmd(g), newConsoleCmd(g), newOTACmd(g), newImageCmd(), newDemoCmd(g))
+		newDownloadCmd(g), newRebootCmd(g), newConsoleCmd(g), newOTACmd(g), newRolloutCmd(g), newHistoryCmd(), newImageCmd(), newDemoCmd(g))
 	return root
 }
 

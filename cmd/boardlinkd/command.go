@@ -588,7 +588,6 @@ func startMDNS(lc fx.Lifecycle, cfg Config, a *agent.Agent, ws *agent.WebSocketS
 	})
 }
 
-
 // startSerial serves the framed protocol on --serial, on the line the
 // board gives (serialServer); without --serial there is none.
 func startSerial(lc fx.Lifecycle, serial serialServer, a *agent.Agent) {

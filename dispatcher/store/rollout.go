@@ -325,13 +325,10 @@ func (s *Store) Boards(ctx context.Context, rolloutID string, results ...string)
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
-	if results == nil {
-		results = []string{}
-	}
 	return s.boards(ctx, rolloutID, results)
 }
 
-// boards lists a rollout's boards; a nil results is all of them.
+// boards lists a rollout's boards; no results is all of them.
 func (s *Store) boards(ctx context.Context, rolloutID string, results []string) ([]BoardResult, error) {
 	q := `SELECT rollout_id, board_id, address, phase, result, reason, from_version, to_version,
 		bytes_sent, attempts, started, ended, update_id FROM board_results WHERE rollout_id = ?`

@@ -1,0 +1,547 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/vbauerster/mpb/v8"
+	"github.com/vbauerster/mpb/v8/decor"
+
+	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/dispatcher/store"
+	"github.com/boardlink/boardlink/image"
+	"github.com/boardlink/boardlink/internal/atomicfile"
+	"github.com/boardlink/boardlink/proto"
+)
+
+// rolloutOptions are rollout's flags.
+type rolloutOptions struct {
+	selectors    []string
+	concurrency  int
+	maxFailures  int
+	discover     time.Duration
+	boardTimeout time.Duration
+	savePlan     string
+	planFile     string
+	resume       string
+	logDir       string
+	inventory    string
+	db           string
+	force        bool
+	asJSON       bool
+}
+
+func newRolloutCmd(g *globals) *cobra.Command {
+	var o rolloutOptions
+	cmd := &cobra.Command{
+		Use:   "rollout IMAGE [--select k=v]... [-C N] [--max-failures N] [--timeout D] [--save-plan F | --plan F] [--resume ID] [--log-dir D] [--json]",
+		Short: "Update many boards to a signed image, in stages, a few at a time",
+		Long: `rollout updates every selected board to IMAGE in three stages, each run
+over all the boards with at most -C at once before the next begins:
+
+  plan     is the board reachable, does the image fit its model, what does
+           it run, how many bytes would it need (only chunks its active
+           slot lacks cross the link)
+  prepare  write the inactive slot and verify it
+  execute  activate, reboot into the trial, wait for the new boot id, let
+           the board run its health check, commit (or roll back)
+
+Boards come from discovery (mDNS on --iface, and USB serial, listening for
+--timeout, as 'boardlink ls') and from an --inventory file (a JSON array of
+{"id", "address", "model", "labels"}), filtered by --select: model=M
+selects on the model, any other KEY=VALUE on a label; several must all
+match.
+
+Transient errors (a link that drops, a board that does not answer, a
+timeout after --board-timeout) are retried with backoff, three times in
+all; permanent ones (a bad signature or checksum, an image that does not
+fit) are not. A rollback is a failure. Once more than --max-failures
+boards have failed, no new board starts and the rest are reported as
+skipped. Each chunk of the image is read and hashed once and served to
+every board from memory.
+
+--save-plan F stops after the plan stage and writes the plan to F; --plan F
+runs such a plan later, without planning again. Every rollout and board
+result is kept in a SQLite database (--db, default
+$XDG_STATE_HOME/boardlink/boardlink.db; see 'boardlink history'): a
+rollout cut short (the dispatcher killed, Ctrl-C) goes on with --resume
+ID, leaving committed boards alone and resuming boards mid-prepare.
+
+On a terminal a bar per active board and an overall bar show progress;
+each board's log goes to --log-dir (one file per board) and the logs of
+boards that failed are shown at the end of each stage. With --json, events
+are printed as JSON lines and the report last.
+
+Exit status: 0 when every selected board committed (or already ran the
+version); 1 when any failed, rolled back or was skipped; 2 a usage error.`,
+		Example: `  boardlink rollout rootfs-2.1.0.img --select model=imx8 -C 16 --max-failures 3
+  boardlink rollout rootfs-2.1.0.img --inventory lab.json --save-plan plan.json
+  boardlink rollout rootfs-2.1.0.img --plan plan.json --log-dir logs/
+  boardlink rollout --resume r-20261122-0301-ab12`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if o.resume != "" {
+				return exactArgs(0)(cmd, args)
+			}
+			return exactArgs(1)(cmd, args)
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.savePlan != "" && o.planFile != "" {
+				return &usageError{errors.New("--save-plan and --plan do not go together")}
+			}
+			if o.concurrency < 1 {
+				return &usageError{errors.New("-C must be at least 1")}
+			}
+			return runRollout(cmd.Context(), g, o, args, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+	f := cmd.Flags()
+	f.StringArrayVar(&o.selectors, "select", nil, "select boards: model=M, or a label KEY=VALUE (repeatable; all must match)")
+	f.IntVarP(&o.concurrency, "concurrency", "C", 8, "boards worked on at once in each stage")
+	f.IntVar(&o.maxFailures, "max-failures", 0, "stop starting boards once more than this many failed (-1: never stop)")
+	f.DurationVar(&o.discover, "timeout", 3*time.Second, "how long to listen for boards (as ls)")
+	f.DurationVar(&o.boardTimeout, "board-timeout", 15*time.Minute, "bound on one attempt at one stage of one board")
+	f.StringVar(&o.savePlan, "save-plan", "", "stop after planning and write the plan to this file")
+	f.StringVar(&o.planFile, "plan", "", "run this saved plan, without planning again")
+	f.StringVar(&o.resume, "resume", "", "go on with this interrupted rollout (see 'boardlink history')")
+	f.StringVar(&o.logDir, "log-dir", "", "write each board's log to a file in this directory")
+	f.StringVar(&o.inventory, "inventory", "", "JSON file listing boards (id, address, model, labels) besides those discovered")
+	f.StringVar(&o.db, "db", "", "the records database (default $BOARDLINK_DB or $XDG_STATE_HOME/boardlink/boardlink.db)")
+	f.BoolVar(&o.force, "force", false, "allow a downgrade or reinstall")
+	f.BoolVar(&o.asJSON, "json", false, "print events as JSON lines and the report as JSON")
+	return cmd
+}
+
+func runRollout(ctx context.Context, g *globals, o rolloutOptions, args []string, stdout, stderr io.Writer) error {
+	dbPath := o.db
+	if dbPath == "" {
+		dbPath = store.DefaultPath()
+	}
+	db, err := store.Open(ctx, dbPath)
+	if err != nil {
+		return &exitError{code: 1, err: err}
+	}
+	defer db.Close()
+
+	var (
+		rec   store.Rollout
+		plan  dispatcher.Plan
+		prior []dispatcher.BoardReport
+	)
+	if o.resume != "" {
+		var rows []store.BoardResult
+		if rec, rows, err = db.Rollout(ctx, o.resume); err != nil {
+			return &usageError{err}
+		}
+		if err := json.Unmarshal(rec.Plan, &plan); err != nil {
+			return &exitError{code: 1, err: fmt.Errorf("rollout %s: its plan: %w", rec.ID, err)}
+		}
+		args = []string{rec.Image}
+		o.concurrency, o.maxFailures = rec.Concurrency, rec.MaxFailures
+		for _, r := range rows {
+			prior = append(prior, fromRecord(r))
+		}
+	}
+	im, err := image.OpenFile(args[0])
+	if err != nil {
+		return &exitError{code: 1, err: err}
+	}
+	defer im.Close()
+	if o.resume != "" && im.Manifest.PayloadSHA256 != rec.ImageSHA256 {
+		return &exitError{code: 1, err: fmt.Errorf("%s no longer holds the image rollout %s began with", args[0], rec.ID)}
+	}
+	tok, err := g.token()
+	if err != nil {
+		return err
+	}
+	show := newRolloutDisplay(stdout, stderr, o)
+	defer show.close()
+	cfg := dispatcher.RolloutConfig{Image: im, Concurrency: o.concurrency, MaxFailures: o.maxFailures,
+		BoardTimeout: o.boardTimeout, Force: o.force, Events: show.event,
+		Dial: func(ctx context.Context, addr string) (*dispatcher.Client, error) {
+			return dispatcher.Dial(ctx, addr, dispatcher.DialOptions{Token: tok, Logger: g.logger()})
+		}}
+
+	switch {
+	case o.resume != "":
+	case o.planFile != "":
+		if err := readPlan(o.planFile, im, &plan); err != nil {
+			return err
+		}
+	default:
+		targets, err := rolloutTargets(ctx, g, o, db)
+		if err != nil {
+			return err
+		}
+		if len(targets) == 0 {
+			return &exitError{code: 1, err: fmt.Errorf("no board matches %s", orNone(strings.Join(o.selectors, " ")))}
+		}
+		plan = dispatcher.PlanRollout(ctx, cfg, targets)
+		show.planDone(plan)
+		if o.savePlan != "" {
+			if err := atomicfile.WriteJSON(o.savePlan, dispatcher.PlanFormat, plan); err != nil {
+				return &exitError{code: 1, err: err}
+			}
+			fmt.Fprintf(stderr, "plan of %d boards written to %s\n", len(plan.Boards), o.savePlan)
+			return nil
+		}
+	}
+	if o.resume == "" {
+		raw, _ := json.Marshal(plan)
+		abs, _ := filepath.Abs(args[0])
+		rec = store.Rollout{ID: store.NewRolloutID(), Image: abs, ImageSHA256: im.Manifest.PayloadSHA256,
+			Version: im.Manifest.Version, Selector: strings.Join(o.selectors, " "), Concurrency: o.concurrency,
+			MaxFailures: o.maxFailures, Plan: raw, State: store.StateRunning}
+		if err := db.CreateRollout(ctx, rec); err != nil {
+			return &exitError{code: 1, err: err}
+		}
+	} else if err := db.SetRolloutState(ctx, rec.ID, store.StateRunning); err != nil {
+		return &exitError{code: 1, err: err}
+	}
+	show.begin(rec.ID, len(plan.Boards))
+	cfg.Record = func(b dispatcher.BoardReport) {
+		if err := db.PutBoard(context.WithoutCancel(ctx), toRecord(rec.ID, b)); err != nil {
+			show.logf("", "records: %v", err)
+		}
+	}
+	for _, b := range plan.Boards { // every board is on record from the start
+		cfg.Record(dispatcher.BoardReport{ID: b.ID, Address: b.Address, Stage: dispatcher.StagePlan,
+			Result: b.Result, Reason: b.Reason, FromVersion: b.FromVersion, ToVersion: plan.Version})
+	}
+	for _, b := range prior {
+		cfg.Record(b)
+	}
+	rep := dispatcher.RunRollout(ctx, cfg, plan, prior)
+	for _, b := range rep.Boards {
+		cfg.Record(b)
+	}
+	state := store.StateDone
+	if ctx.Err() != nil {
+		state = store.StateStopped
+	}
+	if err := db.SetRolloutState(context.WithoutCancel(ctx), rec.ID, state); err != nil {
+		show.logf("", "records: %v", err)
+	}
+	show.report(rec.ID, rep)
+	if ctx.Err() != nil {
+		return &exitError{code: 1, err: fmt.Errorf("rollout %s interrupted: go on with 'boardlink rollout --resume %s'", rec.ID, rec.ID)}
+	}
+	if !rep.OK() {
+		return &exitError{code: 1, err: fmt.Errorf("rollout %s: not every board committed", rec.ID)}
+	}
+	return nil
+}
+
+func toRecord(rollout string, b dispatcher.BoardReport) store.BoardResult {
+	phase := b.Stage
+	if b.Result != "" {
+		phase = store.PhaseDone
+	}
+	return store.BoardResult{RolloutID: rollout, BoardID: b.ID, Address: b.Address, Phase: phase, Result: b.Result,
+		Reason: b.Reason, FromVersion: b.FromVersion, ToVersion: b.ToVersion, BytesSent: b.BytesSent,
+		Attempts: b.Attempts, UpdateID: b.UpdateID}
+}
+
+func fromRecord(r store.BoardResult) dispatcher.BoardReport {
+	stage := r.Phase
+	if stage == store.PhaseDone {
+		stage = dispatcher.StageExecute
+	}
+	return dispatcher.BoardReport{ID: r.BoardID, Address: r.Address, Result: r.Result, Stage: stage, Reason: r.Reason,
+		FromVersion: r.FromVersion, ToVersion: r.ToVersion, UpdateID: r.UpdateID, BytesSent: r.BytesSent, Attempts: r.Attempts}
+}
+
+func readPlan(path string, im *image.Image, plan *dispatcher.Plan) error {
+	if err := atomicfile.ReadJSON(path, dispatcher.PlanFormat, plan); err != nil {
+		return &usageError{fmt.Errorf("--plan: %w", err)}
+	}
+	if plan.ImageSHA256 != im.Manifest.PayloadSHA256 {
+		return &usageError{fmt.Errorf("--plan %s was made for image %s (version %s), not this one", path, plan.ImageSHA256[:12], plan.Version)}
+	}
+	return nil
+}
+
+// rolloutTargets finds the boards: discovery plus the inventory, filtered
+// by the selectors. Every board found is recorded as a sighting.
+func rolloutTargets(ctx context.Context, g *globals, o rolloutOptions, db *store.Store) ([]dispatcher.Target, error) {
+	sel, err := parseSelectors(o.selectors)
+	if err != nil {
+		return nil, err
+	}
+	byID := map[string]dispatcher.Target{}
+	if o.inventory != "" {
+		raw, err := os.ReadFile(o.inventory)
+		if err != nil {
+			return nil, &usageError{err}
+		}
+		var inv []dispatcher.Target
+		if err := json.Unmarshal(raw, &inv); err != nil {
+			return nil, &usageError{fmt.Errorf("--inventory %s: %w", o.inventory, err)}
+		}
+		for _, t := range inv {
+			if t.ID == "" || t.Address == "" {
+				return nil, &usageError{fmt.Errorf("--inventory %s: every board needs an id and an address", o.inventory)}
+			}
+			byID[t.ID] = t
+		}
+	}
+	if o.discover > 0 {
+		recs, err := findBoards(ctx, g, lsOptions{timeout: o.discover}, "")
+		if err != nil && len(byID) == 0 {
+			return nil, linkFailure(err)
+		}
+		for _, r := range recs {
+			_ = db.Sight(ctx, store.Sighting{BoardID: r.ID, Address: r.Address, Model: r.Model, Labels: r.Labels,
+				BootID: r.BootID, Version: r.Version})
+			if _, ok := byID[r.ID]; !ok {
+				byID[r.ID] = dispatcher.Target{ID: r.ID, Address: r.Address, Model: r.Model, Labels: r.Labels}
+			}
+		}
+	}
+	var out []dispatcher.Target
+	for _, t := range byID {
+		if sel.match(t) {
+			out = append(out, t)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+type selectors map[string]string
+
+func parseSelectors(kvs []string) (selectors, error) {
+	out := selectors{}
+	for _, kv := range kvs {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, &usageError{fmt.Errorf("--select %q: want KEY=VALUE", kv)}
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+func (s selectors) match(t dispatcher.Target) bool {
+	for k, v := range s {
+		got, ok := t.Labels[k]
+		if k == "model" {
+			got, ok = t.Model, true
+		}
+		if !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// rolloutDisplay shows a rollout: bars on a terminal, lines elsewhere,
+// JSON lines with --json; it keeps every board's log.
+type rolloutDisplay struct {
+	out, errw io.Writer
+	o         rolloutOptions
+	term      bool
+
+	mu      sync.Mutex
+	p       *mpb.Progress
+	overall *mpb.Bar
+	bars    map[string]*mpb.Bar
+	logs    map[string][]string
+	stage   string
+	failed  []string // boards that failed in the current stage
+	enc     *json.Encoder
+}
+
+func newRolloutDisplay(out, errw io.Writer, o rolloutOptions) *rolloutDisplay {
+	d := &rolloutDisplay{out: out, errw: errw, o: o, term: isTerminal(errw) && !o.asJSON,
+		bars: map[string]*mpb.Bar{}, logs: map[string][]string{}}
+	if o.asJSON {
+		d.enc = json.NewEncoder(out)
+	}
+	return d
+}
+
+func (d *rolloutDisplay) begin(id string, boards int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.o.asJSON {
+		fmt.Fprintf(d.errw, "rollout %s: %d boards, at most %d at once\n", id, boards, d.o.concurrency)
+	}
+}
+
+func (d *rolloutDisplay) planDone(plan dispatcher.Plan) {
+	if d.o.asJSON {
+		return
+	}
+	var need int64
+	settled := map[string]int{}
+	for _, b := range plan.Boards {
+		need += b.NeedBytes
+		if b.Result != "" {
+			settled[b.Result]++
+		}
+	}
+	fmt.Fprintf(d.errw, "plan: %d boards, %d bytes to send in all", len(plan.Boards), need)
+	for _, k := range slices.Sorted(maps.Keys(settled)) {
+		fmt.Fprintf(d.errw, ", %d %s", settled[k], k)
+	}
+	fmt.Fprintln(d.errw)
+}
+
+// logf adds a line to a board's log ("" for the rollout's own).
+func (d *rolloutDisplay) logf(board, format string, args ...any) {
+	line := time.Now().Format("15:04:05.000 ") + fmt.Sprintf(format, args...)
+	d.mu.Lock()
+	d.logs[board] = append(d.logs[board], line)
+	d.mu.Unlock()
+	if d.o.logDir != "" {
+		name := board
+		if name == "" {
+			name = "rollout"
+		}
+		if err := os.MkdirAll(d.o.logDir, 0o755); err == nil {
+			if f, err := os.OpenFile(filepath.Join(d.o.logDir, name+".log"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
+				fmt.Fprintln(f, line)
+				f.Close()
+			}
+		}
+	}
+}
+
+func (d *rolloutDisplay) event(e dispatcher.Event) {
+	if e.Kind != "progress" || e.Phase != "send" {
+		switch {
+		case e.Kind == "done" && e.Result != "":
+			d.logf(e.Board, "%s: %s %s", e.Stage, e.Result, e.Reason)
+		case e.Kind == "retry":
+			d.logf(e.Board, "%s: attempt %d after: %s", e.Stage, e.Attempt, e.Reason)
+		case e.Kind != "stage":
+			d.logf(e.Board, "%s: %s %s", e.Stage, e.Kind, e.Phase)
+		}
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.enc != nil {
+		if e.Kind != "progress" || e.Phase != "send" || e.Sent == e.ToSend {
+			_ = d.enc.Encode(e)
+		}
+		return
+	}
+	switch e.Kind {
+	case "stage":
+		d.endStageLocked()
+		d.stage = e.Stage
+		if e.Stage == dispatcher.StageDone {
+			return
+		}
+		if d.term {
+			d.p = mpb.New(mpb.WithOutput(d.errw), mpb.WithWidth(60))
+			d.overall = d.p.New(0, mpb.BarStyle(), mpb.BarPriority(1<<30),
+				mpb.PrependDecorators(decor.Name(e.Stage, decor.WCSyncSpaceR), decor.CountersNoUnit("%d/%d boards")),
+				mpb.AppendDecorators(decor.Elapsed(decor.ET_STYLE_GO)))
+		} else {
+			fmt.Fprintf(d.errw, "== %s\n", e.Stage)
+		}
+	case "start":
+		if d.term && d.overall != nil {
+			d.overall.SetTotal(d.overall.Current()+int64(len(d.bars))+1, false)
+			d.bars[e.Board] = d.p.New(0, mpb.BarStyle(), mpb.BarRemoveOnComplete(),
+				mpb.PrependDecorators(decor.Name(e.Board, decor.WCSyncSpaceR), decor.Name(e.Stage, decor.WCSyncSpaceR)),
+				mpb.AppendDecorators(decor.Percentage(decor.WCSyncSpace)))
+		}
+	case "progress":
+		if b := d.bars[e.Board]; b != nil && e.ToSend > 0 {
+			b.SetTotal(e.ToSend, false)
+			b.SetCurrent(e.Sent)
+		}
+	case "done":
+		if b := d.bars[e.Board]; b != nil {
+			b.SetTotal(-1, true)
+			delete(d.bars, e.Board)
+		}
+		if d.overall != nil {
+			d.overall.Increment()
+		}
+		ok := e.Result == "" || e.Result == proto.ResultCommitted || e.Result == dispatcher.ResultCurrent
+		if !ok && e.Result != dispatcher.ResultSkipped {
+			d.failed = append(d.failed, e.Board)
+		}
+		if !d.term {
+			res := e.Result
+			if res == "" {
+				res = "ok"
+			}
+			fmt.Fprintf(d.errw, "%-20s %-8s %s %s\n", e.Board, e.Stage, res, e.Reason)
+		}
+	}
+}
+
+// endStageLocked closes the stage's bars and shows the logs of the boards
+// that failed in it.
+func (d *rolloutDisplay) endStageLocked() {
+	if d.p != nil {
+		if d.overall != nil {
+			d.overall.SetTotal(-1, true)
+		}
+		for _, b := range d.bars {
+			b.Abort(true)
+		}
+		d.bars = map[string]*mpb.Bar{}
+		d.p.Wait()
+		d.p, d.overall = nil, nil
+	}
+	for _, b := range d.failed {
+		fmt.Fprintf(d.errw, "-- %s failed in %s; its log:\n", b, d.stage)
+		for _, l := range d.logs[b] {
+			fmt.Fprintf(d.errw, "   %s\n", l)
+		}
+	}
+	d.failed = nil
+}
+
+func (d *rolloutDisplay) close() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.endStageLocked()
+}
+
+// report prints the summary table, or the JSON report.
+func (d *rolloutDisplay) report(id string, rep dispatcher.Report) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.endStageLocked()
+	if d.enc != nil {
+		_ = d.enc.Encode(struct {
+			Rollout string `json:"rollout"`
+			dispatcher.Report
+		}{id, rep})
+		return
+	}
+	w := d.out
+	fmt.Fprintf(w, "\nrollout %s to %s: %.1fs, image read %d bytes\n", id, rep.Version, float64(rep.TookMs)/1000, rep.ImageBytesRead)
+	fmt.Fprintf(w, "%-20s %-12s %-8s %-10s %-10s %10s  %s\n", "BOARD", "RESULT", "STAGE", "FROM", "TO", "SENT", "REASON")
+	for _, b := range rep.Boards {
+		reason := b.Reason
+		if len(reason) > 80 {
+			reason = reason[:77] + "..."
+		}
+		fmt.Fprintf(w, "%-20s %-12s %-8s %-10s %-10s %10d  %s\n", b.ID, b.Result, b.Stage, orDash(b.FromVersion),
+			orDash(b.ToVersion), b.BytesSent, reason)
+	}
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(rep.Counts)) {
+		parts = append(parts, fmt.Sprintf("%d %s", rep.Counts[k], k))
+	}
+	fmt.Fprintf(w, "%s\n", strings.Join(parts, ", "))
+}
