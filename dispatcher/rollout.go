@@ -66,18 +66,20 @@ type BoardPlan struct {
 
 // BoardReport is how one board fared.
 type BoardReport struct {
-	ID          string `json:"id"`
-	Address     string `json:"address"`
-	Result      string `json:"result"`
-	Stage       string `json:"stage"` // where it ended
-	Phase       string `json:"phase,omitempty"`
-	Reason      string `json:"reason,omitempty"`
-	FromVersion string `json:"from_version,omitempty"`
-	ToVersion   string `json:"to_version,omitempty"`
-	UpdateID    string `json:"update_id,omitempty"`
-	BytesSent   int64  `json:"bytes_sent"`
-	Attempts    int    `json:"attempts"`
-	DurationMs  int64  `json:"duration_ms"`
+	ID          string    `json:"id"`
+	Address     string    `json:"address"`
+	Result      string    `json:"result"`
+	Stage       string    `json:"stage"` // where it ended
+	Phase       string    `json:"phase,omitempty"`
+	Reason      string    `json:"reason,omitempty"`
+	FromVersion string    `json:"from_version,omitempty"`
+	ToVersion   string    `json:"to_version,omitempty"`
+	UpdateID    string    `json:"update_id,omitempty"`
+	BytesSent   int64     `json:"bytes_sent"`
+	Attempts    int       `json:"attempts"`
+	DurationMs  int64     `json:"duration_ms"` // time spent on it, all stages
+	Started     time.Time `json:"started,omitzero"`
+	Ended       time.Time `json:"ended,omitzero"`
 }
 
 // Report is a rollout's outcome.
@@ -371,7 +373,7 @@ func RunRollout(ctx context.Context, cfg RolloutConfig, plan Plan, done []BoardR
 			r.note(b, func(br *BoardReport) { br.Phase = rep.Update.Phase })
 		}
 		if err == nil {
-			r.note(b, func(br *BoardReport) { br.Result = proto.ResultCommitted })
+			r.note(b, func(br *BoardReport) { br.Result, br.Ended = proto.ResultCommitted, time.Now() })
 		}
 		return err
 	})
@@ -443,7 +445,12 @@ func (r *run) stage(ctx context.Context, name string, boards []string, addr map[
 		wg.Go(func() {
 			defer func() { <-sem }()
 			started := time.Now()
-			r.note(b, func(br *BoardReport) { br.Stage = name })
+			r.note(b, func(br *BoardReport) {
+				br.Stage = name
+				if br.Started.IsZero() {
+					br.Started = started
+				}
+			})
 			r.emit(Event{Board: b, Stage: name, Kind: "start"})
 			err := r.attempts(ctx, b, name, func(ctx context.Context, c *Client) error { return step(ctx, c, b) }, addr[b])
 			r.note(b, func(br *BoardReport) { br.DurationMs += time.Since(started).Milliseconds() })
@@ -453,7 +460,7 @@ func (r *run) stage(ctx context.Context, name string, boards []string, addr map[
 				}
 				r.failures.Add(1)
 				res := failureResult(err)
-				r.note(b, func(br *BoardReport) { br.Result, br.Reason = res, err.Error() })
+				r.note(b, func(br *BoardReport) { br.Result, br.Reason, br.Ended = res, err.Error(), time.Now() })
 				r.emit(Event{Board: b, Stage: name, Kind: "done", Result: res, Reason: err.Error()})
 				return
 			}

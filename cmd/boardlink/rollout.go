@@ -250,7 +250,7 @@ func toRecord(rollout string, b dispatcher.BoardReport) store.BoardResult {
 	}
 	return store.BoardResult{RolloutID: rollout, BoardID: b.ID, Address: b.Address, Phase: phase, Result: b.Result,
 		Reason: b.Reason, FromVersion: b.FromVersion, ToVersion: b.ToVersion, BytesSent: b.BytesSent,
-		Attempts: b.Attempts, UpdateID: b.UpdateID}
+		Attempts: b.Attempts, UpdateID: b.UpdateID, Started: b.Started, Ended: b.Ended}
 }
 
 func fromRecord(r store.BoardResult) dispatcher.BoardReport {
@@ -259,7 +259,8 @@ func fromRecord(r store.BoardResult) dispatcher.BoardReport {
 		stage = dispatcher.StageExecute
 	}
 	return dispatcher.BoardReport{ID: r.BoardID, Address: r.Address, Result: r.Result, Stage: stage, Reason: r.Reason,
-		FromVersion: r.FromVersion, ToVersion: r.ToVersion, UpdateID: r.UpdateID, BytesSent: r.BytesSent, Attempts: r.Attempts}
+		FromVersion: r.FromVersion, ToVersion: r.ToVersion, UpdateID: r.UpdateID, BytesSent: r.BytesSent, Attempts: r.Attempts,
+		Started: r.Started, Ended: r.Ended}
 }
 
 func readPlan(path string, im *image.Image, plan *dispatcher.Plan) error {
