@@ -220,9 +220,13 @@ func TestRolloutPlanThenRun(t *testing.T) {
 	if r.phases.peak != 0 {
 		t.Fatal("planning changed a board")
 	}
-	_, rep, stderr, code := r.rollout(t, "--plan", planFile)
-	if code != 0 || rep.Counts[proto.ResultCommitted] != 5 || strings.Contains(stderr, `"stage":"plan"`) {
+	stdout, stderr, code = cli(t, "", "rollout", "--db", r.db, "--json", "--plan", planFile, r.img)
+	_, rep, _, _ := lastReport(t, stdout, stderr, code)
+	if code != 0 || rep.Counts[proto.ResultCommitted] != 5 {
 		t.Fatalf("--plan: exit %d, counts %v\n%s", code, rep.Counts, stderr)
+	}
+	if strings.Contains(stdout, `"stage":"plan"`) || !strings.Contains(stdout, `"stage":"prepare"`) {
+		t.Fatalf("--plan ran a plan stage, or no prepare stage:\n%s", stdout)
 	}
 }
 
