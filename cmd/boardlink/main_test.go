@@ -117,7 +117,7 @@ func TestInfo(t *testing.T) {
 }
 
 func TestHelpIsComplete(t *testing.T) {
-	for _, verb := range []string{"", "info", "exec", "push", "pull", "download", "reboot", "console", "demo"} {
+	for _, verb := range []string{"", "info", "exec", "push", "pull", "download", "reboot", "console", "image", "ota", "rollout", "history", "demo"} {
 		args := []string{"--help"}
 		if verb != "" {
 			args = []string{verb, "--help"}

@@ -35,8 +35,10 @@ func newRoot(stdout, stderr io.Writer) *cobra.Command {
 		Long: `boardlink drives boards that run the boardlink agent (boardlinkd): run a
 command and get its real exit code and separate stdout and stderr, move
 files both ways (resumable, sha256-checked), have the board download and
-unpack packages itself, reboot it and wait until it is back, and read its
-serial console, with no serial-shell parsing.
+unpack packages itself, reboot it and wait until it is back, read its
+serial console, update it to a signed A/B image (ota), and roll an image
+out across a whole lab in stages (rollout, history), with no serial-shell
+parsing.
 
 BOARD is one of:
   ID                           a board id (or a unique prefix of one), found
