@@ -73,6 +73,17 @@ func (l *otaLab) build(version string, payload []byte, model string, key ed25519
 	return out
 }
 
+// remove deletes an image built by build, and its payload.
+func (l *otaLab) remove(img string) {
+	l.t.Helper()
+	version, _, _ := strings.Cut(filepath.Base(img), "-")
+	for _, p := range []string{img, filepath.Join(l.dir, version+".payload")} {
+		if err := os.Remove(p); err != nil {
+			l.t.Fatal(err)
+		}
+	}
+}
+
 // variant is the base payload with chunks every `every` chunks rewritten.
 func (l *otaLab) variant(every int) []byte {
 	p := bytes.Clone(l.base)
@@ -454,6 +465,7 @@ func TestOTAKilledDuringPrepare(t *testing.T) {
 		held := st.Update.ChunksDone
 		again, err := update(ctx, b, img, dispatcher.OTAOptions{})
 		img.Close()
+		l.remove(path) // 10,000 cuts must not leave 80 GB of images behind
 		if err != nil {
 			t.Fatalf("cut %d: the retried update: %v", k, err)
 		}
