@@ -473,6 +473,9 @@ func TestOTAKilledDuringPrepare(t *testing.T) {
 			t.Fatalf("cut %d: the retry restarted: plan %s held %d, first %s", k, again.Plan.ID, again.Plan.Have, first.Plan.ID)
 		}
 		resumed += again.Plan.Have
+		if (k+1)%500 == 0 {
+			t.Logf("%d cuts so far, all checked", k+1)
+		}
 	}
 	t.Logf("%d cuts during prepare: each board booted a verified slot, each retry resumed (%.1f of %d chunks kept on average) and committed",
 		kills, float64(resumed)/float64(kills), otaChunks)
@@ -483,6 +486,8 @@ func TestOTAKilledDuringPrepare(t *testing.T) {
 
 // update runs one update of b to img over a fresh connection.
 func update(ctx context.Context, b *simBoard, img *image.Image, opts dispatcher.OTAOptions) (dispatcher.OTAReport, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute) // a stuck update fails the test, not hangs it
+	defer cancel()
 	c, err := dispatcher.Dial(ctx, b.ws, dispatcher.DialOptions{})
 	if err != nil {
 		return dispatcher.OTAReport{}, err
