@@ -54,16 +54,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"math"
 	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -71,6 +68,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/boardlink/boardlink/bench/internal/benchkit"
 	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/image"
 	"github.com/boardlink/boardlink/proto"
@@ -80,8 +78,8 @@ import (
 const bootDelay = 50 * time.Millisecond
 
 func main() {
-	size := sizeFlag(64 << 20)
-	chunk := sizeFlag(1 << 20)
+	size := benchkit.Size(64 << 20)
+	chunk := benchkit.Size(1 << 20)
 	flag.Var(&size, "size", "payload size in bytes; suffixes KiB, MiB, GiB (and KB, MB, GB) are accepted")
 	flag.Var(&chunk, "chunk", "chunk size of the images: a power of two from 4KiB to 64MiB")
 	runs := flag.Int("runs", 3, "rounds; the median of each case is reported")
@@ -98,16 +96,9 @@ func main() {
 		fmt.Fprintln(os.Stderr, "ota:", err)
 		os.Exit(2)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err = run(ctx, int64(size), int64(chunk), *runs, pcts)
-	if ctx.Err() != nil {
-		err = errors.New("interrupted (everything it started and wrote is removed)")
-	}
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "ota:", err)
-		os.Exit(1)
-	}
+	benchkit.Run("ota", func(ctx context.Context) error {
+		return run(ctx, int64(size), int64(chunk), *runs, pcts)
+	})
 }
 
 func parsePercents(s string) ([]float64, error) {
@@ -211,7 +202,7 @@ func run(ctx context.Context, size, chunk int64, runs int, pcts []float64) (err 
 	// write of a slot file (the sim board starts with none).
 	for i := range 2 {
 		warmPayload := filepath.Join(tmp, "warm.payload")
-		if err := writeRandom(warmPayload, size); err != nil {
+		if err := benchkit.WriteRandom(warmPayload, size); err != nil {
 			return err
 		}
 		warm, err := bn.build(warmPayload)
@@ -250,7 +241,7 @@ func run(ctx context.Context, size, chunk int64, runs int, pcts []float64) (err 
 				return fmt.Errorf("push: %w", err)
 			}
 			pushes = append(pushes, p)
-			fmt.Printf("  push        %s, %s on the link\n", sec(p.took), mib(p.bytes))
+			fmt.Printf("  push        %s, %s on the link\n", benchkit.Seconds(p.took), benchkit.MiB(p.bytes))
 			f, err := bn.update(ctx, full, -1)
 			if err != nil {
 				return fmt.Errorf("full update: %w", err)
@@ -274,7 +265,7 @@ func run(ctx context.Context, size, chunk int64, runs int, pcts []float64) (err 
 
 	fmt.Println()
 	fmt.Printf("payload: %s of random bytes in %d chunks of %s; image file %s; rounds: %d (median); CPUs: %d\n",
-		human(size), bn.chunks, human(chunk), mib(bn.imgBytes), runs, runtime.NumCPU())
+		benchkit.Human(size), bn.chunks, benchkit.Human(chunk), benchkit.MiB(bn.imgBytes), runs, runtime.NumCPU())
 	fmt.Printf("board: real boardlinkd, --board sim, ws on 127.0.0.1, --sim-boot-delay %s, no health check\n", bootDelay)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "update\tn\tchunks sent\tchunks copied\tlink bytes\t% of payload\ttime\tprepare\tactivate..commit\treboots\ttime OTA/push\tbytes OTA/push\t")
@@ -285,7 +276,7 @@ func run(ctx context.Context, size, chunk int64, runs int, pcts []float64) (err 
 		bytes := median(rs, func(o otaRun) float64 { return float64(o.bytes) })
 		// The plans are checked to be the same in every run.
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%.2f%%\t%.3fs\t%.3fs\t%.3fs\t%s\t%.2f\t%.4f\t\n",
-			name, len(rs), rs[0].sent, rs[0].copied, mib(int64(bytes)), 100*bytes/float64(size),
+			name, len(rs), rs[0].sent, rs[0].copied, benchkit.MiB(int64(bytes)), 100*bytes/float64(size),
 			took, prep, rest, span(rs, func(o otaRun) int { return o.reboots }),
 			took/pushTook, bytes/pushBytes)
 	}
@@ -294,7 +285,7 @@ func run(ctx context.Context, size, chunk int64, runs int, pcts []float64) (err 
 		row(fmt.Sprintf("%g%% of chunks", pct), deltas[i])
 	}
 	fmt.Fprintf(tw, "push (peer)\t%d\t-\t-\t%s\t%.2f%%\t%.3fs\t-\t-\t0\t1.00\t1.0000\t\n",
-		len(pushes), mib(int64(pushBytes)), 100*pushBytes/float64(size), pushTook)
+		len(pushes), benchkit.MiB(int64(pushBytes)), 100*pushBytes/float64(size), pushTook)
 	tw.Flush()
 	fmt.Println()
 	fmt.Printf("runs, full: %s\n", list(fulls))
@@ -303,7 +294,7 @@ func run(ctx context.Context, size, chunk int64, runs int, pcts []float64) (err 
 	}
 	ps := make([]string, len(pushes))
 	for i, p := range pushes {
-		ps[i] = sec(p.took)
+		ps[i] = benchkit.Seconds(p.took)
 	}
 	fmt.Printf("runs, push: %s\n", strings.Join(ps, " "))
 	fmt.Println()
@@ -329,7 +320,7 @@ func run(ctx context.Context, size, chunk int64, runs int, pcts []float64) (err 
 
 func printRun(name string, o otaRun) {
 	fmt.Printf("  %-10s  %s (prepare %s), %d sent / %d copied, %s on the link, %d reboot(s)\n",
-		name, sec(o.took), sec(o.prepare), o.sent, o.copied, mib(o.bytes), o.reboots)
+		name, benchkit.Seconds(o.took), benchkit.Seconds(o.prepare), o.sent, o.copied, benchkit.MiB(o.bytes), o.reboots)
 }
 
 // removeImages removes the image files in dir.
@@ -351,14 +342,14 @@ func (bn *bench) buildPair(ctx context.Context, pct float64) (full, delta string
 		return "", "", 0, err
 	}
 	base := filepath.Join(bn.dir, "base.payload")
-	if err := writeRandom(base, bn.size); err != nil {
+	if err := benchkit.WriteRandom(base, bn.size); err != nil {
 		return "", "", 0, err
 	}
 	defer os.Remove(base)
 	changed = max(1, int(math.Round(pct*float64(bn.chunks)/100)))
 	changed = min(changed, bn.chunks)
 	variant := filepath.Join(bn.dir, "variant.payload")
-	if err := copyFile(base, variant); err != nil {
+	if err := benchkit.CopyFile(base, variant); err != nil {
 		return "", "", 0, err
 	}
 	defer os.Remove(variant)
@@ -395,7 +386,7 @@ func (bn *bench) build(payload string) (string, error) {
 // directory, and deletes the copy.
 func (bn *bench) push(ctx context.Context, path string) (pushRun, error) {
 	remote := filepath.Join(bn.b.state, "push.img")
-	if err := removeWithPartials(remote); err != nil {
+	if err := benchkit.RemoveWithPartials(remote); err != nil {
 		return pushRun{}, err
 	}
 	st, err := os.Stat(path)
@@ -414,7 +405,7 @@ func (bn *bench) push(ctx context.Context, path string) (pushRun, error) {
 	if res.Offset != 0 || res.Bytes != st.Size() {
 		return pushRun{}, fmt.Errorf("not a full transfer of the file: offset %d, %d of %d bytes", res.Offset, res.Bytes, st.Size())
 	}
-	return pushRun{took: took, bytes: moved}, removeWithPartials(remote)
+	return pushRun{took: took, bytes: moved}, benchkit.RemoveWithPartials(remote)
 }
 
 // update times an update of the board to the image at path and checks that
@@ -488,7 +479,7 @@ type board struct {
 // startBoard starts boardlinkd as a sim board on a free loopback port and
 // waits until it answers.
 func startBoard(ctx context.Context, bin, dir, trustKey string) (*board, error) {
-	port, err := freePort()
+	port, err := benchkit.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -558,44 +549,6 @@ func (b *board) logTail(n int) string {
 	return "boardlinkd log (last lines):\n" + strings.Join(lines, "\n")
 }
 
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
-// removeWithPartials removes path and the hidden partial files boardlink
-// keeps beside it, so the next transfer to it starts from nothing.
-func removeWithPartials(path string) error {
-	esc := strings.NewReplacer(`\`, `\\`, `*`, `\*`, `?`, `\?`, `[`, `\[`).Replace(filepath.Base(path))
-	partials, err := filepath.Glob(filepath.Join(filepath.Dir(path), "."+esc+".*boardlink-partial"))
-	if err != nil {
-		return err
-	}
-	for _, p := range append(partials, path) {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
-	}
-	return nil
-}
-
-// writeRandom writes size random bytes to path.
-func writeRandom(path string, size int64) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if _, err := io.CopyBuffer(f, io.LimitReader(rand.Reader, size), make([]byte, 1<<20)); err != nil {
-		return err
-	}
-	return f.Close()
-}
-
 // rewriteChunks overwrites the chunks of the file at path with the given
 // indexes with random bytes.
 func rewriteChunks(path string, size, chunk int64, idx []int) error {
@@ -616,33 +569,13 @@ func rewriteChunks(path string, size, chunk int64, idx []int) error {
 	return f.Close()
 }
 
-func copyFile(from, to string) error {
-	in, err := os.Open(from)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(to, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	defer out.Close()
-	if _, err := io.Copy(out, in); err != nil {
-		return err
-	}
-	return out.Close()
-}
-
+// median is the median of f over xs.
 func median[T any](xs []T, f func(T) float64) float64 {
 	v := make([]float64, len(xs))
 	for i, x := range xs {
 		v[i] = f(x)
 	}
-	slices.Sort(v)
-	if n := len(v); n%2 == 0 {
-		return (v[n/2-1] + v[n/2]) / 2
-	}
-	return v[len(v)/2]
+	return benchkit.Median(v)
 }
 
 // span is "n" when every run gives n, else "min-max".
@@ -660,48 +593,7 @@ func span(rs []otaRun, f func(otaRun) int) string {
 func list(rs []otaRun) string {
 	parts := make([]string, len(rs))
 	for i, r := range rs {
-		parts[i] = sec(r.took)
+		parts[i] = benchkit.Seconds(r.took)
 	}
 	return strings.Join(parts, " ")
-}
-
-func sec(d time.Duration) string { return fmt.Sprintf("%.3fs", d.Seconds()) }
-
-func mib(n int64) string { return fmt.Sprintf("%.2f MiB", float64(n)/(1<<20)) }
-
-func human(n int64) string {
-	switch {
-	case n >= 1<<30 && n%(1<<30) == 0:
-		return fmt.Sprintf("%d GiB", n>>30)
-	case n >= 1<<20 && n%(1<<20) == 0:
-		return fmt.Sprintf("%d MiB", n>>20)
-	case n >= 1<<10 && n%(1<<10) == 0:
-		return fmt.Sprintf("%d KiB", n>>10)
-	}
-	return fmt.Sprintf("%d bytes", n)
-}
-
-// sizeFlag is a byte count that accepts unit suffixes.
-type sizeFlag int64
-
-func (s *sizeFlag) String() string { return strconv.FormatInt(int64(*s), 10) }
-
-func (s *sizeFlag) Set(v string) error {
-	units := []struct {
-		suffix string
-		mult   int64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"B", 1}}
-	mult := int64(1)
-	for _, u := range units {
-		if strings.HasSuffix(v, u.suffix) {
-			v, mult = strings.TrimSuffix(v, u.suffix), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-	if err != nil || n < 0 || n*float64(mult) > 1<<62 || n*float64(mult) != math.Trunc(n*float64(mult)) {
-		return fmt.Errorf("not a size: %q", v)
-	}
-	*s = sizeFlag(int64(n * float64(mult)))
-	return nil
 }

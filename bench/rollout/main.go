@@ -34,10 +34,10 @@
 // /proc/self/status), reset at the start of each phase by writing 5 to
 // /proc/self/clear_refs; getrusage(RUSAGE_SELF).Maxrss is printed beside
 // it (see the notes: on Linux it never reads below the peak RSS of the
-// process that started this one, the go command under `go run`). Peak Go heap (heap objects, as
-// MemStats.HeapAlloc) and goroutines are sampled every 50ms with
-// runtime/metrics. Each phase starts after a GC that returns freed memory
-// to the OS.
+// process that started this one, the go command under `go run`). Peak Go
+// heap (heap objects, as MemStats.HeapAlloc) and goroutines are sampled
+// every 50ms with runtime/metrics. Each phase starts after a GC that
+// returns freed memory to the OS.
 //
 // Image bytes read: for the rollout, Report.ImageBytesRead (the chunk
 // cache reads each chunk once, so it should equal the payload: ratio
@@ -60,9 +60,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/ed25519"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -86,6 +83,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/boardlink/boardlink/bench/internal/benchkit"
 	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/image"
 	"github.com/boardlink/boardlink/internal/simlab"
@@ -112,8 +110,8 @@ func main() {
 	if cfg := os.Getenv(labEnv); cfg != "" {
 		os.Exit(labMain(cfg))
 	}
-	size := sizeFlag(4 << 20)
-	chunk := sizeFlag(256 << 10)
+	size := benchkit.Size(4 << 20)
+	chunk := benchkit.Size(256 << 10)
 	flag.Var(&size, "size", "payload size in bytes; suffixes KiB, MiB, GiB (and KB, MB, GB) are accepted")
 	flag.Var(&chunk, "chunk", "chunk size of the image: a power of two from 4KiB to 64MiB")
 	boards := flag.Int("boards", 1000, "simulated boards in the lab")
@@ -134,16 +132,9 @@ func main() {
 		fmt.Fprintln(os.Stderr, "rollout:", err)
 		os.Exit(2)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err = run(ctx, int64(size), int64(chunk), *boards, *conc)
-	if ctx.Err() != nil {
-		err = errors.New("interrupted (everything it started and wrote is removed)")
-	}
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "rollout:", err)
-		os.Exit(1)
-	}
+	benchkit.Run("rollout", func(ctx context.Context) error {
+		return run(ctx, int64(size), int64(chunk), *boards, *conc)
+	})
 }
 
 // labConfig is what the parent tells the lab process.
@@ -417,7 +408,7 @@ func run(ctx context.Context, size, chunk int64, boards, conc int) error {
 		l.hello.Pid, boards, float64(l.hello.StartMs)/1000, kib(l.hello.RSSKiB), l.hello.NoFile, nofile)
 
 	payload := filepath.Join(tmp, "payload")
-	if err := writeRandom(payload, size); err != nil {
+	if err := benchkit.WriteRandom(payload, size); err != nil {
 		return err
 	}
 	imgPath := filepath.Join(tmp, "rollout-"+version+".img")
@@ -434,12 +425,12 @@ func run(ctx context.Context, size, chunk int64, boards, conc int) error {
 		return err
 	}
 	fileSize := st.Size()
-	fileSum, err := hashFile(imgPath)
+	fileSum, err := benchkit.HashFile(imgPath)
 	if err != nil {
 		return err
 	}
 	chunks := int((size + chunk - 1) / chunk)
-	fmt.Printf("image: %s payload in %d chunks of %s, image file %s\n", human(size), chunks, human(chunk), mib(fileSize))
+	fmt.Printf("image: %s payload in %d chunks of %s, image file %s\n", benchkit.Human(size), chunks, benchkit.Human(chunk), benchkit.MiB(fileSize))
 
 	s := startSampler()
 	defer s.stop()
@@ -449,14 +440,14 @@ func run(ctx context.Context, size, chunk int64, boards, conc int) error {
 	if err != nil {
 		return fmt.Errorf("rollout: %w", cause(ctx, err))
 	}
-	fmt.Printf("  %s: %d of %d committed\n", sec(ro.took), ro.ok, boards)
+	fmt.Printf("  %s: %d of %d committed\n", benchkit.Seconds(ro.took), ro.ok, boards)
 
 	fmt.Printf("push (peer): the image file to %d boards, a connection each, -C %d\n", boards, conc)
 	pu, err := benchPush(ctx, s, imgPath, fileSize, fileSum, l.hello.Boards, conc)
 	if err != nil {
 		return fmt.Errorf("push: %w", cause(ctx, err))
 	}
-	fmt.Printf("  %s: %d of %d pushed\n", sec(pu.took), pu.ok, boards)
+	fmt.Printf("  %s: %d of %d pushed\n", benchkit.Seconds(pu.took), pu.ok, boards)
 
 	s.stop()
 	l.stop()
@@ -625,7 +616,7 @@ func report(l *lab, boards, conc int, size, chunk int64, chunks int, fileSize in
 	fmt.Printf("lab: %d sim boards (internal/simlab) in one process, boot delay %s, no health check, no mDNS; 127.0.0.1; CPUs: %d (shared by both processes)\n",
 		boards, bootDelay, runtime.NumCPU())
 	fmt.Printf("image: %s payload in %d chunks of %s, image file %s; -C %d; rollout first, then push, on the same lab\n",
-		human(size), chunks, human(chunk), mib(fileSize), conc)
+		benchkit.Human(size), chunks, benchkit.Human(chunk), benchkit.MiB(fileSize), conc)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	ratio := func(a, b float64) string {
 		if b == 0 {
@@ -641,20 +632,20 @@ func report(l *lab, boards, conc int, size, chunk int64, chunks int, fileSize in
 	row := func(name, a, b, r string) { fmt.Fprintf(tw, "%-*s\t%s\t%s\t%s\t\n", nameWidth, name, a, b, r) }
 	row("", "rollout", "push (peer)", "rollout/push")
 	row("boards done", fmt.Sprintf("%d/%d committed", ro.ok, boards), fmt.Sprintf("%d/%d pushed", pu.ok, boards), "")
-	row("total time", sec(ro.took), sec(pu.took), ratio(ro.took.Seconds(), pu.took.Seconds()))
-	row("  plan stage", sec(st.plan), "-", "")
-	row("  prepare stage", sec(st.prepare), "-", "")
-	row("  execute stage", sec(st.execute), "-", "")
+	row("total time", benchkit.Seconds(ro.took), benchkit.Seconds(pu.took), ratio(ro.took.Seconds(), pu.took.Seconds()))
+	row("  plan stage", benchkit.Seconds(st.plan), "-", "")
+	row("  prepare stage", benchkit.Seconds(st.prepare), "-", "")
+	row("  execute stage", benchkit.Seconds(st.execute), "-", "")
 	row("boards/s", fmt.Sprintf("%.1f", float64(ro.ok)/ro.took.Seconds()), fmt.Sprintf("%.1f", float64(pu.ok)/pu.took.Seconds()), "")
 	rp, pp := quantiles(ro.perBoard), quantiles(pu.perBoard)
-	row("per board p50", sec(rp[0]), sec(pp[0]), ratio(rp[0].Seconds(), pp[0].Seconds()))
-	row("per board p95", sec(rp[1]), sec(pp[1]), ratio(rp[1].Seconds(), pp[1].Seconds()))
-	row("per board max", sec(rp[2]), sec(pp[2]), ratio(rp[2].Seconds(), pp[2].Seconds()))
+	row("per board p50", benchkit.Seconds(rp[0]), benchkit.Seconds(pp[0]), ratio(rp[0].Seconds(), pp[0].Seconds()))
+	row("per board p95", benchkit.Seconds(rp[1]), benchkit.Seconds(pp[1]), ratio(rp[1].Seconds(), pp[1].Seconds()))
+	row("per board max", benchkit.Seconds(rp[2]), benchkit.Seconds(pp[2]), ratio(rp[2].Seconds(), pp[2].Seconds()))
 	row("retries", strconv.FormatInt(ro.retries, 10), "-", "")
-	row("image bytes read", mib(ro.imageRead), mib(pu.imageRead), ratio(float64(ro.imageRead), float64(pu.imageRead)))
+	row("image bytes read", benchkit.MiB(ro.imageRead), benchkit.MiB(pu.imageRead), ratio(float64(ro.imageRead), float64(pu.imageRead)))
 	row("  / payload size", fmt.Sprintf("%.2f", float64(ro.imageRead)/float64(size)), fmt.Sprintf("%.2f", float64(pu.imageRead)/float64(size)), "")
-	row("process read() bytes (rchar)", mib(ro.mem.rchar), mib(pu.mem.rchar), ratio(float64(ro.mem.rchar), float64(pu.mem.rchar)))
-	row("bytes sent to boards", mib(ro.linkBytes), mib(pu.linkBytes), ratio(float64(ro.linkBytes), float64(pu.linkBytes)))
+	row("process read() bytes (rchar)", benchkit.MiB(ro.mem.rchar), benchkit.MiB(pu.mem.rchar), ratio(float64(ro.mem.rchar), float64(pu.mem.rchar)))
+	row("bytes sent to boards", benchkit.MiB(ro.linkBytes), benchkit.MiB(pu.linkBytes), ratio(float64(ro.linkBytes), float64(pu.linkBytes)))
 	hwm := func(m memUse) string {
 		if m.hwmKiB < 0 {
 			return "-"
@@ -665,7 +656,7 @@ func report(l *lab, boards, conc int, size, chunk int64, chunks int, fileSize in
 	row("peak RSS (VmHWM)", hwm(ro.mem), hwm(pu.mem), ratio(float64(ro.mem.hwmKiB), float64(pu.mem.hwmKiB)))
 	row("peak RSS (sampled 50ms)", kib(ro.mem.sampledKiB), kib(pu.mem.sampledKiB), ratio(float64(ro.mem.sampledKiB), float64(pu.mem.sampledKiB)))
 	row("getrusage Maxrss (at end)", kib(ro.mem.maxrssKiB), kib(pu.mem.maxrssKiB), "")
-	row("peak Go heap (sampled 50ms)", mib(int64(ro.mem.heap)), mib(int64(pu.mem.heap)), ratio(float64(ro.mem.heap), float64(pu.mem.heap)))
+	row("peak Go heap (sampled 50ms)", benchkit.MiB(int64(ro.mem.heap)), benchkit.MiB(int64(pu.mem.heap)), ratio(float64(ro.mem.heap), float64(pu.mem.heap)))
 	row("peak goroutines (sampled)", strconv.FormatUint(ro.mem.goroutines, 10), strconv.FormatUint(pu.mem.goroutines, 10), "")
 	tw.Flush()
 	if l.bye != nil {
@@ -863,71 +854,4 @@ func countsString(counts map[string]int) string {
 	return strings.Join(parts, ", ")
 }
 
-// writeRandom writes size random bytes to path.
-func writeRandom(path string, size int64) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if _, err := io.CopyBuffer(f, io.LimitReader(rand.Reader, size), make([]byte, 1<<20)); err != nil {
-		return err
-	}
-	return f.Close()
-}
-
-func hashFile(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-func sec(d time.Duration) string { return fmt.Sprintf("%.3fs", d.Seconds()) }
-
-func mib(n int64) string { return fmt.Sprintf("%.2f MiB", float64(n)/(1<<20)) }
-
 func kib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/1024) }
-
-func human(n int64) string {
-	switch {
-	case n >= 1<<30 && n%(1<<30) == 0:
-		return fmt.Sprintf("%d GiB", n>>30)
-	case n >= 1<<20 && n%(1<<20) == 0:
-		return fmt.Sprintf("%d MiB", n>>20)
-	case n >= 1<<10 && n%(1<<10) == 0:
-		return fmt.Sprintf("%d KiB", n>>10)
-	}
-	return fmt.Sprintf("%d bytes", n)
-}
-
-// sizeFlag is a byte count that accepts unit suffixes.
-type sizeFlag int64
-
-func (s *sizeFlag) String() string { return strconv.FormatInt(int64(*s), 10) }
-
-func (s *sizeFlag) Set(v string) error {
-	units := []struct {
-		suffix string
-		mult   int64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"B", 1}}
-	mult := int64(1)
-	for _, u := range units {
-		if strings.HasSuffix(v, u.suffix) {
-			v, mult = strings.TrimSuffix(v, u.suffix), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
-	if err != nil || n < 0 || n*float64(mult) > 1<<62 || n*float64(mult) != math.Trunc(n*float64(mult)) {
-		return fmt.Errorf("not a size: %q", v)
-	}
-	*s = sizeFlag(int64(n * float64(mult)))
-	return nil
-}

@@ -36,22 +36,16 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
-	"os/signal"
 	"path/filepath"
 	"regexp"
 	"runtime"
 	"runtime/pprof"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -59,12 +53,13 @@ import (
 	"time"
 
 	"github.com/boardlink/boardlink/agent"
+	"github.com/boardlink/boardlink/bench/internal/benchkit"
 	"github.com/boardlink/boardlink/board/sim"
 	"github.com/boardlink/boardlink/dispatcher"
 )
 
 func main() {
-	size := sizeFlag(256 << 20)
+	size := benchkit.IntSize(256 << 20)
 	flag.Var(&size, "size", "file size in bytes; suffixes KiB, MiB, GiB (and KB, MB, GB) are accepted")
 	runs := flag.Int("runs", 3, "timed transfers per operation; the median is reported")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the boardlink transfers to this file")
@@ -73,16 +68,9 @@ func main() {
 		fmt.Fprintln(os.Stderr, "transfer: -size and -runs must be positive")
 		os.Exit(2)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, int64(size), *runs, *cpuprofile)
-	if ctx.Err() != nil {
-		err = errors.New("interrupted (everything it started and wrote is removed)")
-	}
-	stop()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "transfer:", err)
-		os.Exit(1)
-	}
+	benchkit.Run("transfer", func(ctx context.Context) error {
+		return run(ctx, int64(size), *runs, *cpuprofile)
+	})
 }
 
 // result is one operation's timed runs.
@@ -107,8 +95,8 @@ func run(ctx context.Context, size int64, runs int, cpuprofile string) error {
 	}
 
 	src := filepath.Join(dirs["local"], "source.bin")
-	fmt.Printf("writing %s of random bytes to %s\n", human(size), src)
-	sum, err := writeRandom(src, size)
+	fmt.Printf("writing %s of random bytes to %s\n", benchkit.Human(size), src)
+	sum, err := benchkit.WriteRandomSum(src, size)
 	if err != nil {
 		return err
 	}
@@ -158,16 +146,16 @@ func run(ctx context.Context, size int64, runs int, cpuprofile string) error {
 	}
 
 	fmt.Println()
-	fmt.Printf("file: %s, runs: %d (median), MB/s = 10^6 bytes/s, CPUs: %d\n", human(size), runs, runtime.NumCPU())
+	fmt.Printf("file: %s, runs: %d (median), MB/s = 10^6 bytes/s, CPUs: %d\n", benchkit.Human(size), runs, runtime.NumCPU())
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "operation\tboardlink MB/s\tscp MB/s\tboardlink/scp\tscp+fsync MB/s\tboardlink/(scp+fsync)\t")
 	row := func(name string, bl, sc *result) {
-		b := mbps(size, median(bl.runs))
+		b := mbps(size, benchkit.Median(bl.runs))
 		if sc == nil {
 			fmt.Fprintf(tw, "%s\t%.1f\t-\t-\t-\t-\t\n", name, b)
 			return
 		}
-		s, sf := mbps(size, median(sc.runs)), mbps(size, median(sc.synced))
+		s, sf := mbps(size, benchkit.Median(sc.runs)), mbps(size, benchkit.Median(sc.synced))
 		fmt.Fprintf(tw, "%s\t%.1f\t%.1f\t%.2f\t%.1f\t%.2f\t\n", name, b, s, b/s, sf, b/sf)
 	}
 	row("push (upload)", push, up)
@@ -215,7 +203,7 @@ func benchBoardlink(ctx context.Context, dirs map[string]string, src, sum string
 	remote := filepath.Join(dirs["root"], "pushed.bin")
 	push = &result{}
 	for i := range runs {
-		if err := removeWithPartials(remote); err != nil {
+		if err := benchkit.RemoveWithPartials(remote); err != nil {
 			return nil, nil, err
 		}
 		start := time.Now()
@@ -235,7 +223,7 @@ func benchBoardlink(ctx context.Context, dirs map[string]string, src, sum string
 	local := filepath.Join(dirs["local"], "pulled.bin")
 	pull = &result{}
 	for i := range runs {
-		if err := removeWithPartials(local); err != nil {
+		if err := benchkit.RemoveWithPartials(local); err != nil {
 			return nil, nil, err
 		}
 		start := time.Now()
@@ -250,26 +238,7 @@ func benchBoardlink(ctx context.Context, dirs map[string]string, src, sum string
 		pull.runs = append(pull.runs, d)
 		fmt.Printf("  pull %d: %.1f MB/s (agent-side %.0f ms)\n", i+1, mbps(size, d), res.DurationMs)
 	}
-	return push, pull, removeWithPartials(local)
-}
-
-// removeWithPartials removes path and the hidden partial files boardlink
-// keeps beside it, so the next transfer to it starts from nothing.
-func removeWithPartials(path string) error {
-	partials, err := filepath.Glob(filepath.Join(filepath.Dir(path), "."+globEscape(filepath.Base(path))+".*boardlink-partial"))
-	if err != nil {
-		return err
-	}
-	for _, p := range append(partials, path) {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
-	}
-	return nil
-}
-
-func globEscape(s string) string {
-	return strings.NewReplacer(`\`, `\\`, `*`, `\*`, `?`, `\?`, `[`, `\[`).Replace(s)
+	return push, pull, benchkit.RemoveWithPartials(local)
 }
 
 // findSSH locates sshd (as an absolute path: sshd refuses to start
@@ -323,7 +292,7 @@ func startSSHD(ctx context.Context, bin, keygen, dir string) (*sshd, error) {
 	if err := os.WriteFile(authorized, pub, 0o600); err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	port, err := benchkit.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -436,15 +405,6 @@ func (s *sshd) log() string {
 	return "sshd log:\n" + string(b)
 }
 
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
 var (
 	cipherRE = regexp.MustCompile(`kex: client->server cipher: (\S+) MAC: (\S+)`)
 	sftpRE   = regexp.MustCompile(`Sending subsystem: sftp`)
@@ -491,7 +451,7 @@ func benchSCP(ctx context.Context, s *sshd, scp, dir, src, sum string, size int6
 		}
 		tinyTimes = append(tinyTimes, time.Since(start))
 	}
-	setup = median(tinyTimes).Round(time.Millisecond).String()
+	setup = benchkit.Median(tinyTimes).Round(time.Millisecond).String()
 
 	timed := func(label, from, to, check string) (*result, error) {
 		r := &result{}
@@ -505,11 +465,11 @@ func benchSCP(ctx context.Context, s *sshd, scp, dir, src, sum string, size int6
 			if err != nil {
 				return nil, fmt.Errorf("%s: %v: %s", label, err, out)
 			}
-			if err := fsync(check); err != nil {
+			if err := benchkit.Fsync(check); err != nil {
 				return nil, err
 			}
 			ds := time.Since(start)
-			if got, err := hashFile(check); err != nil {
+			if got, err := benchkit.HashFile(check); err != nil {
 				return nil, err
 			} else if got != sum {
 				return nil, fmt.Errorf("%s %d: the copy hashes %s, want %s", label, i+1, got, sum)
@@ -525,7 +485,10 @@ func benchSCP(ctx context.Context, s *sshd, scp, dir, src, sum string, size int6
 	}
 	// The download reads a file the upload did not just write, as boardlink's pull does.
 	served := filepath.Join(dir, "served.bin")
-	if err := copyFile(src, served); err != nil {
+	if err := benchkit.CopyFile(src, served); err != nil {
+		return nil, nil, "", "", "", err
+	}
+	if err := benchkit.Fsync(served); err != nil {
 		return nil, nil, "", "", "", err
 	}
 	downloaded := filepath.Join(dir, "downloaded.bin")
@@ -533,75 +496,6 @@ func benchSCP(ctx context.Context, s *sshd, scp, dir, src, sum string, size int6
 		return nil, nil, "", "", "", err
 	}
 	return up, down, cipher, protocol, setup, nil
-}
-
-// writeRandom writes size random bytes to path, synced so that writeback of
-// the file does not fall into a timed run, and returns their sha256.
-func writeRandom(path string, size int64) (string, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o600)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.CopyBuffer(io.MultiWriter(f, h), io.LimitReader(rand.Reader, size), make([]byte, 1<<20)); err != nil {
-		return "", err
-	}
-	if err := f.Sync(); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), f.Close()
-}
-
-func copyFile(from, to string) error {
-	in, err := os.Open(from)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(to, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	defer out.Close()
-	if _, err := io.Copy(out, in); err != nil {
-		return err
-	}
-	if err := out.Sync(); err != nil {
-		return err
-	}
-	return out.Close()
-}
-
-func fsync(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
-}
-
-func hashFile(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	if n := len(s); n%2 == 0 {
-		return (s[n/2-1] + s[n/2]) / 2
-	}
-	return s[len(s)/2]
 }
 
 func mbps(size int64, d time.Duration) float64 { return float64(size) / 1e6 / d.Seconds() }
@@ -612,41 +506,4 @@ func list(size int64, ds []time.Duration) string {
 		parts[i] = fmt.Sprintf("%.1f", mbps(size, d))
 	}
 	return strings.Join(parts, " ") + " MB/s"
-}
-
-func human(n int64) string {
-	switch {
-	case n >= 1<<30 && n%(1<<30) == 0:
-		return fmt.Sprintf("%d GiB", n>>30)
-	case n >= 1<<20 && n%(1<<20) == 0:
-		return fmt.Sprintf("%d MiB", n>>20)
-	case n >= 1<<10 && n%(1<<10) == 0:
-		return fmt.Sprintf("%d KiB", n>>10)
-	}
-	return fmt.Sprintf("%d bytes", n)
-}
-
-// sizeFlag is a byte count that accepts unit suffixes.
-type sizeFlag int64
-
-func (s *sizeFlag) String() string { return strconv.FormatInt(int64(*s), 10) }
-
-func (s *sizeFlag) Set(v string) error {
-	units := []struct {
-		suffix string
-		mult   int64
-	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"B", 1}}
-	mult := int64(1)
-	for _, u := range units {
-		if strings.HasSuffix(v, u.suffix) {
-			v, mult = strings.TrimSuffix(v, u.suffix), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-	if err != nil || n < 0 || n > (1<<62)/mult {
-		return fmt.Errorf("not a size: %q", v)
-	}
-	*s = sizeFlag(n * mult)
-	return nil
 }
