@@ -28,7 +28,7 @@ test:
 
 # Run the concurrency-heavy packages under the race detector (needs cgo: gcc).
 race:
-    go test -race ./transport/... ./agent/... ./board/... ./dispatcher/... ./proto/...
+    go test -race ./transport/... ./agent/... ./board/... ./dispatcher/... ./internal/... ./proto/...
 
 # Run every test, uncached, with BOARDLINK_E2E=1 so that a test which would skip for a missing tool fails.
 e2e:
