@@ -79,9 +79,24 @@ fuzz:
     done < <(go list -e -f '{{{{.Dir}} {{{{.ImportPath}}' ./...)
     echo "fuzz: $ran target(s) ran for $fuzztime each"
 
-# Kill the agent at OTA_KILLS (default 10000) random points of an update's prepare, checking the board after each.
+# Kill the agent at OTA_KILLS (default 10000) random points of an update's prepare, checking the board after each; SHARDS (default 4) boards in parallel.
 ota-kills:
-    OTA_KILLS=${OTA_KILLS:-10000} go test -count=1 -timeout 0 -run TestOTAKilledDuringPrepare -v ./cmd/boardlink
+    #!/usr/bin/env bash
+    set -euo pipefail
+    total=${OTA_KILLS:-10000} shards=${SHARDS:-4}
+    go test -c -o /tmp/boardlink-ota-kills.test ./cmd/boardlink
+    pids=()
+    for i in $(seq "$shards"); do
+        (cd cmd/boardlink && OTA_KILLS=$((total / shards)) /tmp/boardlink-ota-kills.test \
+            -test.count=1 -test.timeout=0 -test.run '^TestOTAKilledDuringPrepare$' -test.v) > "/tmp/ota-kills-$i.log" 2>&1 &
+        pids+=($!)
+    done
+    failed=0
+    for i in "${!pids[@]}"; do
+        if ! wait "${pids[$i]}"; then failed=1; echo "shard $((i + 1)) failed: /tmp/ota-kills-$((i + 1)).log"; fi
+    done
+    grep -h 'cuts during prepare' /tmp/ota-kills-*.log
+    exit $failed
 
 # Run the demo.
 demo:
