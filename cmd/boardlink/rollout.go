@@ -360,6 +360,7 @@ type rolloutDisplay struct {
 	bars    map[string]*mpb.Bar
 	logs    map[string][]string
 	stage   string
+	started int64    // boards started in the current stage
 	failed  []string // boards that failed in the current stage
 	enc     *json.Encoder
 }
@@ -442,7 +443,7 @@ func (d *rolloutDisplay) event(e dispatcher.Event) {
 	switch e.Kind {
 	case "stage":
 		d.endStageLocked()
-		d.stage = e.Stage
+		d.stage, d.started = e.Stage, 0
 		if e.Stage == dispatcher.StageDone {
 			return
 		}
@@ -456,7 +457,11 @@ func (d *rolloutDisplay) event(e dispatcher.Event) {
 		}
 	case "start":
 		if d.term && d.overall != nil {
-			d.overall.SetTotal(d.overall.Current()+int64(len(d.bars))+1, false)
+			d.started++
+			d.overall.SetTotal(d.started, false)
+			if e.Stage == dispatcher.StagePlan {
+				return // planning moves no bytes: the overall bar says enough
+			}
 			d.bars[e.Board] = d.p.New(0, mpb.BarStyle(), mpb.BarRemoveOnComplete(),
 				mpb.PrependDecorators(decor.Name(e.Board, decor.WCSyncSpaceR), decor.Name(e.Stage, decor.WCSyncSpaceR)),
 				mpb.AppendDecorators(decor.Percentage(decor.WCSyncSpace)))
