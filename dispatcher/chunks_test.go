@@ -1,7 +1,6 @@
 package dispatcher
 
 import (
-	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"sync"
@@ -15,12 +14,7 @@ func testImage(t *testing.T, size int, chunk int64) *image.Image {
 	_, key, _ := ed25519.GenerateKey(nil)
 	payload := make([]byte, size)
 	rand.Read(payload)
-	var buf bytes.Buffer
-	if _, err := image.Build(&buf, bytes.NewReader(payload), int64(size),
-		image.BuildOptions{Key: key, Models: []string{"sim"}, Version: "1.0.0", ChunkSize: chunk}); err != nil {
-		t.Fatal(err)
-	}
-	im, err := image.Open(bytes.NewReader(buf.Bytes()), int64(buf.Len()))
+	im, err := image.BuildBytes(payload, image.BuildOptions{Key: key, Models: []string{"sim"}, Version: "1.0.0", ChunkSize: chunk})
 	if err != nil {
 		t.Fatal(err)
 	}

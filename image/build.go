@@ -3,6 +3,7 @@ package image
 import (
 	"archive/tar"
 	"bufio"
+	"bytes"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
@@ -247,4 +248,14 @@ func BuildFile(out, payloadPath string, opts BuildOptions) (Manifest, error) {
 		return Manifest{}, fmt.Errorf("build image: sync directory of %s: %w", out, err)
 	}
 	return m, nil
+}
+
+// BuildBytes builds an image of payload in memory and opens it: for small
+// images (tests, demos) that never need a file.
+func BuildBytes(payload []byte, opts BuildOptions) (*Image, error) {
+	var buf bytes.Buffer
+	if _, err := Build(&buf, bytes.NewReader(payload), int64(len(payload)), opts); err != nil {
+		return nil, err
+	}
+	return Open(bytes.NewReader(buf.Bytes()), int64(buf.Len()))
 }

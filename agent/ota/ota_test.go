@@ -52,12 +52,7 @@ func (m *machine) image(t *testing.T, version string, payload []byte, key ed2551
 	if key == nil {
 		key = m.key
 	}
-	var buf bytes.Buffer
-	if _, err := image.Build(&buf, bytes.NewReader(payload), int64(len(payload)),
-		image.BuildOptions{Key: key, Models: []string{"sim"}, Version: version, ChunkSize: 4096}); err != nil {
-		t.Fatal(err)
-	}
-	im, err := image.Open(bytes.NewReader(buf.Bytes()), int64(buf.Len()))
+	im, err := image.BuildBytes(payload, image.BuildOptions{Key: key, Models: []string{"sim"}, Version: version, ChunkSize: 4096})
 	if err != nil {
 		t.Fatal(err)
 	}

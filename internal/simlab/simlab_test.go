@@ -1,7 +1,6 @@
 package simlab_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -176,12 +175,7 @@ func buildImage(t testing.TB, key ed25519.PrivateKey, version string) *image.Ima
 	t.Helper()
 	payload := make([]byte, 64<<10)
 	rand.Read(payload)
-	var buf bytes.Buffer
-	if _, err := image.Build(&buf, bytes.NewReader(payload), int64(len(payload)),
-		image.BuildOptions{Key: key, Models: []string{"sim"}, Version: version, ChunkSize: 4096}); err != nil {
-		t.Fatal(err)
-	}
-	im, err := image.Open(bytes.NewReader(buf.Bytes()), int64(buf.Len()))
+	im, err := image.BuildBytes(payload, image.BuildOptions{Key: key, Models: []string{"sim"}, Version: version, ChunkSize: 4096})
 	if err != nil {
 		t.Fatal(err)
 	}
