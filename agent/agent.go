@@ -46,6 +46,8 @@ type Config struct {
 	Reboot func()
 	// OTA runs A/B updates; nil: the ota family is not served.
 	OTA *ota.Updater
+	// Limits bound what peers may make the agent hold (zero: defaults).
+	Limits Limits
 }
 
 // Agent serves the protocol for one board.
@@ -68,6 +70,7 @@ func New(b Board, execs *Execs, cfg Config) *Agent {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	cfg.Limits = cfg.Limits.WithDefaults()
 	return &Agent{board: b, execs: execs, cfg: cfg, log: cfg.Logger, claimed: map[string]chan struct{}{},
 		fetcher: fetch.New(fetch.Options{CacheDir: cfg.CacheDir, Logger: cfg.Logger})}
 }
