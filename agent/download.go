@@ -14,7 +14,9 @@ import (
 
 // fileDownload has the agent fetch a URL into a file root. The download
 // belongs to the connection: if it drops, the download stops and its
-// partial data stays in the cache for the next request to resume.
+// partial data stays in the cache for the next request to resume. The
+// caller's bounds (size, max_size, timeout_ms) apply beside the agent's
+// Limits, the smaller of each.
 func (s *session) fileDownload(ctx context.Context, c *transport.Conn, params json.RawMessage) (any, error) {
 	var p proto.FileDownloadParams
 	if err := proto.DecodeParams(params, &p); err != nil {
@@ -36,8 +38,12 @@ func (s *session) fileDownload(ctx context.Context, c *transport.Conn, params js
 		}
 	}
 	start := time.Now()
+	l := s.a.cfg.Limits
 	res, err := s.a.fetcher.Fetch(ctx, fetch.Request{URL: p.URL, SHA256: p.SHA256, Root: root, Dest: rel,
-		Extract: p.Extract, Mode: fs.FileMode(p.Mode), Parents: p.Parents}, progress)
+		Extract: p.Extract, Mode: fs.FileMode(p.Mode), Parents: p.Parents,
+		Size: p.Size, MaxSize: p.MaxSize, Timeout: millis(p.TimeoutMs),
+		Limits: fetch.Limits{MaxSize: l.MaxDownload, MaxUnpack: l.MaxUnpack, MaxUnpackEntries: l.MaxUnpackEntries,
+			Deadline: l.DownloadDeadline}}, progress)
 	if err != nil {
 		return nil, rootpath.Error(p.Path, err)
 	}

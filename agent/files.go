@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/boardlink/boardlink/internal/rootpath"
@@ -86,25 +88,84 @@ func (s *session) fileStat(params json.RawMessage) (any, error) {
 	}
 	info := fileInfo(p.Path, st)
 	if p.Hash && st.Mode().IsRegular() {
-		f, err := root.Open(rel)
+		f, _, err := openRegular(root, p.Path, rel)
 		if err != nil {
-			return nil, rootpath.Error(p.Path, err)
+			return nil, err
 		}
 		defer f.Close()
 		h := sha256.New()
 		if _, err := io.Copy(h, f); err != nil {
-			return nil, proto.Errorf(proto.ReasonInternal, "%s: %v", p.Path, err)
+			return nil, rootpath.Error(p.Path, err)
 		}
 		info.SHA256 = hex.EncodeToString(h.Sum(nil))
 	}
 	return info, nil
 }
 
+// openRegular opens rel for reading and refuses anything but a regular
+// file (a FIFO, a device, a socket) as invalid_params on "path" before a
+// byte is read: first by name, so that a device is not even opened (an
+// open can have effects: a watchdog starts), then on the open file, as
+// the name may have been swapped in between. The open does not block, so a
+// FIFO swapped in cannot hold it.
+func openRegular(root *os.Root, p, rel string) (*os.File, os.FileInfo, error) {
+	st, err := root.Stat(rel)
+	if err == nil {
+		err = regular(p, st)
+	}
+	if err != nil {
+		return nil, nil, rootpath.Error(p, err)
+	}
+	f, err := root.OpenFile(rel, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return nil, nil, rootpath.Error(p, err)
+	}
+	if st, err = f.Stat(); err == nil {
+		err = regular(p, st)
+	}
+	if err != nil {
+		f.Close()
+		return nil, nil, rootpath.Error(p, err)
+	}
+	return f, st, nil
+}
+
+// regular refuses st, the file at p, unless it is a regular file.
+func regular(p string, st fs.FileInfo) error {
+	if st.Mode().IsRegular() {
+		return nil
+	}
+	what := "not a regular file"
+	switch m := st.Mode(); {
+	case m.IsDir():
+		what = "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		what = "a named pipe (FIFO)"
+	case m&fs.ModeSocket != 0:
+		what = "a socket"
+	case m&fs.ModeDevice != 0:
+		what = "a device"
+	case m&fs.ModeSymlink != 0:
+		what = "a symlink"
+	}
+	return proto.InvalidField("path", "file", "%s is %s, not a regular file", p, what)
+}
+
+// maxPartialBase is the longest target name kept whole in its partial
+// file's name, which adds 36 bytes and must stay under NAME_MAX (255).
+const maxPartialBase = 200
+
 // partialName is where a push of content sum into rel collects its bytes:
 // hidden beside the target, and keyed by the content so that only a push of
-// the same file resumes from it.
+// the same file resumes from it. A long target name is cut, and a hash of
+// it keeps the partial files of names alike in their first bytes apart.
 func partialName(rel, sum string) string {
-	return filepath.Join(filepath.Dir(rel), "."+filepath.Base(rel)+"."+sum[:16]+".boardlink-partial")
+	base := filepath.Base(rel)
+	if len(base) > maxPartialBase {
+		h := sha256.Sum256([]byte(base))
+		base = base[:maxPartialBase-17] + "~" + hex.EncodeToString(h[:8])
+	}
+	return filepath.Join(filepath.Dir(rel), "."+base+"."+sum[:16]+".boardlink-partial")
 }
 
 // hashPrefix hashes the first n bytes of f into a new hash, which the
@@ -132,16 +193,9 @@ func (s *session) filePush(c *transport.Conn, r *transport.Request) (any, error)
 		root.Close()
 		return nil, proto.InvalidField("path", "file", "%s is a file root, not a file in one", p.Path)
 	}
-	if st, err := root.Lstat(rel); err == nil && st.IsDir() {
+	if err := checkPushTarget(root, p.Path, rel); err != nil {
 		root.Close()
-		return nil, proto.InvalidField("path", "file", "%s is a directory", p.Path)
-	} else if err == nil && st.Mode()&os.ModeSymlink != 0 {
-		// The rename would replace the link, not write through it; still,
-		// a link out of the root says the caller means a place we refuse.
-		if _, err := root.Stat(rel); err != nil && !errors.Is(err, os.ErrNotExist) {
-			root.Close()
-			return nil, rootpath.Error(p.Path, err)
-		}
+		return nil, err
 	}
 	if err := ensureParent(root, p.Path, rel, p.Parents); err != nil {
 		root.Close()
@@ -156,16 +210,24 @@ func (s *session) filePush(c *transport.Conn, r *transport.Request) (any, error)
 		s.a.release(p.Path + "\x00" + partial)
 		root.Close()
 	}
-	f, offset, h, err := openPartial(root, partial, p.Size, p.Restart)
+	f, offset, h, err := openPartial(root, p.Path, partial, p.Size, p.Restart)
+	if err == nil {
+		if err = rootpath.CheckRoom(rootpath.Room{File: f, Bytes: p.Size - offset}); err != nil {
+			f.Close()
+			if offset == 0 {
+				root.Remove(partial)
+			}
+		}
+	}
 	if err != nil {
 		release()
 		return nil, rootpath.Error(p.Path, err)
 	}
-	st, err := c.AttachStream(p.Stream)
+	st, err := attach(c, "stream", p.Stream)
 	if err != nil {
 		f.Close()
 		release()
-		return nil, proto.InvalidField("stream", "stream", "%v", err)
+		return nil, err
 	}
 	id, t := s.newTransfer()
 	res := proto.FilePushResult{ID: id, Offset: offset}
@@ -180,14 +242,38 @@ func (s *session) filePush(c *transport.Conn, r *transport.Request) (any, error)
 	return res, nil
 }
 
+// checkPushTarget refuses a push into what a file cannot replace: a
+// directory, a FIFO, a device or a socket (a caller naming one means to
+// write into it, which a push does not do), or a symlink that leads out of
+// the root (the rename would replace the link, not write through it;
+// still, the caller means a place we refuse).
+func checkPushTarget(root *os.Root, p, rel string) error {
+	st, err := root.Lstat(rel)
+	switch {
+	case errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR):
+		return nil // ensureParent tells about the parent
+	case err != nil:
+		return rootpath.Error(p, err)
+	case st.Mode()&fs.ModeSymlink != 0:
+		if _, err := root.Stat(rel); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return rootpath.Error(p, err)
+		}
+		return nil
+	}
+	return regular(p, st)
+}
+
 // openPartial opens (or starts) the partial file of a push of size bytes
-// and returns how much of it is kept and the hash of that much.
-func openPartial(root *os.Root, partial string, size int64, restart bool) (*os.File, int64, hash.Hash, error) {
-	f, err := root.OpenFile(partial, os.O_RDWR|os.O_CREATE, 0o600)
+// into p and returns how much of it is kept and the hash of that much.
+func openPartial(root *os.Root, p, partial string, size int64, restart bool) (*os.File, int64, hash.Hash, error) {
+	f, err := root.OpenFile(partial, os.O_RDWR|os.O_CREATE|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0o600)
 	if err != nil {
 		return nil, 0, nil, err
 	}
 	st, err := f.Stat()
+	if err == nil {
+		err = ownPartial(root, p, partial, st)
+	}
 	if err != nil {
 		f.Close()
 		return nil, 0, nil, err
@@ -208,6 +294,26 @@ func openPartial(root *os.Root, partial string, size int64, restart bool) (*os.F
 	return f, offset, h, nil
 }
 
+// ownPartial checks that st, of the file open as the partial file of a
+// push into p, is a regular file and is what the partial's name holds: the
+// os.Root follows symlinks inside the root, and another user of the board
+// may have put one (or a FIFO) there, before the push or while it ran. The
+// push is then refused, and nothing written through the link or installed.
+func ownPartial(root *os.Root, p, partial string, st fs.FileInfo) error {
+	lst, err := root.Lstat(partial)
+	switch {
+	case err != nil:
+		return err
+	case lst.Mode()&fs.ModeSymlink != 0:
+		return proto.InvalidField("path", "symlink", "%s: its partial file %s is a symlink: refused", p, partial)
+	case !os.SameFile(st, lst):
+		return proto.InvalidField("path", "file", "%s: its partial file %s was replaced while the push ran: nothing installed", p, partial)
+	case !st.Mode().IsRegular():
+		return proto.InvalidField("path", "file", "%s: its partial file %s is not a regular file: refused", p, partial)
+	}
+	return nil
+}
+
 // receive copies a push's bytes from st into f after offset, then checks
 // and installs the file. A cut link leaves the partial file, synced, for
 // the next push to resume from.
@@ -222,13 +328,21 @@ func (a *Agent) receive(root *os.Root, rel, partial string, f *os.File, h hash.H
 		}
 	}()
 	if _, err := f.Seek(offset, io.SeekStart); err != nil {
-		return proto.FileResult{}, proto.Errorf(proto.ReasonInternal, "%s: %v", p.Path, err)
+		return proto.FileResult{}, rootpath.Local(p.Path, err)
 	}
 	// One byte past the size is read so a sender of too much is caught.
-	n, err := io.CopyBuffer(io.MultiWriter(f, h), io.LimitReader(st, p.Size-offset+1), make([]byte, copyBuffer))
+	w := &diskWriter{f: f}
+	n, err := io.CopyBuffer(io.MultiWriter(w, h), io.LimitReader(st, p.Size-offset+1), make([]byte, copyBuffer))
 	total := offset + n
-	if serr := f.Sync(); err == nil && serr != nil {
-		err = serr
+	if serr := f.Sync(); w.err == nil {
+		w.err = serr
+	}
+	if w.err != nil {
+		// The disk failed, not the link (a full disk: no_space); what is
+		// there stays for a resume.
+		err := rootpath.Local(p.Path, w.err)
+		st.Reset(string(proto.ReasonOf(err)))
+		return proto.FileResult{}, err
 	}
 	if err != nil {
 		a.log.Debug("push cut", "path", p.Path, "held", total, "err", err)
@@ -259,21 +373,29 @@ func (a *Agent) receive(root *os.Root, rel, partial string, f *os.File, h hash.H
 		mode = 0o644
 	}
 	if err := f.Chmod(mode); err != nil {
-		return proto.FileResult{}, proto.Errorf(proto.ReasonInternal, "%s: %v", p.Path, err)
+		return proto.FileResult{}, rootpath.Local(p.Path, err)
+	}
+	fst, err := f.Stat()
+	if err != nil {
+		return proto.FileResult{}, rootpath.Local(p.Path, err)
 	}
 	f.Close()
 	closed = true
+	// From here on the partial is reached by name.
+	if err := ownPartial(root, p.Path, partial, fst); err != nil {
+		return proto.FileResult{}, rootpath.Error(p.Path, err)
+	}
 	mtime := p.ModTime
 	if !mtime.IsZero() {
 		if err := root.Chtimes(partial, mtime, mtime); err != nil {
-			return proto.FileResult{}, proto.Errorf(proto.ReasonInternal, "%s: %v", p.Path, err)
+			return proto.FileResult{}, rootpath.Error(p.Path, err)
 		}
 	}
 	if err := root.Rename(partial, rel); err != nil {
 		return proto.FileResult{}, rootpath.Error(p.Path, err)
 	}
 	if err := rootpath.SyncDir(root, filepath.Dir(rel)); err != nil {
-		return proto.FileResult{}, proto.Errorf(proto.ReasonInternal, "%s: %v", p.Path, err)
+		return proto.FileResult{}, rootpath.Local(p.Path, err)
 	}
 	info, err := root.Stat(rel)
 	if err != nil {
@@ -281,6 +403,21 @@ func (a *Agent) receive(root *os.Root, rel, partial string, f *os.File, h hash.H
 	}
 	return proto.FileResult{Path: p.Path, Size: p.Size, SHA256: p.SHA256, Offset: offset, Bytes: n,
 		Mode: uint32(mode), ModTime: info.ModTime().UTC(), DurationMs: msSince(start)}, nil
+}
+
+// diskWriter writes to f and keeps its error, which is the disk's, not the
+// link's.
+type diskWriter struct {
+	f   *os.File
+	err error
+}
+
+func (w *diskWriter) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	if err != nil {
+		w.err = err
+	}
+	return n, err
 }
 
 func msSince(t time.Time) float64 { return float64(time.Since(t).Microseconds()) / 1000 }
@@ -295,34 +432,27 @@ func (s *session) filePull(c *transport.Conn, r *transport.Request) (any, error)
 		return nil, err
 	}
 	defer root.Close()
-	f, err := root.Open(rel)
+	f, info, err := openRegular(root, p.Path, rel)
 	if err != nil {
-		return nil, rootpath.Error(p.Path, err)
-	}
-	info, err := f.Stat()
-	if err == nil && !info.Mode().IsRegular() {
-		err = proto.InvalidField("path", "file", "%s is not a regular file", p.Path)
+		return nil, err
 	}
 	offset := p.Offset
-	var h hash.Hash
-	if err == nil {
-		if offset > info.Size() {
-			offset = 0
-		}
-		h, err = hashPrefix(f, offset)
-		if err == nil && offset > 0 && sumHex(h) != p.OffsetSHA256 {
-			offset = 0 // the board's file does not begin with the caller's bytes
-			h.Reset()
-		}
+	if offset > info.Size() {
+		offset = 0
+	}
+	h, err := hashPrefix(f, offset)
+	if err == nil && offset > 0 && sumHex(h) != p.OffsetSHA256 {
+		offset = 0 // the board's file does not begin with the caller's bytes
+		h.Reset()
 	}
 	if err != nil {
 		f.Close()
 		return nil, rootpath.Error(p.Path, err)
 	}
-	st, err := c.AttachStream(p.Stream)
+	st, err := attach(c, "stream", p.Stream)
 	if err != nil {
 		f.Close()
-		return nil, proto.InvalidField("stream", "stream", "%v", err)
+		return nil, err
 	}
 	id, t := s.newTransfer()
 	// The data follows the answer, which tells the caller where it starts.

@@ -6,16 +6,21 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/internal/testenv"
 	"github.com/boardlink/boardlink/proto"
+	"github.com/boardlink/boardlink/transport"
 )
 
 // writeRandom makes a file of n random bytes with a distinctive mode and
@@ -371,4 +376,209 @@ func hasCap(caps []string, want string) bool {
 		}
 	}
 	return false
+}
+
+// wantPathRule checks that err is invalid_params on "path" naming rule.
+func wantPathRule(t *testing.T, op string, err error, rule string) {
+	t.Helper()
+	var pe *proto.Error
+	if !errors.As(err, &pe) || pe.Reason() != proto.ReasonInvalidParams || len(pe.Data.Fields) != 1 ||
+		pe.Data.Fields[0].Field != "path" || pe.Data.Fields[0].Rule != rule {
+		t.Fatalf("%s: %v, want invalid_params on path (%s)", op, err, rule)
+	}
+}
+
+// TestFilesRefuseNonRegular: a FIFO, a socket or a device is neither
+// pulled nor hashed nor replaced by a push: invalid_params on "path", at
+// once (a pull of a FIFO used to block forever, holding an OS thread).
+func TestFilesRefuseNonRegular(t *testing.T) {
+	h := newHarness(t, "")
+	c := dialWS(t, h)
+	ctx := ctxTimeout(t, time.Minute)
+	local := filepath.Join(t.TempDir(), "f")
+	writeRandom(t, local, 1000)
+	fifo := filepath.Join(h.root, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(h.root, "sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	specials := []string{fifo, sock}
+	if os.Geteuid() == 0 {
+		null := filepath.Join(h.root, "null")
+		if err := syscall.Mknod(null, syscall.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err == nil {
+			specials = append(specials, null)
+		}
+	}
+	for _, p := range specials {
+		t.Run(filepath.Base(p), func(t *testing.T) {
+			_, err := c.Pull(ctx, p, filepath.Join(t.TempDir(), "got"), dispatcher.TransferOptions{})
+			wantPathRule(t, "pull", err, "file")
+			_, err = c.Push(ctx, local, p, dispatcher.TransferOptions{})
+			wantPathRule(t, "push", err, "file")
+			info, err := c.Stat(ctx, p, true)
+			if err != nil || !info.Exists || info.SHA256 != "" {
+				t.Fatalf("stat with hash: %+v, %v; want it described, not hashed", info, err)
+			}
+			if st, err := os.Lstat(p); err != nil || st.Mode().IsRegular() {
+				t.Fatalf("%s was replaced: %v %v", p, st, err)
+			}
+		})
+	}
+}
+
+// TestFileErrorsAreTheCallers: errors a request's path causes are
+// invalid_params on "path", not internal (which a client would retry).
+func TestFileErrorsAreTheCallers(t *testing.T) {
+	h := newHarness(t, "")
+	c := dialWS(t, h)
+	ctx := ctxTimeout(t, time.Minute)
+	local := filepath.Join(t.TempDir(), "f")
+	writeRandom(t, local, 1000)
+	if err := os.WriteFile(filepath.Join(h.root, "afile"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("loop", filepath.Join(h.root, "loop")); err != nil {
+		t.Fatal(err)
+	}
+	long := filepath.Join(h.root, strings.Repeat("n", 256))
+	for _, tc := range []struct {
+		name, path, rule string
+		parentsRule      string // of a push with parents
+	}{
+		{"name too long", long, "name_too_long", "name_too_long"},
+		{"under a file", filepath.Join(h.root, "afile", "x"), "dir", "exists"},
+		{"symlink loop", filepath.Join(h.root, "loop"), "symlink", "symlink"},
+		{"under a symlink loop", filepath.Join(h.root, "loop", "x"), "symlink", "symlink"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := c.Push(ctx, local, tc.path, dispatcher.TransferOptions{})
+			wantPathRule(t, "push", err, tc.rule)
+			_, err = c.Push(ctx, local, tc.path, dispatcher.TransferOptions{Parents: true})
+			wantPathRule(t, "push with parents", err, tc.parentsRule)
+			_, err = c.Pull(ctx, tc.path, filepath.Join(t.TempDir(), "got"), dispatcher.TransferOptions{})
+			wantPathRule(t, "pull", err, tc.rule)
+			_, err = c.Stat(ctx, tc.path, false)
+			wantPathRule(t, "stat", err, tc.rule)
+		})
+	}
+	// A name as long as the file system takes: the partial file's longer
+	// name must not make the push fail.
+	longest := filepath.Join(h.root, strings.Repeat("n", 255))
+	if _, err := c.Push(ctx, local, longest, dispatcher.TransferOptions{}); err != nil {
+		t.Fatalf("push to a 255-byte name: %v", err)
+	}
+	sameFile(t, local, longest)
+}
+
+// startPush calls file.push for content on a new stream and returns the
+// stream and the transfer's id.
+func startPush(t *testing.T, c *dispatcher.Client, remote string, content []byte) (*transport.Stream, string, error) {
+	t.Helper()
+	s, err := c.Conn().OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(content)
+	var started proto.FilePushResult
+	err = c.Conn().Call(ctxTimeout(t, time.Minute), proto.MethodFilePush, proto.FilePushParams{Path: remote,
+		Size: int64(len(content)), SHA256: hex.EncodeToString(sum[:]), Stream: s.ID()}, &started)
+	return s, started.ID, err
+}
+
+// TestPushPartialSwapped: another user of the board who replaces the
+// partial file of a push, before it starts or while it runs, neither gets
+// a file written through a symlink nor a symlink installed: the push is
+// refused (invalid_params on "path") and the link's target untouched.
+func TestPushPartialSwapped(t *testing.T) {
+	h := newHarness(t, "")
+	c := dialWS(t, h)
+	content := []byte("hello")
+	sum := sha256.Sum256(content)
+	victim := filepath.Join(h.root, "victim")
+	partial := func(name string) string {
+		return filepath.Join(h.root, "."+name+"."+hex.EncodeToString(sum[:])[:16]+".boardlink-partial")
+	}
+	// swap puts a symlink to the victim (or a FIFO) at name, atomically.
+	swap := func(t *testing.T, name string, fifo bool) {
+		t.Helper()
+		tmp := filepath.Join(h.root, "swap.tmp")
+		var err error
+		if fifo {
+			err = syscall.Mkfifo(tmp, 0o644)
+		} else {
+			err = os.Symlink("victim", tmp)
+		}
+		if err == nil {
+			err = os.Rename(tmp, name)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		fifo   bool
+		during bool // swapped after file.push answered
+		rule   string
+	}{
+		{"symlink before", false, false, "symlink"},
+		{"fifo before", true, false, "file"},
+		{"symlink during", false, true, "symlink"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := os.WriteFile(victim, []byte("keep"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			remote := filepath.Join(h.root, strings.ReplaceAll(tc.name, " ", "-"))
+			if !tc.during {
+				swap(t, partial(filepath.Base(remote)), tc.fifo)
+			}
+			s, id, err := startPush(t, c, remote, content)
+			if !tc.during {
+				wantPathRule(t, "file.push", err, tc.rule)
+			} else {
+				if err != nil {
+					t.Fatal(err)
+				}
+				swap(t, partial(filepath.Base(remote)), tc.fifo)
+				s.Write(content)
+				s.CloseWrite()
+				err = c.Conn().Call(ctxTimeout(t, time.Minute), proto.MethodFileWait, proto.FileWaitParams{ID: id}, nil)
+				wantPathRule(t, "file.wait", err, tc.rule)
+			}
+			if got, err := os.ReadFile(victim); err != nil || string(got) != "keep" {
+				t.Fatalf("the symlink's target now holds %q (%v)", got, err)
+			}
+			if _, err := os.Lstat(remote); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("something was installed at %s: %v", remote, err)
+			}
+			os.Remove(partial(filepath.Base(remote)))
+		})
+	}
+}
+
+// TestPushNoRoom: a push the disk cannot hold is refused before its bytes
+// are sent, as no_space (not the caller's fault, nor worth a retry as it
+// is).
+func TestPushNoRoom(t *testing.T) {
+	h := newHarness(t, "")
+	c := dialWS(t, h)
+	s, err := c.Conn().OpenStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	remote := filepath.Join(h.root, "huge")
+	err = c.Conn().Call(ctxTimeout(t, time.Minute), proto.MethodFilePush, proto.FilePushParams{Path: remote,
+		Size: 1 << 50, SHA256: strings.Repeat("ab", 32), Stream: s.ID()}, nil)
+	if !proto.IsReason(err, proto.ReasonNoSpace) || proto.ReasonNoSpace.Retryable() {
+		t.Fatalf("push of a petabyte: %v, want no_space", err)
+	}
+	if ents, err := os.ReadDir(h.root); err != nil || len(ents) != 0 {
+		t.Fatalf("the root holds %v (%v)", ents, err)
+	}
 }

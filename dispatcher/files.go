@@ -248,6 +248,11 @@ type DownloadRequest struct {
 	Extract bool
 	Mode    os.FileMode
 	Parents bool
+	// Size, MaxSize and Timeout, when not 0, bound the download beside the
+	// board's own limits: content of another size than Size, or larger
+	// than MaxSize, is refused, and the board gives up after Timeout.
+	Size, MaxSize int64
+	Timeout       time.Duration
 	// Progress, if set, receives the agent's progress notifications.
 	Progress func(proto.Progress)
 }
@@ -256,7 +261,8 @@ type DownloadRequest struct {
 // result says Skipped when the board already held that content.
 func (c *Client) Download(ctx context.Context, r DownloadRequest) (proto.DownloadResult, error) {
 	p := proto.FileDownloadParams{URL: r.URL, Path: r.Path, SHA256: r.SHA256, Extract: r.Extract,
-		Mode: uint32(r.Mode.Perm()), Parents: r.Parents}
+		Mode: uint32(r.Mode.Perm()), Parents: r.Parents, Size: r.Size, MaxSize: r.MaxSize,
+		TimeoutMs: (r.Timeout + time.Millisecond - 1).Milliseconds()} // rounded up: 1ns stays a bound
 	if r.Progress != nil {
 		tok, done := c.notes.subscribe(r.Progress)
 		defer done()

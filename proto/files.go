@@ -121,6 +121,13 @@ type FileResult struct {
 // directory Path. SHA256 is required: nothing reaches Path unless the
 // fetched bytes match it, and no download happens when Path or the agent's
 // package cache already holds them.
+//
+// Size, MaxSize and TimeoutMs bound the download beside the agent's own
+// limits (the smaller applies): content announced or found to be larger
+// than MaxSize, or of another size than Size, is refused at once
+// (invalid_params naming the field; "url" for the agent's limit), and the
+// whole request, retries included, ends with reason timeout after
+// TimeoutMs.
 type FileDownloadParams struct {
 	URL     string `json:"url" validate:"required,max=8192,url,startswith=http"`
 	Path    string `json:"path" validate:"required,max=4096,boardpath"`
@@ -128,6 +135,13 @@ type FileDownloadParams struct {
 	Extract bool   `json:"extract,omitempty"`
 	Mode    uint32 `json:"mode,omitempty" validate:"max=4095"`
 	Parents bool   `json:"parents,omitempty"`
+	// Size is the content's size in bytes, when the caller knows it; it
+	// also lets the agent check free space before the first request.
+	Size int64 `json:"size,omitempty" validate:"min=0"`
+	// MaxSize bounds the content's size in bytes (0: the agent's limit).
+	MaxSize int64 `json:"max_size,omitempty" validate:"min=0"`
+	// TimeoutMs bounds the whole request (0: the agent's deadline).
+	TimeoutMs int64 `json:"timeout_ms,omitempty" validate:"min=0"`
 	// Progress, when set, is echoed in the progress notifications the
 	// agent sends while the download runs.
 	Progress string `json:"progress,omitempty" validate:"max=64"`

@@ -12,4 +12,13 @@
 // directory that then replaces the destination; an archive with any entry
 // that would land outside it (an absolute name, "..", or a symlink or hard
 // link leading out) is refused as a whole.
+//
+// Every download is bounded (Limits, and the caller's Size, MaxSize and
+// Timeout; the smaller applies): a body announced or found to be beyond
+// the size, or of another size than expected, stops at once and its
+// partial is removed (a partial cut by the network stays for a resume);
+// free space is checked before writing once the size is known; an archive
+// is refused when it unpacks to more bytes or entries than allowed, and
+// its files are written sparse; an overall deadline covers the whole
+// download, retries included.
 package fetch

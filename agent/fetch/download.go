@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/boardlink/boardlink/internal/rootpath"
 	"github.com/boardlink/boardlink/proto"
 )
 
@@ -40,6 +41,7 @@ type downloader struct {
 	f       *Fetcher
 	url     string // for messages: no credentials, no query
 	req     Request
+	b       bounds
 	part    *os.File
 	pr      *reporter
 	res     *Result
@@ -51,15 +53,15 @@ type downloader struct {
 }
 
 // download makes part hold the content of req.URL, continuing what part
-// already holds, and verifies it. It returns the content's size. On a hash
-// mismatch part's content is useless (the caller removes it); on any other
-// error it is a valid prefix to resume from.
+// already holds, and verifies it. It returns the content's size. After an
+// error for which dropsPartial holds part's content is useless (the caller
+// removes it); after any other it is a valid prefix to resume from.
 func (f *Fetcher) download(ctx context.Context, req Request, part *os.File, pr *reporter, res *Result) (int64, error) {
-	d := &downloader{f: f, url: displayURL(req.URL), req: req, part: part, pr: pr, res: res,
+	d := &downloader{f: f, url: displayURL(req.URL), req: req, b: req.bounds(), part: part, pr: pr, res: res,
 		h: sha256.New(), buf: make([]byte, copyBuffer)}
 	// What an earlier call left is hashed first; the body then continues it.
 	if _, err := part.Seek(0, io.SeekStart); err != nil {
-		return 0, localError("partial download", err)
+		return 0, rootpath.Local("partial download", err)
 	}
 	if st, err := part.Stat(); err == nil && st.Size() > 0 {
 		pr.report("verify", 0, 0, true)
@@ -71,9 +73,17 @@ func (f *Fetcher) download(ctx context.Context, req Request, part *os.File, pr *
 		if ctx.Err() != nil {
 			return 0, ctxError(ctx, "download "+d.url)
 		}
-		return 0, localError("partial download", err)
+		return 0, rootpath.Local("partial download", err)
 	}
 	d.off = n
+	if err := d.b.over(d.off, "at least"); err != nil {
+		return 0, err
+	}
+	if d.b.size > 0 {
+		if err := d.room(d.b.size); err != nil {
+			return 0, err
+		}
+	}
 
 	high, fails, delay := d.off, 0, f.opts.Backoff
 	for {
@@ -104,6 +114,9 @@ func (f *Fetcher) download(ctx context.Context, req Request, part *os.File, pr *
 			return 0, ctxError(ctx, fmt.Sprintf("download %s stopped at %d bytes", d.url, d.off))
 		}
 		delay = min(2*delay, maxBackoff)
+	}
+	if err := d.b.fits(d.off, "in all"); err != nil {
+		return 0, err
 	}
 	pr.report("verify", d.off, d.off, true)
 	if got := hex.EncodeToString(d.h.Sum(nil)); got != req.SHA256 {
@@ -180,14 +193,25 @@ func (d *downloader) attempt(ctx context.Context) error {
 	default:
 		return d.statusError(resp)
 	}
+	if d.total > 0 {
+		if err := d.b.fits(d.total, "announced as"); err != nil {
+			return err
+		}
+		if err := d.room(d.total); err != nil {
+			return err
+		}
+	}
 
 	d.pr.report("download", d.off, d.total, true)
 	for {
 		n, rerr := resp.Body.Read(d.buf)
 		if n > 0 {
+			if err := d.b.over(d.off+int64(n), "at least"); err != nil {
+				return err
+			}
 			watchdog.Reset(stall)
 			if _, err := d.part.Write(d.buf[:n]); err != nil {
-				return localError("partial download", err)
+				return rootpath.Local("partial download", err)
 			}
 			d.h.Write(d.buf[:n])
 			d.off += int64(n)
@@ -208,13 +232,24 @@ func (d *downloader) attempt(ctx context.Context) error {
 	return nil
 }
 
+// room checks that the disk holds the rest of content of total bytes, and
+// its install: a copy from the cache, or the unpacked tree (estimated as
+// large as the archive).
+func (d *downloader) room(total int64) error {
+	var install int64
+	if d.f.opts.CacheDir != "" || d.req.Extract {
+		install = total
+	}
+	return checkRoom(d.req, d.part, total-d.off, install)
+}
+
 // restart empties the partial file.
 func (d *downloader) restart() error {
 	if err := d.part.Truncate(0); err != nil {
-		return localError("partial download", err)
+		return rootpath.Local("partial download", err)
 	}
 	if _, err := d.part.Seek(0, io.SeekStart); err != nil {
-		return localError("partial download", err)
+		return rootpath.Local("partial download", err)
 	}
 	d.h.Reset()
 	d.off, d.total = 0, 0

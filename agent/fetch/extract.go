@@ -22,13 +22,6 @@ import (
 	"github.com/boardlink/boardlink/proto"
 )
 
-// Sanity bounds on an archive. Disk space is the real bound on size; this
-// one only catches absurd headers early.
-const (
-	maxEntries      = 1 << 20
-	maxExtractBytes = 1 << 40
-)
-
 // kind is what the extraction made at a name.
 type kind uint8
 
@@ -50,6 +43,12 @@ func archiveError(format string, args ...any) *proto.Error {
 // name (relative to root) and the number of entries written. On error
 // nothing is left behind.
 //
+// An archive with more entries, or entries of more bytes in all, than lim
+// allows is refused when the header that goes over is read: a
+// decompression bomb costs no more than lim. Files are written sparse
+// (blocks of zeros become holes), so a sparse entry takes the disk space
+// of its data, though its holes count against lim.
+//
 // Every write goes through an os.Root opened on the new directory, so no
 // entry can reach outside it even through a symlink. On top of that the
 // archive is refused if any entry is absolute or has a ".." element, if a
@@ -59,7 +58,7 @@ func archiveError(format string, args ...any) *proto.Error {
 // created with their targets in clean form, so a ".." can only come first
 // and count up from the link's own (real) directory: no chain of symlinks
 // resolves outside the directory.
-func stageExtract(ctx context.Context, root *os.Root, dest string, r io.Reader, sum string, log *slog.Logger) (tmp string, n int, err error) {
+func stageExtract(ctx context.Context, root *os.Root, dest string, r io.Reader, sum string, lim unpackLimits, log *slog.Logger) (tmp string, n int, err error) {
 	// The first header is read before anything is created: a stream that
 	// is no archive leaves no trace.
 	tr, err := openArchive(r)
@@ -90,27 +89,28 @@ func stageExtract(ctx context.Context, root *os.Root, dest string, r io.Reader, 
 	}()
 	dir, err := root.OpenRoot(tmp)
 	if err != nil {
-		return tmp, 0, localError("extract", err)
+		return tmp, 0, rootpath.Local("extract", err)
 	}
 	defer dir.Close()
-	x := &extractor{dir: dir, kinds: map[string]kind{}, dirs: map[string]*tar.Header{}, log: log}
+	x := &extractor{dir: dir, kinds: map[string]kind{}, dirs: map[string]*tar.Header{}, lim: lim, log: log,
+		buf: make([]byte, copyBuffer)}
 	if err := x.run(ctx, tr, first); err != nil {
 		return tmp, 0, err
 	}
 	m, err := dir.OpenFile(markerName, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
-		return tmp, 0, localError("extract marker", err)
+		return tmp, 0, rootpath.Local("extract marker", err)
 	}
 	_, err = m.WriteString(sum + "\n")
 	if cerr := m.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return tmp, 0, localError("extract marker", err)
+		return tmp, 0, rootpath.Local("extract marker", err)
 	}
 	x.finishDirs()
 	if err := syncTree(dir); err != nil {
-		return tmp, 0, localError("extract: sync", err)
+		return tmp, 0, rootpath.Local("extract: sync", err)
 	}
 	return tmp, x.n, nil
 }
@@ -138,18 +138,24 @@ type extractor struct {
 	kinds map[string]kind        // what each entry name holds now
 	dirs  map[string]*tar.Header // directory entries, whose modes and times are set last
 	n     int                    // entries written
-	bytes int64
+	lim   unpackLimits
+	bytes int64 // the sizes of the entries read
+	buf   []byte
 	log   *slog.Logger
 }
 
 // run writes first (nil for an empty archive) and the entries after it.
 func (x *extractor) run(ctx context.Context, tr *tar.Reader, first *tar.Header) error {
 	for hdr, count := first, 1; hdr != nil; count++ {
+		// Every entry counts, the skipped ones too: reading them costs.
+		if count > x.lim.entries {
+			return archiveError("holds more than %d entries, the agent's unpack limit", x.lim.entries)
+		}
+		if x.bytes += max(hdr.Size, 0); x.bytes > x.lim.bytes {
+			return archiveError("unpacks to more than %d bytes, the agent's unpack limit", x.lim.bytes)
+		}
 		if err := x.entry(hdr, tr); err != nil {
 			return err
-		}
-		if count >= maxEntries {
-			return archiveError("more than %d entries", maxEntries)
 		}
 		var err error
 		if hdr, err = nextEntry(ctx, tr); err == io.EOF {
@@ -279,9 +285,6 @@ func (x *extractor) mkdir(name string, hdr *tar.Header) error {
 }
 
 func (x *extractor) file(name string, hdr *tar.Header, r io.Reader) error {
-	if x.bytes += hdr.Size; x.bytes > maxExtractBytes {
-		return archiveError("unpacks to more than %d bytes", int64(maxExtractBytes))
-	}
 	if _, err := x.prepare(name, false); err != nil {
 		return err
 	}
@@ -290,7 +293,7 @@ func (x *extractor) file(name string, hdr *tar.Header, r io.Reader) error {
 		return x.fsError(name, err)
 	}
 	x.kinds[name] = kindFile
-	_, err = io.Copy(f, readTagger{r})
+	err = copySparse(f, readTagger{r}, x.buf)
 	if err == nil {
 		err = f.Chmod(fs.FileMode(hdr.Mode) & fs.ModePerm)
 	}
@@ -387,7 +390,7 @@ func (x *extractor) fsError(name string, err error) error {
 	if rootpath.IsEscape(err) {
 		return proto.WithCause(archiveError("entry %q leads out of the directory", name), err)
 	}
-	return localError("extract "+name, err)
+	return rootpath.Local("extract "+name, err)
 }
 
 // readError marks a failure to read the archive, as opposed to writing it.

@@ -369,7 +369,7 @@ func TestExtractReadOnlyDirs(t *testing.T) {
 	})
 	root, dir := newRoot(t)
 	for range 2 {
-		tmp, n, err := stageExtract(t.Context(), root, "pkg", bytes.NewReader(data), sum(data), testLogger(t))
+		tmp, n, err := stageExtract(t.Context(), root, "pkg", bytes.NewReader(data), sum(data), (&Request{}).bounds().unpack, testLogger(t))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -146,6 +146,20 @@ type Request struct {
 	Mode fs.FileMode
 	// Parents creates missing parent directories of Dest (0755).
 	Parents bool
+
+	// Size, when not 0, is the content's size as the caller knows it: a
+	// body announced or found to be of another size is refused
+	// (invalid_params on "size").
+	Size int64
+	// MaxSize, when not 0, bounds the content's size as the caller asks
+	// (invalid_params on "max_size").
+	MaxSize int64
+	// Timeout, when not 0, bounds the whole Fetch as the caller asks.
+	Timeout time.Duration
+	// Limits are the bounds of the Fetcher's owner (the agent's
+	// configuration). Where the caller asks for a bound too, the smaller
+	// applies.
+	Limits Limits
 }
 
 // Progress reports a running Fetch.
@@ -194,19 +208,25 @@ const markerName = ".boardlink-extracted"
 // 100ms within a phase.
 //
 // Errors carry a proto reason (proto.ReasonOf): invalid_params for a bad
-// request, a refused archive (field "url", rule "archive") or an HTTP 4xx
-// (rule "http"); not_found for HTTP 404 and 410 or a missing parent
-// directory; checksum_mismatch when the full body hashes differently;
-// unavailable once transient errors exhaust the attempts; canceled or
-// timeout (wrapping ctx.Err()) when ctx ends, with the partial download
-// kept in the cache for a later resume; internal for local I/O failures.
-// On any error Dest is left as it was.
+// request, a refused archive (field "url", rule "archive"), an HTTP 4xx
+// (rule "http") or content beyond the bounds (field "size", "max_size",
+// or "url" for the owner's Limits); not_found for HTTP 404 and 410 or a
+// missing parent directory; checksum_mismatch when the full body hashes
+// differently; no_space when the disk cannot hold the content (checked
+// before writing once its size is known); unavailable once transient
+// errors exhaust the attempts; canceled or timeout (wrapping ctx.Err())
+// when ctx or the deadline ends, with the partial download kept in the
+// cache for a later resume; internal for local I/O failures. A partial
+// download whose content is refused (by its hash, its size, or for want of
+// space) is removed. On any error Dest is left as it was.
 func (f *Fetcher) Fetch(ctx context.Context, req Request, progress func(Progress)) (Result, error) {
 	res := Result{SHA256: req.SHA256}
 	mode, err := req.check()
 	if err != nil {
 		return res, err
 	}
+	ctx, cancel := req.bounds().withDeadline(ctx)
+	defer cancel()
 	unlock, err := f.locks.lock(ctx, "sha256:"+req.SHA256)
 	if err != nil {
 		return res, ctxError(ctx, "waiting for another download of the same content")
@@ -268,7 +288,7 @@ func (req *Request) check() (fs.FileMode, error) {
 	if mode == 0 {
 		mode = 0o644
 	}
-	return mode, nil
+	return mode, req.checkBounds()
 }
 
 func isHash(s string) bool {
@@ -339,7 +359,7 @@ func (f *Fetcher) atDest(ctx context.Context, req Request, mode fs.FileMode, pr 
 	}
 	if req.Mode != 0 {
 		if err := file.Chmod(mode); err != nil {
-			return 0, false, localError("chmod "+req.Dest, err)
+			return 0, false, rootpath.Local("chmod "+req.Dest, err)
 		}
 	}
 	return n, true, nil
@@ -380,6 +400,12 @@ func (f *Fetcher) fromCache(ctx context.Context, req Request, mode fs.FileMode, 
 	if err != nil || !st.Mode().IsRegular() {
 		return false, nil
 	}
+	if err := req.bounds().fits(st.Size(), ""); err != nil {
+		return false, err
+	}
+	if err := checkRoom(req, nil, 0, st.Size()); err != nil {
+		return false, err
+	}
 	now := time.Now()
 	_ = os.Chtimes(blob, now, now) // last use, for eviction
 	n, err := f.install(ctx, req, mode, file, st.Size(), true, pr)
@@ -402,16 +428,16 @@ func (f *Fetcher) fromNetwork(ctx context.Context, req Request, mode fs.FileMode
 		return f.fromNetworkUncached(ctx, req, mode, pr, res)
 	}
 	if err := os.MkdirAll(f.opts.CacheDir, 0o755); err != nil {
-		return localError("cache", err)
+		return rootpath.Local("cache", err)
 	}
 	partPath := filepath.Join(f.opts.CacheDir, req.SHA256+partSuffix)
 	part, err := os.OpenFile(partPath, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
-		return localError("cache", err)
+		return rootpath.Local("cache", err)
 	}
 	defer part.Close()
 	size, err := f.download(ctx, req, part, pr, res)
-	if proto.IsReason(err, proto.ReasonChecksumMismatch) {
+	if dropsPartial(err) {
 		_ = os.Remove(partPath)
 	}
 	if err != nil {
@@ -419,11 +445,11 @@ func (f *Fetcher) fromNetwork(ctx context.Context, req Request, mode fs.FileMode
 	}
 	res.Size = size
 	if err := part.Sync(); err != nil {
-		return localError("cache", err)
+		return rootpath.Local("cache", err)
 	}
 	blob := filepath.Join(f.opts.CacheDir, req.SHA256)
 	if err := os.Rename(partPath, blob); err != nil {
-		return localError("cache", err)
+		return rootpath.Local("cache", err)
 	}
 	// The open descriptor keeps the content readable even if an eviction
 	// races with the install.
@@ -471,10 +497,10 @@ func (f *Fetcher) fromNetworkUncached(ctx context.Context, req Request, mode fs.
 	}
 	defer unlock()
 	if err := part.Chmod(mode); err != nil {
-		return localError("chmod", err)
+		return rootpath.Local("chmod", err)
 	}
 	if err := part.Sync(); err != nil {
-		return localError("fsync", err)
+		return rootpath.Local("fsync", err)
 	}
 	if err := req.Root.Rename(partName, req.Dest); err != nil {
 		return rootpath.Error(req.Dest, err)
@@ -599,7 +625,7 @@ func (c *ctxReader) Read(p []byte) (int, error) {
 }
 
 // ctxError is the error for an ended ctx: canceled or timeout, wrapping
-// ctx.Err().
+// ctx.Err() and saying its cause (the deadline's, say).
 func ctxError(ctx context.Context, what string) error {
 	err := ctx.Err()
 	if err == nil {
@@ -609,16 +635,11 @@ func ctxError(ctx context.Context, what string) error {
 	if errors.Is(err, context.DeadlineExceeded) {
 		r = proto.ReasonTimeout
 	}
-	return proto.WithCause(proto.Errorf(r, "%s: %v", what, err), err)
-}
-
-// localError is the internal error for a failed local operation, unless
-// err already carries a reason.
-func localError(op string, err error) error {
-	if proto.ReasonOf(err) != "" {
-		return err
+	cause := context.Cause(ctx)
+	if cause == nil || cause == err {
+		return proto.WithCause(proto.Errorf(r, "%s: %v", what, err), err)
 	}
-	return proto.WithCause(proto.Errorf(proto.ReasonInternal, "%s: %v", op, err), err)
+	return proto.WithCause(proto.Errorf(r, "%s: %v", what, cause), errors.Join(err, cause))
 }
 
 // errCorrupt marks content that does not hash to what it should.

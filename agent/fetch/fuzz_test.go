@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/boardlink/boardlink/proto"
@@ -17,8 +18,8 @@ import (
 
 // FuzzExtract unpacks arbitrary bytes: it must not panic, must answer with
 // a tree or an invalid_params error, must write nothing outside the
-// extraction directory, and must leave no symlink there that resolves
-// outside it.
+// extraction directory, must leave no symlink there that resolves outside
+// it, and must stay within the unpack limits.
 //
 //	go test -run '^$' -fuzz FuzzExtract -fuzztime 30s ./agent/fetch
 //
@@ -47,6 +48,11 @@ func FuzzExtract(f *testing.F) {
 		b := makeTar(f, es)
 		f.Add(b[:len(b)-1024])
 	}
+	// Bombs, beyond the sandbox's limits: zeros by the megabyte, and a
+	// sparse terabyte; and a sparse file within them.
+	f.Add(gzipped(f, makeTar(f, []entry{{name: "bomb", typ: tar.TypeReg, body: string(make([]byte, 2*fuzzUnpack.bytes)), mode: 0o644}})))
+	f.Add(gzipped(f, sparseTar("sparse", 1<<40, []byte("x"))))
+	f.Add(gzipped(f, sparseTar("sparse", fuzzUnpack.bytes/2, []byte("x"))))
 	box := newSandbox(f)
 	f.Fuzz(func(t *testing.T, data []byte) { box.extract(t, data) })
 }
@@ -141,6 +147,9 @@ func decodeEntries(spec []byte) []entry {
 	return es
 }
 
+// fuzzUnpack are the sandbox's unpack limits: small, so that bombs hit them.
+var fuzzUnpack = unpackLimits{bytes: 1 << 20, entries: 256}
+
 // sandbox is a file root with an empty sibling of the extraction directory
 // inside it and an empty directory outside it, reused across a fuzz
 // worker's inputs (each leaves it as it found it) so that an input costs
@@ -176,7 +185,7 @@ func newSandbox(f *testing.F) *sandbox {
 // extract unpacks data into "pkg" and checks that nothing escaped.
 func (b *sandbox) extract(t *testing.T, data []byte) {
 	defer func() { _ = removeTree(b.root, "pkg") }()
-	tmp, _, err := stageExtract(t.Context(), b.root, "pkg", bytes.NewReader(data), sum(data), b.log)
+	tmp, _, err := stageExtract(t.Context(), b.root, "pkg", bytes.NewReader(data), sum(data), fuzzUnpack, b.log)
 	if err == nil {
 		err = commitDir(b.root, tmp, "pkg", b.log)
 	}
@@ -200,6 +209,11 @@ func (b *sandbox) extract(t *testing.T, data []byte) {
 	}
 	pkg := filepath.Join(b.rootDir, "pkg")
 	makeWritable(b.root, "pkg", 0) // to walk directories an archive closed
+	// Generous (file systems round up and keep metadata), yet far below
+	// what a bomb would take.
+	if used := diskUsage(t, pkg); used > 2*(fuzzUnpack.bytes+int64(fuzzUnpack.entries+2)*holeBlock) {
+		t.Fatalf("the tree takes %d bytes on disk, beyond the unpack limits", used)
+	}
 	_ = filepath.WalkDir(pkg, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.Type()&fs.ModeSymlink == 0 {
 			return nil
@@ -221,6 +235,26 @@ func (b *sandbox) extract(t *testing.T, data []byte) {
 		}
 		return nil
 	})
+}
+
+// diskUsage is the disk space the tree at dir takes, its holes not counted.
+func diskUsage(t *testing.T, dir string) int64 {
+	var used int64
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		used += info.Sys().(*syscall.Stat_t).Blocks * 512
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return used
 }
 
 func inside(dir, p string) bool {

@@ -44,7 +44,7 @@ func (f *Fetcher) install(ctx context.Context, req Request, mode fs.FileMode, sr
 	}
 
 	if req.Extract {
-		tmp, n, err := stageExtract(ctx, req.Root, req.Dest, r, req.SHA256, f.log)
+		tmp, n, err := stageExtract(ctx, req.Root, req.Dest, r, req.SHA256, req.bounds().unpack, f.log)
 		if verify {
 			// A corrupt blob may fail as an archive before its hash is
 			// known: read it all, and let the hash decide which error it is.
@@ -54,7 +54,7 @@ func (f *Fetcher) install(ctx context.Context, req Request, mode fs.FileMode, sr
 			} else if ctx.Err() != nil {
 				verr = ctxError(ctx, "extract into "+req.Dest)
 			} else {
-				verr = localError("read cache blob", verr)
+				verr = rootpath.Local("read cache blob", verr)
 			}
 			if verr != nil && err == nil {
 				_ = removeTree(req.Root, tmp)
@@ -91,19 +91,19 @@ func (f *Fetcher) install(ctx context.Context, req Request, mode fs.FileMode, sr
 		if ctx.Err() != nil {
 			return 0, ctxError(ctx, "install "+req.Dest)
 		}
-		return 0, localError("install "+req.Dest, err)
+		return 0, rootpath.Local("install "+req.Dest, err)
 	}
 	if err := check(); err != nil {
 		return 0, err
 	}
 	if err := out.Chmod(mode); err != nil {
-		return 0, localError("chmod "+req.Dest, err)
+		return 0, rootpath.Local("chmod "+req.Dest, err)
 	}
 	if err := out.Sync(); err != nil {
-		return 0, localError("fsync "+req.Dest, err)
+		return 0, rootpath.Local("fsync "+req.Dest, err)
 	}
 	if err := out.Close(); err != nil {
-		return 0, localError("install "+req.Dest, err)
+		return 0, rootpath.Local("install "+req.Dest, err)
 	}
 	if err := req.Root.Rename(tmp, req.Dest); err != nil {
 		return 0, rootpath.Error(req.Dest, err)
@@ -157,7 +157,7 @@ func tempName(dest, kind string) string {
 // syncDir makes a rename in dir durable.
 func syncDir(root *os.Root, dir string) error {
 	if err := rootpath.SyncDir(root, dir); err != nil {
-		return localError("fsync "+dir, err)
+		return rootpath.Local("fsync "+dir, err)
 	}
 	return nil
 }

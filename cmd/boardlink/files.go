@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/internal/units"
 	"github.com/boardlink/boardlink/proto"
 )
 
@@ -32,7 +33,7 @@ func fileFailure(err error) error {
 	switch proto.ReasonOf(err) {
 	case proto.ReasonInvalidParams:
 		return &usageError{err}
-	case proto.ReasonNotFound, proto.ReasonChecksumMismatch, proto.ReasonBusy, proto.ReasonUnavailable:
+	case proto.ReasonNotFound, proto.ReasonChecksumMismatch, proto.ReasonBusy, proto.ReasonUnavailable, proto.ReasonNoSpace:
 		return &exitError{code: 1, err: err}
 	}
 	if errors.Is(err, dispatcher.ErrChecksum) || errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission) {
@@ -164,12 +165,13 @@ var sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 func newDownloadCmd(g *globals) *cobra.Command {
 	var (
-		req    dispatcher.DownloadRequest
-		mode   string
-		asJSON bool
+		req           dispatcher.DownloadRequest
+		mode          string
+		size, maxSize units.Size
+		asJSON        bool
 	)
 	cmd := &cobra.Command{
-		Use:   "download BOARD URL REMOTE --sha256 HEX [--extract] [--json]",
+		Use:   "download BOARD URL REMOTE --sha256 HEX [--extract] [--size SIZE] [--max-size SIZE] [--timeout D] [--json]",
 		Short: "Have a board fetch a URL itself, verified by sha256",
 		Long: `download makes the agent fetch URL (http or https) itself and put it at
 REMOTE, or with --extract unpack the tarball (tar, tar.gz or tar.bz2) into
@@ -184,11 +186,24 @@ HTTP Range request where the server allows it. --extract refuses a tarball
 with any entry that would land outside REMOTE ("..", absolute paths, links
 pointing out), and leaves REMOTE untouched then.
 
-Exit status: 0 done or skipped; 1 a checksum mismatch, a missing URL or an
-unreachable server; 2 a refused path or argument; 255 the link failed.`,
+The board bounds every download by its own limits (boardlinkd
+--max-download, --download-deadline, --max-unpack, --max-unpack-entries);
+--size, --max-size and --timeout add bounds of your own, and the smaller
+applies. --size is the content's size as you know it: the board refuses a
+body of another size at once, and checks its free space before the first
+request. A body beyond --max-size (or the board's limit) is stopped as soon
+as the server announces it or sends one byte too many, and nothing of it is
+kept. --timeout covers the whole download, retries included.
+
+Exit status: 0 done or skipped; 1 a checksum mismatch, a missing URL, an
+unreachable server, no space left on the board, or --timeout (or the
+board's deadline) ran out; 2 a refused path or argument, or content beyond
+--size, --max-size or the board's limits; 255 the link failed.`,
 		Example: `  boardlink download board1 http://10.77.0.1:8000/suite.tar.gz /opt/suite --extract \
       --sha256 3b1f...e9
-  boardlink download board1 http://mirror/pkg.deb /tmp/pkg.deb --sha256 $(sha256sum pkg.deb | cut -c1-64)`,
+  boardlink download board1 http://mirror/pkg.deb /tmp/pkg.deb --sha256 $(sha256sum pkg.deb | cut -c1-64)
+  boardlink download board1 http://mirror/rootfs.tar.gz /data/rootfs -x --sha256 9f2c...41 \
+      --max-size 2GiB --timeout 10m`,
 		Args: exactArgs(3),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.URL, req.Path = args[1], args[2]
@@ -203,6 +218,10 @@ unreachable server; 2 a refused path or argument; 255 the link failed.`,
 				}
 				req.Mode = os.FileMode(m)
 			}
+			req.Size, req.MaxSize = int64(size), int64(maxSize)
+			if req.Timeout < 0 {
+				return &usageError{fmt.Errorf("--timeout %v: want a positive duration (or 0: the board's deadline)", req.Timeout)}
+			}
 			c, err := g.dial(cmd.Context(), args[0])
 			if err != nil {
 				return err
@@ -213,6 +232,9 @@ unreachable server; 2 a refused path or argument; 255 the link failed.`,
 			start := time.Now()
 			res, err := c.Download(cmd.Context(), req)
 			bar.done(err == nil)
+			if proto.IsReason(err, proto.ReasonTimeout) {
+				return &exitError{code: 1, err: err} // the download failed, not the link
+			}
 			if err != nil {
 				return fileFailure(err)
 			}
@@ -238,6 +260,9 @@ unreachable server; 2 a refused path or argument; 255 the link failed.`,
 	f.BoolVarP(&req.Extract, "extract", "x", false, "unpack the tarball into the directory REMOTE")
 	f.BoolVarP(&req.Parents, "parents", "p", false, "create missing parent directories on the board")
 	f.StringVar(&mode, "mode", "", "permission bits of the file, octal (default 0644)")
+	f.Var(&size, "size", "the content's size (e.g. 73400320, 70MiB): refuse another, check free space first")
+	f.Var(&maxSize, "max-size", "refuse content larger than this (e.g. 2GiB; the board's own limit applies too)")
+	f.DurationVar(&req.Timeout, "timeout", 0, "give up after this long, retries included (0: the board's deadline)")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd
 }

@@ -7,13 +7,16 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/boardlink/boardlink/proto"
 )
@@ -26,7 +29,7 @@ func TestPushPullCLI(t *testing.T) {
 	if err := os.WriteFile(local, data, 0o750); err != nil {
 		t.Fatal(err)
 	}
-	for _, board := range []string{"ws://" + d.ws.Addr().String(), "unix://" + d.sock} {
+	for _, board := range []string{d.ws.URL(), "unix://" + d.sock} {
 		t.Run(strings.SplitN(board, ":", 2)[0], func(t *testing.T) {
 			dir := filepath.Join(d.files, t.Name())
 			stdout, stderr, code := cli(t, "", "push", board, local, dir+"/", "--parents", "--json")
@@ -55,7 +58,7 @@ func TestPushPullCLI(t *testing.T) {
 			}
 		})
 	}
-	board := "ws://" + d.ws.Addr().String()
+	board := d.ws.URL()
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -96,7 +99,7 @@ func TestDownloadCLI(t *testing.T) {
 		w.Write(tarball.Bytes())
 	}))
 	defer srv.Close()
-	board := "ws://" + d.ws.Addr().String()
+	board := d.ws.URL()
 	dest := filepath.Join(d.files, "suite")
 	args := []string{"download", board, srv.URL + "/suite.tar", dest, "--extract", "--sha256", hex.EncodeToString(sum[:])}
 	stdout, stderr, code := cli(t, "", args...)
@@ -115,5 +118,67 @@ func TestDownloadCLI(t *testing.T) {
 	_, stderr, code = cli(t, "", "download", board, srv.URL+"/suite.tar", filepath.Join(d.files, "other"), "--sha256", wrong)
 	if code != 1 || !strings.Contains(stderr, "checksum_mismatch") {
 		t.Fatalf("download with the wrong sha256: %d %s", code, stderr)
+	}
+}
+
+// TestDownloadCLIBounds: --max-size, --size and --timeout reach the board,
+// which stops the download at once; the exit status says whose fault.
+func TestDownloadCLIBounds(t *testing.T) {
+	d := startBoard(t)
+	body := []byte(strings.Repeat("payload\n", 4096))
+	sum := sha256.Sum256(body)
+	mux := http.NewServeMux()
+	mux.HandleFunc("/pkg", func(w http.ResponseWriter, r *http.Request) { w.Write(body) })
+	mux.HandleFunc("/endless", func(w http.ResponseWriter, r *http.Request) {
+		for r.Context().Err() == nil {
+			if _, err := w.Write(body); err != nil {
+				return
+			}
+		}
+	})
+	mux.HandleFunc("/trickle", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for i := range body {
+			w.Write(body[i : i+1])
+			w.(http.Flusher).Flush()
+			select {
+			case <-tick.C:
+			case <-r.Context().Done():
+				return
+			}
+		}
+	})
+	srv := httptest.NewServer(mux)
+	defer srv.Close()
+	board := d.ws.URL()
+	dest := filepath.Join(d.files, "pkg.bin")
+	for _, tc := range []struct {
+		name, path string
+		flags      []string
+		code       int
+		want       string
+	}{
+		{"endless body", "/endless", []string{"--max-size", "64KiB"}, 2, "max_size"},
+		{"another size", "/pkg", []string{"--size", strconv.Itoa(len(body) + 1)}, 2, "size given"},
+		{"trickle", "/trickle", []string{"--timeout", "300ms"}, 1, "timeout_ms"},
+		{"bad size", "/pkg", []string{"--max-size", "lots"}, 2, "not a size"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append([]string{"download", board, srv.URL + tc.path, dest, "--sha256", hex.EncodeToString(sum[:])}, tc.flags...)
+			_, stderr, code := cli(t, "", args...)
+			if code != tc.code || !strings.Contains(stderr, tc.want) {
+				t.Fatalf("exit %d, stderr %q; want %d and %q", code, stderr, tc.code, tc.want)
+			}
+			if _, err := os.Stat(dest); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("%s: %v", dest, err)
+			}
+		})
+	}
+	stdout, stderr, code := cli(t, "", "download", board, srv.URL+"/pkg", dest, "--sha256", hex.EncodeToString(sum[:]),
+		"--size", strconv.Itoa(len(body)), "--max-size", "1MiB", "--timeout", "1m")
+	if code != 0 || !strings.Contains(stdout, "downloaded "+dest) {
+		t.Fatalf("a download within its bounds: %d %q %s", code, stdout, stderr)
 	}
 }

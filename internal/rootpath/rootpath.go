@@ -1,7 +1,11 @@
-// Package rootpath turns the errors of os.Root operations on a request's
-// path into protocol errors: a missing path is not_found, and a way out of
-// the root (through a symlink or "..") is invalid params on "path", never
-// followed. The agent's file methods and its downloader share it.
+// Package rootpath turns the errors of file operations into protocol
+// errors, the one mapping the agent's file methods and its downloader
+// share: a missing path is not_found; a way out of the root (through a
+// symlink or "..") and every other failure the request's path causes (a
+// name too long, a path through a file or a symlink loop, a file where a
+// directory must be, ...) is invalid params on "path", never followed; a
+// full disk is no_space; anything else is internal. It also checks free
+// space before a large write.
 package rootpath
 
 import (
@@ -15,8 +19,8 @@ import (
 )
 
 // Error is the answer for err, from an operation on the request's path p.
-// An error that already carries a reason is returned as it is; one that is
-// none of the above is internal. The result still wraps err.
+// An error that already carries a reason is returned as it is. The result
+// still wraps err.
 func Error(p string, err error) error {
 	switch {
 	case err == nil:
@@ -25,13 +29,56 @@ func Error(p string, err error) error {
 		return err
 	case errors.Is(err, fs.ErrNotExist):
 		return proto.WithCause(proto.Errorf(proto.ReasonNotFound, "%s: no such file or directory", p), err)
-	case errors.Is(err, fs.ErrPermission):
-		return proto.WithCause(proto.InvalidField("path", "permission", "%s: permission denied", p), err)
 	case IsEscape(err):
 		return proto.WithCause(proto.InvalidField("path", "root",
 			"%s leads out of its file root (through a symlink or \"..\"): refused", p), err)
 	}
-	return proto.WithCause(proto.Errorf(proto.ReasonInternal, "%s: %v", p, err), err)
+	if rule, ok := Fault(err); ok {
+		return proto.WithCause(proto.InvalidField("path", rule, "%s: %v", p, err), err)
+	}
+	return Local(p, err)
+}
+
+// Local is the answer for err from an operation of the agent's own (on its
+// cache, or on a file it made): no_space for a full disk or quota, else
+// internal. The result wraps err.
+func Local(what string, err error) error {
+	if proto.ReasonOf(err) != "" {
+		return err
+	}
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return proto.WithCause(proto.Errorf(proto.ReasonNoSpace, "%s: %v", what, err), err)
+	}
+	return proto.WithCause(proto.Errorf(proto.ReasonInternal, "%s: %v", what, err), err)
+}
+
+// faults are the errors a request causes, with the rule an invalid_params
+// answer names.
+var faults = []struct {
+	errno syscall.Errno
+	rule  string
+}{
+	{syscall.EACCES, "permission"},
+	{syscall.EPERM, "permission"},
+	{syscall.ENAMETOOLONG, "name_too_long"}, // an element over NAME_MAX
+	{syscall.ENOTDIR, "dir"},                // a path through a file
+	{syscall.EISDIR, "file"},                // a directory where a file must be
+	{syscall.ELOOP, "symlink"},              // a symlink loop, or a symlink where none may be
+	{syscall.EEXIST, "exists"},
+	{syscall.E2BIG, "too_long"}, // execve: an argument or the argument list too long
+	{syscall.EROFS, "read_only"},
+}
+
+// Fault reports whether err is one the request caused, and the rule to
+// name in the invalid_params answer. The field depends on the request:
+// "path" for a file operation, "argv" for E2BIG from exec.
+func Fault(err error) (rule string, ok bool) {
+	for _, f := range faults {
+		if errors.Is(err, f.errno) {
+			return f.rule, true
+		}
+	}
+	return "", false
 }
 
 // IsEscape reports an os.Root refusal. The os package does not export the
