@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"time"
 
+	"github.com/boardlink/boardlink/agent/ota"
 	"github.com/boardlink/boardlink/proto"
 	"github.com/boardlink/boardlink/transport"
 )
@@ -30,9 +31,13 @@ func (s *session) otaCall(ctx context.Context, c *transport.Conn, r *transport.R
 		if r.Method == proto.MethodOTAPlan {
 			return u.Plan(ctx, p)
 		}
-		return u.Begin(ctx, p)
+		// A fetch from p.URL is a download like file.download's, within
+		// the same limits.
+		lim := s.a.cfg.Limits
+		return u.Begin(ctx, p, ota.FetchLimits{MaxBytes: lim.MaxDownload, Deadline: lim.DownloadDeadline})
 	case proto.MethodOTAWrite:
-		return s.otaWrite(c, r.Params)
+		// The chunks are received after this request is answered.
+		return s.otaWrite(context.WithoutCancel(ctx), c, r.Params)
 	case proto.MethodOTAActivate:
 		var p proto.OTAIDParams
 		if err := proto.DecodeParams(r.Params, &p); err != nil {
@@ -61,7 +66,7 @@ func (s *session) otaCall(ctx context.Context, c *transport.Conn, r *transport.R
 		if err := proto.DecodeParams(r.Params, &p); err != nil {
 			return nil, err
 		}
-		if err := u.Abort(p.ID); err != nil {
+		if err := u.Abort(ctx, p.ID); err != nil {
 			return nil, err
 		}
 		return u.Status(ctx)
@@ -71,20 +76,20 @@ func (s *session) otaCall(ctx context.Context, c *transport.Conn, r *transport.R
 
 // otaWrite attaches the caller's chunk stream and receives it in the
 // background, as a transfer the caller collects with file.wait.
-func (s *session) otaWrite(c *transport.Conn, params json.RawMessage) (any, error) {
+func (s *session) otaWrite(ctx context.Context, c *transport.Conn, params json.RawMessage) (any, error) {
 	var p proto.OTAWriteParams
 	if err := proto.DecodeParams(params, &p); err != nil {
 		return nil, err
 	}
-	st, err := c.AttachStream(p.Stream)
+	st, err := attach(c, "stream", p.Stream)
 	if err != nil {
-		return nil, proto.InvalidField("stream", "stream", "%v", err)
+		return nil, err
 	}
 	id, t := s.newTransfer()
 	go func() {
 		start := time.Now()
 		n := &countingReader{r: st}
-		err := s.a.cfg.OTA.Receive(p.ID, n)
+		err := s.a.cfg.OTA.Receive(ctx, p.ID, n)
 		if err != nil {
 			st.Reset(string(proto.ReasonOf(err)))
 		}

@@ -75,7 +75,7 @@ func (s *imageChunks) Chunk(i int) ([]byte, func(), error) {
 
 // OTAProgress is one step of an update as Update sees it.
 type OTAProgress struct {
-	Phase  string           // the board's phase, or "send" while chunks go out
+	Phase  string           // the board's phase (a proto.Phase), or "send" while chunks go out
 	Sent   int64            // chunk bytes sent so far
 	ToSend int64            // chunk bytes the board needs
 	Status *proto.OTAStatus // the board's status, when this step is one
@@ -90,14 +90,23 @@ type OTAReport struct {
 	TookMs    int64            `json:"took_ms"`
 }
 
-// OTAError is an update that ended other than committed; a rollback is a
-// failure, named with its phase and reason.
+// OTAError is an update that ended other than committed, or halted; a
+// rollback is a failure, named with its phase and reason.
 type OTAError struct {
-	Result, Phase, Reason string
+	Result proto.Result
+	Phase  proto.Phase // where it failed
+	Reason string
+	// Halted: the update stopped in its prepare and waits on the board:
+	// Prepare with the same image resumes it, OTAAbort ends it.
+	Halted bool
 }
 
 func (e *OTAError) Error() string {
-	return fmt.Sprintf("update %s in phase %s: %s", e.Result, e.Phase, e.Reason)
+	msg := fmt.Sprintf("update %s in phase %s: %s", e.Result, e.Phase, e.Reason)
+	if e.Halted {
+		msg += " (halted on the board: the same image resumes it, an abort ends it)"
+	}
+	return msg
 }
 
 // maxPrepareRounds bounds how often chunks are sent again after the board
@@ -158,7 +167,7 @@ func (c *Client) Prepare(ctx context.Context, im *image.Image, opts OTAOptions) 
 		if err != nil {
 			return rep, err
 		}
-		st, err = c.otaWaitWhile(ctx, st.Seq, opts.progress, func(u *proto.OTAUpdate) bool { return u.Phase == proto.PhasePrepare })
+		st, err = c.otaWaitWhile(ctx, st, opts.progress, func(u *proto.OTAUpdate) bool { return u.Phase == proto.PhasePrepare })
 		if err != nil {
 			return rep, err
 		}
@@ -173,9 +182,11 @@ func (c *Client) Prepare(ctx context.Context, im *image.Image, opts OTAOptions) 
 	return rep, nil
 }
 
-// Execute activates a prepared update (rep.Plan.ID), waits through the
-// reboot into the trial, the health check and, after a rollback, the
-// reboot back, and returns once the update ended: nil only if committed.
+// Execute activates a prepared update (rep.Plan.ID) and follows it to its
+// end: through the reboot into the trial, the health check and, after a
+// rollback, the reboot back, across any number of reboots and lost links
+// (it reconnects and resumes waiting from the last status seen). It
+// returns once the update ended: nil only if committed.
 func (c *Client) Execute(ctx context.Context, rep *OTAReport, opts OTAOptions) error {
 	before, err := c.Info(ctx)
 	if err != nil {
@@ -188,6 +199,9 @@ func (c *Client) Execute(ctx context.Context, rep *OTAReport, opts OTAOptions) e
 	if u := st.Update; u == nil || u.ID != rep.Plan.ID {
 		return proto.Errorf(proto.ReasonNotFound, "the board's update is %v, not %s", u, rep.Plan.ID)
 	}
+	if st.Update.Phase == proto.PhaseHalted {
+		return otaFailure(st.Update) // Prepare resumes it; nothing here can
+	}
 	// Activate only a prepared update: an Execute run again after a cut
 	// link (or a resumed rollout) picks up an update already under way.
 	if st.Update.Phase == proto.PhasePrepared {
@@ -198,25 +212,23 @@ func (c *Client) Execute(ctx context.Context, rep *OTAReport, opts OTAOptions) e
 	boot := before.BootID
 	for st.Update.Phase != proto.PhaseDone {
 		var err error
-		st, err = c.otaWaitWhile(ctx, st.Seq, opts.progress, func(u *proto.OTAUpdate) bool { return u.Phase != proto.PhaseDone })
+		st, err = c.otaWaitWhile(ctx, st, opts.progress, func(u *proto.OTAUpdate) bool { return u.Phase != proto.PhaseDone })
 		if err == nil {
 			break
 		}
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || !linkLost(err) {
 			return err
 		}
-		// The board is rebooting (into the trial, or back after a rollback).
-		back, werr := c.waitBack(ctx, boot)
+		// The board is rebooting (into the trial, or back after a
+		// rollback), or the link dropped: reconnect to whatever boot
+		// answers, and wait on from st.
+		back, werr := c.waitBack(ctx, "")
 		if werr != nil {
-			return werr
+			return fmt.Errorf("update %s (last seen in phase %s on boot %s): %w", rep.Plan.ID, st.Update.Phase, boot, werr)
 		}
-		rep.Reboots++
-		boot = back.NewBootID
-		if st, err = c.OTAStatus(ctx); err != nil {
-			return err
-		}
-		if st.Update == nil || st.Update.ID != rep.Plan.ID {
-			return proto.Errorf(proto.ReasonNotFound, "after the reboot the board reports update %v, not %s", st.Update, rep.Plan.ID)
+		if back.NewBootID != boot {
+			rep.Reboots++
+			boot = back.NewBootID
 		}
 	}
 	rep.Update = st.Update
@@ -226,12 +238,27 @@ func (c *Client) Execute(ctx context.Context, rep *OTAReport, opts OTAOptions) e
 	return nil
 }
 
+// linkLost reports whether err is the link's, not an answer of the board:
+// a reboot or a dropped connection, after which waiting goes on.
+func linkLost(err error) bool { return proto.ReasonOf(err) == "" }
+
+// OTAAbort ends the board's update id before its activation and returns
+// the status that says so.
+func (c *Client) OTAAbort(ctx context.Context, id string) (proto.OTAStatus, error) {
+	var st proto.OTAStatus
+	err := c.Conn().Call(ctx, proto.MethodOTAAbort, proto.OTAIDParams{ID: id}, &st)
+	return st, err
+}
+
 func otaFailure(u *proto.OTAUpdate) error {
-	phase := u.FailedPhase
-	if phase == "" {
-		phase = u.Phase
+	e := &OTAError{Result: u.Result, Phase: u.FailedPhase, Reason: u.Reason, Halted: u.Phase == proto.PhaseHalted}
+	if e.Phase == "" {
+		e.Phase = u.Phase
 	}
-	return &OTAError{Result: u.Result, Phase: phase, Reason: u.Reason}
+	if e.Halted {
+		e.Result = proto.ResultFailed
+	}
+	return e
 }
 
 // sendChunks streams the chunks the plan needs and returns the stream
@@ -288,18 +315,22 @@ func (c *Client) sendChunks(ctx context.Context, src ChunkSource, plan proto.OTA
 	return moved, cerr
 }
 
-// otaWaitWhile follows the board's status until more returns false.
-func (c *Client) otaWaitWhile(ctx context.Context, since int64, progress func(OTAProgress), more func(*proto.OTAUpdate) bool) (proto.OTAStatus, error) {
+// otaWaitWhile follows the board's status from st until more returns
+// false. On an error it returns the last status it saw, to resume from.
+func (c *Client) otaWaitWhile(ctx context.Context, st proto.OTAStatus, progress func(OTAProgress), more func(*proto.OTAUpdate) bool) (proto.OTAStatus, error) {
 	for {
-		var st proto.OTAStatus
-		if err := c.Conn().Call(ctx, proto.MethodOTAWait, proto.OTAWaitParams{Since: since, TimeoutMs: 10000}, &st); err != nil {
+		var next proto.OTAStatus
+		if err := c.Conn().Call(ctx, proto.MethodOTAWait, proto.OTAWaitParams{Since: st.Seq, TimeoutMs: 10000}, &next); err != nil {
 			return st, err
 		}
-		if st.Seq != since {
-			progress(OTAProgress{Phase: st.Update.Phase, Status: &st})
+		if next.Update == nil || st.Update != nil && next.Update.ID != st.Update.ID {
+			return next, proto.Errorf(proto.ReasonNotFound, "the board now reports update %v, not %v", next.Update, st.Update)
 		}
-		since = st.Seq
-		if st.Update == nil || !more(st.Update) {
+		if next.Seq != st.Seq {
+			progress(OTAProgress{Phase: string(next.Update.Phase), Status: &next})
+		}
+		st = next
+		if !more(st.Update) {
 			return st, nil
 		}
 	}

@@ -94,7 +94,7 @@ type Report struct {
 // OK reports whether every board committed (or already ran the version).
 func (r Report) OK() bool {
 	for _, b := range r.Boards {
-		if b.Result != proto.ResultCommitted && b.Result != ResultCurrent {
+		if b.Result != string(proto.ResultCommitted) && b.Result != ResultCurrent {
 			return false
 		}
 	}
@@ -133,7 +133,10 @@ type RolloutConfig struct {
 	Attempts int
 	Backoff  time.Duration
 	Force    bool
-	// Dial connects to a board; default Dial with DialOptions{}.
+	// DialOptions are what the default Dial dials each board with (its
+	// Trust, its token or host key).
+	DialOptions DialOptions
+	// Dial connects to a board; default Dial with DialOptions.
 	Dial func(ctx context.Context, addr string) (*Client, error)
 	// Events, if set, receives every event; called from many goroutines.
 	Events func(Event)
@@ -189,7 +192,8 @@ func (cfg *RolloutConfig) defaults() {
 		cfg.Backoff = time.Second
 	}
 	if cfg.Dial == nil {
-		cfg.Dial = func(ctx context.Context, addr string) (*Client, error) { return Dial(ctx, addr, DialOptions{}) }
+		opts := cfg.DialOptions
+		cfg.Dial = func(ctx context.Context, addr string) (*Client, error) { return Dial(ctx, addr, opts) }
 	}
 }
 
@@ -257,7 +261,7 @@ func failureResult(err error) string {
 	var oe *OTAError
 	switch {
 	case errors.As(err, &oe):
-		return oe.Result
+		return string(oe.Result)
 	case Transient(err):
 		return ResultUnreachable
 	}
@@ -265,7 +269,7 @@ func failureResult(err error) string {
 	case proto.ReasonIncompatible, proto.ReasonSignatureInvalid:
 		return ResultIncompatible
 	}
-	return proto.ResultFailed
+	return string(proto.ResultFailed)
 }
 
 // attempts runs step on a fresh connection to addr, again after a
@@ -342,7 +346,7 @@ func RunRollout(ctx context.Context, cfg RolloutConfig, plan Plan, done []BoardR
 		}
 		r.boards[bp.ID] = rep
 		switch rep.Result {
-		case proto.ResultCommitted, ResultCurrent:
+		case string(proto.ResultCommitted), ResultCurrent:
 		case "", ResultSkipped: // never finished: this run does it
 			rep.Result, rep.Reason = "", ""
 			todo = append(todo, bp.ID)
@@ -359,7 +363,7 @@ func RunRollout(ctx context.Context, cfg RolloutConfig, plan Plan, done []BoardR
 			br.UpdateID = rep.Plan.ID
 			br.BytesSent += rep.BytesSent
 			if rep.Update != nil {
-				br.Phase = rep.Update.Phase
+				br.Phase = string(rep.Update.Phase)
 			}
 		})
 		return err
@@ -370,10 +374,10 @@ func RunRollout(ctx context.Context, cfg RolloutConfig, plan Plan, done []BoardR
 		r.mu.Unlock()
 		err := c.Execute(ctx, &rep, OTAOptions{Progress: r.progress(b, StageExecute)})
 		if rep.Update != nil {
-			r.note(b, func(br *BoardReport) { br.Phase = rep.Update.Phase })
+			r.note(b, func(br *BoardReport) { br.Phase = string(rep.Update.Phase) })
 		}
 		if err == nil {
-			r.note(b, func(br *BoardReport) { br.Result, br.Ended = proto.ResultCommitted, time.Now() })
+			r.note(b, func(br *BoardReport) { br.Result, br.Ended = string(proto.ResultCommitted), time.Now() })
 		}
 		return err
 	})
@@ -404,10 +408,11 @@ func (r *run) resumeLater(ctx context.Context, c *Client, b string) bool {
 		return false
 	}
 	st, err := c.OTAStatus(ctx)
-	if err != nil || st.Update == nil || st.Update.ID != id || st.Update.Phase == proto.PhasePrepare {
+	if err != nil || st.Update == nil || st.Update.ID != id ||
+		st.Update.Phase == proto.PhasePrepare || st.Update.Phase == proto.PhaseHalted {
 		return false
 	}
-	r.note(b, func(br *BoardReport) { br.Phase = st.Update.Phase })
+	r.note(b, func(br *BoardReport) { br.Phase = string(st.Update.Phase) })
 	return true
 }
 

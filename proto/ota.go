@@ -14,24 +14,45 @@ const (
 	CapOTA            = "ota"
 )
 
-// Phases of an update, in order. An update ends in PhaseDone with a
-// Result, or is aborted before activation.
+// Phase is where an update is (OTAUpdate.Phase). An update begins in
+// PhasePrepare and ends in PhaseDone with a Result; agent/ota holds the
+// table of the moves between phases.
+type Phase string
+
+// Phases of an update, in the order an update meets them.
 const (
-	PhasePrepare  = "prepare"  // writing the inactive slot
-	PhasePrepared = "prepared" // every chunk written and the payload verified
-	PhaseActivate = "activate" // the trial boot is being set up, then the reboot
-	PhaseTrial    = "trial"    // booted into the new slot: health check
-	PhaseCommit   = "commit"   // health check passed: committing
-	PhaseRollback = "rollback" // health check failed: rolling back, then the reboot
-	PhaseDone     = "done"
+	PhasePrepare  Phase = "prepare"  // writing the inactive slot
+	PhasePrepared Phase = "prepared" // every chunk written and the payload verified
+	// PhaseHalted: the prepare stopped on an error it cannot get past by
+	// itself (a URL that fails or serves other bytes): FailedPhase and
+	// Reason say which. ota.start with the same image resumes it (the
+	// chunks written are kept), ota.abort ends it.
+	PhaseHalted   Phase = "halted"
+	PhaseActivate Phase = "activate" // the trial boot is being set up, then the reboot
+	PhaseTrial    Phase = "trial"    // booted into the new slot: health check
+	PhaseCommit   Phase = "commit"   // health check passed: committing
+	PhaseRollback Phase = "rollback" // health check failed: rolling back, then the reboot
+	PhaseDone     Phase = "done"
 )
+
+// Phases lists every phase, in order.
+var Phases = []Phase{PhasePrepare, PhasePrepared, PhaseHalted, PhaseActivate, PhaseTrial, PhaseCommit, PhaseRollback, PhaseDone}
+
+// Abortable reports whether ota.abort may end an update in phase p: only
+// before activation.
+func (p Phase) Abortable() bool {
+	return p == PhasePrepare || p == PhasePrepared || p == PhaseHalted
+}
+
+// Result is how an update ended (OTAUpdate.Result, set in PhaseDone).
+type Result string
 
 // Results of an update that ended.
 const (
-	ResultCommitted  = "committed"
-	ResultRolledBack = "rolled_back"
-	ResultFailed     = "failed"
-	ResultAborted    = "aborted"
+	ResultCommitted  Result = "committed"
+	ResultRolledBack Result = "rolled_back"
+	ResultFailed     Result = "failed"
+	ResultAborted    Result = "aborted"
 )
 
 // OTAImageParams names an image by its signed manifest: the exact bytes
@@ -42,9 +63,10 @@ type OTAImageParams struct {
 	// Force allows a downgrade or a reinstall of the running version.
 	Force bool `json:"force,omitempty"`
 	// URL, on ota.start, makes the agent fetch the chunks it lacks from
-	// the image file served at URL (http or https, with Range requests),
-	// instead of over the link; PayloadOffset is where the payload begins
-	// in that file.
+	// the image file served at URL (http or https, with Range requests;
+	// a server without them is read from the start), instead of over the
+	// link; PayloadOffset is where the payload begins in that file. A URL
+	// that cannot give the image halts the update (PhaseHalted).
 	URL           string `json:"url,omitempty" validate:"omitempty,max=8192,url,startswith=http"`
 	PayloadOffset int64  `json:"payload_offset,omitempty" validate:"min=0"`
 }
@@ -108,10 +130,10 @@ type OTAUpdate struct {
 	Version      string    `json:"version"`
 	FromVersion  string    `json:"from_version"`
 	Slot         string    `json:"slot"`
-	Phase        string    `json:"phase"`
-	Result       string    `json:"result,omitempty"`
+	Phase        Phase     `json:"phase"`
+	Result       Result    `json:"result,omitempty"`
 	Reason       string    `json:"reason,omitempty"`
-	FailedPhase  string    `json:"failed_phase,omitempty"`
+	FailedPhase  Phase     `json:"failed_phase,omitempty"`
 	Chunks       int       `json:"chunks"`
 	ChunksDone   int       `json:"chunks_done"`
 	ChunksCopied int       `json:"chunks_copied"`

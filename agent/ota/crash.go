@@ -1,3 +1,5 @@
+//go:build boardlink_testhooks
+
 package ota
 
 import (
@@ -8,14 +10,23 @@ import (
 	"syscall"
 
 	"github.com/boardlink/boardlink/internal/atomicfile"
+	"github.com/boardlink/boardlink/proto"
 )
 
 // crashFile, when present in the state directory, holds a crash point
 // "PHASE[:N]": right after the N-th save (default 1) of the update in that
 // phase, the agent removes the file and kills itself with SIGKILL. It is a
 // power cut at an exact state, for the kill-in-every-state tests (as
-// Mender's Killed_in_<State> tests); a board never has the file.
+// Mender's Killed_in_<State> tests). Only a build with the tag
+// boardlink_testhooks has it (testenv.BuildTestHooks); crash_off.go is
+// every other build's.
 const crashFile = "crash-at"
+
+// crashHook is the crash point read at Start.
+type crashHook struct {
+	at    proto.Phase
+	after int
+}
 
 // loadCrashPoint reads the crash point, if any.
 func (u *Updater) loadCrashPoint() {
@@ -24,19 +35,19 @@ func (u *Updater) loadCrashPoint() {
 		return
 	}
 	phase, n, _ := strings.Cut(strings.TrimSpace(string(raw)), ":")
-	u.crashAt, u.crashAfter = phase, 1
+	u.crash = crashHook{at: proto.Phase(phase), after: 1}
 	if k, err := strconv.Atoi(n); err == nil && k > 0 {
-		u.crashAfter = k
+		u.crash.after = k
 	}
-	u.log.Warn("ota: crash point set: this agent will kill itself", "phase", phase, "after_saves", u.crashAfter)
+	u.log.Warn("ota: crash point set: this agent will kill itself", "phase", phase, "after_saves", u.crash.after)
 }
 
 // crashPoint is called after every save of the state.
 func (u *Updater) crashPoint() {
-	if u.crashAt == "" || u.upd.Phase != u.crashAt {
+	if u.crash.at == "" || u.upd.Phase != u.crash.at {
 		return
 	}
-	if u.crashAfter--; u.crashAfter > 0 {
+	if u.crash.after--; u.crash.after > 0 {
 		return
 	}
 	if err := os.Remove(u.st.path(crashFile)); err != nil {

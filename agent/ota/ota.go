@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/boardlink/boardlink/board"
@@ -45,8 +46,19 @@ type Config struct {
 	// OnPhase, if set, is called (with the machine's lock held: it must
 	// not call back) each time an update enters a phase: for metrics and
 	// for tests that count boards by phase on the board's side.
-	OnPhase func(id, phase string)
+	OnPhase func(id string, phase proto.Phase)
 	Logger  *slog.Logger
+}
+
+// FetchLimits bound how an update fetches its chunks from a URL (the
+// agent's MaxDownload and DownloadDeadline). Zero fields: no bound.
+type FetchLimits struct {
+	// MaxBytes bounds the bytes read from the URL: an update that needs
+	// more is refused at ota.start.
+	MaxBytes int64
+	// Deadline bounds one run of the fetch, from its first request to its
+	// last byte, retries included; the update halts when it passes.
+	Deadline time.Duration
 }
 
 // Updater runs one update at a time. Its methods are safe for concurrent
@@ -70,8 +82,7 @@ type Updater struct {
 	received bool          // a stream is being received
 	filling  bool          // copying from the active slot or fetching from the URL
 
-	crashAt    string // see crashFile
-	crashAfter int
+	crash crashHook // test builds only: see crash.go
 }
 
 // New returns an Updater; it touches nothing until Start.
@@ -88,7 +99,7 @@ func New(cfg Config) *Updater {
 // Start loads the persisted state and carries on from it: a prepare
 // resumes its copying, a trial boot runs its health check, a finished
 // commit or rollback is recorded.
-func (u *Updater) Start(context.Context) error {
+func (u *Updater) Start(ctx context.Context) error {
 	if err := os.MkdirAll(u.cfg.Dir, 0o755); err != nil {
 		return fmt.Errorf("ota: %w", err)
 	}
@@ -116,9 +127,9 @@ func (u *Updater) Start(context.Context) error {
 	if err != nil {
 		// The manifest that started this update is gone or no longer
 		// trusted: nothing can be checked against it.
-		return u.finishLocked(proto.ResultFailed, fmt.Sprintf("the update's manifest: %v", err))
+		return u.finishLocked(ctx, proto.ResultFailed, fmt.Sprintf("the update's manifest: %v", err))
 	}
-	return u.resumeLocked()
+	return u.resumeLocked(ctx)
 }
 
 // Stop ends the machine's background work (copying, a health check) and
@@ -149,24 +160,6 @@ func (u *Updater) touchLocked() {
 	u.changed = make(chan struct{})
 }
 
-// transitionLocked moves the update to phase and persists it before the
-// caller acts on it.
-func (u *Updater) transitionLocked(phase string) error {
-	u.upd.Transitions++
-	if u.upd.Transitions > maxTransitions {
-		return u.finishLocked(proto.ResultFailed, fmt.Sprintf("more than %d transitions: stopped", maxTransitions))
-	}
-	u.upd.Phase = phase
-	u.phaseHook()
-	return u.saveLocked()
-}
-
-func (u *Updater) phaseHook() {
-	if u.cfg.OnPhase != nil {
-		u.cfg.OnPhase(u.upd.ID, u.upd.Phase)
-	}
-}
-
 func (u *Updater) saveLocked() error {
 	u.upd.Updated = time.Now().UTC()
 	u.dirty = 0
@@ -176,27 +169,6 @@ func (u *Updater) saveLocked() error {
 	}
 	u.crashPoint()
 	return nil
-}
-
-// finishLocked ends the update with result. A trial still pending in the
-// boot loader is cancelled first, so a failed update never boots.
-func (u *Updater) finishLocked(result, reason string) error {
-	if result != proto.ResultCommitted {
-		if bs, err := u.cfg.Boot.State(context.Background()); err == nil && bs.Trial != "" && !bs.Trying() {
-			if err := u.cfg.Boot.Rollback(context.Background()); err != nil {
-				u.log.Error("ota: cancelling the trial", "err", err)
-			}
-		}
-	}
-	if result != proto.ResultCommitted && result != proto.ResultAborted && u.upd.FailedPhase == "" {
-		u.upd.FailedPhase = u.upd.Phase
-	}
-	u.upd.Phase, u.upd.Result, u.upd.Reason = proto.PhaseDone, result, reason
-	u.upd.Transitions++
-	u.phaseHook()
-	u.closeTargetLocked()
-	u.log.Info("ota: update ended", "id", u.upd.ID, "result", result, "reason", reason)
-	return u.saveLocked()
 }
 
 func (u *Updater) closeTargetLocked() {
@@ -323,9 +295,12 @@ func (u *Updater) planLocked(bs board.BootState, m image.Manifest, force bool) (
 			"image %s would be %s of the running %s: refused unless forced", m.Version, what, cur.Version)
 	}
 	target := board.Other(bs.Booted)
+	if err := u.checkFits(target, m); err != nil {
+		return proto.OTAPlan{}, err
+	}
 	plan := proto.OTAPlan{Slot: target, Version: m.Version, FromVersion: cur.Version, Chunks: len(m.Chunks), Need: []int{}}
 	var resume *update
-	if v := u.upd; v != nil && v.Phase == proto.PhasePrepare || v != nil && v.Phase == proto.PhasePrepared {
+	if v := u.upd; v != nil && v.Phase.Abortable() {
 		if v.PayloadSHA != m.PayloadSHA256 || v.Slot != target {
 			return proto.OTAPlan{}, proto.Errorf(proto.ReasonBusy, "update %s (%s) is under way: abort it first", v.ID, v.Version)
 		}
@@ -354,6 +329,23 @@ func (u *Updater) planLocked(bs board.BootState, m image.Manifest, force bool) (
 	return plan, nil
 }
 
+// checkFits refuses an image whose payload the target slot cannot hold.
+func (u *Updater) checkFits(slot string, m image.Manifest) error {
+	path, err := u.cfg.Boot.SlotPath(slot)
+	if err != nil {
+		return proto.Errorf(proto.ReasonInternal, "slot %s: %v", slot, err)
+	}
+	c, err := slotCapacity(path)
+	if err != nil {
+		return proto.Errorf(proto.ReasonInternal, "slot %s: %v", slot, err)
+	}
+	if m.PayloadSize > c.bytes {
+		return proto.Errorf(proto.ReasonIncompatible, "image %s: its manifest's payload_size is %d bytes, more than slot %s holds (%d bytes: %s)",
+			m.Version, m.PayloadSize, slot, c.bytes, c.what)
+	}
+	return nil
+}
+
 func chunkLen(size, chunk int64, i int) int64 { return min(chunk, size-int64(i)*chunk) }
 
 // sourceChunk is a chunk of the active slot, by offset and length.
@@ -374,11 +366,12 @@ func (u *Updater) chunkIndex(slot string) map[string]*sourceChunk {
 	return out
 }
 
-// Begin starts an update, or resumes the one preparing the same image: it
-// plans, marks the target slot as being written, and starts copying the
-// chunks the active slot holds. The caller sends the chunks in Need with
-// Receive.
-func (u *Updater) Begin(ctx context.Context, p proto.OTAImageParams) (proto.OTAPlan, error) {
+// Begin starts an update, or resumes the one preparing (or halted on) the
+// same image: it plans, marks the target slot as being written, and
+// starts copying the chunks the active slot holds. The caller sends the
+// chunks in Need with Receive, or names p.URL for the agent to fetch them
+// itself within lim.
+func (u *Updater) Begin(ctx context.Context, p proto.OTAImageParams, lim FetchLimits) (proto.OTAPlan, error) {
 	bs, m, err := u.check(ctx, p)
 	if err != nil {
 		return proto.OTAPlan{}, err
@@ -389,15 +382,25 @@ func (u *Updater) Begin(ctx context.Context, p proto.OTAImageParams) (proto.OTAP
 	if err != nil {
 		return plan, err
 	}
+	if p.URL != "" && lim.MaxBytes > 0 && plan.NeedBytes > lim.MaxBytes {
+		return plan, proto.InvalidField("url", "max", "the chunks to fetch are %d bytes, more than the board's download limit (%d bytes): send them over the link",
+			plan.NeedBytes, lim.MaxBytes)
+	}
 	if plan.ID != "" { // resuming: the target is already marked, the bitmap kept
 		u.log.Info("ota: resuming", "id", plan.ID, "have", plan.Have, "need", len(plan.Need))
-		if p.URL != "" && u.upd.URL != p.URL {
-			u.upd.URL, u.upd.PayloadOffset = p.URL, p.PayloadOffset
-			if err := u.saveLocked(); err != nil {
-				return plan, err
-			}
+		// This start says where the chunks come from now: the URL, or
+		// the link.
+		u.upd.URL, u.upd.PayloadOffset, u.upd.FetchDeadline = p.URL, p.PayloadOffset, lim.Deadline
+		if u.upd.Phase == proto.PhaseHalted {
+			u.upd.FailedPhase, u.upd.Reason = "", ""
+			err = u.transitionLocked(proto.PhasePrepare)
+		} else {
+			err = u.saveLocked()
 		}
-		return plan, u.prepareLocked()
+		if err != nil {
+			return plan, err
+		}
+		return plan, u.prepareLocked(ctx)
 	}
 	if bs.Trial != "" {
 		// A trial set and never booted (an activation cut short): cancel it
@@ -413,7 +416,7 @@ func (u *Updater) Begin(ctx context.Context, p proto.OTAImageParams) (proto.OTAP
 	upd := &update{ID: id, Version: m.Version, FromVersion: plan.FromVersion, PayloadSHA: m.PayloadSHA256,
 		Slot: plan.Slot, Phase: proto.PhasePrepare, Done: make([]byte, (len(m.Chunks)+7)/8),
 		Chunks: len(m.Chunks), Size: m.PayloadSize, URL: p.URL, PayloadOffset: p.PayloadOffset,
-		Started: time.Now().UTC()}
+		FetchDeadline: lim.Deadline, Started: time.Now().UTC()}
 	old := u.slots[plan.Slot]
 	need := map[int]bool{}
 	for _, i := range plan.Need {
@@ -432,14 +435,16 @@ func (u *Updater) Begin(ctx context.Context, p proto.OTAImageParams) (proto.OTAP
 		return plan, proto.Errorf(proto.ReasonInternal, "ota: %v", err)
 	}
 	u.upd, u.man = upd, m
-	u.phaseHook()
+	if u.cfg.OnPhase != nil {
+		u.cfg.OnPhase(id, upd.Phase)
+	}
 	if err := u.saveLocked(); err != nil {
 		return plan, err
 	}
 	plan.ID = id
 	u.log.Info("ota: prepare", "id", id, "version", m.Version, "slot", plan.Slot, "have", plan.Have,
 		"copy", plan.Copy, "need", len(plan.Need), "need_bytes", plan.NeedBytes)
-	return plan, u.prepareLocked()
+	return plan, u.prepareLocked(ctx)
 }
 
 func newID() string {
@@ -449,8 +454,9 @@ func newID() string {
 }
 
 // prepareLocked opens the target slot and starts copying what the active
-// slot holds; if nothing is left to do, it finishes the prepare.
-func (u *Updater) prepareLocked() error {
+// slot holds and fetching what the URL serves; if nothing is left to do,
+// it finishes the prepare.
+func (u *Updater) prepareLocked(ctx context.Context) error {
 	if u.upd.Phase != proto.PhasePrepare {
 		return nil
 	}
@@ -463,7 +469,7 @@ func (u *Updater) prepareLocked() error {
 			return proto.Errorf(proto.ReasonInternal, "slot %s: %v", u.upd.Slot, err)
 		}
 	}
-	bs, err := u.bootState(u.ctx)
+	bs, err := u.bootState(ctx)
 	if err != nil {
 		return err
 	}
@@ -475,7 +481,7 @@ func (u *Updater) prepareLocked() error {
 		}
 	}
 	if len(jobs) == 0 && u.upd.URL == "" {
-		return u.maybeFinishPrepareLocked()
+		return u.maybeFinishPrepareLocked(ctx)
 	}
 	srcPath, err := u.cfg.Boot.SlotPath(bs.Active)
 	if err != nil {
@@ -485,22 +491,37 @@ func (u *Updater) prepareLocked() error {
 		return nil // the goroutine below is at work already
 	}
 	u.filling = true
-	id, ctx, target, url, payloadOff := u.upd.ID, u.ctx, u.target, u.upd.URL, u.upd.PayloadOffset
+	id, wctx, target := u.upd.ID, u.ctx, u.target
+	from := fetchSource{url: u.upd.URL, payloadOff: u.upd.PayloadOffset, deadline: u.upd.FetchDeadline}
 	u.work.Go(func() {
-		defer func() {
-			u.mu.Lock()
-			u.filling = false
-			u.mu.Unlock()
-		}()
-		u.copyChunks(ctx, id, target, srcPath, src, jobs)
-		if url != "" {
-			u.fetchChunks(ctx, id, target, url, payloadOff)
+		u.copyChunks(wctx, id, target, srcPath, src, jobs)
+		var ferr error
+		if from.url != "" {
+			ferr = u.fetchChunks(wctx, id, target, from)
 		}
 		u.mu.Lock()
 		defer u.mu.Unlock()
-		if u.upd != nil && u.upd.ID == id && u.upd.Phase == proto.PhasePrepare {
-			if err := u.syncLocked(); err == nil {
-				_ = u.maybeFinishPrepareLocked()
+		u.filling = false // with the outcome below, so that a start that comes next finds either
+		if wctx.Err() != nil || u.upd == nil || u.upd.ID != id || u.upd.Phase != proto.PhasePrepare {
+			return // stopping (the next start resumes), or the update moved on
+		}
+		switch {
+		case ferr != nil:
+			_ = u.haltLocked(fmt.Sprintf("fetching the image from %s: %v", from.url, ferr))
+		default:
+			if err := u.syncLocked(); err != nil {
+				_ = u.haltLocked(err.Error())
+				return
+			}
+			if err := u.maybeFinishPrepareLocked(wctx); err != nil {
+				_ = u.haltLocked(err.Error())
+				return
+			}
+			if from.url != "" && u.upd.Phase == proto.PhasePrepare {
+				// Chunks that read back wrong were cleared: nothing here
+				// fetches them again by itself.
+				_ = u.haltLocked(fmt.Sprintf("%d of %d chunks read back wrong from slot %s after the fetch",
+					len(u.man.Chunks)-u.upd.count(), len(u.man.Chunks), u.upd.Slot))
 			}
 		}
 	})
@@ -510,6 +531,9 @@ func (u *Updater) prepareLocked() error {
 // copyChunks copies chunks from the active slot, checking each against
 // the manifest: a chunk that does not match is left for the link.
 func (u *Updater) copyChunks(ctx context.Context, id string, target *os.File, srcPath string, src map[string]*sourceChunk, jobs []int) {
+	if len(jobs) == 0 {
+		return
+	}
 	f, err := os.Open(srcPath)
 	if err != nil {
 		u.log.Error("ota: active slot", "err", err)
@@ -532,7 +556,7 @@ func (u *Updater) copyChunks(ctx context.Context, id string, target *os.File, sr
 			u.log.Error("ota: writing the slot", "err", err)
 			return
 		}
-		if err := u.markDone(id, i, 0, true); err != nil {
+		if err := u.markDone(id, i, 0, 0, true); err != nil {
 			return
 		}
 	}
@@ -542,14 +566,11 @@ func (u *Updater) copyChunks(ctx context.Context, id string, target *os.File, sr
 // synced and the bitmap saved: a cut loses at most that much work.
 const flushEvery = 8
 
-// markDone records chunk i as written (after the caller wrote it). Every
-// flushEvery chunks the slot is fsynced and then the bitmap saved: a chunk
-// is never recorded before its bytes are durable.
-func (u *Updater) markDone(id string, i int, linkBytes int64, copied bool) error {
-	return u.markDoneFrom(id, i, linkBytes, 0, copied)
-}
-
-func (u *Updater) markDoneFrom(id string, i int, linkBytes, urlBytes int64, copied bool) error {
+// markDone records chunk i as written (after the caller wrote it), with
+// the bytes it took on the link or from the URL. Every flushEvery chunks
+// the slot is fsynced and then the bitmap saved: a chunk is never recorded
+// before its bytes are durable.
+func (u *Updater) markDone(id string, i int, linkBytes, urlBytes int64, copied bool) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.upd == nil || u.upd.ID != id || u.upd.Phase != proto.PhasePrepare {
@@ -582,7 +603,7 @@ func (u *Updater) syncLocked() error {
 
 // maybeFinishPrepareLocked verifies the slot once every chunk is there.
 // Chunks that hash wrong are cleared for the link to send again.
-func (u *Updater) maybeFinishPrepareLocked() error {
+func (u *Updater) maybeFinishPrepareLocked(ctx context.Context) error {
 	if u.upd.Phase != proto.PhasePrepare || u.upd.count() < len(u.man.Chunks) {
 		return nil
 	}
@@ -614,7 +635,7 @@ func (u *Updater) maybeFinishPrepareLocked() error {
 		return u.saveLocked()
 	}
 	if got := hex.EncodeToString(whole.Sum(nil)); got != u.man.PayloadSHA256 {
-		return u.finishLocked(proto.ResultFailed, fmt.Sprintf("payload sha256 %s, manifest says %s", got, u.man.PayloadSHA256))
+		return u.finishLocked(ctx, proto.ResultFailed, fmt.Sprintf("payload sha256 %s, manifest says %s", got, u.man.PayloadSHA256))
 	}
 	u.slots[u.upd.Slot] = slotMeta{Version: u.man.Version, SHA256: u.man.PayloadSHA256, Size: u.man.PayloadSize,
 		ChunkSize: u.man.ChunkSize, Chunks: u.man.Chunks}
@@ -629,7 +650,7 @@ func (u *Updater) maybeFinishPrepareLocked() error {
 // Receive reads chunk records from r (see proto.OTAWriteParams) into the
 // target slot until EOF. A chunk that does not match its hash ends it
 // with checksum_mismatch; what was written before stays.
-func (u *Updater) Receive(id string, r io.Reader) error {
+func (u *Updater) Receive(ctx context.Context, id string, r io.Reader) error {
 	u.mu.Lock()
 	if u.upd == nil || u.upd.ID != id || u.upd.Phase != proto.PhasePrepare {
 		u.mu.Unlock()
@@ -671,7 +692,7 @@ func (u *Updater) Receive(id string, r io.Reader) error {
 		if _, err := target.WriteAt(data, off); err != nil {
 			return proto.Errorf(proto.ReasonInternal, "slot: %v", err)
 		}
-		if err := u.markDone(id, i, n, false); err != nil {
+		if err := u.markDone(id, i, n, 0, false); err != nil {
 			return err
 		}
 	}
@@ -683,7 +704,7 @@ func (u *Updater) Receive(id string, r io.Reader) error {
 	if err := u.syncLocked(); err != nil {
 		return err
 	}
-	return u.maybeFinishPrepareLocked()
+	return u.maybeFinishPrepareLocked(ctx)
 }
 
 // Activate sets up the trial boot of a prepared update and returns the
@@ -704,8 +725,7 @@ func (u *Updater) Activate(ctx context.Context, id string) (func(), error) {
 		return nil, err
 	}
 	if err := u.cfg.Boot.SetTrial(ctx, u.upd.Slot); err != nil {
-		u.upd.Phase = proto.PhasePrepared
-		_ = u.saveLocked()
+		_ = u.transitionLocked(proto.PhasePrepared)
 		return nil, proto.Errorf(proto.ReasonInternal, "boot loader: %v", err)
 	}
 	u.upd.TrialSet, u.upd.TrialBoot = true, u.cfg.BootID
@@ -718,21 +738,21 @@ func (u *Updater) Activate(ctx context.Context, id string) (func(), error) {
 
 // Abort ends an update before activation. The target slot keeps what was
 // written; it is not bootable unless the prepare had finished.
-func (u *Updater) Abort(id string) error {
+func (u *Updater) Abort(ctx context.Context, id string) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.upd == nil || u.upd.ID != id {
 		return proto.Errorf(proto.ReasonNotFound, "no update %s", id)
 	}
-	if p := u.upd.Phase; p != proto.PhasePrepare && p != proto.PhasePrepared {
+	if p := u.upd.Phase; !p.Abortable() {
 		return proto.Errorf(proto.ReasonBusy, "update %s is in phase %s: too late to abort", id, p)
 	}
-	return u.finishLocked(proto.ResultAborted, "aborted by request")
+	return u.finishLocked(ctx, proto.ResultAborted, "aborted by request")
 }
 
 // resumeLocked carries on after a restart (which may be a reboot).
-func (u *Updater) resumeLocked() error {
-	bs, err := u.cfg.Boot.State(u.ctx)
+func (u *Updater) resumeLocked(ctx context.Context) error {
+	bs, err := u.cfg.Boot.State(ctx)
 	if err != nil {
 		return fmt.Errorf("ota: boot loader: %w", err)
 	}
@@ -740,18 +760,16 @@ func (u *Updater) resumeLocked() error {
 	u.log.Info("ota: resuming", "id", v.ID, "phase", v.Phase, "booted", bs.Booted, "active", bs.Active, "trial", bs.Trial)
 	switch v.Phase {
 	case proto.PhasePrepare:
-		return u.prepareLocked()
-	case proto.PhasePrepared:
-		return nil
+		return u.prepareLocked(ctx)
+	case proto.PhasePrepared, proto.PhaseHalted:
+		return nil // waiting for a request
 	case proto.PhaseActivate:
 		switch {
 		case bs.Booted == v.Slot && bs.Trying():
 			return u.trialLocked()
 		case !v.TrialSet && bs.Trial == "":
 			// Cut before the boot loader took the trial: still prepared.
-			v.Phase = proto.PhasePrepared
-			u.phaseHook()
-			return u.saveLocked()
+			return u.transitionLocked(proto.PhasePrepared)
 		case bs.Trial == v.Slot && v.TrialBoot == u.cfg.BootID:
 			// The agent restarted before the reboot: do it now.
 			if err := u.transitionLocked(proto.PhaseActivate); err != nil {
@@ -762,33 +780,34 @@ func (u *Updater) resumeLocked() error {
 			}
 			return nil
 		}
-		return u.finishLocked(proto.ResultRolledBack,
+		return u.finishLocked(ctx, proto.ResultRolledBack,
 			fmt.Sprintf("the trial boot of slot %s did not come up: the boot loader fell back to %s", v.Slot, bs.Booted))
 	case proto.PhaseTrial:
 		if bs.Booted == v.Slot && bs.Trying() {
 			return u.trialLocked() // the agent restarted within the trial boot
 		}
-		return u.finishLocked(proto.ResultRolledBack,
+		return u.finishLocked(ctx, proto.ResultRolledBack,
 			fmt.Sprintf("the trial boot of slot %s ended before its health check passed; booted %s", v.Slot, bs.Booted))
 	case proto.PhaseCommit:
 		if bs.Active == v.Slot {
-			return u.finishLocked(proto.ResultCommitted, "")
+			return u.finishLocked(ctx, proto.ResultCommitted, "")
 		}
 		if bs.Booted == v.Slot && bs.Trying() {
-			return u.commitLocked()
+			return u.commitLocked(ctx)
 		}
-		return u.finishLocked(proto.ResultRolledBack,
+		return u.finishLocked(ctx, proto.ResultRolledBack,
 			fmt.Sprintf("the trial boot of slot %s ended before it was committed", v.Slot))
 	case proto.PhaseRollback:
 		if bs.Booted != v.Slot {
-			return u.finishLocked(proto.ResultRolledBack, v.Reason)
+			return u.finishLocked(ctx, proto.ResultRolledBack, v.Reason)
 		}
-		return u.rollbackLocked(v.Reason)
+		return u.rollbackLocked(ctx, v.Reason)
 	}
-	return u.finishLocked(proto.ResultFailed, fmt.Sprintf("unknown phase %q", v.Phase))
+	return u.finishLocked(ctx, proto.ResultFailed, fmt.Sprintf("unknown phase %q", v.Phase))
 }
 
-// trialLocked runs the health check of a trial boot in the background.
+// trialLocked runs the health check of a trial boot in the background;
+// its verdict is the machine's own work, bound to Stop.
 func (u *Updater) trialLocked() error {
 	if err := u.transitionLocked(proto.PhaseTrial); err != nil {
 		return err
@@ -796,37 +815,37 @@ func (u *Updater) trialLocked() error {
 	ctx, id, slot, version := u.ctx, u.upd.ID, u.upd.Slot, u.upd.Version
 	u.work.Go(func() {
 		err := u.healthCheck(ctx, slot, version)
-		if ctx.Err() != nil {
-			return // stopping: the next start decides
-		}
 		u.mu.Lock()
 		defer u.mu.Unlock()
-		if u.upd == nil || u.upd.ID != id || u.upd.Phase != proto.PhaseTrial {
-			return
+		if ctx.Err() != nil || u.upd == nil || u.upd.ID != id || u.upd.Phase != proto.PhaseTrial {
+			return // stopping: the next start decides
 		}
 		if err != nil {
 			u.log.Warn("ota: health check failed", "id", id, "err", err)
-			_ = u.rollbackLocked(fmt.Sprintf("health check failed: %v", err))
+			_ = u.rollbackLocked(ctx, fmt.Sprintf("health check failed: %v", err))
 			return
 		}
-		_ = u.commitLocked()
+		_ = u.commitLocked(ctx)
 	})
 	return nil
 }
 
-func (u *Updater) commitLocked() error {
+func (u *Updater) commitLocked(ctx context.Context) error {
 	if err := u.transitionLocked(proto.PhaseCommit); err != nil {
 		return err
 	}
-	if err := u.cfg.Boot.Commit(context.Background()); err != nil {
-		return u.rollbackLocked(fmt.Sprintf("commit: %v", err))
+	if err := u.cfg.Boot.Commit(ctx); err != nil {
+		if ctx.Err() != nil {
+			return err // stopping: the next start commits
+		}
+		return u.rollbackLocked(ctx, fmt.Sprintf("commit: %v", err))
 	}
-	return u.finishLocked(proto.ResultCommitted, "")
+	return u.finishLocked(ctx, proto.ResultCommitted, "")
 }
 
 // rollbackLocked cancels the trial and reboots into the old slot; the
 // next start records the result.
-func (u *Updater) rollbackLocked(reason string) error {
+func (u *Updater) rollbackLocked(ctx context.Context, reason string) error {
 	if u.upd.FailedPhase == "" {
 		u.upd.FailedPhase = u.upd.Phase
 	}
@@ -834,7 +853,7 @@ func (u *Updater) rollbackLocked(reason string) error {
 	if err := u.transitionLocked(proto.PhaseRollback); err != nil {
 		return err
 	}
-	if err := u.cfg.Boot.Rollback(context.Background()); err != nil {
+	if err := u.cfg.Boot.Rollback(ctx); err != nil {
 		u.log.Error("ota: rollback", "err", err)
 	}
 	if u.cfg.Reboot != nil {
@@ -850,6 +869,11 @@ func (u *Updater) healthCheck(ctx context.Context, slot, version string) error {
 	for _, check := range u.cfg.HealthChecks {
 		cmd := exec.CommandContext(ctx, "/bin/sh", "-c", check)
 		cmd.Env = append(os.Environ(), "BOARDLINK_SLOT="+slot, "BOARDLINK_VERSION="+version)
+		// The check's own children end with it, and hold neither its
+		// output nor Stop.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+		cmd.WaitDelay = time.Second
 		out, err := cmd.CombinedOutput()
 		if ctx.Err() != nil {
 			return fmt.Errorf("%q did not finish within %s", check, u.cfg.HealthTimeout)

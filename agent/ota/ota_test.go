@@ -82,7 +82,7 @@ func chunks(t *testing.T, im *image.Image, idx []int, corrupt int) *bytes.Reader
 	return bytes.NewReader(b.Bytes())
 }
 
-func waitPhase(t *testing.T, u *ota.Updater, phase string) proto.OTAStatus {
+func waitPhase(t *testing.T, u *ota.Updater, phase proto.Phase) proto.OTAStatus {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -117,27 +117,27 @@ func TestPrepareResumeAbort(t *testing.T) {
 	if st, _ := m.u.Status(ctx); st.Update != nil {
 		t.Fatalf("Plan changed the state: %+v", st.Update)
 	}
-	plan, err = m.u.Begin(ctx, params(im))
+	plan, err = m.u.Begin(ctx, params(im), ota.FetchLimits{})
 	if err != nil || plan.ID == "" {
 		t.Fatalf("begin %+v %v", plan, err)
 	}
 	// A corrupt chunk stops the stream; the chunks before it are kept.
-	err = m.u.Receive(plan.ID, chunks(t, im, []int{0, 1, 2, 3}, 2))
+	err = m.u.Receive(ctx, plan.ID, chunks(t, im, []int{0, 1, 2, 3}, 2))
 	if !proto.IsReason(err, proto.ReasonChecksumMismatch) {
 		t.Fatalf("receive of a corrupt chunk: %v", err)
 	}
-	if err := m.u.Receive(plan.ID, bytes.NewReader([]byte{0, 0, 0, 99})); !proto.IsReason(err, proto.ReasonInvalidParams) {
+	if err := m.u.Receive(ctx, plan.ID, bytes.NewReader([]byte{0, 0, 0, 99})); !proto.IsReason(err, proto.ReasonInvalidParams) {
 		t.Fatalf("receive of a chunk index out of range: %v", err)
 	}
 	// Another image while this one prepares: busy. The same image: the same update, resumed.
-	if _, err := m.u.Begin(ctx, params(m.image(t, "1.0.1", payload(4096), nil))); !proto.IsReason(err, proto.ReasonBusy) {
+	if _, err := m.u.Begin(ctx, params(m.image(t, "1.0.1", payload(4096), nil)), ota.FetchLimits{}); !proto.IsReason(err, proto.ReasonBusy) {
 		t.Fatalf("a second update: %v, want busy", err)
 	}
-	again, err := m.u.Begin(ctx, params(im))
+	again, err := m.u.Begin(ctx, params(im), ota.FetchLimits{})
 	if err != nil || again.ID != plan.ID || again.Have != 2 || len(again.Need) != 9 {
 		t.Fatalf("resumed plan %+v %v, want %s with 2 chunks held", again, err, plan.ID)
 	}
-	if err := m.u.Receive(plan.ID, chunks(t, im, again.Need, -1)); err != nil {
+	if err := m.u.Receive(ctx, plan.ID, chunks(t, im, again.Need, -1)); err != nil {
 		t.Fatal(err)
 	}
 	st := waitPhase(t, m.u, proto.PhasePrepared)
@@ -148,7 +148,7 @@ func TestPrepareResumeAbort(t *testing.T) {
 	if err != nil || !bytes.Equal(slot, mustRead(t, im)) {
 		t.Fatalf("slot B does not hold the payload (%v)", err)
 	}
-	if err := m.u.Abort(plan.ID); err != nil {
+	if err := m.u.Abort(ctx, plan.ID); err != nil {
 		t.Fatal(err)
 	}
 	st, _ = m.u.Status(ctx)
@@ -184,7 +184,7 @@ func TestRefusals(t *testing.T) {
 		{"not a manifest", proto.OTAImageParams{Manifest: []byte("{}"), Signature: good.Signature}, proto.ReasonInvalidParams},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := m.u.Begin(ctx, tc.p)
+			_, err := m.u.Begin(ctx, tc.p, ota.FetchLimits{})
 			if !proto.IsReason(err, tc.reason) {
 				t.Fatalf("%v, want %s", err, tc.reason)
 			}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/boardlink/boardlink/internal/atomicfile"
+	"github.com/boardlink/boardlink/proto"
 )
 
 // Files under the state directory, and their format versions.
@@ -20,34 +21,31 @@ const (
 	sigFile      = "manifest.sig"
 )
 
-// maxTransitions bounds the phase changes of one update. The longest
-// legal path (prepare, prepared, activate, trial, rollback, done, with a
-// few resumes) is far below it; reaching it means something loops.
-const maxTransitions = 32
-
 // update is the persisted state of the current or last update.
 type update struct {
-	ID          string `json:"id"`
-	Version     string `json:"version"`
-	FromVersion string `json:"from_version"`
-	PayloadSHA  string `json:"payload_sha256"`
-	Slot        string `json:"slot"`
-	Phase       string `json:"phase"`
-	Result      string `json:"result,omitempty"`
-	Reason      string `json:"reason,omitempty"`
-	FailedPhase string `json:"failed_phase,omitempty"`
-	Chunks      int    `json:"chunks"`
-	Size        int64  `json:"size"`
-	Done        []byte `json:"done"`   // bitmap of chunks written, synced and verified
-	Copied      int    `json:"copied"` // chunks copied from the active slot
-	BytesLink   int64  `json:"bytes_link"`
-	BytesURL    int64  `json:"bytes_url,omitempty"`
-	// URL and PayloadOffset: where the agent fetches missing chunks itself.
-	URL           string    `json:"url,omitempty"`
-	PayloadOffset int64     `json:"payload_offset,omitempty"`
-	Started       time.Time `json:"started"`
-	Updated       time.Time `json:"updated"`
-	Transitions   int       `json:"transitions"`
+	ID          string       `json:"id"`
+	Version     string       `json:"version"`
+	FromVersion string       `json:"from_version"`
+	PayloadSHA  string       `json:"payload_sha256"`
+	Slot        string       `json:"slot"`
+	Phase       proto.Phase  `json:"phase"`
+	Result      proto.Result `json:"result,omitempty"`
+	Reason      string       `json:"reason,omitempty"`
+	FailedPhase proto.Phase  `json:"failed_phase,omitempty"`
+	Chunks      int          `json:"chunks"`
+	Size        int64        `json:"size"`
+	Done        []byte       `json:"done"`   // bitmap of chunks written, synced and verified
+	Copied      int          `json:"copied"` // chunks copied from the active slot
+	BytesLink   int64        `json:"bytes_link"`
+	BytesURL    int64        `json:"bytes_url,omitempty"`
+	// URL and PayloadOffset: where the agent fetches missing chunks
+	// itself; FetchDeadline bounds each run of that fetch (FetchLimits).
+	URL           string        `json:"url,omitempty"`
+	PayloadOffset int64         `json:"payload_offset,omitempty"`
+	FetchDeadline time.Duration `json:"fetch_deadline_ns,omitempty"`
+	Started       time.Time     `json:"started"`
+	Updated       time.Time     `json:"updated"`
+	Transitions   int           `json:"transitions"`
 	// TrialSet is true once the boot loader holds the trial; TrialBoot is
 	// the boot id that set it, to tell a restart of the agent from a reboot.
 	TrialSet  bool   `json:"trial_set,omitempty"`

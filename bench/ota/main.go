@@ -189,7 +189,7 @@ func run(ctx context.Context, size, chunk int64, runs int, pcts []float64) (err 
 		}
 	}()
 
-	c, err := dispatcher.Dial(ctx, b.ws, dispatcher.DialOptions{})
+	c, err := dispatcher.Dial(ctx, b.ws, b.opts)
 	if err != nil {
 		return err
 	}
@@ -420,7 +420,7 @@ func (bn *bench) update(ctx context.Context, path string, changed int) (otaRun, 
 	var mu sync.Mutex
 	var prepared time.Time
 	opts := dispatcher.OTAOptions{Progress: func(p dispatcher.OTAProgress) {
-		if p.Phase == "send" || p.Phase == proto.PhasePrepare {
+		if p.Phase == "send" || p.Phase == string(proto.PhasePrepare) {
 			return
 		}
 		mu.Lock()
@@ -474,7 +474,11 @@ type board struct {
 	ws      string
 	state   string
 	logPath string
+	opts    dispatcher.DialOptions
 }
+
+// boardToken is the token of the benchmark's board.
+const boardToken = "bench-ota-board-token"
 
 // startBoard starts boardlinkd as a sim board on a free loopback port and
 // waits until it answers.
@@ -484,13 +488,18 @@ func startBoard(ctx context.Context, bin, dir, trustKey string) (*board, error) 
 		return nil, err
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) // every boot listens here again
-	b := &board{done: make(chan struct{}), ws: "ws://" + addr, state: filepath.Join(dir, "state"), logPath: filepath.Join(dir, "boardlinkd.log")}
+	b := &board{done: make(chan struct{}), ws: "wss://" + addr, state: filepath.Join(dir, "state"), logPath: filepath.Join(dir, "boardlinkd.log"),
+		opts: dispatcher.DialOptions{Token: boardToken, Trust: dispatcher.NewKnownBoards("")}}
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte(boardToken), 0o600); err != nil {
+		return nil, err
+	}
 	logf, err := os.Create(b.logPath)
 	if err != nil {
 		return nil, err
 	}
 	defer logf.Close()
-	b.cmd = exec.Command(bin, "--board", "sim", "--state-dir", b.state, "--listen", addr, "--no-mdns",
+	b.cmd = exec.Command(bin, "--board", "sim", "--state-dir", b.state, "--listen", addr, "--no-mdns", "--token-file", tokenFile,
 		"--trust-key", trustKey, "--sim-boot-delay", bootDelay.String())
 	b.cmd.Stdout, b.cmd.Stderr = logf, logf
 	// Its own process group: a Ctrl-C reaches only us, and we stop the
@@ -503,7 +512,7 @@ func startBoard(ctx context.Context, bin, dir, trustKey string) (*board, error) 
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		dctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		c, err := dispatcher.Dial(dctx, b.ws, dispatcher.DialOptions{})
+		c, err := dispatcher.Dial(dctx, b.ws, b.opts)
 		cancel()
 		if err == nil {
 			c.Close()

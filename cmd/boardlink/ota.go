@@ -21,46 +21,60 @@ func newOTACmd(g *globals) *cobra.Command {
 		force   bool
 		url     string
 		status  bool
+		abort   bool
 		asJSON  bool
 		timeout time.Duration
 	)
 	cmd := &cobra.Command{
-		Use:   "ota BOARD IMAGE [--force] [--timeout D] [--json] | ota BOARD --status [--json]",
+		Use:   "ota BOARD IMAGE [--force] [--url URL] [--timeout D] [--json] | ota BOARD --status [--json] | ota BOARD --abort [--json]",
 		Short: "Update a board to a signed image (A/B, trial boot, commit or roll back)",
 		Long: `ota updates one board to IMAGE (built with 'boardlink image build') and
 returns when the board has committed it.
 
 The board checks the image's signature against the keys it trusts, that it
-fits its model, and that it is newer than what runs (--force allows a
-downgrade or a reinstall). It then writes its inactive slot: chunks its
-active slot already holds are copied there on the board, and only the
-others cross the link; every chunk and the whole payload are verified.
-Then a one-shot trial boot of the new slot, a reboot, the board's health
-check, and a commit. If the health check fails, or the trial boot does not
-come up, the board rolls back to the old slot: that is a failure, reported
-with its phase and reason, never a success.
+fits its model and its inactive slot, and that it is newer than what runs
+(--force allows a downgrade or a reinstall). It then writes its inactive
+slot: chunks its active slot already holds are copied there on the board,
+and only the others cross the link; every chunk and the whole payload are
+verified. Then a one-shot trial boot of the new slot, a reboot, the
+board's health check, and a commit. If the health check fails, or the
+trial boot does not come up, the board rolls back to the old slot: that is
+a failure, reported with its phase and reason, never a success. The
+command follows the update through every reboot, reconnecting as the board
+comes back.
 
 With --url, the board fetches the chunks it lacks from the same image file
-served over http(s) (Range requests), so nothing but the manifest crosses
-the link: for a board on a slow serial line and a fast network.
+served over http(s) (Range requests; a server that ignores Range is read
+from the start), so nothing but the manifest crosses the link: for a board
+on a slow serial line and a fast network. If the board cannot fetch them
+(the server fails, serves a shorter or another file), the update halts on
+the board with the reason, and this command stops with it at once.
 
 The update runs on the board, not in this command: if the link drops, run
 the same command again and it resumes (a prepare continues where it
-stopped). Progress is drawn on stderr on a terminal.
+stopped, a halted update too).
 
 --status prints the board's slots (version, booted, active, trial) and its
-current or last update, as the board tells it.
+current or last update, as the board tells it, and how to resume or abort
+an update that has not been activated. --abort ends such an update (the
+slot it was writing keeps its bytes but is not bootable), so that another
+image can be installed.
 
-Exit status: 0 committed; 1 rolled back or failed on the board (signature,
-checksum, model, version), named in the message; 124 not done within
---timeout; 255 the link failed; 2 a usage error.`,
+Exit status: 0 committed (or aborted, with --abort); 1 rolled back, failed
+or halted on the board (signature, checksum, model, version, size, a URL
+that fails), named in the message, or nothing to abort; 124 not done
+within --timeout; 255 the link failed; 2 a usage error.`,
 		Example: `  boardlink ota board1 build/rootfs-2.1.0.img
   boardlink ota ws://10.77.0.2:7207 rootfs-2.0.9.img --force --json
   boardlink ota serial:///dev/ttyUSB0 rootfs-2.1.0.img --url http://10.77.0.1:8000/rootfs-2.1.0.img
-  boardlink ota board1 --status`,
+  boardlink ota board1 --status
+  boardlink ota board1 --abort`,
 		Args: func(cmd *cobra.Command, args []string) error {
+			if status && abort {
+				return &usageError{errors.New("--status and --abort: choose one")}
+			}
 			want := 2
-			if status {
+			if status || abort {
 				want = 1
 			}
 			return exactArgs(want)(cmd, args)
@@ -73,7 +87,7 @@ checksum, model, version), named in the message; 124 not done within
 			ctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
 			var im *image.Image
-			if !status {
+			if !status && !abort {
 				var err error
 				var closeImage func() error
 				if im, closeImage, err = openImage(args[1]); err != nil {
@@ -87,20 +101,39 @@ checksum, model, version), named in the message; 124 not done within
 			}
 			defer c.Close()
 			out := cmd.OutOrStdout()
-			if status {
+			switch {
+			case status:
 				st, err := c.OTAStatus(ctx)
 				if err != nil {
-					return otaFailure(err)
+					return otaFailure(err, args[0])
 				}
 				if asJSON {
 					return writeJSON(out, st)
 				}
-				printOTAStatus(out, st)
+				printOTAStatus(out, st, args[0])
+				return nil
+			case abort:
+				st, err := otaAbort(ctx, c)
+				if err != nil {
+					return otaFailure(err, args[0])
+				}
+				if asJSON {
+					return writeJSON(out, st)
+				}
+				u := st.Update
+				fmt.Fprintf(out, "%s: update %s (%s -> %s into slot %s) aborted; slot %s is not bootable until an update writes it\n",
+					c.Hello().BoardID, u.ID, orNone(u.FromVersion), u.Version, u.Slot, u.Slot)
 				return nil
 			}
 			show := newOTADisplay(cmd.ErrOrStderr(), filepath.Base(args[1]))
 			rep, err := c.Update(ctx, im, dispatcher.OTAOptions{Force: force, URL: url, Progress: show.step})
 			show.done(err == nil)
+			if proto.IsReason(err, proto.ReasonBusy) {
+				// Another update may be in the way: name it, and how to end it.
+				if st, serr := c.OTAStatus(ctx); serr == nil && st.Update != nil && st.Update.Phase.Abortable() {
+					err = fmt.Errorf("%w\nto abort update %s (%s): boardlink ota %s --abort", err, st.Update.ID, st.Update.Version, args[0])
+				}
+			}
 			if asJSON {
 				if jerr := writeJSON(out, otaJSON{OTAReport: rep, Error: errString(err)}); jerr != nil {
 					return jerr
@@ -111,16 +144,38 @@ checksum, model, version), named in the message; 124 not done within
 					c.Hello().BoardID, u.Version, u.Slot, orNone(u.FromVersion), len(rep.Plan.Need), rep.Plan.Chunks,
 					rep.BytesSent, float64(rep.TookMs)/1000)
 			}
-			return otaFailure(err)
+			return otaFailure(err, args[0])
 		},
 	}
 	f := cmd.Flags()
 	f.BoolVar(&force, "force", false, "allow a downgrade or a reinstall of the running version")
 	f.StringVar(&url, "url", "", "the same IMAGE served over http(s): the board fetches the chunks it lacks from there, not over the link")
 	f.BoolVar(&status, "status", false, "print the board's slots and its current or last update")
+	f.BoolVar(&abort, "abort", false, "end the board's update that has not been activated (prepare, prepared or halted)")
 	f.BoolVar(&asJSON, "json", false, "print the result (or the status) as JSON")
 	f.DurationVar(&timeout, "timeout", 30*time.Minute, "give up after this long")
 	return cmd
+}
+
+// errNothingToAbort: the board has no update that ota.abort can end.
+var errNothingToAbort = errors.New("nothing to abort")
+
+// otaAbort aborts the board's update under way, named by its status.
+func otaAbort(ctx context.Context, c *dispatcher.Client) (proto.OTAStatus, error) {
+	st, err := c.OTAStatus(ctx)
+	if err != nil {
+		return st, err
+	}
+	switch u := st.Update; {
+	case u == nil:
+		return st, fmt.Errorf("%w: the board has never had an update", errNothingToAbort)
+	case u.Phase == proto.PhaseDone:
+		return st, fmt.Errorf("%w: the last update, %s (%s), ended %s", errNothingToAbort, u.ID, u.Version, u.Result)
+	case !u.Phase.Abortable():
+		return st, fmt.Errorf("%w: update %s is in phase %s, past its activation: it ends by itself (commit or roll back)",
+			errNothingToAbort, u.ID, u.Phase)
+	}
+	return c.OTAAbort(ctx, st.Update.ID)
 }
 
 type otaJSON struct {
@@ -145,19 +200,25 @@ func openImage(path string) (*image.Image, func() error, error) {
 	return im, im.Close, nil
 }
 
-// otaFailure maps an update's error to an exit status.
-func otaFailure(err error) error {
+// otaFailure maps an update's error to an exit status; a halted update is
+// named with the commands that resume or abort it.
+func otaFailure(err error, board string) error {
 	var oe *dispatcher.OTAError
 	switch {
 	case err == nil:
 		return nil
 	case errors.As(err, &oe):
+		if oe.Halted {
+			err = fmt.Errorf("%w\nto resume it: run the same command again; to abort it: boardlink ota %s --abort", err, board)
+		}
+		return &exitError{code: 1, err: err}
+	case errors.Is(err, errNothingToAbort):
 		return &exitError{code: 1, err: err}
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, dispatcher.ErrNotBack):
 		return &exitError{code: exitTimeout, err: err}
 	}
 	switch proto.ReasonOf(err) {
-	case proto.ReasonSignatureInvalid, proto.ReasonChecksumMismatch, proto.ReasonIncompatible, proto.ReasonBusy, proto.ReasonNotFound:
+	case proto.ReasonBusy, proto.ReasonSignatureInvalid, proto.ReasonChecksumMismatch, proto.ReasonIncompatible, proto.ReasonNotFound:
 		return &exitError{code: 1, err: err}
 	case proto.ReasonInvalidParams:
 		return &usageError{err}
@@ -165,7 +226,7 @@ func otaFailure(err error) error {
 	return linkFailure(err)
 }
 
-func printOTAStatus(w io.Writer, st proto.OTAStatus) {
+func printOTAStatus(w io.Writer, st proto.OTAStatus, board string) {
 	fmt.Fprintln(w, "SLOT  VERSION          BOOTED  ACTIVE  TRIAL")
 	for _, s := range st.Slots {
 		v := orDash(s.Version)
@@ -181,15 +242,21 @@ func printOTAStatus(w io.Writer, st proto.OTAStatus) {
 	}
 	fmt.Fprintf(w, "\nupdate %s: %s -> %s into slot %s, phase %s", u.ID, orNone(u.FromVersion), u.Version, u.Slot, u.Phase)
 	if u.Result != "" {
-		fmt.Fprintf(w, ", %s", strings.ReplaceAll(u.Result, "_", " "))
-		if u.FailedPhase != "" {
-			fmt.Fprintf(w, " (in %s)", u.FailedPhase)
-		}
+		fmt.Fprintf(w, ", %s", strings.ReplaceAll(string(u.Result), "_", " "))
+	}
+	if u.FailedPhase != "" {
+		fmt.Fprintf(w, " (failed in %s)", u.FailedPhase)
 	}
 	fmt.Fprintf(w, "\n  chunks %d/%d (%d copied on the board), %d bytes over the link, %.1fs\n",
 		u.ChunksDone, u.Chunks, u.ChunksCopied, u.BytesLink, float64(u.ElapsedMs)/1000)
 	if u.Reason != "" {
 		fmt.Fprintf(w, "  reason: %s\n", u.Reason)
+	}
+	if u.Phase.Abortable() {
+		// Not activated: it stays until resumed or aborted, and another
+		// image is refused until then.
+		fmt.Fprintf(w, "  to resume it: boardlink ota %s IMAGE (the image of %s)\n", board, u.Version)
+		fmt.Fprintf(w, "  to abort it:  boardlink ota %s --abort\n", board)
 	}
 }
 
@@ -231,7 +298,7 @@ func (d *otaDisplay) step(p dispatcher.OTAProgress) {
 	}
 	d.phase = p.Phase
 	line := "phase " + p.Phase
-	if u := p.Status.Update; u != nil && p.Phase == proto.PhasePrepare {
+	if u := p.Status.Update; u != nil && u.Phase == proto.PhasePrepare {
 		line += fmt.Sprintf(": %d/%d chunks", u.ChunksDone, u.Chunks)
 	}
 	fmt.Fprintln(d.w, line)

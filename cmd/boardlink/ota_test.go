@@ -23,6 +23,7 @@ import (
 
 	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/image"
+	"github.com/boardlink/boardlink/internal/simlab"
 	"github.com/boardlink/boardlink/internal/testenv"
 	"github.com/boardlink/boardlink/proto"
 )
@@ -331,7 +332,7 @@ func waitUp(t *testing.T, b *simBoard, old string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for {
-		c, err := dispatcher.Dial(ctx, b.ws, dispatcher.DialOptions{})
+		c, err := dispatcher.Dial(ctx, b.ws, testDialOptions())
 		if err == nil {
 			info, err := c.Info(ctx)
 			c.Close()
@@ -356,15 +357,16 @@ func bootID(t *testing.T, b *simBoard) string {
 // complete, verified slot, the status tells the truth, and the update,
 // tried again, finishes.
 func TestOTAKilledInEveryState(t *testing.T) {
+	testenv.BuildTestHooks(t) // the crash point
 	l := newOTALab(t)
 	b := startOTABoard(t, l)
 	if _, stderr, code := otaCLI(t, b.ws, l.build("1.0.0", l.base, "sim", nil)); code != 0 {
 		t.Fatalf("setup update: %d %s", code, stderr)
 	}
 	for i, tc := range []struct {
-		crash   string // the crash point, see agent/ota/crash.go
-		bad     bool   // an image whose health check fails
-		outcome string // the result of the update that was cut
+		crash   string       // the crash point, see agent/ota/crash.go
+		bad     bool         // an image whose health check fails
+		outcome proto.Result // the result of the update that was cut
 	}{
 		{"prepare:1", false, ""},
 		{"prepare:4", false, ""},
@@ -488,10 +490,141 @@ func TestOTAKilledDuringPrepare(t *testing.T) {
 func update(ctx context.Context, b *simBoard, img *image.Image, opts dispatcher.OTAOptions) (dispatcher.OTAReport, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute) // a stuck update fails the test, not hangs it
 	defer cancel()
-	c, err := dispatcher.Dial(ctx, b.ws, dispatcher.DialOptions{})
+	c, err := dispatcher.Dial(ctx, b.ws, testDialOptions())
 	if err != nil {
 		return dispatcher.OTAReport{}, err
 	}
 	defer c.Close()
 	return c.Update(ctx, img, opts)
+}
+
+// startOTASim starts one in-process sim board (simlab) that trusts the
+// lab's key, and returns its address.
+func startOTASim(t *testing.T, l *otaLab) string {
+	t.Helper()
+	lab, err := simlab.Start(context.Background(), simlab.Options{Boards: 1, Dir: t.TempDir(), Token: testToken, IDPrefix: labPrefix(),
+		TrustKeys: []ed25519.PublicKey{l.key.Public().(ed25519.PublicKey)}, BootDelay: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lab.Stop(context.Background()) })
+	return lab.Boards[0].Addr()
+}
+
+// serveImage serves an image file on loopback through handle.
+func serveImage(t *testing.T, path string, handle func(w http.ResponseWriter, r *http.Request, file []byte)) string {
+	t.Helper()
+	file, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { handle(w, r, file) }))
+	t.Cleanup(srv.Close)
+	return srv.URL + "/" + filepath.Base(path)
+}
+
+func serveWithRange(w http.ResponseWriter, r *http.Request, file []byte) {
+	http.ServeContent(w, r, "image.img", time.Time{}, bytes.NewReader(file))
+}
+
+// TestOTAURLFailures: `ota --url` against servers that cannot give the
+// image stops at once, exit 1, with the reason, which ota.status keeps
+// (the update halted in prepare); the same command against a server that
+// ignores Range (as python3 -m http.server does) resumes the update and
+// commits it.
+func TestOTAURLFailures(t *testing.T) {
+	l := newOTALab(t)
+	board := startOTASim(t, l)
+	img := l.build("1.0.0", l.base, "sim", nil)
+	for _, tc := range []struct {
+		name   string
+		handle func(w http.ResponseWriter, r *http.Request, file []byte)
+		reason string
+	}{
+		{"500 forever", func(w http.ResponseWriter, r *http.Request, _ []byte) {
+			http.Error(w, "broken", http.StatusInternalServerError)
+		}, "500 Internal Server Error"},
+		{"wrong bytes", func(w http.ResponseWriter, r *http.Request, file []byte) {
+			other := bytes.Clone(file)
+			for i := len(other) / 2; i < len(other); i += 1000 {
+				other[i] ^= 0xff
+			}
+			serveWithRange(w, r, other)
+		}, "not this image"},
+		{"short image", func(w http.ResponseWriter, r *http.Request, file []byte) {
+			serveWithRange(w, r, file[:len(file)*3/4])
+		}, "shorter than the image"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			url := serveImage(t, img, tc.handle)
+			rep, stderr, code := otaCLI(t, board, img, "--url", url)
+			if code != 1 || !strings.Contains(stderr, tc.reason) || !strings.Contains(stderr, "boardlink ota "+board+" --abort") ||
+				rep.Update == nil || rep.Update.Phase != proto.PhaseHalted {
+				t.Fatalf("ota --url: exit %d, update %+v, stderr %q; want 1 and %q", code, rep.Update, stderr, tc.reason)
+			}
+			st := otaStatus(t, board)
+			if u := st.Update; u == nil || u.Phase != proto.PhaseHalted || u.FailedPhase != proto.PhasePrepare ||
+				!strings.Contains(u.Reason, tc.reason) {
+				t.Fatalf("ota.status after the failure: %+v", st.Update)
+			}
+			t.Logf("%s", strings.TrimSpace(stderr))
+		})
+	}
+	var requests atomic.Int32
+	url := serveImage(t, img, func(w http.ResponseWriter, _ *http.Request, file []byte) {
+		requests.Add(1)
+		w.Write(file) // no Range: 200 and the whole file
+	})
+	rep, stderr, code := otaCLI(t, board, img, "--url", url)
+	if code != 0 || rep.Update.Result != proto.ResultCommitted || rep.BytesSent != 0 || requests.Load() != 1 {
+		t.Fatalf("ota --url from a server without Range: exit %d, %+v, %d requests; %s", code, rep.Update, requests.Load(), stderr)
+	}
+}
+
+// TestOTAAbortAndStatus: an update left on the board (halted here) is
+// named by --status with the commands that resume or abort it, blocks
+// another image with a message saying how to abort it, and --abort ends
+// it, after which the other image installs.
+func TestOTAAbortAndStatus(t *testing.T) {
+	l := newOTALab(t)
+	board := startOTASim(t, l)
+	img1 := l.build("1.0.0", l.base, "sim", nil)
+	img2 := l.build("1.1.0", l.variant(4), "sim", nil)
+
+	if _, stderr, code := cli(t, "", "ota", board, "--abort"); code != 1 || !strings.Contains(stderr, "nothing to abort") {
+		t.Fatalf("--abort without an update: %d %s", code, stderr)
+	}
+	gone := serveImage(t, img1, func(w http.ResponseWriter, r *http.Request, _ []byte) { http.NotFound(w, r) })
+	if _, stderr, code := otaCLI(t, board, img1, "--url", gone); code != 1 {
+		t.Fatalf("ota --url to a missing file: %d %s", code, stderr)
+	}
+	hint := "boardlink ota " + board + " --abort"
+	if _, stderr, code := otaCLI(t, board, img2); code != 1 || !strings.Contains(stderr, "abort it first") || !strings.Contains(stderr, hint) {
+		t.Fatalf("another image while one is halted: %d %q, want 1 and %q", code, stderr, hint)
+	}
+	stdout, stderr, code := cli(t, "", "ota", board, "--status")
+	if code != 0 || !strings.Contains(stdout, "phase halted") || !strings.Contains(stdout, "404 Not Found") || !strings.Contains(stdout, hint) {
+		t.Fatalf("--status of a halted update: %d %q %s", code, stdout, stderr)
+	}
+	t.Logf("ota --status:\n%s", stdout)
+
+	if _, stderr, code := cli(t, "", "ota", board, "--status", "--abort"); code != 2 {
+		t.Fatalf("--status --abort: %d %s, want a usage error", code, stderr)
+	}
+	stdout, stderr, code = cli(t, "", "ota", board, "--abort")
+	if code != 0 || !strings.Contains(stdout, "aborted") {
+		t.Fatalf("--abort: %d %q %s", code, stdout, stderr)
+	}
+	if st := otaStatus(t, board); st.Update.Phase != proto.PhaseDone || st.Update.Result != proto.ResultAborted {
+		t.Fatalf("after --abort: %+v", st.Update)
+	}
+	if stdout, _, _ := cli(t, "", "ota", board, "--status"); strings.Contains(stdout, hint) {
+		t.Fatalf("--status of an aborted update still says how to abort it:\n%s", stdout)
+	}
+	if rep, stderr, code := otaCLI(t, board, img2); code != 0 || rep.Update.Result != proto.ResultCommitted {
+		t.Fatalf("the other image after --abort: %d %+v %s", code, rep.Update, stderr)
+	}
+	if _, stderr, code := cli(t, "", "ota", board, "--abort"); code != 1 || !strings.Contains(stderr, "ended committed") {
+		t.Fatalf("--abort after a commit: %d %s", code, stderr)
+	}
 }
