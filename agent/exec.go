@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/boardlink/boardlink/internal/rootpath"
 	"github.com/boardlink/boardlink/proto"
 )
 
@@ -44,12 +45,22 @@ type ExecOptions struct {
 	LogSize      int           // commands kept in the log (default 100)
 	LogPath      string        // where the log persists across restarts; "" keeps it in memory
 	DefaultGrace time.Duration // between a stop signal and SIGKILL when the request names none (default 2s)
-	Logger       *slog.Logger  // default: discard
+	// MaxCommands bounds the commands that are running or whose result is
+	// held for a caller that has not collected it (see Holder); one more
+	// is refused busy. The log holds at most LogSize plus this many.
+	// Default 1024.
+	MaxCommands int
+	// ResultGrace is how long a held result outlives its Holder's Release
+	// (or its command's end, if later). Default DefaultResultGrace.
+	ResultGrace time.Duration
+	Now         func() time.Time // the clock ResultGrace runs on (default time.Now)
+	Logger      *slog.Logger     // default: discard
 }
 
 const (
-	defaultLogSize = 100
-	defaultGrace   = 2 * time.Second
+	defaultLogSize     = 100
+	defaultMaxCommands = DefaultMaxCommands
+	defaultGrace       = 2 * time.Second
 	// drainDelay bounds how long output is read after the command's leader
 	// exits: a background child that inherited stdout must not hold the
 	// result. What is already in the pipe then is still delivered.
@@ -62,17 +73,21 @@ const (
 // Execs runs the agent's commands and keeps their log. Its methods are safe
 // for concurrent use.
 type Execs struct {
-	logSize int
-	logPath string
-	grace   time.Duration
-	log     *slog.Logger
+	logSize     int
+	logPath     string
+	grace       time.Duration
+	maxCommands int
+	resultGrace time.Duration
+	now         func() time.Time
+	log         *slog.Logger
 
 	wg sync.WaitGroup // one per started command, until its log is saved
 
-	mu      sync.Mutex
-	seq     uint64
-	closing bool
-	window  []*Command // the log, oldest first; see trimLocked
+	mu       sync.Mutex
+	seq      uint64
+	closing  bool
+	starting int        // Starts between their check of MaxCommands and joining the window
+	window   []*Command // the log, oldest first; see trimLocked
 
 	persistMu sync.Mutex // keeps log snapshots and their writes in order
 }
@@ -80,12 +95,22 @@ type Execs struct {
 // NewExecs returns a manager. It touches nothing outside memory: call
 // LoadLog to read a persisted log.
 func NewExecs(opts ExecOptions) *Execs {
-	m := &Execs{logSize: opts.LogSize, logPath: opts.LogPath, grace: opts.DefaultGrace, log: opts.Logger}
+	m := &Execs{logSize: opts.LogSize, logPath: opts.LogPath, grace: opts.DefaultGrace,
+		maxCommands: opts.MaxCommands, resultGrace: opts.ResultGrace, now: opts.Now, log: opts.Logger}
 	if m.logSize <= 0 {
 		m.logSize = defaultLogSize
 	}
 	if m.grace <= 0 {
 		m.grace = defaultGrace
+	}
+	if m.maxCommands <= 0 {
+		m.maxCommands = defaultMaxCommands
+	}
+	if m.resultGrace <= 0 {
+		m.resultGrace = DefaultResultGrace
+	}
+	if m.now == nil {
+		m.now = time.Now
 	}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
@@ -109,8 +134,10 @@ type Command struct {
 	stderr   sink
 
 	// Guarded by Execs.mu.
-	exited       bool // the leader has been reaped: no more signals
-	finished     bool // result is final
+	exited       bool      // the leader has been reaped: no more signals
+	finished     bool      // result is final
+	finishedAt   time.Time // by Execs.now, for ResultGrace
+	holder       *Holder   // holds the result until collected; nil: not held
 	canceled     bool
 	timedOut     bool
 	timeoutTimer *time.Timer
@@ -137,8 +164,14 @@ func (c *Command) Result() proto.ExecResult { return c.result }
 
 // Start runs a command in its own process group. Errors are *proto.Error:
 // not_found when the executable or cwd does not exist, invalid_params when
-// the request cannot run as given, busy after Shutdown, internal otherwise.
+// the request cannot run as given, busy after Shutdown or beyond
+// MaxCommands, internal otherwise. Its result stays in the log while the
+// log has room; Holder.Start keeps it until collected.
 func (m *Execs) Start(p proto.ExecStartParams, eio ExecIO) (*Command, error) {
+	return m.start(p, eio, nil)
+}
+
+func (m *Execs) start(p proto.ExecStartParams, eio ExecIO, h *Holder) (*Command, error) {
 	if len(p.Argv) == 0 || p.Argv[0] == "" {
 		return nil, proto.InvalidField("argv", "argv", "must be non-empty and start with a non-empty element")
 	}
@@ -163,6 +196,12 @@ func (m *Execs) Start(p proto.ExecStartParams, eio ExecIO) (*Command, error) {
 		m.mu.Unlock()
 		return nil, proto.Errorf(proto.ReasonBusy, "the agent is shutting down")
 	}
+	if n := m.pinnedLocked() + m.starting; n >= m.maxCommands {
+		m.mu.Unlock()
+		return nil, proto.Errorf(proto.ReasonBusy,
+			"%d commands are running or hold a result not collected yet, the limit (%d): collect results with exec.wait", n, m.maxCommands)
+	}
+	m.starting++
 	m.wg.Add(1) // before unlocking, so that Shutdown waits for this command
 	m.mu.Unlock()
 
@@ -178,6 +217,9 @@ func (m *Execs) Start(p proto.ExecStartParams, eio ExecIO) (*Command, error) {
 	}
 	cmd, pp, err := startProcess(p, eio.Stdin != nil)
 	if err != nil {
+		m.mu.Lock()
+		m.starting--
+		m.mu.Unlock()
 		m.wg.Done()
 		return nil, err
 	}
@@ -185,7 +227,9 @@ func (m *Execs) Start(p proto.ExecStartParams, eio ExecIO) (*Command, error) {
 	c.started = time.Now()
 
 	m.mu.Lock()
+	m.starting--
 	c.id = m.newIDLocked()
+	c.holder = h
 	m.window = append(m.window, c)
 	m.trimLocked()
 	if p.TimeoutMs > 0 {
@@ -318,6 +362,11 @@ func startError(err error) error {
 	case errors.Is(err, fs.ErrPermission), errors.Is(err, syscall.ENOEXEC), errors.Is(err, exec.ErrDot):
 		return proto.InvalidField("argv", "exec", "cannot start command: %v", err)
 	}
+	if rule, ok := rootpath.Fault(err); ok {
+		// E2BIG: argv and env beyond the kernel's limit (ARG_MAX, or
+		// 128 KiB for one string).
+		return proto.WithCause(proto.InvalidField("argv", rule, "cannot start command: %v", err), err)
+	}
 	return proto.Errorf(proto.ReasonInternal, "cannot start command: %v", err)
 }
 
@@ -428,6 +477,7 @@ func (m *Execs) finish(c *Command, res proto.ExecResult) {
 	res.TimedOut, res.Canceled = c.timedOut, c.canceled
 	c.result = res
 	c.finished = true
+	c.finishedAt = m.now()
 	m.trimLocked()
 	m.mu.Unlock()
 	close(c.done)
@@ -544,7 +594,8 @@ func (m *Execs) signalGroup(c *Command, sig syscall.Signal) error {
 }
 
 // Wait returns the result of the command id once it ends. It finds running
-// commands and finished ones still in the log.
+// commands and finished ones still in the log. The result is then
+// collected: no longer held (see Holder).
 func (m *Execs) Wait(ctx context.Context, id string) (proto.ExecResult, error) {
 	m.mu.Lock()
 	c := m.findLocked(id)
@@ -554,6 +605,12 @@ func (m *Execs) Wait(ctx context.Context, id string) (proto.ExecResult, error) {
 	}
 	select {
 	case <-c.done:
+		m.mu.Lock()
+		if c.holder != nil {
+			c.holder = nil
+			m.trimLocked()
+		}
+		m.mu.Unlock()
 		return c.result, nil
 	case <-ctx.Done():
 		return proto.ExecResult{}, fmt.Errorf("wait for command %s: %w", id, ctx.Err())

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"slices"
+	"time"
 
 	"github.com/boardlink/boardlink/internal/atomicfile"
 	"github.com/boardlink/boardlink/proto"
@@ -32,18 +33,87 @@ func (m *Execs) findLocked(id string) *Command {
 	return nil
 }
 
-// trimLocked drops the oldest finished commands beyond the log size.
-// Running commands are never dropped, so that Wait, Cancel and Shutdown
-// always find them: the log exceeds its size while more commands than
-// that run at once.
+// Holder holds the results of the commands one connection starts, so that
+// each stays in the log until a Wait collects it, however many others end
+// meanwhile. Release (the connection ended) gives what is left
+// ResultGrace more, counted from the command's end if that is later, for a
+// caller that reconnects; after that it leaves like any other. Results
+// held count against MaxCommands, which bounds them.
+type Holder struct {
+	m *Execs
+	// Guarded by m.mu.
+	released   bool
+	releasedAt time.Time
+}
+
+// NewHolder returns a holder for one connection's commands.
+func (m *Execs) NewHolder() *Holder { return &Holder{m: m} }
+
+// Start is Execs.Start, with the result held until collected.
+func (h *Holder) Start(p proto.ExecStartParams, eio ExecIO) (*Command, error) {
+	return h.m.start(p, eio, h)
+}
+
+// Release starts the grace period of the results not collected yet. It is
+// idempotent; a Start after it holds its result for the grace period only.
+func (h *Holder) Release() {
+	m := h.m
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !h.released {
+		h.released, h.releasedAt = true, m.now()
+	}
+}
+
+// pinnedLocked counts the commands trimLocked must keep: see pinned.
+func (m *Execs) pinnedLocked() int {
+	now := m.now()
+	n := 0
+	for _, c := range m.window {
+		if m.pinned(c, now) {
+			n++
+		}
+	}
+	return n
+}
+
+// pinned reports whether c must stay in the log however full it is: it is
+// running, or holds a result not collected yet whose grace has not run
+// out. m.mu is held.
+func (m *Execs) pinned(c *Command, now time.Time) bool {
+	switch h := c.holder; {
+	case !c.finished:
+		return true
+	case h == nil:
+		return false
+	case !h.released:
+		return true
+	default:
+		return now.Before(later(h.releasedAt, c.finishedAt).Add(m.resultGrace))
+	}
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// trimLocked drops the oldest commands beyond the log size that are not
+// pinned. Running commands stay, so that Wait, Cancel and Shutdown always
+// find them, and so do held results: the log exceeds its size by at most
+// MaxCommands. A grace period that runs out takes effect at the next trim
+// (a command starting or ending, a result collected), which needs no timer.
 func (m *Execs) trimLocked() {
 	excess := len(m.window) - m.logSize
 	if excess <= 0 {
 		return
 	}
+	now := m.now()
 	kept := m.window[:0]
 	for _, c := range m.window {
-		if excess > 0 && c.finished {
+		if excess > 0 && !m.pinned(c, now) {
 			excess--
 			continue
 		}

@@ -52,8 +52,25 @@ type Config struct {
 	// MaxInflight bounds the peer's concurrently served requests; one more
 	// is answered busy at once. Default 256.
 	MaxInflight int
-	Logger      *slog.Logger
+	// MaxStreams bounds the streams open at once on the connection, those
+	// either side opened together, and those reset here whose RST waits to
+	// be written; OpenStream and AttachStream beyond it fail busy.
+	// Default 256.
+	MaxStreams int
+	Logger     *slog.Logger
 }
+
+// Defaults of Config.
+const (
+	defaultMaxInflight = 256
+	defaultMaxStreams  = 256
+)
+
+// maxStrays bounds the RSTs for DATA on unknown streams waiting to be
+// sent. Such an RST only tells a peer that it wrote too soon or too late,
+// so beyond this bound they are dropped: a peer that floods cannot grow
+// what the connection holds.
+const maxStrays = 64
 
 // Conn multiplexes JSON-RPC calls, notifications and byte streams over one
 // Link. It is safe for concurrent use.
@@ -64,7 +81,8 @@ type Conn struct {
 	chunk    int
 	inflight chan struct{}
 	notes    chan *Request
-	replies  chan *proto.Message // replies the reader must not block on
+	replies  chan *proto.Message // answers the reader queues for the writer
+	wake     chan struct{}       // tells the writer that control frames wait
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -80,12 +98,22 @@ type Conn struct {
 	streams  map[uint32]*Stream
 	nextOpen uint32
 	err      error
+	// Control frames waiting for the writer, so that neither the reader
+	// nor a Read waits on the line. Each is bounded: credits by the open
+	// streams, resets by MaxStreams (they count against it), strays by
+	// maxStrays.
+	credits map[uint32]int      // credit to grant per open stream, coalesced
+	resets  [][]byte            // RST frames for streams reset here
+	strays  map[uint32]struct{} // ids of unknown streams that sent DATA
 }
 
 // NewConn wraps link. It starts nothing: call Start.
 func NewConn(link Link, cfg Config) *Conn {
 	if cfg.MaxInflight <= 0 {
-		cfg.MaxInflight = 256
+		cfg.MaxInflight = defaultMaxInflight
+	}
+	if cfg.MaxStreams <= 0 {
+		cfg.MaxStreams = defaultMaxStreams
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -100,9 +128,12 @@ func NewConn(link Link, cfg Config) *Conn {
 		inflight: make(chan struct{}, cfg.MaxInflight),
 		notes:    make(chan *Request, 256),
 		replies:  make(chan *proto.Message, 64),
+		wake:     make(chan struct{}, 1),
 		ctx:      ctx, cancel: cancel, done: make(chan struct{}),
 		pending: map[uint64]chan *proto.Message{},
 		streams: map[uint32]*Stream{},
+		credits: map[uint32]int{},
+		strays:  map[uint32]struct{}{},
 	}
 	c.nextOpen = 2
 	if cfg.Client {
@@ -117,7 +148,7 @@ func (c *Conn) Start() {
 	c.start.Do(func() {
 		go c.readLoop()
 		go c.noteLoop()
-		go c.replyLoop()
+		go c.writeLoop()
 	})
 }
 
@@ -197,24 +228,31 @@ func (c *Conn) readLoop() {
 	}
 }
 
-// reply queues a message for the reply writer; the reader never blocks on
-// the link, so a flood of bad input cannot stall it. When the queue is full
-// the reply is dropped: only a peer that ignores replies fills it.
+// reply queues an answer the reader owes (busy, a decoding error) for the
+// writer. Every request gets its answer, so when the queue is full the
+// reader waits: a peer that sends faster than it reads its answers is held
+// to its own pace, and one that never reads them is cut off by the link's
+// write timeout.
 func (c *Conn) reply(m *proto.Message) {
 	select {
 	case c.replies <- m:
-	default:
-		c.log.Warn("reply queue full: reply dropped")
+	case <-c.done:
 	}
 }
 
-func (c *Conn) replyLoop() {
+// writeLoop writes what the reader and Read hand off: control frames
+// first, then queued answers.
+func (c *Conn) writeLoop() {
 	for {
+		if err := c.writeControl(); err != nil {
+			return
+		}
 		select {
 		case m := <-c.replies:
 			if err := c.send(c.ctx, m); err != nil {
 				return
 			}
+		case <-c.wake:
 		case <-c.done:
 			return
 		}

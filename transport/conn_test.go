@@ -22,10 +22,16 @@ import (
 )
 
 // testServer serves h over a real WebSocket on loopback.
-func testServer(t *testing.T, token string, cfg wslink.Config, h transport.Handler) string {
+func testServer(t testing.TB, token string, cfg wslink.Config, h transport.Handler) string {
+	t.Helper()
+	return testServerConfig(t, token, cfg, transport.Config{Handler: h})
+}
+
+// testServerConfig is testServer with the server's connection configured.
+func testServerConfig(t testing.TB, token string, cfg wslink.Config, ccfg transport.Config) string {
 	t.Helper()
 	srv := &wslink.Server{Token: token, Config: cfg, Serve: func(ctx context.Context, l *wslink.Link) {
-		c := transport.NewConn(l, transport.Config{Handler: h})
+		c := transport.NewConn(l, ccfg)
 		c.Start()
 		select {
 		case <-c.Done():
@@ -40,7 +46,7 @@ func testServer(t *testing.T, token string, cfg wslink.Config, h transport.Handl
 	return "ws" + strings.TrimPrefix(ts.URL, "http")
 }
 
-func dial(t *testing.T, url, token string, h transport.Handler) *transport.Conn {
+func dial(t testing.TB, url, token string, h transport.Handler) *transport.Conn {
 	t.Helper()
 	l, err := wslink.Dial(context.Background(), url, token, wslink.Config{})
 	if err != nil {

@@ -55,12 +55,16 @@ func (c *Conn) newStream(id uint32) *Stream {
 }
 
 // OpenStream opens a stream with a fresh local id, ready to receive at once.
-// Name its id in a request; write to it only after the response.
+// Name its id in a request; write to it only after the response. Beyond
+// Config.MaxStreams it fails with a *proto.Error of reason busy.
 func (c *Conn) OpenStream() (*Stream, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.err != nil {
 		return nil, c.err
+	}
+	if err := c.roomLocked(); err != nil {
+		return nil, err
 	}
 	id := c.nextOpen
 	c.nextOpen += 2
@@ -70,6 +74,8 @@ func (c *Conn) OpenStream() (*Stream, error) {
 }
 
 // AttachStream takes up a stream the peer opened and named in a request.
+// Its errors are *proto.Error: invalid_params for an id the peer could not
+// have opened or one in use, busy beyond Config.MaxStreams.
 func (c *Conn) AttachStream(id uint32) (*Stream, error) {
 	if id == 0 || (id%2 == 1) == c.cfg.Client {
 		return nil, proto.Errorf(proto.ReasonInvalidParams, "stream %d was not opened by the peer", id)
@@ -82,9 +88,22 @@ func (c *Conn) AttachStream(id uint32) (*Stream, error) {
 	if _, taken := c.streams[id]; taken {
 		return nil, proto.Errorf(proto.ReasonInvalidParams, "stream %d is already in use", id)
 	}
+	if err := c.roomLocked(); err != nil {
+		return nil, err
+	}
 	s := c.newStream(id)
 	c.streams[id] = s
 	return s, nil
+}
+
+// roomLocked refuses one more stream beyond MaxStreams. Streams reset here
+// count until the writer takes their RST, which bounds the queue of those
+// RSTs.
+func (c *Conn) roomLocked() error {
+	if n := len(c.streams) + len(c.resets); n >= c.cfg.MaxStreams {
+		return proto.Errorf(proto.ReasonBusy, "%d streams open on this connection, the limit (%d)", n, c.cfg.MaxStreams)
+	}
+	return nil
 }
 
 // ID returns the stream id, as named in requests.
@@ -126,7 +145,7 @@ func (s *Stream) Read(p []byte) (int, error) {
 			open := s.err == nil && !s.finIn
 			s.mu.Unlock()
 			if grant > 0 && open {
-				s.c.sendFrameAsync(proto.CreditFrame(s.id, uint32(grant)))
+				s.c.queueCredit(s, grant)
 			}
 			return n, nil
 		}
@@ -214,11 +233,19 @@ func (s *Stream) Close() error {
 	return err
 }
 
-// Reset aborts the stream and tells the peer why.
+// Reset aborts the stream and tells the peer why. It does not wait for
+// the line: the connection's writer sends the RST.
 func (s *Stream) Reset(reason string) {
 	s.fail(&StreamError{Stream: s.id, Reason: "reset locally: " + reason})
-	if s.c.forget(s) {
-		s.c.sendFrameAsync(proto.AppendStreamFrame(nil, proto.FrameReset, s.id, []byte(reason)))
+	c := s.c
+	c.mu.Lock()
+	forgotten := c.forgetLocked(s)
+	if forgotten {
+		c.resets = append(c.resets, proto.AppendStreamFrame(nil, proto.FrameReset, s.id, []byte(reason)))
+	}
+	c.mu.Unlock()
+	if forgotten {
+		c.kick()
 	}
 }
 
@@ -238,21 +265,75 @@ func (s *Stream) fail(err error) {
 func (c *Conn) forget(s *Stream) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.forgetLocked(s)
+}
+
+// forgetLocked is forget with c.mu held. Credit not yet granted goes too:
+// the stream takes no more data.
+func (c *Conn) forgetLocked(s *Stream) bool {
 	if c.streams[s.id] != s {
 		return false
 	}
 	delete(c.streams, s.id)
+	delete(c.credits, s.id)
 	return true
 }
 
-// sendFrameAsync writes a control frame without blocking the caller (the
-// reader, or a Read that must not wait on the line).
-func (c *Conn) sendFrameAsync(frame []byte) {
-	go func() {
-		if err := c.link.WriteMessage(c.ctx, Binary, frame); err != nil {
-			_ = c.linkErr(err)
+// queueCredit grants the peer n more bytes on s, added to any grant not
+// yet sent, unless s has left the table.
+func (c *Conn) queueCredit(s *Stream, n int) {
+	c.mu.Lock()
+	open := c.streams[s.id] == s
+	if open {
+		c.credits[s.id] += n
+	}
+	c.mu.Unlock()
+	if open {
+		c.kick()
+	}
+}
+
+// kick wakes the writer; a wake-up already pending covers this one.
+func (c *Conn) kick() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// writeControl writes the control frames waiting, until none is left.
+func (c *Conn) writeControl() error {
+	for {
+		frame := c.nextControl()
+		if frame == nil {
+			return nil
 		}
-	}()
+		if err := c.link.WriteMessage(c.ctx, Binary, frame); err != nil {
+			return c.linkErr(err)
+		}
+	}
+}
+
+// nextControl takes a control frame to write from the queues: credit
+// first, since a sender waits for it, then resets, then RSTs for strays.
+func (c *Conn) nextControl() []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id, n := range c.credits { // any one
+		delete(c.credits, id)
+		return proto.CreditFrame(id, uint32(n))
+	}
+	if len(c.resets) > 0 {
+		f := c.resets[0]
+		c.resets[0] = nil
+		c.resets = c.resets[1:]
+		return f
+	}
+	for id := range c.strays { // any one
+		delete(c.strays, id)
+		return proto.AppendStreamFrame(nil, proto.FrameReset, id, []byte(proto.ReasonNotFound))
+	}
+	return nil
 }
 
 func (c *Conn) handleFrame(data []byte) {
@@ -264,10 +345,14 @@ func (c *Conn) handleFrame(data []byte) {
 	}
 	c.mu.Lock()
 	s := c.streams[f.Stream]
+	stray := s == nil && f.Kind == proto.FrameData && len(c.strays) < maxStrays
+	if stray {
+		c.strays[f.Stream] = struct{}{} // one RST per id, however many frames
+	}
 	c.mu.Unlock()
 	if s == nil {
-		if f.Kind == proto.FrameData {
-			c.sendFrameAsync(proto.AppendStreamFrame(nil, proto.FrameReset, f.Stream, []byte(proto.ReasonNotFound)))
+		if stray {
+			c.kick()
 		}
 		return // credit, FIN or RST for a stream already gone: nothing to do
 	}
