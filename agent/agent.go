@@ -2,8 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"log/slog"
 	"os"
@@ -14,6 +12,7 @@ import (
 
 	"github.com/boardlink/boardlink/agent/fetch"
 	"github.com/boardlink/boardlink/agent/ota"
+	"github.com/boardlink/boardlink/auth"
 	"github.com/boardlink/boardlink/board"
 	"github.com/boardlink/boardlink/internal/version"
 	"github.com/boardlink/boardlink/proto"
@@ -29,9 +28,8 @@ type Board interface {
 
 // Config configures an Agent.
 type Config struct {
-	// Token authenticates serial sessions in session.hello (WebSocket
-	// connections are checked before the upgrade). Empty: no token needed.
-	Token  string
+	// Auth says who may use the agent; its Key is required.
+	Auth   AuthConfig
 	Logger *slog.Logger
 	// Roots are the directories file requests may touch (absolute paths);
 	// none: the file methods refuse every path.
@@ -59,6 +57,7 @@ type Agent struct {
 	seq   atomic.Uint64 // transfer ids
 
 	fetcher *fetch.Fetcher
+	auth    *authority
 
 	mu       sync.Mutex
 	claimed  map[string]chan struct{} // targets of transfers under way; closed on release
@@ -71,9 +70,14 @@ func New(b Board, execs *Execs, cfg Config) *Agent {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	cfg.Limits = cfg.Limits.WithDefaults()
-	return &Agent{board: b, execs: execs, cfg: cfg, log: cfg.Logger, claimed: map[string]chan struct{}{},
+	a := &Agent{board: b, execs: execs, cfg: cfg, log: cfg.Logger, claimed: map[string]chan struct{}{},
 		fetcher: fetch.New(fetch.Options{CacheDir: cfg.CacheDir, Logger: cfg.Logger})}
+	a.auth = newAuthority(cfg.Auth, func() string { return b.Identity().ID }, cfg.Logger)
+	return a
 }
+
+// Fingerprint is the fingerprint of the board's key.
+func (a *Agent) Fingerprint() auth.Fingerprint { return a.auth.fp }
 
 // claim marks key (a transfer's target) as in use. If it is, claim waits
 // a little: a push retried after a cut link often arrives before the old
@@ -119,11 +123,14 @@ func (a *Agent) Capabilities() []string {
 	if a.cfg.OTA != nil {
 		caps = append(caps, proto.CapOTA)
 	}
+	if a.cfg.Auth.Pairing && a.cfg.Auth.PairedFile != "" {
+		caps = append(caps, proto.CapPair)
+	}
 	return caps
 }
 
 // Info answers board.info.
-func (a *Agent) Info() proto.BoardInfo {
+func (a *Agent) Info(ctx context.Context) proto.BoardInfo {
 	id := a.board.Identity()
 	host, _ := os.Hostname()
 	booted := a.board.BootedAt()
@@ -131,17 +138,17 @@ func (a *Agent) Info() proto.BoardInfo {
 		ID: id.ID, Model: id.Model, Labels: id.Labels, Hostname: host,
 		Arch: runtime.GOARCH, Agent: version.Version, Protocol: proto.Version,
 		BootID: a.board.BootID(), BootedAt: booted, UptimeMs: time.Since(booted).Milliseconds(),
-		Slots: a.slots(), Capabilities: a.Capabilities(),
+		Slots: a.slots(ctx), Capabilities: a.Capabilities(), Fingerprint: a.auth.fp.String(),
 	}
 }
 
 // slots reports the A/B slots, when the agent runs updates.
-func (a *Agent) slots() []proto.Slot {
+func (a *Agent) slots(ctx context.Context) []proto.Slot {
 	out := []proto.Slot{}
 	if a.cfg.OTA == nil {
 		return out
 	}
-	st, err := a.cfg.OTA.Status(context.Background())
+	st, err := a.cfg.OTA.Status(ctx)
 	if err != nil {
 		a.log.Warn("slots", "err", err)
 		return out
@@ -153,8 +160,8 @@ func (a *Agent) slots() []proto.Slot {
 }
 
 // bootedSlot names the slot running now, or "".
-func (a *Agent) bootedSlot() string {
-	for _, s := range a.slots() {
+func (a *Agent) bootedSlot(ctx context.Context) string {
+	for _, s := range a.slots(ctx) {
 		if s.Booted {
 			return s.Name
 		}
@@ -162,45 +169,159 @@ func (a *Agent) bootedSlot() string {
 	return ""
 }
 
+// beaconWait bounds the boot loader's answer for a beacon: a beacon goes
+// out every second, and one without its slot is better than a late one.
+const beaconWait = 500 * time.Millisecond
+
 // Beacon is the payload the agent announces on an idle serial line.
 func (a *Agent) Beacon() []byte {
+	ctx, cancel := context.WithTimeout(context.Background(), beaconWait)
+	defer cancel()
 	id := a.board.Identity()
 	b, _ := json.Marshal(proto.Beacon{
 		ID: id.ID, Model: id.Model, Protocol: proto.Version, Capabilities: a.Capabilities(),
-		Version: version.Version, BootID: a.board.BootID(), Labels: id.Labels, Slot: a.bootedSlot(),
+		Version: version.Version, BootID: a.board.BootID(), Labels: id.Labels, Slot: a.bootedSlot(ctx),
+		Fingerprint: a.auth.fp.Short(),
 	})
 	return b
 }
 
-// ServeLink serves one connection until it ends or ctx is canceled. With
-// preauthorized false (the serial link) every request but session.hello is
-// refused until a hello carries the token.
-func (a *Agent) ServeLink(ctx context.Context, l transport.Link, preauthorized bool) {
-	s := &session{a: a, owned: map[string]*Command{}, transfers: map[string]*transfer{}}
-	s.authed.Store(preauthorized || a.cfg.Token == "")
-	c := transport.NewConn(l, transport.Config{Handler: s, Logger: a.log})
+// Peer describes the other end of a connection, for authentication and
+// the log.
+type Peer struct {
+	// Addr is the remote address, or the serial line's name.
+	Addr string
+	// Link names the link: wss, ws or serial.
+	Link string
+	// Auth, when set, says how the peer was authenticated before the
+	// session began (proto.AuthBearer: a token on the upgrade), and Host
+	// which token it was.
+	Auth, Host string
+}
+
+// ServeLink serves one connection until it ends or ctx is canceled. Until
+// the peer authenticates (Peer.Auth, session.auth, a pairing, or the
+// agent's NoAuth) only session.hello, session.auth and pair.* are served,
+// and a peer that has not authenticated within the handshake timeout is
+// disconnected. An authenticated connection idle for the idle timeout is
+// closed too.
+func (a *Agent) ServeLink(ctx context.Context, l transport.Link, peer Peer) {
+	s := &session{a: a, peer: peer, owned: map[string]*Command{}, transfers: map[string]*transfer{}, started: time.Now(),
+		results: a.execs.NewHolder()}
+	switch {
+	case peer.Auth != "":
+		s.authenticated(peer.Auth, peer.Host)
+	case a.cfg.Auth.NoAuth:
+		s.authenticated(proto.AuthNoAuth, "")
+	}
+	c := transport.NewConn(l, transport.Config{Handler: s, Logger: a.log,
+		MaxInflight: a.cfg.Limits.MaxInflight, MaxStreams: a.cfg.Limits.MaxStreams})
+	s.conn = c
 	c.Start()
+	go s.handshakeDeadline()
+	s.mu.Lock() // checkIdle may run before this returns, with a tiny timeout
+	s.idle = time.AfterFunc(a.cfg.Limits.IdleTimeout, s.checkIdle)
+	s.mu.Unlock()
 	select {
 	case <-c.Done():
 	case <-ctx.Done():
 		c.Close()
 	}
+	s.mu.Lock()
+	s.idle.Stop()
+	s.mu.Unlock()
 	s.end()
+	a.auth.endSession(s)
+	if s.authed.Load() {
+		a.log.Info("session ended", "peer", peer.Addr, "link", peer.Link, "auth", s.method, "host", s.host,
+			"duration", time.Since(s.started).Round(time.Millisecond))
+	}
 }
 
 // session is one connection's state.
 type session struct {
-	a      *Agent
-	authed atomic.Bool
-	mu     sync.Mutex
-	owned  map[string]*Command // commands that die with this connection
+	a       *Agent
+	peer    Peer
+	conn    *transport.Conn
+	started time.Time
+	authed  atomic.Bool
+	idle    *time.Timer
+
+	mu       sync.Mutex
+	method   string              // how the peer authenticated
+	host     string              // and as whom
+	authSess auth.Session        // this session's nonces, from session.hello
+	failures int                 // failed proofs on this connection
+	inflight int                 // requests being served
+	lastUse  time.Time           // when the last request ended
+	owned    map[string]*Command // commands that die with this connection
+	// results keeps the results of this connection's commands until it
+	// collects them, or for the result grace after it ends.
+	results *Holder
 	// transfers are this connection's pushes and pulls, until file.wait
 	// collects them.
 	transfers map[string]*transfer
 }
 
-// end kills the commands the connection owned that are still running.
+// handshakeDeadline closes the connection if its peer has not
+// authenticated within the handshake timeout, unless it is pairing (a
+// person is typing the code).
+func (s *session) handshakeDeadline() {
+	timeout := s.a.cfg.Limits.HandshakeTimeout
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.conn.Done():
+			return
+		case <-t.C:
+		}
+		switch {
+		case s.authed.Load():
+			return
+		case s.a.auth.pairing(s):
+			t.Reset(timeout)
+		default:
+			s.a.log.Debug("session: not authenticated in time: closed", "peer", s.peer.Addr, "link", s.peer.Link, "timeout", timeout)
+			s.conn.Close()
+			return
+		}
+	}
+}
+
+// authenticated marks the session authenticated as host, by method.
+func (s *session) authenticated(method, host string) {
+	s.mu.Lock()
+	s.method, s.host = method, host
+	s.mu.Unlock()
+	s.authed.Store(true)
+}
+
+// checkIdle closes the connection if it has been idle for the idle
+// timeout: no request served, no command of its own running.
+func (s *session) checkIdle() {
+	timeout := s.a.cfg.Limits.IdleTimeout
+	s.mu.Lock()
+	busy := s.inflight > 0 || len(s.owned) > 0
+	since := time.Since(s.lastUse)
+	if s.lastUse.IsZero() {
+		since = time.Since(s.started)
+	}
+	s.mu.Unlock()
+	if busy || since < timeout {
+		s.mu.Lock()
+		s.idle.Reset(max(timeout-since, time.Second))
+		s.mu.Unlock()
+		return
+	}
+	s.a.log.Info("session idle: closed", "peer", s.peer.Addr, "link", s.peer.Link, "idle", since.Round(time.Second))
+	s.conn.Close()
+}
+
+// end kills the commands the connection owned that are still running,
+// and starts the grace period of the results it did not collect.
 func (s *session) end() {
+	s.results.Release()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for id := range s.owned {
@@ -209,15 +330,57 @@ func (s *session) end() {
 	s.owned = nil
 }
 
+// unauthenticated lists what a session may call before it authenticated.
+var unauthenticated = map[string]bool{
+	proto.MethodHello: true, proto.MethodAuth: true,
+	proto.MethodPairBegin: true, proto.MethodPairExchange: true, proto.MethodPairConfirm: true,
+}
+
 func (s *session) Handle(ctx context.Context, c *transport.Conn, r *transport.Request) (any, error) {
 	if r.Notification {
-		return nil, nil // the agent takes no notifications in v1
+		return nil, nil // the agent takes no notifications
 	}
-	if r.Method == proto.MethodHello {
+	if !s.authed.Load() && !unauthenticated[r.Method] {
+		return nil, proto.Errorf(proto.ReasonUnauthorized,
+			"authenticate first: session.hello with a nonce, then session.auth (a paired host's key or a token), or pair with boardlink pair")
+	}
+	s.mu.Lock()
+	s.inflight++
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.inflight--
+		s.lastUse = time.Now()
+		s.mu.Unlock()
+	}()
+	switch r.Method {
+	case proto.MethodHello:
 		return s.hello(r.Params)
-	}
-	if !s.authed.Load() {
-		return nil, proto.Errorf(proto.ReasonUnauthorized, "session.hello with the board's token must come first")
+	case proto.MethodAuth:
+		return s.authenticate(r.Params)
+	case proto.MethodPairBegin:
+		var p proto.PairBeginParams
+		if err := proto.DecodeParams(r.Params, &p); err != nil {
+			return nil, err
+		}
+		return s.a.auth.pairBegin(s, p)
+	case proto.MethodPairExchange:
+		var p proto.PairExchangeParams
+		if err := proto.DecodeParams(r.Params, &p); err != nil {
+			return nil, err
+		}
+		return s.a.auth.pairExchange(s, p)
+	case proto.MethodPairConfirm:
+		var p proto.PairConfirmParams
+		if err := proto.DecodeParams(r.Params, &p); err != nil {
+			return nil, err
+		}
+		host, err := s.a.auth.pairConfirm(s, p)
+		if err != nil {
+			return nil, s.failed(err)
+		}
+		s.authenticated(proto.AuthKey, host.Name)
+		return proto.PairConfirmResult{BoardID: s.a.board.Identity().ID}, nil
 	}
 	switch r.Method {
 	case proto.MethodBoardInfo:
@@ -225,7 +388,7 @@ func (s *session) Handle(ctx context.Context, c *transport.Conn, r *transport.Re
 		if err := proto.DecodeParams(r.Params, &p); err != nil {
 			return nil, err
 		}
-		return s.a.Info(), nil
+		return s.a.Info(ctx), nil
 	case proto.MethodExecStart:
 		return s.execStart(c, r.Params)
 	case proto.MethodExecWait:
@@ -298,15 +461,77 @@ func (s *session) hello(params json.RawMessage) (any, error) {
 		return nil, proto.Errorf(proto.ReasonIncompatible,
 			"protocol %d is not served; this agent speaks %d to %d", p.Protocol, proto.MinVersion, proto.Version)
 	}
-	if tok := s.a.cfg.Token; tok != "" && !s.authed.Load() {
-		a, b := sha256.Sum256([]byte(p.Token)), sha256.Sum256([]byte(tok))
-		if subtle.ConstantTimeCompare(a[:], b[:]) != 1 {
-			return nil, proto.Errorf(proto.ReasonUnauthorized, "wrong token")
-		}
-		s.authed.Store(true)
+	res := proto.HelloResult{Protocol: min(p.Protocol, proto.Version), Agent: version.Version,
+		BoardID: s.a.board.Identity().ID, Capabilities: s.a.Capabilities()}
+	if p.Nonce != nil {
+		ch, sess := s.a.auth.challenge(p.Nonce)
+		s.mu.Lock()
+		s.authSess = sess
+		s.mu.Unlock()
+		res.Auth = ch
 	}
-	return proto.HelloResult{Protocol: min(p.Protocol, proto.Version), Agent: version.Version,
-		BoardID: s.a.board.Identity().ID, Capabilities: s.a.Capabilities()}, nil
+	if p.Token != "" && !s.authed.Load() {
+		// A client older than protocol 4 sends the token itself.
+		name, err := s.a.auth.plainToken(s.peer.Addr, p.Token, "the token")
+		if err != nil {
+			return nil, s.failed(err)
+		}
+		s.authenticated(proto.AuthToken, name)
+		s.logAuth()
+	}
+	res.Authenticated = s.authed.Load()
+	return res, nil
+}
+
+// authenticate checks session.auth's proofs against this session's nonces.
+func (s *session) authenticate(params json.RawMessage) (any, error) {
+	var p proto.AuthParams
+	if err := proto.DecodeParams(params, &p); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	sess := s.authSess
+	s.mu.Unlock()
+	if sess.HostNonce == nil {
+		return nil, proto.Errorf(proto.ReasonInvalidRequest, "session.hello with a nonce must come before session.auth")
+	}
+	res, err := s.a.auth.verify(s.peer.Addr, sess, p)
+	if err != nil {
+		return nil, s.failed(err)
+	}
+	s.authenticated(res.Method, res.Host)
+	s.logAuth()
+	return res, nil
+}
+
+// failed counts a failed proof; the connection is closed after a few.
+func (s *session) failed(err error) error {
+	s.mu.Lock()
+	s.failures++
+	n := s.failures
+	s.mu.Unlock()
+	if n >= maxAuthFailures {
+		s.a.log.Warn("session: too many failed proofs: closed", "peer", s.peer.Addr, "link", s.peer.Link, "failures", n)
+		go s.conn.Close() // after the answer has gone out, as far as it can
+	}
+	return err
+}
+
+func (s *session) logAuth() {
+	s.mu.Lock()
+	method, host := s.method, s.host
+	s.mu.Unlock()
+	s.a.log.Info("session", "peer", s.peer.Addr, "link", s.peer.Link, "auth", method, "host", host)
+}
+
+// attach takes up the stream the peer named in field: a busy connection
+// (too many streams) is busy, any other refusal the field's fault.
+func attach(c *transport.Conn, field string, id uint32) (*transport.Stream, error) {
+	st, err := c.AttachStream(id)
+	if err != nil && !proto.IsReason(err, proto.ReasonBusy) {
+		err = proto.InvalidField(field, "stream", "%v", err)
+	}
+	return st, err
 }
 
 // execStart attaches the caller's streams and starts the command. The
@@ -337,15 +562,15 @@ func (s *session) execStart(c *transport.Conn, params json.RawMessage) (any, err
 		if want.id == 0 {
 			continue
 		}
-		st, err := c.AttachStream(want.id)
+		st, err := attach(c, want.field, want.id)
 		if err != nil {
 			closeAll()
-			return nil, proto.InvalidField(want.field, "stream", "%v", err)
+			return nil, err
 		}
 		streams = append(streams, st)
 		want.set(st)
 	}
-	cmd, err := s.a.execs.Start(p, io)
+	cmd, err := s.results.Start(p, io)
 	if err != nil {
 		closeAll()
 		return nil, err

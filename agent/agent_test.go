@@ -3,6 +3,7 @@ package agent_test
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"strings"
@@ -27,9 +28,18 @@ type harness struct {
 	token string
 	root  string // the agent's one file root
 	board *sim.Board
+	known *dispatcher.KnownBoards
 }
 
+// newHarness starts an agent that accepts token ("": one made up), on a
+// board with a key of its own, as boardlinkd does.
 func newHarness(t testing.TB, token string) *harness {
+	t.Helper()
+	return newHarnessConfig(t, token, agent.Config{})
+}
+
+// newHarnessConfig is newHarness with cfg's other settings.
+func newHarnessConfig(t testing.TB, token string, cfg agent.Config) *harness {
 	t.Helper()
 	b, err := sim.Open(t.TempDir(), sim.Options{ID: "test-board", Model: "sim", Labels: map[string]string{"rack": "1"}})
 	if err != nil {
@@ -37,12 +47,20 @@ func newHarness(t testing.TB, token string) *harness {
 	}
 	m := agent.NewExecs(agent.ExecOptions{LogSize: 50, DefaultGrace: 500 * time.Millisecond})
 	root := t.TempDir()
-	a := agent.New(b, m, agent.Config{Token: token, Roots: []string{root}})
+	if token == "" {
+		token = "harness-token-" + t.Name()
+	}
+	if cfg.Auth.Key == nil {
+		_, cfg.Auth.Key, _ = ed25519.GenerateKey(nil)
+	}
+	cfg.Auth.Tokens = append(cfg.Auth.Tokens, agent.Token{Name: "test", Value: token})
+	cfg.Roots = []string{root}
+	a := agent.New(b, m, cfg)
 	ws := agent.NewWebSocketServer(a, "127.0.0.1:0")
 	if err := ws.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{agent: a, execs: m, ws: ws, token: token, root: root, board: b}
+	h := &harness{agent: a, execs: m, ws: ws, token: token, root: root, board: b, known: dispatcher.NewKnownBoards("")}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -56,7 +74,13 @@ func newHarness(t testing.TB, token string) *harness {
 	return h
 }
 
-func (h *harness) wsURL() string { return "ws://" + h.ws.Addr().String() }
+func (h *harness) wsURL() string { return h.ws.URL() }
+
+// opts are the dial options of a host that holds the harness's token and
+// pins the board's key on first use.
+func (h *harness) opts() dispatcher.DialOptions {
+	return dispatcher.DialOptions{Token: h.token, Trust: h.known}
+}
 
 // via is one way a test reaches the harness's agent.
 type via struct {
@@ -76,14 +100,14 @@ func connected(t testing.TB, c *dispatcher.Client, err error) *dispatcher.Client
 
 func dialWS(t testing.TB, h *harness) *dispatcher.Client {
 	t.Helper()
-	c, err := dispatcher.Dial(context.Background(), h.wsURL(), dispatcher.DialOptions{Token: h.token})
+	c, err := dispatcher.Dial(context.Background(), h.wsURL(), h.opts())
 	return connected(t, c, err)
 }
 
 // dialUnix reaches the agent's serial-framed link on a unix socket.
 func dialUnix(t testing.TB, h *harness) *dispatcher.Client {
 	t.Helper()
-	c, err := dispatcher.Dial(context.Background(), "unix://"+h.serveUnix(t), dispatcher.DialOptions{Token: h.token})
+	c, err := dispatcher.Dial(context.Background(), "unix://"+h.serveUnix(t), h.opts())
 	return connected(t, c, err)
 }
 
@@ -91,7 +115,7 @@ func dialUnix(t testing.TB, h *harness) *dispatcher.Client {
 // path through the serial-port code, the client uses the master.
 func dialPTY(t testing.TB, h *harness) *dispatcher.Client {
 	t.Helper()
-	c, err := dispatcher.DialLine(context.Background(), h.servePTY(t), dispatcher.DialOptions{Token: h.token})
+	c, err := dispatcher.DialLine(context.Background(), h.servePTY(t), h.opts())
 	return connected(t, c, err)
 }
 
@@ -257,12 +281,14 @@ func TestDroppedConnectionKillsUnlessDetached(t *testing.T) {
 
 func TestAuthAndBadRequests(t *testing.T) {
 	testenv.CheckLeaks(t)
-	h := newHarness(t, "right")
-	_, err := dispatcher.Dial(context.Background(), h.wsURL(), dispatcher.DialOptions{Token: "wrong"})
+	h := newHarness(t, "right-token-of-the-board")
+	c := dialWS(t, h)
+	wrong := h.opts()
+	wrong.Token = "wrong-token-for-this-board"
+	_, err := dispatcher.Dial(context.Background(), h.wsURL(), wrong)
 	if !proto.IsReason(err, proto.ReasonUnauthorized) {
 		t.Fatalf("wrong token: %v", err)
 	}
-	c := dialWS(t, h)
 	ctx := context.Background()
 	for _, tc := range []struct {
 		method string

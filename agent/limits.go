@@ -1,6 +1,10 @@
 package agent
 
-import "time"
+import (
+	"time"
+
+	"github.com/boardlink/boardlink/agent/fetch"
+)
 
 // Limits bound what peers may make the agent hold. Every size and count
 // that comes from the network has one; hitting it is a clear error (busy,
@@ -19,12 +23,19 @@ type Limits struct {
 	// request, no open stream and no running command of its own for
 	// this long.
 	IdleTimeout time.Duration
+	// KeepaliveTimeout closes a WebSocket connection whose peer stays
+	// silent this long, not even answering the pings sent every third
+	// of it (a peer that stopped reading, a cable pulled).
+	KeepaliveTimeout time.Duration
 	// MaxInflight bounds the requests served at once per connection; one
 	// more is answered busy at once, never dropped.
 	MaxInflight int
 	// MaxStreams bounds the streams open at once per connection; a
 	// request that would open one more is answered busy.
 	MaxStreams int
+	// MaxCommands bounds the commands running or holding a result not
+	// collected yet; one more is answered busy.
+	MaxCommands int
 	// ResultGrace is how long the results of a connection's commands
 	// that nobody waited for are kept after the connection ended, so a
 	// client that reconnects still gets them.
@@ -45,13 +56,15 @@ const (
 	DefaultMaxConns         = 64
 	DefaultHandshakeTimeout = 10 * time.Second
 	DefaultIdleTimeout      = 15 * time.Minute
+	DefaultKeepaliveTimeout = 30 * time.Second
 	DefaultMaxInflight      = 64
 	DefaultMaxStreams       = 256
+	DefaultMaxCommands      = 1024
 	DefaultResultGrace      = 5 * time.Minute
-	DefaultMaxDownload      = 4 << 30
-	DefaultMaxUnpack        = 16 << 30
-	DefaultMaxUnpackEntries = 100_000
-	DefaultDownloadDeadline = time.Hour
+	DefaultMaxDownload      = fetch.DefaultMaxSize
+	DefaultMaxUnpack        = fetch.DefaultMaxUnpack
+	DefaultMaxUnpackEntries = fetch.DefaultMaxUnpackEntries
+	DefaultDownloadDeadline = fetch.DefaultDeadline
 )
 
 // WithDefaults returns l with every zero field set to its default.
@@ -64,12 +77,14 @@ func (l Limits) WithDefaults() Limits {
 	set(&l.MaxConns, DefaultMaxConns)
 	set(&l.MaxInflight, DefaultMaxInflight)
 	set(&l.MaxStreams, DefaultMaxStreams)
+	set(&l.MaxCommands, DefaultMaxCommands)
 	set(&l.MaxUnpackEntries, DefaultMaxUnpackEntries)
 	for _, d := range []struct {
 		p *time.Duration
 		d time.Duration
 	}{
 		{&l.HandshakeTimeout, DefaultHandshakeTimeout}, {&l.IdleTimeout, DefaultIdleTimeout},
+		{&l.KeepaliveTimeout, DefaultKeepaliveTimeout},
 		{&l.ResultGrace, DefaultResultGrace}, {&l.DownloadDeadline, DefaultDownloadDeadline},
 	} {
 		if *d.p <= 0 {

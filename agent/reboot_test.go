@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"crypto/ed25519"
 	"testing"
 	"time"
 
@@ -21,7 +22,8 @@ func TestRebootAnswersFirst(t *testing.T) {
 	m := agent.NewExecs(agent.ExecOptions{})
 	answered := make(chan struct{})
 	rebooted := make(chan bool, 2)
-	a := agent.New(b, m, agent.Config{Reboot: func() {
+	_, key, _ := ed25519.GenerateKey(nil)
+	a := agent.New(b, m, agent.Config{Auth: agent.AuthConfig{Key: key, NoAuth: true}, Reboot: func() {
 		select {
 		case <-answered:
 			rebooted <- true
@@ -37,7 +39,7 @@ func TestRebootAnswersFirst(t *testing.T) {
 		ws.Stop(context.Background())
 		m.Shutdown(context.Background())
 	})
-	c, err := dispatcher.Dial(context.Background(), "ws://"+ws.Addr().String(), dispatcher.DialOptions{})
+	c, err := dispatcher.Dial(context.Background(), ws.URL(), dispatcher.DialOptions{Trust: dispatcher.NewKnownBoards("")})
 	c = connected(t, c, err)
 	if !hasCap(c.Hello().Capabilities, proto.CapReboot) {
 		t.Fatalf("capabilities %v lack %q", c.Hello().Capabilities, proto.CapReboot)

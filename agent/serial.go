@@ -142,7 +142,7 @@ func (s *SerialServer) serveLine(ctx context.Context, line io.ReadWriteCloser) {
 			}
 			return
 		}
-		s.agent.ServeLink(ctx, link, false)
+		s.agent.ServeLink(ctx, link, Peer{Addr: s.what, Link: "serial"})
 	}
 }
 

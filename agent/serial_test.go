@@ -73,7 +73,9 @@ func TestNoisyLineThousandCommands(t *testing.T) {
 	relay(master, line.Board())
 	var console testenv.Buffer
 	ctx := context.Background()
-	c, err := dispatcher.DialLine(ctx, line.Host(), dispatcher.DialOptions{Token: "noisy-token", Console: &console})
+	opts := h.opts()
+	opts.Console = &console
+	c, err := dispatcher.DialLine(ctx, line.Host(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,15 +107,11 @@ func TestNoisyLineThousandCommands(t *testing.T) {
 }
 
 func TestSerialNeedsToken(t *testing.T) {
-	h := newHarness(t, "serial-secret")
+	h := newHarness(t, "serial-secret-of-the-board")
 	path := h.serveUnix(t)
 	ctx := context.Background()
-	_, err := dispatcher.Dial(ctx, "unix://"+path, dispatcher.DialOptions{Token: "nope"})
-	if !proto.IsReason(err, proto.ReasonUnauthorized) {
-		t.Fatalf("wrong token over serial: %v", err)
-	}
 	// A raw session: every method but session.hello is refused until a
-	// hello brings the token.
+	// hello brings the token (as a client older than protocol 4 does).
 	line, err := net.Dial("unix", path)
 	if err != nil {
 		t.Fatal(err)
@@ -133,12 +131,23 @@ func TestSerialNeedsToken(t *testing.T) {
 	if err := c.Call(ctx, proto.MethodExecStart, proto.ExecStartParams{Argv: []string{"true"}}, nil); !proto.IsReason(err, proto.ReasonUnauthorized) {
 		t.Fatalf("exec.start before hello: %v", err)
 	}
-	if err := c.Call(ctx, proto.MethodHello, proto.HelloParams{Protocol: 1, Token: "serial-secret"}, nil); err != nil {
+	if err := c.Call(ctx, proto.MethodHello, proto.HelloParams{Protocol: 1, Token: "serial-secret-of-the-board"}, nil); err != nil {
 		t.Fatal(err)
 	}
 	var info proto.BoardInfo
 	if err := c.Call(ctx, proto.MethodBoardInfo, nil, &info); err != nil || info.ID != "test-board" {
 		t.Fatalf("board.info after hello: %+v %v", info, err)
+	}
+	wrong := h.opts()
+	wrong.Token = "not-the-serial-secret"
+	_, err = dispatcher.Dial(ctx, "unix://"+path, wrong)
+	if !proto.IsReason(err, proto.ReasonUnauthorized) {
+		t.Fatalf("wrong token over serial: %v", err)
+	}
+	// The line is locked out for a while: even the right token waits.
+	_, err = dispatcher.Dial(ctx, "unix://"+path, h.opts())
+	if !proto.IsReason(err, proto.ReasonUnauthorized) || !strings.Contains(err.Error(), "retry in") {
+		t.Fatalf("right token right after a wrong one: %v, want a lockout", err)
 	}
 }
 
@@ -167,7 +176,7 @@ func TestSerialGarbage(t *testing.T) {
 				t.Fatalf("round %d: agent dropped the line: %v", round, err)
 			}
 		}
-		c, err := dispatcher.DialLine(ctx, conn, dispatcher.DialOptions{})
+		c, err := dispatcher.DialLine(ctx, conn, h.opts())
 		if err != nil {
 			t.Fatalf("round %d: no session after garbage: %v", round, err)
 		}

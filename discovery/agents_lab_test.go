@@ -4,11 +4,13 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/boardlink/boardlink/auth"
 	"github.com/boardlink/boardlink/internal/testenv"
 	"github.com/boardlink/boardlink/internal/version"
 	"github.com/boardlink/boardlink/proto"
@@ -36,8 +38,15 @@ func TestLabRealAgents(t *testing.T) {
 	events := eventStream{br}
 
 	state := map[string]string{"board1": t.TempDir(), "board2": t.TempDir()}
+	const token = "the-lab-token-0123456789"
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
 	startAgent := func(id string, nd *node) *proc {
-		return start(t, "agent "+id, nd.NS, nil, agentBin, "--state-dir", state[id], "--listen", nd.IPv4.String()+":7207",
+		return start(t, "agent "+id, nd.NS, nil, agentBin, "--board", "sim", "--state-dir", state[id], "--listen", nd.IPv4.String()+":7207",
+			"--token-file", tokenFile, "--root", root,
 			"--iface", labIface, "--id", id, "--model", "imx8", "--label", "rack="+id[len(id)-1:])
 	}
 	a1, a2 := startAgent("board1", b1), startAgent("board2", b2)
@@ -45,9 +54,13 @@ func TestLabRealAgents(t *testing.T) {
 	for id, nd := range map[string]*node{"board1": b1, "board2": b2} {
 		r := added[id].Record
 		want := Record{ID: id, Model: "imx8", Protocol: proto.Version,
-			Capabilities: []string{proto.CapExec, proto.CapExecDetach, proto.CapFile, proto.CapDownload, proto.CapReboot, proto.CapOTA},
-			Version:      version.Version, BootID: r.BootID, Slot: "A", Labels: map[string]string{"rack": id[len(id)-1:]}, Port: 7207}
-		checkBoard(t, r, want, fmt.Sprintf("ws://%s:7207", nd.IPv4))
+			Capabilities: []string{proto.CapExec, proto.CapExecDetach, proto.CapFile, proto.CapDownload, proto.CapReboot, proto.CapOTA, proto.CapPair},
+			Version:      version.Version, BootID: r.BootID, Slot: "A", Labels: map[string]string{"rack": id[len(id)-1:]}, Port: 7207,
+			FP: r.FP, TLS: true}
+		checkBoard(t, r, want, fmt.Sprintf("wss://%s:7207", nd.IPv4))
+		if _, err := auth.ParseFingerprint(r.FP); err != nil {
+			t.Errorf("%s announced fp %q: %v", id, r.FP, err)
+		}
 		if r.BootID == "" {
 			t.Errorf("%s announced no boot id", id)
 		}
@@ -56,7 +69,7 @@ func TestLabRealAgents(t *testing.T) {
 	// Zero configuration: the CLI in the host namespace finds board1 by id.
 	find := exec.Command("ip", "netns", "exec", host.NS, cliBin, "exec", "--iface", labIface, "board1", "--",
 		"sh", "-c", "echo found by id")
-	find.Env = append(os.Environ(), "XDG_CACHE_HOME="+t.TempDir())
+	find.Env = append(os.Environ(), "XDG_CACHE_HOME="+t.TempDir(), "XDG_CONFIG_HOME="+t.TempDir(), "BOARDLINK_TOKEN="+token)
 	out, err := find.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "found by id") {
 		t.Fatalf("boardlink exec board1: %v\n%s", err, out)

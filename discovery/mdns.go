@@ -556,15 +556,15 @@ func (b *Browser) record(s *zeroconf.Service) (Record, error) {
 		}
 		r.Addrs = append(r.Addrs, a)
 	}
-	r.Address = wsAddress(r.Addrs, r.Port)
+	r.Address = wsAddress(r.Addrs, r.Port, r.TLS)
 	r.Source = "mdns"
 	r.Seen = time.Now()
 	return r, nil
 }
 
 // wsAddress picks the URL to dial: IPv4 first, then global (or ULA) IPv6,
-// then link-local IPv6 with its zone.
-func wsAddress(addrs []netip.Addr, port int) string {
+// then link-local IPv6 with its zone; wss:// when the board serves TLS.
+func wsAddress(addrs []netip.Addr, port int, tls bool) string {
 	rank := func(a netip.Addr) int {
 		switch {
 		case a.Is4() || a.Is4In6():
@@ -585,7 +585,11 @@ func wsAddress(addrs []netip.Addr, port int) string {
 		return ""
 	}
 	host := strings.Replace(addrs[best].Unmap().String(), "%", "%25", 1)
-	return "ws://" + net.JoinHostPort(host, strconv.Itoa(port))
+	scheme := "ws://"
+	if tls {
+		scheme = "wss://"
+	}
+	return scheme + net.JoinHostPort(host, strconv.Itoa(port))
 }
 
 func cloneRecord(r Record) Record {

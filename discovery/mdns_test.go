@@ -93,15 +93,17 @@ func TestWSAddress(t *testing.T) {
 	p := netip.MustParseAddr
 	cases := []struct {
 		addrs []netip.Addr
+		tls   bool
 		want  string
 	}{
-		{nil, ""},
-		{[]netip.Addr{p("fd77::2"), p("10.77.0.2")}, "ws://10.77.0.2:7207"},
-		{[]netip.Addr{p("fe80::1%mdns0"), p("fd77::2")}, "ws://[fd77::2]:7207"},
-		{[]netip.Addr{p("fe80::1%mdns0")}, "ws://[fe80::1%25mdns0]:7207"},
+		{nil, true, ""},
+		{[]netip.Addr{p("fd77::2"), p("10.77.0.2")}, true, "wss://10.77.0.2:7207"},
+		{[]netip.Addr{p("fd77::2"), p("10.77.0.2")}, false, "ws://10.77.0.2:7207"},
+		{[]netip.Addr{p("fe80::1%mdns0"), p("fd77::2")}, true, "wss://[fd77::2]:7207"},
+		{[]netip.Addr{p("fe80::1%mdns0")}, false, "ws://[fe80::1%25mdns0]:7207"},
 	}
 	for _, c := range cases {
-		if got := wsAddress(c.addrs, 7207); got != c.want {
+		if got := wsAddress(c.addrs, 7207, c.tls); got != c.want {
 			t.Errorf("wsAddress(%v) = %q, want %q", c.addrs, got, c.want)
 		}
 	}

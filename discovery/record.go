@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/boardlink/boardlink/auth"
 	"github.com/boardlink/boardlink/proto"
 )
 
@@ -26,8 +27,14 @@ type Record struct {
 	BootID       string            `json:"boot"`
 	Slot         string            `json:"slot,omitempty"`
 	Labels       map[string]string `json:"labels,omitempty"`
+	// FP is the board key's fingerprint, short form (auth.Fingerprint's
+	// Short): a claim to check against the key the board proves, never
+	// a proof. TLS says the port serves wss://.
+	FP  string `json:"fp,omitempty"`
+	TLS bool   `json:"tls,omitempty"`
 
-	// Address is a URL the CLI dials: ws://HOST:PORT or serial:///dev/...
+	// Address is a URL the CLI dials: wss://HOST:PORT, ws://HOST:PORT or
+	// serial:///dev/...
 	Address string       `json:"address"`
 	Addrs   []netip.Addr `json:"addrs,omitempty"` // mDNS only
 	Port    int          `json:"port,omitempty"`  // mDNS only
@@ -75,6 +82,12 @@ func (r Record) TXT() []string {
 	if r.Slot != "" {
 		txt = append(txt, "slot="+r.Slot)
 	}
+	if r.FP != "" {
+		txt = append(txt, "fp="+r.FP)
+	}
+	if r.TLS {
+		txt = append(txt, "tls=1")
+	}
 	for _, k := range slices.Sorted(maps.Keys(r.Labels)) {
 		txt = append(txt, "l."+k+"="+r.Labels[k])
 	}
@@ -109,6 +122,10 @@ func ParseTXT(txt []string) (Record, error) {
 			r.BootID = v
 		case k == "slot":
 			r.Slot = v
+		case k == "fp":
+			r.FP = v
+		case k == "tls":
+			r.TLS = v == "1"
 		case strings.HasPrefix(k, "l.") && len(k) > 2:
 			if r.Labels == nil {
 				r.Labels = map[string]string{}
@@ -129,11 +146,15 @@ func (r Record) SameAnnouncement(o Record) bool {
 }
 
 // RecordOf is the record an agent announces for itself: its board.info
-// answer (info) and the port of its WebSocket server. It carries nothing
-// secret (never the token), and names the booted slot when info has one.
-func RecordOf(info proto.BoardInfo, port int) Record {
+// answer (info), the port of its WebSocket server and whether it serves
+// TLS there. It carries nothing secret (never a token: the key's
+// fingerprint is public), and names the booted slot when info has one.
+func RecordOf(info proto.BoardInfo, port int, tls bool) Record {
 	r := Record{ID: info.ID, Model: info.Model, Protocol: info.Protocol, Capabilities: info.Capabilities,
-		Version: info.Agent, BootID: info.BootID, Labels: info.Labels, Port: port}
+		Version: info.Agent, BootID: info.BootID, Labels: info.Labels, Port: port, TLS: tls}
+	if fp, err := auth.ParseFingerprint(info.Fingerprint); err == nil {
+		r.FP = fp.Short()
+	}
 	for _, s := range info.Slots {
 		if s.Booted {
 			r.Slot = s.Name

@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io"
@@ -10,27 +11,71 @@ import (
 	"sync"
 	"time"
 
-	"github.com/boardlink/boardlink/internal/version"
+	"github.com/boardlink/boardlink/auth"
 	"github.com/boardlink/boardlink/proto"
 	"github.com/boardlink/boardlink/transport"
 	"github.com/boardlink/boardlink/transport/wslink"
 )
 
-// DialOptions configures Dial.
+// DialOptions configures Dial. A session needs a Trust (or a
+// Fingerprint) to check the board's key, and a Token or a HostKey the
+// board accepts.
 type DialOptions struct {
-	Token  string
-	Logger *slog.Logger
+	// Token is proven with a MAC over the session (never sent itself),
+	// and only once the board proved its key.
+	Token string
+	// HostKey is this host's key; boards paired with it accept it.
+	HostKey ed25519.PrivateKey
+	// Trust checks the board's key (a KnownBoards pins it on first use).
+	Trust Trust
+	// Fingerprint, when set, is the only key the board may show: for a
+	// connection by address, or the fingerprint a board announced.
+	Fingerprint auth.Fingerprint
+	// BoardID, when set, is the board meant (a dial by id): a session
+	// with another board is refused.
+	BoardID string
+	// AllowLegacy talks to an agent older than protocol 4, which cannot
+	// prove its key; the token, if any, then travels in the clear.
+	AllowLegacy bool
+	Logger      *slog.Logger
 	// Console receives console text seen on a serial line (boot log,
 	// kernel messages) while the client is connected; nil discards it.
 	Console io.Writer
 }
 
 // Errors a caller branches on: the address is wrong (not worth retrying),
-// or it is a board id, which discovery resolves.
+// or it is a board id, which discovery resolves; the board could not be
+// trusted, or this host has nothing the board accepts.
 var (
 	ErrBadAddress     = errors.New("bad board address")
 	ErrNeedsDiscovery = errors.New("board ids are resolved by discovery")
+	ErrUntrusted      = errors.New("board not trusted")
+	ErrNoCredentials  = errors.New("no credentials")
 )
+
+// WrongBoardError refuses a session with another board than the one
+// meant (an address that now holds another board, an impostor).
+type WrongBoardError struct{ Want, Got string }
+
+func (e *WrongBoardError) Error() string {
+	return fmt.Sprintf("wanted board %s, but %s answered", e.Want, e.Got)
+}
+
+// Unwrap makes it an ErrUntrusted.
+func (e *WrongBoardError) Unwrap() error { return ErrUntrusted }
+
+// FingerprintError refuses a board whose key is not the one given.
+type FingerprintError struct {
+	Board     string
+	Want, Got auth.Fingerprint
+}
+
+func (e *FingerprintError) Error() string {
+	return fmt.Sprintf("board %s showed key %s, not %s", e.Board, e.Got, e.Want)
+}
+
+// Unwrap makes it an ErrUntrusted.
+func (e *FingerprintError) Unwrap() error { return ErrUntrusted }
 
 // Client talks to one agent. It is safe for concurrent use.
 type Client struct {
@@ -49,6 +94,21 @@ type Client struct {
 
 // Dial connects to the agent at addr and opens a session.
 func Dial(ctx context.Context, addr string, opts DialOptions) (*Client, error) {
+	c, err := newClient(ctx, addr, opts)
+	if err != nil {
+		return nil, err
+	}
+	onLine := c.line != nil
+	c, err = open(ctx, c)
+	if err != nil && onLine {
+		return nil, fmt.Errorf("%s: %w", addr, err) // the address says which line
+	}
+	return c, err
+}
+
+// newClient prepares a client for addr without opening a session: a
+// serial-framed line is opened (and listened to), a URL is only parsed.
+func newClient(ctx context.Context, addr string, opts DialOptions) (*Client, error) {
 	u, err := url.Parse(addr)
 	if err != nil || u.Scheme == "" {
 		return nil, fmt.Errorf("%q: %w (or use ws://, serial://, tcp:// or unix://)", addr, ErrNeedsDiscovery)
@@ -56,19 +116,19 @@ func Dial(ctx context.Context, addr string, opts DialOptions) (*Client, error) {
 	switch u.Scheme {
 	case "ws", "wss":
 		redial := func(ctx context.Context) (transport.Link, error) {
-			return wslink.Dial(ctx, addr, opts.Token, wslink.Config{Logger: opts.Logger})
+			// No token on the upgrade: it is proven in the session, once
+			// the board proved its key. The TLS key is checked against
+			// that proof (handshake).
+			return wslink.Dial(ctx, addr, "", wslink.Config{Logger: opts.Logger,
+				VerifyKey: func(ed25519.PublicKey) error { return nil }})
 		}
-		return open(ctx, &Client{opts: opts, redial: redial})
+		return &Client{opts: opts, redial: redial}, nil
 	case "serial", "tcp", "unix":
 		rwc, err := openLine(ctx, u)
 		if err != nil {
 			return nil, err
 		}
-		c, err := DialLine(ctx, rwc, opts)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", addr, err)
-		}
-		return c, nil
+		return lineClient(rwc, opts), nil
 	}
 	return nil, fmt.Errorf("%w %q: unknown scheme %q (want ws, wss, serial, tcp or unix)", ErrBadAddress, addr, u.Scheme)
 }
@@ -78,10 +138,14 @@ func Dial(ctx context.Context, addr string, opts DialOptions) (*Client, error) {
 // listens for the agent's beacon before writing anything. Closing the
 // client closes rwc.
 func DialLine(ctx context.Context, rwc io.ReadWriteCloser, opts DialOptions) (*Client, error) {
+	return open(ctx, lineClient(rwc, opts))
+}
+
+func lineClient(rwc io.ReadWriteCloser, opts DialOptions) *Client {
 	c := &Client{opts: opts, console: newConsoleRing(consoleKeep)}
 	line := serialLine(rwc, opts, c.console)
 	c.line, c.redial = line, line.dial
-	return open(ctx, c)
+	return c
 }
 
 // open starts the first connection and its session.
@@ -106,13 +170,10 @@ func (c *Client) connect(ctx context.Context) error {
 	}
 	conn := transport.NewConn(l, transport.Config{Client: true, Handler: &c.notes, Logger: c.opts.Logger})
 	conn.Start()
-	var hello proto.HelloResult
-	err = conn.Call(ctx, proto.MethodHello, proto.HelloParams{
-		Protocol: proto.Version, Token: c.opts.Token, Client: "boardlink/" + version.Version,
-	}, &hello)
+	hello, err := c.handshake(ctx, conn, l)
 	if err != nil {
 		conn.Close()
-		return fmt.Errorf("session.hello: %w", err)
+		return err
 	}
 	c.mu.Lock()
 	old := c.conn

@@ -3,6 +3,7 @@ package dispatcher_test
 import (
 	"bufio"
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"io"
 	"testing"
@@ -41,7 +42,10 @@ func TestExecCancelEndsCommandOnBoard(t *testing.T) {
 		t.Fatal(err)
 	}
 	execs := agent.NewExecs(agent.ExecOptions{})
-	ws := agent.NewWebSocketServer(agent.New(b, execs, agent.Config{}), "127.0.0.1:0")
+	_, key, _ := ed25519.GenerateKey(nil)
+	token := "client-test-token-0123456789"
+	ws := agent.NewWebSocketServer(agent.New(b, execs, agent.Config{Auth: agent.AuthConfig{Key: key,
+		Tokens: []agent.Token{{Name: "test", Value: token}}}}), "127.0.0.1:0")
 	if err := ws.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +53,7 @@ func TestExecCancelEndsCommandOnBoard(t *testing.T) {
 		ws.Stop(context.Background())
 		execs.Shutdown(context.Background())
 	})
-	c, err := dispatcher.Dial(context.Background(), "ws://"+ws.Addr().String(), dispatcher.DialOptions{})
+	c, err := dispatcher.Dial(context.Background(), ws.URL(), dispatcher.DialOptions{Token: token, Trust: dispatcher.NewKnownBoards("")})
 	if err != nil {
 		t.Fatal(err)
 	}

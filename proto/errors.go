@@ -38,7 +38,12 @@ const (
 	// ReasonUnavailable: a resource the agent reaches for (a URL) did not
 	// answer, even after retries.
 	ReasonUnavailable Reason = "unavailable"
-	ReasonInternal    Reason = "internal"
+	// ReasonNoSpace: the board lacks the disk space a file.push or
+	// file.download needs (the free-space check before it, or the disk
+	// filled while it ran). Not the caller's fault, yet not worth
+	// retrying unchanged before space is freed.
+	ReasonNoSpace  Reason = "no_space"
+	ReasonInternal Reason = "internal"
 )
 
 // reasonCodes maps each reason to its JSON-RPC code.
@@ -58,6 +63,7 @@ var reasonCodes = map[Reason]int{
 	ReasonTimeout:          -32007,
 	ReasonCanceled:         -32008,
 	ReasonUnavailable:      -32009,
+	ReasonNoSpace:          -32010,
 }
 
 // Code returns the JSON-RPC error code used for r.

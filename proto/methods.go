@@ -19,21 +19,25 @@ const (
 	CapExecDetach = "exec.detach"
 )
 
-// HelloParams opens a session. Over the serial link it must be the first
-// request and carry the token; over WebSocket the token travels on the
-// upgrade and hello is optional, used to negotiate the version.
+// HelloParams opens a session and negotiates the version. From protocol 4
+// the host sends a Nonce and authenticates with session.auth (see
+// AuthChallenge); Token is what earlier clients sent instead, in the clear.
 type HelloParams struct {
 	Protocol int    `json:"protocol" validate:"min=0"` // below MinVersion: incompatible
 	Token    string `json:"token,omitempty" validate:"max=4096"`
 	Client   string `json:"client,omitempty" validate:"max=256"`
+	Nonce    []byte `json:"nonce,omitempty" validate:"omitempty,len=32"`
 }
 
-// HelloResult answers session.hello with the version both ends will speak.
+// HelloResult answers session.hello with the version both ends will speak
+// and, to a client that sent a nonce, the board's proof of its key.
 type HelloResult struct {
-	Protocol     int      `json:"protocol"`
-	Agent        string   `json:"agent"`
-	BoardID      string   `json:"board_id"`
-	Capabilities []string `json:"capabilities"`
+	Protocol      int            `json:"protocol"`
+	Agent         string         `json:"agent"`
+	BoardID       string         `json:"board_id"`
+	Capabilities  []string       `json:"capabilities"`
+	Auth          *AuthChallenge `json:"auth,omitempty"`
+	Authenticated bool           `json:"authenticated"`
 }
 
 // BoardInfoParams is empty; board.info takes no parameters.
@@ -61,6 +65,8 @@ type BoardInfo struct {
 	UptimeMs     int64             `json:"uptime_ms"`
 	Slots        []Slot            `json:"slots"`
 	Capabilities []string          `json:"capabilities"`
+	// Fingerprint is the board key's (auth.Fingerprint, SHA256:...).
+	Fingerprint string `json:"fingerprint,omitempty"`
 }
 
 // ExecStartParams starts a command. Argv is executed directly; a shell is
@@ -154,4 +160,6 @@ type Beacon struct {
 	BootID       string            `json:"boot"`
 	Slot         string            `json:"slot,omitempty"`
 	Labels       map[string]string `json:"labels,omitempty"`
+	// Fingerprint is the board key's, short form (as the mDNS TXT fp).
+	Fingerprint string `json:"fp,omitempty"`
 }

@@ -4,7 +4,7 @@ package proto
 // version in session.hello; the agent answers requests of any version in
 // [MinVersion, Version].
 const (
-	Version    = 3
+	Version    = 4
 	MinVersion = 1
 )
 
@@ -29,4 +29,11 @@ var History = []Change{
 	{3, "2026-11-22", "ota.status, ota.plan, ota.start, ota.write, ota.activate, ota.wait and " +
 		"ota.abort: signed A/B updates with chunk-level delta, trial boot, health check, commit " +
 		"or rollback; board.info reports slots. Earlier clients are still served."},
+	{4, "2026-12-01", "Authentication: session.hello carries the host's nonce and answers " +
+		"with the board's key, nonce and signature; session.auth takes a paired host's " +
+		"signature or a token's MAC (never the token); pair.begin, pair.exchange and " +
+		"pair.confirm pair a host with a one-time code (SPAKE2). Until authenticated a " +
+		"session is served only these. wss:// with the board's self-signed key; board.info, " +
+		"the beacon and the mDNS TXT carry the key's fingerprint. The ota phase halted: " +
+		"an update whose fetch cannot go on, with failed_phase and reason in ota.status."},
 }

@@ -194,7 +194,7 @@ func labMain(raw string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	start := time.Now()
-	lab, err := simlab.Start(ctx, simlab.Options{Boards: cfg.Boards, Dir: cfg.Dir,
+	lab, err := simlab.Start(ctx, simlab.Options{Boards: cfg.Boards, Dir: cfg.Dir, Token: labToken,
 		TrustKeys: []ed25519.PublicKey{pub}, BootDelay: bootDelay})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "rollout lab: start:", err)
@@ -496,7 +496,7 @@ func benchRollout(ctx context.Context, s *sampler, imgPath string, boards []labB
 		at      = map[string]time.Time{}
 		retries atomic.Int64
 	)
-	cfg := dispatcher.RolloutConfig{Image: im, Concurrency: conc, MaxFailures: -1,
+	cfg := dispatcher.RolloutConfig{Image: im, Concurrency: conc, MaxFailures: -1, DialOptions: labDialOptions(),
 		Events: func(e dispatcher.Event) {
 			switch {
 			case e.Kind == "stage" && e.Board == "":
@@ -532,7 +532,7 @@ func benchRollout(ctx context.Context, s *sampler, imgPath string, boards []labB
 	for _, b := range rep.Boards {
 		p.perBoard = append(p.perBoard, time.Duration(b.DurationMs)*time.Millisecond)
 		p.linkBytes += b.BytesSent
-		if b.Result == proto.ResultCommitted {
+		if b.Result == string(proto.ResultCommitted) {
 			p.ok++
 		} else if r := b.Result + ": " + b.Reason; !seen[r] && len(p.reasons) < 5 {
 			seen[r] = true
@@ -602,7 +602,7 @@ func benchPush(ctx context.Context, s *sampler, imgPath string, fileSize int64, 
 }
 
 func pushOne(ctx context.Context, b labBoard, imgPath string) (proto.FileResult, error) {
-	c, err := dispatcher.Dial(ctx, b.Addr, dispatcher.DialOptions{})
+	c, err := dispatcher.Dial(ctx, b.Addr, labDialOptions())
 	if err != nil {
 		return proto.FileResult{}, err
 	}
@@ -855,3 +855,13 @@ func countsString(counts map[string]int) string {
 }
 
 func kib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/1024) }
+
+// labToken is the token of the lab's boards, which run in a process of
+// their own.
+const labToken = "bench-rollout-lab-token"
+
+// labDialOptions dial the lab's boards: its token, and their keys trusted
+// on first use (every run's lab is new).
+func labDialOptions() dispatcher.DialOptions {
+	return dispatcher.DialOptions{Token: labToken, Trust: dispatcher.NewKnownBoards("")}
+}

@@ -1,6 +1,7 @@
 // Command transfer benchmarks boardlink's file push and pull over a
-// loopback WebSocket beside scp of the same file to a private sshd on the
-// same machine, measured in the same run.
+// loopback WebSocket, with TLS (wss://, the default) and without (ws://),
+// beside scp of the same file to a private sshd on the same machine, and
+// the round trip of exec `true` on both links, measured in the same run.
 //
 // It writes a random file of -size bytes into a temporary directory, starts
 // an agent on a simulated board in-process on 127.0.0.1, and times
@@ -36,6 +37,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"flag"
 	"fmt"
@@ -62,6 +64,7 @@ func main() {
 	size := benchkit.IntSize(256 << 20)
 	flag.Var(&size, "size", "file size in bytes; suffixes KiB, MiB, GiB (and KB, MB, GB) are accepted")
 	runs := flag.Int("runs", 3, "timed transfers per operation; the median is reported")
+	execs := flag.Int("execs", 200, "timed round trips of exec true per link; the median is reported")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the boardlink transfers to this file")
 	flag.Parse()
 	if size <= 0 || *runs <= 0 {
@@ -69,7 +72,7 @@ func main() {
 		os.Exit(2)
 	}
 	benchkit.Run("transfer", func(ctx context.Context) error {
-		return run(ctx, int64(size), *runs, *cpuprofile)
+		return run(ctx, int64(size), *runs, *execs, *cpuprofile)
 	})
 }
 
@@ -80,7 +83,7 @@ type result struct {
 	synced []time.Duration
 }
 
-func run(ctx context.Context, size int64, runs int, cpuprofile string) error {
+func run(ctx context.Context, size int64, runs, execs int, cpuprofile string) error {
 	tmp, err := os.MkdirTemp("", "boardlink-bench-transfer-")
 	if err != nil {
 		return err
@@ -118,7 +121,7 @@ func run(ctx context.Context, size int64, runs int, cpuprofile string) error {
 			}
 		}()
 	}
-	push, pull, err := benchBoardlink(ctx, dirs, src, sum, size, runs)
+	bl, err := benchBoardlink(ctx, dirs, src, sum, size, runs, execs)
 	if err != nil {
 		return fmt.Errorf("boardlink: %w", err)
 	}
@@ -148,23 +151,28 @@ func run(ctx context.Context, size int64, runs int, cpuprofile string) error {
 	fmt.Println()
 	fmt.Printf("file: %s, runs: %d (median), MB/s = 10^6 bytes/s, CPUs: %d\n", benchkit.Human(size), runs, runtime.NumCPU())
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "operation\tboardlink MB/s\tscp MB/s\tboardlink/scp\tscp+fsync MB/s\tboardlink/(scp+fsync)\t")
-	row := func(name string, bl, sc *result) {
-		b := mbps(size, benchkit.Median(bl.runs))
+	fmt.Fprintln(tw, "operation\twss MB/s\tws MB/s\tws/wss\tscp MB/s\twss/scp\tscp+fsync MB/s\twss/(scp+fsync)\t")
+	row := func(name string, wss, ws, sc *result) {
+		a, b := mbps(size, benchkit.Median(wss.runs)), mbps(size, benchkit.Median(ws.runs))
 		if sc == nil {
-			fmt.Fprintf(tw, "%s\t%.1f\t-\t-\t-\t-\t\n", name, b)
+			fmt.Fprintf(tw, "%s\t%.1f\t%.1f\t%.2f\t-\t-\t-\t-\t\n", name, a, b, b/a)
 			return
 		}
 		s, sf := mbps(size, benchkit.Median(sc.runs)), mbps(size, benchkit.Median(sc.synced))
-		fmt.Fprintf(tw, "%s\t%.1f\t%.1f\t%.2f\t%.1f\t%.2f\t\n", name, b, s, b/s, sf, b/sf)
+		fmt.Fprintf(tw, "%s\t%.1f\t%.1f\t%.2f\t%.1f\t%.2f\t%.1f\t%.2f\t\n", name, a, b, b/a, s, a/s, sf, a/sf)
 	}
-	row("push (upload)", push, up)
-	row("pull (download)", pull, down)
+	row("push (upload)", bl["wss"].push, bl["ws"].push, up)
+	row("pull (download)", bl["wss"].pull, bl["ws"].pull, down)
 	tw.Flush()
+	ew, e := benchkit.Median(bl["wss"].exec.runs), benchkit.Median(bl["ws"].exec.runs)
+	fmt.Printf("exec true on an open connection, median of %d: wss %s, ws %s, wss/ws %.2f (time: above 1 is slower)\n",
+		execs, ew.Round(time.Microsecond), e.Round(time.Microsecond), float64(ew)/float64(e))
 	fmt.Println()
-	fmt.Printf("boardlink runs: push %s; pull %s\n", list(size, push.runs), list(size, pull.runs))
+	for _, l := range links {
+		fmt.Printf("%-3s runs: push %s; pull %s\n", l, list(size, bl[l].push.runs), list(size, bl[l].pull.runs))
+	}
 	if up != nil {
-		fmt.Printf("scp runs:       upload %s; download %s\n", list(size, up.runs), list(size, down.runs))
+		fmt.Printf("scp runs: upload %s; download %s\n", list(size, up.runs), list(size, down.runs))
 		fmt.Printf("scp: OpenSSH defaults, cipher %s, %s protocol; a 1-byte scp (connection setup and auth) takes %s\n", cipher, protocol, setup)
 		fmt.Println("boardlink times run on an open connection and include hashing on both ends and the fsync of the received file;")
 		fmt.Println("scp times include its ssh connection setup and no fsync (scp+fsync adds one).")
@@ -174,71 +182,108 @@ func run(ctx context.Context, size int64, runs int, cpuprofile string) error {
 	return nil
 }
 
-// benchBoardlink times push and pull through an in-process agent reached
-// over WebSocket on loopback.
-func benchBoardlink(ctx context.Context, dirs map[string]string, src, sum string, size int64, runs int) (push, pull *result, err error) {
+// links are the ways benchBoardlink reaches the agent: TLS with the
+// board's key (the default), and plain WebSocket (--insecure-listen).
+var links = []string{"wss", "ws"}
+
+// linkResults are one link's timed operations.
+type linkResults struct {
+	push, pull, exec *result
+}
+
+// benchBoardlink times push, pull and the round trip of exec `true`
+// through an in-process agent reached over wss:// and ws:// on loopback,
+// a run of each on one link, then on the other, so that both see the
+// same machine.
+func benchBoardlink(ctx context.Context, dirs map[string]string, src, sum string, size int64, runs, execs int) (map[string]*linkResults, error) {
 	board, err := sim.Open(dirs["state"], sim.Options{ID: "bench-transfer", Model: "sim"})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	execs := agent.NewExecs(agent.ExecOptions{})
-	a := agent.New(board, execs, agent.Config{Roots: []string{dirs["root"]}})
-	ws := agent.NewWebSocketServer(a, "127.0.0.1:0")
-	if err := ws.Start(ctx); err != nil {
-		return nil, nil, err
+	m := agent.NewExecs(agent.ExecOptions{})
+	_, key, err := ed25519.GenerateKey(nil)
+	if err != nil {
+		return nil, err
+	}
+	const token = "bench-transfer-token"
+	a := agent.New(board, m, agent.Config{Roots: []string{dirs["root"]},
+		Auth: agent.AuthConfig{Key: key, Tokens: []agent.Token{{Name: "bench", Value: token}}}})
+	servers := map[string]*agent.WebSocketServer{
+		"wss": agent.NewWebSocketServer(a, "127.0.0.1:0"),
+		"ws":  agent.NewInsecureWebSocketServer(a, "127.0.0.1:0"),
 	}
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		ws.Stop(sctx)
-		execs.Shutdown(sctx)
+		for _, s := range servers {
+			s.Stop(sctx)
+		}
+		m.Shutdown(sctx)
 	}()
-	c, err := dispatcher.Dial(ctx, "ws://"+ws.Addr().String(), dispatcher.DialOptions{})
-	if err != nil {
-		return nil, nil, err
+	opts := dispatcher.DialOptions{Token: token, Trust: dispatcher.NewKnownBoards("")}
+	clients := map[string]*dispatcher.Client{}
+	out := map[string]*linkResults{}
+	for _, l := range links {
+		if err := servers[l].Start(ctx); err != nil {
+			return nil, err
+		}
+		c, err := dispatcher.Dial(ctx, servers[l].URL(), opts)
+		if err != nil {
+			return nil, err
+		}
+		defer c.Close()
+		clients[l] = c
+		out[l] = &linkResults{push: &result{}, pull: &result{}, exec: &result{}}
+		fmt.Printf("boardlink: agent on %s, root %s\n", servers[l].URL(), dirs["root"])
 	}
-	defer c.Close()
-	fmt.Printf("boardlink: agent on ws://%s, root %s\n", ws.Addr(), dirs["root"])
-
 	remote := filepath.Join(dirs["root"], "pushed.bin")
-	push = &result{}
-	for i := range runs {
-		if err := benchkit.RemoveWithPartials(remote); err != nil {
-			return nil, nil, err
-		}
-		start := time.Now()
-		res, err := c.Push(ctx, src, remote, dispatcher.TransferOptions{})
-		d := time.Since(start)
-		if err != nil {
-			return nil, nil, fmt.Errorf("push: %w", err)
-		}
-		if res.Offset != 0 || res.Bytes != size || res.SHA256 != sum {
-			return nil, nil, fmt.Errorf("push %d was not a full transfer of the file: offset %d, %d bytes, sha256 %s", i+1, res.Offset, res.Bytes, res.SHA256)
-		}
-		push.runs = append(push.runs, d)
-		fmt.Printf("  push %d: %.1f MB/s (agent-side %.0f ms)\n", i+1, mbps(size, d), res.DurationMs)
-	}
-
-	// The pushed copy, already verified, is what the board serves.
 	local := filepath.Join(dirs["local"], "pulled.bin")
-	pull = &result{}
 	for i := range runs {
-		if err := benchkit.RemoveWithPartials(local); err != nil {
-			return nil, nil, err
+		for _, l := range links {
+			c, r := clients[l], out[l]
+			if err := benchkit.RemoveWithPartials(remote); err != nil {
+				return nil, err
+			}
+			start := time.Now()
+			res, err := c.Push(ctx, src, remote, dispatcher.TransferOptions{})
+			d := time.Since(start)
+			if err != nil {
+				return nil, fmt.Errorf("push: %w", err)
+			}
+			if res.Offset != 0 || res.Bytes != size || res.SHA256 != sum {
+				return nil, fmt.Errorf("push %d was not a full transfer of the file: offset %d, %d bytes, sha256 %s", i+1, res.Offset, res.Bytes, res.SHA256)
+			}
+			r.push.runs = append(r.push.runs, d)
+			fmt.Printf("  %-3s push %d: %.1f MB/s (agent-side %.0f ms)\n", l, i+1, mbps(size, d), res.DurationMs)
+			// The pushed copy, already verified, is what the board serves.
+			if err := benchkit.RemoveWithPartials(local); err != nil {
+				return nil, err
+			}
+			start = time.Now()
+			res, err = c.Pull(ctx, remote, local, dispatcher.TransferOptions{})
+			d = time.Since(start)
+			if err != nil {
+				return nil, fmt.Errorf("pull: %w", err)
+			}
+			if res.Offset != 0 || res.Bytes != size || res.SHA256 != sum {
+				return nil, fmt.Errorf("pull %d was not a full transfer of the file: offset %d, %d bytes, sha256 %s", i+1, res.Offset, res.Bytes, res.SHA256)
+			}
+			r.pull.runs = append(r.pull.runs, d)
+			fmt.Printf("  %-3s pull %d: %.1f MB/s (agent-side %.0f ms)\n", l, i+1, mbps(size, d), res.DurationMs)
 		}
-		start := time.Now()
-		res, err := c.Pull(ctx, remote, local, dispatcher.TransferOptions{})
-		d := time.Since(start)
-		if err != nil {
-			return nil, nil, fmt.Errorf("pull: %w", err)
-		}
-		if res.Offset != 0 || res.Bytes != size || res.SHA256 != sum {
-			return nil, nil, fmt.Errorf("pull %d was not a full transfer of the file: offset %d, %d bytes, sha256 %s", i+1, res.Offset, res.Bytes, res.SHA256)
-		}
-		pull.runs = append(pull.runs, d)
-		fmt.Printf("  pull %d: %.1f MB/s (agent-side %.0f ms)\n", i+1, mbps(size, d), res.DurationMs)
 	}
-	return push, pull, benchkit.RemoveWithPartials(local)
+	// exec `true` on the open connection, alternating links.
+	for range execs {
+		for _, l := range links {
+			start := time.Now()
+			res, err := clients[l].Exec(ctx, dispatcher.ExecRequest{Argv: []string{"true"}})
+			if err != nil || res.ExitCode != 0 {
+				return nil, fmt.Errorf("exec true: %+v %w", res, err)
+			}
+			out[l].exec.runs = append(out[l].exec.runs, time.Since(start))
+		}
+	}
+	return out, benchkit.RemoveWithPartials(local)
 }
 
 // findSSH locates sshd (as an absolute path: sshd refuses to start

@@ -135,8 +135,10 @@ func runDemo(ctx context.Context, out, errw io.Writer, g *globals, nw demoNet) e
 		return errors.Join(append(errs, os.RemoveAll(dir))...)
 	}
 	defer cleanup()
-	// The id cache of 'exec ID' goes with the lab, not into the user's.
+	// The id cache of 'exec ID', the pins of the boards' keys and the
+	// host's key go with the lab, not into the user's.
 	defer setenvFor("XDG_CACHE_HOME", filepath.Join(dir, "cache"))()
+	defer setenvFor("XDG_CONFIG_HOME", filepath.Join(dir, "config"))()
 
 	history := hasVerb("history")
 	d := &demoRunner{ctx: ctx, out: out, errw: errw, total: 7}
@@ -176,8 +178,13 @@ func runDemo(ctx context.Context, out, errw io.Writer, g *globals, nw demoNet) e
 		}
 		return fmt.Errorf("start the lab: %w", err)
 	}
-	fmt.Fprintf(out, "\n%d boards up, each as 'boardlinkd --board sim --id ID --label rack=R --listen 127.0.0.1:0%s --trust-key %s.pub' runs one:\n",
-		demoBoards, iface, key)
+	tokenFile := filepath.Join(dir, "lab.token")
+	if err := os.WriteFile(tokenFile, []byte(lab.Token()+"\n"), 0o600); err != nil {
+		return err
+	}
+	defer setenvFor("BOARDLINK_TOKEN", lab.Token())()
+	fmt.Fprintf(out, "\n%d boards up, each as 'boardlinkd --board sim --id ID --label rack=R --listen 127.0.0.1:0%s --trust-key %s.pub --token-file %s' runs one:\n",
+		demoBoards, iface, key, tokenFile)
 	for _, b := range lab.Boards {
 		fmt.Fprintf(out, "  %s  %s  rack=%s", b.ID, b.Addr(), demoRack(b.Index))
 		if b.Index == demoFailing {
@@ -185,6 +192,9 @@ func runDemo(ctx context.Context, out, errw io.Writer, g *globals, nw demoNet) e
 		}
 		fmt.Fprintln(out)
 	}
+	fmt.Fprintln(out, "Each serves wss:// with a key of its own and refuses every session without the lab's token,")
+	fmt.Fprintln(out, "which the commands below take from BOARDLINK_TOKEN and prove without sending it; this host")
+	fmt.Fprintln(out, "pins each board's key the first time it meets it, as ssh does (boardlink trust --list).")
 	// board names a board in a command line: its id, found by discovery,
 	// or without mDNS its address.
 	board := func(b *simlab.Board) string {
@@ -317,7 +327,7 @@ func checkDemoRollout(ctx context.Context, path string, lab *simlab.Lab, code in
 		if b.Index == demoFailing {
 			want = proto.ResultRolledBack
 		}
-		if results[b.ID] != want {
+		if results[b.ID] != string(want) {
 			bad = append(bad, fmt.Sprintf("%s %s (want %s)", b.ID, orDash(results[b.ID]), want))
 		}
 	}

@@ -3,13 +3,16 @@ package main
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/boardlink/boardlink/agent"
+	"github.com/boardlink/boardlink/auth"
 	"github.com/boardlink/boardlink/board/sim"
+	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/internal/testenv"
 )
 
@@ -47,7 +50,7 @@ func TestDemoNoMDNS(t *testing.T) {
 		t.Fatalf("demo --no-mdns failed (%d): %s\n%s", code, stderr, stdout)
 	}
 	checkDemo(t, stdout, stderr)
-	for _, want := range []string{"mDNS skipped: --no-mdns", "--inventory", "$ boardlink exec ws://127.0.0.1:"} {
+	for _, want := range []string{"mDNS skipped: --no-mdns", "--inventory", "$ boardlink exec wss://127.0.0.1:"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("demo --no-mdns output lacks %q:\n%s", want, stdout)
 		}
@@ -79,7 +82,7 @@ func checkDemo(t *testing.T, stdout, stderr string) {
 		t.Errorf("the summary shows %d boards committed, want 4:\n%s", n, stdout)
 	}
 	if !strings.Contains(section(stdout, "$ boardlink ota "+"lab-003"), "rolled back") &&
-		!regexp.MustCompile(`(?s)ota ws://\S+ --status.*rolled back`).MatchString(stdout) {
+		!regexp.MustCompile(`(?s)ota wss://\S+ --status.*rolled back`).MatchString(stdout) {
 		t.Errorf("the failing board's status does not say it rolled back:\n%s", stdout)
 	}
 }
@@ -97,10 +100,36 @@ func section(out, cmd string) string {
 	return rest
 }
 
+// testToken is the token of the tests' boards; TestMain hands it to the
+// CLI as BOARDLINK_TOKEN.
+const testToken = "cmd-boardlink-test-token"
+
+// TestMain keeps the CLI's files (known boards, the host key, the id
+// cache) in a directory of the test run, never the user's, and gives
+// the CLI the test boards' token.
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "boardlink-cli-test-")
+	if err != nil {
+		panic(err)
+	}
+	os.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
+	os.Setenv("XDG_CACHE_HOME", filepath.Join(dir, "cache"))
+	os.Setenv("BOARDLINK_TOKEN", testToken)
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// testDialOptions are what a test's own client of the test boards uses.
+func testDialOptions() dispatcher.DialOptions {
+	return dispatcher.DialOptions{Token: testToken, Trust: dispatcher.NewKnownBoards("")}
+}
+
 // demoBoard is one simulated board's agent in this process, on loopback
 // (a WebSocket on 127.0.0.1 and a serial-framed link on a unix socket):
 // what the tests of the verbs drive.
 type demoBoard struct {
+	agent  *agent.Agent
 	dir    string
 	files  string // the agent's file root
 	execs  *agent.Execs
@@ -125,7 +154,14 @@ func startDemoBoard(ctx context.Context) (*demoBoard, error) {
 		return nil, err
 	}
 	d.execs = agent.NewExecs(agent.ExecOptions{LogPath: dir + "/state/exec-log.json"})
-	a := agent.New(b, d.execs, agent.Config{Roots: []string{d.files}, CacheDir: dir + "/state/cache"})
+	key, _, err := auth.LoadOrCreateKey(dir + "/state/auth/key.pem")
+	if err != nil {
+		d.stop()
+		return nil, err
+	}
+	a := agent.New(b, d.execs, agent.Config{Roots: []string{d.files}, CacheDir: dir + "/state/cache",
+		Auth: agent.AuthConfig{Key: key, Tokens: []agent.Token{{Name: "test", Value: testToken}}}})
+	d.agent = a
 	d.ws = agent.NewWebSocketServer(a, "127.0.0.1:0")
 	if err := d.ws.Start(ctx); err != nil {
 		d.stop()

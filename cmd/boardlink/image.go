@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/boardlink/boardlink/image"
+	"github.com/boardlink/boardlink/internal/units"
 )
 
 func newImageCmd() *cobra.Command {
@@ -162,7 +163,7 @@ version, model or chunk size, an empty payload).`,
 			if !image.ValidVersion(version) {
 				return &usageError{fmt.Errorf("--version %q: want dot-separated numbers with an optional -suffix, e.g. 1.4.2 or 2.0.0-rc.1", version)}
 			}
-			chunk, err := parseSize(chunkSize)
+			chunk, err := units.ParseSize(chunkSize)
 			if err != nil {
 				return &usageError{fmt.Errorf("--chunk-size: %w", err)}
 			}
@@ -318,7 +319,7 @@ func manifestRows(tw io.Writer, m image.Manifest) {
 	fmt.Fprintf(tw, "version\t%s\n", m.Version)
 	fmt.Fprintf(tw, "models\t%s\n", strings.Join(m.Models, ", "))
 	fmt.Fprintf(tw, "payload\t%d bytes, sha256 %s\n", m.PayloadSize, m.PayloadSHA256)
-	chunks := fmt.Sprintf("%d of %s", len(m.Chunks), formatSize(m.ChunkSize))
+	chunks := fmt.Sprintf("%d of %s", len(m.Chunks), units.FormatSize(m.ChunkSize))
 	if _, last := m.ChunkRange(len(m.Chunks) - 1); last != m.ChunkSize {
 		chunks += fmt.Sprintf(" (the last %d bytes)", last)
 	}
@@ -357,44 +358,4 @@ func printChunks(w io.Writer, im *image.Image) {
 		fmt.Fprintf(tw, "%d\t%d\t%d\t %s\n", i, im.PayloadOffset()+off, n, sum)
 	}
 	tw.Flush()
-}
-
-// sizeUnits are parseSize's suffixes, longest first so that "KiB" is not
-// taken for "B".
-var sizeUnits = []struct {
-	suffix string
-	n      int64
-}{{"kib", 1 << 10}, {"mib", 1 << 20}, {"gib", 1 << 30}, {"kb", 1e3}, {"mb", 1e6}, {"gb", 1e9}, {"k", 1 << 10}, {"m", 1 << 20}, {"g", 1 << 30}, {"b", 1}}
-
-// parseSize reads a size in bytes: a whole number with an optional suffix,
-// KiB, MiB, GiB (or K, M, G) for powers of 1024 and KB, MB, GB for powers
-// of 1000, in any case.
-func parseSize(s string) (int64, error) {
-	num, mult := strings.TrimSpace(s), int64(1)
-	lower := strings.ToLower(num)
-	for _, u := range sizeUnits {
-		if strings.HasSuffix(lower, u.suffix) {
-			num, mult = strings.TrimSpace(num[:len(num)-len(u.suffix)]), u.n
-			break
-		}
-	}
-	n, err := strconv.ParseInt(num, 10, 64)
-	if err != nil || n < 0 || n > (1<<62)/mult {
-		return 0, fmt.Errorf("%q is not a size (e.g. 65536, 64KiB, 1MiB)", s)
-	}
-	return n * mult, nil
-}
-
-// formatSize prints a size as KiB, MiB or GiB when it is a whole number of
-// them, else in bytes.
-func formatSize(n int64) string {
-	for _, u := range []struct {
-		name string
-		n    int64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
-		if n >= u.n && n%u.n == 0 {
-			return fmt.Sprintf("%d %s", n/u.n, u.name)
-		}
-	}
-	return fmt.Sprintf("%d bytes", n)
 }

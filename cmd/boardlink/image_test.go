@@ -249,24 +249,3 @@ func TestImageHelp(t *testing.T) {
 		}
 	}
 }
-
-func TestImageParseSize(t *testing.T) {
-	for in, want := range map[string]int64{
-		"4096": 4096, "64KiB": 64 << 10, "64kib": 64 << 10, "64K": 64 << 10, "1MiB": 1 << 20, "1M": 1 << 20,
-		"1m": 1 << 20, "2GiB": 2 << 30, "1MB": 1e6, "10B": 10, " 8 KiB ": 8 << 10, "0": 0,
-	} {
-		if got, err := parseSize(in); err != nil || got != want {
-			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "KiB", "-1", "1.5MiB", "1 TiB", "ten", "99999999999GiB", "0x10"} {
-		if got, err := parseSize(in); err == nil {
-			t.Errorf("parseSize(%q) = %d, want an error", in, got)
-		}
-	}
-	for n, want := range map[int64]string{4096: "4 KiB", 1 << 20: "1 MiB", 64 << 20: "64 MiB", 1 << 30: "1 GiB", 1500: "1500 bytes"} {
-		if got := formatSize(n); got != want {
-			t.Errorf("formatSize(%d) = %q, want %q", n, got, want)
-		}
-	}
-}

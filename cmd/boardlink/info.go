@@ -80,6 +80,7 @@ func printInfo(w io.Writer, info proto.BoardInfo) {
 	}
 	row("slots", orNone(strings.Join(slots, ", ")))
 	row("capabilities", strings.Join(info.Capabilities, ", "))
+	row("key", orNone(info.Fingerprint))
 	tw.Flush()
 }
 

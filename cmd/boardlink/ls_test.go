@@ -11,6 +11,7 @@ import (
 
 	"github.com/boardlink/boardlink/discovery"
 	"github.com/boardlink/boardlink/internal/testenv"
+	"github.com/boardlink/boardlink/proto"
 )
 
 // TestLsAndBoardIDs: boards announced over mDNS on lo are listed, and a
@@ -25,8 +26,8 @@ func TestLsAndBoardIDs(t *testing.T) {
 	ctx := context.Background()
 	for _, id := range []string{"demo-board", "demo-other"} {
 		a := discovery.NewAdvertiser(discovery.AdvertiseConfig{Ifaces: []string{"lo"}})
-		rec := discovery.Record{ID: id, Model: "sim", Protocol: 1, Capabilities: []string{"exec"}, Version: "test",
-			BootID: "boot-" + id, Labels: map[string]string{"lab": "demo"}, Port: port}
+		rec := discovery.Record{ID: id, Model: "sim", Protocol: proto.Version, Capabilities: []string{"exec"}, Version: "test",
+			BootID: "boot-" + id, Labels: map[string]string{"lab": "demo"}, Port: port, TLS: true, FP: d.agent.Fingerprint().Short()}
 		if err := a.Start(ctx, rec); err != nil {
 			t.Fatal(err)
 		}

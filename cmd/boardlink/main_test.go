@@ -4,10 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 
+	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/proto"
 )
 
@@ -19,21 +24,41 @@ func startBoard(t *testing.T) *demoBoard {
 		t.Fatal(err)
 	}
 	t.Cleanup(d.stop)
+	// The test knows the board: no "trusting on first use" in its output.
+	if err := dispatcher.NewKnownBoards(knownBoards(t)).Pin("demo-board", d.agent.Fingerprint(), false); err != nil {
+		t.Fatal(err)
+	}
 	return d
 }
 
 // cli runs the CLI in-process and returns stdout, stderr and exit status.
+// Each test pins board keys in a known-boards file of its own: the tests'
+// boards share ids (sim-000, demo-board), not keys.
 func cli(t *testing.T, stdin string, args ...string) (string, string, int) {
 	t.Helper()
 	var stdout, stderr bytes.Buffer
+	args = append([]string{"--known-boards", knownBoards(t)}, args...)
 	err := runWithStdin(context.Background(), strings.NewReader(stdin), args, &stdout, &stderr)
 	code := exitStatus(err, &stderr)
 	return stdout.String(), stderr.String(), code
 }
 
+// knownBoards is the known-boards file of t's top-level test, shared by
+// its subtests, under the test run's config directory (TestMain).
+func knownBoards(t *testing.T) string {
+	top, _, _ := strings.Cut(t.Name(), "/")
+	return filepath.Join(os.Getenv("XDG_CONFIG_HOME"), "known", top+".json")
+}
+
+var labs atomic.Int64
+
+// labPrefix names the boards of a test's lab apart from every other lab's:
+// boards of two labs never share an id, as boards of one lab never do.
+func labPrefix() string { return fmt.Sprintf("lab%d", labs.Add(1)) }
+
 func TestExecExitStatus(t *testing.T) {
 	d := startBoard(t)
-	for _, board := range []string{"ws://" + d.ws.Addr().String(), "unix://" + d.sock} {
+	for _, board := range []string{d.ws.URL(), "unix://" + d.sock} {
 		tests := []struct {
 			name           string
 			args           []string
@@ -98,7 +123,7 @@ func TestCLIErrors(t *testing.T) {
 
 func TestInfo(t *testing.T) {
 	d := startBoard(t)
-	for _, board := range []string{"ws://" + d.ws.Addr().String(), "unix://" + d.sock} {
+	for _, board := range []string{d.ws.URL(), "unix://" + d.sock} {
 		stdout, _, code := cli(t, "", "info", board, "--json")
 		var info proto.BoardInfo
 		if err := json.Unmarshal([]byte(stdout), &info); err != nil || code != 0 {

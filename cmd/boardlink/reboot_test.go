@@ -38,12 +38,16 @@ func startSimBoard(t *testing.T, bootDelay time.Duration, extra ...string) *simB
 	}
 	addr := ln.Addr().String() // every boot listens here again
 	ln.Close()
-	b := &simBoard{ws: "ws://" + addr, serial: "unix://" + filepath.Join(dir, "uart.sock"),
+	b := &simBoard{ws: "wss://" + addr, serial: "unix://" + filepath.Join(dir, "uart.sock"),
 		files: filepath.Join(dir, "files"), state: filepath.Join(dir, "state"), stderr: &testenv.Buffer{}}
 	if err := os.Mkdir(b.files, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	args := append([]string{"--board", "sim", "--state-dir", b.state, "--listen", addr,
+	token := filepath.Join(dir, "token")
+	if err := os.WriteFile(token, []byte(testToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"--board", "sim", "--state-dir", b.state, "--listen", addr, "--token-file", token,
 		"--serial", "unix:" + filepath.Join(dir, "uart.sock"), "--root", b.files, "--no-mdns",
 		"--sim-boot-delay", bootDelay.String()}, extra...)
 	cmd := exec.Command(bin, args...)
@@ -65,7 +69,7 @@ func startSimBoard(t *testing.T, bootDelay time.Duration, extra ...string) *simB
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for {
-		c, err := dispatcher.Dial(ctx, b.ws, dispatcher.DialOptions{})
+		c, err := dispatcher.Dial(ctx, b.ws, testDialOptions())
 		if err == nil {
 			c.Close()
 			return b
@@ -115,7 +119,7 @@ func TestRebootWait(t *testing.T) {
 			if code := <-hung; code == 0 {
 				t.Fatal("the hanging command's exec succeeded across a reboot")
 			}
-			c, err := dispatcher.Dial(context.Background(), b.ws, dispatcher.DialOptions{})
+			c, err := dispatcher.Dial(context.Background(), b.ws, testDialOptions())
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/boardlink/boardlink/auth"
 	"github.com/boardlink/boardlink/discovery"
 	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/internal/atomicfile"
@@ -31,12 +32,14 @@ var errUnknownBoard = errors.New("unknown board")
 func (g *globals) dialID(ctx context.Context, id string, opts dispatcher.DialOptions) (*dispatcher.Client, error) {
 	cache := loadCache()
 	if e, ok := cache[id]; ok && time.Since(e.Seen) < cacheFresh {
-		// The address may hold another board by now: only the id counts.
-		if c, err := dispatcher.Dial(ctx, e.Address, opts); err == nil {
-			if strings.HasPrefix(c.Hello().BoardID, id) {
-				return c, nil
-			}
-			c.Close()
+		// The address may hold another board by now: only the id counts,
+		// and the board's key is checked as always.
+		o := opts
+		o.BoardID = e.ID
+		if c, err := dispatcher.Dial(ctx, e.Address, o); err == nil {
+			return c, nil
+		} else if errors.Is(err, dispatcher.ErrUntrusted) && !errors.As(err, new(*dispatcher.WrongBoardError)) {
+			return nil, err // the right board with the wrong key: say so, never look further
 		}
 	}
 	recs, err := findBoards(ctx, g, lsOptions{timeout: resolveTimeout}, id)
@@ -47,9 +50,16 @@ func (g *globals) dialID(ctx context.Context, id string, opts dispatcher.DialOpt
 	if err != nil {
 		return nil, err
 	}
-	cache[r.ID] = cacheEntry{Address: r.Address, Seen: time.Now()}
+	cache[r.ID] = cacheEntry{ID: r.ID, Address: r.Address, Seen: time.Now()}
 	cache[id] = cache[r.ID]
 	saveCache(cache)
+	opts.BoardID = r.ID
+	if opts.Fingerprint.IsZero() && r.FP != "" {
+		// What the board announced must be what it proves.
+		if fp, err := auth.ParseFingerprint(r.FP); err == nil {
+			opts.Fingerprint = fp
+		}
+	}
 	return dispatcher.Dial(ctx, r.Address, opts)
 }
 
@@ -105,11 +115,12 @@ func pick(id string, recs []discovery.Record) (discovery.Record, error) {
 }
 
 type cacheEntry struct {
+	ID      string    `json:"id"`
 	Address string    `json:"address"`
 	Seen    time.Time `json:"seen"`
 }
 
-const cacheFormat = 1
+const cacheFormat = 2
 
 func cachePath() string {
 	dir, err := os.UserCacheDir()

@@ -161,7 +161,7 @@ func runRollout(ctx context.Context, g *globals, o rolloutOptions, args []string
 	if o.resume != "" && im.Manifest.PayloadSHA256 != rec.ImageSHA256 {
 		return &exitError{code: 1, err: fmt.Errorf("%s no longer holds the image rollout %s began with", args[0], rec.ID)}
 	}
-	tok, err := g.token()
+	dialOpts, err := g.dialOptions()
 	if err != nil {
 		return err
 	}
@@ -170,7 +170,7 @@ func runRollout(ctx context.Context, g *globals, o rolloutOptions, args []string
 	cfg := dispatcher.RolloutConfig{Image: im, Concurrency: o.concurrency, MaxFailures: o.maxFailures,
 		BoardTimeout: o.boardTimeout, Force: o.force, Events: show.event,
 		Dial: func(ctx context.Context, addr string) (*dispatcher.Client, error) {
-			return dispatcher.Dial(ctx, addr, dispatcher.DialOptions{Token: tok, Logger: g.logger()})
+			return dispatcher.Dial(ctx, addr, dialOpts)
 		}}
 
 	switch {
@@ -479,7 +479,7 @@ func (d *rolloutDisplay) event(e dispatcher.Event) {
 		if d.overall != nil {
 			d.overall.Increment()
 		}
-		ok := e.Result == "" || e.Result == proto.ResultCommitted || e.Result == dispatcher.ResultCurrent
+		ok := e.Result == "" || e.Result == string(proto.ResultCommitted) || e.Result == dispatcher.ResultCurrent
 		if !ok && e.Result != dispatcher.ResultSkipped {
 			d.failed = append(d.failed, e.Board)
 		}

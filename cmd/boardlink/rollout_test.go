@@ -33,7 +33,7 @@ func newPhases() *phases {
 	return &phases{preparing: map[string]bool{}, commits: map[string]int{}}
 }
 
-func (p *phases) on(board, _, phase string) {
+func (p *phases) on(board, _ string, phase proto.Phase) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if phase == proto.PhasePrepare {
@@ -64,7 +64,7 @@ func startRolloutLab(t *testing.T, n int, failing func(i int) bool) *rolloutLab 
 		t.Fatal(err)
 	}
 	ph := newPhases()
-	lab, err := simlab.Start(context.Background(), simlab.Options{Boards: n, Dir: t.TempDir(),
+	lab, err := simlab.Start(context.Background(), simlab.Options{Boards: n, Dir: t.TempDir(), Token: testToken, IDPrefix: labPrefix(),
 		TrustKeys: []ed25519.PublicKey{pub}, OnPhase: ph.on, BootDelay: 10 * time.Millisecond,
 		HealthChecks: func(i int) []string {
 			if failing != nil && failing(i) {
@@ -125,7 +125,7 @@ func lastReport(t *testing.T, stdout, stderr string, code int) (string, dispatch
 func TestRollout50(t *testing.T) {
 	r := startRolloutLab(t, 50, nil)
 	id, rep, stderr, code := r.rollout(t, "-C", "8", "--select", "rack=r1")
-	if code != 0 || rep.Counts[proto.ResultCommitted] != 50 {
+	if code != 0 || rep.Counts[string(proto.ResultCommitted)] != 50 {
 		t.Fatalf("rollout %s: exit %d, counts %v\n%s", id, code, rep.Counts, stderr)
 	}
 	if r.phases.peak > 8 || r.phases.peak < 2 {
@@ -149,11 +149,11 @@ func TestRolloutFailures(t *testing.T) {
 	t.Run("rollback", func(t *testing.T) {
 		r := startRolloutLab(t, 4, func(i int) bool { return i == 2 })
 		_, rep, stderr, code := r.rollout(t, "--max-failures", "1")
-		if code == 0 || rep.Counts[proto.ResultRolledBack] != 1 || rep.Counts[proto.ResultCommitted] != 3 {
+		if code == 0 || rep.Counts[string(proto.ResultRolledBack)] != 1 || rep.Counts[string(proto.ResultCommitted)] != 3 {
 			t.Fatalf("exit %d, counts %v\n%s", code, rep.Counts, stderr)
 		}
 		for _, b := range rep.Boards {
-			if b.Result == proto.ResultRolledBack && !strings.Contains(b.Reason, "health check") {
+			if b.Result == string(proto.ResultRolledBack) && !strings.Contains(b.Reason, "health check") {
 				t.Fatalf("rolled back without its reason: %+v", b)
 			}
 		}
@@ -168,7 +168,7 @@ func TestRolloutFailures(t *testing.T) {
 				started++
 			}
 		}
-		if code == 0 || rep.Counts[proto.ResultRolledBack] != 3 || started != 3 || rep.Counts[dispatcher.ResultSkipped] != 7 {
+		if code == 0 || rep.Counts[string(proto.ResultRolledBack)] != 3 || started != 3 || rep.Counts[dispatcher.ResultSkipped] != 7 {
 			t.Fatalf("exit %d, counts %v, %d boards started (want 3: none after the third failure)\n%s", code, rep.Counts, started, stderr)
 		}
 	})
@@ -201,7 +201,7 @@ func TestRolloutFailures(t *testing.T) {
 				b = x
 			}
 		}
-		if code == 0 || b.Result != dispatcher.ResultUnreachable || b.Attempts < 2 || rep.Counts[proto.ResultCommitted] != 2 {
+		if code == 0 || b.Result != dispatcher.ResultUnreachable || b.Attempts < 2 || rep.Counts[string(proto.ResultCommitted)] != 2 {
 			t.Fatalf("exit %d, the vanished board %+v, counts %v\n%s", code, b, rep.Counts, stderr)
 		}
 	})
@@ -222,7 +222,7 @@ func TestRolloutPlanThenRun(t *testing.T) {
 	}
 	stdout, stderr, code = cli(t, "", "rollout", "--db", r.db, "--json", "--plan", planFile, r.img)
 	_, rep, _, _ := lastReport(t, stdout, stderr, code)
-	if code != 0 || rep.Counts[proto.ResultCommitted] != 5 {
+	if code != 0 || rep.Counts[string(proto.ResultCommitted)] != 5 {
 		t.Fatalf("--plan: exit %d, counts %v\n%s", code, rep.Counts, stderr)
 	}
 	if strings.Contains(stdout, `"stage":"plan"`) || !strings.Contains(stdout, `"stage":"prepare"`) {
@@ -269,7 +269,7 @@ func TestRolloutResumeAfterKill(t *testing.T) {
 	}
 	t.Logf("killed with %v", rolls[0].Summary)
 	_, rep, stderr, code := r.rollout(t, "--resume", rolls[0].ID)
-	if code != 0 || rep.Counts[proto.ResultCommitted] != 12 {
+	if code != 0 || rep.Counts[string(proto.ResultCommitted)] != 12 {
 		t.Fatalf("resumed: exit %d, counts %v\n%s", code, rep.Counts, stderr)
 	}
 	r.phases.mu.Lock()

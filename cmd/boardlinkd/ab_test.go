@@ -9,7 +9,6 @@ import (
 	"testing"
 
 	"github.com/boardlink/boardlink/board/sim"
-	"github.com/boardlink/boardlink/dispatcher"
 )
 
 // TestSimTrialBoots drives the real boardlinkd's A/B boot loader through
@@ -20,8 +19,8 @@ func TestSimTrialBoots(t *testing.T) {
 	bin := buildAgent(t)
 	state := filepath.Join(t.TempDir(), "state")
 	b := startBoard(t, bin, "--state-dir", state, "--listen", "127.0.0.1:0")
-	url := "ws://" + b.addr(t)
-	c, _ := dialBoot(t, url, dispatcher.DialOptions{}, "")
+	url := b.addr(t)
+	c, _ := dialBoot(t, url, b.opts(), "")
 	defer func() { c.Close() }()
 	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 	defer cancel()
@@ -98,7 +97,7 @@ func TestSimTrialBoots(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
-	c, _ = dialBoot(t, url, dispatcher.DialOptions{}, info.BootID)
+	c, _ = dialBoot(t, url, b.opts(), info.BootID)
 	boot++
 	booted("B", "B", `""`)
 	if fellBack("A") != 1 {

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"go.uber.org/fx"
@@ -40,6 +42,10 @@ type platform struct {
 	// reboot reboots the board once the agent has stopped cleanly after
 	// a reboot request; its error is serve's result.
 	reboot func(ctx context.Context, log *slog.Logger) error
+	// showCode shows a pairing code where the board's operator looks,
+	// besides the log; nil: the log is enough (the sim board's log is
+	// its console).
+	showCode func(line string)
 }
 
 // serialServer makes the agent's server on the --serial line; nil
@@ -95,8 +101,9 @@ func newLinuxBoard(cfg Config) (boardParts, error) {
 		return boardParts{}, err
 	}
 	p := boardParts{Board: b, Boot: b.BootControl(), Platform: &platform{
-		up:    func() {},
-		attrs: []any{"board", boardLinux, "boot_id", b.BootID(), "loader", cfg.Boot},
+		up:       func() {},
+		showCode: toConsole,
+		attrs:    []any{"board", boardLinux, "boot_id", b.BootID(), "loader", cfg.Boot},
 		reboot: func(ctx context.Context, log *slog.Logger) error {
 			ctx, cancel := context.WithTimeout(ctx, rebootTimeout)
 			defer cancel()
@@ -123,4 +130,15 @@ func newLinuxBoard(cfg Config) (boardParts, error) {
 		}
 	}
 	return p, nil
+}
+
+// toConsole writes line to the system console, where a board's operator
+// sees it (a serial console, a screen), besides the journal; best effort.
+func toConsole(line string) {
+	f, err := os.OpenFile("/dev/console", os.O_WRONLY|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	_, _ = f.WriteString("\r\n" + line + "\r\n")
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/boardlink/boardlink/agent"
 	"github.com/boardlink/boardlink/agent/ota"
+	"github.com/boardlink/boardlink/auth"
 	"github.com/boardlink/boardlink/board"
 	"github.com/boardlink/boardlink/board/linux"
 	"github.com/boardlink/boardlink/board/sim"
@@ -41,15 +42,58 @@ exec with real exit codes, separate stdout and stderr, timeouts and
 cancellation, files both ways, downloads, system.reboot and signed A/B
 updates, so a host never has to parse a serial shell.
 
-It listens for WebSocket connections on --listen (path /v1/ws, default port
-7207; loopback only unless told otherwise: a lab board listens on :7207
-with --token-file) and, with --serial, speaks the framed serial protocol on
+It listens for WebSocket connections over TLS on --listen (wss://, path
+/v1/ws, default port 7207; loopback only unless told otherwise: a lab board
+listens on :7207) and, with --serial, speaks the framed serial protocol on
 a serial line, announcing itself there with a periodic beacon while idle.
 Bytes outside frames on that line (the kernel console) do not disturb it.
+Plain ws:// is served only when asked for, on --insecure-listen.
 
-With --token-file, every connection must present the token: as
-"Authorization: Bearer TOKEN" on the WebSocket upgrade, and in session.hello
-on the serial link.
+ACCESS
+
+The board's identity is an ed25519 key, made at the first start in
+STATE_DIR/auth/key.pem: its certificate serves wss://, it signs every
+session (on every link, the serial one too), and its fingerprint is in the
+mDNS record and the beacon (boardlinkd fingerprint prints it). Hosts pin it
+on first use, as ssh does host keys.
+
+A session is served only once the host proved its right to the board, and
+until then gets nothing but session.hello, session.auth and pairing:
+
+  pairing   boardlink pair BOARD on the host: the agent shows a one-time
+            code on its console and log (or boardlinkd pair prints one on
+            the board), the host types it, and both sides store the other's
+            key in STATE_DIR/auth/paired.json (boardlinkd pair --list,
+            --remove). --pairing=false turns it off.
+  tokens    --token-file FILE (repeatable): one token per line, blank lines
+            and # comments ignored, at least 16 characters, the file mode
+            0600. A host proves a token with a MAC over the session, never
+            by sending it; third-party clients may send it as
+            "Authorization: Bearer TOKEN" on the upgrade.
+  --no-auth every session is served: for a bench nobody else can reach. A
+            warning is logged at every start.
+
+Without a token, a pairing or --no-auth, every session is refused, on
+loopback too. Failed proofs are paced per source address (a lockout that
+doubles with each failure in a row, up to 30s) and logged; a connection
+that fails three is closed. Requests from web pages (an Origin header) are
+refused, and on a loopback listener so is a Host that names another server.
+docs/security.md has the threat model.
+
+LIMITS
+
+Every size and count a peer controls is bounded, with these defaults:
+--max-conns 64 connections at once (more are closed at accept);
+--handshake-timeout 10s for TLS, the upgrade and authentication;
+--idle-timeout 15m for an authenticated connection with nothing under way;
+--keepalive-timeout 30s for a WebSocket peer that answers no ping;
+--max-inflight 64 requests at once per connection (more are answered
+busy); --max-streams 256 per connection; --max-commands 1024 commands
+running or holding a result not collected yet; a connection's results are
+kept until it collects them, and --result-grace 5m after it ends, for a
+client that reconnects;
+--max-download 4GiB and --download-deadline 1h per download;
+--max-unpack 16GiB and --max-unpack-entries 100000 per archive.
 
 BOARDS
 
@@ -59,9 +103,11 @@ BOARDS
          A/B slots are block devices booted by U-Boot or GRUB, and a
          reboot reboots it. boardlinkd is the agent itself, started by the
          init system.
-  sim    a simulated board in a directory (the default), for a host, a
-         test or CI: boardlinkd is the board's boot loader, a supervisor
-         that runs the agent as its child, one boot after another.
+  sim    a simulated board in a directory, for a host, a test or CI:
+         boardlinkd is the board's boot loader, a supervisor that runs the
+         agent as its child, one boot after another.
+
+There is no default: a real board never falls back to the simulator.
 
 Both keep their identity (id, model, labels) in STATE_DIR/identity.json and
 serve the same methods; what differs is where the boot id, the slots and
@@ -117,7 +163,7 @@ A U-Boot board's /etc/boardlink/agent.yaml, its slots on eMMC partitions
     board: linux
     state_dir: /var/lib/boardlink
     listen: ":7207"
-    token_file: /etc/boardlink/token
+    token_file: [/etc/boardlink/tokens]
     model: imx8mp-evk
     labels: {lab: berlin, rack: "3"}
     boot: uboot
@@ -196,27 +242,35 @@ STATE_DIR/ota.
 
 FILES
 
-The file methods may touch the state directory and the directories given
-with --root (repeatable; each must exist), and nothing else; file.download
-keeps its package cache in STATE_DIR/cache.
+The file methods may touch the directories given with --root (repeatable;
+each must exist), and nothing else: never the state directory, which holds
+the board's key and its boot and update state. Without --root the file
+methods are off. file.download keeps its package cache in STATE_DIR/cache.
 
 DISCOVERY
 
 The board advertises itself over mDNS (_boardlink._tcp, instance name = the
-board id, TXT: id, model, proto, caps, ver, boot, slot, l.KEY; never the
-token) on --iface interfaces, or every up multicast-capable one; a server
+board id, TXT: id, model, proto, caps, ver, boot, slot, fp (its key's
+fingerprint), tls=1 (the port serves wss://) and l.KEY; never a secret,
+but labels are broadcast to the whole link)
+on --iface interfaces, or every up multicast-capable one; a server
 listening on loopback only is advertised only where --iface says. It says
 goodbye when it stops, and at every reboot. --no-mdns turns this off.
 
 CONFIG FILE
 
 A YAML file given with --config may hold the same settings, under the
-keys board, state_dir, listen, serial, token_file, id, model, labels,
-ifaces, no_mdns, exec_log_size, verbose, roots, sim_boot_delay, boot,
-slots, boot_env, cmdline, reboot_command, trust_keys, health_checks and
-health_timeout; an unknown key is an error. Flags given on the command
-line win: --root, --iface, --trust-key, --health-check and --slot replace
-the file's lists, --label its labels.
+keys board, state_dir, listen, insecure_listen, serial, token_file,
+pairing, no_auth, id, model, labels, ifaces, no_mdns,
+exec_log_size, verbose, roots, sim_boot_delay, boot, slots, boot_env,
+cmdline, reboot_command, trust_keys, health_checks, health_timeout,
+max_conns, handshake_timeout, idle_timeout, keepalive_timeout,
+max_inflight, max_streams, max_commands,
+result_grace, max_download, max_unpack, max_unpack_entries and
+download_deadline; an unknown key is an error (token_file takes one file
+or a list of them). Flags given on the command
+line win: --root, --iface, --trust-key, --health-check, --token-file and
+--slot replace the file's lists, --label its labels.
 
 SIGNALS AND EXIT STATUS
 
@@ -230,14 +284,15 @@ command started a reboot; 1 when that command failed; 2 for a bad setting
 or a failure to start; on the sim board, the agent's own status when it
 exited other than by a reboot or a power cut (128+N when killed by signal
 N).`,
-		Example: `  boardlinkd --board linux --state-dir /var/lib/boardlink --listen :7207 --token-file /etc/boardlink/token \
+		Example: `  boardlinkd --board linux --state-dir /var/lib/boardlink --listen :7207 --token-file /etc/boardlink/tokens \
       --model rpi4 --boot uboot --slot A=/dev/mmcblk0p2 --slot B=/dev/mmcblk0p3 \
       --trust-key /etc/boardlink/release.pub
   boardlinkd --board linux --state-dir /var/lib/boardlink --model pc-x86 --boot grub --boot-env /boot/efi/grubenv \
       --slot A=/dev/disk/by-partlabel/rootfs_a --slot B=/dev/disk/by-partlabel/rootfs_b \
       --reboot-command 'systemctl reboot --no-wall'
   boardlinkd --board sim --state-dir /tmp/board1 --listen 127.0.0.1:7207
-  boardlinkd --board sim --state-dir /var/lib/boardlink --serial /dev/ttyGS0:115200 --token-file /etc/boardlink/token
+  boardlinkd --board sim --state-dir /var/lib/boardlink --serial /dev/ttyGS0:115200 --token-file /etc/boardlink/tokens
+  boardlinkd pair --state-dir /var/lib/boardlink
   boardlinkd --board sim --state-dir /tmp/board2 --no-mdns --serial unix:/tmp/board2.sock --root /tmp/board2-files
   boardlinkd --board sim --state-dir /tmp/board3 --trust-key /etc/boardlink/release.pub --health-check 'systemctl is-system-running --wait'
   boardlinkd --config /etc/boardlink/agent.yaml`,
@@ -274,6 +329,7 @@ N).`,
 	cmd.SetOut(stdout)
 	cmd.SetErr(stderr)
 	opts.bind(cmd)
+	cmd.AddCommand(newPairCmd(stdout, stderr), newFingerprintCmd(stdout))
 	cmd.SetHelpFunc(func(c *cobra.Command, args []string) {
 		fmt.Fprintf(c.OutOrStdout(), "%s\n\n%s", c.Long, c.UsageString())
 	})
@@ -286,17 +342,21 @@ type options struct {
 	configFile string
 	labels     []string
 	slots      []string
+	pairing    bool
 }
 
 // bind defines the flags of cmd.
 func (o *options) bind(cmd *cobra.Command) {
 	f := cmd.Flags()
 	cfg := &o.cfg
-	f.StringVar(&cfg.Board, "board", boardSim, "what the agent runs on: linux (this system) or sim (a simulated board in --state-dir)")
+	f.StringVar(&cfg.Board, "board", "", "what the agent runs on: linux (this system) or sim (a simulated board in --state-dir); required")
 	f.StringVar(&cfg.StateDir, "state-dir", "", "directory for the board's persistent state (required)")
-	f.StringVar(&cfg.Listen, "listen", fmt.Sprintf("127.0.0.1:%d", DefaultPort), `WebSocket listen address ("" to disable)`)
+	f.StringVar(&cfg.Listen, "listen", fmt.Sprintf("127.0.0.1:%d", DefaultPort), `wss:// listen address, TLS with the board's key ("" to disable)`)
+	f.StringVar(&cfg.InsecureListen, "insecure-listen", "", "plain ws:// listen address, unencrypted (sessions still authenticate); only when asked for")
 	f.StringVar(&cfg.Serial, "serial", "", "serial line to serve the framed protocol on: a device as DEV[:BAUD] (default baud 115200), or unix:PATH to listen on a unix socket")
-	f.StringVar(&cfg.TokenFile, "token-file", "", "file holding the token every client must present")
+	f.StringArrayVar((*[]string)(&cfg.TokenFiles), "token-file", nil, "file of tokens a host may prove, one per line, mode 0600 (repeatable: one per lab host)")
+	f.BoolVar(&o.pairing, "pairing", true, "let hosts pair with a one-time code (boardlink pair)")
+	f.BoolVar(&cfg.NoAuth, "no-auth", false, "serve every session without a token or pairing (a warning at every start)")
 	f.StringVar(&cfg.ID, "id", "", "board id (default: the stored one; else on a linux board the host name, on a sim board a generated sim-XXXXXX)")
 	f.StringVar(&cfg.Model, "model", "", "board model, which images must name (default: the stored one; else sim on a sim board; a linux board's first start needs it)")
 	f.StringArrayVar(&o.labels, "label", nil, "label as KEY=VALUE (repeatable; replaces the stored labels)")
@@ -315,6 +375,20 @@ func (o *options) bind(cmd *cobra.Command) {
 	f.StringArrayVar(&cfg.TrustKeys, "trust-key", nil, "ed25519 public key file (PATH.pub) trusted to sign OTA images (repeatable; none: every image is refused)")
 	f.StringArrayVar(&cfg.HealthChecks, "health-check", nil, "shell command that must exit 0 after a trial boot for the update to commit (repeatable; run in order)")
 	f.DurationVar(&cfg.HealthTimeout, "health-timeout", DefaultHealthTimeout, "time allowed for all the health checks of a trial boot")
+	l := &cfg.Limits
+	f.IntVar(&l.MaxConns, "max-conns", agent.DefaultMaxConns, "limit: concurrent WebSocket connections (more are closed at once)")
+	f.DurationVar(&l.HandshakeTimeout, "handshake-timeout", agent.DefaultHandshakeTimeout, "limit: time for TLS, the upgrade and authentication")
+	f.DurationVar(&l.IdleTimeout, "idle-timeout", agent.DefaultIdleTimeout, "limit: an authenticated connection with nothing under way is closed after this")
+	f.DurationVar(&l.KeepaliveTimeout, "keepalive-timeout", agent.DefaultKeepaliveTimeout, "limit: a WebSocket peer silent this long (pings unanswered) is closed")
+	f.IntVar(&l.MaxInflight, "max-inflight", agent.DefaultMaxInflight, "limit: requests served at once per connection (more are answered busy)")
+	f.IntVar(&l.MaxStreams, "max-streams", agent.DefaultMaxStreams, "limit: streams open at once per connection")
+	f.IntVar(&l.MaxCommands, "max-commands", agent.DefaultMaxCommands, "limit: commands running or holding a result not collected yet (more are answered busy)")
+	f.DurationVar(&l.ResultGrace, "result-grace", agent.DefaultResultGrace, "limit: how long a connection's unwaited command results are kept after it ends")
+	l.MaxDownload, l.MaxUnpack = agent.DefaultMaxDownload, agent.DefaultMaxUnpack
+	f.Var(&l.MaxDownload, "max-download", "limit: bytes of one download (file.download, ota --url)")
+	f.Var(&l.MaxUnpack, "max-unpack", "limit: bytes one archive may unpack to")
+	f.IntVar(&l.MaxUnpackEntries, "max-unpack-entries", agent.DefaultMaxUnpackEntries, "limit: entries one archive may unpack")
+	f.DurationVar(&l.DownloadDeadline, "download-deadline", agent.DefaultDownloadDeadline, "limit: time for one download, retries included")
 }
 
 // config is what to run with: the config file, if any, with the flags the
@@ -327,6 +401,9 @@ func (o *options) config(cmd *cobra.Command) (Config, error) {
 			return Config{}, err
 		}
 		cfg = mergeConfig(file, cfg, cmd)
+	}
+	if cmd.Flags().Changed("pairing") || cfg.Pairing == nil {
+		cfg.Pairing = &o.pairing
 	}
 	if len(o.labels) > 0 {
 		parsed, err := parseLabels(o.labels)
@@ -358,11 +435,17 @@ func mergeConfig(file, flags Config, cmd *cobra.Command) Config {
 	if set("state-dir") {
 		out.StateDir = flags.StateDir
 	}
-	if out.Listen == "" && out.Serial == "" || set("listen") {
+	if out.Listen == "" && out.InsecureListen == "" && out.Serial == "" || set("listen") {
 		out.Listen = flags.Listen
 	}
+	if set("token-file") {
+		out.TokenFiles = flags.TokenFiles
+	}
+	if set("no-auth") {
+		out.NoAuth = flags.NoAuth
+	}
 	for name, pair := range map[string][2]*string{
-		"serial": {&out.Serial, &flags.Serial}, "token-file": {&out.TokenFile, &flags.TokenFile},
+		"serial": {&out.Serial, &flags.Serial}, "insecure-listen": {&out.InsecureListen, &flags.InsecureListen},
 		"id": {&out.ID, &flags.ID}, "model": {&out.Model, &flags.Model},
 		"boot-env": {&out.BootEnv, &flags.BootEnv}, "cmdline": {&out.Cmdline, &flags.Cmdline},
 		"reboot-command": {&out.RebootCommand, &flags.RebootCommand},
@@ -397,7 +480,34 @@ func mergeConfig(file, flags Config, cmd *cobra.Command) Config {
 	if out.HealthTimeout == 0 || set("health-timeout") {
 		out.HealthTimeout = flags.HealthTimeout
 	}
+	mergeLimits(&out.Limits, flags.Limits, set)
 	return out
+}
+
+// mergeLimits takes each limit from the flags when the flag was given or
+// the file left it out.
+func mergeLimits(out *Limits, flags Limits, set func(string) bool) {
+	take(&out.MaxConns, flags.MaxConns, "max-conns", set)
+	take(&out.HandshakeTimeout, flags.HandshakeTimeout, "handshake-timeout", set)
+	take(&out.IdleTimeout, flags.IdleTimeout, "idle-timeout", set)
+	take(&out.KeepaliveTimeout, flags.KeepaliveTimeout, "keepalive-timeout", set)
+	take(&out.MaxInflight, flags.MaxInflight, "max-inflight", set)
+	take(&out.MaxStreams, flags.MaxStreams, "max-streams", set)
+	take(&out.MaxCommands, flags.MaxCommands, "max-commands", set)
+	take(&out.ResultGrace, flags.ResultGrace, "result-grace", set)
+	take(&out.MaxDownload, flags.MaxDownload, "max-download", set)
+	take(&out.MaxUnpack, flags.MaxUnpack, "max-unpack", set)
+	take(&out.MaxUnpackEntries, flags.MaxUnpackEntries, "max-unpack-entries", set)
+	take(&out.DownloadDeadline, flags.DownloadDeadline, "download-deadline", set)
+}
+
+// take sets *out to the flag's value when the flag was given or *out is
+// unset.
+func take[T comparable](out *T, flag T, name string, set func(string) bool) {
+	var zero T
+	if *out == zero || set(name) {
+		*out = flag
+	}
 }
 
 func parseLabels(kvs []string) (map[string]string, error) {
@@ -453,18 +563,26 @@ func (r rebootRequest) reboot() {
 // (platform.reboot).
 func serve(ctx context.Context, cfg Config, parts boardParts, stderr io.Writer) error {
 	log := newLogger(cfg, stderr)
+	key, created, err := auth.LoadOrCreateKey(cfg.keyFile())
+	if err != nil {
+		return fmt.Errorf("the board's key: %w", err)
+	}
+	if created {
+		log.Info("made the board's key", "file", cfg.keyFile(), "fingerprint", auth.FingerprintOf(key.Public().(ed25519.PublicKey)))
+	}
 	reboot := make(rebootRequest, 1)
 	var (
 		boot board.BootControl
 		plat *platform
+		ag   *agent.Agent
 	)
 	app := fx.New(
 		fx.WithLogger(func() fxevent.Logger { return fxevent.NopLogger }),
-		fx.Supply(cfg, log, reboot),
+		fx.Supply(cfg, log, reboot, key),
 		fx.Provide(func() boardParts { return parts }),
-		fx.Provide(newExecs, newOTA, newAgent, newWebSocket),
+		fx.Provide(newExecs, newOTA, newAgent, newWebSockets),
 		fx.Invoke(startMDNS, startSerial),
-		fx.Populate(&boot, &plat),
+		fx.Populate(&boot, &plat, &ag),
 	)
 	if err := app.Err(); err != nil {
 		return err
@@ -475,7 +593,8 @@ func serve(ctx context.Context, cfg Config, parts boardParts, stderr io.Writer) 
 		return err
 	}
 	plat.up()
-	started := append([]any{"version", version.Version}, plat.attrs...)
+	logAccess(log, cfg, key)
+	started := append([]any{"version", version.Version, "id", ag.Info(ctx).ID, "state_dir", cfg.StateDir, "roots", cfg.Roots}, plat.attrs...)
 	if st, err := boot.State(ctx); err != nil {
 		log.Info("boardlinkd started", started...)
 		log.Warn("boot loader", "err", err)
@@ -508,7 +627,9 @@ func serve(ctx context.Context, cfg Config, parts boardParts, stderr io.Writer) 
 // newExecs registers the command manager first, so that it stops last:
 // after the listeners, every remaining process group is ended.
 func newExecs(lc fx.Lifecycle, cfg Config, b stateBoard, log *slog.Logger) *agent.Execs {
-	m := agent.NewExecs(agent.ExecOptions{LogSize: cfg.ExecLogSize, LogPath: filepath.Join(b.Dir(), "exec-log.json"), Logger: log})
+	limits := cfg.Limits.agent().WithDefaults()
+	m := agent.NewExecs(agent.ExecOptions{LogSize: cfg.ExecLogSize, LogPath: filepath.Join(b.Dir(), "exec-log.json"), Logger: log,
+		MaxCommands: limits.MaxCommands, ResultGrace: limits.ResultGrace})
 	lc.Append(fx.Hook{
 		OnStart: func(context.Context) error { return m.LoadLog() },
 		OnStop:  m.Shutdown,
@@ -535,8 +656,9 @@ func newOTA(lc fx.Lifecycle, cfg Config, b stateBoard, boot board.BootControl, l
 	return u, nil
 }
 
-func newAgent(cfg Config, b stateBoard, m *agent.Execs, u *ota.Updater, log *slog.Logger, reboot rebootRequest) (*agent.Agent, error) {
-	tok, err := cfg.token()
+func newAgent(cfg Config, b stateBoard, m *agent.Execs, u *ota.Updater, log *slog.Logger, reboot rebootRequest,
+	key ed25519.PrivateKey, plat *platform) (*agent.Agent, error) {
+	tokens, err := cfg.tokens()
 	if err != nil {
 		return nil, err
 	}
@@ -544,24 +666,45 @@ func newAgent(cfg Config, b stateBoard, m *agent.Execs, u *ota.Updater, log *slo
 	if err != nil {
 		return nil, err
 	}
-	return agent.New(b, m, agent.Config{Token: tok, Logger: log, Roots: roots,
-		CacheDir: filepath.Join(roots[0], "cache"), Reboot: reboot.reboot, OTA: u}), nil
+	return agent.New(b, m, agent.Config{Logger: log, Roots: roots, CacheDir: filepath.Join(b.Dir(), "cache"),
+		Reboot: reboot.reboot, OTA: u, Limits: cfg.Limits.agent(),
+		Auth: agent.AuthConfig{Key: key, Tokens: tokens, NoAuth: cfg.NoAuth, Pairing: cfg.pairing(),
+			PairedFile: cfg.pairedFile(), CodeFile: cfg.codeFile(), ShowCode: plat.showCode},
+	}), nil
 }
 
-// newWebSocket returns the WebSocket server, or nil without --listen.
-func newWebSocket(lc fx.Lifecycle, cfg Config, a *agent.Agent) *agent.WebSocketServer {
-	if cfg.Listen == "" {
-		return nil
+// listeners are the agent's WebSocket servers: wss:// on --listen, ws://
+// on --insecure-listen; either may be nil.
+type listeners struct {
+	secure, insecure *agent.WebSocketServer
+}
+
+// advertised is the server mDNS announces: the secure one if there is one.
+func (l listeners) advertised() *agent.WebSocketServer {
+	if l.secure != nil {
+		return l.secure
 	}
-	s := agent.NewWebSocketServer(a, cfg.Listen)
-	lc.Append(fx.Hook{OnStart: s.Start, OnStop: s.Stop})
-	return s
+	return l.insecure
+}
+
+func newWebSockets(lc fx.Lifecycle, cfg Config, a *agent.Agent) listeners {
+	var l listeners
+	if cfg.Listen != "" {
+		l.secure = agent.NewWebSocketServer(a, cfg.Listen)
+		lc.Append(fx.Hook{OnStart: l.secure.Start, OnStop: l.secure.Stop})
+	}
+	if cfg.InsecureListen != "" {
+		l.insecure = agent.NewInsecureWebSocketServer(a, cfg.InsecureListen)
+		lc.Append(fx.Hook{OnStart: l.insecure.Start, OnStop: l.insecure.Stop})
+	}
+	return l
 }
 
 // startMDNS advertises the WebSocket server once it listens, and says
 // goodbye before it stops. A server on loopback only is advertised only on
 // the interfaces named with --iface: elsewhere nobody could reach it.
-func startMDNS(lc fx.Lifecycle, cfg Config, a *agent.Agent, ws *agent.WebSocketServer, log *slog.Logger) {
+func startMDNS(lc fx.Lifecycle, cfg Config, a *agent.Agent, l listeners, log *slog.Logger) {
+	ws := l.advertised()
 	if cfg.NoMDNS || ws == nil {
 		return
 	}
@@ -577,7 +720,7 @@ func startMDNS(lc fx.Lifecycle, cfg Config, a *agent.Agent, ws *agent.WebSocketS
 				adv = nil
 				return nil
 			}
-			return adv.Start(ctx, discovery.RecordOf(a.Info(), addr.Port))
+			return adv.Start(ctx, discovery.RecordOf(a.Info(ctx), addr.Port, ws == l.secure))
 		},
 		OnStop: func(ctx context.Context) error {
 			if adv == nil {
@@ -596,4 +739,25 @@ func startSerial(lc fx.Lifecycle, serial serialServer, a *agent.Agent) {
 	}
 	s := serial(a)
 	lc.Append(fx.Hook{OnStart: s.Start, OnStop: s.Stop})
+}
+
+// logAccess says at every start who may use the agent: the key's
+// fingerprint, the tokens and paired hosts, and a warning without any.
+func logAccess(log *slog.Logger, cfg Config, key ed25519.PrivateKey) {
+	fp := auth.FingerprintOf(key.Public().(ed25519.PublicKey))
+	paired, err := agent.ReadPaired(cfg.pairedFile())
+	if err != nil {
+		log.Error("paired hosts", "err", err)
+	}
+	tokens, _ := cfg.tokens() // validated already
+	log.Info("access", "fingerprint", fp, "tokens", len(tokens), "token_files", cfg.TokenFiles,
+		"paired_hosts", len(paired), "pairing", cfg.pairing())
+	switch {
+	case cfg.NoAuth:
+		log.Warn("--no-auth: every session is served without a token or a pairing; anyone who reaches this board can run commands as this user")
+	case len(tokens) == 0 && len(paired) == 0 && cfg.pairing():
+		log.Warn("no token and no paired host yet: every session is refused until a host pairs (boardlink pair BOARD, or boardlinkd pair on the board)")
+	case len(tokens) == 0 && len(paired) == 0:
+		log.Warn("no token, no paired host and pairing off: every session is refused")
+	}
 }

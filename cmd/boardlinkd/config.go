@@ -7,14 +7,18 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/boardlink/boardlink/agent"
+	"github.com/boardlink/boardlink/auth"
 	"github.com/boardlink/boardlink/board"
 	"github.com/boardlink/boardlink/board/linux"
+	"github.com/boardlink/boardlink/internal/units"
 )
 
 // DefaultPort is the agent's WebSocket port.
@@ -39,11 +43,20 @@ const (
 // Config is the agent's configuration: flags, or the same keys in a YAML
 // file given with --config (flags win).
 type Config struct {
-	Board       string            `yaml:"board"`
-	StateDir    string            `yaml:"state_dir"`
-	Listen      string            `yaml:"listen"`
-	Serial      string            `yaml:"serial"`
-	TokenFile   string            `yaml:"token_file"`
+	Board    string `yaml:"board"`
+	StateDir string `yaml:"state_dir"`
+	// Listen serves wss:// with the board's key; InsecureListen plain
+	// ws://, only when asked for.
+	Listen         string `yaml:"listen"`
+	InsecureListen string `yaml:"insecure_listen"`
+	Serial         string `yaml:"serial"`
+	// TokenFiles hold the tokens hosts may prove, one per line (a file
+	// per lab host, or several lines in one); each must be private.
+	TokenFiles stringList `yaml:"token_file"`
+	// Pairing lets hosts pair with a one-time code (default on); NoAuth
+	// serves every session without a proof.
+	Pairing     *bool             `yaml:"pairing"`
+	NoAuth      bool              `yaml:"no_auth"`
 	ID          string            `yaml:"id"`
 	Model       string            `yaml:"model"`
 	Labels      map[string]string `yaml:"labels"`
@@ -80,6 +93,47 @@ type Config struct {
 	HealthChecks []string `yaml:"health_checks"`
 	// HealthTimeout bounds the health checks (default 60s).
 	HealthTimeout time.Duration `yaml:"health_timeout"`
+	// Limits bound what peers may make the agent hold.
+	Limits Limits `yaml:",inline"`
+}
+
+// Limits are agent.Limits as flags and config keys.
+type Limits struct {
+	MaxConns         int           `yaml:"max_conns"`
+	HandshakeTimeout time.Duration `yaml:"handshake_timeout"`
+	IdleTimeout      time.Duration `yaml:"idle_timeout"`
+	KeepaliveTimeout time.Duration `yaml:"keepalive_timeout"`
+	MaxInflight      int           `yaml:"max_inflight"`
+	MaxStreams       int           `yaml:"max_streams"`
+	MaxCommands      int           `yaml:"max_commands"`
+	ResultGrace      time.Duration `yaml:"result_grace"`
+	MaxDownload      units.Size    `yaml:"max_download"`
+	MaxUnpack        units.Size    `yaml:"max_unpack"`
+	MaxUnpackEntries int           `yaml:"max_unpack_entries"`
+	DownloadDeadline time.Duration `yaml:"download_deadline"`
+}
+
+func (l Limits) agent() agent.Limits {
+	return agent.Limits{MaxConns: l.MaxConns, HandshakeTimeout: l.HandshakeTimeout, IdleTimeout: l.IdleTimeout, KeepaliveTimeout: l.KeepaliveTimeout,
+		MaxInflight: l.MaxInflight, MaxStreams: l.MaxStreams, MaxCommands: l.MaxCommands, ResultGrace: l.ResultGrace,
+		MaxDownload: int64(l.MaxDownload), MaxUnpack: int64(l.MaxUnpack), MaxUnpackEntries: l.MaxUnpackEntries,
+		DownloadDeadline: l.DownloadDeadline}
+}
+
+// stringList is a YAML key that takes one string or a list of them.
+type stringList []string
+
+func (s *stringList) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		*s = stringList{n.Value}
+		return nil
+	}
+	var l []string
+	if err := n.Decode(&l); err != nil {
+		return err
+	}
+	*s = l
+	return nil
 }
 
 // loadConfigFile reads a YAML config; unknown keys are an error so a typo
@@ -103,26 +157,34 @@ func (c *Config) validate() error {
 	var errs []error
 	switch c.Board {
 	case boardSim, boardLinux:
+	case "":
+		errs = append(errs, errors.New("--board is required: linux (this system) or sim (a simulated board in --state-dir)"))
 	default:
-		errs = append(errs, fmt.Errorf("--board %q: want sim or linux", c.Board))
+		errs = append(errs, fmt.Errorf("--board %q: want linux or sim", c.Board))
 	}
 	if c.StateDir == "" {
 		errs = append(errs, errors.New("--state-dir is required"))
 	}
-	if c.Listen == "" && c.Serial == "" {
-		errs = append(errs, errors.New("nothing to serve: give --listen or --serial"))
+	if c.Listen == "" && c.InsecureListen == "" && c.Serial == "" {
+		errs = append(errs, errors.New("nothing to serve: give --listen, --insecure-listen or --serial"))
 	}
-	if c.Listen != "" {
-		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
-			errs = append(errs, fmt.Errorf("--listen: %w", err))
+	for flag, addr := range map[string]string{"--listen": c.Listen, "--insecure-listen": c.InsecureListen} {
+		if addr == "" {
+			continue
 		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", flag, err))
+		}
+	}
+	if c.Listen != "" && c.Listen == c.InsecureListen {
+		errs = append(errs, errors.New("--listen and --insecure-listen name the same address"))
 	}
 	if c.Serial != "" {
 		if _, err := c.serialLine(); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	if _, err := c.token(); err != nil {
+	if _, err := c.tokens(); err != nil {
 		errs = append(errs, err)
 	}
 	for _, r := range c.Roots {
@@ -303,10 +365,11 @@ func readable(path string) error {
 	return nil
 }
 
-// fileRoots returns the directories the file methods may touch: the state
-// dir and every --root, absolute and clean.
+// fileRoots returns the directories the file methods may touch: every
+// --root, absolute and clean. Never the state dir: it holds the board's
+// key, its boot environment and its update state.
 func (c *Config) fileRoots() ([]string, error) {
-	dirs := append([]string{c.StateDir}, c.Roots...)
+	dirs := slices.Clone(c.Roots)
 	for i, d := range dirs {
 		abs, err := filepath.Abs(d)
 		if err != nil {
@@ -317,21 +380,50 @@ func (c *Config) fileRoots() ([]string, error) {
 	return dirs, nil
 }
 
-// token reads the token file; no file means no token.
-func (c *Config) token() (string, error) {
-	if c.TokenFile == "" {
-		return "", nil
+// tokens reads the token files: one token per line, blank lines and
+// lines starting with # ignored, each named FILE:LINE in the log. A file
+// that others may read is refused.
+func (c *Config) tokens() ([]agent.Token, error) {
+	var out []agent.Token
+	for _, path := range c.TokenFiles {
+		if err := auth.CheckPrivate(path); err != nil {
+			return nil, fmt.Errorf("--token-file: %w", err)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("--token-file: %w", err)
+		}
+		n := 0
+		for i, line := range strings.Split(string(b), "\n") {
+			line = strings.TrimSpace(line)
+			if line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			if len(line) < minTokenLen {
+				return nil, fmt.Errorf("--token-file %s:%d: a token of %d characters is too short to guess at (want %d or more; make one with: head -c 32 /dev/urandom | base64)",
+					path, i+1, len(line), minTokenLen)
+			}
+			out = append(out, agent.Token{Name: fmt.Sprintf("%s:%d", path, i+1), Value: line})
+			n++
+		}
+		if n == 0 {
+			return nil, fmt.Errorf("--token-file %s holds no token", path)
+		}
 	}
-	b, err := os.ReadFile(c.TokenFile)
-	if err != nil {
-		return "", fmt.Errorf("token: %w", err)
-	}
-	tok := strings.TrimSpace(string(b))
-	if tok == "" {
-		return "", fmt.Errorf("token file %s is empty", c.TokenFile)
-	}
-	return tok, nil
+	return out, nil
 }
+
+// minTokenLen refuses tokens short enough to guess online, rate limit or
+// not.
+const minTokenLen = 16
+
+// pairing reports whether pairing is on (the default).
+func (c *Config) pairing() bool { return c.Pairing == nil || *c.Pairing }
+
+// Files of the board's identity and of who may use it, in STATE_DIR/auth.
+func (c *Config) keyFile() string    { return filepath.Join(c.StateDir, "auth", "key.pem") }
+func (c *Config) pairedFile() string { return filepath.Join(c.StateDir, "auth", "paired.json") }
+func (c *Config) codeFile() string   { return filepath.Join(c.StateDir, "auth", "pairing-code.json") }
 
 // serialLine is what --serial names: a unix socket to listen on, or a
 // serial device and its baud rate.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/boardlink/boardlink/agent"
 )
 
 // parseConfig is what boardlinkd would run with for args.
@@ -32,13 +35,13 @@ func TestOTASettings(t *testing.T) {
 		}
 	}
 	file := filepath.Join(dir, "agent.yaml")
-	yaml := "state_dir: " + dir + "\nboot: sim\ntrust_keys: [" + keys[0] + ", " + keys[1] + "]\n" +
+	yaml := "board: sim\nstate_dir: " + dir + "\nboot: sim\ntrust_keys: [" + keys[0] + ", " + keys[1] + "]\n" +
 		"health_checks:\n  - systemctl is-system-running --wait\n  - test -e /run/app.ok\nhealth_timeout: 90s\n"
 	if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
 
-	cfg, err := parseConfig(t, "--state-dir", dir)
+	cfg, err := parseConfig(t, "--board", "sim", "--state-dir", dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +69,7 @@ func TestOTASettings(t *testing.T) {
 
 	// A file without the keys gets the flags' defaults.
 	bare := filepath.Join(dir, "bare.yaml")
-	if err := os.WriteFile(bare, []byte("state_dir: "+dir+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(bare, []byte("board: sim\nstate_dir: "+dir+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if cfg, err = parseConfig(t, "--config", bare); err != nil || cfg.Boot != "sim" || cfg.HealthTimeout != DefaultHealthTimeout {
@@ -94,5 +97,55 @@ func TestHelpDescribesTheOTASettings(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("--help lacks %q", want)
 		}
+	}
+}
+
+// The access and limit settings come from the file, flags win, and the
+// defaults are the agent's.
+func TestAccessAndLimitSettings(t *testing.T) {
+	dir := t.TempDir()
+	tokens := []string{filepath.Join(dir, "lab-a"), filepath.Join(dir, "lab-b")}
+	for i, f := range tokens {
+		body := fmt.Sprintf("# lab host %d\n\nthe-token-of-lab-host-%d\nanother-token-of-lab-%d\n", i, i, i)
+		if err := os.WriteFile(f, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	file := filepath.Join(dir, "agent.yaml")
+	yaml := "board: sim\nstate_dir: " + dir + "\ntoken_file: " + tokens[0] + "\npairing: false\nno_auth: true\n" +
+		"insecure_listen: 127.0.0.1:7208\nmax_conns: 8\nidle_timeout: 1m\nmax_download: 64MiB\nmax_unpack: 1073741824\n"
+	if err := os.WriteFile(file, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := parseConfig(t, "--config", file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := cfg.Limits.agent()
+	if cfg.pairing() || !cfg.NoAuth || cfg.InsecureListen != "127.0.0.1:7208" || l.MaxConns != 8 || l.IdleTimeout != time.Minute ||
+		l.MaxDownload != 64<<20 || l.MaxUnpack != 1<<30 || l.MaxInflight != agent.DefaultMaxInflight || l.HandshakeTimeout != agent.DefaultHandshakeTimeout {
+		t.Errorf("from the file: %+v %+v", cfg, l)
+	}
+	toks, err := cfg.tokens()
+	if err != nil || len(toks) != 2 || toks[0].Value != "the-token-of-lab-host-0" || toks[1].Name != tokens[0]+":4" {
+		t.Errorf("tokens: %+v %v", toks, err)
+	}
+	// Flags win: a list for token_file, pairing and no_auth switched back.
+	cfg, err = parseConfig(t, "--config", file, "--token-file", tokens[0], "--token-file", tokens[1], "--pairing", "--no-auth=false", "--max-conns", "2", "--max-download", "1GiB")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if toks, _ := cfg.tokens(); len(toks) != 4 || !cfg.pairing() || cfg.NoAuth || cfg.Limits.MaxConns != 2 || cfg.Limits.MaxDownload != 1<<30 {
+		t.Errorf("flags over the file: %d tokens, %+v", len(toks), cfg)
+	}
+	// A list in the file.
+	list := filepath.Join(dir, "list.yaml")
+	os.WriteFile(list, []byte("board: sim\nstate_dir: "+dir+"\ntoken_file: ["+tokens[0]+", "+tokens[1]+"]\n"), 0o644)
+	if cfg, err = parseConfig(t, "--config", list); err != nil || len(cfg.TokenFiles) != 2 || !cfg.pairing() {
+		t.Errorf("token_file as a list: %+v %v", cfg, err)
+	}
+	// The state dir is never a file root.
+	if roots, err := cfg.fileRoots(); err != nil || len(roots) != 0 {
+		t.Errorf("file roots without --root: %v %v", roots, err)
 	}
 }

@@ -83,7 +83,7 @@ func TestLinuxSettings(t *testing.T) {
 		args []string
 		want []string // substrings of the error
 	}{
-		{"unknown board", []string{"--board", "rpi", "--state-dir", state}, []string{`--board "rpi": want sim or linux`}},
+		{"unknown board", []string{"--board", "rpi", "--state-dir", state}, []string{`--board "rpi": want linux or sim`}},
 		{"nothing", []string{"--board", "linux", "--state-dir", state},
 			[]string{"--boot is required with --board linux", "--slot A=DEVICE is required", "--slot B=DEVICE is required"}},
 		{"no boot loader", without("--boot"), []string{"--boot is required with --board linux: uboot or grub"}},
@@ -102,11 +102,11 @@ func TestLinuxSettings(t *testing.T) {
 		{"no command line", linuxArgs("--cmdline", missing), []string{"--cmdline: open " + missing}},
 		{"blank reboot command", linuxArgs("--reboot-command", " "), []string{"--reboot-command: an empty command"}},
 		// The sim board has none of it.
-		{"sim with slots", []string{"--state-dir", state, "--slot", "A=" + f.slotA}, []string{"--slot: only for --board linux"}},
-		{"sim with boot env", []string{"--state-dir", state, "--boot-env", f.grubenv}, []string{"--boot-env: only for --board linux"}},
-		{"sim with cmdline", []string{"--state-dir", state, "--cmdline", f.cmdline}, []string{"--cmdline: only for --board linux"}},
-		{"sim with reboot command", []string{"--state-dir", state, "--reboot-command", "reboot"}, []string{"--reboot-command: only for --board linux"}},
-		{"sim with grub", []string{"--state-dir", state, "--boot", "grub"}, []string{"--boot grub: U-Boot and GRUB need --board linux"}},
+		{"sim with slots", []string{"--board", "sim", "--state-dir", state, "--slot", "A=" + f.slotA}, []string{"--slot: only for --board linux"}},
+		{"sim with boot env", []string{"--board", "sim", "--state-dir", state, "--boot-env", f.grubenv}, []string{"--boot-env: only for --board linux"}},
+		{"sim with cmdline", []string{"--board", "sim", "--state-dir", state, "--cmdline", f.cmdline}, []string{"--cmdline: only for --board linux"}},
+		{"sim with reboot command", []string{"--board", "sim", "--state-dir", state, "--reboot-command", "reboot"}, []string{"--reboot-command: only for --board linux"}},
+		{"sim with grub", []string{"--board", "sim", "--state-dir", state, "--boot", "grub"}, []string{"--boot grub: U-Boot and GRUB need --board linux"}},
 	}
 	for _, tc := range bad {
 		t.Run(tc.name, func(t *testing.T) {
@@ -213,14 +213,21 @@ func TestHelpListsEveryKey(t *testing.T) {
 			listed[k] = true
 		}
 	}
-	typ := reflect.TypeFor[Config]()
-	for i := range typ.NumField() {
-		key := typ.Field(i).Tag.Get("yaml")
-		if !listed[key] {
-			t.Errorf("--help does not list the key %s", key)
+	var check func(typ reflect.Type)
+	check = func(typ reflect.Type) {
+		for i := range typ.NumField() {
+			key := typ.Field(i).Tag.Get("yaml")
+			if key == ",inline" {
+				check(typ.Field(i).Type)
+				continue
+			}
+			if !listed[key] {
+				t.Errorf("--help does not list the key %s", key)
+			}
+			delete(listed, key)
 		}
-		delete(listed, key)
 	}
+	check(reflect.TypeFor[Config]())
 	for k := range listed {
 		t.Errorf("--help lists %q, which is no key", k)
 	}
@@ -301,7 +308,7 @@ func TestLinuxBoard(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 	defer cancel()
 	b := startBoard(t, bin, args...)
-	c, err := dispatcher.Dial(ctx, "ws://"+b.addr(t), dispatcher.DialOptions{})
+	c, err := dispatcher.Dial(ctx, b.addr(t), b.opts())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -338,7 +345,7 @@ func TestLinuxBoard(t *testing.T) {
 	}
 
 	// The same board on its serial line, which it opens itself.
-	sc, err := dispatcher.Dial(ctx, "unix://"+uart, dispatcher.DialOptions{})
+	sc, err := dispatcher.Dial(ctx, "unix://"+uart, b.opts())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -418,7 +425,7 @@ func TestLinuxBoard(t *testing.T) {
 	}
 	os.Remove(marker)
 	b = startBoard(t, bin, args...)
-	c2, err := dispatcher.Dial(ctx, "ws://"+b.addr(t), dispatcher.DialOptions{})
+	c2, err := dispatcher.Dial(ctx, b.addr(t), b.opts())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -465,7 +472,7 @@ func TestLinuxRebootCommandFails(t *testing.T) {
 		"--reboot-command", "echo reboot: not permitted >&2; exit 3")
 	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 	defer cancel()
-	c, err := dispatcher.Dial(ctx, "ws://"+b.addr(t), dispatcher.DialOptions{})
+	c, err := dispatcher.Dial(ctx, b.addr(t), b.opts())
 	if err != nil {
 		t.Fatal(err)
 	}

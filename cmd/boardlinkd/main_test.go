@@ -31,14 +31,15 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-var addrRE = regexp.MustCompile(`"serving websocket" addr=(\S+)`)
+var addrRE = regexp.MustCompile(`"serving (wss|ws)://[^"]*" addr=(\S+)`)
 
-// waitAddr waits for the agent to log the address it listens on.
+// waitAddr waits for the agent to log the address it listens on, and
+// returns its URL.
 func waitAddr(t *testing.T, logs func() string, done <-chan struct{}) string {
 	t.Helper()
 	for {
 		if m := addrRE.FindStringSubmatch(logs()); m != nil {
-			return m[1]
+			return m[1] + "://" + m[2]
 		}
 		select {
 		case <-done:
@@ -51,7 +52,7 @@ func waitAddr(t *testing.T, logs func() string, done <-chan struct{}) string {
 func TestRunServesAndStopsCleanly(t *testing.T) {
 	dir := t.TempDir()
 	tok := filepath.Join(dir, "token")
-	if err := os.WriteFile(tok, []byte("t0ken\n"), 0o600); err != nil {
+	if err := os.WriteFile(tok, []byte("a-token-of-16-or-more\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cfg := filepath.Join(dir, "agent.yaml")
@@ -71,7 +72,7 @@ func TestRunServesAndStopsCleanly(t *testing.T) {
 		runErr = run(ctx, []string{"--config", cfg, "--listen", "127.0.0.1:0", "--token-file", tok, "--id", "unit-1", "--no-mdns"}, io.Discard, &logs)
 	}()
 	addr := waitAddr(t, logs.String, done)
-	c, err := dispatcher.Dial(ctx, "ws://"+addr, dispatcher.DialOptions{Token: "t0ken"})
+	c, err := dispatcher.Dial(ctx, addr, dispatcher.DialOptions{Token: "a-token-of-16-or-more", Trust: dispatcher.NewKnownBoards("")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -130,7 +131,7 @@ func TestSignalLeavesNoChildBehind(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b := startBoard(t, bin, "--listen", "127.0.0.1:0")
-			c, _ := dialBoot(t, "ws://"+b.addr(t), dispatcher.DialOptions{}, "")
+			c, _ := dialBoot(t, b.addr(t), b.opts(), "")
 			defer c.Close()
 			agent := agentPID(t, c)
 			// A command tree that ignores TERM: the agent must still end it.
@@ -161,29 +162,43 @@ func TestSignalLeavesNoChildBehind(t *testing.T) {
 func TestBadConfigIsAClearError(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.yaml")
-	os.WriteFile(bad, []byte("state_dirr: /tmp/x\n"), 0o600)
+	os.WriteFile(bad, []byte("board: sim\nstate_dirr: /tmp/x\n"), 0o600)
+	open := filepath.Join(dir, "open-token")
+	os.WriteFile(open, []byte("a-token-of-16-or-more\n"), 0o644)
+	short := filepath.Join(dir, "short-token")
+	os.WriteFile(short, []byte("# a comment\nshort\n"), 0o600)
+	empty := filepath.Join(dir, "empty-token")
+	os.WriteFile(empty, []byte("# only a comment\n\n"), 0o600)
+	sim := func(args ...string) []string { return append([]string{"--board", "sim"}, args...) }
 	tests := []struct {
 		args []string
 		want string
 	}{
-		{[]string{"--listen", "127.0.0.1:0"}, "--state-dir is required"},
-		{[]string{"--state-dir", dir, "--board", "rpi"}, `--board "rpi": want sim or linux`},
-		{[]string{"--state-dir", dir, "--listen", "", "--serial", ""}, "nothing to serve"},
+		{[]string{"--state-dir", dir}, "--board is required: linux (this system) or sim"},
+		{sim("--listen", "127.0.0.1:0"), "--state-dir is required"},
+		{[]string{"--state-dir", dir, "--board", "rpi"}, `--board "rpi": want linux or sim`},
+		{sim("--state-dir", dir, "--listen", "", "--serial", ""), "nothing to serve"},
 		{[]string{"--config", bad}, "state_dirr"},
-		{[]string{"--state-dir", dir, "--label", "novalue"}, "KEY=VALUE"},
-		{[]string{"--state-dir", dir, "--token-file", filepath.Join(dir, "missing")}, "token"},
-		{[]string{"--state-dir", dir, "--serial", "/dev/null:fast"}, "baud"},
-		{[]string{"--state-dir", dir, "--serial", "unix:"}, "no socket path"},
-		{[]string{"--state-dir", dir, "--listen", "nocolon"}, "--listen"},
-		{[]string{"--state-dir", dir, "--root", filepath.Join(dir, "missing")}, "not a directory"},
-		{[]string{"--state-dir", dir, "--sim-boot-delay", "-1s"}, "sim_boot_delay"},
-		{[]string{"--state-dir", dir, "--boot", "uboot"}, "need --board linux"},
-		{[]string{"--state-dir", dir, "--boot", "grub"}, "need --board linux"},
-		{[]string{"--state-dir", dir, "--boot", "lilo"}, "want sim, uboot or grub"},
-		{[]string{"--state-dir", dir, "--trust-key", filepath.Join(dir, "missing.pub")}, "--trust-key: open " + filepath.Join(dir, "missing.pub")},
-		{[]string{"--state-dir", dir, "--trust-key", dir}, "not a regular file"},
-		{[]string{"--state-dir", dir, "--health-check", " "}, "--health-check: an empty command"},
-		{[]string{"--state-dir", dir, "--health-timeout", "0s"}, "health_timeout must be positive"},
+		{sim("--state-dir", dir, "--label", "novalue"), "KEY=VALUE"},
+		{sim("--state-dir", dir, "--token-file", filepath.Join(dir, "missing")), "--token-file"},
+		{sim("--state-dir", dir, "--token-file", open), "readable by others (mode 0644): it holds a secret; run chmod 600 " + open},
+		{sim("--state-dir", dir, "--token-file", short), short + ":2: a token of 5 characters is too short"},
+		{sim("--state-dir", dir, "--token-file", empty), "holds no token"},
+		{sim("--state-dir", dir, "--serial", "/dev/null:fast"), "baud"},
+		{sim("--state-dir", dir, "--serial", "unix:"), "no socket path"},
+		{sim("--state-dir", dir, "--listen", "nocolon"), "--listen"},
+		{sim("--state-dir", dir, "--insecure-listen", "nocolon"), "--insecure-listen"},
+		{sim("--state-dir", dir, "--listen", "127.0.0.1:7", "--insecure-listen", "127.0.0.1:7"), "name the same address"},
+		{sim("--state-dir", dir, "--max-download", "lots"), `"lots" is not a size`},
+		{sim("--state-dir", dir, "--root", filepath.Join(dir, "missing")), "not a directory"},
+		{sim("--state-dir", dir, "--sim-boot-delay", "-1s"), "sim_boot_delay"},
+		{sim("--state-dir", dir, "--boot", "uboot"), "need --board linux"},
+		{sim("--state-dir", dir, "--boot", "grub"), "need --board linux"},
+		{sim("--state-dir", dir, "--boot", "lilo"), "want sim, uboot or grub"},
+		{sim("--state-dir", dir, "--trust-key", filepath.Join(dir, "missing.pub")), "--trust-key: open " + filepath.Join(dir, "missing.pub")},
+		{sim("--state-dir", dir, "--trust-key", dir), "not a regular file"},
+		{sim("--state-dir", dir, "--health-check", " "), "--health-check: an empty command"},
+		{sim("--state-dir", dir, "--health-timeout", "0s"), "health_timeout must be positive"},
 	}
 	for _, tc := range tests {
 		err := run(context.Background(), tc.args, io.Discard, io.Discard)

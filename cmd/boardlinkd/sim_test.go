@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,20 +32,39 @@ func buildAgent(t *testing.T) string {
 
 // simBoard is a boardlinkd process: a sim board's supervisor.
 type simBoard struct {
-	cmd  *exec.Cmd
-	logs *testenv.Buffer // its stderr, and its boots'
-	done chan struct{}
-	err  error // Wait's, once done is closed
+	cmd   *exec.Cmd
+	logs  *testenv.Buffer // its stderr, and its boots'
+	done  chan struct{}
+	err   error // Wait's, once done is closed
+	token string
+	known *dispatcher.KnownBoards
 }
 
-// startBoard starts bin with a fresh state dir in a process group of its
-// own, as a shell starts a job. If the test leaves it running, its power
-// is cut at the end.
+// opts are the dial options of a host that holds the board's token.
+func (b *simBoard) opts() dispatcher.DialOptions {
+	return dispatcher.DialOptions{Token: b.token, Trust: b.known}
+}
+
+// writeToken writes a token file as a lab provisions one (mode 0600).
+func writeToken(t *testing.T, tok string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// startBoard starts bin as a sim board (args may say otherwise) with a
+// fresh state dir and a token, in a process group of its own, as a shell
+// starts a job. If the test leaves it running, its power is cut at the
+// end.
 func startBoard(t *testing.T, bin string, args ...string) *simBoard {
 	t.Helper()
-	b := &simBoard{logs: &testenv.Buffer{}, done: make(chan struct{})}
-	b.cmd = exec.Command(bin, append([]string{"--state-dir", filepath.Join(t.TempDir(), "state"), "--no-mdns",
-		"--sim-boot-delay", "10ms"}, args...)...)
+	b := &simBoard{logs: &testenv.Buffer{}, done: make(chan struct{}), token: "sim-board-token-" + t.Name(),
+		known: dispatcher.NewKnownBoards("")}
+	b.cmd = exec.Command(bin, append([]string{"--board", "sim", "--state-dir", filepath.Join(t.TempDir(), "state"), "--no-mdns",
+		"--sim-boot-delay", "10ms", "--token-file", writeToken(t, b.token)}, args...)...)
 	b.cmd.Stderr = b.logs
 	b.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := b.cmd.Start(); err != nil {
@@ -64,7 +84,7 @@ func startBoard(t *testing.T, bin string, args ...string) *simBoard {
 	return b
 }
 
-// addr waits for the first boot to listen and returns its address.
+// addr waits for the first boot to listen and returns its URL.
 func (b *simBoard) addr(t *testing.T) string {
 	t.Helper()
 	return waitAddr(t, b.logs.String, b.done)
@@ -175,8 +195,8 @@ func mustGone(t *testing.T, what string, pid int) {
 func TestSimRebootOverWebSocket(t *testing.T) {
 	bin := buildAgent(t)
 	b := startBoard(t, bin, "--listen", "127.0.0.1:0")
-	url := "ws://" + b.addr(t) // port 0 is chosen once and kept across boots
-	c, info := dialBoot(t, url, dispatcher.DialOptions{}, "")
+	url := b.addr(t) // port 0 is chosen once and kept across boots
+	c, info := dialBoot(t, url, b.opts(), "")
 	seen := map[string]bool{info.BootID: true}
 	for i := range 3 {
 		agent := agentPID(t, c)
@@ -214,7 +234,7 @@ func TestSimRebootOverWebSocket(t *testing.T) {
 			t.Errorf("boot %d: the hanging exec returned no error across the reboot", i+1)
 		}
 		c.Close()
-		c, info = dialBoot(t, url, dispatcher.DialOptions{}, res.BootID)
+		c, info = dialBoot(t, url, b.opts(), res.BootID)
 		if seen[info.BootID] {
 			t.Errorf("boot id %s came back", info.BootID)
 		}
@@ -241,7 +261,7 @@ func TestSimRebootOverSerialSocket(t *testing.T) {
 	url := "unix://" + sock
 
 	var console1 testenv.Buffer
-	c1, info1 := dialBoot(t, url, dispatcher.DialOptions{Console: &console1}, "")
+	c1, info1 := dialBoot(t, url, withConsole(b.opts(), &console1), "")
 	defer c1.Close()
 	var res proto.RebootResult
 	if err := c1.Conn().Call(context.Background(), proto.MethodSystemReboot, proto.RebootParams{}, &res); err != nil {
@@ -259,7 +279,7 @@ func TestSimRebootOverSerialSocket(t *testing.T) {
 	}
 
 	// A new connection replaces the old one on the socket.
-	c2, info2 := dialBoot(t, url, dispatcher.DialOptions{}, res.BootID)
+	c2, info2 := dialBoot(t, url, b.opts(), res.BootID)
 	defer c2.Close()
 	if info2.ID != info1.ID {
 		t.Errorf("board id changed from %s to %s", info1.ID, info2.ID)
@@ -284,8 +304,8 @@ func TestSimRebootOverSerialSocket(t *testing.T) {
 func TestSimPowerCuts(t *testing.T) {
 	bin := buildAgent(t)
 	b := startBoard(t, bin, "--listen", "127.0.0.1:0")
-	url := "ws://" + b.addr(t)
-	c, info := dialBoot(t, url, dispatcher.DialOptions{}, "")
+	url := b.addr(t)
+	c, info := dialBoot(t, url, b.opts(), "")
 	agent := agentPID(t, c)
 	sleeper := startDetached(t, c, "sleep", "1000")
 
@@ -294,7 +314,7 @@ func TestSimPowerCuts(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
-	c, _ = dialBoot(t, url, dispatcher.DialOptions{}, info.BootID)
+	c, _ = dialBoot(t, url, b.opts(), info.BootID)
 	defer c.Close()
 	if !strings.Contains(b.logs.String(), "sim: power cut") {
 		t.Errorf("the supervisor did not see a power cut")
@@ -333,4 +353,9 @@ func TestSimBootThatFailsPowersOff(t *testing.T) {
 			t.Errorf("logs lack %q", want)
 		}
 	}
+}
+
+func withConsole(o dispatcher.DialOptions, w io.Writer) dispatcher.DialOptions {
+	o.Console = w
+	return o
 }

@@ -85,6 +85,11 @@ type envelope struct {
 // WriteJSON atomically writes v to path as {"format": version, "data": v},
 // readable by people and by ReadJSON. The file is created with mode 0644.
 func WriteJSON(path string, version int, v any) error {
+	return WriteJSONPerm(path, version, v, 0o644)
+}
+
+// WriteJSONPerm is WriteJSON with the file's mode: 0600 for a secret.
+func WriteJSONPerm(path string, version int, v any, perm fs.FileMode) error {
 	if version < 1 {
 		return fmt.Errorf("write %s: format version %d: must be at least 1", path, version)
 	}
@@ -96,7 +101,7 @@ func WriteJSON(path string, version int, v any) error {
 	if err != nil {
 		return fmt.Errorf("write %s: encode: %w", path, err)
 	}
-	return WriteFile(path, append(b, '\n'), 0o644)
+	return WriteFile(path, append(b, '\n'), perm)
 }
 
 // ReadJSON reads a file written by WriteJSON into v. It refuses a file

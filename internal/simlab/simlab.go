@@ -20,6 +20,7 @@ package simlab
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,8 +33,11 @@ import (
 
 	"github.com/boardlink/boardlink/agent"
 	"github.com/boardlink/boardlink/agent/ota"
+	"github.com/boardlink/boardlink/auth"
 	"github.com/boardlink/boardlink/board/sim"
 	"github.com/boardlink/boardlink/discovery"
+	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/proto"
 )
 
 // Defaults of Options.
@@ -101,9 +105,14 @@ type Options struct {
 	// It is called from many boards at once, each time with that board's
 	// update machine locked (see ota.Config.OnPhase): it must be safe for
 	// concurrent use, return quickly and not call the board's agent.
-	OnPhase func(board, updateID, phase string)
-	// Token, if set, is the token every client of every board presents.
+	OnPhase func(board, updateID string, phase proto.Phase)
+	// Token is the token every board accepts; "" makes a random one
+	// (Lab.Token). Boards refuse every session without it, as a real
+	// board does without a token or a pairing.
 	Token string
+	// Insecure serves plain ws:// instead of wss:// with each board's
+	// key (the demo on loopback).
+	Insecure bool
 	// Logger is shared by every board (each adds board=ID); nil discards.
 	Logger *slog.Logger
 }
@@ -114,8 +123,9 @@ type Lab struct {
 	// Boards are the lab's boards, by index: Boards[i].Index == i.
 	Boards []*Board
 
-	opts Options
-	log  *slog.Logger
+	opts  Options
+	log   *slog.Logger
+	known *dispatcher.KnownBoards
 
 	mu      sync.Mutex
 	stopped bool
@@ -187,7 +197,10 @@ func Start(ctx context.Context, opts Options) (*Lab, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	l := &Lab{opts: opts, log: opts.Logger, closing: make(chan struct{}), Boards: make([]*Board, opts.Boards)}
+	if opts.Token == "" {
+		opts.Token = base64.RawURLEncoding.EncodeToString(auth.NewNonce())
+	}
+	l := &Lab{opts: opts, log: opts.Logger, known: dispatcher.NewKnownBoards(""), closing: make(chan struct{}), Boards: make([]*Board, opts.Boards)}
 	for i := range l.Boards {
 		b := &Board{ID: fmt.Sprintf("%s-%03d", opts.IDPrefix, i), Index: i, lab: l,
 			dir: filepath.Join(opts.Dir, fmt.Sprintf("board-%03d", i))}
@@ -273,15 +286,28 @@ func (l *Lab) isStopped() bool {
 	return l.stopped
 }
 
-// Addr is the board's WebSocket address, "ws://127.0.0.1:PORT": the same
-// across reboots, Down and Up.
+// Addr is the board's WebSocket address, "wss://127.0.0.1:PORT" (ws://
+// with Options.Insecure): the same across reboots, Down and Up.
 func (b *Board) Addr() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.port == 0 {
 		return ""
 	}
-	return "ws://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(b.port))
+	scheme := "wss://"
+	if b.lab.opts.Insecure {
+		scheme = "ws://"
+	}
+	return scheme + net.JoinHostPort("127.0.0.1", strconv.Itoa(b.port))
+}
+
+// Token is the token every board of the lab accepts.
+func (l *Lab) Token() string { return l.opts.Token }
+
+// DialOptions are what a client of the lab's boards needs: the lab's
+// token, and pins of the boards' keys made on first use, in memory.
+func (l *Lab) DialOptions() dispatcher.DialOptions {
+	return dispatcher.DialOptions{Token: l.opts.Token, Trust: l.known}
 }
 
 // Dir is the board's state directory.
@@ -359,15 +385,20 @@ func (b *Board) bootLocked(ctx context.Context) (err error) {
 	if l.opts.HealthChecks != nil {
 		checks = l.opts.HealthChecks(b.Index)
 	}
-	var onPhase func(id, phase string)
+	var onPhase func(id string, phase proto.Phase)
 	if f := l.opts.OnPhase; f != nil {
-		onPhase = func(id, phase string) { f(b.ID, id, phase) }
+		onPhase = func(id string, phase proto.Phase) { f(b.ID, id, phase) }
 	}
 	u := ota.New(ota.Config{Dir: filepath.Join(b.dir, "ota"), Boot: sb.BootControl(), Model: sb.Identity().Model,
 		BootID: sb.BootID(), Keys: l.opts.TrustKeys, HealthChecks: checks, HealthTimeout: l.opts.HealthTimeout,
 		Reboot: bt.reboot, OnPhase: onPhase, Logger: b.log})
-	a := agent.New(sb, bt.execs, agent.Config{Token: l.opts.Token, Logger: b.log, Roots: []string{b.dir},
-		CacheDir: filepath.Join(b.dir, "cache"), Reboot: bt.reboot, OTA: u})
+	key, _, err := auth.LoadOrCreateKey(filepath.Join(b.dir, "auth", "key.pem"))
+	if err != nil {
+		return err
+	}
+	a := agent.New(sb, bt.execs, agent.Config{Logger: b.log, Roots: []string{b.dir},
+		CacheDir: filepath.Join(b.dir, "cache"), Reboot: bt.reboot, OTA: u,
+		Auth: agent.AuthConfig{Key: key, Tokens: []agent.Token{{Name: "simlab", Value: l.opts.Token}}}})
 	// A trial boot's health check may start here, and a reboot be asked
 	// for before the boot is done: it waits for op, then finds this boot.
 	if err := u.Start(ctx); err != nil {
@@ -380,7 +411,7 @@ func (b *Board) bootLocked(ctx context.Context) (err error) {
 	port := bt.ws.Addr().(*net.TCPAddr).Port
 	if len(l.opts.Ifaces) > 0 {
 		adv := discovery.NewAdvertiser(discovery.AdvertiseConfig{Ifaces: l.opts.Ifaces, Logger: b.log})
-		if err := adv.Start(ctx, discovery.RecordOf(a.Info(), port)); err != nil {
+		if err := adv.Start(ctx, discovery.RecordOf(a.Info(ctx), port, !l.opts.Insecure)); err != nil {
 			return err
 		}
 		bt.adv = adv
@@ -404,6 +435,9 @@ func (b *Board) listen(ctx context.Context, a *agent.Agent) (*agent.WebSocketSer
 	deadline := time.Now().Add(bindRetry)
 	for {
 		ws := agent.NewWebSocketServer(a, addr)
+		if b.lab.opts.Insecure {
+			ws = agent.NewInsecureWebSocketServer(a, addr)
+		}
 		err := ws.Start(ctx)
 		if err == nil {
 			return ws, nil

@@ -59,9 +59,18 @@ func checkLeaks(t *testing.T) {
 	testenv.CheckLeaks(t)
 }
 
+// testToken is every test lab's token.
+const testToken = "simlab-test-token"
+
+// testOpts dial a test lab's board: its token, and its key trusted on
+// first use (boards of different labs share ids, not keys).
+func testOpts() dispatcher.DialOptions {
+	return dispatcher.DialOptions{Token: testToken, Trust: dispatcher.NewKnownBoards("")}
+}
+
 func dial(t testing.TB, ctx context.Context, addr string) *dispatcher.Client {
 	t.Helper()
-	c, err := dispatcher.Dial(ctx, addr, dispatcher.DialOptions{})
+	c, err := dispatcher.Dial(ctx, addr, testOpts())
 	if err != nil {
 		t.Fatalf("dial %s: %v", addr, err)
 	}
@@ -72,13 +81,13 @@ func dial(t testing.TB, ctx context.Context, addr string) *dispatcher.Client {
 // TestBoardsAnswer: every board is a real agent with its own id, boot id
 // and address.
 func TestBoardsAnswer(t *testing.T) {
-	l := startLab(t, simlab.Options{Boards: 3, Labels: func(i int) map[string]string {
+	l := startLab(t, simlab.Options{Token: testToken, Boards: 3, Labels: func(i int) map[string]string {
 		return map[string]string{"rack": string(rune('a' + i))}
 	}})
 	ctx := ctxTimeout(t, time.Minute)
 	ids, boots, addrs := map[string]bool{}, map[string]bool{}, map[string]bool{}
 	for i, b := range l.Boards {
-		if b.Index != i || b.Boots() != 1 || !strings.HasPrefix(b.Addr(), "ws://127.0.0.1:") || b.Dir() == "" {
+		if b.Index != i || b.Boots() != 1 || !strings.HasPrefix(b.Addr(), "wss://127.0.0.1:") || b.Dir() == "" {
 			t.Fatalf("board %d: index %d, boots %d, addr %q, dir %q", i, b.Index, b.Boots(), b.Addr(), b.Dir())
 		}
 		info, err := dial(t, ctx, b.Addr()).Info(ctx)
@@ -102,7 +111,7 @@ func TestBoardsAnswer(t *testing.T) {
 // TestReboot: system.reboot brings the board back on the same address
 // with a new boot id; the others are untouched.
 func TestReboot(t *testing.T) {
-	l := startLab(t, simlab.Options{Boards: 3, BootDelay: 10 * time.Millisecond})
+	l := startLab(t, simlab.Options{Token: testToken, Boards: 3, BootDelay: 10 * time.Millisecond})
 	ctx := ctxTimeout(t, time.Minute)
 	b := l.Boards[1]
 	addr, old := b.Addr(), b.BootID()
@@ -131,7 +140,7 @@ func TestReboot(t *testing.T) {
 // TestDownUp: a board taken down drops its connections and refuses new
 // ones until it is up again, at the same address.
 func TestDownUp(t *testing.T) {
-	l := startLab(t, simlab.Options{Boards: 2})
+	l := startLab(t, simlab.Options{Token: testToken, Boards: 2})
 	ctx := ctxTimeout(t, time.Minute)
 	b := l.Boards[0]
 	addr, old := b.Addr(), b.BootID()
@@ -147,7 +156,7 @@ func TestDownUp(t *testing.T) {
 	}
 	short, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	if c2, err := dispatcher.Dial(short, addr, dispatcher.DialOptions{}); err == nil {
+	if c2, err := dispatcher.Dial(short, addr, testOpts()); err == nil {
 		c2.Close()
 		t.Fatal("Dial succeeded while the board is down")
 	}
@@ -185,16 +194,16 @@ func buildImage(t testing.TB, key ed25519.PrivateKey, version string) *image.Ima
 // phases records OnPhase calls by board.
 type phases struct {
 	mu sync.Mutex
-	m  map[string][]string
+	m  map[string][]proto.Phase
 }
 
-func (p *phases) add(board, _, phase string) {
+func (p *phases) add(board, _ string, phase proto.Phase) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.m[board] = append(p.m[board], phase)
 }
 
-func (p *phases) of(board string) []string {
+func (p *phases) of(board string) []proto.Phase {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return slices.Clone(p.m[board])
@@ -207,8 +216,8 @@ func TestOTA(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seen := &phases{m: map[string][]string{}}
-	l := startLab(t, simlab.Options{Boards: 3, TrustKeys: []ed25519.PublicKey{pub}, OnPhase: seen.add,
+	seen := &phases{m: map[string][]proto.Phase{}}
+	l := startLab(t, simlab.Options{Token: testToken, Boards: 3, TrustKeys: []ed25519.PublicKey{pub}, OnPhase: seen.add,
 		BootDelay: 10 * time.Millisecond, HealthTimeout: 20 * time.Second,
 		HealthChecks: func(i int) []string {
 			if i == 2 {
@@ -236,7 +245,7 @@ func TestOTA(t *testing.T) {
 		t.Fatalf("slots after the update: %+v", info.Slots)
 	}
 	got := seen.of(good.ID)
-	want := []string{proto.PhasePrepare, proto.PhasePrepared, proto.PhaseActivate, proto.PhaseTrial, proto.PhaseCommit, proto.PhaseDone}
+	want := []proto.Phase{proto.PhasePrepare, proto.PhasePrepared, proto.PhaseActivate, proto.PhaseTrial, proto.PhaseCommit, proto.PhaseDone}
 	if !slices.Equal(got, want) {
 		t.Fatalf("%s went through %v, want %v", good.ID, got, want)
 	}
@@ -273,11 +282,11 @@ func TestOTA(t *testing.T) {
 func TestStopLeavesNothing(t *testing.T) {
 	checkLeaks(t)
 	ctx := ctxTimeout(t, time.Minute)
-	l, err := simlab.Start(ctx, simlab.Options{Boards: 3, Dir: t.TempDir(), BootDelay: 10 * time.Millisecond})
+	l, err := simlab.Start(ctx, simlab.Options{Token: testToken, Boards: 3, Dir: t.TempDir(), BootDelay: 10 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := dispatcher.Dial(ctx, l.Boards[0].Addr(), dispatcher.DialOptions{})
+	c, err := dispatcher.Dial(ctx, l.Boards[0].Addr(), testOpts())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -335,7 +344,7 @@ func TestMDNS(t *testing.T) {
 	if !testenv.InPrivateLoopback(t) {
 		return
 	}
-	l := startLab(t, simlab.Options{Boards: 3, Ifaces: []string{"lo"}, Labels: func(i int) map[string]string {
+	l := startLab(t, simlab.Options{Token: testToken, Boards: 3, Ifaces: []string{"lo"}, Labels: func(i int) map[string]string {
 		return map[string]string{"lab": "simlab"}
 	}})
 	ctx := ctxTimeout(t, time.Minute)
@@ -421,11 +430,11 @@ func TestStartFails(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "board-001"), nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	l, err := simlab.Start(ctxTimeout(t, time.Minute), simlab.Options{Boards: 3, Dir: dir})
+	l, err := simlab.Start(ctxTimeout(t, time.Minute), simlab.Options{Token: testToken, Boards: 3, Dir: dir})
 	if err == nil || !strings.Contains(err.Error(), "sim-001") {
 		t.Fatalf("Start = %v, %v; want sim-001's error", l, err)
 	}
-	if _, err := simlab.Start(context.Background(), simlab.Options{Boards: 0, Dir: dir}); err == nil {
+	if _, err := simlab.Start(context.Background(), simlab.Options{Token: testToken, Boards: 0, Dir: dir}); err == nil {
 		t.Fatal("a lab of no boards started")
 	}
 }
@@ -434,7 +443,7 @@ func TestStartFails(t *testing.T) {
 func BenchmarkStart100(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
-		l, err := simlab.Start(context.Background(), simlab.Options{Boards: 100, Dir: b.TempDir()})
+		l, err := simlab.Start(context.Background(), simlab.Options{Token: testToken, Boards: 100, Dir: b.TempDir()})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -453,7 +462,7 @@ func BenchmarkIdle200(b *testing.B) {
 		runtime.GC()
 		runtime.ReadMemStats(&before)
 		g0 := runtime.NumGoroutine()
-		l, err := simlab.Start(context.Background(), simlab.Options{Boards: n, Dir: b.TempDir()})
+		l, err := simlab.Start(context.Background(), simlab.Options{Token: testToken, Boards: n, Dir: b.TempDir()})
 		if err != nil {
 			b.Fatal(err)
 		}

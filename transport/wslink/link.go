@@ -2,9 +2,12 @@ package wslink
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"sync"
 	"time"
 
@@ -26,6 +29,14 @@ type Config struct {
 	WriteTimeout time.Duration // default 10 s
 	CloseWait    time.Duration // how long Close waits for the peer's close frame; default 1 s
 	Logger       *slog.Logger
+	// VerifyKey checks the key of a wss:// peer during the TLS handshake,
+	// before a byte of HTTP is sent; a board's certificate is self-signed,
+	// so Dial refuses wss:// without it. It may only record the key for a
+	// check made later, once the board has also signed its session.
+	VerifyKey func(ed25519.PublicKey) error
+	// NetDialContext, when set, opens Dial's TCP connection (a source
+	// address of one's choosing, a route of one's own).
+	NetDialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 func (c Config) withDefaults() Config {
@@ -72,7 +83,22 @@ type Link struct {
 	mu       sync.Mutex
 	err      error
 	sizeHint int // the reader's guess at the next message's size
+	peer     Peer
 }
+
+// Peer is the other end of a link as the HTTP exchange showed it.
+type Peer struct {
+	// Addr is the remote address.
+	Addr string
+	// TLS is the TLS state of a wss:// link (on the dialing side, the
+	// board's certificate is in PeerCertificates); nil for ws://.
+	TLS *tls.ConnectionState
+	// Info is what the Server's Check said of the request.
+	Info any
+}
+
+// Peer describes the other end.
+func (l *Link) Peer() Peer { return l.peer }
 
 var _ transport.Link = (*Link)(nil)
 

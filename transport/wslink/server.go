@@ -19,6 +19,10 @@ import (
 type Server struct {
 	// Token, when non-empty, must arrive as "Authorization: Bearer TOKEN".
 	Token string
+	// Check, when set, runs before the upgrade (after the Token check): it
+	// refuses a request by answering it and returning false. What it
+	// returns as info reaches Serve as the link's Peer().Info.
+	Check func(w http.ResponseWriter, r *http.Request) (info any, ok bool)
 	// Serve runs one connection; the link is closed when it returns.
 	Serve func(ctx context.Context, l *Link)
 	// Context, when set, is the parent of every connection's context, so
@@ -51,6 +55,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		})
 		return
 	}
+	var info any
+	if s.Check != nil {
+		var ok bool
+		if info, ok = s.Check(w, r); !ok {
+			return
+		}
+	}
 	up := websocket.Upgrader{HandshakeTimeout: 10 * time.Second,
 		ReadBufferSize: readBufferSize, WriteBufferSize: writeBufferSize, WriteBufferPool: &writeBuffers}
 	ws, err := up.Upgrade(w, r, nil)
@@ -58,6 +69,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return // Upgrade has already answered with an HTTP error
 	}
 	l := newLink(ws, s.Config)
+	l.peer = Peer{Addr: r.RemoteAddr, TLS: r.TLS, Info: info}
 	defer l.Close()
 	parent := s.Context
 	if parent == nil {

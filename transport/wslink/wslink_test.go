@@ -2,6 +2,7 @@ package wslink
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"net/http/httptest"
 	"strings"
@@ -47,5 +48,25 @@ func TestCloseHandshake(t *testing.T) {
 	}
 	if err := l.WriteMessage(context.Background(), transport.Text, []byte(`{}`)); !errors.Is(err, transport.ErrClosed) {
 		t.Fatalf("write after close: %v", err)
+	}
+}
+
+// A scheme mix-up says which scheme to try.
+func TestSchemeMixUpIsNamed(t *testing.T) {
+	plain := httptest.NewServer(&Server{Serve: func(ctx context.Context, l *Link) {}})
+	defer plain.Close()
+	tlsSrv := httptest.NewTLSServer(&Server{Serve: func(ctx context.Context, l *Link) {}})
+	defer tlsSrv.Close()
+	cfg := Config{VerifyKey: func(ed25519.PublicKey) error { return nil }}
+	_, err := Dial(context.Background(), "ws"+strings.TrimPrefix(tlsSrv.URL, "https"), "", cfg)
+	if err == nil || !strings.Contains(err.Error(), "try wss://") {
+		t.Errorf("ws:// to a TLS agent: %v", err)
+	}
+	_, err = Dial(context.Background(), "wss"+strings.TrimPrefix(plain.URL, "http"), "", cfg)
+	if err == nil || !strings.Contains(err.Error(), "try ws://") {
+		t.Errorf("wss:// to a plain agent: %v", err)
+	}
+	if _, err := Dial(context.Background(), "wss"+strings.TrimPrefix(plain.URL, "http"), "", Config{}); err == nil || !strings.Contains(err.Error(), "VerifyKey") {
+		t.Errorf("wss:// without VerifyKey: %v", err)
 	}
 }

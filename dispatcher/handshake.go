@@ -1,0 +1,120 @@
+package dispatcher
+
+import (
+	"context"
+	"crypto/ed25519"
+	"fmt"
+
+	"github.com/boardlink/boardlink/auth"
+	"github.com/boardlink/boardlink/internal/version"
+	"github.com/boardlink/boardlink/proto"
+	"github.com/boardlink/boardlink/transport"
+	"github.com/boardlink/boardlink/transport/wslink"
+)
+
+// ErrLegacyAgent refuses an agent older than protocol 4: it cannot prove
+// which board it is.
+var ErrLegacyAgent = fmt.Errorf("%w: the agent cannot prove its key", ErrUntrusted)
+
+// handshake opens the session on conn: the board proves its key, the key
+// is checked, and only then the host proves its right to the board.
+func (c *Client) handshake(ctx context.Context, conn *transport.Conn, l transport.Link) (proto.HelloResult, error) {
+	hello, s, err := boardHello(ctx, conn, l, c.opts)
+	if err != nil || hello.Authenticated {
+		return hello, err // done, or an agent with --no-auth
+	}
+	if s == nil { // a legacy agent, allowed
+		if c.opts.Token == "" {
+			return hello, nil
+		}
+		p := proto.HelloParams{Protocol: proto.Version, Token: c.opts.Token, Client: clientName}
+		if err := conn.Call(ctx, proto.MethodHello, p, &hello); err != nil {
+			return hello, fmt.Errorf("session.hello: %w", err)
+		}
+		return hello, nil
+	}
+	_, err = authenticate(ctx, conn, hello.BoardID, *s, c.opts)
+	hello.Authenticated = err == nil
+	return hello, err
+}
+
+var clientName = "boardlink/" + version.Version
+
+// boardHello sends session.hello with a nonce and checks what the board
+// answers: its signature over the session with the key it names, the same
+// key as its TLS certificate's over wss://, the board id the caller
+// meant, and a key that Trust (or the Fingerprint given) accepts. It
+// returns the session to authenticate in, or nil for a legacy agent when
+// AllowLegacy lets it through.
+func boardHello(ctx context.Context, conn *transport.Conn, l transport.Link, opts DialOptions) (proto.HelloResult, *auth.Session, error) {
+	if opts.Trust == nil && opts.Fingerprint.IsZero() {
+		return proto.HelloResult{}, nil, fmt.Errorf("%w: no way to check the board's key (give DialOptions.Trust or Fingerprint)", ErrUntrusted)
+	}
+	nonce := auth.NewNonce()
+	var hello proto.HelloResult
+	err := conn.Call(ctx, proto.MethodHello, proto.HelloParams{Protocol: proto.Version, Client: clientName, Nonce: nonce}, &hello)
+	if err != nil {
+		return hello, nil, fmt.Errorf("session.hello: %w", err)
+	}
+	if opts.BoardID != "" && hello.BoardID != opts.BoardID {
+		return hello, nil, &WrongBoardError{Want: opts.BoardID, Got: hello.BoardID}
+	}
+	if hello.Auth == nil {
+		if !opts.AllowLegacy {
+			return hello, nil, fmt.Errorf("board %s runs agent %s (protocol %d): %w; update its agent",
+				hello.BoardID, hello.Agent, hello.Protocol, ErrLegacyAgent)
+		}
+		return hello, nil, nil
+	}
+	key, err := auth.KeyFromBytes(hello.Auth.Key)
+	if err != nil {
+		return hello, nil, fmt.Errorf("board %s: %w: %w", hello.BoardID, ErrUntrusted, err)
+	}
+	s := auth.Session{HostNonce: nonce, BoardNonce: hello.Auth.Nonce, Board: auth.FingerprintOf(key)}
+	if err := s.VerifyBoard(key, hello.Auth.Proof); err != nil {
+		return hello, nil, fmt.Errorf("board %s: %w: %w", hello.BoardID, ErrUntrusted, err)
+	}
+	if wl, ok := l.(*wslink.Link); ok && wl.Peer().TLS != nil {
+		tlsKey, err := auth.PeerKey(*wl.Peer().TLS)
+		if err != nil || !tlsKey.Equal(key) {
+			return hello, nil, fmt.Errorf("board %s: %w: its TLS certificate's key is not the key that signed the session", hello.BoardID, ErrUntrusted)
+		}
+	}
+	if !opts.Fingerprint.IsZero() && !opts.Fingerprint.Equal(s.Board) {
+		return hello, nil, &FingerprintError{Board: hello.BoardID, Want: opts.Fingerprint, Got: s.Board}
+	}
+	if opts.Trust != nil {
+		if err := opts.Trust.Verify(hello.BoardID, s.Board); err != nil {
+			return hello, nil, err
+		}
+	}
+	return hello, &s, nil
+}
+
+// authenticate proves this host's right to the board: a signature with
+// its key, a MAC with the token, or both (the board takes either).
+func authenticate(ctx context.Context, conn *transport.Conn, board string, s auth.Session, opts DialOptions) (proto.AuthResult, error) {
+	var p proto.AuthParams
+	if opts.HostKey != nil {
+		p.Key, p.Proof = opts.HostKey.Public().(ed25519.PublicKey), s.HostProof(opts.HostKey)
+	}
+	if opts.Token != "" {
+		p.TokenProof = s.TokenProof(opts.Token)
+	}
+	if p.Key == nil && p.TokenProof == nil {
+		return proto.AuthResult{}, fmt.Errorf("%w: no token given, and this host is not paired with board %s (boardlink pair %s, or --token-file)",
+			ErrNoCredentials, board, board)
+	}
+	var res proto.AuthResult
+	if err := conn.Call(ctx, proto.MethodAuth, p, &res); err != nil {
+		what := "this host's key (not paired with it?)"
+		switch {
+		case p.Key != nil && p.TokenProof != nil:
+			what = "this host's key and the token"
+		case p.Key == nil:
+			what = "the token"
+		}
+		return res, fmt.Errorf("board %s refused %s: %w", board, what, err)
+	}
+	return res, nil
+}
