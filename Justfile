@@ -5,7 +5,7 @@
 #   just test     the README's test command
 #   just race     the concurrency packages under the race detector
 #   just ota-kills  10,000 power cuts during OTA prepares (OTA_KILLS to change)
-#   just e2e      every test, with skips that need a missing tool turned into failures
+#   just e2e      every test, the long stress tests too, with skips that need a missing tool turned into failures
 #   just bench    every benchmark in the module (BENCH, BENCHTIME to narrow or lengthen), then bench/*/ programs
 #   just fuzz     every fuzz target, FUZZTIME each (default 30s)
 #   just demo     the demo
@@ -30,9 +30,9 @@ test:
 race:
     go test -race ./transport/... ./agent/... ./board/... ./dispatcher/... ./internal/... ./proto/...
 
-# Run every test, uncached, with BOARDLINK_E2E=1 so that a test which would skip for a missing tool fails.
+# Run every test, uncached, with BOARDLINK_E2E=1: the long stress tests run, and a test which would skip for a missing tool fails.
 e2e:
-    BOARDLINK_E2E=1 go test -count=1 ./...
+    BOARDLINK_E2E=1 go test -count=1 -timeout 30m ./...
 
 # Run every benchmark in the module; BENCH=regexp and BENCHTIME=5s|100x narrow or lengthen the run.
 bench:

@@ -159,14 +159,14 @@ func (a *Agent) slots(ctx context.Context) []proto.Slot {
 	return out
 }
 
-// bootedSlot names the slot running now, or "".
-func (a *Agent) bootedSlot(ctx context.Context) string {
+// bootedSlot is the slot running now (zero when unknown).
+func (a *Agent) bootedSlot(ctx context.Context) proto.Slot {
 	for _, s := range a.slots(ctx) {
 		if s.Booted {
-			return s.Name
+			return s
 		}
 	}
-	return ""
+	return proto.Slot{}
 }
 
 // beaconWait bounds the boot loader's answer for a beacon: a beacon goes
@@ -178,10 +178,11 @@ func (a *Agent) Beacon() []byte {
 	ctx, cancel := context.WithTimeout(context.Background(), beaconWait)
 	defer cancel()
 	id := a.board.Identity()
+	slot := a.bootedSlot(ctx)
 	b, _ := json.Marshal(proto.Beacon{
 		ID: id.ID, Model: id.Model, Protocol: proto.Version, Capabilities: a.Capabilities(),
-		Version: version.Version, BootID: a.board.BootID(), Labels: id.Labels, Slot: a.bootedSlot(ctx),
-		Fingerprint: a.auth.fp.Short(),
+		Version: version.Version, BootID: a.board.BootID(), Labels: id.Labels, Slot: slot.Name,
+		SlotVersion: slot.Version, Fingerprint: a.auth.fp.Short(),
 	})
 	return b
 }
@@ -252,6 +253,7 @@ type session struct {
 	host     string              // and as whom
 	authSess auth.Session        // this session's nonces, from session.hello
 	failures int                 // failed proofs on this connection
+	protocol int                 // the version the last session.hello negotiated; 0: none (see checkVersion)
 	inflight int                 // requests being served
 	lastUse  time.Time           // when the last request ended
 	owned    map[string]*Command // commands that die with this connection
@@ -343,6 +345,9 @@ func (s *session) Handle(ctx context.Context, c *transport.Conn, r *transport.Re
 	if !s.authed.Load() && !unauthenticated[r.Method] {
 		return nil, proto.Errorf(proto.ReasonUnauthorized,
 			"authenticate first: session.hello with a nonce, then session.auth (a paired host's key or a token), or pair with boardlink pair")
+	}
+	if err := s.checkVersion(r.Method); err != nil {
+		return nil, err
 	}
 	s.mu.Lock()
 	s.inflight++
@@ -480,7 +485,31 @@ func (s *session) hello(params json.RawMessage) (any, error) {
 		s.logAuth()
 	}
 	res.Authenticated = s.authed.Load()
+	s.mu.Lock()
+	s.protocol = res.Protocol
+	s.mu.Unlock()
 	return res, nil
+}
+
+// checkVersion refuses a method newer than the session's version, naming
+// the version that added it. A session that never said hello speaks the
+// agent's version: since protocol 4 a session says hello to authenticate,
+// so only a peer authenticated before the session began (a Bearer token on
+// the WebSocket upgrade) or served by an agent with --no-auth gets here
+// without one. Those are clients written against this agent, or clients of
+// versions 1 to 3 that skipped hello on WebSocket and were served every
+// method then: the agent's version keeps them working.
+func (s *session) checkVersion(method string) error {
+	s.mu.Lock()
+	v := s.protocol
+	s.mu.Unlock()
+	if v == 0 {
+		v = proto.Version
+	}
+	if err := proto.CheckMethodVersion(method, v); err != nil {
+		return err
+	}
+	return nil // not the nil *proto.Error: that is a non-nil error
 }
 
 // authenticate checks session.auth's proofs against this session's nonces.

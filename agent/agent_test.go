@@ -242,18 +242,20 @@ func TestCancelAndConcurrency(t *testing.T) {
 // waitRunning returns the id of the running command whose argv[0] is name.
 func waitRunning(t *testing.T, c *dispatcher.Client, name string) string {
 	t.Helper()
-	for {
+	var id string
+	testenv.Eventually(t, name+" to run", func() bool {
 		log, err := c.ExecLog(context.Background(), 0)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, e := range log {
 			if e.Running && e.Argv[0] == name {
-				return e.ID
+				id = e.ID
 			}
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return id != ""
+	})
+	return id
 }
 
 func TestDroppedConnectionKillsUnlessDetached(t *testing.T) {

@@ -356,12 +356,14 @@ func (a *authority) codeFromFile(now time.Time) (PairingCode, bool) {
 }
 
 // pendingFor returns the session's pairing, or why there is none.
-func (a *authority) pendingFor(s *session) (*pairing, error) {
+// An exchange needs an attempt left; a confirmation only the exchange it
+// confirms (which used the attempt), so the last attempt can succeed.
+func (a *authority) pendingFor(s *session, exchange bool) (*pairing, error) {
 	q := a.pending
 	if q == nil || q.owner != s {
 		return nil, proto.Errorf(proto.ReasonInvalidRequest, "no pairing under way on this connection: pair.begin first")
 	}
-	if !a.now().Before(q.expires) || q.attempts <= 0 {
+	if !a.now().Before(q.expires) || (exchange && q.attempts <= 0) {
 		a.endPairingLocked(q)
 		return nil, proto.Errorf(proto.ReasonUnauthorized, "the pairing code expired or was used up: pair.begin for a new one")
 	}
@@ -373,7 +375,7 @@ func (a *authority) pendingFor(s *session) (*pairing, error) {
 func (a *authority) pairExchange(s *session, p proto.PairExchangeParams) (proto.PairExchangeResult, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	q, err := a.pendingFor(s)
+	q, err := a.pendingFor(s, true)
 	if err != nil {
 		return proto.PairExchangeResult{}, err
 	}
@@ -391,7 +393,7 @@ func (a *authority) pairExchange(s *session, p proto.PairExchangeParams) (proto.
 func (a *authority) pairConfirm(s *session, p proto.PairConfirmParams) (PairedHost, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	q, err := a.pendingFor(s)
+	q, err := a.pendingFor(s, false)
 	if err != nil {
 		return PairedHost{}, err
 	}

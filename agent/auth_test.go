@@ -387,6 +387,34 @@ func TestPairingCodeFileAndLimits(t *testing.T) {
 	}
 }
 
+// The third and last attempt of a code can succeed: two wrong codes, then
+// the right one, pairs.
+func TestPairingLastAttempt(t *testing.T) {
+	p := newPairingBoard(t)
+	host := newKey(t)
+	var right string
+	for i := range 2 {
+		_, err := p.pair(t, host, dispatcher.NewKnownBoards(""), func(shown string, _ proto.PairBeginResult) string {
+			if shown != "" {
+				right = shown
+			}
+			return fmt.Sprintf("WRNG-%04d", i)
+		})
+		if !errors.Is(err, auth.ErrWrongCode) {
+			t.Fatalf("wrong code %d: %v", i, err)
+		}
+	}
+	_, err := p.pair(t, host, dispatcher.NewKnownBoards(""), func(_ string, begin proto.PairBeginResult) string {
+		if begin.Attempts != 1 {
+			t.Errorf("attempts left: %d, want 1", begin.Attempts)
+		}
+		return right
+	})
+	if err != nil {
+		t.Fatalf("the right code on the last attempt: %v", err)
+	}
+}
+
 // Wrong tokens are paced per source address: after a failure the source
 // is locked out for a delay that doubles, and attempts during a lockout
 // are refused without being examined, the right token too.

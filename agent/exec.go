@@ -13,10 +13,13 @@ import (
 	"os"
 	"os/exec"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/boardlink/boardlink/internal/rootpath"
 	"github.com/boardlink/boardlink/proto"
@@ -54,7 +57,10 @@ type ExecOptions struct {
 	// (or its command's end, if later). Default DefaultResultGrace.
 	ResultGrace time.Duration
 	Now         func() time.Time // the clock ResultGrace runs on (default time.Now)
-	Logger      *slog.Logger     // default: discard
+	// DrainDelay bounds how long output is read after a command's leader
+	// exits (default 1s): see drainDelay.
+	DrainDelay time.Duration
+	Logger     *slog.Logger // default: discard
 }
 
 const (
@@ -76,6 +82,7 @@ type Execs struct {
 	logSize     int
 	logPath     string
 	grace       time.Duration
+	drain       time.Duration
 	maxCommands int
 	resultGrace time.Duration
 	now         func() time.Time
@@ -95,13 +102,16 @@ type Execs struct {
 // NewExecs returns a manager. It touches nothing outside memory: call
 // LoadLog to read a persisted log.
 func NewExecs(opts ExecOptions) *Execs {
-	m := &Execs{logSize: opts.LogSize, logPath: opts.LogPath, grace: opts.DefaultGrace,
+	m := &Execs{logSize: opts.LogSize, logPath: opts.LogPath, grace: opts.DefaultGrace, drain: opts.DrainDelay,
 		maxCommands: opts.MaxCommands, resultGrace: opts.ResultGrace, now: opts.Now, log: opts.Logger}
 	if m.logSize <= 0 {
 		m.logSize = defaultLogSize
 	}
 	if m.grace <= 0 {
 		m.grace = defaultGrace
+	}
+	if m.drain <= 0 {
+		m.drain = drainDelay
 	}
 	if m.maxCommands <= 0 {
 		m.maxCommands = defaultMaxCommands
@@ -424,11 +434,11 @@ func (m *Execs) run(c *Command, cmd *exec.Cmd, pp pipes) {
 	if pp.stdin != nil {
 		pp.stdin.close()
 	}
-	deadline := ended.Add(drainDelay)
+	deadline := ended.Add(m.drain)
 	if err := errors.Join(pp.stdout.SetReadDeadline(deadline), pp.stderr.SetReadDeadline(deadline)); err != nil {
 		// Only if the poller refused the pipes: closing them is the only bound left.
 		m.log.Warn("exec output cannot be bounded by a deadline", "id", c.id, "err", err)
-		time.AfterFunc(drainDelay, func() { pp.stdout.Close(); pp.stderr.Close() })
+		time.AfterFunc(m.drain, func() { pp.stdout.Close(); pp.stderr.Close() })
 	}
 	pumps.Wait()
 	pp.stdout.Close()
@@ -728,30 +738,17 @@ func (m *Execs) Shutdown(ctx context.Context) error {
 	return nil
 }
 
-// Linux signal names as the protocol spells them (no SIG prefix).
-var signalNames = map[syscall.Signal]string{
-	syscall.SIGHUP: "HUP", syscall.SIGINT: "INT", syscall.SIGQUIT: "QUIT", syscall.SIGILL: "ILL",
-	syscall.SIGTRAP: "TRAP", syscall.SIGABRT: "ABRT", syscall.SIGBUS: "BUS", syscall.SIGFPE: "FPE",
-	syscall.SIGKILL: "KILL", syscall.SIGUSR1: "USR1", syscall.SIGSEGV: "SEGV", syscall.SIGUSR2: "USR2",
-	syscall.SIGPIPE: "PIPE", syscall.SIGALRM: "ALRM", syscall.SIGTERM: "TERM", syscall.SIGCHLD: "CHLD",
-	syscall.SIGCONT: "CONT", syscall.SIGSTOP: "STOP", syscall.SIGTSTP: "TSTP", syscall.SIGTTIN: "TTIN",
-	syscall.SIGTTOU: "TTOU", syscall.SIGURG: "URG", syscall.SIGXCPU: "XCPU", syscall.SIGXFSZ: "XFSZ",
-	syscall.SIGVTALRM: "VTALRM", syscall.SIGPROF: "PROF", syscall.SIGWINCH: "WINCH", syscall.SIGIO: "IO",
-	syscall.SIGPWR: "PWR", syscall.SIGSYS: "SYS",
-}
-
+// signalName is how the protocol names s: without the SIG prefix (TERM),
+// or SIGN for a signal without a name (the real-time ones).
 func signalName(s syscall.Signal) string {
-	if n, ok := signalNames[s]; ok {
-		return n
+	if n := unix.SignalName(s); n != "" {
+		return strings.TrimPrefix(n, "SIG")
 	}
-	return fmt.Sprintf("SIG%d", int(s)) // real-time signals
+	return fmt.Sprintf("SIG%d", int(s))
 }
 
+// signalByName is the signal the protocol names name (TERM, not SIGTERM).
 func signalByName(name string) (syscall.Signal, bool) {
-	for s, n := range signalNames {
-		if n == name {
-			return s, true
-		}
-	}
-	return 0, false
+	s := unix.SignalNum("SIG" + name)
+	return s, s != 0
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -70,18 +71,6 @@ func run(t *testing.T, m *Execs, p proto.ExecStartParams, eio ExecIO) proto.Exec
 
 func sh(script string, args ...string) proto.ExecStartParams {
 	return proto.ExecStartParams{Argv: append([]string{script}, args...), Shell: true}
-}
-
-// waitFor polls cond until it holds.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(patience)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // skipIfIgnored skips a test of signal name when the test runs with that
@@ -291,11 +280,13 @@ func TestExecFailingWriterDoesNotBlock(t *testing.T) {
 // gateWriter blocks every write until released: a client that stopped
 // granting flow-control credit.
 type gateWriter struct {
-	gate chan struct{}
-	buf  bytes.Buffer
+	gate    chan struct{}
+	waiting atomic.Bool // a write has begun
+	buf     bytes.Buffer
 }
 
 func (w *gateWriter) Write(p []byte) (int, error) {
+	w.waiting.Store(true)
 	<-w.gate
 	return w.buf.Write(p)
 }
@@ -303,12 +294,18 @@ func (w *gateWriter) Write(p []byte) (int, error) {
 // A slow reader holds the output back past the drain delay; what the
 // command wrote must still arrive in full.
 func TestExecSlowWriterLosesNothing(t *testing.T) {
-	m := newExecs(t, ExecOptions{})
+	// A drain delay that has passed by the time the command exited.
+	m := newExecs(t, ExecOptions{DrainDelay: time.Nanosecond})
 	const size = 60000 // fits in the pipe, so the command exits while its output waits
 	w := &gateWriter{gate: make(chan struct{})}
 	c := start(t, m, proto.ExecStartParams{Argv: []string{"head", "-c", strconv.Itoa(size), "/dev/zero"}}, ExecIO{Stdout: w})
-	time.Sleep(drainDelay + drainDelay/2) // let the drain deadline pass while the writer is blocked
-	close(w.gate)
+	testenv.Eventually(t, "the writer to block and the command to exit", func() bool {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return w.waiting.Load() && c.exited
+	})
+	close(w.gate) // the drain deadline passed a nanosecond after the exit
+
 	res := wait(t, m, c)
 	if res.ExitCode != 0 || res.StdoutBytes != size || w.buf.Len() != size {
 		t.Fatalf("exit %d, counted %d, delivered %d bytes; want 0, %d, %d", res.ExitCode, res.StdoutBytes, w.buf.Len(), size, size)
@@ -363,8 +360,8 @@ func TestExecTimeoutKillsGroup(t *testing.T) {
 			if err != nil {
 				t.Fatalf("grandchild pid: %v (stdout %q)", err, out.String())
 			}
-			waitFor(t, "the grandchild to die", func() bool { return proctest.Gone(grandchild) })
-			waitFor(t, "the process group to die", func() bool { return proctest.GroupGone(c.PID()) })
+			testenv.Eventually(t, "the grandchild to die", func() bool { return proctest.Gone(grandchild) })
+			testenv.Eventually(t, "the process group to die", func() bool { return proctest.GroupGone(c.PID()) })
 		})
 	}
 }
@@ -399,7 +396,7 @@ func TestExecCancel(t *testing.T) {
 			var out testenv.Buffer
 			c := start(t, m, sh(tt.script), ExecIO{Stdout: &out})
 			killGroupOnCleanup(t, c.PID())
-			waitFor(t, "the command to be ready", func() bool { return strings.Contains(out.String(), "ready") })
+			testenv.Eventually(t, "the command to be ready", func() bool { return strings.Contains(out.String(), "ready") })
 			if tt.before != "" {
 				if err := m.Cancel(c.ID(), tt.before); err != nil {
 					t.Fatalf("Cancel(%s): %v", tt.before, err)
@@ -413,7 +410,7 @@ func TestExecCancel(t *testing.T) {
 				t.Errorf("exit %d signal %q Canceled %v TimedOut %v; want exit %d signal %q Canceled %v",
 					res.ExitCode, res.Signal, res.Canceled, res.TimedOut, tt.code, tt.want, tt.canceled)
 			}
-			waitFor(t, "the process group to die", func() bool { return proctest.GroupGone(c.PID()) })
+			testenv.Eventually(t, "the process group to die", func() bool { return proctest.GroupGone(c.PID()) })
 			if err := m.Cancel(c.ID(), tt.signal); !proto.IsReason(err, proto.ReasonNotFound) {
 				t.Errorf("Cancel after the end = %v, want not_found", err)
 			}
@@ -470,7 +467,7 @@ func TestExecShutdown(t *testing.T) {
 		t.Error("Detached() does not reflect the request")
 	}
 	cmds = append(cmds, detached)
-	waitFor(t, "the commands to be ready", func() bool {
+	testenv.Eventually(t, "the commands to be ready", func() bool {
 		return strings.Contains(ready.String(), "ready") && strings.Contains(withChild.String(), "\n")
 	})
 	grandchild, err := strconv.Atoi(strings.TrimSpace(withChild.String()))
@@ -496,9 +493,9 @@ func TestExecShutdown(t *testing.T) {
 		if !c.Result().Canceled {
 			t.Errorf("%s: not marked Canceled", c.ID())
 		}
-		waitFor(t, "the process group to die", func() bool { return proctest.GroupGone(c.PID()) })
+		testenv.Eventually(t, "the process group to die", func() bool { return proctest.GroupGone(c.PID()) })
 	}
-	waitFor(t, "the grandchild to die", func() bool { return proctest.Gone(grandchild) })
+	testenv.Eventually(t, "the grandchild to die", func() bool { return proctest.Gone(grandchild) })
 
 	if _, err := m.Start(proto.ExecStartParams{Argv: []string{"true"}}, ExecIO{}); !proto.IsReason(err, proto.ReasonBusy) {
 		t.Errorf("Start after Shutdown = %v, want busy", err)
@@ -512,7 +509,7 @@ func TestExecShutdownKillsStragglers(t *testing.T) {
 	var out testenv.Buffer
 	c := start(t, m, sh(`(trap "" TERM; exec sleep 1000) >/dev/null 2>&1 & echo $!; wait`), ExecIO{Stdout: &out})
 	killGroupOnCleanup(t, c.PID())
-	waitFor(t, "the grandchild's pid", func() bool { return strings.Contains(out.String(), "\n") })
+	testenv.Eventually(t, "the grandchild's pid", func() bool { return strings.Contains(out.String(), "\n") })
 	grandchild, err := strconv.Atoi(strings.TrimSpace(out.String()))
 	if err != nil {
 		t.Fatal(err)
@@ -525,7 +522,7 @@ func TestExecShutdownKillsStragglers(t *testing.T) {
 	if res := c.Result(); res.Signal != "TERM" {
 		t.Errorf("leader signal %q, want TERM", res.Signal)
 	}
-	waitFor(t, "the grandchild to die", func() bool { return proctest.Gone(grandchild) })
+	testenv.Eventually(t, "the grandchild to die", func() bool { return proctest.Gone(grandchild) })
 }
 
 // When Shutdown's context ends first, everything still running is killed
@@ -535,7 +532,7 @@ func TestExecShutdownContextEnds(t *testing.T) {
 	var out testenv.Buffer
 	c := start(t, m, sh(`trap "" TERM; echo ready; sleep 1000`), ExecIO{Stdout: &out})
 	killGroupOnCleanup(t, c.PID())
-	waitFor(t, "the command to be ready", func() bool { return strings.Contains(out.String(), "ready") })
+	testenv.Eventually(t, "the command to be ready", func() bool { return strings.Contains(out.String(), "ready") })
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if err := m.Shutdown(ctx); !errors.Is(err, context.Canceled) {
@@ -544,5 +541,5 @@ func TestExecShutdownContextEnds(t *testing.T) {
 	if res := wait(t, m, c); res.Signal != "KILL" {
 		t.Errorf("signal %q, want KILL", res.Signal)
 	}
-	waitFor(t, "the process group to die", func() bool { return proctest.GroupGone(c.PID()) })
+	testenv.Eventually(t, "the process group to die", func() bool { return proctest.GroupGone(c.PID()) })
 }

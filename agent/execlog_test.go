@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/boardlink/boardlink/internal/atomicfile"
+	"github.com/boardlink/boardlink/internal/testenv"
 	"github.com/boardlink/boardlink/proto"
 )
 
@@ -78,7 +79,7 @@ func TestExecLogKeepsRunning(t *testing.T) {
 			t.Errorf("running entry %+v", e)
 		}
 	}
-	waitFor(t, "the byte count of a running command", func() bool { return m.Log(1)[0].StdoutBytes == 5 })
+	testenv.Eventually(t, "the byte count of a running command", func() bool { return m.Log(1)[0].StdoutBytes == 5 })
 	for _, c := range running {
 		if err := m.Cancel(c.ID(), "KILL"); err != nil {
 			t.Fatal(err)

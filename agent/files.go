@@ -197,7 +197,7 @@ func (s *session) filePush(c *transport.Conn, r *transport.Request) (any, error)
 		root.Close()
 		return nil, err
 	}
-	if err := ensureParent(root, p.Path, rel, p.Parents); err != nil {
+	if err := rootpath.EnsureParent(root, p.Path, rel, p.Parents); err != nil {
 		root.Close()
 		return nil, err
 	}
@@ -395,7 +395,7 @@ func (a *Agent) receive(root *os.Root, rel, partial string, f *os.File, h hash.H
 		return proto.FileResult{}, rootpath.Error(p.Path, err)
 	}
 	if err := rootpath.SyncDir(root, filepath.Dir(rel)); err != nil {
-		return proto.FileResult{}, rootpath.Local(p.Path, err)
+		return proto.FileResult{}, err
 	}
 	info, err := root.Stat(rel)
 	if err != nil {

@@ -101,8 +101,14 @@ func TestHeldResultGraceAfterRelease(t *testing.T) {
 	const grace = time.Minute
 	clock := &fakeClock{now: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
 	m := newExecs(t, ExecOptions{LogSize: 1, ResultGrace: grace, Now: clock.Now})
-	// trim makes the log drop what it may: a command starts and ends.
-	trim := func() { run(t, m, proto.ExecStartParams{Argv: []string{"true"}}, ExecIO{}) }
+	// trim makes the log drop what it may: a command starts and ends. It
+	// is held and collected, or a log of one could drop it before the
+	// Wait (the very loss holders prevent).
+	trim := func() {
+		th := m.NewHolder()
+		defer th.Release()
+		wait(t, m, holdStart(t, th, proto.ExecStartParams{Argv: []string{"true"}}, ExecIO{}))
+	}
 
 	h := m.NewHolder()
 	done := holdStart(t, h, sh("exit 7"), ExecIO{})

@@ -1,13 +1,11 @@
 package agent
 
 import (
-	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 
-	"github.com/boardlink/boardlink/internal/rootpath"
 	"github.com/boardlink/boardlink/proto"
 )
 
@@ -45,26 +43,4 @@ func (a *Agent) openRoot(p string) (root *os.Root, rel string, err error) {
 func fileInfo(p string, st fs.FileInfo) proto.FileInfo {
 	return proto.FileInfo{Path: p, Exists: true, Dir: st.IsDir(), Size: st.Size(),
 		Mode: uint32(st.Mode().Perm()), ModTime: st.ModTime().UTC()}
-}
-
-// ensureParent checks that rel's parent exists, or makes it with parents.
-func ensureParent(root *os.Root, p, rel string, parents bool) error {
-	dir := filepath.Dir(rel)
-	if parents {
-		if err := root.MkdirAll(dir, 0o755); err != nil {
-			return rootpath.Error(p, err)
-		}
-		return nil
-	}
-	st, err := root.Stat(dir)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return proto.Errorf(proto.ReasonNotFound, "%s: parent directory does not exist (push with parents to create it)", p)
-		}
-		return rootpath.Error(p, err)
-	}
-	if !st.IsDir() {
-		return proto.InvalidField("path", "dir", "%s: parent is not a directory", p)
-	}
-	return nil
 }

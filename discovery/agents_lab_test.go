@@ -25,8 +25,10 @@ func buildBinaries(t *testing.T) (agent, cli string) {
 // The real agent in board namespaces, the browser in the host namespace:
 // added with the right TXT, reachable by id with the real CLI, updated
 // after an agent restart (a new boot id), removed after a clean stop within
-// 2 s and after SIGKILL within the documented bound.
+// 2 s and after SIGKILL within the documented bound. TestLabAddUpdateRemove
+// walks the same events with helper processes in every run.
 func TestLabRealAgents(t *testing.T) {
+	testenv.Long(t) // the SIGKILL alone waits out the record's expiry
 	if testing.Short() {
 		t.Skip("builds the binaries")
 	}

@@ -53,7 +53,7 @@ func (s *ifaceSelector) selected() ([]net.Interface, error) {
 	var out []net.Interface
 	for _, ifi := range all {
 		if len(s.names) == 0 {
-			if ifi.Flags&net.FlagUp != 0 && ifi.Flags&net.FlagMulticast != 0 && ifi.Flags&net.FlagLoopback == 0 {
+			if unusable(ifi) == "" && ifi.Flags&net.FlagLoopback == 0 {
 				out = append(out, ifi)
 			}
 		} else if slices.Contains(s.names, ifi.Name) {
@@ -66,28 +66,80 @@ func (s *ifaceSelector) selected() ([]net.Interface, error) {
 	return out, nil
 }
 
+// unusable says why mDNS cannot run on ifi now, or "" if it can.
+func unusable(ifi net.Interface) string {
+	switch {
+	case ifi.Flags&net.FlagUp == 0:
+		return "down"
+	case ifi.Flags&net.FlagMulticast == 0:
+		return "cannot multicast"
+	}
+	return ""
+}
+
+// IfaceReport is where mDNS runs, now, for a selection of interfaces.
+type IfaceReport struct {
+	// Used are the interfaces mDNS runs on: selected, up and able to
+	// multicast. Empty: mDNS hears nothing at all.
+	Used []string `json:"used"`
+	// Skipped are the interfaces left out, each with why: selected but
+	// down or unable to multicast, or, without a selection, loopback
+	// (used only when named).
+	Skipped []SkippedIface `json:"skipped,omitempty"`
+}
+
+// SkippedIface is an interface mDNS does not run on, and why.
+type SkippedIface struct {
+	Name   string `json:"name"`
+	Reason string `json:"reason"`
+}
+
+// Interfaces reports where mDNS runs for names, a selection as
+// BrowseConfig.Ifaces and AdvertiseConfig.Ifaces take it (empty: every up,
+// multicast-capable, non-loopback interface). A name that does not exist
+// is an error.
+func Interfaces(names []string) (IfaceReport, error) {
+	var rep IfaceReport
+	for _, n := range names {
+		if _, err := net.InterfaceByName(n); err != nil {
+			return rep, fmt.Errorf("mdns: interface %q: %w", n, err)
+		}
+	}
+	all, err := net.Interfaces()
+	if err != nil {
+		return rep, fmt.Errorf("mdns: list interfaces: %w", err)
+	}
+	for _, ifi := range all {
+		why := unusable(ifi)
+		switch {
+		case len(names) > 0 && !slices.Contains(names, ifi.Name):
+			continue
+		case why != "":
+		case len(names) == 0 && ifi.Flags&net.FlagLoopback != 0:
+			why = "loopback, used only when named"
+		default:
+			rep.Used = append(rep.Used, ifi.Name)
+			continue
+		}
+		rep.Skipped = append(rep.Skipped, SkippedIface{Name: ifi.Name, Reason: why})
+	}
+	return rep, nil
+}
+
 // check fails for a named interface that does not exist, and warns about
 // a selection that cannot multicast (yet).
 func (s *ifaceSelector) check(log *slog.Logger) error {
-	for _, n := range s.names {
-		if _, err := net.InterfaceByName(n); err != nil {
-			return fmt.Errorf("mdns: interface %q: %w", n, err)
-		}
-	}
-	sel, err := s.selected()
+	rep, err := Interfaces(s.names)
 	if err != nil {
-		return fmt.Errorf("mdns: list interfaces: %w", err)
+		return err
 	}
-	usable := 0
-	for _, ifi := range sel {
-		if ifi.Flags&net.FlagUp != 0 && ifi.Flags&net.FlagMulticast != 0 {
-			usable++
-		} else {
-			log.Warn("mdns: interface is down or cannot multicast; waiting for it", "iface", ifi.Name, "flags", ifi.Flags.String())
+	if len(s.names) > 0 { // without names, interfaces left out are the rule
+		for _, sk := range rep.Skipped {
+			log.Warn("mdns: interface is down or cannot multicast; waiting for it", "iface", sk.Name, "why", sk.Reason)
 		}
 	}
-	if usable == 0 {
-		log.Warn("mdns: no usable interface yet", "ifaces", s.names)
+	if len(rep.Used) == 0 {
+		log.Warn("mdns: no usable interface yet", "ifaces", s.names, "skipped", rep.Skipped)
 	}
 	return nil
 }

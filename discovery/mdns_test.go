@@ -33,8 +33,8 @@ func TestTXTRoundTrip(t *testing.T) {
 	}{
 		{"minimal", Record{ID: "b1"}, []string{"id=b1", "model=", "proto=0", "caps=", "ver=", "boot="}},
 		{"full", Record{ID: "board-7", Model: "imx8", Protocol: 1, Capabilities: []string{"exec", "ota"},
-			Version: "1.2.3", BootID: "4f1c", Slot: "b", Labels: map[string]string{"rack": "r2", "a": "x=y"}},
-			[]string{"id=board-7", "model=imx8", "proto=1", "caps=exec,ota", "ver=1.2.3", "boot=4f1c", "slot=b", "l.a=x=y", "l.rack=r2"}},
+			Version: "1.2.3", BootID: "4f1c", Slot: "b", SlotVersion: "2.1.0", Labels: map[string]string{"rack": "r2", "a": "x=y"}},
+			[]string{"id=board-7", "model=imx8", "proto=1", "caps=exec,ota", "ver=1.2.3", "boot=4f1c", "slot=b", "sver=2.1.0", "l.a=x=y", "l.rack=r2"}},
 		{"unicode and spaces", Record{ID: "bänk 1", Model: "Raspberry Pi 5", Labels: map[string]string{"room": "Salle 2"}},
 			[]string{"id=bänk 1", "model=Raspberry Pi 5", "proto=0", "caps=", "ver=", "boot=", "l.room=Salle 2"}},
 	}

@@ -23,9 +23,10 @@ type Record struct {
 	Model        string            `json:"model"`
 	Protocol     int               `json:"proto"`
 	Capabilities []string          `json:"caps"`
-	Version      string            `json:"ver"`
+	Version      string            `json:"ver"` // the agent's
 	BootID       string            `json:"boot"`
 	Slot         string            `json:"slot,omitempty"`
+	SlotVersion  string            `json:"sver,omitempty"` // the booted slot's image version
 	Labels       map[string]string `json:"labels,omitempty"`
 	// FP is the board key's fingerprint, short form (auth.Fingerprint's
 	// Short): a claim to check against the key the board proves, never
@@ -82,6 +83,9 @@ func (r Record) TXT() []string {
 	if r.Slot != "" {
 		txt = append(txt, "slot="+r.Slot)
 	}
+	if r.SlotVersion != "" {
+		txt = append(txt, "sver="+r.SlotVersion)
+	}
 	if r.FP != "" {
 		txt = append(txt, "fp="+r.FP)
 	}
@@ -122,6 +126,8 @@ func ParseTXT(txt []string) (Record, error) {
 			r.BootID = v
 		case k == "slot":
 			r.Slot = v
+		case k == "sver":
+			r.SlotVersion = v
 		case k == "fp":
 			r.FP = v
 		case k == "tls":
@@ -148,7 +154,8 @@ func (r Record) SameAnnouncement(o Record) bool {
 // RecordOf is the record an agent announces for itself: its board.info
 // answer (info), the port of its WebSocket server and whether it serves
 // TLS there. It carries nothing secret (never a token: the key's
-// fingerprint is public), and names the booted slot when info has one.
+// fingerprint is public), and names the booted slot and its image version
+// when info has one.
 func RecordOf(info proto.BoardInfo, port int, tls bool) Record {
 	r := Record{ID: info.ID, Model: info.Model, Protocol: info.Protocol, Capabilities: info.Capabilities,
 		Version: info.Agent, BootID: info.BootID, Labels: info.Labels, Port: port, TLS: tls}
@@ -157,7 +164,7 @@ func RecordOf(info proto.BoardInfo, port int, tls bool) Record {
 	}
 	for _, s := range info.Slots {
 		if s.Booted {
-			r.Slot = s.Name
+			r.Slot, r.SlotVersion = s.Name, s.Version
 		}
 	}
 	return r

@@ -79,7 +79,7 @@ func ProbePort(ctx context.Context, dev string, cfg SerialConfig) (Record, error
 	}
 	return Record{
 		ID: b.ID, Model: b.Model, Protocol: b.Protocol, Capabilities: b.Capabilities,
-		Version: b.Version, BootID: b.BootID, Slot: b.Slot, Labels: b.Labels, FP: b.Fingerprint,
+		Version: b.Version, BootID: b.BootID, Slot: b.Slot, SlotVersion: b.SlotVersion, Labels: b.Labels, FP: b.Fingerprint,
 		Address: fmt.Sprintf("serial://%s?baud=%d", dev, cfg.Baud),
 		Source:  "serial", USB: &USBInfo{Port: dev}, Seen: time.Now(),
 	}, nil

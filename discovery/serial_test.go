@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -73,19 +74,10 @@ func TestProbeFindsAgentByListening(t *testing.T) {
 func TestProbeLeavesAShellAlone(t *testing.T) {
 	master, slave := testenv.RawPTY(t)
 	// The board's side runs a login prompt and records what reaches it.
-	var received atomic.Int64
+	var received testenv.Buffer
 	stop := make(chan struct{})
 	defer close(stop)
-	go func() {
-		buf := make([]byte, 256)
-		for {
-			n, err := master.Read(buf)
-			received.Add(int64(n))
-			if err != nil {
-				return
-			}
-		}
-	}()
+	go io.Copy(&received, master)
 	go func() {
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
@@ -103,10 +95,14 @@ func TestProbeLeavesAShellAlone(t *testing.T) {
 	if !errors.Is(err, ErrNoBeacon) {
 		t.Fatalf("probe of a shell: %v, want ErrNoBeacon", err)
 	}
-	// Give any stray byte time to cross the pty before counting.
-	time.Sleep(100 * time.Millisecond)
-	if written.Load() != 0 || received.Load() != 0 {
-		t.Fatalf("the probe wrote %d bytes; the shell received %d", written.Load(), received.Load())
+	// What the probe wrote crosses the pty ahead of a marker written after it.
+	const marker = "written after the probe"
+	if _, err := slave.Write([]byte(marker)); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, "the marker to reach the shell", func() bool { return strings.Contains(received.String(), marker) })
+	if got := strings.TrimSuffix(received.String(), marker); written.Load() != 0 || got != "" {
+		t.Fatalf("the probe wrote %d bytes; the shell received %q", written.Load(), got)
 	}
 }
 

@@ -1,6 +1,7 @@
 package dispatcher
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
 	"sync"
@@ -76,4 +77,72 @@ func checkChunkCache(t *testing.T, im *image.Image, bound int64, oneRead bool) {
 	}
 	t.Logf("16 readers of %d chunks: %d bytes read from the file (payload %d), %d hits, peak %d bytes cached",
 		len(im.Manifest.Chunks), c.BytesRead(), im.Manifest.PayloadSize, c.Hits(), peak)
+}
+
+// TestChunkCacheEvictsUnexpectedFirst: over its bound, the cache drops a
+// chunk no board expects any more before one a board still will ask for,
+// even a more recently used one.
+func TestChunkCacheEvictsUnexpectedFirst(t *testing.T) {
+	const chunk = 4096
+	im := testImage(t, 3*chunk, chunk)
+	c := NewChunkCache(im, 2*chunk)
+	c.Expect([]int{0, 0, 1, 2}) // chunk 0 twice: two boards will ask for it
+	for _, i := range []int{0, 1, 2} {
+		_, release, err := c.Chunk(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		release()
+		release() // twice is once
+	}
+	read := c.BytesRead()
+	if _, release, err := c.Chunk(0); err != nil || c.BytesRead() != read || c.Hits() != 1 {
+		t.Fatalf("chunk 0, still expected, was not kept: %v, read %d more", err, c.BytesRead()-read)
+	} else {
+		release()
+	}
+	if _, release, err := c.Chunk(1); err != nil || c.BytesRead() != read+chunk {
+		t.Fatalf("chunk 1, expected by nobody, was kept: %v", err)
+	} else {
+		release()
+	}
+}
+
+// TestChunkCacheBadChunk: a chunk that does not match the signed
+// manifest is an error for every caller, and is read again by the next
+// one rather than served from the cache.
+func TestChunkCacheBadChunk(t *testing.T) {
+	const chunk = 4096
+	_, key, _ := ed25519.GenerateKey(nil)
+	payload := make([]byte, 2*chunk)
+	rand.Read(payload)
+	var buf bytes.Buffer
+	if _, err := image.Build(&buf, bytes.NewReader(payload), int64(len(payload)), image.BuildOptions{Key: key,
+		Models: []string{"sim"}, Version: "1.0.0", ChunkSize: chunk}); err != nil {
+		t.Fatal(err)
+	}
+	good, err := image.Open(bytes.NewReader(buf.Bytes()), int64(buf.Len()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := bytes.Clone(buf.Bytes())
+	raw[good.PayloadOffset()+chunk+7] ^= 0xff // a byte of chunk 1
+	im, err := image.Open(bytes.NewReader(raw), int64(len(raw)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewChunkCache(im, 0)
+	for range 2 {
+		if _, _, err := c.Chunk(1); err == nil {
+			t.Fatal("a corrupt chunk was served")
+		}
+	}
+	if c.BytesRead() != 2*chunk || c.Hits() != 0 {
+		t.Fatalf("read %d bytes, %d hits: the bad chunk was not read again", c.BytesRead(), c.Hits())
+	}
+	if data, release, err := c.Chunk(0); err != nil || !bytes.Equal(data, payload[:chunk]) {
+		t.Fatalf("chunk 0: %v", err)
+	} else {
+		release()
+	}
 }

@@ -41,10 +41,13 @@ type DialOptions struct {
 	// Console receives console text seen on a serial line (boot log,
 	// kernel messages) while the client is connected; nil discards it.
 	Console io.Writer
+	// Resolver, when set, lets Dial take a board id (or a unique prefix
+	// of one) for an address; without it an id is ErrNeedsDiscovery.
+	Resolver *Resolver
 }
 
 // Errors a caller branches on: the address is wrong (not worth retrying),
-// or it is a board id, which discovery resolves; the board could not be
+// or it is a board id and no Resolver was given; the board could not be
 // trusted, or this host has nothing the board accepts.
 var (
 	ErrBadAddress     = errors.New("bad board address")
@@ -92,8 +95,24 @@ type Client struct {
 	hello proto.HelloResult
 }
 
-// Dial connects to the agent at addr and opens a session.
+// Dial connects to the agent at addr and opens a session. addr is an
+// address (ws://, wss://, serial://, tcp://, unix://) or, with
+// opts.Resolver, a board id: see Resolver.
 func Dial(ctx context.Context, addr string, opts DialOptions) (*Client, error) {
+	if opts.Resolver != nil && !isAddress(addr) {
+		return opts.Resolver.dial(ctx, addr, opts)
+	}
+	return dialAddr(ctx, addr, opts)
+}
+
+// isAddress tells an address (a URL with a scheme) from a board id.
+func isAddress(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && u.Scheme != ""
+}
+
+// dialAddr is Dial of an address.
+func dialAddr(ctx context.Context, addr string, opts DialOptions) (*Client, error) {
 	c, err := newClient(ctx, addr, opts)
 	if err != nil {
 		return nil, err
@@ -111,7 +130,7 @@ func Dial(ctx context.Context, addr string, opts DialOptions) (*Client, error) {
 func newClient(ctx context.Context, addr string, opts DialOptions) (*Client, error) {
 	u, err := url.Parse(addr)
 	if err != nil || u.Scheme == "" {
-		return nil, fmt.Errorf("%q: %w (or use ws://, serial://, tcp:// or unix://)", addr, ErrNeedsDiscovery)
+		return nil, fmt.Errorf("%q: %w: give DialOptions.Resolver (or use ws://, serial://, tcp:// or unix://)", addr, ErrNeedsDiscovery)
 	}
 	switch u.Scheme {
 	case "ws", "wss":

@@ -3,6 +3,7 @@ package dispatcher
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/url"
@@ -90,10 +91,11 @@ func Console(ctx context.Context, addr string, w io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ep := seriallink.NewEndpoint(rwc, seriallink.Config{})
+	end := &lineEnd{ReadWriteCloser: rwc}
+	ep := seriallink.NewEndpoint(end, seriallink.Config{})
 	copied := make(chan error, 1)
 	go func() {
-		_, err := io.Copy(w, ep.Console())
+		_, err := io.Copy(w, ep.Console()) // ends when the line does
 		copied <- err
 	}()
 	select {
@@ -104,10 +106,39 @@ func Console(ctx context.Context, addr string, w io.Writer) error {
 	case err := <-copied:
 		ep.Close()
 		if err != nil {
-			return err
+			return err // w failed
 		}
-		return fmt.Errorf("%s: the line closed", addr)
+		return fmt.Errorf("%s: %w: %w", addr, ErrLineClosed, end.cause())
 	}
+}
+
+// ErrLineClosed ends Console when the line closed under it: a unix
+// chardev (QEMU's) serves one client, and another one took it; a
+// ser2net port went away; a USB serial port was unplugged.
+var ErrLineClosed = errors.New("the line closed")
+
+// lineEnd keeps the first read error of a line, for the message.
+type lineEnd struct {
+	io.ReadWriteCloser
+	once sync.Once
+	err  error
+}
+
+func (l *lineEnd) Read(p []byte) (int, error) {
+	n, err := l.ReadWriteCloser.Read(p)
+	if err != nil {
+		l.once.Do(func() { l.err = err })
+	}
+	return n, err
+}
+
+// cause is the read error that ended the line; call it after the line's
+// reader has ended.
+func (l *lineEnd) cause() error {
+	if l.err == nil {
+		return io.EOF
+	}
+	return l.err
 }
 
 // notes routes the agent's progress notifications to the calls waiting
@@ -115,23 +146,34 @@ func Console(ctx context.Context, addr string, w io.Writer) error {
 type notes struct {
 	mu   sync.Mutex
 	next uint64
-	subs map[string]func(proto.Progress)
+	subs map[string]*subscription
 }
 
-// subscribe registers f for a fresh token; the returned func unregisters.
+// subscription is one call's; f is nil once the call unsubscribed.
+type subscription struct {
+	mu sync.Mutex
+	f  func(proto.Progress)
+}
+
+// subscribe registers f for a fresh token; the returned func unregisters,
+// and once it returned f is not running and is never called again.
 func (n *notes) subscribe(f func(proto.Progress)) (string, func()) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.next++
 	tok := fmt.Sprintf("p%d", n.next)
 	if n.subs == nil {
-		n.subs = map[string]func(proto.Progress){}
+		n.subs = map[string]*subscription{}
 	}
-	n.subs[tok] = f
+	s := &subscription{f: f}
+	n.subs[tok] = s
 	return tok, func() {
 		n.mu.Lock()
 		delete(n.subs, tok)
 		n.mu.Unlock()
+		s.mu.Lock()
+		s.f = nil
+		s.mu.Unlock()
 	}
 }
 
@@ -145,10 +187,14 @@ func (n *notes) Handle(_ context.Context, _ *transport.Conn, r *transport.Reques
 		return nil, err
 	}
 	n.mu.Lock()
-	f := n.subs[p.Token]
+	s := n.subs[p.Token]
 	n.mu.Unlock()
-	if f != nil {
-		f(p)
+	if s != nil {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.f != nil {
+			s.f(p)
+		}
 	}
 	return nil, nil
 }

@@ -159,6 +159,7 @@ type Beacon struct {
 	Version      string            `json:"ver"`
 	BootID       string            `json:"boot"`
 	Slot         string            `json:"slot,omitempty"`
+	SlotVersion  string            `json:"sver,omitempty"` // the booted slot's image version
 	Labels       map[string]string `json:"labels,omitempty"`
 	// Fingerprint is the board key's, short form (as the mDNS TXT fp).
 	Fingerprint string `json:"fp,omitempty"`

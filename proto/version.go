@@ -2,7 +2,8 @@ package proto
 
 // Version is the protocol version this build speaks. A peer announces its
 // version in session.hello; the agent answers requests of any version in
-// [MinVersion, Version].
+// [MinVersion, Version], and a session is served only the methods its
+// negotiated version has (MethodVersion).
 const (
 	Version    = 4
 	MinVersion = 1
@@ -13,6 +14,9 @@ type Change struct {
 	Version int
 	Date    string // YYYY-MM-DD
 	Summary string
+	// Methods are the methods this version added: MethodVersion reads
+	// them, so a new method is served only from the version that lists it.
+	Methods []string
 }
 
 // History lists every protocol version, oldest first. A change to the
@@ -21,19 +25,52 @@ var History = []Change{
 	{1, "2026-11-22", "JSON-RPC 2.0 control messages in text frames; binary stream frames " +
 		"(DATA, CREDIT, FIN, RST) with per-stream credit flow control; session.hello, " +
 		"board.info, exec.start/wait/cancel/log; serial-framed link with COBS, CRC-32C, " +
-		"selective-repeat retransmission, beacons and console text outside frames."},
+		"selective-repeat retransmission, beacons and console text outside frames.",
+		[]string{MethodHello, MethodBoardInfo, MethodExecStart, MethodExecWait, MethodExecCancel, MethodExecLog}},
 	{2, "2026-11-22", "file.stat, file.push and file.pull (resumable, sha256-checked, over " +
 		"streams), file.wait, file.download (agent-side fetch with a required sha256, " +
 		"package cache, tar extraction), system.reboot, and the progress notification. " +
-		"Version 1 clients are still served."},
+		"Version 1 clients are still served.",
+		[]string{MethodFileStat, MethodFilePush, MethodFilePull, MethodFileWait, MethodFileDownload, MethodSystemReboot}},
 	{3, "2026-11-22", "ota.status, ota.plan, ota.start, ota.write, ota.activate, ota.wait and " +
 		"ota.abort: signed A/B updates with chunk-level delta, trial boot, health check, commit " +
-		"or rollback; board.info reports slots. Earlier clients are still served."},
+		"or rollback; board.info reports slots. Earlier clients are still served.",
+		[]string{MethodOTAStatus, MethodOTAPlan, MethodOTAStart, MethodOTAWrite, MethodOTAActivate, MethodOTAWait, MethodOTAAbort}},
 	{4, "2026-12-01", "Authentication: session.hello carries the host's nonce and answers " +
 		"with the board's key, nonce and signature; session.auth takes a paired host's " +
 		"signature or a token's MAC (never the token); pair.begin, pair.exchange and " +
 		"pair.confirm pair a host with a one-time code (SPAKE2). Until authenticated a " +
 		"session is served only these. wss:// with the board's self-signed key; board.info, " +
 		"the beacon and the mDNS TXT carry the key's fingerprint. The ota phase halted: " +
-		"an update whose fetch cannot go on, with failed_phase and reason in ota.status."},
+		"an update whose fetch cannot go on, with failed_phase and reason in ota.status.",
+		[]string{MethodAuth, MethodPairBegin, MethodPairExchange, MethodPairConfirm}},
+}
+
+// methodVersions maps each method to the version that added it.
+var methodVersions = func() map[string]int {
+	m := map[string]int{}
+	for _, c := range History {
+		for _, name := range c.Methods {
+			m[name] = c.Version
+		}
+	}
+	return m
+}()
+
+// MethodVersion returns the protocol version that added method; false for
+// a method no version has.
+func MethodVersion(method string) (int, bool) {
+	v, ok := methodVersions[method]
+	return v, ok
+}
+
+// CheckMethodVersion refuses method, as method_not_found naming the
+// version that added it, when it is newer than version, the version a
+// session negotiated. A method no version has passes: whoever serves it
+// answers for it.
+func CheckMethodVersion(method string, version int) *Error {
+	if v, ok := methodVersions[method]; ok && v > version {
+		return Errorf(ReasonMethodNotFound, "%s needs protocol %d; this session speaks %d", method, v, version)
+	}
+	return nil
 }

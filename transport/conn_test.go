@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -59,8 +60,8 @@ func dial(t testing.TB, url, token string, h transport.Handler) *transport.Conn 
 }
 
 type echoParams struct {
-	Text  string `json:"text" validate:"required"`
-	Delay int    `json:"delay_ms,omitempty" validate:"min=0"`
+	Text string `json:"text" validate:"required"`
+	Seq  int    `json:"seq,omitempty" validate:"min=0"`
 }
 
 // testHandler echoes, fails on request, and pumps streams, to exercise the mux.
@@ -71,7 +72,6 @@ var testHandler = transport.HandlerFunc(func(ctx context.Context, c *transport.C
 		if err := proto.DecodeParams(r.Params, &p); err != nil {
 			return nil, err
 		}
-		time.Sleep(time.Duration(p.Delay) * time.Millisecond)
 		return p, nil
 	case "fail":
 		return nil, errors.New("plain failure")
@@ -160,7 +160,7 @@ func TestCallsAndErrors(t *testing.T) {
 		{"unknown method", "nope", nil, proto.ReasonMethodNotFound, ""},
 		{"missing field", "echo", map[string]any{}, proto.ReasonInvalidParams, "text"},
 		{"wrong type", "echo", map[string]any{"text": 5}, proto.ReasonInvalidParams, "text"},
-		{"negative", "echo", map[string]any{"text": "x", "delay_ms": -1}, proto.ReasonInvalidParams, "delay_ms"},
+		{"negative", "echo", map[string]any{"text": "x", "seq": -1}, proto.ReasonInvalidParams, "seq"},
 		{"unknown field", "echo", map[string]any{"text": "x", "bogus": 1}, proto.ReasonInvalidParams, "bogus"},
 	}
 	for _, tc := range tests {
@@ -185,18 +185,47 @@ func TestCallsAndErrors(t *testing.T) {
 }
 
 func TestConcurrentCallsAreMultiplexed(t *testing.T) {
-	c := dial(t, testServer(t, "", wslink.Config{}, testHandler), "", nil)
+	const n = 100
+	// Every call is held until all n are in, then they are answered in
+	// the reverse order of their arrival: the responses cross the calls.
+	var (
+		mu      sync.Mutex
+		arrived int
+		all     = make(chan struct{})
+		done    [n + 1]chan struct{} // done[k]: the k-th arrival was answered
+	)
+	for k := range done {
+		done[k] = make(chan struct{})
+	}
+	close(done[n])
+	reversed := transport.HandlerFunc(func(ctx context.Context, c *transport.Conn, r *transport.Request) (any, error) {
+		mu.Lock()
+		k := arrived
+		if arrived++; arrived == n {
+			close(all)
+		}
+		mu.Unlock()
+		defer close(done[k])
+		for _, ch := range []chan struct{}{all, done[k+1]} {
+			select {
+			case <-ch:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		return testHandler(ctx, c, r)
+	})
+	c := dial(t, testServer(t, "", wslink.Config{}, reversed), "", nil)
 	var wg sync.WaitGroup
-	errs := make(chan error, 100)
-	for i := range 100 {
+	errs := make(chan error, n)
+	for i := range n {
 		wg.Go(func() {
-			want := strings.Repeat("x", i+1)
+			want := echoParams{Text: strings.Repeat("x", i+1), Seq: i}
 			var out echoParams
-			// Later calls answer sooner, so responses arrive out of order.
-			if err := c.Call(context.Background(), "echo", echoParams{Text: want, Delay: (100 - i) / 10}, &out); err != nil {
+			if err := c.Call(context.Background(), "echo", want, &out); err != nil {
 				errs <- err
-			} else if out.Text != want {
-				errs <- errors.New("response attributed to the wrong call")
+			} else if out != want {
+				errs <- fmt.Errorf("call %d got the response %+v", i, out)
 			}
 		})
 	}
@@ -229,20 +258,47 @@ func TestStreamsRoundTrip(t *testing.T) {
 	}
 }
 
+// creditCounter is a client's link that counts the credit it grants.
+type creditCounter struct {
+	*wslink.Link
+	granted atomic.Int64
+}
+
+func (l *creditCounter) WriteMessage(ctx context.Context, t transport.MessageType, p []byte) error {
+	if f, err := proto.DecodeStreamFrame(p); t == transport.Binary && err == nil && f.Kind == proto.FrameCredit {
+		l.granted.Add(1)
+	}
+	return l.Link.WriteMessage(ctx, t, p)
+}
+
 func TestSlowReaderBoundsSender(t *testing.T) {
-	c := dial(t, testServer(t, "", wslink.Config{}, testHandler), "", nil)
+	l, err := wslink.Dial(context.Background(), testServer(t, "", wslink.Config{}, testHandler), "", wslink.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := &creditCounter{Link: l}
+	c := transport.NewConn(link, transport.Config{Client: true})
+	c.Start()
+	defer c.Close()
 	produced.Store(0)
 	out, _ := c.OpenStream()
 	if err := c.Call(context.Background(), "produce", map[string]any{"Out": out.ID(), "N": 4 * proto.StreamWindow}, nil); err != nil {
 		t.Fatal(err)
 	}
-	// Nobody reads: the producer must stall at the window, however long we wait.
-	for produced.Load() < proto.StreamWindow {
-		time.Sleep(time.Millisecond)
+	// Nobody reads. Once the window has arrived and every goroutine of the
+	// connections is parked (the readers have handled all they got, the
+	// writers sent all they were handed, the producer waits), any credit
+	// the arrival granted has been written, and a producer that got any
+	// would not be waiting.
+	testenv.Eventually(t, "a window's worth to arrive and the connections to go quiet", func() bool {
+		return c.Stats().StreamBytesIn >= proto.StreamWindow && (link.granted.Load() > 0 || produced.Load() > proto.StreamWindow ||
+			testenv.Parked("transport.(*Conn).readLoop", "transport.(*Conn).writeLoop", "wslink.(*Link).writeLoop", "transport.(*Stream).Write"))
+	})
+	if n := link.granted.Load(); n != 0 {
+		t.Fatalf("the client granted credit %d times with nobody reading", n)
 	}
-	time.Sleep(200 * time.Millisecond)
-	if p := produced.Load(); p > proto.StreamWindow {
-		t.Fatalf("producer wrote %d bytes with nobody reading; window is %d", p, proto.StreamWindow)
+	if p, in := produced.Load(), c.Stats().StreamBytesIn; p != proto.StreamWindow || in != proto.StreamWindow {
+		t.Fatalf("the producer wrote %d bytes and the client got %d with nobody reading; the window is %d", p, in, proto.StreamWindow)
 	}
 	n, err := io.Copy(io.Discard, out)
 	if err != nil || n != 4*proto.StreamWindow {
@@ -278,24 +334,22 @@ func rawExchange(t *testing.T, l *wslink.Link, mt transport.MessageType, msg []b
 	if err := l.WriteMessage(context.Background(), mt, msg); err != nil {
 		t.Fatal(err)
 	}
-	for {
-		typ, data, err := l.ReadMessage()
-		if err != nil {
-			t.Fatalf("read reply: %v", err)
-		}
-		if typ == transport.Text {
-			m, err := proto.Decode(data)
-			if err != nil {
-				t.Fatalf("undecodable reply %q: %v", data, err)
-			}
-			return m
-		}
-		f, err := proto.DecodeStreamFrame(data)
-		if err != nil || f.Kind != proto.FrameReset {
-			t.Fatalf("unexpected binary reply %v %v", f, err)
-		}
-		return &proto.Message{Error: proto.Errorf(proto.Reason(f.Payload), "stream reset")}
+	typ, data, err := l.ReadMessage()
+	if err != nil {
+		t.Fatalf("read reply: %v", err)
 	}
+	if typ == transport.Text {
+		m, err := proto.Decode(data)
+		if err != nil {
+			t.Fatalf("undecodable reply %q: %v", data, err)
+		}
+		return m
+	}
+	f, err := proto.DecodeStreamFrame(data)
+	if err != nil || f.Kind != proto.FrameReset {
+		t.Fatalf("unexpected binary reply %v %v", f, err)
+	}
+	return &proto.Message{Error: proto.Errorf(proto.Reason(f.Payload), "stream reset")}
 }
 
 func TestBadInputGetsSpecificErrors(t *testing.T) {

@@ -44,7 +44,6 @@ type Stream struct {
 	finOut   bool
 	credit   int // bytes we may still send
 	err      error
-	detached bool // removed from the connection's table
 }
 
 func (c *Conn) newStream(id uint32) *Stream {

@@ -243,7 +243,7 @@ func (f *Fetcher) Fetch(ctx context.Context, req Request, progress func(Progress
 		res.Size, res.Skipped, res.Source = size, true, SourceDestination
 		return res, nil
 	}
-	if err := ensureParent(req.Root, req.Dest, req.Parents); err != nil {
+	if err := rootpath.EnsureParent(req.Root, req.Dest, req.Dest, req.Parents); err != nil {
 		return res, err
 	}
 	if f.opts.CacheDir != "" {
@@ -365,28 +365,6 @@ func (f *Fetcher) atDest(ctx context.Context, req Request, mode fs.FileMode, pr 
 	return n, true, nil
 }
 
-// ensureParent checks that Dest's parent exists, or makes it with parents.
-func ensureParent(root *os.Root, dest string, parents bool) error {
-	dir := path.Dir(dest)
-	if parents {
-		if err := root.MkdirAll(dir, 0o755); err != nil {
-			return rootpath.Error(dir, err)
-		}
-		return nil
-	}
-	st, err := root.Stat(dir)
-	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return proto.Errorf(proto.ReasonNotFound, "%s: parent directory does not exist (ask for parents to create it)", dest)
-		}
-		return rootpath.Error(dir, err)
-	}
-	if !st.IsDir() {
-		return proto.InvalidField("path", "dir", "%s: parent is not a directory", dest)
-	}
-	return nil
-}
-
 // fromCache installs Dest from a cached blob. ok is false when the cache
 // does not hold the content (a blob that no longer hashes right is removed).
 func (f *Fetcher) fromCache(ctx context.Context, req Request, mode fs.FileMode, pr *reporter, res *Result) (ok bool, err error) {
@@ -505,7 +483,7 @@ func (f *Fetcher) fromNetworkUncached(ctx context.Context, req Request, mode fs.
 	if err := req.Root.Rename(partName, req.Dest); err != nil {
 		return rootpath.Error(req.Dest, err)
 	}
-	return syncDir(req.Root, path.Dir(req.Dest))
+	return rootpath.SyncDir(req.Root, path.Dir(req.Dest))
 }
 
 // destKey names Dest for the lock that keeps two installs into it from

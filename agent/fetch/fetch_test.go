@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/boardlink/boardlink/internal/testenv"
 	"github.com/boardlink/boardlink/proto"
 )
 
@@ -462,23 +463,28 @@ func TestFetchConnectionRefused(t *testing.T) {
 	}
 }
 
-// cancelAtSize returns a context canceled once a file matching pattern
-// holds n bytes.
-func cancelAtSize(t *testing.T, pattern string, n int64) context.Context {
+// fetchCanceledAtSize runs f.Fetch and cancels it once a file matching
+// pattern holds n bytes; it returns Fetch's error.
+func fetchCanceledAtSize(t *testing.T, f *Fetcher, req Request, pattern string, n int64) error {
+	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
-	t.Cleanup(cancel)
+	defer cancel()
+	errc := make(chan error, 1)
 	go func() {
-		for ctx.Err() == nil {
-			names, _ := filepath.Glob(pattern)
-			for _, name := range names {
-				if st, err := os.Stat(name); err == nil && st.Size() >= n {
-					cancel()
-				}
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		_, err := f.Fetch(ctx, req, nil)
+		errc <- err
 	}()
-	return ctx
+	testenv.Eventually(t, fmt.Sprintf("a file %s of %d bytes", filepath.Base(pattern), n), func() bool {
+		names, _ := filepath.Glob(pattern)
+		for _, name := range names {
+			if st, err := os.Stat(name); err == nil && st.Size() >= n {
+				return true
+			}
+		}
+		return false
+	})
+	cancel()
+	return <-errc
 }
 
 func TestFetchCancelThenResume(t *testing.T) {
@@ -496,8 +502,7 @@ func TestFetchCancelThenResume(t *testing.T) {
 		root, dir := newRoot(t)
 		f, cache := newFetcher(t, true, Options{})
 		req := Request{URL: s.url(), SHA256: sum(data), Root: root, Dest: "out.bin"}
-		ctx := cancelAtSize(t, filepath.Join(cache, sum(data)+partSuffix), int64(half))
-		_, err := f.Fetch(ctx, req, nil)
+		err := fetchCanceledAtSize(t, f, req, filepath.Join(cache, sum(data)+partSuffix), int64(half))
 		if !errors.Is(err, context.Canceled) {
 			t.Fatalf("error %v, want context.Canceled", err)
 		}
@@ -533,8 +538,8 @@ func TestFetchCancelThenResume(t *testing.T) {
 		})
 		root, dir := newRoot(t)
 		f, _ := newFetcher(t, false, Options{})
-		ctx := cancelAtSize(t, filepath.Join(dir, ".out.bin.boardlink-part-*"), int64(half))
-		_, err := f.Fetch(ctx, Request{URL: s.url(), SHA256: sum(data), Root: root, Dest: "out.bin"}, nil)
+		err := fetchCanceledAtSize(t, f, Request{URL: s.url(), SHA256: sum(data), Root: root, Dest: "out.bin"},
+			filepath.Join(dir, ".out.bin.boardlink-part-*"), int64(half))
 		if !errors.Is(err, context.Canceled) {
 			t.Fatalf("error %v, want context.Canceled", err)
 		}

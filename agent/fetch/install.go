@@ -109,7 +109,7 @@ func (f *Fetcher) install(ctx context.Context, req Request, mode fs.FileMode, sr
 		return 0, rootpath.Error(req.Dest, err)
 	}
 	committed = true
-	return 0, syncDir(req.Root, path.Dir(req.Dest))
+	return 0, rootpath.SyncDir(req.Root, path.Dir(req.Dest))
 }
 
 // commitDir replaces dest (absent or a directory) with the directory tmp:
@@ -133,7 +133,7 @@ func commitDir(root *os.Root, tmp, dest string, log *slog.Logger) error {
 		}
 		return rootpath.Error(dest, err)
 	}
-	if err := syncDir(root, path.Dir(dest)); err != nil {
+	if err := rootpath.SyncDir(root, path.Dir(dest)); err != nil {
 		log.Warn("fsync after replacing a directory", "path", dest, "err", err)
 	}
 	if old != "" {
@@ -152,14 +152,6 @@ func tempName(dest, kind string) string {
 		base = base[:64] // leave room under NAME_MAX
 	}
 	return path.Join(path.Dir(dest), fmt.Sprintf(".%s.boardlink-%s-%016x", base, kind, rand.Uint64()))
-}
-
-// syncDir makes a rename in dir durable.
-func syncDir(root *os.Root, dir string) error {
-	if err := rootpath.SyncDir(root, dir); err != nil {
-		return rootpath.Local("fsync "+dir, err)
-	}
-	return nil
 }
 
 // removeTree removes name and everything under it, including directories

@@ -22,6 +22,10 @@ import (
 	"github.com/boardlink/boardlink/proto"
 )
 
+// DefaultHealthTimeout bounds the health checks of a trial boot when
+// Config.HealthTimeout does not.
+const DefaultHealthTimeout = 60 * time.Second
+
 // Config configures an Updater.
 type Config struct {
 	// Dir keeps the machine's state (created on Start).
@@ -37,7 +41,8 @@ type Config struct {
 	Keys []ed25519.PublicKey
 	// HealthChecks are shell commands run after a trial boot, in order,
 	// with BOARDLINK_SLOT and BOARDLINK_VERSION set; all must exit 0
-	// within HealthTimeout (default 60s) for the update to commit.
+	// within HealthTimeout (0: DefaultHealthTimeout) for the update to
+	// commit.
 	HealthChecks  []string
 	HealthTimeout time.Duration
 	// Reboot restarts the board; it must not return before the agent is
@@ -88,7 +93,7 @@ type Updater struct {
 // New returns an Updater; it touches nothing until Start.
 func New(cfg Config) *Updater {
 	if cfg.HealthTimeout <= 0 {
-		cfg.HealthTimeout = 60 * time.Second
+		cfg.HealthTimeout = DefaultHealthTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

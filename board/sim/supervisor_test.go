@@ -164,17 +164,17 @@ func (s *supervised) config(t *testing.T, script string) SupervisorConfig {
 	}
 }
 
-// waitFor polls until text shows up in b; the bound only keeps a broken
-// build from hanging.
+// waitFor waits until text shows up in b.
 func waitFor(t *testing.T, b *testenv.Buffer, text string) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for !strings.Contains(b.String(), text) {
-		if time.Now().After(deadline) {
-			t.Fatalf("never saw %q in:\n%s", text, b.String())
+	seen := false
+	defer func() {
+		if !seen {
+			t.Logf("the text so far:\n%s", b.String())
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	}()
+	testenv.Eventually(t, fmt.Sprintf("%q", text), func() bool { return strings.Contains(b.String(), text) })
+	seen = true
 }
 
 func TestSuperviseBootsAgainAfterRebootsAndPowerCuts(t *testing.T) {

@@ -1,13 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"io"
 	"net"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/boardlink/boardlink/discovery"
 	"github.com/boardlink/boardlink/internal/testenv"
@@ -26,8 +28,9 @@ func TestLsAndBoardIDs(t *testing.T) {
 	ctx := context.Background()
 	for _, id := range []string{"demo-board", "demo-other"} {
 		a := discovery.NewAdvertiser(discovery.AdvertiseConfig{Ifaces: []string{"lo"}})
-		rec := discovery.Record{ID: id, Model: "sim", Protocol: proto.Version, Capabilities: []string{"exec"}, Version: "test",
-			BootID: "boot-" + id, Labels: map[string]string{"lab": "demo"}, Port: port, TLS: true, FP: d.agent.Fingerprint().Short()}
+		rec := discovery.Record{ID: id, Model: "sim", Protocol: proto.Version, Capabilities: []string{"exec"}, Version: "agent-9.9",
+			BootID: "boot-" + id, Slot: "b", SlotVersion: "image-" + id, Labels: map[string]string{"lab": "demo"}, Port: port, TLS: true,
+			FP: d.agent.Fingerprint().Short()}
 		if err := a.Start(ctx, rec); err != nil {
 			t.Fatal(err)
 		}
@@ -39,12 +42,16 @@ func TestLsAndBoardIDs(t *testing.T) {
 		t.Fatalf("ls: %d %v %s %s", code, err, stdout, stderr)
 	}
 	if len(recs) != 2 || recs[0].ID != "demo-board" || recs[0].Labels["lab"] != "demo" ||
+		recs[0].SlotVersion != "image-demo-board" || recs[0].Version != "agent-9.9" ||
 		!strings.HasSuffix(recs[0].Address, ":"+strconv.Itoa(port)) {
 		t.Fatalf("ls found %+v", recs)
 	}
-	stdout, _, _ = cli(t, "", "ls", "--iface", "lo", "--no-serial")
-	if !strings.Contains(stdout, "ADDRESS") || !strings.Contains(stdout, "demo-other") {
-		t.Fatalf("table:\n%s", stdout)
+	stdout, stderr, _ = cli(t, "", "ls", "--iface", "lo", "--no-serial")
+	lines := strings.Split(stdout, "\n")
+	if !regexp.MustCompile(`^ID +MODEL +VERSION +SLOT +AGENT +ADDRESS +AGE$`).MatchString(lines[0]) ||
+		!regexp.MustCompile(`^demo-other +sim +image-demo-other +b +agent-9.9 +wss://`).MatchString(lines[2]) ||
+		!strings.Contains(stderr, "2 boards answered within 2s (mDNS on lo)") {
+		t.Fatalf("table:\n%s\nstderr: %s", stdout, stderr)
 	}
 	tests := []struct {
 		args   []string
@@ -66,6 +73,28 @@ func TestLsAndBoardIDs(t *testing.T) {
 	}
 }
 
+// TestLsWithoutInterface: without --iface, mDNS leaves lo out, and with
+// no other interface it hears nothing: ls and a board id say so rather
+// than answer nothing without a word.
+func TestLsWithoutInterface(t *testing.T) {
+	if !testenv.InPrivateLoopback(t) {
+		return
+	}
+	const warning = "boardlink: warning: mDNS had no usable network interface, so no board on the network could answer (lo: loopback, used only when named); name one with --iface (--iface lo for boards on this host)\n"
+	stdout, stderr, code := cli(t, "", "ls", "--no-serial", "--json")
+	if code != 0 || strings.TrimSpace(stdout) != "[]" || stderr != warning {
+		t.Fatalf("ls --json: %d %q %q", code, stdout, stderr)
+	}
+	stdout, stderr, code = cli(t, "", "ls", "--no-serial")
+	if code != 0 || !strings.HasPrefix(stdout, "ID ") || stderr != warning+"0 boards answered within 2s (mDNS on no usable interface)\n" {
+		t.Fatalf("ls: %d %q %q", code, stdout, stderr)
+	}
+	_, stderr, code = cli(t, "", "info", "lab-7")
+	if code != 2 || !strings.Contains(stderr, `unknown board "lab-7": no board answered within 2s (mDNS on no usable interface, and serial ports; check --iface`) {
+		t.Fatalf("info lab-7: %d %q", code, stderr)
+	}
+}
+
 // TestLsWatch: --watch --json prints one event per line as boards come,
 // change and go.
 func TestLsWatch(t *testing.T) {
@@ -74,52 +103,45 @@ func TestLsWatch(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out testenv.Buffer
+	out, w := io.Pipe()
+	var stderr testenv.Buffer
 	done := make(chan error, 1)
 	go func() {
-		done <- runWithStdin(ctx, strings.NewReader(""), []string{"ls", "--watch", "--json", "--iface", "lo", "--no-serial"}, &out, &out)
+		done <- runWithStdin(ctx, strings.NewReader(""), []string{"ls", "--watch", "--json", "--iface", "lo", "--no-serial"}, w, &stderr)
+		w.Close()
 	}()
+	lines := bufio.NewScanner(out)
+	next := func(op discovery.Op, boot string) {
+		t.Helper()
+		if !lines.Scan() {
+			t.Fatalf("the watch ended: %v %s", lines.Err(), stderr.String())
+		}
+		var ev discovery.Event
+		if err := json.Unmarshal(lines.Bytes(), &ev); err != nil {
+			t.Fatalf("line %q: %v", lines.Bytes(), err)
+		}
+		if ev.Op != op || ev.Record.ID != "watched" || boot != "" && ev.Record.BootID != boot {
+			t.Fatalf("got %+v, want %s %s", ev, op, boot)
+		}
+	}
 	a := discovery.NewAdvertiser(discovery.AdvertiseConfig{Ifaces: []string{"lo"}})
 	rec := discovery.Record{ID: "watched", Model: "sim", Protocol: 1, Version: "test", BootID: "boot-1", Port: 7207}
 	if err := a.Start(ctx, rec); err != nil {
 		t.Fatal(err)
 	}
+	next(discovery.Added, "boot-1")
 	rec.BootID = "boot-2" // as after a reboot
-	waitLines(t, &out, 1)
 	if err := a.Update(ctx, rec); err != nil {
 		t.Fatal(err)
 	}
-	waitLines(t, &out, 2)
+	next(discovery.Updated, "boot-2")
 	if err := a.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	lines := waitLines(t, &out, 3)
+	next(discovery.Removed, "")
+	go io.Copy(io.Discard, out) // whatever else comes, until the watch ends
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
-	}
-	want := []struct {
-		op   discovery.Op
-		boot string
-	}{{discovery.Added, "boot-1"}, {discovery.Updated, "boot-2"}, {discovery.Removed, ""}}
-	for i, w := range want {
-		var ev discovery.Event
-		if err := json.Unmarshal([]byte(lines[i]), &ev); err != nil {
-			t.Fatalf("line %d %q: %v", i, lines[i], err)
-		}
-		if ev.Op != w.op || ev.Record.ID != "watched" || w.boot != "" && ev.Record.BootID != w.boot {
-			t.Fatalf("line %d: %+v, want %s %s", i, ev, w.op, w.boot)
-		}
-	}
-}
-
-// waitLines waits until out holds n lines and returns them.
-func waitLines(t *testing.T, out *testenv.Buffer, n int) []string {
-	t.Helper()
-	for {
-		if lines := strings.Split(strings.TrimSpace(out.String()), "\n"); out.String() != "" && len(lines) >= n {
-			return lines
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }

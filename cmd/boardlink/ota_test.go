@@ -136,17 +136,10 @@ func slotOf(st proto.OTAStatus, booted bool) proto.OTASlot {
 // trial boot and its health check take their time after a cut.
 func settled(t *testing.T, b *simBoard) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		st := otaStatus(t, b.ws)
-		if u := st.Update; u == nil || u.Phase == proto.PhasePrepare || u.Phase == proto.PhasePrepared || u.Phase == proto.PhaseDone {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the update never settled: %+v", st.Update)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testenv.Eventually(t, "the update to settle", func() bool {
+		u := otaStatus(t, b.ws).Update
+		return u == nil || u.Phase == proto.PhasePrepare || u.Phase == proto.PhasePrepared || u.Phase == proto.PhaseDone
+	})
 }
 
 // checkBootedSlot asserts what the kill tests must hold after every cut:
@@ -329,22 +322,25 @@ func agentPID(t *testing.T, b *simBoard) int {
 // waitUp waits until the board answers with a boot other than old.
 func waitUp(t *testing.T, b *simBoard, old string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	for {
-		c, err := dispatcher.Dial(ctx, b.ws, testDialOptions())
-		if err == nil {
-			info, err := c.Info(ctx)
-			c.Close()
-			if err == nil && info.BootID != old {
-				return info.BootID
-			}
+	var boot string
+	up := false
+	defer func() {
+		if !up {
+			t.Logf("the board's log:\n%s", b.stderr)
 		}
-		if ctx.Err() != nil {
-			t.Fatalf("the board did not come back after boot %s:\n%s", old, b.stderr)
+	}()
+	testenv.Eventually(t, fmt.Sprintf("the board to answer with a boot other than %q", old), func() bool {
+		c, err := dispatcher.Dial(t.Context(), b.ws, testDialOptions())
+		if err != nil {
+			return false
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		info, err := c.Info(t.Context())
+		c.Close()
+		boot = info.BootID
+		return err == nil && boot != old
+	})
+	up = true
+	return boot
 }
 
 func bootID(t *testing.T, b *simBoard) string {
@@ -422,18 +418,20 @@ func TestOTAKilledInEveryState(t *testing.T) {
 }
 
 // TestOTAKilledDuringPrepare cuts the agent (SIGKILL) at random byte
-// offsets of the chunks crossing the link: 200 cuts, 50 under the race
-// detector, OTA_KILLS to choose (`just ota-kills` runs 10,000). After each
-// cut the board boots a verified slot and tells the truth, and the update,
-// tried again, resumes its prepare (it holds at least the chunks it held
-// before) and commits.
+// offsets of the chunks crossing the link: 5 cuts, and as a stress test
+// with BOARDLINK_E2E=1 200 (50 under the race detector), OTA_KILLS to
+// choose (`just ota-kills` runs 10,000). After each cut the board boots a
+// verified slot and tells the truth, and the update, tried again, resumes
+// its prepare (it holds at least the chunks it held before) and commits.
 func TestOTAKilledDuringPrepare(t *testing.T) {
-	kills := 200
-	if testenv.Race {
-		kills = 50 // the same path, several times slower under the detector
-	}
-	if n, err := strconv.Atoi(os.Getenv("OTA_KILLS")); err == nil && n > 0 {
+	kills := 5 // about a second each
+	switch n, err := strconv.Atoi(os.Getenv("OTA_KILLS")); {
+	case err == nil && n > 0:
 		kills = n
+	case testenv.E2E() && testenv.Race:
+		kills = 50 // the same path, several times slower under the detector
+	case testenv.E2E():
+		kills = 200
 	}
 	l := newOTALab(t)
 	b := startOTABoard(t, l)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"io"
-	"os"
 	"sync"
 
 	"github.com/vbauerster/mpb/v8"
@@ -13,8 +12,8 @@ import (
 // isTerminal reports whether w is a terminal: progress is drawn only there,
 // so logs and pipes get the final line alone.
 func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
+	f, ok := w.(interface{ Fd() uintptr })
+	if !ok || f.Fd() == ^uintptr(0) {
 		return false
 	}
 	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)

@@ -66,19 +66,8 @@ func startSimBoard(t *testing.T, bootDelay time.Duration, extra ...string) *simB
 			t.Errorf("boardlinkd did not stop on SIGINT; log:\n%s", b.stderr)
 		}
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for {
-		c, err := dispatcher.Dial(ctx, b.ws, testDialOptions())
-		if err == nil {
-			c.Close()
-			return b
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("boardlinkd never answered: %v\n%s", err, b.stderr)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitUp(t, b, "")
+	return b
 }
 
 // TestRebootWait reboots a real sim board while a command hangs on it,
@@ -96,11 +85,11 @@ func TestRebootWait(t *testing.T) {
 				hung <- code
 			}()
 			var pid int
-			for pid == 0 {
+			testenv.Eventually(t, "the hanging command's pid", func() bool {
 				raw, _ := os.ReadFile(pidFile)
 				pid, _ = strconv.Atoi(strings.TrimSpace(string(raw)))
-				time.Sleep(20 * time.Millisecond)
-			}
+				return pid != 0
+			})
 			logPath := filepath.Join(t.TempDir(), "console.log")
 			stdout, stderr, code := cli(t, "", "reboot", board, "--wait", "--timeout", "60s", "--json", "--console-log", logPath)
 			if code != 0 {
@@ -158,24 +147,31 @@ func TestRebootNotBack(t *testing.T) {
 // over WebSocket, without writing to the line.
 func TestConsole(t *testing.T) {
 	b := startSimBoard(t, 200*time.Millisecond)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var out, errs testenv.Buffer
 	done := make(chan error, 1)
 	go func() { done <- runWithStdin(ctx, strings.NewReader(""), []string{"console", b.serial}, &out, &errs) }()
-	time.Sleep(500 * time.Millisecond) // let the console attach before the reboot
-	if _, stderr, code := cli(t, "", "reboot", b.ws, "--wait"); code != 0 {
-		t.Fatalf("reboot: %d %s", code, stderr)
-	}
-	for !strings.Contains(out.String(), "sim-boot: boot 2") {
+	shows := func(text string) bool {
 		select {
 		case err := <-done:
 			t.Fatalf("console ended early: %v\n%s%s", err, out.String(), errs.String())
-		case <-ctx.Done():
-			t.Fatalf("console never showed the second boot:\n%s", out.String())
-		case <-time.After(50 * time.Millisecond):
+		default:
 		}
+		return strings.Contains(out.String(), text)
 	}
+	// The console is attached once it shows the board's log (its boot's
+	// stderr) of a command run after it started.
+	testenv.Eventually(t, "the console to show the board's log", func() bool {
+		if _, stderr, code := cli(t, "", "exec", b.ws, "-n", "--", "true", "console-attached"); code != 0 {
+			t.Fatalf("exec: %d %s", code, stderr)
+		}
+		return shows("console-attached")
+	})
+	if _, stderr, code := cli(t, "", "reboot", b.ws, "--wait"); code != 0 {
+		t.Fatalf("reboot: %d %s", code, stderr)
+	}
+	testenv.Eventually(t, "the console to show the second boot", func() bool { return shows("sim-boot: boot 2") })
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("console after ^C: %v", err)

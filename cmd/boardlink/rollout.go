@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -274,77 +273,35 @@ func readPlan(path string, im *image.Image, plan *dispatcher.Plan) error {
 }
 
 // rolloutTargets finds the boards: discovery plus the inventory, filtered
-// by the selectors. Every board found is recorded as a sighting.
+// by the selectors. Every board discovered is recorded as a sighting.
 func rolloutTargets(ctx context.Context, g *globals, o rolloutOptions, db *store.Store) ([]dispatcher.Target, error) {
-	sel, err := parseSelectors(o.selectors)
+	sel, err := dispatcher.ParseSelector(o.selectors)
 	if err != nil {
-		return nil, err
+		return nil, &usageError{fmt.Errorf("--select: %w", err)}
 	}
-	byID := map[string]dispatcher.Target{}
+	var inv []dispatcher.Target
 	if o.inventory != "" {
-		raw, err := os.ReadFile(o.inventory)
-		if err != nil {
-			return nil, &usageError{err}
-		}
-		var inv []dispatcher.Target
-		if err := json.Unmarshal(raw, &inv); err != nil {
-			return nil, &usageError{fmt.Errorf("--inventory %s: %w", o.inventory, err)}
-		}
-		for _, t := range inv {
-			if t.ID == "" || t.Address == "" {
-				return nil, &usageError{fmt.Errorf("--inventory %s: every board needs an id and an address", o.inventory)}
-			}
-			byID[t.ID] = t
+		if inv, err = dispatcher.ReadInventory(o.inventory); err != nil {
+			return nil, &usageError{fmt.Errorf("--inventory: %w", err)}
 		}
 	}
+	var r *dispatcher.Resolver
 	if o.discover > 0 {
-		recs, err := findBoards(ctx, g, lsOptions{timeout: o.discover}, "")
-		if err != nil && len(byID) == 0 {
-			return nil, linkFailure(err)
-		}
-		for _, r := range recs {
-			_ = db.Sight(ctx, store.Sighting{BoardID: r.ID, Address: r.Address, Model: r.Model, Labels: r.Labels,
-				BootID: r.BootID, Version: r.Version})
-			if _, ok := byID[r.ID]; !ok {
-				byID[r.ID] = dispatcher.Target{ID: r.ID, Address: r.Address, Model: r.Model, Labels: r.Labels}
-			}
-		}
+		r = g.resolver()
+		r.Timeout = o.discover
 	}
-	var out []dispatcher.Target
-	for _, t := range byID {
-		if sel.match(t) {
-			out = append(out, t)
-		}
+	targets, found, err := dispatcher.Targets(ctx, r, inv, sel)
+	if err != nil {
+		return nil, linkFailure(err)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out, nil
-}
-
-type selectors map[string]string
-
-func parseSelectors(kvs []string) (selectors, error) {
-	out := selectors{}
-	for _, kv := range kvs {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok || k == "" {
-			return nil, &usageError{fmt.Errorf("--select %q: want KEY=VALUE", kv)}
-		}
-		out[k] = v
+	if w := found.Warning(); r != nil && w != "" {
+		g.warn(w)
 	}
-	return out, nil
-}
-
-func (s selectors) match(t dispatcher.Target) bool {
-	for k, v := range s {
-		got, ok := t.Labels[k]
-		if k == "model" {
-			got, ok = t.Model, true
-		}
-		if !ok || got != v {
-			return false
-		}
+	for _, b := range found.Boards { // the version a board runs is its slot's image's
+		_ = db.Sight(ctx, store.Sighting{BoardID: b.ID, Address: b.Address, Model: b.Model, Labels: b.Labels,
+			BootID: b.BootID, Version: b.SlotVersion})
 	}
-	return true
+	return targets, nil
 }
 
 // rolloutDisplay shows a rollout: bars on a terminal, lines elsewhere,

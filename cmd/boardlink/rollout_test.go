@@ -24,18 +24,39 @@ import (
 // phases counts, on the boards' side, what their OTA machines do.
 type phases struct {
 	mu        sync.Mutex
+	changed   chan struct{} // closed and replaced at every phase
 	preparing map[string]bool
 	peak      int
 	commits   map[string]int // board -> updates committed
 }
 
 func newPhases() *phases {
-	return &phases{preparing: map[string]bool{}, commits: map[string]int{}}
+	return &phases{changed: make(chan struct{}), preparing: map[string]bool{}, commits: map[string]int{}}
+}
+
+// await waits until cond, called with p.mu held, holds after a phase; it
+// reports false if ctx ends first.
+func (p *phases) await(ctx context.Context, cond func() bool) bool {
+	p.mu.Lock()
+	for !cond() {
+		changed := p.changed
+		p.mu.Unlock()
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return false
+		}
+		p.mu.Lock()
+	}
+	p.mu.Unlock()
+	return true
 }
 
 func (p *phases) on(board, _ string, phase proto.Phase) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	close(p.changed)
+	p.changed = make(chan struct{})
 	if phase == proto.PhasePrepare {
 		p.preparing[board] = true
 	} else {
@@ -175,25 +196,20 @@ func TestRolloutFailures(t *testing.T) {
 	t.Run("board disappears", func(t *testing.T) {
 		r := startRolloutLab(t, 3, nil)
 		gone := r.lab.Boards[1]
-		var once sync.Once
 		r.phases.mu.Lock()
 		r.phases.preparing = map[string]bool{}
 		r.phases.mu.Unlock()
+		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			for {
-				r.phases.mu.Lock()
-				started := len(r.phases.commits) > 0 || r.phases.peak > 0
-				r.phases.mu.Unlock()
-				if started {
-					once.Do(func() { gone.Down(context.Background()) })
-					return
-				}
-				time.Sleep(5 * time.Millisecond)
+			// Once the first board is under way, the second goes.
+			if r.phases.await(ctx, func() bool { return len(r.phases.commits) > 0 || r.phases.peak > 0 }) {
+				gone.Down(context.Background())
 			}
 		}()
 		_, rep, stderr, code := r.rollout(t, "-C", "1", "--max-failures", "-1", "--board-timeout", "3s")
+		cancel()
 		<-done
 		var b dispatcher.BoardReport
 		for _, x := range rep.Boards {
@@ -246,18 +262,20 @@ func TestRolloutResumeAfterKill(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(time.Minute)
-	for {
-		r.phases.mu.Lock()
-		n := len(r.phases.commits)
-		r.phases.mu.Unlock()
-		if n >= 3 || time.Now().After(deadline) {
-			break
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	testenv.Eventually(t, "three boards to commit", func() bool {
+		select {
+		case err := <-exited:
+			t.Fatalf("the rollout ended before it was killed: %v\n%s", err, out.String())
+		default:
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		r.phases.mu.Lock()
+		defer r.phases.mu.Unlock()
+		return len(r.phases.commits) >= 3
+	})
 	cmd.Process.Signal(syscall.SIGKILL)
-	cmd.Wait()
+	<-exited
 	db, err := store.Open(context.Background(), r.db)
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/spf13/cobra"
 
@@ -36,6 +37,9 @@ type globals struct {
 type usageError struct{ error }
 
 func newRoot(stdout, stderr io.Writer) *cobra.Command {
+	// Notices (a board trusted on first use) come from the goroutines of
+	// a rollout while its display draws: one writer, one writer at a time.
+	stderr = &lockedWriter{w: stderr}
 	g := &globals{stderr: stderr}
 	root := &cobra.Command{
 		Use:   "boardlink",
@@ -182,11 +186,9 @@ func (g *globals) dial(ctx context.Context, addr string) (*dispatcher.Client, er
 	if err != nil {
 		return nil, err
 	}
+	opts.Resolver = g.resolver()
 	c, err := dispatcher.Dial(ctx, addr, opts)
-	if errors.Is(err, dispatcher.ErrNeedsDiscovery) {
-		c, err = g.dialID(ctx, addr, opts)
-	}
-	if errors.Is(err, dispatcher.ErrBadAddress) || errors.Is(err, errUnknownBoard) {
+	if errors.Is(err, dispatcher.ErrBadAddress) || errors.Is(err, dispatcher.ErrUnknownBoard) {
 		return nil, &usageError{err}
 	}
 	if err != nil {
@@ -206,4 +208,25 @@ func linkFailure(err error) error {
 		err = fmt.Errorf("link to the board failed: %w", err)
 	}
 	return &exitError{code: exitLink, err: err}
+}
+
+// lockedWriter serializes writes to w. It keeps w's file descriptor, so a
+// terminal is still seen as one (isTerminal).
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// Fd is w's file descriptor, or an invalid one when w is not a file.
+func (l *lockedWriter) Fd() uintptr {
+	if f, ok := l.w.(interface{ Fd() uintptr }); ok {
+		return f.Fd()
+	}
+	return ^uintptr(0)
 }

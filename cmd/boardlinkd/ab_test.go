@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/boardlink/boardlink/board/sim"
+	"github.com/boardlink/boardlink/internal/testenv"
 )
 
 // TestSimTrialBoots drives the real boardlinkd's A/B boot loader through
@@ -31,7 +32,7 @@ func TestSimTrialBoots(t *testing.T) {
 		t.Helper()
 		const line = `msg="boardlinkd started" version=`
 		want := fmt.Sprintf(`boot=%d slot=%s active=%s trial=%s`, boot, slot, active, trial)
-		eventually(t, "boot "+want, func() bool {
+		testenv.Eventually(t, "boot "+want, func() bool {
 			for l := range strings.Lines(b.logs.String()) {
 				if strings.Contains(l, line) && strings.Contains(l, want) {
 					return true

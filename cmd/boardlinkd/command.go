@@ -1,28 +1,20 @@
 package main
 
 import (
-	"context"
 	"crypto/ed25519"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
-	"go.uber.org/fx"
-	"go.uber.org/fx/fxevent"
 
 	"github.com/boardlink/boardlink/agent"
 	"github.com/boardlink/boardlink/agent/ota"
 	"github.com/boardlink/boardlink/auth"
-	"github.com/boardlink/boardlink/board"
 	"github.com/boardlink/boardlink/board/linux"
 	"github.com/boardlink/boardlink/board/sim"
-	"github.com/boardlink/boardlink/discovery"
-	"github.com/boardlink/boardlink/image"
 	"github.com/boardlink/boardlink/internal/version"
 )
 
@@ -374,7 +366,7 @@ func (o *options) bind(cmd *cobra.Command) {
 	f.StringVar(&cfg.RebootCommand, "reboot-command", "", "linux board: shell command that reboots, run once the agent stopped (default: systemctl reboot, or reboot without systemd)")
 	f.StringArrayVar(&cfg.TrustKeys, "trust-key", nil, "ed25519 public key file (PATH.pub) trusted to sign OTA images (repeatable; none: every image is refused)")
 	f.StringArrayVar(&cfg.HealthChecks, "health-check", nil, "shell command that must exit 0 after a trial boot for the update to commit (repeatable; run in order)")
-	f.DurationVar(&cfg.HealthTimeout, "health-timeout", DefaultHealthTimeout, "time allowed for all the health checks of a trial boot")
+	f.DurationVar(&cfg.HealthTimeout, "health-timeout", ota.DefaultHealthTimeout, "time allowed for all the health checks of a trial boot")
 	l := &cfg.Limits
 	f.IntVar(&l.MaxConns, "max-conns", agent.DefaultMaxConns, "limit: concurrent WebSocket connections (more are closed at once)")
 	f.DurationVar(&l.HandshakeTimeout, "handshake-timeout", agent.DefaultHandshakeTimeout, "limit: time for TLS, the upgrade and authentication")
@@ -457,8 +449,12 @@ func mergeConfig(file, flags Config, cmd *cobra.Command) Config {
 	if out.ExecLogSize == 0 || set("exec-log-size") {
 		out.ExecLogSize = flags.ExecLogSize
 	}
-	out.Verbose = out.Verbose || flags.Verbose
-	out.NoMDNS = out.NoMDNS || flags.NoMDNS
+	if set("verbose") {
+		out.Verbose = flags.Verbose
+	}
+	if set("no-mdns") {
+		out.NoMDNS = flags.NoMDNS
+	}
 	if set("iface") {
 		out.Ifaces = flags.Ifaces
 	}
@@ -554,191 +550,6 @@ func (r rebootRequest) reboot() {
 	case r <- struct{}{}:
 	default: // one is pending already
 	}
-}
-
-// serve is one boot of the board: it builds the agent with fx from the
-// common parts and the board's own (parts: newSimBoard's or
-// newLinuxBoard's), starts it, tells the board it is up, and stops it
-// when ctx ends or the agent asks for a reboot; then the board reboots
-// (platform.reboot).
-func serve(ctx context.Context, cfg Config, parts boardParts, stderr io.Writer) error {
-	log := newLogger(cfg, stderr)
-	key, created, err := auth.LoadOrCreateKey(cfg.keyFile())
-	if err != nil {
-		return fmt.Errorf("the board's key: %w", err)
-	}
-	if created {
-		log.Info("made the board's key", "file", cfg.keyFile(), "fingerprint", auth.FingerprintOf(key.Public().(ed25519.PublicKey)))
-	}
-	reboot := make(rebootRequest, 1)
-	var (
-		boot board.BootControl
-		plat *platform
-		ag   *agent.Agent
-	)
-	app := fx.New(
-		fx.WithLogger(func() fxevent.Logger { return fxevent.NopLogger }),
-		fx.Supply(cfg, log, reboot, key),
-		fx.Provide(func() boardParts { return parts }),
-		fx.Provide(newExecs, newOTA, newAgent, newWebSockets),
-		fx.Invoke(startMDNS, startSerial),
-		fx.Populate(&boot, &plat, &ag),
-	)
-	if err := app.Err(); err != nil {
-		return err
-	}
-	startCtx, cancel := context.WithTimeout(ctx, stopTimeout)
-	defer cancel()
-	if err := app.Start(startCtx); err != nil {
-		return err
-	}
-	plat.up()
-	logAccess(log, cfg, key)
-	started := append([]any{"version", version.Version, "id", ag.Info(ctx).ID, "state_dir", cfg.StateDir, "roots", cfg.Roots}, plat.attrs...)
-	if st, err := boot.State(ctx); err != nil {
-		log.Info("boardlinkd started", started...)
-		log.Warn("boot loader", "err", err)
-	} else {
-		log.Info("boardlinkd started", append(started, "slot", st.Booted, "active", st.Active, "trial", st.Trial)...)
-	}
-	rebooting := false
-	select {
-	case <-ctx.Done():
-	case sig := <-app.Done():
-		log.Info("signal", "signal", sig)
-	case <-reboot:
-		log.Info("rebooting")
-		rebooting = true
-	}
-	// The same clean stop for a reboot as for SIGTERM: connections closed,
-	// every command's process group ended.
-	stopCtx, cancelStop := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
-	defer cancelStop()
-	if err := app.Stop(stopCtx); err != nil {
-		return fmt.Errorf("shutdown: %w", err)
-	}
-	log.Info("boardlinkd stopped")
-	if rebooting {
-		return plat.reboot(context.WithoutCancel(ctx), log)
-	}
-	return nil
-}
-
-// newExecs registers the command manager first, so that it stops last:
-// after the listeners, every remaining process group is ended.
-func newExecs(lc fx.Lifecycle, cfg Config, b stateBoard, log *slog.Logger) *agent.Execs {
-	limits := cfg.Limits.agent().WithDefaults()
-	m := agent.NewExecs(agent.ExecOptions{LogSize: cfg.ExecLogSize, LogPath: filepath.Join(b.Dir(), "exec-log.json"), Logger: log,
-		MaxCommands: limits.MaxCommands, ResultGrace: limits.ResultGrace})
-	lc.Append(fx.Hook{
-		OnStart: func(context.Context) error { return m.LoadLog() },
-		OnStop:  m.Shutdown,
-	})
-	return m
-}
-
-// newOTA is the update state machine. Its hooks come after the command
-// manager's, so it starts later (a trial boot's health check may run at
-// once) and stops first.
-func newOTA(lc fx.Lifecycle, cfg Config, b stateBoard, boot board.BootControl, log *slog.Logger, reboot rebootRequest) (*ota.Updater, error) {
-	var keys []ed25519.PublicKey
-	for _, path := range cfg.TrustKeys {
-		k, err := image.LoadPublicKey(path)
-		if err != nil {
-			return nil, fmt.Errorf("--trust-key: %w", err)
-		}
-		keys = append(keys, k)
-	}
-	u := ota.New(ota.Config{Dir: filepath.Join(b.Dir(), "ota"), Boot: boot, Model: b.Identity().Model,
-		BootID: b.BootID(), Keys: keys, HealthChecks: cfg.HealthChecks, HealthTimeout: cfg.HealthTimeout,
-		Reboot: reboot.reboot, Logger: log})
-	lc.Append(fx.Hook{OnStart: u.Start, OnStop: u.Stop})
-	return u, nil
-}
-
-func newAgent(cfg Config, b stateBoard, m *agent.Execs, u *ota.Updater, log *slog.Logger, reboot rebootRequest,
-	key ed25519.PrivateKey, plat *platform) (*agent.Agent, error) {
-	tokens, err := cfg.tokens()
-	if err != nil {
-		return nil, err
-	}
-	roots, err := cfg.fileRoots()
-	if err != nil {
-		return nil, err
-	}
-	return agent.New(b, m, agent.Config{Logger: log, Roots: roots, CacheDir: filepath.Join(b.Dir(), "cache"),
-		Reboot: reboot.reboot, OTA: u, Limits: cfg.Limits.agent(),
-		Auth: agent.AuthConfig{Key: key, Tokens: tokens, NoAuth: cfg.NoAuth, Pairing: cfg.pairing(),
-			PairedFile: cfg.pairedFile(), CodeFile: cfg.codeFile(), ShowCode: plat.showCode},
-	}), nil
-}
-
-// listeners are the agent's WebSocket servers: wss:// on --listen, ws://
-// on --insecure-listen; either may be nil.
-type listeners struct {
-	secure, insecure *agent.WebSocketServer
-}
-
-// advertised is the server mDNS announces: the secure one if there is one.
-func (l listeners) advertised() *agent.WebSocketServer {
-	if l.secure != nil {
-		return l.secure
-	}
-	return l.insecure
-}
-
-func newWebSockets(lc fx.Lifecycle, cfg Config, a *agent.Agent) listeners {
-	var l listeners
-	if cfg.Listen != "" {
-		l.secure = agent.NewWebSocketServer(a, cfg.Listen)
-		lc.Append(fx.Hook{OnStart: l.secure.Start, OnStop: l.secure.Stop})
-	}
-	if cfg.InsecureListen != "" {
-		l.insecure = agent.NewInsecureWebSocketServer(a, cfg.InsecureListen)
-		lc.Append(fx.Hook{OnStart: l.insecure.Start, OnStop: l.insecure.Stop})
-	}
-	return l
-}
-
-// startMDNS advertises the WebSocket server once it listens, and says
-// goodbye before it stops. A server on loopback only is advertised only on
-// the interfaces named with --iface: elsewhere nobody could reach it.
-func startMDNS(lc fx.Lifecycle, cfg Config, a *agent.Agent, l listeners, log *slog.Logger) {
-	ws := l.advertised()
-	if cfg.NoMDNS || ws == nil {
-		return
-	}
-	adv := discovery.NewAdvertiser(discovery.AdvertiseConfig{Ifaces: cfg.Ifaces, Logger: log})
-	lc.Append(fx.Hook{
-		OnStart: func(ctx context.Context) error {
-			addr, ok := ws.Addr().(*net.TCPAddr)
-			if !ok {
-				return fmt.Errorf("mdns: unexpected listen address %v", ws.Addr())
-			}
-			if addr.IP.IsLoopback() && len(cfg.Ifaces) == 0 {
-				log.Info("mdns: not advertising: listening on loopback only (give --iface to advertise anyway)")
-				adv = nil
-				return nil
-			}
-			return adv.Start(ctx, discovery.RecordOf(a.Info(ctx), addr.Port, ws == l.secure))
-		},
-		OnStop: func(ctx context.Context) error {
-			if adv == nil {
-				return nil
-			}
-			return adv.Stop(ctx)
-		},
-	})
-}
-
-// startSerial serves the framed protocol on --serial, on the line the
-// board gives (serialServer); without --serial there is none.
-func startSerial(lc fx.Lifecycle, serial serialServer, a *agent.Agent) {
-	if serial == nil {
-		return
-	}
-	s := serial(a)
-	lc.Append(fx.Hook{OnStart: s.Start, OnStop: s.Stop})
 }
 
 // logAccess says at every start who may use the agent: the key's

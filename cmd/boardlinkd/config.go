@@ -24,9 +24,6 @@ import (
 // DefaultPort is the agent's WebSocket port.
 const DefaultPort = 7207
 
-// DefaultHealthTimeout bounds the health checks after a trial boot.
-const DefaultHealthTimeout = 60 * time.Second
-
 // Boards (--board).
 const (
 	boardSim   = "sim"   // board/sim: a board in a directory, with its supervisor
@@ -91,7 +88,8 @@ type Config struct {
 	// HealthChecks are shell commands run, in order, after a trial boot;
 	// all must exit 0 within HealthTimeout for the update to commit.
 	HealthChecks []string `yaml:"health_checks"`
-	// HealthTimeout bounds the health checks (default 60s).
+	// HealthTimeout bounds the health checks (default
+	// ota.DefaultHealthTimeout).
 	HealthTimeout time.Duration `yaml:"health_timeout"`
 	// Limits bound what peers may make the agent hold.
 	Limits Limits `yaml:",inline"`

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/boardlink/boardlink/agent"
+	"github.com/boardlink/boardlink/agent/ota"
 )
 
 // parseConfig is what boardlinkd would run with for args.
@@ -45,7 +46,7 @@ func TestOTASettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Boot != "sim" || cfg.TrustKeys != nil || cfg.HealthChecks != nil || cfg.HealthTimeout != DefaultHealthTimeout {
+	if cfg.Boot != "sim" || cfg.TrustKeys != nil || cfg.HealthChecks != nil || cfg.HealthTimeout != ota.DefaultHealthTimeout {
 		t.Errorf("defaults: boot %q, keys %v, checks %v, timeout %v", cfg.Boot, cfg.TrustKeys, cfg.HealthChecks, cfg.HealthTimeout)
 	}
 
@@ -72,7 +73,7 @@ func TestOTASettings(t *testing.T) {
 	if err := os.WriteFile(bare, []byte("board: sim\nstate_dir: "+dir+"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if cfg, err = parseConfig(t, "--config", bare); err != nil || cfg.Boot != "sim" || cfg.HealthTimeout != DefaultHealthTimeout {
+	if cfg, err = parseConfig(t, "--config", bare); err != nil || cfg.Boot != "sim" || cfg.HealthTimeout != ota.DefaultHealthTimeout {
 		t.Errorf("bare file: %+v, %v", cfg, err)
 	}
 
@@ -147,5 +148,37 @@ func TestAccessAndLimitSettings(t *testing.T) {
 	// The state dir is never a file root.
 	if roots, err := cfg.fileRoots(); err != nil || len(roots) != 0 {
 		t.Errorf("file roots without --root: %v %v", roots, err)
+	}
+}
+
+// A boolean flag given on the command line wins over the file both ways:
+// --verbose=false and --no-mdns=false switch off what the file switched on.
+func TestBoolFlagsWinOverTheFile(t *testing.T) {
+	dir := t.TempDir()
+	on := filepath.Join(dir, "on.yaml")
+	if err := os.WriteFile(on, []byte("board: sim\nstate_dir: "+dir+"\nverbose: true\nno_mdns: true\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	off := filepath.Join(dir, "off.yaml")
+	if err := os.WriteFile(off, []byte("board: sim\nstate_dir: "+dir+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args          []string
+		verbose, noMD bool
+	}{
+		{[]string{"--config", on}, true, true},
+		{[]string{"--config", on, "--verbose=false", "--no-mdns=false"}, false, false},
+		{[]string{"--config", on, "-v=false"}, false, true},
+		{[]string{"--config", off}, false, false},
+		{[]string{"--config", off, "--verbose", "--no-mdns"}, true, true},
+	} {
+		cfg, err := parseConfig(t, tc.args...)
+		if err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if cfg.Verbose != tc.verbose || cfg.NoMDNS != tc.noMD {
+			t.Errorf("%v: verbose %v, no_mdns %v; want %v, %v", tc.args, cfg.Verbose, cfg.NoMDNS, tc.verbose, tc.noMD)
+		}
 	}
 }

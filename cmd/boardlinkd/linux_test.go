@@ -292,7 +292,11 @@ func TestLinuxBoard(t *testing.T) {
 	state := filepath.Join(f.dir, "state")
 	marker := filepath.Join(f.dir, "rebooted")
 	uart := filepath.Join(f.dir, "uart.sock")
-	args := []string{"--board", "linux", "--boot", "grub", "--boot-env", f.grubenv, "--slot", "A=" + f.slotA, "--slot", "B=" + f.slotB,
+	files := filepath.Join(f.dir, "files")
+	if err := os.Mkdir(files, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--board", "linux", "--root", files, "--boot", "grub", "--boot-env", f.grubenv, "--slot", "A=" + f.slotA, "--slot", "B=" + f.slotB,
 		"--cmdline", f.cmdline, "--state-dir", state, "--listen", "127.0.0.1:0", "--no-mdns", "--trust-key", keyPath + ".pub",
 		"--model", "m1", "--label", "rack=9", "--reboot-command", "touch " + marker, "--serial", "unix:" + uart,
 		"--health-check", `test "$BOARDLINK_SLOT" = B`}
@@ -378,20 +382,14 @@ func TestLinuxBoard(t *testing.T) {
 	}
 
 	// The whole update up to the reboot: the reboot command only touches
-	// the marker, and Update, which would wait for the board to come back,
-	// is called off once it has.
+	// the marker, after which boardlinkd exits, and Update, which would
+	// wait for the board to come back, is called off then.
 	uctx, ucancel := context.WithCancel(ctx)
 	go func() {
 		defer ucancel()
-		for {
-			if _, err := os.Stat(marker); err == nil {
-				return
-			}
-			select {
-			case <-uctx.Done():
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
+		select {
+		case <-uctx.Done():
+		case <-b.done:
 		}
 	}()
 	_, err = c.Update(uctx, im, dispatcher.OTAOptions{})
@@ -430,7 +428,7 @@ func TestLinuxBoard(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c2.Close()
-	eventually(t, "the trial boot commits", func() bool {
+	testenv.Eventually(t, "the trial boot commits", func() bool {
 		st, err := c2.OTAStatus(ctx)
 		return err == nil && st.Update != nil && st.Update.Result != ""
 	})

@@ -1,5 +1,3 @@
-// Command boardlinkd is the boardlink agent that runs on a board. See
-// `boardlinkd --help`.
 package main
 
 import (

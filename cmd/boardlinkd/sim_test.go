@@ -102,18 +102,6 @@ func (b *simBoard) wait(t *testing.T) error {
 	}
 }
 
-// eventually polls cond until it holds.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(hangGuard)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("never: %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // dialBoot dials addr until a boot other than notBoot answers, riding out
 // a reboot, and returns the client and what the boot says of itself.
 func dialBoot(t *testing.T, addr string, opts dispatcher.DialOptions, notBoot string) (*dispatcher.Client, proto.BoardInfo) {
@@ -123,7 +111,7 @@ func dialBoot(t *testing.T, addr string, opts dispatcher.DialOptions, notBoot st
 		info proto.BoardInfo
 		last error
 	)
-	eventually(t, fmt.Sprintf("a boot other than %q answers at %s", notBoot, addr), func() bool {
+	testenv.Eventually(t, fmt.Sprintf("a boot other than %q answers at %s", notBoot, addr), func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		if c, last = dispatcher.Dial(ctx, addr, opts); last != nil {
@@ -211,7 +199,7 @@ func TestSimRebootOverWebSocket(t *testing.T) {
 			hanging <- err
 		}()
 		sleeper := startSleeper(t, c)
-		eventually(t, "both commands run", func() bool {
+		testenv.Eventually(t, "both commands run", func() bool {
 			var log proto.ExecLogResult
 			err := c.Conn().Call(context.Background(), proto.MethodExecLog, proto.ExecLogParams{}, &log)
 			running := 0
@@ -270,7 +258,7 @@ func TestSimRebootOverSerialSocket(t *testing.T) {
 	// The host stays on the line through the reboot and sees it on the
 	// console: the kernel's goodbye, the bootloader, the new agent's log.
 	for _, want := range []string{"reboot: Restarting system\r\n", "sim-boot: boot 2, booting boardlinkd\r\n", "boardlinkd started"} {
-		eventually(t, "the console shows "+strconv.Quote(want), func() bool { return strings.Contains(console1.String(), want) })
+		testenv.Eventually(t, "the console shows "+strconv.Quote(want), func() bool { return strings.Contains(console1.String(), want) })
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 	defer cancel()
@@ -319,7 +307,7 @@ func TestSimPowerCuts(t *testing.T) {
 	if !strings.Contains(b.logs.String(), "sim: power cut") {
 		t.Errorf("the supervisor did not see a power cut")
 	}
-	eventually(t, "the command dies with its agent", func() bool { return proctest.Gone(sleeper) })
+	testenv.Eventually(t, "the command dies with its agent", func() bool { return proctest.Gone(sleeper) })
 
 	// The supervisor's power is cut: nothing of the board is left.
 	agent = agentPID(t, c)
@@ -328,8 +316,8 @@ func TestSimPowerCuts(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.wait(t)
-	eventually(t, "the agent dies with its supervisor", func() bool { return proctest.Gone(agent) })
-	eventually(t, "the command dies with its agent", func() bool { return proctest.Gone(sleeper) })
+	testenv.Eventually(t, "the agent dies with its supervisor", func() bool { return proctest.Gone(agent) })
+	testenv.Eventually(t, "the command dies with its agent", func() bool { return proctest.Gone(sleeper) })
 }
 
 func TestSimBootThatFailsPowersOff(t *testing.T) {

@@ -1,17 +1,10 @@
-// Package rootpath turns the errors of file operations into protocol
-// errors, the one mapping the agent's file methods and its downloader
-// share: a missing path is not_found; a way out of the root (through a
-// symlink or "..") and every other failure the request's path causes (a
-// name too long, a path through a file or a symlink loop, a file where a
-// directory must be, ...) is invalid params on "path", never followed; a
-// full disk is no_space; anything else is internal. It also checks free
-// space before a large write.
 package rootpath
 
 import (
 	"errors"
 	"io/fs"
 	"os"
+	"path"
 	"strings"
 	"syscall"
 
@@ -95,17 +88,38 @@ func IsEscape(err error) bool {
 	return strings.Contains(pe.Err.Error(), "escapes")
 }
 
-// SyncDir makes a rename in dir (relative to root) durable. Some file
-// systems cannot fsync a directory; the rename is then as durable as they
-// make it.
+// EnsureParent checks that the parent of rel (p relative to root, slash
+// separated) is a directory, or makes it and its parents when parents is
+// set. p names the path in the error.
+func EnsureParent(root *os.Root, p, rel string, parents bool) error {
+	dir := path.Dir(rel)
+	if parents {
+		return Error(p, root.MkdirAll(dir, 0o755))
+	}
+	st, err := root.Stat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return proto.Errorf(proto.ReasonNotFound, "%s: parent directory does not exist (ask for parents to create it)", p)
+	}
+	if err != nil {
+		return Error(p, err)
+	}
+	if !st.IsDir() {
+		return proto.InvalidField("path", "dir", "%s: parent is not a directory", p)
+	}
+	return nil
+}
+
+// SyncDir makes a rename in dir (relative to root) durable; its error is
+// the agent's own (Local). Some file systems cannot fsync a directory; the
+// rename is then as durable as they make it.
 func SyncDir(root *os.Root, dir string) error {
 	d, err := root.Open(dir)
 	if err != nil {
-		return err
+		return Local("fsync "+dir, err)
 	}
 	defer d.Close()
 	if err := d.Sync(); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOTSUP) {
-		return err
+		return Local("fsync "+dir, err)
 	}
 	return nil
 }

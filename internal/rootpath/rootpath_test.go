@@ -2,6 +2,7 @@ package rootpath
 
 import (
 	"errors"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -129,5 +130,76 @@ func TestCheckRoom(t *testing.T) {
 	}
 	if err := CheckRoom(Room{File: d, Bytes: 1 << 60}); !proto.IsReason(err, proto.ReasonNoSpace) {
 		t.Fatalf("an exabyte: %v, want no_space", err)
+	}
+}
+
+// TestEnsureParent: a missing parent is not_found unless parents are
+// asked for, a file as parent and a way out of the root are the caller's
+// fault, and every answer names the request's path.
+func TestEnsureParent(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "afile"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(t.TempDir(), filepath.Join(dir, "out")); err != nil {
+		t.Fatal(err)
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	for _, tc := range []struct {
+		rel     string
+		parents bool
+		reason  proto.Reason
+		rule    string
+	}{
+		{"top", false, "", ""},
+		{"a/b/c", false, proto.ReasonNotFound, ""},
+		{"a/b/c", true, "", ""},
+		{"a/b/d", false, "", ""}, // made by the one before
+		{"afile/x", false, proto.ReasonInvalidParams, "dir"},
+		{"afile/x/y", true, proto.ReasonInvalidParams, "dir"},
+		{"out/x", false, proto.ReasonInvalidParams, "root"},
+		{"out/x/y", true, proto.ReasonInvalidParams, "root"},
+	} {
+		err := EnsureParent(root, "/data/"+tc.rel, tc.rel, tc.parents)
+		if got := proto.ReasonOf(err); got != tc.reason {
+			t.Errorf("%s (parents %v): %v; want reason %q", tc.rel, tc.parents, err, tc.reason)
+			continue
+		}
+		if err == nil {
+			if st, serr := root.Stat(filepath.Dir(tc.rel)); serr != nil || !st.IsDir() {
+				t.Errorf("%s (parents %v): no error, and no parent directory: %v", tc.rel, tc.parents, serr)
+			}
+			continue
+		}
+		if !strings.Contains(err.Error(), "/data/"+tc.rel) {
+			t.Errorf("%q does not name the path", err)
+		}
+		var pe *proto.Error
+		if tc.rule != "" && (!errors.As(err, &pe) || len(pe.Data.Fields) != 1 || pe.Data.Fields[0].Field != "path" || pe.Data.Fields[0].Rule != tc.rule) {
+			t.Errorf("%s: %v; want invalid params on path, rule %s", tc.rel, err, tc.rule)
+		}
+	}
+}
+
+// TestSyncDir: a directory syncs; a failure is the agent's own (internal),
+// not the caller's.
+func TestSyncDir(t *testing.T) {
+	root, err := os.OpenRoot(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	if err := root.Mkdir("d", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := SyncDir(root, "d"); err != nil {
+		t.Fatal(err)
+	}
+	if err := SyncDir(root, "gone"); !proto.IsReason(err, proto.ReasonInternal) || !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("SyncDir of a missing directory: %v; want internal, wrapping its cause", err)
 	}
 }

@@ -303,20 +303,13 @@ func TestStopLeavesNothing(t *testing.T) {
 		res, err := c.Exec(ctx, dispatcher.ExecRequest{Argv: []string{"sleep", "30"}})
 		running <- outcome{res, err}
 	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	testenv.Eventually(t, "the command to start", func() bool {
 		log, err := c.ExecLog(ctx, 10)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if slices.ContainsFunc(log, func(e proto.ExecLogEntry) bool { return e.Running }) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the command did not start")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return slices.ContainsFunc(log, func(e proto.ExecLogEntry) bool { return e.Running })
+	})
 	// A reboot in flight while the lab stops.
 	if _, err := dial(t, ctx, l.Boards[1].Addr()).Reboot(ctx); err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -24,11 +25,32 @@ func GoBuild(t testing.TB, pkg string) string {
 		t.Fatal(err)
 	}
 	bin := filepath.Join(t.TempDir(), filepath.Base(abs))
-	if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+	cmd := exec.Command("go", "build", "-o", bin, pkg)
+	if cache := goCache(); cache != "" {
+		cmd.Env = append(os.Environ(), "GOCACHE="+cache)
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build %s: %v\n%s", pkg, err, out)
 	}
 	return bin
 }
+
+// startEnv is the environment the test binary started with, before any
+// test or TestMain changed it.
+var startEnv = os.Environ()
+
+// goCache is the build cache of startEnv. GoBuild keeps to it: a test
+// that moves XDG_CACHE_HOME, to keep the CLI's cache apart, would
+// otherwise give each build an empty cache and minutes of compiling.
+var goCache = sync.OnceValue(func() string {
+	cmd := exec.Command("go", "env", "GOCACHE")
+	cmd.Env = startEnv
+	out, err := cmd.Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
+})
 
 // BuildTestHooks makes every GoBuild of the test t (and of the helpers it
 // calls) build with TestHooksTag, until t ends. It sets GOFLAGS for t, so

@@ -228,8 +228,9 @@ func (e *Endpoint) waitFor(ctx context.Context, cond func() bool) error {
 }
 
 // Console returns the console text: the bytes on the line outside frames.
-// The buffer keeps the newest Config.ConsoleBuffer bytes; after Close the
-// reader drains it and gets io.EOF. Use one reader.
+// The buffer keeps the newest Config.ConsoleBuffer bytes; after Close, or
+// once the line ends under it, the reader drains it and gets io.EOF. Use
+// one reader.
 func (e *Endpoint) Console() io.Reader {
 	e.start()
 	return e.console
@@ -414,6 +415,7 @@ func (e *Endpoint) readLoop() {
 		}
 		if err != nil {
 			e.shutdown(fmt.Errorf("seriallink: read: %w", err))
+			e.console.close() // the line ended: so does its console text, once read
 			return
 		}
 		// A serial port's read timeout returns (0, nil): no data yet. Guard

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -12,23 +11,6 @@ import (
 
 	"github.com/boardlink/boardlink/transport"
 )
-
-// noLeaks fails the test if goroutines started during it are still running
-// once its cleanups have run. Register it first so that it runs last.
-func noLeaks(t testing.TB) {
-	base := runtime.NumGoroutine()
-	t.Cleanup(func() {
-		deadline := time.Now().Add(3 * time.Second)
-		for runtime.NumGoroutine() > base {
-			if time.Now().After(deadline) {
-				buf := make([]byte, 1<<20)
-				t.Errorf("goroutines leaked: %d, was %d\n%s", runtime.NumGoroutine(), base, buf[:runtime.Stack(buf, true)])
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	})
-}
 
 func beaconOf(id string) func() []byte {
 	return func() []byte { return []byte(`{"id":"` + id + `"}`) }

@@ -26,7 +26,7 @@ func randBytes(r *rand.Rand, n int) []byte {
 // The agent's end of a pty is opened by path through OpenPort, so the
 // real serial code (read timeouts returning (0, nil)) runs.
 func TestPtyLink(t *testing.T) {
-	noLeaks(t)
+	testenv.CheckLeaks(t)
 	master, slave := testenv.RawPTY(t)
 	port, err := OpenPort(slave.Name(), 115200)
 	if err != nil {
@@ -119,9 +119,11 @@ func echoN(l transport.Link, n int) {
 // A thousand request/response exchanges over a line that corrupts and
 // drops bytes and has kernel lines written into the board's output.
 func TestNoisyLine(t *testing.T) {
-	noLeaks(t)
+	testenv.CheckLeaks(t)
 	line := linetest.New(linetest.Config{Corrupt: 0.001, Drop: 0.0002, Inject: 0.05, Seed: 7})
-	he, ae, hl, al := openPair(t, line.Host(), line.Board(), testConfig(), testConfig())
+	hcfg := testConfig()
+	hcfg.ConsoleBuffer = 1 << 20 // the whole run's console text: a reader that lags under load loses none
+	he, ae, hl, al := openPair(t, line.Host(), line.Board(), hcfg, testConfig())
 	console := drain(he.Console())
 	go echo(al)
 
@@ -145,9 +147,7 @@ func TestNoisyLine(t *testing.T) {
 	}
 	// Stop the board, let the host read all it sent, then stop the host.
 	ae.Close()
-	for he.Stats().WireIn < line.Stats().Bytes[1] {
-		time.Sleep(time.Millisecond)
-	}
+	testenv.Eventually(t, "the host to read all the board sent", func() bool { return he.Stats().WireIn >= line.Stats().Bytes[1] })
 	he.Close()
 	text := console()
 	injected := line.Injected()
@@ -163,7 +163,7 @@ func TestNoisyLine(t *testing.T) {
 }
 
 func TestTooLarge(t *testing.T) {
-	noLeaks(t)
+	testenv.CheckLeaks(t)
 	line := linetest.New(linetest.Config{})
 	acfg := testConfig()
 	acfg.MaxMessage = 10_000
@@ -190,7 +190,7 @@ func TestTooLarge(t *testing.T) {
 // A slow reader holds the writer back instead of growing a buffer, and a
 // writer that gives up mid-message leaves no half message behind.
 func TestFlowControlAndAbort(t *testing.T) {
-	noLeaks(t)
+	testenv.CheckLeaks(t)
 	line := linetest.New(linetest.Config{})
 	cfg := testConfig()
 	cfg.MaxMessage = 64 << 10
@@ -244,7 +244,7 @@ func TestFlowControlAndAbort(t *testing.T) {
 }
 
 func TestCloseResetsPeer(t *testing.T) {
-	noLeaks(t)
+	testenv.CheckLeaks(t)
 	line := linetest.New(linetest.Config{})
 	he, ae, hl, al := openPair(t, line.Host(), line.Board(), testConfig(), testConfig())
 	if err := hl.WriteMessage(context.Background(), transport.Text, []byte("bye")); err != nil {
@@ -292,7 +292,7 @@ func TestCloseResetsPeer(t *testing.T) {
 	// Closing the endpoint unblocks a pending read.
 	errc := make(chan error, 1)
 	go func() { _, _, err := hl2.ReadMessage(); errc <- err }()
-	time.Sleep(20 * time.Millisecond)
+	testenv.Eventually(t, "the read to block", func() bool { return testenv.Parked("seriallink.(*link).ReadMessage") })
 	he.Close()
 	if err := <-errc; !errors.Is(err, transport.ErrClosed) {
 		t.Fatalf("read after endpoint close: %v", err)

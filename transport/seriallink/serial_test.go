@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/boardlink/boardlink/internal/testenv"
 	"github.com/boardlink/boardlink/transport"
 )
 
@@ -16,7 +17,7 @@ import (
 func TestOpenLineSockets(t *testing.T) {
 	for _, network := range []string{"tcp", "unix"} {
 		t.Run(network, func(t *testing.T) {
-			noLeaks(t)
+			testenv.CheckLeaks(t)
 			addr := "127.0.0.1:0"
 			if network == "unix" {
 				addr = filepath.Join(t.TempDir(), "serial.sock")
@@ -73,7 +74,7 @@ func TestOpenLineSockets(t *testing.T) {
 // Probe on a silent socket stops on ctx through the read deadline, and
 // leaves the connection usable.
 func TestProbeSilentSocket(t *testing.T) {
-	noLeaks(t)
+	testenv.CheckLeaks(t)
 	a, b := net.Pipe()
 	defer a.Close()
 	defer b.Close()

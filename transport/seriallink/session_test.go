@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/boardlink/boardlink/internal/testenv"
 	"github.com/boardlink/boardlink/transport"
 	"github.com/boardlink/boardlink/transport/seriallink/linetest"
 )
@@ -43,7 +44,7 @@ func exchange(t *testing.T, hl, al transport.Link, msg string) {
 // fails promptly, a new Dial works, and the old session's frames are
 // ignored.
 func TestAgentRestart(t *testing.T) {
-	noLeaks(t)
+	testenv.CheckLeaks(t)
 	line := linetest.New(linetest.Config{})
 	crashPort := line.Board()
 	he, ae1, hl, al := openPair(t, line.Host(), crashPort, testConfig(), testConfig())
@@ -88,7 +89,7 @@ func TestAgentRestart(t *testing.T) {
 
 // A second Dial replaces the first session at both ends.
 func TestRedialReplacesSession(t *testing.T) {
-	noLeaks(t)
+	testenv.CheckLeaks(t)
 	line := linetest.New(linetest.Config{})
 	he, ae, hl1, al1 := openPair(t, line.Host(), line.Board(), testConfig(), testConfig())
 	accepted := acceptOne(t, ae)
@@ -118,7 +119,7 @@ func (r readOnly) Write(p []byte) (int, error) {
 }
 
 func TestProbe(t *testing.T) {
-	noLeaks(t)
+	testenv.CheckLeaks(t)
 	line := linetest.New(linetest.Config{})
 	ae := NewEndpoint(line.Board(), Config{Beacon: beaconOf("board-7"), BeaconInterval: 50 * time.Millisecond})
 	defer ae.Close()
@@ -135,7 +136,7 @@ func TestProbe(t *testing.T) {
 // A line with only a shell on it: Probe and Dial find nothing and never
 // write to it.
 func TestShellLine(t *testing.T) {
-	noLeaks(t)
+	testenv.CheckLeaks(t)
 	line := linetest.New(linetest.Config{})
 	stop := make(chan struct{})
 	shellDone := make(chan struct{})
@@ -178,7 +179,7 @@ func TestShellLine(t *testing.T) {
 // The peer goes silent: both ends give up within DeadAfter, whether they
 // were sending or idle.
 func TestDeadPeer(t *testing.T) {
-	noLeaks(t)
+	testenv.CheckLeaks(t)
 	line := linetest.New(linetest.Config{})
 	cfg := testConfig()
 	cfg.DeadAfter = time.Second
@@ -206,11 +207,16 @@ func TestDeadPeer(t *testing.T) {
 
 // Sequence numbers wrap after 65535; a long transfer must not notice.
 func TestSeqWrap(t *testing.T) {
-	noLeaks(t)
+	testenv.CheckLeaks(t)
 	line := linetest.New(linetest.Config{Corrupt: 0.001, Seed: 3})
 	_, _, hl, al := openPair(t, line.Host(), line.Board(), testConfig(), testConfig())
 	exchange(t, hl, al, "before")
-	time.Sleep(50 * time.Millisecond) // let the last acknowledgements land
+	idle := func(l *link) bool {
+		l.e.mu.Lock()
+		defer l.e.mu.Unlock()
+		return len(l.snd) == 0 && l.rcvBase == l.rcvNext
+	}
+	testenv.Eventually(t, "the last acknowledgements to land", func() bool { return idle(hl.(*link)) && idle(al.(*link)) })
 	// Move both directions to just before the wrap.
 	setSeq := func(l *link, snd, rcv uint16) {
 		l.e.mu.Lock()
