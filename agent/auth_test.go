@@ -283,6 +283,25 @@ func (p pairingBoard) pair(t *testing.T, hostKey ed25519.PrivateKey, known *disp
 		}})
 }
 
+// wrongCodes tries n wrong codes from host and returns the code the board
+// showed.
+func (p pairingBoard) wrongCodes(t *testing.T, host ed25519.PrivateKey, n int) string {
+	t.Helper()
+	var right string
+	for i := range n {
+		_, err := p.pair(t, host, dispatcher.NewKnownBoards(""), func(shown string, _ proto.PairBeginResult) string {
+			if shown != "" {
+				right = shown
+			}
+			return fmt.Sprintf("WRNG-%04d", i)
+		})
+		if !errors.Is(err, auth.ErrWrongCode) {
+			t.Fatalf("wrong code %d: %v", i, err)
+		}
+	}
+	return right
+}
+
 func TestPairing(t *testing.T) {
 	p := newPairingBoard(t)
 	ctx := context.Background()
@@ -359,18 +378,7 @@ func TestPairingCodeFileAndLimits(t *testing.T) {
 	}
 	// Three wrong codes use a code up; the right one is refused after.
 	host := newKey(t)
-	var right string
-	for i := range 3 {
-		_, err := p.pair(t, host, dispatcher.NewKnownBoards(""), func(shown string, _ proto.PairBeginResult) string {
-			if shown != "" {
-				right = shown
-			}
-			return fmt.Sprintf("WRNG-%04d", i)
-		})
-		if !errors.Is(err, auth.ErrWrongCode) {
-			t.Fatalf("wrong code %d: %v", i, err)
-		}
-	}
+	right := p.wrongCodes(t, host, 3)
 	_, err = p.pair(t, host, dispatcher.NewKnownBoards(""), func(string, proto.PairBeginResult) string { return right })
 	if !proto.IsReason(err, proto.ReasonBusy) || !strings.Contains(err.Error(), "retry in") {
 		t.Fatalf("a new code at once: %v, want busy", err)
@@ -392,18 +400,7 @@ func TestPairingCodeFileAndLimits(t *testing.T) {
 func TestPairingLastAttempt(t *testing.T) {
 	p := newPairingBoard(t)
 	host := newKey(t)
-	var right string
-	for i := range 2 {
-		_, err := p.pair(t, host, dispatcher.NewKnownBoards(""), func(shown string, _ proto.PairBeginResult) string {
-			if shown != "" {
-				right = shown
-			}
-			return fmt.Sprintf("WRNG-%04d", i)
-		})
-		if !errors.Is(err, auth.ErrWrongCode) {
-			t.Fatalf("wrong code %d: %v", i, err)
-		}
-	}
+	right := p.wrongCodes(t, host, 2)
 	_, err := p.pair(t, host, dispatcher.NewKnownBoards(""), func(_ string, begin proto.PairBeginResult) string {
 		if begin.Attempts != 1 {
 			t.Errorf("attempts left: %d, want 1", begin.Attempts)

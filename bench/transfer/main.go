@@ -58,6 +58,7 @@ import (
 	"github.com/boardlink/boardlink/bench/internal/benchkit"
 	"github.com/boardlink/boardlink/board/sim"
 	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/proto"
 )
 
 func main() {
@@ -241,35 +242,30 @@ func benchBoardlink(ctx context.Context, dirs map[string]string, src, sum string
 	for i := range runs {
 		for _, l := range links {
 			c, r := clients[l], out[l]
-			if err := benchkit.RemoveWithPartials(remote); err != nil {
-				return nil, err
-			}
-			start := time.Now()
-			res, err := c.Push(ctx, src, remote, dispatcher.TransferOptions{})
-			d := time.Since(start)
-			if err != nil {
-				return nil, fmt.Errorf("push: %w", err)
-			}
-			if res.Offset != 0 || res.Bytes != size || res.SHA256 != sum {
-				return nil, fmt.Errorf("push %d was not a full transfer of the file: offset %d, %d bytes, sha256 %s", i+1, res.Offset, res.Bytes, res.SHA256)
-			}
-			r.push.runs = append(r.push.runs, d)
-			fmt.Printf("  %-3s push %d: %.1f MB/s (agent-side %.0f ms)\n", l, i+1, mbps(size, d), res.DurationMs)
 			// The pushed copy, already verified, is what the board serves.
-			if err := benchkit.RemoveWithPartials(local); err != nil {
-				return nil, err
+			for _, op := range []struct {
+				name, dst string
+				into      *result
+				run       func() (proto.FileResult, error)
+			}{
+				{"push", remote, r.push, func() (proto.FileResult, error) { return c.Push(ctx, src, remote, dispatcher.TransferOptions{}) }},
+				{"pull", local, r.pull, func() (proto.FileResult, error) { return c.Pull(ctx, remote, local, dispatcher.TransferOptions{}) }},
+			} {
+				if err := benchkit.RemoveWithPartials(op.dst); err != nil {
+					return nil, err
+				}
+				start := time.Now()
+				res, err := op.run()
+				d := time.Since(start)
+				if err != nil {
+					return nil, fmt.Errorf("%s: %w", op.name, err)
+				}
+				if res.Offset != 0 || res.Bytes != size || res.SHA256 != sum {
+					return nil, fmt.Errorf("%s %d was not a full transfer of the file: offset %d, %d bytes, sha256 %s", op.name, i+1, res.Offset, res.Bytes, res.SHA256)
+				}
+				op.into.runs = append(op.into.runs, d)
+				fmt.Printf("  %-3s %s %d: %.1f MB/s (agent-side %.0f ms)\n", l, op.name, i+1, mbps(size, d), res.DurationMs)
 			}
-			start = time.Now()
-			res, err = c.Pull(ctx, remote, local, dispatcher.TransferOptions{})
-			d = time.Since(start)
-			if err != nil {
-				return nil, fmt.Errorf("pull: %w", err)
-			}
-			if res.Offset != 0 || res.Bytes != size || res.SHA256 != sum {
-				return nil, fmt.Errorf("pull %d was not a full transfer of the file: offset %d, %d bytes, sha256 %s", i+1, res.Offset, res.Bytes, res.SHA256)
-			}
-			r.pull.runs = append(r.pull.runs, d)
-			fmt.Printf("  %-3s pull %d: %.1f MB/s (agent-side %.0f ms)\n", l, i+1, mbps(size, d), res.DurationMs)
 		}
 	}
 	// exec `true` on the open connection, alternating links.
