@@ -7,10 +7,12 @@
 #   just ota-kills  10,000 power cuts during OTA prepares (OTA_KILLS to change)
 #   just e2e      every test, the long stress tests too, with skips that need a missing tool turned into failures
 #   just bench    every benchmark in the module (BENCH, BENCHTIME to narrow or lengthen), then bench/*/ programs
+#   just bench-peers  boardlink against ssh, scp and a local fork/exec in one run (ARGS, e.g. -smoke)
 #   just fuzz     every fuzz target, FUZZTIME each (default 30s)
 #   just demo     the demo
 #   just lint     gofmt and go vet
 #   just cross    static boardlinkd for the four board architectures, into dist/
+#   just package  the .deb packages (boardlinkd, boardlink) for the four architectures, into dist/
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
@@ -33,6 +35,10 @@ race:
 # Run every test, uncached, with BOARDLINK_E2E=1: the long stress tests run, and a test which would skip for a missing tool fails.
 e2e:
     BOARDLINK_E2E=1 go test -count=1 -timeout 30m ./...
+
+# boardlink against ssh, scp and a local fork/exec in one run: one table of ratios (docs/benchmarks.md); ARGS e.g. -smoke.
+bench-peers *ARGS:
+    go run ./bench/peers {{ARGS}}
 
 # Run every benchmark in the module; BENCH=regexp and BENCHTIME=5s|100x narrow or lengthen the run.
 bench:
@@ -148,3 +154,7 @@ cross:
         fi
         echo "    static, $(du -h "$out" | cut -f1)"
     done
+
+# Build the Debian packages boardlinkd_VERSION_ARCH.deb and boardlink_VERSION_ARCH.deb for amd64, arm64, armhf and riscv64 into dist/ (ARCH=amd64,arm64 to narrow), and print each binary's size.
+package:
+    go run ./packaging -o dist -arch "${ARCH:-amd64,arm64,armhf,riscv64}"

@@ -70,9 +70,11 @@ func New(b Board, execs *Execs, cfg Config) *Agent {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	cfg.Limits = cfg.Limits.WithDefaults()
-	a := &Agent{board: b, execs: execs, cfg: cfg, log: cfg.Logger, claimed: map[string]chan struct{}{},
-		fetcher: fetch.New(fetch.Options{CacheDir: cfg.CacheDir, Logger: cfg.Logger})}
-	a.auth = newAuthority(cfg.Auth, func() string { return b.Identity().ID }, cfg.Logger)
+	// Every line names the board: one log collector serves a whole lab.
+	log := cfg.Logger.With("board", b.Identity().ID)
+	a := &Agent{board: b, execs: execs, cfg: cfg, log: log, claimed: map[string]chan struct{}{},
+		fetcher: fetch.New(fetch.Options{CacheDir: cfg.CacheDir, Logger: log})}
+	a.auth = newAuthority(cfg.Auth, func() string { return b.Identity().ID }, log)
 	return a
 }
 
@@ -342,6 +344,15 @@ func (s *session) Handle(ctx context.Context, c *transport.Conn, r *transport.Re
 	if r.Notification {
 		return nil, nil // the agent takes no notifications
 	}
+	start := time.Now()
+	res, err := s.handle(ctx, c, r)
+	s.a.log.Debug("call", "method", r.Method, "peer", s.peer.Addr, "link", s.peer.Link,
+		"took", time.Since(start).Round(time.Microsecond), "reason", proto.ReasonOf(err))
+	return res, err
+}
+
+// handle answers one request.
+func (s *session) handle(ctx context.Context, c *transport.Conn, r *transport.Request) (any, error) {
 	if !s.authed.Load() && !unauthenticated[r.Method] {
 		return nil, proto.Errorf(proto.ReasonUnauthorized,
 			"authenticate first: session.hello with a nonce, then session.auth (a paired host's key or a token), or pair with boardlink pair")

@@ -44,11 +44,14 @@ func (s *session) fileDownload(ctx context.Context, c *transport.Conn, params js
 		Size: p.Size, MaxSize: p.MaxSize, Timeout: millis(p.TimeoutMs),
 		Limits: fetch.Limits{MaxSize: l.MaxDownload, MaxUnpack: l.MaxUnpack, MaxUnpackEntries: l.MaxUnpackEntries,
 			Deadline: l.DownloadDeadline}}, progress)
+	attrs := []any{"url", p.URL, "path", p.Path, "peer", s.peer.Addr, "link", s.peer.Link,
+		"duration", time.Since(start).Round(time.Millisecond)}
 	if err != nil {
+		s.a.log.Info("download failed", append(attrs, "err", err)...)
 		return nil, rootpath.Error(p.Path, err)
 	}
-	s.a.log.Info("download", "url", p.URL, "path", p.Path, "source", res.Source, "bytes", res.Bytes,
-		"attempts", res.Attempts, "resumes", res.Resumes)
+	s.a.log.Info("download", append(attrs, "source", res.Source, "bytes", res.Bytes, "size", res.Size,
+		"attempts", res.Attempts, "resumes", res.Resumes)...)
 	out := proto.DownloadResult{
 		FileResult: proto.FileResult{Path: p.Path, Size: res.Size, SHA256: res.SHA256, Bytes: res.Bytes,
 			DurationMs: msSince(start)},

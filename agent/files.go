@@ -235,8 +235,10 @@ func (s *session) filePush(c *transport.Conn, r *transport.Request) (any, error)
 		res.OffsetSHA256 = sumHex(h)
 	}
 	go func() {
+		start := time.Now()
 		res, err := s.a.receive(root, rel, partial, f, h, st, p, offset)
 		release() // before file.wait can answer: a retry may claim it at once
+		s.logTransfer("push", p.Path, res, err, start)
 		t.finish(res, err)
 	}()
 	return res, nil
@@ -459,11 +461,27 @@ func (s *session) filePull(c *transport.Conn, r *transport.Request) (any, error)
 	r.AfterReply = func() {
 		go func() {
 			defer f.Close()
-			t.finish(send(f, h, st, p.Path, info, offset))
+			start := time.Now()
+			res, err := send(f, h, st, p.Path, info, offset)
+			s.logTransfer("pull", p.Path, res, err, start)
+			t.finish(res, err)
 		}()
 	}
 	return proto.FilePullResult{ID: id, Size: info.Size(), Offset: offset,
 		Mode: uint32(info.Mode().Perm()), ModTime: info.ModTime().UTC()}, nil
+}
+
+// logTransfer logs a push or a pull as it ends, at INFO (the agent's log
+// names the board): the path, the bytes that crossed, who asked and how long it took; a cut one
+// with its error.
+func (s *session) logTransfer(verb, p string, res proto.FileResult, err error, start time.Time) {
+	attrs := []any{"path", p, "peer", s.peer.Addr, "link", s.peer.Link,
+		"duration", time.Since(start).Round(time.Millisecond)}
+	if err != nil {
+		s.a.log.Info(verb+" cut", append(attrs, "err", err)...)
+		return
+	}
+	s.a.log.Info(verb, append(attrs, "bytes", res.Bytes, "size", res.Size, "offset", res.Offset, "sha256", res.SHA256)...)
 }
 
 // send writes f's bytes from offset to the size it had when the pull

@@ -28,13 +28,14 @@ func (s *session) otaCall(ctx context.Context, c *transport.Conn, r *transport.R
 		if err := proto.DecodeParams(r.Params, &p); err != nil {
 			return nil, err
 		}
+		progress := otaProgress(ctx, c, p.Progress)
 		if r.Method == proto.MethodOTAPlan {
-			return u.Plan(ctx, p)
+			return u.Plan(ctx, p, progress)
 		}
 		// A fetch from p.URL is a download like file.download's, within
 		// the same limits.
 		lim := s.a.cfg.Limits
-		return u.Begin(ctx, p, ota.FetchLimits{MaxBytes: lim.MaxDownload, Deadline: lim.DownloadDeadline})
+		return u.Begin(ctx, p, ota.FetchLimits{MaxBytes: lim.MaxDownload, Deadline: lim.DownloadDeadline}, progress)
 	case proto.MethodOTAWrite:
 		// The chunks are received after this request is answered.
 		return s.otaWrite(context.WithoutCancel(ctx), c, r.Params)
@@ -72,6 +73,18 @@ func (s *session) otaCall(ctx context.Context, c *transport.Conn, r *transport.R
 		return u.Status(ctx)
 	}
 	return nil, proto.Errorf(proto.ReasonMethodNotFound, "method not found: %s", r.Method)
+}
+
+// otaProgress sends the progress of a plan or a start as notifications
+// with the caller's token; none without one.
+func otaProgress(ctx context.Context, c *transport.Conn, token string) ota.Progress {
+	if token == "" {
+		return nil
+	}
+	return func(phase string, bytes, total int64) {
+		// Best effort: a lost notification only makes a bar jump.
+		_ = c.Notify(ctx, proto.NoteProgress, proto.Progress{Token: token, Phase: phase, Bytes: bytes, Total: total})
+	}
 }
 
 // otaWrite attaches the caller's chunk stream and receives it in the

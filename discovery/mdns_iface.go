@@ -67,6 +67,30 @@ func (s *ifaceSelector) selected() ([]net.Interface, error) {
 }
 
 // unusable says why mDNS cannot run on ifi now, or "" if it can.
+// usable lists the selected interfaces mDNS can run on now, with their
+// addresses; needAddr leaves out those that have none. ok is false when
+// the interfaces could not be listed (logged).
+func (s *ifaceSelector) usable(log *slog.Logger, needAddr bool) (addrs map[int]*ifaceAddrs, up []net.Interface, ok bool) {
+	ifis, err := s.list()
+	if err != nil {
+		log.Warn("mdns: list interfaces", "err", err)
+		return nil, nil, false
+	}
+	addrs = map[int]*ifaceAddrs{}
+	for _, ifi := range ifis {
+		if unusable(ifi) != "" {
+			continue
+		}
+		ia := addrsOf(ifi)
+		if needAddr && len(ia.v4)+len(ia.v6) == 0 {
+			continue
+		}
+		addrs[ifi.Index] = &ia
+		up = append(up, ifi)
+	}
+	return addrs, up, true
+}
+
 func unusable(ifi net.Interface) string {
 	switch {
 	case ifi.Flags&net.FlagUp == 0:

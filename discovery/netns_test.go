@@ -272,7 +272,8 @@ type helperEvent struct {
 //	advertise IFACE ID PORT BOOT [COUNT]
 //	    run COUNT (default 1) Advertisers (ids ID, or ID-00..ID-NN) and
 //	    print "ready"; stdin "update BOOT" updates them ("updated"),
-//	    "stop" stops them ("stopped") and exits; EOF is "stop".
+//	    "stop" stops them ("stopped") and exits; "reboot" announces a
+//	    reboot ("rebooting") and exits; EOF is "stop".
 //	browse IFACE NETWORK [EXPIRY]
 //	    run a Browser, print "ready" and then each event as a JSON
 //	    helperEvent line; exits on stdin EOF.
@@ -381,6 +382,14 @@ func helperAdvertise(args []string) error {
 			fmt.Println("updated")
 		case len(f) == 1 && f[0] == "stop":
 			return stop()
+		case len(f) == 1 && f[0] == "reboot":
+			for _, a := range ads {
+				if err := a.Reboot(ctx, 0); err != nil {
+					return err
+				}
+			}
+			fmt.Println("rebooting")
+			return nil
 		default:
 			return fmt.Errorf("unknown command %q", sc.Text())
 		}

@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -42,6 +43,10 @@ type Record struct {
 	Source  string       `json:"source"`          // "mdns" or "serial"
 	USB     *USBInfo     `json:"usb,omitempty"`   // serial only
 	Seen    time.Time    `json:"seen"`            // last heard of
+	// Conflict lists the addresses of every board announcing this id
+	// (this one's included) when there are several: cloned boards, or
+	// an impostor. Nothing should be sent to a board by this id then.
+	Conflict []string `json:"conflict,omitempty"`
 }
 
 // USBInfo describes the USB serial port a board was found on.
@@ -58,15 +63,58 @@ type Op string
 
 // Ops.
 const (
-	Added   Op = "added"
-	Updated Op = "updated"
+	Added   Op = "added"   // a board, with an address to reach it
+	Updated Op = "updated" // new TXT (a new boot id), port or addresses
 	Removed Op = "removed"
+	// Conflict: another board announces an id already seen; Record is
+	// the board as listed, its Conflict naming every address.
+	Conflict Op = "conflict"
+	// Refused: a record that claims to be a board was not believed
+	// (Reason says why); Record has what it claimed.
+	Refused Op = "refused"
 )
 
 // Event is one change in the set of boards seen.
 type Event struct {
 	Op     Op     `json:"op"`
 	Record Record `json:"board"`
+	Reason string `json:"reason,omitempty"` // Refused only
+}
+
+// Refusal is a record that claimed to be a board and was not believed:
+// its instance name, the id its TXT claims, where it came from, and why.
+type Refusal struct {
+	Name   string     `json:"name"`
+	ID     string     `json:"id,omitempty"`
+	From   netip.Addr `json:"from"`
+	Reason string     `json:"reason"`
+}
+
+// MaxIDLen is the longest board id: an mDNS instance name is one DNS
+// label.
+const MaxIDLen = 63
+
+// ErrBadID is wrapped by CheckID's errors.
+var ErrBadID = errors.New("invalid board id")
+
+// CheckID enforces the agent's rule for a board id (board.Identity's):
+// 1 to 63 bytes of ASCII letters, digits, '-', '_' and '.', so that it is
+// one DNS label, a file name, and never looks like an address. Every id
+// that comes from the network (mDNS, a serial beacon) is checked with it.
+func CheckID(id string) error {
+	if id == "" || len(id) > MaxIDLen {
+		return fmt.Errorf("%w %q: must be 1 to %d bytes", ErrBadID, id, MaxIDLen)
+	}
+	if id == "." || id == ".." {
+		return fmt.Errorf("%w %q: not a name", ErrBadID, id)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return fmt.Errorf("%w %q: only letters, digits, '-', '_' and '.' are allowed", ErrBadID, id)
+		}
+	}
+	return nil
 }
 
 // TXT encodes the announced part of r as DNS-SD TXT strings, sorted so

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -29,8 +31,9 @@ type SerialConfig struct {
 	NoUSB bool
 	Baud  int           // default 115200
 	Wait  time.Duration // per port; default DefaultProbeWait
-	// Open opens a port for listening; default seriallink.OpenPort. Tests
-	// replace it to count what is written.
+	// Open opens a port for listening, once nobody else holds it; by
+	// default exclusively (TIOCEXCL), without becoming this process's
+	// terminal, raw 8N1. Tests wrap it to count what is written.
 	Open   func(dev string, baud int) (io.ReadWriteCloser, error)
 	Logger *slog.Logger
 }
@@ -43,7 +46,7 @@ func (c SerialConfig) withDefaults() SerialConfig {
 		c.Wait = DefaultProbeWait
 	}
 	if c.Open == nil {
-		c.Open = seriallink.OpenPort
+		c.Open = openTTY
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -55,10 +58,52 @@ func (c SerialConfig) withDefaults() SerialConfig {
 // the port in time: it may hold a login shell, a boot loader, or nothing.
 var ErrNoBeacon = errors.New("no boardlink beacon heard")
 
+// ErrPortBusy is wrapped by PortBusyError.
+var ErrPortBusy = errors.New("serial port in use")
+
+// PortBusyError: the probe left a port alone because another process
+// holds it (its lock file, or an open descriptor).
+type PortBusyError struct {
+	Port   string
+	Reason string // "open in pid 4242 (picocom)", "locked by pid 17 (minicom) (/run/lock/LCK..ttyUSB0)"
+}
+
+func (e *PortBusyError) Error() string { return fmt.Sprintf("%s: skipped: %s", e.Port, e.Reason) }
+
+// Unwrap makes it an ErrPortBusy.
+func (e *PortBusyError) Unwrap() error { return ErrPortBusy }
+
+// SkippedPort is a port a scan did not listen to, and why.
+type SkippedPort struct {
+	Port   string `json:"port"`
+	Reason string `json:"reason"`
+}
+
 // ProbePort listens to one port for an agent's beacon, writing nothing,
 // and returns the board it announced, addressed as serial://PORT?baud=N.
+// A port another process holds (a uucp lock file, an open descriptor) is
+// not opened: the error is a *PortBusyError. While it listens, the probe
+// holds the port's lock file and its exclusive mode.
 func ProbePort(ctx context.Context, dev string, cfg SerialConfig) (Record, error) {
 	cfg = cfg.withDefaults()
+	if err := ctx.Err(); err != nil {
+		return Record{}, err
+	}
+	if why := portBusy(dev); why != "" {
+		return Record{}, &PortBusyError{Port: dev, Reason: why}
+	}
+	unlock, why, err := lockPort(dev)
+	if err != nil {
+		return Record{}, fmt.Errorf("%s: %w", dev, err)
+	}
+	if why != "" {
+		return Record{}, &PortBusyError{Port: dev, Reason: why}
+	}
+	defer unlock()
+	// Someone may have opened it between the look and the lock.
+	if why := openedElsewhere(dev); why != "" {
+		return Record{}, &PortBusyError{Port: dev, Reason: why}
+	}
 	port, err := cfg.Open(dev, cfg.Baud)
 	if err != nil {
 		return Record{}, err
@@ -77,6 +122,9 @@ func ProbePort(ctx context.Context, dev string, cfg SerialConfig) (Record, error
 	if err := json.Unmarshal(payload, &b); err != nil || b.ID == "" {
 		return Record{}, fmt.Errorf("%s: unreadable beacon %q", dev, payload)
 	}
+	if err := CheckID(b.ID); err != nil {
+		return Record{}, fmt.Errorf("%s: beacon: %w", dev, err)
+	}
 	return Record{
 		ID: b.ID, Model: b.Model, Protocol: b.Protocol, Capabilities: b.Capabilities,
 		Version: b.Version, BootID: b.BootID, Slot: b.Slot, SlotVersion: b.SlotVersion, Labels: b.Labels, FP: b.Fingerprint,
@@ -86,9 +134,10 @@ func ProbePort(ctx context.Context, dev string, cfg SerialConfig) (Record, error
 }
 
 // ScanSerial probes the USB serial ports (and cfg.Ports) at once and
-// returns the boards found. Ports without an agent are left as they were:
+// returns the boards found, and the ports it left alone because another
+// process holds them. Ports without an agent are left as they were:
 // nothing is written to them.
-func ScanSerial(ctx context.Context, cfg SerialConfig) ([]Record, error) {
+func ScanSerial(ctx context.Context, cfg SerialConfig) ([]Record, []SkippedPort, error) {
 	cfg = cfg.withDefaults()
 	ports := map[string]*USBInfo{}
 	for _, p := range cfg.Ports {
@@ -97,7 +146,7 @@ func ScanSerial(ctx context.Context, cfg SerialConfig) ([]Record, error) {
 	if !cfg.NoUSB {
 		list, err := enumerator.GetDetailedPortsList()
 		if err != nil {
-			return nil, fmt.Errorf("enumerate serial ports: %w", err)
+			return nil, nil, fmt.Errorf("enumerate serial ports: %w", err)
 		}
 		for _, p := range list {
 			if p.IsUSB {
@@ -106,13 +155,22 @@ func ScanSerial(ctx context.Context, cfg SerialConfig) ([]Record, error) {
 		}
 	}
 	var (
-		mu    sync.Mutex
-		found []Record
-		wg    sync.WaitGroup
+		mu      sync.Mutex
+		found   []Record
+		skipped []SkippedPort
+		wg      sync.WaitGroup
 	)
 	for dev, usb := range ports {
 		wg.Go(func() {
 			r, err := ProbePort(ctx, dev, cfg)
+			var busy *PortBusyError
+			if errors.As(err, &busy) {
+				cfg.Logger.Info("serial probe: port skipped", "port", dev, "why", busy.Reason)
+				mu.Lock()
+				skipped = append(skipped, SkippedPort{Port: dev, Reason: busy.Reason})
+				mu.Unlock()
+				return
+			}
 			if err != nil {
 				cfg.Logger.Debug("serial probe", "port", dev, "err", err)
 				return
@@ -124,5 +182,6 @@ func ScanSerial(ctx context.Context, cfg SerialConfig) ([]Record, error) {
 		})
 	}
 	wg.Wait()
-	return found, nil
+	slices.SortFunc(skipped, func(a, b SkippedPort) int { return strings.Compare(a.Port, b.Port) })
+	return found, skipped, nil
 }

@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/url"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -96,8 +99,8 @@ type Client struct {
 }
 
 // Dial connects to the agent at addr and opens a session. addr is an
-// address (ws://, wss://, serial://, tcp://, unix://) or, with
-// opts.Resolver, a board id: see Resolver.
+// address (see ParseAddress) or, with opts.Resolver, a board id: see
+// Resolver.
 func Dial(ctx context.Context, addr string, opts DialOptions) (*Client, error) {
 	if opts.Resolver != nil && !isAddress(addr) {
 		return opts.Resolver.dial(ctx, addr, opts)
@@ -105,10 +108,103 @@ func Dial(ctx context.Context, addr string, opts DialOptions) (*Client, error) {
 	return dialAddr(ctx, addr, opts)
 }
 
-// isAddress tells an address (a URL with a scheme) from a board id.
-func isAddress(s string) bool {
+// DefaultPort is the agent's WebSocket port, taken when an address names
+// none.
+const DefaultPort = 7207
+
+// ParseAddress checks an address and returns it in the form Dial uses: a
+// URL (ws://, wss://, serial://, tcp://, unix://) as given, or HOST:PORT
+// and HOST, which are WebSocket addresses: wss://HOST:PORT, the port 7207
+// by default. A board id (letters, digits, '-' and '_': no dot, no colon,
+// no scheme) is no address: ErrNeedsDiscovery. Anything else that is wrong
+// (no host, a port out of range, an unknown scheme) is ErrBadAddress,
+// found here, before anything is dialed.
+func ParseAddress(s string) (string, error) {
+	if isBoardID(s) {
+		return "", fmt.Errorf("%q: %w: give DialOptions.Resolver (or use an address: HOST[:PORT], ws://, serial://, tcp:// or unix://)",
+			s, ErrNeedsDiscovery)
+	}
+	if !strings.Contains(s, "://") {
+		return parseHostPort(s)
+	}
 	u, err := url.Parse(s)
-	return err == nil && u.Scheme != ""
+	if err != nil {
+		return "", fmt.Errorf("%w %q: %w", ErrBadAddress, s, err)
+	}
+	switch u.Scheme {
+	case "ws", "wss", "tcp":
+		if _, err := checkHostPort(s, u.Host, u.Scheme == "tcp"); err != nil {
+			return "", err
+		}
+		if u.Port() == "" {
+			u.Host = net.JoinHostPort(u.Hostname(), strconv.Itoa(DefaultPort))
+		}
+		return u.String(), nil
+	case "serial", "unix":
+		if u.Path == "" {
+			return "", fmt.Errorf("%w %q: no path (%s:///PATH)", ErrBadAddress, s, u.Scheme)
+		}
+		return s, nil
+	}
+	return "", fmt.Errorf("%w %q: unknown scheme %q (want ws, wss, serial, tcp or unix)", ErrBadAddress, s, u.Scheme)
+}
+
+// isBoardID tells a board id from an address: an id is one DNS-label-like
+// word, letters, digits, '-' and '_'.
+func isBoardID(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// isAddress tells an address from a board id; a malformed address counts
+// as one, so that it is refused at once rather than looked for.
+func isAddress(s string) bool { return !isBoardID(s) }
+
+// parseHostPort makes HOST[:PORT] a wss:// URL.
+func parseHostPort(s string) (string, error) {
+	hostport, err := checkHostPort(s, s, false)
+	if err != nil {
+		return "", err
+	}
+	return "wss://" + hostport, nil
+}
+
+// checkHostPort checks hostport, from the address s: a host, and a port
+// in range (needPort: required, else DefaultPort when missing). It
+// returns HOST:PORT.
+func checkHostPort(s, hostport string, needPort bool) (string, error) {
+	host, port, err := net.SplitHostPort(hostport)
+	switch {
+	case err == nil && port == "":
+		return "", fmt.Errorf("%w %q: no port after the colon", ErrBadAddress, s)
+	case err == nil:
+	case strings.HasPrefix(hostport, "[") && strings.HasSuffix(hostport, "]"):
+		host = hostport[1 : len(hostport)-1] // [IPv6], no port
+	case strings.Count(hostport, ":") == 1:
+		return "", fmt.Errorf("%w %q: %w", ErrBadAddress, s, err)
+	default:
+		host = hostport // a name, an IPv4 address or a bare IPv6 one, no port
+	}
+	if host == "" || strings.ContainsAny(host, "/ ?#@") {
+		return "", fmt.Errorf("%w %q: no host", ErrBadAddress, s)
+	}
+	if port == "" {
+		if needPort {
+			return "", fmt.Errorf("%w %q: no port", ErrBadAddress, s)
+		}
+		port = strconv.Itoa(DefaultPort)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "", fmt.Errorf("%w %q: port %q: want 1 to 65535", ErrBadAddress, s, port)
+	}
+	return net.JoinHostPort(host, port), nil
 }
 
 // dialAddr is Dial of an address.
@@ -128,12 +224,15 @@ func dialAddr(ctx context.Context, addr string, opts DialOptions) (*Client, erro
 // newClient prepares a client for addr without opening a session: a
 // serial-framed line is opened (and listened to), a URL is only parsed.
 func newClient(ctx context.Context, addr string, opts DialOptions) (*Client, error) {
-	u, err := url.Parse(addr)
-	if err != nil || u.Scheme == "" {
-		return nil, fmt.Errorf("%q: %w: give DialOptions.Resolver (or use ws://, serial://, tcp:// or unix://)", addr, ErrNeedsDiscovery)
+	addr, err := ParseAddress(addr)
+	if err != nil {
+		return nil, err
 	}
-	switch u.Scheme {
-	case "ws", "wss":
+	u, err := url.Parse(addr)
+	if err != nil {
+		return nil, fmt.Errorf("%w %q: %w", ErrBadAddress, addr, err)
+	}
+	if u.Scheme == "ws" || u.Scheme == "wss" {
 		redial := func(ctx context.Context) (transport.Link, error) {
 			// No token on the upgrade: it is proven in the session, once
 			// the board proved its key. The TLS key is checked against
@@ -142,14 +241,12 @@ func newClient(ctx context.Context, addr string, opts DialOptions) (*Client, err
 				VerifyKey: func(ed25519.PublicKey) error { return nil }})
 		}
 		return &Client{opts: opts, redial: redial}, nil
-	case "serial", "tcp", "unix":
-		rwc, err := openLine(ctx, u)
-		if err != nil {
-			return nil, err
-		}
-		return lineClient(rwc, opts), nil
 	}
-	return nil, fmt.Errorf("%w %q: unknown scheme %q (want ws, wss, serial, tcp or unix)", ErrBadAddress, addr, u.Scheme)
+	rwc, err := openLine(ctx, u)
+	if err != nil {
+		return nil, err
+	}
+	return lineClient(rwc, opts), nil
 }
 
 // DialLine opens a session over the serial-framed link on rwc, a byte

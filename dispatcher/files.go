@@ -1,11 +1,13 @@
 package dispatcher
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"path/filepath"
@@ -23,7 +25,31 @@ type TransferOptions struct {
 	// Progress, if set, is called as bytes cross the link with the count
 	// so far (starting at the resume offset) and the file's size.
 	Progress func(done, total int64)
+	// Phase, if set, is told each phase of the transfer as it begins.
+	Phase func(TransferPhase)
 }
+
+func (o TransferOptions) phase(p TransferPhase) {
+	if o.Phase != nil {
+		o.Phase(p)
+	}
+}
+
+// TransferPhase is a stage of a push or a pull.
+type TransferPhase string
+
+// The phases of a transfer, in order; a resumed pull hashes what it kept,
+// a fresh one starts with PhaseSend.
+const (
+	// PhaseHash: local bytes are hashed before any is sent: the whole
+	// file to push, or what an earlier pull kept.
+	PhaseHash TransferPhase = "hashing"
+	// PhaseSend: the bytes cross the link (Progress counts them).
+	PhaseSend TransferPhase = "sending"
+	// PhaseVerify: every byte crossed; the receiving end syncs the file,
+	// checks its sha256 and puts it in place.
+	PhaseVerify TransferPhase = "verifying"
+)
 
 // ErrChecksum is wrapped by transfer errors whose bytes arrived but hashed
 // wrong: retrying moves the whole file again.
@@ -39,7 +65,8 @@ func (c *Client) Stat(ctx context.Context, remote string, hash bool) (proto.File
 // Push copies the local file to remote on the board, keeping its mode and
 // mtime. What the board kept of an earlier, cut push of the same content
 // is not sent again. The file appears under remote only complete and
-// verified.
+// verified. Canceling ctx stops the transfer at once; the board keeps
+// what it received for the next push to resume from.
 func (c *Client) Push(ctx context.Context, local, remote string, opts TransferOptions) (proto.FileResult, error) {
 	f, err := os.Open(local)
 	if err != nil {
@@ -53,14 +80,15 @@ func (c *Client) Push(ctx context.Context, local, remote string, opts TransferOp
 	if !st.Mode().IsRegular() {
 		return proto.FileResult{}, fmt.Errorf("%s: not a regular file", local)
 	}
-	sum, err := hashRange(f, st.Size())
+	opts.phase(PhaseHash)
+	sum, err := hashRange(ctx, f, st.Size())
 	if err != nil {
 		return proto.FileResult{}, fmt.Errorf("%s: %w", local, err)
 	}
 	p := proto.FilePushParams{Path: remote, Size: st.Size(), SHA256: sum, Mode: uint32(st.Mode().Perm()),
 		ModTime: st.ModTime(), Parents: opts.Parents}
 	for {
-		res, err := c.push(ctx, f, p, opts.Progress)
+		res, err := c.push(ctx, f, p, opts)
 		if errors.Is(err, errRestart) && !p.Restart {
 			p.Restart = true // the board's partial copy is not a prefix of ours
 			continue
@@ -71,54 +99,67 @@ func (c *Client) Push(ctx context.Context, local, remote string, opts TransferOp
 
 var errRestart = errors.New("the board's partial file differs: restart")
 
-func (c *Client) push(ctx context.Context, f *os.File, p proto.FilePushParams, progress func(int64, int64)) (proto.FileResult, error) {
+func (c *Client) push(ctx context.Context, f *os.File, p proto.FilePushParams, opts TransferOptions) (proto.FileResult, error) {
 	conn := c.Conn()
 	s, err := conn.OpenStream()
 	if err != nil {
 		return proto.FileResult{}, err
 	}
-	defer s.Close()
 	p.Stream = s.ID()
 	var started proto.FilePushResult
 	if err := conn.Call(ctx, proto.MethodFilePush, p, &started); err != nil {
+		s.Close()
 		return proto.FileResult{}, err
 	}
 	if started.Offset > 0 {
-		have, err := hashRange(f, started.Offset)
+		have, err := hashRange(ctx, f, started.Offset)
+		if err == nil && have != started.OffsetSHA256 {
+			err = errRestart
+		}
 		if err != nil {
+			s.Reset("canceled")
+			if ctx.Err() == nil {
+				_ = c.waitFile(ctx, conn, started.ID, nil) // lets the board release the partial file
+			}
 			return proto.FileResult{}, err
 		}
-		if have != started.OffsetSHA256 {
-			s.Reset("canceled")
-			_ = c.waitFile(ctx, conn, started.ID, nil) // lets the board release the partial file
-			return proto.FileResult{}, errRestart
-		}
 	}
+	opts.phase(PhaseSend)
 	copyErr := make(chan error, 1)
 	go func() {
 		src := io.NewSectionReader(f, started.Offset, p.Size-started.Offset)
-		_, err := io.CopyBuffer(&counter{w: s, n: started.Offset, total: p.Size, progress: progress}, src, make([]byte, 256<<10))
+		_, err := io.CopyBuffer(&counter{w: s, n: started.Offset, total: p.Size, progress: opts.Progress}, src, make([]byte, 256<<10))
 		if err == nil {
 			err = s.CloseWrite()
 		}
 		if err != nil {
 			s.Reset("canceled")
+		} else {
+			opts.phase(PhaseVerify)
 		}
 		copyErr <- err
 	}()
 	var res proto.FileResult
 	err = c.waitFile(ctx, conn, started.ID, &res)
+	if ctx.Err() != nil {
+		// The reset stops the board's end, which keeps what it has for a
+		// resume, and the copy here at its next write. That write may be
+		// held by a stalled link: it is not waited for (the copy only
+		// reads f, and fails once f is closed).
+		s.Reset("canceled")
+		return res, ctx.Err()
+	}
 	if cerr := <-copyErr; err == nil && cerr != nil {
 		err = cerr
 	}
+	s.Close()
 	if proto.IsReason(err, proto.ReasonChecksumMismatch) {
 		err = fmt.Errorf("%w: %w", ErrChecksum, err)
 	}
 	return res, err
 }
 
-// waitFile collects a transfer's result. When ctx ends first, the stream's
-// Reset (by the caller's defer) ends the transfer on the board.
+// waitFile collects a transfer's result.
 func (c *Client) waitFile(ctx context.Context, conn *transport.Conn, id string, res *proto.FileResult) error {
 	var out any
 	if res != nil { // a typed nil would be decoded into
@@ -135,7 +176,8 @@ func partialPath(local string) string {
 // Pull copies remote from the board into the local file, keeping mode
 // and mtime. Bytes kept from an earlier, cut pull (in a hidden partial file
 // beside local) are not fetched again if the board's file still begins
-// with them. local appears only complete and verified.
+// with them. local appears only complete and verified. Canceling ctx
+// stops the transfer at once and keeps what arrived for the next pull.
 func (c *Client) Pull(ctx context.Context, remote, local string, opts TransferOptions) (proto.FileResult, error) {
 	partial := partialPath(local)
 	f, err := os.OpenFile(partial, os.O_RDWR|os.O_CREATE, 0o600)
@@ -154,50 +196,26 @@ func (c *Client) Pull(ctx context.Context, remote, local string, opts TransferOp
 		return proto.FileResult{}, err
 	}
 	h := sha256.New()
-	if _, err := io.Copy(h, io.NewSectionReader(f, 0, held)); err != nil {
-		return proto.FileResult{}, err
-	}
-	conn := c.Conn()
-	s, err := conn.OpenStream()
-	if err != nil {
-		return proto.FileResult{}, err
-	}
-	defer s.Close()
-	p := proto.FilePullParams{Path: remote, Offset: held, Stream: s.ID()}
 	if held > 0 {
-		p.OffsetSHA256 = hex.EncodeToString(h.Sum(nil))
-	}
-	var started proto.FilePullResult
-	if err := conn.Call(ctx, proto.MethodFilePull, p, &started); err != nil {
-		keep = held > 0 // the board may answer again later
-		return proto.FileResult{}, err
-	}
-	if started.Offset == 0 && held > 0 {
-		h.Reset()
-		if err := f.Truncate(0); err != nil {
+		opts.phase(PhaseHash)
+		if _, err := io.Copy(h, ctxReader{ctx, io.NewSectionReader(f, 0, held)}); err != nil {
+			keep = true
 			return proto.FileResult{}, err
 		}
 	}
-	if _, err := f.Seek(started.Offset, io.SeekStart); err != nil {
-		return proto.FileResult{}, err
-	}
-	w := &counter{w: io.MultiWriter(f, h), n: started.Offset, total: started.Size, progress: opts.Progress}
-	_, copyErr := io.CopyBuffer(w, s, make([]byte, 256<<10))
-	if err := f.Sync(); copyErr == nil {
-		copyErr = err
-	}
-	var res proto.FileResult
-	err = c.waitFile(ctx, conn, started.ID, &res)
-	if err == nil {
-		err = copyErr
-	}
+	sink := pullSink{w: f, held: held, h: h, flush: f.Sync, begin: func(offset int64) error {
+		if offset == 0 {
+			if err := f.Truncate(0); err != nil {
+				return err
+			}
+		}
+		_, err := f.Seek(offset, io.SeekStart)
+		return err
+	}}
+	started, res, got, err := c.pull(ctx, remote, sink, opts)
 	if err != nil {
-		keep = w.n > 0 // what arrived is synced: the next pull resumes after it
+		keep = got > 0 // what arrived is synced: the next pull resumes after it
 		return res, err
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != res.SHA256 || w.n != res.Size {
-		return res, fmt.Errorf("%w: %s: received %d bytes hashing %s, the board sent %d hashing %s",
-			ErrChecksum, remote, w.n, got, res.Size, res.SHA256)
 	}
 	if err := f.Chmod(os.FileMode(started.Mode)); err != nil {
 		return res, err
@@ -215,13 +233,106 @@ func (c *Client) Pull(ctx context.Context, remote, local string, opts TransferOp
 	return res, atomicfile.SyncDir(filepath.Dir(local))
 }
 
-// hashRange returns the hex sha256 of f's first n bytes.
-func hashRange(f *os.File, n int64) (string, error) {
+// PullTo copies remote from the board to w, which gets every byte as it
+// arrives (so nothing to resume from); the error says when they did not
+// hash to what the board sent.
+func (c *Client) PullTo(ctx context.Context, remote string, w io.Writer, opts TransferOptions) (proto.FileResult, error) {
+	_, res, _, err := c.pull(ctx, remote, pullSink{w: w, h: sha256.New()}, opts)
+	return res, err
+}
+
+// pullSink is where a pull's bytes go.
+type pullSink struct {
+	w    io.Writer
+	held int64     // bytes w already holds, for a resume
+	h    hash.Hash // the hash of those bytes, fed with the rest
+	// begin, if set, is called once the board said where its bytes
+	// start: held, or 0 when the board's file does not begin with them.
+	begin func(offset int64) error
+	flush func() error // makes what w got durable, if set
+}
+
+// pull runs file.pull of remote into sink and checks the result. It
+// returns the board's answer, its result and how many bytes the sink
+// holds at the end.
+func (c *Client) pull(ctx context.Context, remote string, sink pullSink, opts TransferOptions) (proto.FilePullResult, proto.FileResult, int64, error) {
+	var (
+		started proto.FilePullResult
+		res     proto.FileResult
+	)
+	conn := c.Conn()
+	s, err := conn.OpenStream()
+	if err != nil {
+		return started, res, sink.held, err
+	}
+	// Canceled: the reset ends the copy below at once, and the board's
+	// sending end. A close would wait for a link that may be stalled.
+	stop := context.AfterFunc(ctx, func() { s.Reset("canceled") })
+	defer func() {
+		if stop() {
+			s.Close()
+		} else {
+			s.Reset("canceled")
+		}
+	}()
+	p := proto.FilePullParams{Path: remote, Offset: sink.held, Stream: s.ID()}
+	if sink.held > 0 {
+		p.OffsetSHA256 = hex.EncodeToString(sink.h.Sum(nil))
+	}
+	if err := conn.Call(ctx, proto.MethodFilePull, p, &started); err != nil {
+		return started, res, sink.held, err
+	}
+	if started.Offset == 0 && sink.held > 0 {
+		sink.h.Reset()
+	}
+	if sink.begin != nil {
+		if err := sink.begin(started.Offset); err != nil {
+			return started, res, 0, err
+		}
+	}
+	opts.phase(PhaseSend)
+	w := &counter{w: io.MultiWriter(sink.w, sink.h), n: started.Offset, total: started.Size, progress: opts.Progress}
+	_, copyErr := io.CopyBuffer(w, s, make([]byte, 256<<10))
+	if copyErr == nil {
+		opts.phase(PhaseVerify)
+	}
+	if sink.flush != nil {
+		if err := sink.flush(); copyErr == nil {
+			copyErr = err
+		}
+	}
+	werr := c.waitFile(ctx, conn, started.ID, &res)
+	if err = cmp.Or(ctx.Err(), werr, copyErr); err != nil {
+		return started, res, w.n, err
+	}
+	if got := hex.EncodeToString(sink.h.Sum(nil)); got != res.SHA256 || w.n != res.Size {
+		return started, res, w.n, fmt.Errorf("%w: %s: received %d bytes hashing %s, the board sent %d hashing %s",
+			ErrChecksum, remote, w.n, got, res.Size, res.SHA256)
+	}
+	return started, res, w.n, nil
+}
+
+// hashRange returns the hex sha256 of f's first n bytes; it stops when
+// ctx ends.
+func hashRange(ctx context.Context, f *os.File, n int64) (string, error) {
 	h := sha256.New()
-	if _, err := io.Copy(h, io.NewSectionReader(f, 0, n)); err != nil {
+	if _, err := io.Copy(h, ctxReader{ctx, io.NewSectionReader(f, 0, n)}); err != nil {
 		return "", err
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// ctxReader is r until ctx ends: a long hash stops on Ctrl-C.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }
 
 // counter counts bytes on their way to w and reports progress.

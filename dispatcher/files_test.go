@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -231,5 +232,32 @@ func TestDownload(t *testing.T) {
 	req.SHA256, req.Path = sum([]byte("other")), filepath.Join(b.dir, "other.bin")
 	if _, err := c.Download(context.Background(), req); !proto.IsReason(err, proto.ReasonChecksumMismatch) {
 		t.Fatalf("a wrong checksum: %v", err)
+	}
+}
+
+// TestTransferPhases: a push hashes, sends and then waits while the board
+// verifies; a pull sends and then verifies here: each phase is told once,
+// in order, so a bar never sits at 100% without saying why.
+func TestTransferPhases(t *testing.T) {
+	b := startBoard(t, agent.Config{})
+	c := dial(t, b.ws.URL())
+	ctx := context.Background()
+	local, _ := randomFile(t, t.TempDir(), 256<<10)
+	var phases []dispatcher.TransferPhase
+	opts := dispatcher.TransferOptions{Phase: func(p dispatcher.TransferPhase) { phases = append(phases, p) }}
+	remote := filepath.Join(b.dir, "phases.bin")
+	if _, err := c.Push(ctx, local, remote, opts); err != nil {
+		t.Fatal(err)
+	}
+	want := []dispatcher.TransferPhase{dispatcher.PhaseHash, dispatcher.PhaseSend, dispatcher.PhaseVerify}
+	if !slices.Equal(phases, want) {
+		t.Fatalf("push phases %v, want %v", phases, want)
+	}
+	phases = nil
+	if _, err := c.Pull(ctx, remote, filepath.Join(t.TempDir(), "back.bin"), opts); err != nil {
+		t.Fatal(err)
+	}
+	if want := want[1:]; !slices.Equal(phases, want) {
+		t.Fatalf("pull phases %v, want %v", phases, want)
 	}
 }

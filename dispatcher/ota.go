@@ -75,11 +75,25 @@ func (s *imageChunks) Chunk(i int) ([]byte, func(), error) {
 
 // OTAProgress is one step of an update as Update sees it.
 type OTAProgress struct {
-	Phase  string           // the board's phase (a proto.Phase), or "send" while chunks go out
+	// Phase is the board's phase (a proto.Phase); "send" while chunks go
+	// out; proto.ProgressHash while the board reads and hashes its active
+	// slot, proto.ProgressCopy while it copies what that holds, before it
+	// answers the start; OTAReboot while the board is out of reach.
+	Phase  string
 	Sent   int64            // chunk bytes sent so far
 	ToSend int64            // chunk bytes the board needs
-	Status *proto.OTAStatus // the board's status, when this step is one
+	Status *proto.OTAStatus // the board's status, or the last one seen while it reboots
+	// Bytes and Total: the board's own work, hashing or copying, so far.
+	Bytes, Total int64
+	// Wait is the last failed attempt to reach the board again, in
+	// OTAReboot; nil before the first.
+	Wait *WaitProgress
 }
+
+// OTAReboot is the step of an update in which the board reboots (into
+// its trial, or back after a rollback) or the link dropped: Execute
+// reconnects.
+const OTAReboot = "reboot"
 
 // OTAReport is how an update went.
 type OTAReport struct {
@@ -144,7 +158,7 @@ func (c *Client) Prepare(ctx context.Context, im *image.Image, opts OTAOptions) 
 		if opts.URL != "" {
 			params.URL, params.PayloadOffset = opts.URL, im.PayloadOffset()
 		}
-		if err := c.Conn().Call(ctx, proto.MethodOTAStart, params, &rep.Plan); err != nil {
+		if err := c.otaStart(ctx, params, opts, &rep.Plan); err != nil {
 			return rep, err
 		}
 		var sent int64
@@ -182,6 +196,19 @@ func (c *Client) Prepare(ctx context.Context, im *image.Image, opts OTAOptions) 
 	return rep, nil
 }
 
+// otaStart calls ota.start, passing on the board's progress while it
+// hashes and copies from its active slot.
+func (c *Client) otaStart(ctx context.Context, params proto.OTAImageParams, opts OTAOptions, plan *proto.OTAPlan) error {
+	if opts.Progress != nil {
+		tok, done := c.notes.subscribe(func(p proto.Progress) {
+			opts.Progress(OTAProgress{Phase: p.Phase, Bytes: p.Bytes, Total: p.Total})
+		})
+		defer done() // before anything else reports progress: never two at once
+		params.Progress = tok
+	}
+	return c.Conn().Call(ctx, proto.MethodOTAStart, params, plan)
+}
+
 // Execute activates a prepared update (rep.Plan.ID) and follows it to its
 // end: through the reboot into the trial, the health check and, after a
 // rollback, the reboot back, across any number of reboots and lost links
@@ -208,6 +235,7 @@ func (c *Client) Execute(ctx context.Context, rep *OTAReport, opts OTAOptions) e
 		if err := c.Conn().Call(ctx, proto.MethodOTAActivate, proto.OTAIDParams{ID: rep.Plan.ID}, &st); err != nil {
 			return err
 		}
+		opts.progress(OTAProgress{Phase: string(st.Update.Phase), Status: &st})
 	}
 	boot := before.BootID
 	for st.Update.Phase != proto.PhaseDone {
@@ -222,7 +250,11 @@ func (c *Client) Execute(ctx context.Context, rep *OTAReport, opts OTAOptions) e
 		// The board is rebooting (into the trial, or back after a
 		// rollback), or the link dropped: reconnect to whatever boot
 		// answers, and wait on from st.
-		back, werr := c.waitBack(ctx, "")
+		last := st
+		opts.progress(OTAProgress{Phase: OTAReboot, Status: &last})
+		back, werr := c.waitBackOpts(ctx, "", WaitOptions{Progress: func(w WaitProgress) {
+			opts.progress(OTAProgress{Phase: OTAReboot, Status: &last, Wait: &w})
+		}})
 		if werr != nil {
 			return fmt.Errorf("update %s (last seen in phase %s on boot %s): %w", rep.Plan.ID, st.Update.Phase, boot, werr)
 		}

@@ -62,7 +62,10 @@ func TestUpdate(t *testing.T) {
 	if err != nil || rep.Update.Result != proto.ResultCommitted || rep.BytesSent != 0 || rep.Reboots != 1 {
 		t.Fatalf("update from a URL: %+v %v", rep, err)
 	}
-	if phases[len(phases)-1] != string(proto.PhaseDone) {
+	// Every wait after the prepare is told: the activation, the reboot
+	// into the trial, the end.
+	if !inOrder(phases, string(proto.PhaseActivate), dispatcher.OTAReboot, string(proto.PhaseDone)) ||
+		phases[len(phases)-1] != string(proto.PhaseDone) {
 		t.Fatalf("progress went through %v", phases)
 	}
 
@@ -92,4 +95,14 @@ func TestUpdate(t *testing.T) {
 	if err != nil || plan.FromVersion != "2.0.0" {
 		t.Fatalf("plan after the abort: %+v %v", plan, err)
 	}
+}
+
+// inOrder reports whether steps holds want, in that order.
+func inOrder(steps []string, want ...string) bool {
+	for _, s := range steps {
+		if len(want) > 0 && s == want[0] {
+			want = want[1:]
+		}
+	}
+	return len(want) == 0
 }

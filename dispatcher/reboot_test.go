@@ -24,7 +24,7 @@ func TestRebootWait(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := c.RebootWait(ctx)
+	r, err := c.RebootWait(ctx, dispatcher.WaitOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func TestRebootNotBack(t *testing.T) {
 	c := dial(t, lab.Boards[0].Addr())
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	r, err := c.RebootWait(ctx)
+	r, err := c.RebootWait(ctx, dispatcher.WaitOptions{})
 	if !errors.Is(err, dispatcher.ErrNotBack) || !dispatcher.Transient(err) || r.NewBootID != "" || r.OldBootID == "" {
 		t.Fatalf("got %+v %v", r, err)
 	}

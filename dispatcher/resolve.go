@@ -116,6 +116,25 @@ func (e *AmbiguousBoardError) Error() string {
 // Unwrap makes it an ErrUnknownBoard.
 func (e *AmbiguousBoardError) Unwrap() error { return ErrUnknownBoard }
 
+// ErrBoardConflict is wrapped by ConflictError: several boards announce
+// the id, and none is taken for it.
+var ErrBoardConflict = errors.New("board id announced by several boards")
+
+// ConflictError: the id names several boards at once (cloned boards, or
+// one pretending to be another). Nothing is sent to either by id; an
+// address still reaches each.
+type ConflictError struct {
+	ID        string
+	Addresses []string
+}
+
+func (e *ConflictError) Error() string {
+	return fmt.Sprintf("%s %s: %s (give an address instead)", ErrBoardConflict, e.ID, strings.Join(e.Addresses, ", "))
+}
+
+// Unwrap makes it an ErrBoardConflict.
+func (e *ConflictError) Unwrap() error { return ErrBoardConflict }
+
 // Found is what a search for boards saw.
 type Found struct {
 	// Boards has one record per id (the mDNS one when a board is also
@@ -128,6 +147,33 @@ type Found struct {
 	Serial bool
 	// Timeout is how long the search listened, at most.
 	Timeout time.Duration
+	// Refused are the mDNS records that claimed to be boards and were
+	// not believed (an instance name its TXT id does not match, an
+	// invalid id).
+	Refused []discovery.Refusal
+	// SkippedPorts are the serial ports left alone because another
+	// process holds them.
+	SkippedPorts []discovery.SkippedPort
+}
+
+// Doubts says, one line each, what in the answer is not to be trusted
+// or not complete: ids several boards announce, records refused, and
+// serial ports not listened to.
+func (f Found) Doubts() []string {
+	var out []string
+	for _, r := range f.Boards {
+		if len(r.Conflict) > 0 {
+			out = append(out, fmt.Sprintf("%d boards announce the id %s: %s; nothing is sent to it by id until one goes (use an address)",
+				len(r.Conflict), r.ID, strings.Join(r.Conflict, ", ")))
+		}
+	}
+	for _, r := range f.Refused {
+		out = append(out, fmt.Sprintf("ignored an mDNS record %q from %s: %s", r.Name, r.From, r.Reason))
+	}
+	for _, p := range f.SkippedPorts {
+		out = append(out, fmt.Sprintf("did not listen on serial port %s: %s", p.Port, p.Reason))
+	}
+	return out
 }
 
 // Where says where the search looked: "mDNS on eth0, usb0, and serial
@@ -192,10 +238,12 @@ func (r *Resolver) find(ctx context.Context, want string) (Found, error) {
 	ctx, cancel := context.WithTimeout(ctx, f.Timeout)
 	defer cancel()
 	var (
-		mu   sync.Mutex
-		recs []discovery.Record
-		errs []error
-		wg   sync.WaitGroup
+		mu      sync.Mutex
+		recs    []discovery.Record
+		refused []discovery.Refusal
+		skipped []discovery.SkippedPort
+		errs    []error
+		wg      sync.WaitGroup
 	)
 	add := func(rs []discovery.Record, err error) {
 		mu.Lock()
@@ -215,38 +263,58 @@ func (r *Resolver) find(ctx context.Context, want string) (Found, error) {
 			add(nil, err)
 		} else {
 			f.MDNS = &rep
-			wg.Go(func() { add(r.browse(ctx, want)) })
+			wg.Go(func() {
+				rs, rf, err := r.browse(ctx, want)
+				add(rs, err)
+				mu.Lock()
+				refused = rf
+				mu.Unlock()
+			})
 		}
 	}
 	if f.Serial {
 		wg.Go(func() {
-			add(discovery.ScanSerial(ctx, discovery.SerialConfig{Ports: r.SerialPorts, Logger: r.Logger}))
+			rs, sk, err := discovery.ScanSerial(ctx, discovery.SerialConfig{Ports: r.SerialPorts, Logger: r.Logger})
+			add(rs, err)
+			mu.Lock()
+			skipped = sk
+			mu.Unlock()
 		})
 	}
 	wg.Wait()
-	f.Boards = dedupe(recs)
+	f.Boards, f.Refused, f.SkippedPorts = dedupe(recs), refused, skipped
 	if len(f.Boards) == 0 && len(errs) > 0 {
 		return f, errors.Join(errs...)
 	}
 	return f, nil
 }
 
+// conflictSettle is how long a search for an id listens on once the id
+// has answered, for a second board with the same id (a clone, an
+// impostor) answering the same question.
+const conflictSettle = 200 * time.Millisecond
+
 // browse returns the boards mDNS sees until ctx ends, or the board want
-// as soon as it is seen.
-func (r *Resolver) browse(ctx context.Context, want string) ([]discovery.Record, error) {
+// soon after it is seen, and the records it refused.
+func (r *Resolver) browse(ctx context.Context, want string) ([]discovery.Record, []discovery.Refusal, error) {
 	b := discovery.NewBrowser(discovery.BrowseConfig{Ifaces: r.Ifaces, Logger: r.Logger})
 	if err := b.Start(ctx); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer b.Stop()
+	var settle <-chan time.Time
 	for {
 		select {
 		case ev := <-b.Events():
-			if ev.Op == discovery.Added && want != "" && ev.Record.ID == want {
-				return []discovery.Record{ev.Record}, nil
+			if ev.Op == discovery.Added && want != "" && ev.Record.ID == want && settle == nil {
+				t := time.NewTimer(conflictSettle)
+				defer t.Stop()
+				settle = t.C
 			}
+		case <-settle:
+			return b.Boards(), b.Refusals(), nil
 		case <-ctx.Done():
-			return b.Boards(), nil
+			return b.Boards(), b.Refusals(), nil
 		}
 	}
 }
@@ -310,6 +378,9 @@ func (r *Resolver) warn(msg string) {
 func (f Found) pick(id string) (discovery.Record, error) {
 	var prefixed []discovery.Record
 	for _, r := range f.Boards {
+		if r.ID == id && len(r.Conflict) > 0 {
+			return discovery.Record{}, &ConflictError{ID: id, Addresses: r.Conflict}
+		}
 		if r.ID == id {
 			return r, nil
 		}
@@ -321,6 +392,9 @@ func (f Found) pick(id string) (discovery.Record, error) {
 	case 0:
 		return discovery.Record{}, &UnknownBoardError{ID: id, Found: f}
 	case 1:
+		if len(prefixed[0].Conflict) > 0 {
+			return discovery.Record{}, &ConflictError{ID: prefixed[0].ID, Addresses: prefixed[0].Conflict}
+		}
 		return prefixed[0], nil
 	}
 	return discovery.Record{}, &AmbiguousBoardError{ID: id, Matches: prefixed}
@@ -470,7 +544,9 @@ func (r *Resolver) watchSerial(ctx context.Context, out chan<- discovery.Event) 
 		}
 	}
 	for {
-		recs, err := discovery.ScanSerial(ctx, discovery.SerialConfig{Ports: r.SerialPorts, Logger: r.Logger})
+		// Skipped ports are logged by the scan, and looked at again
+		// at the next one.
+		recs, _, err := discovery.ScanSerial(ctx, discovery.SerialConfig{Ports: r.SerialPorts, Logger: r.Logger})
 		if err != nil {
 			r.logger().Debug("watch: serial ports", "err", err)
 		}

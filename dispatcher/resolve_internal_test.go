@@ -1,8 +1,10 @@
 package dispatcher
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -81,5 +83,32 @@ func TestPick(t *testing.T) {
 	}
 	if w := (Found{MDNS: &discovery.IfaceReport{Used: []string{"eth0"}}}).Warning(); w != "" {
 		t.Errorf("a warning with an interface: %q", w)
+	}
+}
+
+// TestPickConflict: an id several boards announce is picked by none of
+// them, exactly or as a prefix: a ConflictError with every address, and
+// Doubts says so.
+func TestPickConflict(t *testing.T) {
+	addrs := []string{"ws://10.0.0.1:7207", "ws://10.0.0.2:7207"}
+	f := Found{Boards: []discovery.Record{{ID: "twin", Address: addrs[0], Conflict: addrs}}, Timeout: time.Second}
+	for _, id := range []string{"twin", "tw"} {
+		_, err := f.pick(id)
+		var ce *ConflictError
+		if !errors.As(err, &ce) || !errors.Is(err, ErrBoardConflict) || ce.ID != "twin" || !slices.Equal(ce.Addresses, addrs) {
+			t.Errorf("pick %q: %v, want a ConflictError for twin", id, err)
+		}
+	}
+	want := "2 boards announce the id twin: ws://10.0.0.1:7207, ws://10.0.0.2:7207; nothing is sent to it by id until one goes (use an address)"
+	if d := f.Doubts(); len(d) != 1 || d[0] != want {
+		t.Errorf("doubts %q", d)
+	}
+}
+
+// A serial port the scan left alone is among the doubts, with the reason.
+func TestDoubtsSkippedPorts(t *testing.T) {
+	f := Found{SkippedPorts: []discovery.SkippedPort{{Port: "/dev/ttyUSB0", Reason: "open in pid 42 (picocom)"}}}
+	if d := f.Doubts(); len(d) != 1 || d[0] != "did not listen on serial port /dev/ttyUSB0: open in pid 42 (picocom)" {
+		t.Errorf("doubts %q", d)
 	}
 }

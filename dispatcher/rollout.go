@@ -36,6 +36,7 @@ const (
 const (
 	ResultCurrent      = "current"      // already runs the image's version: nothing to do
 	ResultSkipped      = "skipped"      // not started: too many failures before its turn
+	ResultInterrupted  = "interrupted"  // the rollout was stopped before the board's update ended
 	ResultIncompatible = "incompatible" // the board refused the image (model, version, signature)
 	ResultUnreachable  = "unreachable"  // the board did not answer, through every retry
 )
@@ -347,7 +348,7 @@ func RunRollout(ctx context.Context, cfg RolloutConfig, plan Plan, done []BoardR
 		r.boards[bp.ID] = rep
 		switch rep.Result {
 		case string(proto.ResultCommitted), ResultCurrent:
-		case "", ResultSkipped: // never finished: this run does it
+		case "", ResultSkipped, ResultInterrupted: // never finished: this run does it
 			rep.Result, rep.Reason = "", ""
 			todo = append(todo, bp.ID)
 		default:
@@ -388,7 +389,10 @@ func RunRollout(ctx context.Context, cfg RolloutConfig, plan Plan, done []BoardR
 	for _, id := range order {
 		b := *r.boards[id]
 		if b.Result == "" {
-			b.Result, b.Reason = ResultSkipped, "the rollout was interrupted"
+			b.Result, b.Reason = ResultInterrupted, "the rollout was interrupted before its turn"
+			if b.UpdateID != "" {
+				b.Reason = "interrupted after its prepare stage; --resume goes on from there"
+			}
 		}
 		out.Counts[b.Result]++
 		out.Boards = append(out.Boards, b)
@@ -437,12 +441,15 @@ func (r *run) stage(ctx context.Context, name string, boards []string, addr map[
 	sem := make(chan struct{}, r.cfg.Concurrency)
 	for _, b := range boards {
 		sem <- struct{}{}
-		if r.tooMany() || ctx.Err() != nil {
+		if ctx.Err() != nil {
+			// Interrupted: the board keeps what it had, reported as
+			// interrupted at the end, and a resume goes on from there.
+			<-sem
+			continue
+		}
+		if r.tooMany() {
 			<-sem
 			reason := "more than the allowed failures before its turn"
-			if ctx.Err() != nil {
-				reason = "the rollout was interrupted"
-			}
 			r.note(b, func(br *BoardReport) { br.Result, br.Reason, br.Stage = ResultSkipped, reason, name })
 			r.emit(Event{Board: b, Stage: name, Kind: "done", Result: ResultSkipped, Reason: reason})
 			continue

@@ -192,7 +192,7 @@ func TestRolloutStops(t *testing.T) {
 		cancel()
 		rep := dispatcher.RunRollout(stopped, cfg, plan, nil)
 		for _, b := range rep.Boards {
-			if b.Result != dispatcher.ResultSkipped || b.Reason != "the rollout was interrupted" {
+			if b.Result != dispatcher.ResultInterrupted || b.Reason != "the rollout was interrupted before its turn" {
 				t.Errorf("%+v", b)
 			}
 		}

@@ -69,7 +69,17 @@ type OTAImageParams struct {
 	// that cannot give the image halts the update (PhaseHalted).
 	URL           string `json:"url,omitempty" validate:"omitempty,max=8192,url,startswith=http"`
 	PayloadOffset int64  `json:"payload_offset,omitempty" validate:"min=0"`
+	// Progress, when set, is echoed in the progress notifications the
+	// agent sends while it hashes its active slot (ProgressHash) and, on
+	// ota.start, copies from it (ProgressCopy) before it answers.
+	Progress string `json:"progress,omitempty" validate:"max=64"`
 }
+
+// Progress phases of ota.plan and ota.start (Progress.Phase).
+const (
+	ProgressHash = "hash" // reading and hashing the active slot, which the agent did not write
+	ProgressCopy = "copy" // copying the chunks the active slot holds into the target slot
+)
 
 // OTAPlan says what an update needs: which chunks must cross the link
 // (Need, by index), which the board copies from its active slot or already
@@ -84,6 +94,11 @@ type OTAPlan struct {
 	Copy        int    `json:"copy"` // chunks copied from the active slot
 	Have        int    `json:"have"` // chunks the target slot already holds
 	NeedBytes   int64  `json:"need_bytes"`
+	// Hashed is the bytes of the active slot the agent read and hashed
+	// for this plan: a slot it did not write (flashed in the factory or
+	// by hand), or one that changed since it last read it; 0 when its own
+	// record of the slot or the hashes it kept told.
+	Hashed int64 `json:"hashed,omitempty"`
 }
 
 // OTAWriteParams hands the agent a stream that carries chunks, each as a

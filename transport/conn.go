@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/boardlink/boardlink/proto"
 )
@@ -374,6 +375,13 @@ func (c *Conn) linkErr(err error) error {
 // nil). An error response comes back as a *proto.Error; a link failure as an
 // error wrapping ErrClosed.
 func (c *Conn) Call(ctx context.Context, method string, params, result any) error {
+	start := time.Now()
+	err := c.call(ctx, method, params, result)
+	c.log.Debug("call", "method", method, "took", time.Since(start), "err", err)
+	return err
+}
+
+func (c *Conn) call(ctx context.Context, method string, params, result any) error {
 	id := c.nextID.Add(1)
 	m, err := proto.NewRequest(id, method, params)
 	if err != nil {

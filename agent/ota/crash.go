@@ -15,12 +15,16 @@ import (
 
 // crashFile, when present in the state directory, holds a crash point
 // "PHASE[:N]": right after the N-th save (default 1) of the update in that
-// phase, the agent removes the file and kills itself with SIGKILL. It is a
+// phase, the agent removes the file and kills itself with SIGKILL; or
+// "hash[:N]": right after it hashed the N-th chunk of a slot. It is a
 // power cut at an exact state, for the kill-in-every-state tests (as
 // Mender's Killed_in_<State> tests). Only a build with the tag
 // boardlink_testhooks has it (testenv.BuildTestHooks); crash_off.go is
 // every other build's.
 const crashFile = "crash-at"
+
+// crashHash is the crash point in the read of a slot (hash.go), not a phase.
+const crashHash proto.Phase = "hash"
 
 // crashHook is the crash point read at Start.
 type crashHook struct {
@@ -47,6 +51,19 @@ func (u *Updater) crashPoint() {
 	if u.crash.at == "" || u.upd.Phase != u.crash.at {
 		return
 	}
+	u.crashCount()
+}
+
+// crashHashed is called after every chunk hashed: one read of a slot at a
+// time, with the machine's lock not held.
+func (u *Updater) crashHashed() {
+	if u.crash.at == crashHash {
+		u.crashCount()
+	}
+}
+
+// crashCount counts a pass at the crash point, and crashes at the last.
+func (u *Updater) crashCount() {
 	if u.crash.after--; u.crash.after > 0 {
 		return
 	}

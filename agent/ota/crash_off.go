@@ -8,3 +8,4 @@ type crashHook struct{}
 
 func (u *Updater) loadCrashPoint() {}
 func (u *Updater) crashPoint()     {}
+func (u *Updater) crashHashed()    {}

@@ -7,6 +7,13 @@
 // or roll back and reboot. A prepare that cannot go on by itself (its URL
 // fails) halts with the reason, until it is started again or aborted.
 //
+// Which chunks the active slot holds comes from the agent's record of a
+// slot it wrote, or else from reading and hashing the slot on the board
+// (hash.go: a slot flashed in the factory or by hand), once: the hashes
+// are kept with a stamp of the slot, until it changes. A chunk copied from
+// the active slot is verified first; one that no longer matches is needed
+// from outside, and the start's plan says so.
+//
 // The machine is decoupled from any connection: a dropped link does not
 // stop it, and its status is re-readable at any time. Its phases
 // (proto.Phase) move only along one table (phase.go), which refuses any

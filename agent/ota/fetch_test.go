@@ -63,7 +63,7 @@ func TestFetchFailuresHalt(t *testing.T) {
 			im, file := r.image("1.0.0", payload)
 			p := paramsOf(im)
 			p.URL, p.PayloadOffset = serve(t, tc.handle, file), im.PayloadOffset()
-			plan, err := r.u.Begin(context.Background(), p, FetchLimits{})
+			plan, err := r.u.Begin(context.Background(), p, FetchLimits{}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -77,11 +77,11 @@ func TestFetchFailuresHalt(t *testing.T) {
 			// Another image is refused while this one waits; the same
 			// image, from a good server, resumes it.
 			other, _ := r.image("1.0.1", randomBytes(4096))
-			if _, err := r.u.Begin(context.Background(), paramsOf(other), FetchLimits{}); !proto.IsReason(err, proto.ReasonBusy) {
+			if _, err := r.u.Begin(context.Background(), paramsOf(other), FetchLimits{}, nil); !proto.IsReason(err, proto.ReasonBusy) {
 				t.Fatalf("another image while halted: %v, want busy", err)
 			}
 			p.URL = serve(t, withRange, file)
-			again, err := r.u.Begin(context.Background(), p, FetchLimits{})
+			again, err := r.u.Begin(context.Background(), p, FetchLimits{}, nil)
 			if err != nil || again.ID != plan.ID || again.Have != held {
 				t.Fatalf("resumed: %+v %v, want %s holding %d chunks", again, err, plan.ID, held)
 			}
@@ -107,7 +107,7 @@ func TestFetchWithoutRange(t *testing.T) {
 		w.Write(file)
 	}, file)
 	p.PayloadOffset = im.PayloadOffset()
-	if _, err := r.u.Begin(context.Background(), p, FetchLimits{}); err != nil {
+	if _, err := r.u.Begin(context.Background(), p, FetchLimits{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	u := r.waitFor(proto.PhasePrepared)
@@ -124,7 +124,7 @@ func TestFetchLimits(t *testing.T) {
 	im, file := r.image("1.0.0", randomBytes(16*4096))
 	p := paramsOf(im)
 	p.URL, p.PayloadOffset = serve(t, withRange, file), im.PayloadOffset()
-	_, err := r.u.Begin(context.Background(), p, FetchLimits{MaxBytes: 4096})
+	_, err := r.u.Begin(context.Background(), p, FetchLimits{MaxBytes: 4096}, nil)
 	var perr *proto.Error
 	if !errors.As(err, &perr) || perr.Reason() != proto.ReasonInvalidParams || len(perr.Data.Fields) != 1 ||
 		perr.Data.Fields[0].Field != "url" {
@@ -142,7 +142,7 @@ func TestFetchLimits(t *testing.T) {
 		case <-release:
 		}
 	}, file)
-	if _, err := r.u.Begin(context.Background(), p, FetchLimits{Deadline: 50 * time.Millisecond}); err != nil {
+	if _, err := r.u.Begin(context.Background(), p, FetchLimits{Deadline: 50 * time.Millisecond}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if u := r.waitFor(proto.PhaseHalted); !strings.Contains(u.Reason, "not done within 50ms") {

@@ -135,7 +135,7 @@ func paramsOf(im *image.Image) proto.OTAImageParams {
 func (r *rig) prepare(im *image.Image) string {
 	r.t.Helper()
 	ctx := context.Background()
-	plan, err := r.u.Begin(ctx, paramsOf(im), FetchLimits{})
+	plan, err := r.u.Begin(ctx, paramsOf(im), FetchLimits{}, nil)
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -430,7 +430,7 @@ func TestAbort(t *testing.T) {
 	ctx := context.Background()
 	r := newRig(t)
 	im, _ := r.image("1.0.0", randomBytes(3*4096))
-	plan, err := r.u.Begin(ctx, paramsOf(im), FetchLimits{})
+	plan, err := r.u.Begin(ctx, paramsOf(im), FetchLimits{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

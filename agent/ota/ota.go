@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -80,12 +81,17 @@ type Updater struct {
 	upd      *update // nil: no update ever
 	man      image.Manifest
 	slots    map[string]slotMeta
-	target   *os.File // the slot being written, while preparing
-	dirty    int      // chunks marked done since the state was last saved
+	hashes   map[string]slotHashes // by slot: slots the agent read, not wrote
+	hashing  *hashJob              // the read of a slot under way
+	partial  *slotHashes           // the chunks an interrupted read hashed
+	hashHook func(chunks int)      // tests only: called after each chunk hashed
+	target   *os.File              // the slot being written, while preparing
+	dirty    int                   // chunks marked done since the state was last saved
 	seq      int64
 	changed  chan struct{} // closed and replaced on every change
 	received bool          // a stream is being received
 	filling  bool          // copying from the active slot or fetching from the URL
+	copying  *copyRun      // the last copy from the active slot
 
 	crash crashHook // test builds only: see crash.go
 }
@@ -116,11 +122,17 @@ func (u *Updater) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("ota: %w", err)
 	}
+	hashes, err := u.st.loadHashes()
+	if err != nil {
+		// Only a cache: the slot is read again when it is needed.
+		u.log.Warn("ota: the kept slot hashes cannot be used", "err", err)
+		hashes = map[string]slotHashes{}
+	}
 	u.ctx, u.stop = context.WithCancel(context.Background())
 	u.loadCrashPoint()
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	u.slots, u.upd = slots, upd
+	u.slots, u.upd, u.hashes = slots, upd, hashes
 	u.touchLocked()
 	if upd == nil || upd.Phase == proto.PhaseDone {
 		return nil
@@ -248,15 +260,37 @@ func (u *Updater) Wait(ctx context.Context, since int64) (proto.OTAStatus, error
 }
 
 // Plan checks an image against the board and says what an update needs,
-// changing nothing.
-func (u *Updater) Plan(ctx context.Context, p proto.OTAImageParams) (proto.OTAPlan, error) {
-	bs, m, err := u.check(ctx, p)
+// changing nothing. An active slot the agent did not write is read and
+// hashed first (reported to progress, which may be nil), once: the hashes
+// are kept for the next plan.
+func (u *Updater) Plan(ctx context.Context, p proto.OTAImageParams, progress Progress) (proto.OTAPlan, error) {
+	bs, m, src, hashed, err := u.source(ctx, p, progress)
 	if err != nil {
 		return proto.OTAPlan{}, err
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	return u.planLocked(bs, m, p.Force)
+	plan, err := u.planLocked(bs, m, p.Force, src)
+	plan.Hashed = hashed
+	return plan, err
+}
+
+// source checks the image and finds the chunks the active slot holds
+// (sourceIndex), returning the bytes it read for that. The checks that
+// refuse an image come first: a refused image costs no read of a slot.
+func (u *Updater) source(ctx context.Context, p proto.OTAImageParams, progress Progress) (board.BootState, image.Manifest, map[string]*sourceChunk, int64, error) {
+	bs, m, err := u.check(ctx, p)
+	if err != nil {
+		return bs, m, nil, 0, err
+	}
+	u.mu.Lock()
+	_, _, err = u.admitLocked(bs, m, p.Force)
+	u.mu.Unlock()
+	if err != nil {
+		return bs, m, nil, 0, err
+	}
+	src, hashed, err := u.sourceIndex(ctx, bs.Active, m, progress)
+	return bs, m, src, hashed, err
 }
 
 // check reads the boot loader and verifies the image's manifest.
@@ -277,18 +311,20 @@ func (u *Updater) bootState(ctx context.Context) (board.BootState, error) {
 	return bs, nil
 }
 
-func (u *Updater) planLocked(bs board.BootState, m image.Manifest, force bool) (proto.OTAPlan, error) {
+// admitLocked runs the checks that refuse an image, and returns the frame
+// of its plan (no chunk counted) and the update it resumes, if any.
+func (u *Updater) admitLocked(bs board.BootState, m image.Manifest, force bool) (proto.OTAPlan, *update, error) {
 	if !m.Fits(u.cfg.Model) {
-		return proto.OTAPlan{}, proto.Errorf(proto.ReasonIncompatible, "image %s is for %s, not for this board's model %s",
+		return proto.OTAPlan{}, nil, proto.Errorf(proto.ReasonIncompatible, "image %s is for %s, not for this board's model %s",
 			m.Version, strings.Join(m.Models, ", "), u.cfg.Model)
 	}
 	if bs.Trying() {
-		return proto.OTAPlan{}, proto.Errorf(proto.ReasonBusy, "slot %s is on its trial boot: commit or roll back first", bs.Booted)
+		return proto.OTAPlan{}, nil, proto.Errorf(proto.ReasonBusy, "slot %s is on its trial boot: commit or roll back first", bs.Booted)
 	}
 	if bs.Booted != bs.Active {
 		// A trial rolled back and not rebooted yet: the other slot is the
 		// active one, never a target.
-		return proto.OTAPlan{}, proto.Errorf(proto.ReasonBusy, "the board runs slot %s but boots %s next: reboot first", bs.Booted, bs.Active)
+		return proto.OTAPlan{}, nil, proto.Errorf(proto.ReasonBusy, "the board runs slot %s but boots %s next: reboot first", bs.Booted, bs.Active)
 	}
 	cur := u.slots[bs.Booted]
 	if !force && cur.Version != "" && !cur.Writing && image.CompareVersions(m.Version, cur.Version) <= 0 {
@@ -296,26 +332,36 @@ func (u *Updater) planLocked(bs board.BootState, m image.Manifest, force bool) (
 		if image.CompareVersions(m.Version, cur.Version) == 0 {
 			what = "a reinstall"
 		}
-		return proto.OTAPlan{}, proto.Errorf(proto.ReasonIncompatible,
+		return proto.OTAPlan{}, nil, proto.Errorf(proto.ReasonIncompatible,
 			"image %s would be %s of the running %s: refused unless forced", m.Version, what, cur.Version)
 	}
 	target := board.Other(bs.Booted)
 	if err := u.checkFits(target, m); err != nil {
-		return proto.OTAPlan{}, err
+		return proto.OTAPlan{}, nil, err
 	}
 	plan := proto.OTAPlan{Slot: target, Version: m.Version, FromVersion: cur.Version, Chunks: len(m.Chunks), Need: []int{}}
 	var resume *update
 	if v := u.upd; v != nil && v.Phase.Abortable() {
 		if v.PayloadSHA != m.PayloadSHA256 || v.Slot != target {
-			return proto.OTAPlan{}, proto.Errorf(proto.ReasonBusy, "update %s (%s) is under way: abort it first", v.ID, v.Version)
+			return proto.OTAPlan{}, nil, proto.Errorf(proto.ReasonBusy, "update %s (%s) is under way: abort it first", v.ID, v.Version)
 		}
 		resume = v
 		plan.ID = v.ID
 	} else if v != nil && v.Phase != proto.PhaseDone {
-		return proto.OTAPlan{}, proto.Errorf(proto.ReasonBusy, "update %s is in phase %s", v.ID, v.Phase)
+		return proto.OTAPlan{}, nil, proto.Errorf(proto.ReasonBusy, "update %s is in phase %s", v.ID, v.Phase)
 	}
-	copyFrom := u.chunkIndex(bs.Active)
-	old := u.slots[target]
+	return plan, resume, nil
+}
+
+// planLocked is the plan of an image whose chunks the active slot holds as
+// src says: each chunk is held by the target slot already, copied from
+// the active slot, or needed from outside.
+func (u *Updater) planLocked(bs board.BootState, m image.Manifest, force bool, src map[string]*sourceChunk) (proto.OTAPlan, error) {
+	plan, resume, err := u.admitLocked(bs, m, force)
+	if err != nil {
+		return proto.OTAPlan{}, err
+	}
+	old := u.slots[plan.Slot]
 	for i, sum := range m.Chunks {
 		_, n := m.ChunkRange(i)
 		switch {
@@ -324,7 +370,7 @@ func (u *Updater) planLocked(bs board.BootState, m image.Manifest, force bool) (
 		case resume == nil && !old.Writing && old.ChunkSize == m.ChunkSize && i < len(old.Chunks) && old.Chunks[i] == sum &&
 			n == chunkLen(old.Size, old.ChunkSize, i):
 			plan.Have++
-		case copyFrom[sum] != nil:
+		case src[sum] != nil:
 			plan.Copy++
 		default:
 			plan.Need = append(plan.Need, i)
@@ -353,42 +399,41 @@ func (u *Updater) checkFits(slot string, m image.Manifest) error {
 
 func chunkLen(size, chunk int64, i int) int64 { return min(chunk, size-int64(i)*chunk) }
 
-// sourceChunk is a chunk of the active slot, by offset and length.
-type sourceChunk struct{ off, n int64 }
-
-// chunkIndex maps the chunk hashes the slot holds to where they are.
-func (u *Updater) chunkIndex(slot string) map[string]*sourceChunk {
-	out := map[string]*sourceChunk{}
-	m := u.slots[slot]
-	if m.Writing || m.ChunkSize <= 0 {
-		return out
-	}
-	for i, sum := range m.Chunks {
-		if out[sum] == nil {
-			out[sum] = &sourceChunk{off: int64(i) * m.ChunkSize, n: chunkLen(m.Size, m.ChunkSize, i)}
-		}
-	}
-	return out
-}
-
 // Begin starts an update, or resumes the one preparing (or halted on) the
-// same image: it plans, marks the target slot as being written, and
-// starts copying the chunks the active slot holds. The caller sends the
-// chunks in Need with Receive, or names p.URL for the agent to fetch them
-// itself within lim.
-func (u *Updater) Begin(ctx context.Context, p proto.OTAImageParams, lim FetchLimits) (proto.OTAPlan, error) {
-	bs, m, err := u.check(ctx, p)
+// same image: it plans (as Plan), marks the target slot as being written,
+// and copies the chunks the active slot holds, each verified against the
+// manifest; it returns once they are copied, reported to progress (which
+// may be nil). A chunk that no longer matches is moved to Need: the plan
+// it returns is exact. The caller sends the chunks in Need with Receive,
+// or names p.URL for the agent to fetch them itself within lim.
+func (u *Updater) Begin(ctx context.Context, p proto.OTAImageParams, lim FetchLimits, progress Progress) (proto.OTAPlan, error) {
+	bs, m, src, hashed, err := u.source(ctx, p, progress)
 	if err != nil {
 		return proto.OTAPlan{}, err
 	}
 	u.mu.Lock()
-	defer u.mu.Unlock()
-	plan, err := u.planLocked(bs, m, p.Force)
-	if err != nil {
+	plan, run, err := u.beginLocked(ctx, bs, m, p, lim, src)
+	u.mu.Unlock()
+	plan.Hashed = hashed
+	if err != nil || run == nil {
 		return plan, err
 	}
+	if err := run.await(ctx, proto.ProgressCopy, progress); err != nil {
+		return plan, err
+	}
+	return u.afterCopy(plan, run)
+}
+
+// beginLocked is Begin's change of state; it returns the copy to wait
+// for, if any.
+func (u *Updater) beginLocked(ctx context.Context, bs board.BootState, m image.Manifest, p proto.OTAImageParams, lim FetchLimits,
+	src map[string]*sourceChunk) (proto.OTAPlan, *copyRun, error) {
+	plan, err := u.planLocked(bs, m, p.Force, src)
+	if err != nil {
+		return plan, nil, err
+	}
 	if p.URL != "" && lim.MaxBytes > 0 && plan.NeedBytes > lim.MaxBytes {
-		return plan, proto.InvalidField("url", "max", "the chunks to fetch are %d bytes, more than the board's download limit (%d bytes): send them over the link",
+		return plan, nil, proto.InvalidField("url", "max", "the chunks to fetch are %d bytes, more than the board's download limit (%d bytes): send them over the link",
 			plan.NeedBytes, lim.MaxBytes)
 	}
 	if plan.ID != "" { // resuming: the target is already marked, the bitmap kept
@@ -403,19 +448,20 @@ func (u *Updater) Begin(ctx context.Context, p proto.OTAImageParams, lim FetchLi
 			err = u.saveLocked()
 		}
 		if err != nil {
-			return plan, err
+			return plan, nil, err
 		}
-		return plan, u.prepareLocked(ctx)
+		run, err := u.prepareLocked(ctx, src)
+		return plan, run, err
 	}
 	if bs.Trial != "" {
 		// A trial set and never booted (an activation cut short): cancel it
 		// before its slot is overwritten.
 		if err := u.cfg.Boot.Rollback(ctx); err != nil {
-			return plan, proto.Errorf(proto.ReasonInternal, "boot loader: %v", err)
+			return plan, nil, proto.Errorf(proto.ReasonInternal, "boot loader: %v", err)
 		}
 	}
 	if err := u.st.saveImage(p.Manifest, p.Signature); err != nil {
-		return plan, proto.Errorf(proto.ReasonInternal, "ota: %v", err)
+		return plan, nil, proto.Errorf(proto.ReasonInternal, "ota: %v", err)
 	}
 	id := newID()
 	upd := &update{ID: id, Version: m.Version, FromVersion: plan.FromVersion, PayloadSHA: m.PayloadSHA256,
@@ -433,23 +479,56 @@ func (u *Updater) Begin(ctx context.Context, p proto.OTAImageParams, lim FetchLi
 		}
 	}
 	// The slot is marked before a byte of it changes: from here on it is
-	// not bootable, and its old chunks are not a source.
+	// not bootable, and its old chunks are not a source; its count of
+	// writes is part of the stamp of the hashes kept of it (slotStamp).
 	old.Writing = true
+	old.Writes++
 	u.slots[plan.Slot] = old
+	delete(u.hashes, plan.Slot)
 	if err := u.st.saveSlots(u.slots); err != nil {
-		return plan, proto.Errorf(proto.ReasonInternal, "ota: %v", err)
+		return plan, nil, proto.Errorf(proto.ReasonInternal, "ota: %v", err)
 	}
 	u.upd, u.man = upd, m
 	if u.cfg.OnPhase != nil {
 		u.cfg.OnPhase(id, upd.Phase)
 	}
 	if err := u.saveLocked(); err != nil {
-		return plan, err
+		return plan, nil, err
 	}
 	plan.ID = id
 	u.log.Info("ota: prepare", "id", id, "version", m.Version, "slot", plan.Slot, "have", plan.Have,
 		"copy", plan.Copy, "need", len(plan.Need), "need_bytes", plan.NeedBytes)
-	return plan, u.prepareLocked(ctx)
+	run, err := u.prepareLocked(ctx, src)
+	return plan, run, err
+}
+
+// afterCopy moves the chunks run could not copy from the active slot (they
+// no longer match the manifest) from the plan's copy to its need.
+func (u *Updater) afterCopy(plan proto.OTAPlan, run *copyRun) (proto.OTAPlan, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	switch {
+	case u.ctx.Err() != nil:
+		return plan, proto.Errorf(proto.ReasonCanceled, "update %s: the agent is stopping", plan.ID)
+	case u.upd == nil || u.upd.ID != plan.ID || u.upd.Phase == proto.PhaseDone:
+		return plan, proto.Errorf(proto.ReasonCanceled, "update %s ended while the board copied the chunks it holds", plan.ID)
+	}
+	need := make(map[int]bool, len(plan.Need))
+	for _, i := range plan.Need {
+		need[i] = true
+	}
+	for _, i := range run.failed {
+		if need[i] || u.upd.has(i) {
+			continue
+		}
+		need[i] = true
+		_, n := u.man.ChunkRange(i)
+		plan.Copy--
+		plan.Need = append(plan.Need, i)
+		plan.NeedBytes += n
+	}
+	slices.Sort(plan.Need)
+	return plan, nil
 }
 
 func newID() string {
@@ -458,12 +537,20 @@ func newID() string {
 	return "u-" + hex.EncodeToString(b)
 }
 
+// copyRun is one run of copyChunks: once done is closed, failed holds
+// the chunks it did not copy.
+type copyRun struct {
+	work
+	failed []int
+}
+
 // prepareLocked opens the target slot and starts copying what the active
-// slot holds and fetching what the URL serves; if nothing is left to do,
-// it finishes the prepare.
-func (u *Updater) prepareLocked(ctx context.Context) error {
+// slot holds (src) and then fetching what the URL serves; if nothing is
+// left to do, it finishes the prepare. It returns the copy under way, if
+// any: this one, or the one it found at work.
+func (u *Updater) prepareLocked(ctx context.Context, src map[string]*sourceChunk) (*copyRun, error) {
 	if u.upd.Phase != proto.PhasePrepare {
-		return nil
+		return nil, nil
 	}
 	if u.target == nil {
 		path, err := u.cfg.Boot.SlotPath(u.upd.Slot)
@@ -471,35 +558,38 @@ func (u *Updater) prepareLocked(ctx context.Context) error {
 			u.target, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o644)
 		}
 		if err != nil {
-			return proto.Errorf(proto.ReasonInternal, "slot %s: %v", u.upd.Slot, err)
+			return nil, proto.Errorf(proto.ReasonInternal, "slot %s: %v", u.upd.Slot, err)
 		}
 	}
 	bs, err := u.bootState(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	src := u.chunkIndex(bs.Active)
 	var jobs []int
+	var size int64
 	for i, sum := range u.man.Chunks {
-		if !u.upd.has(i) && src[sum] != nil {
+		if s := src[sum]; s != nil && !u.upd.has(i) {
 			jobs = append(jobs, i)
+			size += s.n
 		}
 	}
 	if len(jobs) == 0 && u.upd.URL == "" {
-		return u.maybeFinishPrepareLocked(ctx)
+		return nil, u.maybeFinishPrepareLocked(ctx)
 	}
 	srcPath, err := u.cfg.Boot.SlotPath(bs.Active)
 	if err != nil {
-		return proto.Errorf(proto.ReasonInternal, "slot %s: %v", bs.Active, err)
+		return nil, proto.Errorf(proto.ReasonInternal, "slot %s: %v", bs.Active, err)
 	}
 	if u.filling {
-		return nil // the goroutine below is at work already
+		return u.copying, nil // the goroutine below is at work already
 	}
 	u.filling = true
-	id, wctx, target := u.upd.ID, u.ctx, u.target
+	run := &copyRun{work: work{done: make(chan struct{}), total: size}}
+	u.copying = run
+	id, wctx, target, man := u.upd.ID, u.ctx, u.target, u.man
 	from := fetchSource{url: u.upd.URL, payloadOff: u.upd.PayloadOffset, deadline: u.upd.FetchDeadline}
 	u.work.Go(func() {
-		u.copyChunks(wctx, id, target, srcPath, src, jobs)
+		u.copyChunks(wctx, id, target, man, srcPath, src, jobs, run)
 		var ferr error
 		if from.url != "" {
 			ferr = u.fetchChunks(wctx, id, target, from)
@@ -530,40 +620,56 @@ func (u *Updater) prepareLocked(ctx context.Context) error {
 			}
 		}
 	})
-	return nil
+	return run, nil
 }
 
 // copyChunks copies chunks from the active slot, checking each against
-// the manifest: a chunk that does not match is left for the link.
-func (u *Updater) copyChunks(ctx context.Context, id string, target *os.File, srcPath string, src map[string]*sourceChunk, jobs []int) {
+// the manifest: src may be stale (the slot changed since it was hashed),
+// and a chunk that does not match is left for the link, in run.failed.
+func (u *Updater) copyChunks(ctx context.Context, id string, target *os.File, man image.Manifest, srcPath string,
+	src map[string]*sourceChunk, jobs []int, run *copyRun) {
+	defer close(run.done)
 	if len(jobs) == 0 {
 		return
 	}
 	f, err := os.Open(srcPath)
 	if err != nil {
-		u.log.Error("ota: active slot", "err", err)
+		u.log.Error("ota: active slot: its chunks must come from outside", "err", err)
+		run.failed = jobs
 		return
 	}
 	defer f.Close()
-	buf := make([]byte, u.man.ChunkSize)
-	for _, i := range jobs {
+	buf := make([]byte, man.ChunkSize)
+	mismatched := 0
+	defer func() {
+		if mismatched > 0 {
+			u.log.Warn("ota: chunks of the active slot do not match their hashes; they must come from outside", "chunks", mismatched)
+		}
+	}()
+	for k, i := range jobs {
 		if ctx.Err() != nil {
+			run.failed = append(run.failed, jobs[k:]...)
 			return
 		}
-		s := src[u.man.Chunks[i]]
+		s := src[man.Chunks[i]]
 		data := buf[:s.n]
-		if _, err := f.ReadAt(data, s.off); err != nil || image.VerifyChunk(u.man, i, data) != nil {
-			u.log.Warn("ota: active slot chunk does not match its hash; it must come over the link", "chunk", i)
+		if _, err := f.ReadAt(data, s.off); err != nil || image.VerifyChunk(man, i, data) != nil {
+			mismatched++
+			run.failed = append(run.failed, i)
+			run.bytes.Add(s.n)
 			continue
 		}
-		off, _ := u.man.ChunkRange(i)
+		off, _ := man.ChunkRange(i)
 		if _, err := target.WriteAt(data, off); err != nil {
 			u.log.Error("ota: writing the slot", "err", err)
+			run.failed = append(run.failed, jobs[k:]...)
 			return
 		}
 		if err := u.markDone(id, i, 0, 0, true); err != nil {
+			run.failed = append(run.failed, jobs[k:]...)
 			return
 		}
+		run.bytes.Add(s.n)
 	}
 }
 
@@ -643,7 +749,7 @@ func (u *Updater) maybeFinishPrepareLocked(ctx context.Context) error {
 		return u.finishLocked(ctx, proto.ResultFailed, fmt.Sprintf("payload sha256 %s, manifest says %s", got, u.man.PayloadSHA256))
 	}
 	u.slots[u.upd.Slot] = slotMeta{Version: u.man.Version, SHA256: u.man.PayloadSHA256, Size: u.man.PayloadSize,
-		ChunkSize: u.man.ChunkSize, Chunks: u.man.Chunks}
+		ChunkSize: u.man.ChunkSize, Chunks: u.man.Chunks, Writes: u.slots[u.upd.Slot].Writes}
 	if err := u.st.saveSlots(u.slots); err != nil {
 		return proto.Errorf(proto.ReasonInternal, "ota: %v", err)
 	}
@@ -752,6 +858,9 @@ func (u *Updater) Abort(ctx context.Context, id string) error {
 	if p := u.upd.Phase; !p.Abortable() {
 		return proto.Errorf(proto.ReasonBusy, "update %s is in phase %s: too late to abort", id, p)
 	}
+	// A read of the active slot under way is for this update's image (any
+	// other is refused while it is under way): it is of no use any more.
+	u.cancelHashLocked(fmt.Errorf("update %s aborted: %w", id, context.Canceled))
 	return u.finishLocked(ctx, proto.ResultAborted, "aborted by request")
 }
 
@@ -765,7 +874,12 @@ func (u *Updater) resumeLocked(ctx context.Context) error {
 	u.log.Info("ota: resuming", "id", v.ID, "phase", v.Phase, "booted", bs.Booted, "active", bs.Active, "trial", bs.Trial)
 	switch v.Phase {
 	case proto.PhasePrepare:
-		return u.prepareLocked(ctx)
+		// What the active slot holds as far as the agent knows without
+		// reading it: a start never waits on a slot's read (the next
+		// ota.start reads it).
+		src, _, _, _ := u.knownSourceLocked(bs.Active, u.man)
+		_, err := u.prepareLocked(ctx, src)
+		return err
 	case proto.PhasePrepared, proto.PhaseHalted:
 		return nil // waiting for a request
 	case proto.PhaseActivate:

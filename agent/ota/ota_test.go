@@ -110,14 +110,14 @@ func TestPrepareResumeAbort(t *testing.T) {
 	ctx := context.Background()
 	im := m.image(t, "1.0.0", payload(10*4096+100), nil)
 
-	plan, err := m.u.Plan(ctx, params(im))
+	plan, err := m.u.Plan(ctx, params(im), nil)
 	if err != nil || plan.ID != "" || plan.Slot != "B" || len(plan.Need) != 11 {
 		t.Fatalf("plan %+v %v", plan, err)
 	}
 	if st, _ := m.u.Status(ctx); st.Update != nil {
 		t.Fatalf("Plan changed the state: %+v", st.Update)
 	}
-	plan, err = m.u.Begin(ctx, params(im), ota.FetchLimits{})
+	plan, err = m.u.Begin(ctx, params(im), ota.FetchLimits{}, nil)
 	if err != nil || plan.ID == "" {
 		t.Fatalf("begin %+v %v", plan, err)
 	}
@@ -130,10 +130,10 @@ func TestPrepareResumeAbort(t *testing.T) {
 		t.Fatalf("receive of a chunk index out of range: %v", err)
 	}
 	// Another image while this one prepares: busy. The same image: the same update, resumed.
-	if _, err := m.u.Begin(ctx, params(m.image(t, "1.0.1", payload(4096), nil)), ota.FetchLimits{}); !proto.IsReason(err, proto.ReasonBusy) {
+	if _, err := m.u.Begin(ctx, params(m.image(t, "1.0.1", payload(4096), nil)), ota.FetchLimits{}, nil); !proto.IsReason(err, proto.ReasonBusy) {
 		t.Fatalf("a second update: %v, want busy", err)
 	}
-	again, err := m.u.Begin(ctx, params(im), ota.FetchLimits{})
+	again, err := m.u.Begin(ctx, params(im), ota.FetchLimits{}, nil)
 	if err != nil || again.ID != plan.ID || again.Have != 2 || len(again.Need) != 9 {
 		t.Fatalf("resumed plan %+v %v, want %s with 2 chunks held", again, err, plan.ID)
 	}
@@ -184,7 +184,7 @@ func TestRefusals(t *testing.T) {
 		{"not a manifest", proto.OTAImageParams{Manifest: []byte("{}"), Signature: good.Signature}, proto.ReasonInvalidParams},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := m.u.Begin(ctx, tc.p, ota.FetchLimits{})
+			_, err := m.u.Begin(ctx, tc.p, ota.FetchLimits{}, nil)
 			if !proto.IsReason(err, tc.reason) {
 				t.Fatalf("%v, want %s", err, tc.reason)
 			}

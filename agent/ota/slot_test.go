@@ -46,8 +46,8 @@ func TestImageLargerThanSlot(t *testing.T) {
 	}
 	p := proto.OTAImageParams{Manifest: raw, Signature: ed25519.Sign(r.key, raw)}
 	ctx := context.Background()
-	_, perr := r.u.Plan(ctx, p)
-	_, serr := r.u.Begin(ctx, p, FetchLimits{})
+	_, perr := r.u.Plan(ctx, p, nil)
+	_, serr := r.u.Begin(ctx, p, FetchLimits{}, nil)
 	// Both sizes, the slot's as it is at the time of the check.
 	sizes := regexp.MustCompile(fmt.Sprintf(`payload_size is %d bytes, more than slot B holds \(\d+ bytes`, int64(claim)))
 	for _, err := range []error{perr, serr} {
@@ -120,17 +120,17 @@ func TestBootCallsTakeTheCallersContext(t *testing.T) {
 	}
 	u := start()
 	im, _ := r.image("1.0.0", randomBytes(2*4096))
-	if _, err := u.Plan(ctx, paramsOf(im)); err != nil {
+	if _, err := u.Plan(ctx, paramsOf(im), nil); err != nil {
 		t.Fatal(err)
 	}
-	plan, err := u.Begin(ctx, paramsOf(im), FetchLimits{})
+	plan, err := u.Begin(ctx, paramsOf(im), FetchLimits{}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := u.Abort(ctx, plan.ID); err != nil {
 		t.Fatal(err)
 	}
-	if plan, err = u.Begin(ctx, paramsOf(im), FetchLimits{}); err != nil {
+	if plan, err = u.Begin(ctx, paramsOf(im), FetchLimits{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := u.Receive(ctx, plan.ID, chunkStream(t, im, plan.Need)); err != nil {

@@ -19,6 +19,8 @@ const (
 	slotsFormat  = 1
 	manifestFile = "manifest.json" // the exact signed bytes of the update's manifest
 	sigFile      = "manifest.sig"
+	hashesFile   = "hashes.json" // the chunk hashes of slots the agent read (hash.go)
+	hashesFormat = 1
 )
 
 // update is the persisted state of the current or last update.
@@ -68,6 +70,7 @@ func (u *update) count() int {
 
 // slotMeta is what the agent knows a slot holds. Writing marks a slot an
 // update has begun to overwrite: not bootable, and its old chunks are gone.
+// Writes counts the updates that began to write it (slotStamp).
 type slotMeta struct {
 	Version   string   `json:"version,omitempty"`
 	SHA256    string   `json:"sha256,omitempty"`
@@ -75,6 +78,7 @@ type slotMeta struct {
 	ChunkSize int64    `json:"chunk_size,omitempty"`
 	Chunks    []string `json:"chunks,omitempty"`
 	Writing   bool     `json:"writing,omitempty"`
+	Writes    int      `json:"writes,omitempty"`
 }
 
 // store reads and writes the machine's files.
@@ -109,6 +113,22 @@ func (s store) loadSlots() (map[string]slotMeta, error) {
 
 func (s store) saveSlots(slots map[string]slotMeta) error {
 	return atomicfile.WriteJSON(s.path(slotsFile), slotsFormat, slots)
+}
+
+// loadHashes reads the kept slot hashes; none yet is an empty map.
+func (s store) loadHashes() (map[string]slotHashes, error) {
+	hashes := map[string]slotHashes{}
+	err := atomicfile.ReadJSON(s.path(hashesFile), hashesFormat, &hashes)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return map[string]slotHashes{}, err
+	}
+	return hashes, nil
+}
+
+// saveHashes replaces the kept slot hashes atomically: a cut leaves the
+// old ones or the new ones.
+func (s store) saveHashes(hashes map[string]slotHashes) error {
+	return atomicfile.WriteJSON(s.path(hashesFile), hashesFormat, hashes)
 }
 
 // saveImage keeps the update's signed manifest, so that a resumed update

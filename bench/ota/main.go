@@ -42,6 +42,7 @@
 //
 //	go run ./bench/ota                        # 64 MiB in 1 MiB chunks, median of 3
 //	go run ./bench/ota -size 256MiB -runs 5 -changed 1,5,25
+//	go run ./bench/ota -factory               # the first update of a factory-flashed slot
 //
 // Only 127.0.0.1 is used, and no multicast. Everything it starts and
 // writes is removed when it ends, also on error or Ctrl-C.
@@ -84,6 +85,7 @@ func main() {
 	flag.Var(&chunk, "chunk", "chunk size of the images: a power of two from 4KiB to 64MiB")
 	runs := flag.Int("runs", 3, "rounds; the median of each case is reported")
 	changed := flag.String("changed", "1,10", "comma-separated percentages of chunks changed for the delta updates")
+	factory := flag.Bool("factory", false, "measure instead the first update of a slot flashed outside boardlink (factory.go)")
 	flag.Parse()
 	pcts, err := parsePercents(*changed)
 	if err == nil && (size <= 0 || *runs <= 0) {
@@ -97,6 +99,9 @@ func main() {
 		os.Exit(2)
 	}
 	benchkit.Run("ota", func(ctx context.Context) error {
+		if *factory {
+			return runFactory(ctx, int64(size), int64(chunk), *runs)
+		}
 		return run(ctx, int64(size), int64(chunk), *runs, pcts)
 	})
 }
@@ -143,29 +148,13 @@ type bench struct {
 }
 
 func run(ctx context.Context, size, chunk int64, runs int, pcts []float64) (err error) {
-	tmp, err := os.MkdirTemp("", "boardlink-bench-ota-")
+	bn, bin, trust, err := newBench(ctx, size, chunk)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmp)
-	bn := &bench{dir: tmp, size: size, chunk: chunk, chunks: int((size + chunk - 1) / chunk)}
-
-	fmt.Println("building boardlinkd")
-	bin := filepath.Join(tmp, "boardlinkd")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/boardlink/boardlink/cmd/boardlinkd").CombinedOutput(); err != nil {
-		return fmt.Errorf("go build boardlinkd: %v\n%s", err, out)
-	}
-	pub, priv, err := image.GenerateKey()
-	if err != nil {
-		return err
-	}
-	keyPath := filepath.Join(tmp, "key")
-	if err := image.WriteKeyPair(keyPath, pub, priv); err != nil {
-		return err
-	}
-	bn.key = priv
-
-	b, err := startBoard(ctx, bin, tmp, keyPath+".pub")
+	defer os.RemoveAll(bn.dir)
+	tmp := bn.dir
+	b, err := startBoard(ctx, bin, tmp, trust)
 	if err != nil {
 		return err
 	}
@@ -316,6 +305,37 @@ func run(ctx context.Context, size, chunk int64, runs int, pcts []float64) (err 
 		fmt.Println(line)
 	}
 	return nil
+}
+
+// newBench makes the run's temporary directory (the caller removes
+// bn.dir), builds boardlinkd into it and makes the run's signing key,
+// returning the binary and the public key file a board trusts.
+func newBench(ctx context.Context, size, chunk int64) (bn *bench, bin, trust string, err error) {
+	tmp, err := os.MkdirTemp("", "boardlink-bench-ota-")
+	if err != nil {
+		return nil, "", "", err
+	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(tmp)
+		}
+	}()
+	bn = &bench{dir: tmp, size: size, chunk: chunk, chunks: int((size + chunk - 1) / chunk)}
+	fmt.Println("building boardlinkd")
+	bin = filepath.Join(tmp, "boardlinkd")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/boardlink/boardlink/cmd/boardlinkd").CombinedOutput(); err != nil {
+		return nil, "", "", fmt.Errorf("go build boardlinkd: %v\n%s", err, out)
+	}
+	pub, priv, err := image.GenerateKey()
+	if err != nil {
+		return nil, "", "", err
+	}
+	keyPath := filepath.Join(tmp, "key")
+	if err := image.WriteKeyPair(keyPath, pub, priv); err != nil {
+		return nil, "", "", err
+	}
+	bn.key = priv
+	return bn, bin, keyPath + ".pub", nil
 }
 
 func printRun(name string, o otaRun) {

@@ -35,13 +35,11 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/ed25519"
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -50,7 +48,6 @@ import (
 	"runtime/pprof"
 	"strconv"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -135,17 +132,18 @@ func run(ctx context.Context, size int64, runs, execs int, cpuprofile string) er
 	var up, down *result
 	var cipher, protocol, setup string
 	scpNote := ""
-	if sshd, scp, keygen, missing := findSSH(); missing != "" {
-		scpNote = "scp was not measured: " + missing + " not found; install with: apt-get install openssh-server openssh-client"
+	if tools, missing := benchkit.FindSSH(); missing != "" {
+		scpNote = "scp was not measured: " + missing + " not found; install with: " + benchkit.SSHInstall
 	} else {
-		s, err := startSSHD(ctx, sshd, keygen, dirs["ssh"])
+		s, err := benchkit.StartSSHD(ctx, tools, dirs["ssh"])
 		if err != nil {
 			return fmt.Errorf("sshd: %w", err)
 		}
-		defer s.stop()
-		up, down, cipher, protocol, setup, err = benchSCP(ctx, s, scp, dirs["scp"], src, sum, size, runs)
+		defer s.Stop()
+		fmt.Printf("sshd: %s on 127.0.0.1:%d (pid %d)\n", tools.SSHD, s.Port, s.PID())
+		up, down, cipher, protocol, setup, err = benchSCP(ctx, s, tools.SCP, dirs["scp"], src, sum, size, runs)
 		if err != nil {
-			return fmt.Errorf("scp: %w\n%s", err, s.log())
+			return fmt.Errorf("scp: %w\n%s", err, s.Log())
 		}
 	}
 
@@ -282,170 +280,6 @@ func benchBoardlink(ctx context.Context, dirs map[string]string, src, sum string
 	return out, benchkit.RemoveWithPartials(local)
 }
 
-// findSSH locates sshd (as an absolute path: sshd refuses to start
-// otherwise), scp and ssh-keygen, or names what is missing.
-func findSSH() (sshd, scp, keygen, missing string) {
-	var miss []string
-	look := func(name string, extra ...string) string {
-		if p, err := exec.LookPath(name); err == nil {
-			if abs, err := filepath.Abs(p); err == nil {
-				return abs
-			}
-		}
-		for _, p := range extra {
-			if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
-				return p
-			}
-		}
-		miss = append(miss, name)
-		return ""
-	}
-	sshd = look("sshd", "/usr/sbin/sshd", "/usr/local/sbin/sshd")
-	scp = look("scp")
-	keygen = look("ssh-keygen")
-	return sshd, scp, keygen, strings.Join(miss, ", ")
-}
-
-// sshd is a private sshd on 127.0.0.1.
-type sshd struct {
-	cmd     *exec.Cmd
-	done    chan struct{}
-	port    int
-	key     string // the client's private key
-	logPath string
-	rmDir   string // the privilege separation directory, if we made it
-}
-
-// startSSHD starts sshd as the current user on a free loopback port with
-// keys and configuration generated in dir, and waits until it answers.
-func startSSHD(ctx context.Context, bin, keygen, dir string) (*sshd, error) {
-	hostKey, clientKey := filepath.Join(dir, "host_ed25519"), filepath.Join(dir, "client_ed25519")
-	for _, k := range []string{hostKey, clientKey} {
-		if out, err := exec.CommandContext(ctx, keygen, "-q", "-t", "ed25519", "-N", "", "-C", "boardlink-bench", "-f", k).CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("ssh-keygen: %v: %s", err, out)
-		}
-	}
-	pub, err := os.ReadFile(clientKey + ".pub")
-	if err != nil {
-		return nil, err
-	}
-	authorized := filepath.Join(dir, "authorized_keys")
-	if err := os.WriteFile(authorized, pub, 0o600); err != nil {
-		return nil, err
-	}
-	port, err := benchkit.FreePort()
-	if err != nil {
-		return nil, err
-	}
-	config := filepath.Join(dir, "sshd_config")
-	conf := strings.Join([]string{
-		"ListenAddress 127.0.0.1",
-		"Port " + strconv.Itoa(port),
-		"HostKey " + hostKey,
-		"PidFile " + filepath.Join(dir, "sshd.pid"),
-		"AuthorizedKeysFile " + authorized,
-		"StrictModes no",
-		"UsePAM no",
-		"PasswordAuthentication no",
-		"KbdInteractiveAuthentication no",
-		"PubkeyAuthentication yes",
-		"PermitRootLogin prohibit-password",
-		"Subsystem sftp internal-sftp",
-		"PrintMotd no",
-		"UseDNS no",
-		"LogLevel ERROR",
-		"",
-	}, "\n")
-	if err := os.WriteFile(config, []byte(conf), 0o600); err != nil {
-		return nil, err
-	}
-	s := &sshd{done: make(chan struct{}), port: port, key: clientKey, logPath: filepath.Join(dir, "sshd.log")}
-	// Run as root, sshd wants its privilege separation directory.
-	const privsep = "/run/sshd"
-	if os.Geteuid() == 0 {
-		if _, err := os.Stat(privsep); errors.Is(err, os.ErrNotExist) {
-			if err := os.MkdirAll(privsep, 0o755); err != nil {
-				return nil, err
-			}
-			s.rmDir = privsep
-		}
-	}
-	logf, err := os.Create(s.logPath)
-	if err != nil {
-		s.stop()
-		return nil, err
-	}
-	defer logf.Close()
-	s.cmd = exec.Command(bin, "-D", "-e", "-f", config)
-	s.cmd.Stdout, s.cmd.Stderr = logf, logf
-	// Its own process group: a Ctrl-C reaches only us, and we stop sshd. If
-	// we die without stopping it, the kernel does (Pdeathsig).
-	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
-	if err := s.cmd.Start(); err != nil {
-		s.stop()
-		return nil, err
-	}
-	go func() { s.cmd.Wait(); close(s.done) }()
-	if err := s.waitReady(ctx); err != nil {
-		s.stop()
-		return nil, fmt.Errorf("%w\n%s", err, s.log())
-	}
-	fmt.Printf("sshd: %s on 127.0.0.1:%d (pid %d)\n", bin, port, s.cmd.Process.Pid)
-	return s, nil
-}
-
-// waitReady waits until sshd sends its banner on the port.
-func (s *sshd) waitReady(ctx context.Context) error {
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port))
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		select {
-		case <-s.done:
-			return fmt.Errorf("sshd exited: %v", s.cmd.ProcessState)
-		case <-ctx.Done():
-			return ctx.Err()
-		default:
-		}
-		conn, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			conn.SetReadDeadline(time.Now().Add(2 * time.Second))
-			line, rerr := bufio.NewReader(conn).ReadString('\n')
-			conn.Close()
-			if rerr == nil && strings.HasPrefix(line, "SSH-") {
-				return nil
-			}
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("sshd did not answer on %s within 10s (last error: %v)", addr, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// stop ends sshd and removes what startSSHD made outside its directory.
-func (s *sshd) stop() {
-	if s.cmd != nil && s.cmd.Process != nil {
-		s.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-s.done:
-		case <-time.After(5 * time.Second):
-			s.cmd.Process.Kill()
-			<-s.done
-		}
-	}
-	if s.rmDir != "" {
-		os.Remove(s.rmDir) // only if still empty
-	}
-}
-
-func (s *sshd) log() string {
-	b, _ := os.ReadFile(s.logPath)
-	if len(b) == 0 {
-		return "(sshd wrote nothing)"
-	}
-	return "sshd log:\n" + string(b)
-}
-
 var (
 	cipherRE = regexp.MustCompile(`kex: client->server cipher: (\S+) MAC: (\S+)`)
 	sftpRE   = regexp.MustCompile(`Sending subsystem: sftp`)
@@ -453,15 +287,13 @@ var (
 
 // benchSCP times scp upload and download of src through s. A 1-byte
 // warm-up copy checks that login works and tells which cipher is used.
-func benchSCP(ctx context.Context, s *sshd, scp, dir, src, sum string, size int64, runs int) (up, down *result, cipher, protocol, setup string, err error) {
+func benchSCP(ctx context.Context, s *benchkit.SSHD, scp, dir, src, sum string, size int64, runs int) (up, down *result, cipher, protocol, setup string, err error) {
 	scpCmd := func(verbose bool, from, to string) *exec.Cmd {
 		args := []string{"-q"}
 		if verbose {
 			args = []string{"-v"} // for the negotiated cipher
 		}
-		args = append(args, "-P", strconv.Itoa(s.port), "-i", s.key, "-F", "/dev/null",
-			"-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-			"-o", "IdentitiesOnly=yes", from, to)
+		args = append(append(append(args, "-P", strconv.Itoa(s.Port)), s.ClientOptions()...), from, to)
 		return exec.CommandContext(ctx, scp, args...)
 	}
 	remote := func(p string) string { return "127.0.0.1:" + p }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -18,6 +19,7 @@ import (
 // Defaults of BoardConfig.
 const (
 	DefaultProc      = "/proc"
+	DefaultSys       = "/sys"
 	DefaultMachineID = "/etc/machine-id"
 	// systemdRunDir exists while systemd is the init system (sd_booted).
 	systemdRunDir = "/run/systemd/system"
@@ -30,42 +32,50 @@ type BoardConfig struct {
 	Dir string
 	// ID, Model and Labels seed or override the stored identity
 	// (board.IdentityOptions). Without a stored or given ID the board is
-	// named after its host name (see DefaultID); a model must be stored
-	// or given (board.ErrNoModel otherwise): it selects the images the
-	// board accepts, and is not guessed.
+	// named after its machine id (see DefaultID); without a stored or
+	// given model, after what its firmware calls it (see DefaultModel),
+	// and when that says nothing Open fails with board.ErrNoModel: the
+	// model selects the images the board accepts.
 	ID     string
 	Model  string
 	Labels map[string]string
-	// Boot configures the A/B boot control (New).
-	Boot Config
+	// Boot configures the A/B boot control (New); nil for a board
+	// without A/B slots, which runs commands, moves files and reboots
+	// but takes no updates.
+	Boot *Config
 	// RebootCommand is the shell command (run as /bin/sh -c CMD) that
 	// Reboot runs. "": "systemctl reboot" where systemd is the init
 	// system, otherwise "reboot".
 	RebootCommand string
 	// Proc is where procfs is mounted (default /proc): the boot id, the
-	// boot time and the host name come from it.
+	// boot time, the host name and the device tree come from it.
 	Proc string
+	// Sys is where sysfs is mounted (default /sys): the device tree and
+	// DMI, for a default model.
+	Sys string
 	// MachineID is the machine-id file (default /etc/machine-id), read
-	// for a default id when the host name is no use.
+	// for a default id.
 	MachineID string
 }
 
 // Board is a real board running the agent: its identity, persisted in the
 // state directory, this boot's id and start time from the kernel, its A/B
-// boot control and its reboot. Its methods are safe for concurrent use.
+// boot control if it has slots, and its reboot. Its methods are safe for
+// concurrent use.
 type Board struct {
 	dir      string
 	identity board.Identity
 	bootID   string
 	bootedAt time.Time
-	stat     string // PROC/stat, re-read by BootedAt
-	boot     *BootControl
+	stat     string       // PROC/stat, re-read by BootedAt
+	boot     *BootControl // nil without A/B slots
 	reboot   []string
 }
 
 // Open opens the board: it checks the boot control's settings and tools
-// (New), reads this boot's id and start time from procfs, and loads or
-// creates the identity in cfg.Dir. It writes nothing but the identity.
+// (New) if it has slots, reads this boot's id and start time from procfs,
+// and loads or creates the identity in cfg.Dir. It writes nothing but
+// the identity.
 func Open(cfg BoardConfig) (*Board, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("linux: state directory is required")
@@ -73,14 +83,19 @@ func Open(cfg BoardConfig) (*Board, error) {
 	if cfg.Proc == "" {
 		cfg.Proc = DefaultProc
 	}
+	if cfg.Sys == "" {
+		cfg.Sys = DefaultSys
+	}
 	if cfg.MachineID == "" {
 		cfg.MachineID = DefaultMachineID
 	}
-	bc, err := New(cfg.Boot)
-	if err != nil {
-		return nil, err
+	b := &Board{dir: filepath.Clean(cfg.Dir), stat: filepath.Join(cfg.Proc, "stat")}
+	var err error
+	if cfg.Boot != nil {
+		if b.boot, err = New(*cfg.Boot); err != nil {
+			return nil, err
+		}
 	}
-	b := &Board{dir: filepath.Clean(cfg.Dir), boot: bc, stat: filepath.Join(cfg.Proc, "stat")}
 	if b.reboot, err = rebootArgv(cfg.RebootCommand); err != nil {
 		return nil, err
 	}
@@ -94,7 +109,10 @@ func Open(cfg BoardConfig) (*Board, error) {
 		return nil, fmt.Errorf("linux: %w", err)
 	}
 	b.identity, err = board.LoadIdentity(b.dir, board.IdentityOptions{ID: cfg.ID, Model: cfg.Model, Labels: cfg.Labels,
-		DefaultID: func() (string, error) { return DefaultID(cfg.Proc, cfg.MachineID) }})
+		DefaultID: func() (string, error) { return DefaultID(cfg.Proc, cfg.MachineID) }, DefaultModel: DefaultModel(cfg.Proc, cfg.Sys)})
+	if errors.Is(err, board.ErrNoModel) {
+		return nil, fmt.Errorf("linux: %w, and neither the device tree nor DMI names one (%s)", err, strings.Join(modelFiles(cfg.Proc, cfg.Sys), ", "))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("linux: %w", err)
 	}
@@ -102,25 +120,17 @@ func Open(cfg BoardConfig) (*Board, error) {
 }
 
 // DefaultID is the id of a board that has none stored and was given none:
-// its host name (PROC/sys/kernel/hostname), up to the first dot, when
-// that is a valid board id other than "localhost"; otherwise "linux-"
-// and the first 12 hex digits of the machine id. The host name comes
-// first because it is how a lab names its boards, and the id is what
-// people type (boardlink exec rpi4-7 ...) and what mDNS announces; the
-// machine id is unique but unreadable, and a read-only image may ship
-// one shared by every board flashed from it, or leave it to be made up
-// anew at every boot. Open stores the result, so the id stays when an
-// update brings another host name; boards flashed from one image that
-// keep its host name need --id.
+// "linux-" and the first 12 hex digits of its machine id, else its host
+// name (PROC/sys/kernel/hostname) up to the first dot, when that is a
+// valid board id other than "localhost". The machine id comes first
+// because it is made anew on every installed system, where the host name
+// is the image's own: every board flashed from a stock image (a Raspberry
+// Pi's "raspberrypi") would announce the same id. A system without one
+// (no systemd, or "uninitialized" on a read-only image) falls back to its
+// host name. Open stores the result, so the id stays when the machine id
+// or the host name changes later; --id names a board as people want to
+// type it (boardlink exec rpi4-7 ...).
 func DefaultID(proc, machineID string) (string, error) {
-	host, herr := os.ReadFile(filepath.Join(proc, "sys", "kernel", "hostname"))
-	if herr == nil {
-		name, _, _ := strings.Cut(strings.TrimSpace(string(host)), ".")
-		if name != "localhost" && (board.Identity{ID: name, Model: "m"}).Validate() == nil {
-			return name, nil
-		}
-		herr = fmt.Errorf("host name %q is no board id", strings.TrimSpace(string(host)))
-	}
 	mid, merr := os.ReadFile(machineID)
 	if merr == nil {
 		s := strings.TrimSpace(string(mid))
@@ -129,7 +139,55 @@ func DefaultID(proc, machineID string) (string, error) {
 		}
 		merr = fmt.Errorf("machine id %s: %q is not one", machineID, s)
 	}
-	return "", fmt.Errorf("no default board id (%v; %v): give one", herr, merr)
+	host, herr := os.ReadFile(filepath.Join(proc, "sys", "kernel", "hostname"))
+	if herr == nil {
+		name, _, _ := strings.Cut(strings.TrimSpace(string(host)), ".")
+		if name != "localhost" && (board.Identity{ID: name, Model: "m"}).Validate() == nil {
+			return name, nil
+		}
+		herr = fmt.Errorf("host name %q is no board id", strings.TrimSpace(string(host)))
+	}
+	return "", fmt.Errorf("no default board id (%v; %v): give one", merr, herr)
+}
+
+// modelFiles are where DefaultModel looks, in order: the device tree's
+// model (procfs's link to it first, then sysfs's own copy), then DMI's
+// product and board names, which PCs and VMs fill.
+func modelFiles(proc, sys string) []string {
+	return []string{
+		filepath.Join(proc, "device-tree", "model"),
+		filepath.Join(sys, "firmware", "devicetree", "base", "model"),
+		filepath.Join(sys, "class", "dmi", "id", "product_name"),
+		filepath.Join(sys, "class", "dmi", "id", "board_name"),
+	}
+}
+
+// dmiPlaceholders are what firmware leaves in DMI names nobody filled
+// in: they name no model, so DefaultModel looks further.
+var dmiPlaceholders = []string{"to be filled by o.e.m.", "system product name", "default string", "not applicable",
+	"not specified", "none", "n/a"}
+
+// DefaultModel is the model of a board that has none stored and was
+// given none: the first of modelFiles that holds a valid model (the
+// device tree's string ends in a NUL, which is dropped), or "" when none
+// does. It is what the firmware calls the board, e.g. "Raspberry Pi 4
+// Model B Rev 1.4" or "Standard PC (Q35 + ICH9, 2009)", so images built
+// for it must name the same; --model names it otherwise.
+func DefaultModel(proc, sys string) string {
+	for _, path := range modelFiles(proc, sys) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		m := strings.TrimSpace(strings.TrimRight(string(b), "\x00"))
+		if m == "" || slices.Contains(dmiPlaceholders, strings.ToLower(m)) {
+			continue
+		}
+		if (board.Identity{ID: "x", Model: m}).Validate() == nil {
+			return m
+		}
+	}
+	return ""
 }
 
 func isHex(s string) bool {
@@ -216,7 +274,8 @@ func (b *Board) BootedAt() time.Time {
 // Dir is the board's state directory.
 func (b *Board) Dir() string { return b.dir }
 
-// BootControl is the board's A/B boot control.
+// BootControl is the board's A/B boot control; nil for a board without
+// A/B slots.
 func (b *Board) BootControl() *BootControl { return b.boot }
 
 // RebootCommand is the command Reboot runs, as argv.

@@ -70,12 +70,13 @@ func TestDefaultID(t *testing.T) {
 		want      string
 		err       string
 	}{
-		{name: "host name", hostname: "rpi4-7", machineID: mid, want: "rpi4-7"},
+		// The machine id first: a stock image's host name is every board's.
+		{name: "machine id", hostname: "raspberrypi", machineID: mid + "\n", want: "linux-0123456789ab"},
+		{name: "host name without a machine id", hostname: "rpi4-7", want: "rpi4-7"},
 		{name: "fully qualified", hostname: "rpi4-7.lab.example.org", want: "rpi4-7"},
-		{name: "localhost", hostname: "localhost", machineID: mid, want: "linux-0123456789ab"},
-		{name: "kernel default", hostname: "(none)", machineID: mid, want: "linux-0123456789ab"},
-		{name: "no host name", machineID: mid + "\n", want: "linux-0123456789ab"},
-		{name: "nothing usable", hostname: "localhost", machineID: "uninitialized", err: `host name "localhost" is no board id`},
+		{name: "uninitialized machine id", hostname: "rpi4-7", machineID: "uninitialized\n", want: "rpi4-7"},
+		{name: "localhost", hostname: "localhost", err: `host name "localhost" is no board id`},
+		{name: "kernel default", hostname: "(none)", machineID: "uninitialized", err: "is not one"},
 		{name: "nothing at all", err: "no default board id"},
 	}
 	for _, tt := range tests {
@@ -105,11 +106,12 @@ func TestOpen(t *testing.T) {
 	proc := newFakeProc(t, "bench-3.lab", bootID, 1_700_000_000)
 	dir := filepath.Join(t.TempDir(), "state")
 	marker := filepath.Join(t.TempDir(), "rebooted")
-	cfg := BoardConfig{Dir: dir, Proc: proc.dir, MachineID: filepath.Join(t.TempDir(), "none"),
-		Boot:          Config{Loader: GRUB, Env: fb.env, Cmdline: fb.cmdline, Devices: map[string]string{"A": "/dev/sda2", "B": "/dev/sda3"}},
+	cfg := BoardConfig{Dir: dir, Proc: proc.dir, Sys: t.TempDir(), MachineID: filepath.Join(t.TempDir(), "none"),
+		Boot:          &Config{Loader: GRUB, Env: fb.env, Cmdline: fb.cmdline, Devices: map[string]string{"A": "/dev/sda2", "B": "/dev/sda3"}},
 		RebootCommand: "touch " + marker}
 
-	// The first start needs a model.
+	// The first start needs a model: neither the device tree nor DMI
+	// names one here.
 	if _, err := Open(cfg); !errors.Is(err, board.ErrNoModel) {
 		t.Fatalf("Open without a model = %v, want board.ErrNoModel", err)
 	}
@@ -182,11 +184,110 @@ func TestOpen(t *testing.T) {
 	}
 }
 
+// fakeSys is a sysfs in a directory, with the files DefaultModel reads.
+func fakeSys(t *testing.T, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	for name, content := range files {
+		path := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, path, content)
+	}
+	return dir
+}
+
+func TestDefaultModel(t *testing.T) {
+	const (
+		procDT  = "device-tree/model"
+		sysDT   = "firmware/devicetree/base/model"
+		product = "class/dmi/id/product_name"
+		boardNm = "class/dmi/id/board_name"
+	)
+	tests := []struct {
+		name      string
+		proc, sys map[string]string
+		want      string
+	}{
+		{name: "device tree", proc: map[string]string{procDT: "Raspberry Pi 4 Model B Rev 1.4\x00"},
+			sys: map[string]string{product: "ignored"}, want: "Raspberry Pi 4 Model B Rev 1.4"},
+		{name: "device tree in sysfs only", sys: map[string]string{sysDT: "NXP i.MX8MPlus EVK board\x00"}, want: "NXP i.MX8MPlus EVK board"},
+		{name: "procfs first", proc: map[string]string{procDT: "from proc\x00"}, sys: map[string]string{sysDT: "from sys\x00"}, want: "from proc"},
+		{name: "DMI product", sys: map[string]string{product: "Standard PC (Q35 + ICH9, 2009)\n", boardNm: "ignored\n"},
+			want: "Standard PC (Q35 + ICH9, 2009)"},
+		{name: "DMI placeholder", sys: map[string]string{product: "To Be Filled By O.E.M.\n", boardNm: "X570 AORUS ELITE\n"},
+			want: "X570 AORUS ELITE"},
+		{name: "empty device tree", proc: map[string]string{procDT: "\x00"}, sys: map[string]string{boardNm: "NUC7i5BNB\n"}, want: "NUC7i5BNB"},
+		{name: "not printable", proc: map[string]string{procDT: "bad\x01model\x00"}, sys: map[string]string{product: "good\n"}, want: "good"},
+		{name: "too long", sys: map[string]string{product: strings.Repeat("m", 250), boardNm: "short"}, want: "short"},
+		{name: "only placeholders", sys: map[string]string{product: "System Product Name\n", boardNm: "Default string\n"}},
+		{name: "nothing"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := DefaultModel(fakeSys(t, tt.proc), fakeSys(t, tt.sys)); got != tt.want {
+				t.Errorf("DefaultModel = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// TestOpenWithoutSlots opens a board that has no A/B slots: no boot
+// control, its id from the machine id (or --id) and its model from the
+// device tree (or DMI) at the first start, kept afterwards; with no
+// model anywhere Open names where it looked.
+func TestOpenWithoutSlots(t *testing.T) {
+	proc := newFakeProc(t, "rpi", "id-1", 1)
+	mid := writeFile(t, filepath.Join(t.TempDir(), "machine-id"), "5f0c2e1d9a8b7c6d5f0c2e1d9a8b7c6d\n")
+	cfg := BoardConfig{Dir: t.TempDir(), Proc: proc.dir, Sys: t.TempDir(), MachineID: mid, RebootCommand: "true"}
+
+	_, err := Open(cfg)
+	if !errors.Is(err, board.ErrNoModel) {
+		t.Fatalf("Open with no model anywhere = %v, want board.ErrNoModel", err)
+	}
+	for _, f := range modelFiles(cfg.Proc, cfg.Sys) {
+		if !strings.Contains(err.Error(), f) {
+			t.Errorf("the error does not name %s: %v", f, err)
+		}
+	}
+
+	proc.write("device-tree/model", "Raspberry Pi 4 Model B Rev 1.4\x00")
+	b, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.BootControl() != nil {
+		t.Error("a board without slots has a boot control")
+	}
+	if got := b.Identity(); got.ID != "linux-5f0c2e1d9a8b" || got.Model != "Raspberry Pi 4 Model B Rev 1.4" {
+		t.Errorf("identity %+v", got)
+	}
+	// The stored model stays when the device tree changes (a new kernel
+	// names the board otherwise); --model changes it.
+	proc.write("device-tree/model", "Raspberry Pi 4 Model B\x00")
+	if b, err = Open(cfg); err != nil || b.Identity().Model != "Raspberry Pi 4 Model B Rev 1.4" {
+		t.Errorf("second start: %+v, %v", b.Identity(), err)
+	}
+	cfg.Model = "rpi4"
+	if b, err = Open(cfg); err != nil || b.Identity().Model != "rpi4" {
+		t.Errorf("--model over the stored one: %+v, %v", b.Identity(), err)
+	}
+
+	// A PC or a VM: no device tree, DMI names it; --id names the board
+	// whatever its machine id.
+	pc := BoardConfig{Dir: t.TempDir(), Proc: newFakeProc(t, "pc", "id-2", 1).dir, MachineID: mid, RebootCommand: "true", ID: "bench-9",
+		Sys: fakeSys(t, map[string]string{"class/dmi/id/product_name": "Standard PC (Q35 + ICH9, 2009)\n"})}
+	if b, err = Open(pc); err != nil || b.Identity().ID != "bench-9" || b.Identity().Model != "Standard PC (Q35 + ICH9, 2009)" {
+		t.Errorf("a PC without slots: %+v, %v", b.Identity(), err)
+	}
+}
+
 func TestOpenRejects(t *testing.T) {
 	fb := newFakeBoard(t, GRUB, false)
 	good := func(t *testing.T) BoardConfig {
 		return BoardConfig{Dir: t.TempDir(), Model: "m", Proc: newFakeProc(t, "b1", "id-1", 1).dir, RebootCommand: "true",
-			Boot: Config{Loader: GRUB, Env: fb.env, Cmdline: fb.cmdline, Devices: map[string]string{"A": "/dev/sda2", "B": "/dev/sda3"}}}
+			Boot: &Config{Loader: GRUB, Env: fb.env, Cmdline: fb.cmdline, Devices: map[string]string{"A": "/dev/sda2", "B": "/dev/sda3"}}}
 	}
 	if _, err := Open(good(t)); err != nil {
 		t.Fatalf("the good config: %v", err)

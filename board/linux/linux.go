@@ -9,8 +9,11 @@
 //
 // Board (Open) is the whole board for the agent (boardlinkd --board
 // linux): its identity, kept in the state directory as on the sim board
-// (board.LoadIdentity), its boot id and boot time from procfs, its
-// BootControl, and its reboot, a command run once the agent has stopped.
+// (board.LoadIdentity) and named at the first start after the machine id
+// and what the device tree or DMI calls the board, its boot id and boot
+// time from procfs, its BootControl (none on a board without A/B slots,
+// which takes no updates), and its reboot, a command run once the agent
+// has stopped.
 package linux
 
 import (

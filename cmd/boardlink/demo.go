@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -146,6 +147,13 @@ func runDemo(ctx context.Context, out, errw io.Writer, g *globals, nw demoNet) e
 		d.total++
 	}
 	key := filepath.Join(dir, "key")
+	// The lab's boards carry a label of their own, and the rollout selects
+	// by it: a board that someone else runs where the demo's mDNS reaches
+	// is never touched.
+	tag := make([]byte, 4)
+	rand.Read(tag)
+	labTag := hex.EncodeToString(tag)
+	labLabel := "demo=" + labTag
 
 	d.step("a signing key for the lab's images; every board trusts its public half")
 	if err := d.run(0, "image", "keygen", "--out", key); err != nil {
@@ -157,7 +165,7 @@ func runDemo(ctx context.Context, out, errw io.Writer, g *globals, nw demoNet) e
 	}
 	opts := simlab.Options{Boards: demoBoards, Dir: filepath.Join(dir, "boards"), IDPrefix: demoPrefix,
 		Model: "sim", TrustKeys: []ed25519.PublicKey{pub}, HealthTimeout: 20 * time.Second,
-		Labels: func(i int) map[string]string { return map[string]string{"rack": demoRack(i)} },
+		Labels: func(i int) map[string]string { return map[string]string{"rack": demoRack(i), "demo": labTag} },
 		HealthChecks: func(i int) []string {
 			if i == demoFailing {
 				return []string{demoHealthCheck}
@@ -183,8 +191,8 @@ func runDemo(ctx context.Context, out, errw io.Writer, g *globals, nw demoNet) e
 		return err
 	}
 	defer setenvFor("BOARDLINK_TOKEN", lab.Token())()
-	fmt.Fprintf(out, "\n%d boards up, each as 'boardlinkd --board sim --id ID --label rack=R --listen 127.0.0.1:0%s --trust-key %s.pub --token-file %s' runs one:\n",
-		demoBoards, iface, key, tokenFile)
+	fmt.Fprintf(out, "\n%d boards up, each as 'boardlinkd --board sim --id ID --label rack=R --label %s --listen 127.0.0.1:0%s --trust-key %s.pub --token-file %s' runs one:\n",
+		demoBoards, labLabel, iface, key, tokenFile)
 	for _, b := range lab.Boards {
 		fmt.Fprintf(out, "  %s  %s  rack=%s", b.ID, b.Addr(), demoRack(b.Index))
 		if b.Index == demoFailing {
@@ -218,7 +226,7 @@ func runDemo(ctx context.Context, out, errw io.Writer, g *globals, nw demoNet) e
 		}
 	} else {
 		d.step("the lab's inventory (no mDNS: the boards are given by address)")
-		if err := writeInventory(inventory, lab); err != nil {
+		if err := writeInventory(inventory, lab, labTag); err != nil {
 			return err
 		}
 		raw, _ := os.ReadFile(inventory)
@@ -254,14 +262,14 @@ func runDemo(ctx context.Context, out, errw io.Writer, g *globals, nw demoNet) e
 	}
 
 	db := filepath.Join(dir, "records.db")
-	d.step("roll it out: plan, prepare (write the inactive slot), execute (trial boot, health check, commit), 3 boards at a time")
+	d.step(fmt.Sprintf("roll it out to the boards labeled %s: plan, prepare (write the inactive slot), execute (trial boot, health check, commit), 3 boards at a time", labLabel))
 	args := []string{"rollout", img}
 	if mdns {
 		args = append(args, "--iface", "lo", "--timeout", "2s")
 	} else {
 		args = append(args, "--inventory", inventory, "--timeout", "0")
 	}
-	args = append(args, "--select", "model=sim", "-C", "3", "--max-failures", "1", "--db", db, "--log-dir", filepath.Join(dir, "logs"))
+	args = append(args, "--select", labLabel, "-C", "3", "--max-failures", "1", "--db", db, "--log-dir", filepath.Join(dir, "logs"))
 	// The display is live: bars when stderr is a terminal, lines otherwise.
 	code, msg := d.exec(args, d.errw)
 	if ctx.Err() != nil {
@@ -338,8 +346,9 @@ func checkDemoRollout(ctx context.Context, path string, lab *simlab.Lab, code in
 	return nil
 }
 
-// writeInventory writes the lab as a rollout --inventory file.
-func writeInventory(path string, lab *simlab.Lab) error {
+// writeInventory writes the lab as a rollout --inventory file, its
+// boards labeled demo=tag as well.
+func writeInventory(path string, lab *simlab.Lab, tag string) error {
 	var b strings.Builder
 	b.WriteString("[\n")
 	for i, x := range lab.Boards {
@@ -347,7 +356,8 @@ func writeInventory(path string, lab *simlab.Lab) error {
 		if i == len(lab.Boards)-1 {
 			sep = ""
 		}
-		fmt.Fprintf(&b, `  {"id": %q, "address": %q, "model": "sim", "labels": {"rack": %q}}%s`+"\n", x.ID, x.Addr(), demoRack(i), sep)
+		fmt.Fprintf(&b, `  {"id": %q, "address": %q, "model": "sim", "labels": {"rack": %q, "demo": %q}}%s`+"\n",
+			x.ID, x.Addr(), demoRack(i), tag, sep)
 	}
 	b.WriteString("]\n")
 	return os.WriteFile(path, []byte(b.String()), 0o644)

@@ -13,15 +13,25 @@ import (
 	"github.com/boardlink/boardlink/auth"
 	"github.com/boardlink/boardlink/board/sim"
 	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/internal/simlab"
 	"github.com/boardlink/boardlink/internal/testenv"
 )
 
 // TestDemo runs `boardlink demo` where lo can multicast (a private network
 // namespace), so the demo runs its lab directly, with mDNS pinned to lo.
+//
+// A bystander board of the same model announces itself there too, with
+// a token the demo does not have: the demo leaves it alone.
 func TestDemo(t *testing.T) {
 	if !testenv.InPrivateLoopback(t) {
 		return
 	}
+	bystander, err := simlab.Start(context.Background(), simlab.Options{Boards: 1, Dir: t.TempDir(), IDPrefix: "bystander",
+		Model: "sim", Ifaces: []string{"lo"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bystander.Stop(context.Background())
 	start := time.Now()
 	stdout, stderr, code := cli(t, "", "demo")
 	t.Logf("demo took %s", time.Since(start).Round(100*time.Millisecond))
@@ -39,6 +49,9 @@ func TestDemo(t *testing.T) {
 	}
 	if !strings.Contains(stdout, "$ boardlink exec --iface lo lab-002 -- uname -sm") {
 		t.Errorf("exec did not name the boards by id:\n%s", stdout)
+	}
+	if rollout := section(stdout, "$ boardlink rollout"); strings.Contains(rollout, "bystander") {
+		t.Errorf("the demo's rollout touched the bystander board:\n%s", rollout)
 	}
 }
 

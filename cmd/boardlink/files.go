@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -45,120 +47,432 @@ func fileFailure(err error) error {
 // summary is the line a finished transfer prints; took is the wall time
 // seen here, hashing included.
 func summary(verb string, res proto.FileResult, took time.Duration) string {
-	s := fmt.Sprintf("%s %s: %d bytes in %s (%.1f MB/s), sha256 %s", verb, res.Path, res.Size,
-		took.Round(time.Millisecond), float64(res.Bytes)/1e6/max(took.Seconds(), 1e-6), res.SHA256)
+	s := fmt.Sprintf("%s %s: %s in %s (%s), sha256 %s", verb, res.Path, humanBytes(res.Size),
+		took.Round(time.Millisecond), humanRate(res.Bytes, took), res.SHA256)
 	if res.Offset > 0 {
-		s += fmt.Sprintf("; resumed at byte %d, %d bytes moved", res.Offset, res.Bytes)
+		s += fmt.Sprintf("; resumed at %s, %s moved", humanBytes(res.Offset), humanBytes(res.Bytes))
 	}
 	return s
 }
 
+// transfer is one push or pull of the CLI: what it shows and says, for
+// one file or a tree of them.
+type transfer struct {
+	verb    string // push or pull
+	stderr  io.Writer
+	out     io.Writer
+	asJSON  bool
+	results []proto.FileResult
+
+	mu      sync.Mutex
+	current string // the file under way
+	done    int64  // its bytes so far
+	total   int64
+}
+
+// options are the TransferOptions of one file: its bar, its phases, and
+// what an interrupt reports.
+func (t *transfer) options(name string) (dispatcher.TransferOptions, *progressBar) {
+	bar := newProgressBar(t.stderr, t.verb+" "+name, 0)
+	t.mu.Lock()
+	t.current, t.done, t.total = name, 0, 0
+	t.mu.Unlock()
+	return dispatcher.TransferOptions{
+		Progress: func(done, total int64) {
+			t.mu.Lock()
+			t.done, t.total = done, total
+			t.mu.Unlock()
+			bar.set(done, total)
+		},
+		Phase: func(p dispatcher.TransferPhase) {
+			if p == dispatcher.PhaseSend {
+				bar.setPhase("")
+				return
+			}
+			bar.setPhase(string(p))
+		},
+	}, bar
+}
+
+// finished reports a file done.
+func (t *transfer) finished(res proto.FileResult, took time.Duration, same bool) {
+	t.results = append(t.results, res)
+	switch {
+	case t.asJSON:
+	case same:
+		fmt.Fprintf(t.out, "%s: already there (%s, same sha256), nothing moved\n", res.Path, humanBytes(res.Size))
+	default:
+		past := map[string]string{"push": "pushed", "pull": "pulled"}[t.verb]
+		fmt.Fprintln(t.out, summary(past, res, took))
+	}
+}
+
+// end prints the results as JSON, one object for one file, an array for
+// several.
+func (t *transfer) end(several bool) error {
+	if !t.asJSON {
+		return nil
+	}
+	if !several && len(t.results) == 1 {
+		return writeJSON(t.out, t.results[0])
+	}
+	return writeJSON(t.out, t.results)
+}
+
+// failed maps a transfer's error: after Ctrl-C, what was left and how to
+// go on; else fileFailure's status.
+func (t *transfer) failed(ctx context.Context, err error, resume string) error {
+	if ctx.Err() == nil {
+		return fileFailure(err)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	at := "before any byte moved"
+	if t.total > 0 {
+		at = fmt.Sprintf("at %s of %s", humanBytes(t.done), humanBytes(t.total))
+	}
+	return interrupted(ctx, "%s of %s stopped %s; %s", t.verb, t.current, at, resume)
+}
+
+// tree is the TreeOptions of a push -r or pull -r.
+func (t *transfer) tree() dispatcher.TreeOptions {
+	var (
+		bar   *progressBar
+		start time.Time
+	)
+	return dispatcher.TreeOptions{
+		File: func(from, to string) dispatcher.TransferOptions {
+			start = time.Now()
+			var o dispatcher.TransferOptions
+			o, bar = t.options(from)
+			return o
+		},
+		Done: func(f dispatcher.TreeFile) {
+			bar.done(true)
+			bar = nil
+			t.finished(f.Result, time.Since(start), f.Same)
+		},
+		Skip: func(p, why string) { fmt.Fprintf(t.stderr, "boardlink: %s: skipped: %s\n", p, why) },
+	}
+}
+
 func newPushCmd(g *globals) *cobra.Command {
 	var (
-		asJSON  bool
-		parents bool
+		asJSON, parents, recursive bool
 	)
 	cmd := &cobra.Command{
-		Use:   "push BOARD LOCAL REMOTE [--parents] [--json]",
-		Short: "Copy a file to a board",
+		Use:   "push BOARD LOCAL... REMOTE [-r] [--parents] [--json]",
+		Short: "Copy files (or with -r directories) to a board",
 		Long: `push copies the local file LOCAL to REMOTE on the board, an absolute
-path inside one of the agent's file roots. REMOTE ending in "/" names a
-directory: the file keeps its name there.
+path inside one of the agent's file roots. When REMOTE is a directory on
+the board (or ends in "/"), the file keeps its name there. Several LOCAL
+files go into the directory REMOTE. LOCAL "-" is stdin, pushed to the file
+REMOTE. With -r, a LOCAL directory is copied with everything in it, into
+REMOTE when that directory exists (as LOCAL's last name), else as REMOTE;
+directories are made on the board as needed (0755; empty ones are not
+made), symlinks are followed, FIFOs, devices and sockets left out.
 
 The bytes are streamed with flow control over WebSocket or the serial link
-and checked end to end with sha256. The board writes them into a hidden
-partial file beside REMOTE, fsyncs it and renames it into place only when
-every byte is there and hashes right: a cut link never leaves a half file
-under REMOTE. Mode and mtime are kept. Pushing the same file again after a
-cut resumes from what the board already holds (checked by hash) instead of
-starting over.
+and checked end to end with sha256. The board writes each file into a
+hidden partial file beside it, fsyncs it and renames it into place only
+when every byte is there and hashes right: a cut link never leaves a half
+file. Mode and mtime are kept. Pushing the same file again after a cut
+resumes from what the board already holds (checked by hash) instead of
+starting over; with -r, a file the board already holds with the same bytes
+is not sent again.
 
-A progress bar is drawn on stderr when it is a terminal.
+A progress bar per file is drawn on stderr when it is a terminal: hashing
+(the local file is hashed before a byte is sent), the bytes, and
+verifying (the board syncs and checks the file). Ctrl-C stops at once and
+says where; the board keeps what it received: the same push resumes it.
 
-Exit status: 0 done; 1 a missing file or a checksum mismatch; 2 a path the
-agent refuses (outside its roots, or leaving them through a symlink or
-".."); 255 the link failed (push again to resume).`,
+--json prints the result as a JSON object, or an array of them for several
+files or -r.
+
+Exit status: 0 done; 1 a missing file, a missing directory on the board
+(--parents makes it) or a checksum mismatch; 2 a path the agent refuses
+(outside its roots, or leaving them through a symlink or ".."), a
+directory without -r, or another mistake in the command line; 130 after
+Ctrl-C; 255 the link failed (push again to resume).`,
 		Example: `  boardlink push board1 ./rootfs.ext4 /data/images/
-  boardlink push ws://10.77.0.2:7207 build/test-suite.tar.gz /tmp/suite.tar.gz --json`,
-		Args: exactArgs(3),
+  boardlink push board1 build/*.tar.gz /data/suites/
+  boardlink push -r board1 ./test-suite /opt
+  tar cz logs | boardlink push board1 - /data/logs.tar.gz
+  boardlink push 10.77.0.2 build/test-suite.tar.gz /tmp/suite.tar.gz --json`,
+		Args: minArgs(3),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			local, remote := args[1], args[2]
-			if strings.HasSuffix(remote, "/") {
-				remote = path.Join(remote, filepath.Base(local))
+			ctx := cmd.Context()
+			sources, remote := args[1:len(args)-1], args[len(args)-1]
+			for _, src := range sources {
+				if err := checkPushSource(src, len(sources), recursive); err != nil {
+					return err
+				}
 			}
-			st, err := os.Stat(local)
-			if err != nil {
-				return &exitError{code: 1, err: err}
-			}
-			c, err := g.dial(cmd.Context(), args[0])
+			c, err := g.dial(ctx, args[0])
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			bar := newProgressBar(cmd.ErrOrStderr(), "push "+filepath.Base(local), st.Size())
-			start := time.Now()
-			res, err := c.Push(cmd.Context(), local, remote, dispatcher.TransferOptions{Parents: parents, Progress: bar.set})
-			bar.done(err == nil)
+			several := len(sources) > 1 || recursive
+			intoDir, err := remoteDir(ctx, c, remote, several)
 			if err != nil {
-				return fileFailure(err)
+				return err
 			}
-			if asJSON {
-				return writeJSON(cmd.OutOrStdout(), res)
+			t := &transfer{verb: "push", stderr: cmd.ErrOrStderr(), out: cmd.OutOrStdout(), asJSON: asJSON}
+			for _, src := range sources {
+				if err := pushOne(ctx, c, t, cmd.InOrStdin(), src, remote, intoDir, parents); err != nil {
+					return err
+				}
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), summary("pushed", res, time.Since(start)))
-			return nil
+			return t.end(several)
 		},
 	}
+	cmd.Flags().BoolVarP(&recursive, "recursive", "r", false, "copy directories, with everything in them")
 	cmd.Flags().BoolVarP(&parents, "parents", "p", false, "create missing parent directories on the board")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON (an array for several files)")
 	return cmd
 }
 
-func newPullCmd(g *globals) *cobra.Command {
-	var asJSON bool
-	cmd := &cobra.Command{
-		Use:   "pull BOARD REMOTE LOCAL [--json]",
-		Short: "Copy a file from a board",
-		Long: `pull copies REMOTE, a file on the board inside one of the agent's file
-roots, to LOCAL (an existing directory keeps the file's name). The bytes go
-into a hidden partial file beside LOCAL, which is fsynced and renamed into
-place only when complete and its sha256 matches the board's. Mode and mtime
-are kept. After a cut link, pulling again resumes from the bytes already
-received, if the board's file still begins with them.
+// checkPushSource refuses, before anything is dialed, a source push
+// cannot take: a missing file (1), a directory without -r, stdin beside
+// other sources (2).
+func checkPushSource(src string, sources int, recursive bool) error {
+	if src == "-" {
+		if sources > 1 {
+			return &usageError{errors.New(`push: "-" (stdin) goes alone, to a file REMOTE`)}
+		}
+		return nil
+	}
+	st, err := os.Stat(src)
+	switch {
+	case err != nil:
+		return &exitError{code: 1, err: err}
+	case st.IsDir() && !recursive:
+		return &usageError{fmt.Errorf("push: %s is a directory: give -r to copy it and what it holds", src)}
+	case !st.IsDir() && !st.Mode().IsRegular():
+		return &usageError{fmt.Errorf("push: %s is not a regular file", src)}
+	}
+	return nil
+}
 
-A progress bar is drawn on stderr when it is a terminal.
+// remoteDir reports whether remote names a directory on the board that
+// sources go into: it ends in "/", or it is one. Several sources need one.
+func remoteDir(ctx context.Context, c *dispatcher.Client, remote string, several bool) (bool, error) {
+	info, err := c.Stat(ctx, strings.TrimSuffix(remote, "/"), false)
+	if err != nil {
+		return false, fileFailure(err)
+	}
+	switch {
+	case info.Dir:
+		return true, nil
+	case strings.HasSuffix(remote, "/"):
+		return true, nil // made as a parent, with --parents
+	case several && info.Exists:
+		return false, &usageError{fmt.Errorf("push: %s is a file on the board; several files (or -r) go into a directory", remote)}
+	}
+	return false, nil
+}
+
+// pushOne pushes src (a file, a directory with -r, or "-") to remote.
+func pushOne(ctx context.Context, c *dispatcher.Client, t *transfer, stdin io.Reader, src, remote string, intoDir, parents bool) error {
+	if src == "-" {
+		if intoDir {
+			return &usageError{fmt.Errorf("push: %s is a directory: name the file stdin goes to", remote)}
+		}
+		spool, err := spoolStdin(ctx, stdin)
+		if err != nil {
+			return err
+		}
+		defer os.Remove(spool)
+		return pushFile(ctx, c, t, spool, "stdin", remote, parents)
+	}
+	to := strings.TrimSuffix(remote, "/")
+	if intoDir {
+		to = path.Join(to, filepath.Base(src))
+	}
+	if st, err := os.Stat(src); err == nil && st.IsDir() {
+		if err := parentOnBoard(ctx, c, to, parents); err != nil {
+			return err
+		}
+		if err := c.PushTree(ctx, src, to, t.tree()); err != nil {
+			return t.failed(ctx, err, "run the same push again: the files the board holds already are skipped, the cut one resumes")
+		}
+		return nil
+	}
+	return pushFile(ctx, c, t, src, filepath.Base(src), to, parents)
+}
+
+// pushFile pushes one local file to remote, named name on its bar.
+func pushFile(ctx context.Context, c *dispatcher.Client, t *transfer, local, name, remote string, parents bool) error {
+	opts, bar := t.options(name)
+	opts.Parents = parents
+	start := time.Now()
+	res, err := c.Push(ctx, local, remote, opts)
+	bar.done(err == nil)
+	if proto.IsReason(err, proto.ReasonNotFound) {
+		err = fmt.Errorf("%s: the directory %s does not exist on the board (--parents makes it): %w", remote, path.Dir(remote), err)
+	}
+	if err != nil {
+		return t.failed(ctx, err, "the board keeps what it received: run the same push again to resume")
+	}
+	t.finished(res, time.Since(start), false)
+	return nil
+}
+
+// parentOnBoard checks, unless parents, that the directory remote goes
+// into exists on the board.
+func parentOnBoard(ctx context.Context, c *dispatcher.Client, remote string, parents bool) error {
+	if parents {
+		return nil
+	}
+	dir := path.Dir(remote)
+	info, err := c.Stat(ctx, dir, false)
+	switch {
+	case err != nil:
+		return fileFailure(err)
+	case !info.Exists:
+		return &exitError{code: 1, err: fmt.Errorf("%s: the directory %s does not exist on the board (--parents makes it)", remote, dir)}
+	}
+	return nil
+}
+
+// spoolStdin copies stdin to a temporary file (a push needs its size and
+// sha256 before the first byte) and returns its path.
+func spoolStdin(ctx context.Context, stdin io.Reader) (string, error) {
+	f, err := os.CreateTemp("", "boardlink-stdin-")
+	if err != nil {
+		return "", &exitError{code: 1, err: err}
+	}
+	copied := make(chan error, 1)
+	go func() { // a terminal's read does not end with ctx: not waited for then
+		_, err := io.Copy(f, stdin)
+		copied <- err
+	}()
+	select {
+	case err = <-copied:
+	case <-ctx.Done():
+		os.Remove(f.Name())
+		return "", interrupted(ctx, "push of stdin stopped while reading it; nothing was sent")
+	}
+	if cerr := f.Chmod(0o644); err == nil {
+		err = cerr
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", &exitError{code: 1, err: fmt.Errorf("reading stdin: %w", err)}
+	}
+	return f.Name(), nil
+}
+
+func newPullCmd(g *globals) *cobra.Command {
+	var asJSON, recursive bool
+	cmd := &cobra.Command{
+		Use:   "pull BOARD REMOTE... LOCAL [-r] [--json]",
+		Short: "Copy files (or with -r directories) from a board",
+		Long: `pull copies REMOTE, a file on the board inside one of the agent's file
+roots, to LOCAL (an existing directory keeps the file's name). Several
+REMOTE files go into the directory LOCAL. LOCAL "-" is stdout (one file).
+With -r, a REMOTE directory is copied with everything in it, into LOCAL
+when that directory exists (as REMOTE's last name), else as LOCAL; the
+board's find(1) lists it.
+
+The bytes go into a hidden partial file beside each local file, which is
+fsynced and renamed into place only when complete and its sha256 matches
+the board's. Mode and mtime are kept (of directories too, with -r). After
+a cut link, pulling again resumes from the bytes already received, if the
+board's file still begins with them; with -r, a local file that already
+has the board's bytes is not fetched again.
+
+A progress bar per file is drawn on stderr when it is a terminal. Ctrl-C
+stops at once and says where; the bytes received are kept: the same pull
+resumes it.
+
+--json prints the result as a JSON object, or an array of them for several
+files or -r.
 
 Exit status: 0 done; 1 no such file or a checksum mismatch; 2 a path the
-agent refuses; 255 the link failed (pull again to resume).`,
+agent refuses, a directory without -r, or another mistake in the command
+line; 130 after Ctrl-C; 255 the link failed (pull again to resume).`,
 		Example: `  boardlink pull board1 /var/log/test-results.xml .
+  boardlink pull -r board1 /data/results ./results-board1
+  boardlink pull board1 /data/core.1234 - | gdb -c /dev/stdin
   boardlink pull serial:///dev/ttyACM0 /data/core.1234 ./core.1234`,
-		Args: exactArgs(3),
+		Args: minArgs(3),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			remote, local := args[1], args[2]
-			if st, err := os.Stat(local); err == nil && st.IsDir() {
-				local = filepath.Join(local, path.Base(remote))
+			ctx := cmd.Context()
+			sources, local := args[1:len(args)-1], args[len(args)-1]
+			several := len(sources) > 1 || recursive
+			if local == "-" && (several || asJSON) {
+				return &usageError{errors.New(`pull: "-" (stdout) takes one file, without -r or --json`)}
 			}
-			c, err := g.dial(cmd.Context(), args[0])
+			st, err := os.Stat(local)
+			intoDir := err == nil && st.IsDir()
+			if len(sources) > 1 && !intoDir {
+				return &usageError{fmt.Errorf("pull: several files go into a directory: %s is none", local)}
+			}
+			c, err := g.dial(ctx, args[0])
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			bar := newProgressBar(cmd.ErrOrStderr(), "pull "+path.Base(remote), 0)
-			start := time.Now()
-			res, err := c.Pull(cmd.Context(), remote, local, dispatcher.TransferOptions{Progress: bar.set})
-			bar.done(err == nil)
-			if err != nil {
-				return fileFailure(err)
+			t := &transfer{verb: "pull", stderr: cmd.ErrOrStderr(), out: cmd.OutOrStdout(), asJSON: asJSON}
+			for _, src := range sources {
+				if err := pullOne(ctx, c, t, src, local, intoDir, recursive); err != nil {
+					return err
+				}
 			}
-			if asJSON {
-				return writeJSON(cmd.OutOrStdout(), res)
-			}
-			fmt.Fprintln(cmd.OutOrStdout(), summary("pulled", res, time.Since(start)))
-			return nil
+			return t.end(several)
 		},
 	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	cmd.Flags().BoolVarP(&recursive, "recursive", "r", false, "copy directories, with everything in them")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON (an array for several files)")
 	return cmd
+}
+
+// pullOne pulls remote (a file, or a directory with -r) to local.
+func pullOne(ctx context.Context, c *dispatcher.Client, t *transfer, remote, local string, intoDir, recursive bool) error {
+	info, err := c.Stat(ctx, remote, false)
+	switch {
+	case err != nil:
+		return fileFailure(err)
+	case !info.Exists:
+		return &exitError{code: 1, err: fmt.Errorf("%s: no such file on the board", remote)}
+	case info.Dir && !recursive:
+		return &usageError{fmt.Errorf("pull: %s is a directory on the board: give -r to copy it and what it holds", remote)}
+	}
+	to := local
+	if intoDir {
+		to = filepath.Join(local, path.Base(remote))
+	}
+	if info.Dir {
+		if err := c.PullTree(ctx, remote, to, t.tree()); err != nil {
+			return t.failed(ctx, err, "run the same pull again: the files held already are skipped, the cut one resumes")
+		}
+		return nil
+	}
+	opts, bar := t.options(path.Base(remote))
+	start := time.Now()
+	var res proto.FileResult
+	if local == "-" {
+		res, err = c.PullTo(ctx, remote, t.out, opts)
+	} else {
+		res, err = c.Pull(ctx, remote, to, opts)
+	}
+	bar.done(err == nil)
+	if err != nil && local == "-" {
+		return t.failed(ctx, err, "what arrived went to stdout")
+	}
+	if err != nil {
+		return t.failed(ctx, err, "the bytes received are kept: run the same pull again to resume")
+	}
+	if local == "-" {
+		t.out = t.stderr // stdout holds the file: the summary goes to stderr
+	}
+	t.finished(res, time.Since(start), false)
+	return nil
 }
 
 var sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -228,7 +542,14 @@ board's deadline) ran out; 2 a refused path or argument, or content beyond
 			}
 			defer c.Close()
 			bar := newProgressBar(cmd.ErrOrStderr(), "download "+path.Base(req.Path), 0)
-			req.Progress = func(p proto.Progress) { bar.set(p.Bytes, p.Total) }
+			req.Progress = func(p proto.Progress) {
+				if p.Phase == "download" {
+					bar.setPhase("")
+				} else {
+					bar.setPhase(p.Phase) // retry, verify, extract: no bytes move
+				}
+				bar.set(p.Bytes, p.Total)
+			}
 			start := time.Now()
 			res, err := c.Download(cmd.Context(), req)
 			bar.done(err == nil)
@@ -246,8 +567,8 @@ board's deadline) ran out; 2 a refused path or argument, or content beyond
 			case res.Skipped:
 				fmt.Fprintf(out, "skipped %s: already held (%s), sha256 %s\n", res.Path, res.Source, res.SHA256)
 			default:
-				fmt.Fprintf(out, "downloaded %s: %d bytes in %s, %d attempt(s), %d resume(s), sha256 %s\n",
-					res.Path, res.Size, time.Since(start).Round(time.Millisecond), res.Attempts, res.Resumes, res.SHA256)
+				fmt.Fprintf(out, "downloaded %s: %s in %s, %d attempt(s), %d resume(s), sha256 %s\n",
+					res.Path, humanBytes(res.Size), time.Since(start).Round(time.Millisecond), res.Attempts, res.Resumes, res.SHA256)
 			}
 			if res.Extracted > 0 {
 				fmt.Fprintf(out, "extracted %d entries into %s\n", res.Extracted, res.Path)

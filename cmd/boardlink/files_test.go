@@ -70,7 +70,7 @@ func TestPushPullCLI(t *testing.T) {
 		{"missing local", []string{"push", board, "/nonexistent/file", d.files + "/x"}, 1, "no such file"},
 		{"missing remote", []string{"pull", board, d.files + "/nope", t.TempDir()}, 1, "no such file"},
 		{"bad sha256", []string{"download", board, "http://127.0.0.1:1/x", d.files + "/x", "--sha256", "abc"}, 2, "64 hex digits"},
-		{"too few args", []string{"pull", board}, 2, "takes 3 argument"},
+		{"too few args", []string{"pull", board}, 2, "takes at least 3 arguments"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, stderr, code := cli(t, "", tc.args...)

@@ -195,7 +195,7 @@ version, model or chunk size, an empty payload).`,
 			if asJSON {
 				return writeJSON(cmd.OutOrStdout(), imageBuildJSON{Image: out, Size: st.Size(), Manifest: m})
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "built %s (%d bytes)\n", out, st.Size())
+			fmt.Fprintf(cmd.OutOrStdout(), "built %s (%s)\n", out, humanBytes(st.Size()))
 			printManifest(cmd.OutOrStdout(), m)
 			return nil
 		},
@@ -318,10 +318,10 @@ func printManifest(w io.Writer, m image.Manifest) {
 func manifestRows(tw io.Writer, m image.Manifest) {
 	fmt.Fprintf(tw, "version\t%s\n", m.Version)
 	fmt.Fprintf(tw, "models\t%s\n", strings.Join(m.Models, ", "))
-	fmt.Fprintf(tw, "payload\t%d bytes, sha256 %s\n", m.PayloadSize, m.PayloadSHA256)
+	fmt.Fprintf(tw, "payload\t%s, sha256 %s\n", humanBytes(m.PayloadSize), m.PayloadSHA256)
 	chunks := fmt.Sprintf("%d of %s", len(m.Chunks), units.FormatSize(m.ChunkSize))
 	if _, last := m.ChunkRange(len(m.Chunks) - 1); last != m.ChunkSize {
-		chunks += fmt.Sprintf(" (the last %d bytes)", last)
+		chunks += fmt.Sprintf(" (the last %s)", humanBytes(last))
 	}
 	fmt.Fprintf(tw, "chunks\t%s\n", chunks)
 	fmt.Fprintf(tw, "created\t%s\n", m.Created.UTC().Format(time.RFC3339))
@@ -330,7 +330,7 @@ func manifestRows(tw io.Writer, m image.Manifest) {
 
 func printInspect(w io.Writer, im *image.Image, rep imageInspectJSON, checked bool) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "image\t%s (%d bytes, format %d, payload at offset %d)\n", rep.Image, rep.Size, im.Manifest.Format, rep.PayloadOffset)
+	fmt.Fprintf(tw, "image\t%s (%s, format %d, payload at offset %d)\n", rep.Image, humanBytes(rep.Size), im.Manifest.Format, rep.PayloadOffset)
 	manifestRows(tw, im.Manifest)
 	switch {
 	case !checked:

@@ -58,8 +58,8 @@ func TestImageCLI(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("build: %d %s", code, stderr)
 	}
-	for _, want := range []string{"built " + img, "1.4.2", "imx8, imx8mp", "100000 bytes, sha256 " + hex.EncodeToString(sum[:]),
-		"7 of 16 KiB (the last 1696 bytes)", keyID} {
+	for _, want := range []string{"built " + img, "1.4.2", "imx8, imx8mp", "97.7 KiB, sha256 " + hex.EncodeToString(sum[:]),
+		"7 of 16 KiB (the last 1.7 KiB)", keyID} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("build output lacks %q:\n%s", want, stdout)
 		}

@@ -101,3 +101,14 @@ func exactArgs(n int) cobra.PositionalArgs {
 		return nil
 	}
 }
+
+// minArgs is cobra.MinimumNArgs reported as a usage error.
+func minArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) < n {
+			return &usageError{fmt.Errorf("%s takes at least %d arguments, got %d (see '%s --help')",
+				cmd.Name(), n, len(args), cmd.CommandPath())}
+		}
+		return nil
+	}
+}

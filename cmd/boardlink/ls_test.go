@@ -46,6 +46,10 @@ func TestLsAndBoardIDs(t *testing.T) {
 		!strings.HasSuffix(recs[0].Address, ":"+strconv.Itoa(port)) {
 		t.Fatalf("ls found %+v", recs)
 	}
+	// What ls saw completes a board argument, before any session with it.
+	if stdout, _, _ := cli(t, "", "__complete", "exec", "demo-o"); !strings.HasPrefix(stdout, "demo-other\n") {
+		t.Fatalf("exec demo-o<TAB> after ls: %q", stdout)
+	}
 	stdout, stderr, _ = cli(t, "", "ls", "--iface", "lo", "--no-serial")
 	lines := strings.Split(stdout, "\n")
 	if !regexp.MustCompile(`^ID +MODEL +VERSION +SLOT +AGENT +ADDRESS +AGE$`).MatchString(lines[0]) ||

@@ -13,10 +13,76 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	ctx, stop := signalContext()
+	// afterSignal before stop, which cancels ctx too.
+	err := afterSignal(ctx, run(ctx, os.Args[1:], os.Stdout, os.Stderr))
 	stop()
 	os.Exit(exitStatus(err, os.Stderr))
+}
+
+// signalError is the cause of the context of a run that SIGINT (Ctrl-C)
+// or SIGTERM stopped.
+type signalError struct{ sig os.Signal }
+
+func (e *signalError) Error() string { return "interrupted by " + e.sig.String() }
+
+// signalContext is canceled by the first SIGINT or SIGTERM, with a
+// *signalError as its cause. Every verb then stops at once and says what
+// it left; a second signal has its default effect and ends the process
+// on the spot.
+func signalContext() (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case sig := <-sigs:
+			signal.Stop(sigs)
+			cancel(&signalError{sig})
+		case <-done:
+		}
+	}()
+	return ctx, func() {
+		close(done)
+		signal.Stop(sigs)
+		cancel(nil)
+	}
+}
+
+// interruptStatus is the exit status after ctx was interrupted: 128+N for
+// signal N, so 130 after Ctrl-C (and when a test cancels ctx).
+func interruptStatus(ctx context.Context) int {
+	if se, ok := context.Cause(ctx).(*signalError); ok {
+		if n, ok := se.sig.(syscall.Signal); ok {
+			return 128 + int(n)
+		}
+	}
+	return 128 + int(syscall.SIGINT)
+}
+
+// interrupted is how a verb ends when ctx was interrupted: the exit
+// status of the signal, and a message that says what was left and how
+// to go on.
+func interrupted(ctx context.Context, format string, args ...any) error {
+	return &exitError{code: interruptStatus(ctx), err: fmt.Errorf("interrupted: "+format, args...)}
+}
+
+// afterSignal gives a run that a signal stopped the signal's exit status,
+// whatever its verb returned (a verb that runs until interrupted, as
+// console and ls --watch do, returns nil). A verb's own interrupted
+// error, which says more, is kept.
+func afterSignal(ctx context.Context, err error) error {
+	if ctx.Err() == nil {
+		return err
+	}
+	if ee, ok := errors.AsType[*exitError](err); ok && ee.code == interruptStatus(ctx) {
+		return err
+	}
+	if err == nil {
+		return &exitError{code: interruptStatus(ctx)}
+	}
+	return &exitError{code: interruptStatus(ctx), err: errors.New("interrupted")}
 }
 
 // run is the whole CLI: it parses args and runs one verb. Tests call it

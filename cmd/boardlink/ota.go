@@ -267,14 +267,21 @@ func yes(b bool) string {
 	return "-"
 }
 
-// otaDisplay shows an update's progress: a bar while chunks go out, a
-// line per phase.
+// otaDisplay shows an update's progress: a bar while the board hashes
+// and copies from its active slot and while chunks go out, a line per
+// phase, and after the prepare a spinner that says what the update waits
+// for (the trial boot, its health check, a reboot) and for how long.
 type otaDisplay struct {
-	w     io.Writer
-	name  string
-	bar   *progressBar
-	phase string
-	term  bool
+	w       io.Writer
+	name    string
+	bar     *progressBar
+	barName string
+	phase   string
+	term    bool
+
+	spin     *spinner // the wait under way
+	spinWhat string
+	reboot   waitShow // the attempts to reach the board while it reboots
 }
 
 func newOTADisplay(w io.Writer, name string) *otaDisplay {
@@ -282,21 +289,39 @@ func newOTADisplay(w io.Writer, name string) *otaDisplay {
 }
 
 func (d *otaDisplay) step(p dispatcher.OTAProgress) {
-	if p.Phase == "send" {
-		if d.bar == nil {
-			d.bar = newProgressBar(d.w, "send "+d.name, p.ToSend)
+	switch p.Phase {
+	case "send":
+		d.setBar("send "+d.name, p.Sent, p.ToSend)
+		return
+	case proto.ProgressHash:
+		d.setBar("board hashes its active slot", p.Bytes, p.Total)
+		return
+	case proto.ProgressCopy:
+		d.setBar("board copies from its active slot", p.Bytes, p.Total)
+		return
+	}
+	if !d.term {
+		return
+	}
+	if p.Phase == dispatcher.OTAReboot {
+		d.endBar()
+		d.phase = p.Phase
+		d.wait(otaRebootWhat(p.Status), func() string { return d.reboot.status(nil) })
+		if p.Wait != nil {
+			d.reboot.set(*p.Wait)
 		}
-		d.bar.set(p.Sent, p.ToSend)
 		return
 	}
-	if p.Phase == d.phase || !d.term {
+	if p.Phase == d.phase {
 		return
 	}
-	if d.bar != nil {
-		d.bar.done(true)
-		d.bar = nil
-	}
+	d.endBar()
 	d.phase = p.Phase
+	if what := otaWaitWhat(p.Status); what != "" {
+		d.wait(what, nil)
+		return
+	}
+	d.endWait()
 	line := "phase " + p.Phase
 	if u := p.Status.Update; u != nil && u.Phase == proto.PhasePrepare {
 		line += fmt.Sprintf(": %d/%d chunks", u.ChunksDone, u.Chunks)
@@ -304,4 +329,76 @@ func (d *otaDisplay) step(p dispatcher.OTAProgress) {
 	fmt.Fprintln(d.w, line)
 }
 
-func (d *otaDisplay) done(ok bool) { d.bar.done(ok) }
+// otaWaitWhat says what an update activated and not done waits for; ""
+// in any other phase.
+func otaWaitWhat(st *proto.OTAStatus) string {
+	if st == nil || st.Update == nil {
+		return ""
+	}
+	u := st.Update
+	switch u.Phase {
+	case proto.PhaseActivate:
+		return fmt.Sprintf("setting up the trial boot of slot %s", u.Slot)
+	case proto.PhaseTrial:
+		return fmt.Sprintf("trial boot of slot %s: health check", u.Slot)
+	case proto.PhaseCommit:
+		return fmt.Sprintf("health check passed: committing slot %s", u.Slot)
+	case proto.PhaseRollback:
+		return fmt.Sprintf("health check failed (%s): rolling back from slot %s", clip(u.Reason, 60), u.Slot)
+	}
+	return ""
+}
+
+// otaRebootWhat says why the board is out of reach, from the last status
+// seen before.
+func otaRebootWhat(st *proto.OTAStatus) string {
+	if st != nil && st.Update != nil {
+		switch u := st.Update; u.Phase {
+		case proto.PhaseActivate:
+			return fmt.Sprintf("rebooting into slot %s for its trial", u.Slot)
+		case proto.PhaseTrial, proto.PhaseRollback:
+			return fmt.Sprintf("rebooting back out of slot %s", u.Slot)
+		}
+	}
+	return "waiting for the board to answer again"
+}
+
+// wait shows what the update waits for, with the time it has waited and
+// status, ending the wait shown before; the same wait goes on.
+func (d *otaDisplay) wait(what string, status func() string) {
+	if what == d.spinWhat {
+		return
+	}
+	d.endWait()
+	d.spin, d.spinWhat = startSpinner(d.w, what, status), what
+}
+
+// endWait ends the wait shown, leaving a line that says how long it took.
+func (d *otaDisplay) endWait() {
+	if d.spin == nil {
+		return
+	}
+	d.spin.end()
+	fmt.Fprintf(d.w, "%s (%s)\n", d.spinWhat, seconds(time.Since(d.spin.start)))
+	d.spin, d.spinWhat = nil, ""
+	d.reboot.set(dispatcher.WaitProgress{})
+}
+
+// setBar moves the bar named name, ending any other first.
+func (d *otaDisplay) setBar(name string, done, total int64) {
+	if d.barName != name {
+		d.endBar()
+		d.bar, d.barName = newProgressBar(d.w, name, total), name
+	}
+	d.bar.set(done, total)
+}
+
+func (d *otaDisplay) endBar() {
+	d.bar.done(true)
+	d.bar, d.barName = nil, ""
+}
+
+func (d *otaDisplay) done(ok bool) {
+	d.endWait()
+	d.bar.done(ok)
+}

@@ -8,7 +8,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -414,6 +416,134 @@ func TestOTAKilledInEveryState(t *testing.T) {
 			}
 			checkBootedSlot(t, b)
 		})
+	}
+}
+
+// flashFactory writes the board's slot A behind its agent's back, as a
+// factory or a person flashing the board does.
+func flashFactory(t *testing.T, b *simBoard, data []byte) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Join(b.state, "slots"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(b.state, "slots", "A.img"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestOTAKilledWhileHashing cuts the agent (SIGKILL) while it hashes a
+// slot it did not write, on the first update of a board flashed in the
+// factory: the board boots that slot, no update began and no hashes were
+// kept; the update, tried again, reads the slot anew and sends only the
+// chunks that differ.
+func TestOTAKilledWhileHashing(t *testing.T) {
+	testenv.BuildTestHooks(t) // the crash point
+	l := newOTALab(t)
+	b := startOTABoard(t, l)
+	flashFactory(t, b, l.base)
+	crash := filepath.Join(b.state, "ota", "crash-at")
+	if err := os.WriteFile(crash, []byte("hash:3"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, stderr, code := cli(t, "", "reboot", b.ws, "--wait"); code != 0 { // the crash point is read at start
+		t.Fatalf("reboot: %s", stderr)
+	}
+	boot := bootID(t, b)
+	img := l.build("1.0.0", l.variant(4), "sim", nil)
+	_, stderr, code := otaCLI(t, b.ws, img)
+	if _, err := os.Stat(crash); err == nil {
+		t.Fatalf("the agent never hashed 3 chunks (ota exit %d: %s)", code, stderr)
+	}
+	waitUp(t, b, boot)
+	if st := checkBootedSlot(t, b); st.Update != nil || slotOf(st, true).Name != "A" {
+		t.Fatalf("after a cut while hashing: %+v, want slot A booted and no update", st)
+	}
+	if _, err := os.Stat(filepath.Join(b.state, "ota", "hashes.json")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("hashes kept from a read cut short (%v)", err)
+	}
+	rep, stderr, code := otaCLI(t, b.ws, img)
+	changed := (otaChunks + 3) / 4
+	if code != 0 || rep.Update.Result != proto.ResultCommitted {
+		t.Fatalf("retry: %d %+v %s", code, rep.Update, stderr)
+	}
+	if p := rep.Plan; p.Hashed != int64(len(l.base)) || p.Copy != otaChunks-changed || len(p.Need) != changed {
+		t.Fatalf("retry's plan %+v: want the slot hashed whole, %d chunks copied, %d sent", p, otaChunks-changed, changed)
+	}
+	checkBootedSlot(t, b)
+}
+
+// TestOTAShowsItsWaits runs the first update of a factory-flashed board
+// through the display `ota` draws: the board's hashing and copying are
+// reported before it answers the start, and after the prepare every wait
+// is named with the time it took: the trial's setup, the reboot, the
+// health check (held until the display shows it).
+func TestOTAShowsItsWaits(t *testing.T) {
+	l := newOTALab(t)
+	healthy := filepath.Join(t.TempDir(), "healthy")
+	b := startSimBoard(t, 50*time.Millisecond, "--trust-key", l.pub,
+		"--health-check", fmt.Sprintf("while [ ! -e %s ]; do sleep 0.05; done", healthy))
+	flashFactory(t, b, l.base)
+	img, err := image.OpenFile(l.build("1.0.0", l.variant(8), "sim", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	var out bytes.Buffer
+	show := &otaDisplay{w: &out, name: "1.0.0.img", term: true}
+	var hashed, copied int64
+	rep, err := update(context.Background(), b, img, dispatcher.OTAOptions{Progress: func(p dispatcher.OTAProgress) {
+		show.step(p)
+		switch p.Phase {
+		case proto.ProgressHash:
+			hashed = p.Bytes
+		case proto.ProgressCopy:
+			copied = p.Bytes
+		case string(proto.PhaseTrial):
+			if err := os.WriteFile(healthy, nil, 0o644); err != nil {
+				t.Error(err)
+			}
+		}
+	}})
+	show.done(err == nil)
+	if err != nil {
+		t.Fatalf("update: %v\n%s", err, out.String())
+	}
+	if changed := (otaChunks + 7) / 8; hashed != int64(len(l.base)) || copied != int64(otaChunks-changed)*otaChunk ||
+		len(rep.Plan.Need) != changed {
+		t.Fatalf("hashed %d, copied %d bytes, plan %+v: want the slot hashed whole and all but %d chunks copied",
+			hashed, copied, rep.Plan, changed)
+	}
+	text := out.String()
+	at := 0
+	for _, want := range []string{"setting up the trial boot of slot B (", "rebooting into slot B for its trial (",
+		"trial boot of slot B: health check (", "phase done"} {
+		i := strings.Index(text[at:], want)
+		if i < 0 {
+			t.Fatalf("the display lacks %q after %q:\n%s", want, text[:at], text)
+		}
+		at += i + len(want)
+	}
+	t.Logf("the display:\n%s", text)
+}
+
+// TestOTAWaitsShowOnTerminal: `ota` on a terminal names each wait after
+// the prepare, with the time waited as it goes and the time it took.
+func TestOTAWaitsShowOnTerminal(t *testing.T) {
+	l := newOTALab(t)
+	b := startOTABoard(t, l)
+	flashFactory(t, b, l.base)
+	img := l.build("1.0.0", l.variant(8), "sim", nil)
+	code, stdout, term := onPTY(t, context.Background(), "ota", b.ws, img, "--timeout", "2m")
+	if code != 0 {
+		t.Fatalf("ota: exit %d\n%s%s", code, stdout, term)
+	}
+	for _, want := range []string{"setting up the trial boot of slot B (", "rebooting into slot B for its trial ("} {
+		if !strings.Contains(term, want) {
+			t.Fatalf("the terminal never showed %q:\n%q", want, term)
+		}
+	}
+	if !elapsed.MatchString(term) {
+		t.Fatalf("the terminal never showed the time waited:\n%q", term)
 	}
 }
 

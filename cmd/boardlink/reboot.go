@@ -8,7 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
+	"unicode"
 
 	"github.com/spf13/cobra"
 
@@ -77,7 +79,11 @@ Exit status: 0 rebooted (and back, with --wait); 124 not back in time;
 			}
 			wctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
-			back, werr := c.RebootWait(wctx)
+			var wait waitShow
+			spin := startSpinner(cmd.ErrOrStderr(), fmt.Sprintf("rebooting %s: waiting for a new boot (up to %s)", rep.Board, timeout),
+				func() string { return wait.status(c.ConsoleSince(mark)) })
+			back, werr := c.RebootWait(wctx, dispatcher.WaitOptions{Progress: wait.set})
+			spin.end()
 			rep.OldBootID, rep.NewBootID, rep.TookMs, rep.Commands = back.OldBootID, back.NewBootID, back.TookMs, back.Commands
 			if text := c.ConsoleSince(mark); len(text) > 0 || consoleLog != "" {
 				p, err := saveConsole(consoleLog, rep.Board, text)
@@ -88,6 +94,11 @@ Exit status: 0 rebooted (and back, with --wait); 124 not back in time;
 			}
 			switch {
 			case werr == nil:
+			case ctx.Err() != nil && back.OldBootID == "":
+				werr = interrupted(ctx, "before %s answered the reboot request: it may reboot all the same", rep.Board)
+			case ctx.Err() != nil:
+				werr = interrupted(ctx, "stopped waiting for %s: boot %s ended, and the board may be back by now ('boardlink info %s' says)",
+					rep.Board, rep.OldBootID, args[0])
 			case errors.Is(werr, dispatcher.ErrNotBack):
 				werr = &exitError{code: exitTimeout, err: werr}
 			case back.OldBootID == "":
@@ -104,6 +115,63 @@ Exit status: 0 rebooted (and back, with --wait); 124 not back in time;
 	f.StringVar(&consoleLog, "console-log", "", "where to save the console text seen during the reboot (serial links)")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd
+}
+
+// waitShow is what a wait for a board shows besides its time: the last
+// failed attempt, and the last console line.
+type waitShow struct {
+	mu   sync.Mutex
+	last dispatcher.WaitProgress
+}
+
+func (w *waitShow) set(p dispatcher.WaitProgress) {
+	w.mu.Lock()
+	w.last = p
+	w.mu.Unlock()
+}
+
+// status says where the wait stands.
+func (w *waitShow) status(console []byte) string {
+	w.mu.Lock()
+	p := w.last
+	w.mu.Unlock()
+	var parts []string
+	if p.Err != nil {
+		msg := p.Err.Error()
+		if i := strings.LastIndex(msg, ": "); i >= 0 {
+			msg = msg[i+2:] // the cause, not the whole chain
+		}
+		parts = append(parts, fmt.Sprintf("attempt %d: %s", p.Attempts, clip(msg, 40)))
+	}
+	if line := lastLine(console); line != "" {
+		parts = append(parts, "last console line: "+clip(line, 60))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// lastLine is the last line of text with something printable in it.
+func lastLine(text []byte) string {
+	lines := strings.Split(string(text), "\n")
+	for i := len(lines) - 1; i >= 0; i-- {
+		line := strings.Map(func(r rune) rune {
+			if unicode.IsPrint(r) {
+				return r
+			}
+			return -1
+		}, lines[i])
+		if line = strings.TrimSpace(line); line != "" {
+			return line
+		}
+	}
+	return ""
+}
+
+// clip cuts s to n runes.
+func clip(s string, n int) string {
+	if r := []rune(s); len(r) > n {
+		return string(r[:n-1]) + "…"
+	}
+	return s
 }
 
 func printReboot(cmd *cobra.Command, asJSON bool, rep rebootReport, err error) error {
@@ -163,7 +231,16 @@ until interrupted or until --timeout. It only listens: nothing is written
 to the line, so a boot loader waiting for a key or a shell is undisturbed.
 
 BOARD must be reached over a serial line: serial://, tcp:// or unix://, or
-a board id that discovery finds on a serial port.`,
+a board id that discovery finds on a serial port.
+
+A unix: socket of QEMU (-chardev socket,server=on) serves one client at a
+time: while console listens, another client that connects (a second
+console, boardlink exec over the same socket) takes the line from it.
+console then says so and exits 255, never silently.
+
+Exit status: 0 at --timeout; 2 a malformed address; 130 after Ctrl-C; 255
+the line closed under it (another client took a unix: socket, a ser2net
+port went away, a USB serial port was unplugged).`,
 		Example: `  boardlink console serial:///dev/ttyUSB0?baud=115200
   boardlink console unix:///tmp/qemu-uart.sock --timeout 30s > boot.log`,
 		Args: exactArgs(1),
@@ -179,8 +256,11 @@ a board id that discovery finds on a serial port.`,
 				return err
 			}
 			err = dispatcher.Console(ctx, addr, cmd.OutOrStdout())
-			if errors.Is(err, dispatcher.ErrBadAddress) {
+			switch {
+			case errors.Is(err, dispatcher.ErrBadAddress):
 				return &usageError{err}
+			case errors.Is(err, dispatcher.ErrLineClosed) && strings.HasPrefix(addr, "unix:"):
+				err = fmt.Errorf("%w; a unix: socket (QEMU's chardev) serves one client: another one may have taken it", err)
 			}
 			return linkFailure(err)
 		},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/boardlink/boardlink/dispatcher"
 )
@@ -17,11 +18,29 @@ func (g *globals) resolver() *dispatcher.Resolver {
 
 func (g *globals) warn(msg string) { fmt.Fprintf(g.stderr, "boardlink: warning: %s\n", msg) }
 
-// resolve turns BOARD into an address without opening a session.
+// resolve turns BOARD into an address without opening a session: a name
+// from the boards file, an address (checked, in the form Dial uses), or a
+// board id, found by discovery.
 func (g *globals) resolve(ctx context.Context, board string) (string, error) {
-	addr, err := g.resolver().Address(ctx, board)
+	addr, _, err := g.target(board)
+	if err != nil {
+		return "", err
+	}
+	if a, err := dispatcher.ParseAddress(addr); !errors.Is(err, dispatcher.ErrNeedsDiscovery) {
+		if err != nil {
+			return "", &usageError{err}
+		}
+		return a, nil
+	}
+	start := time.Now()
+	rec, err := g.resolver().Resolve(ctx, addr)
 	if errors.Is(err, dispatcher.ErrUnknownBoard) {
 		return "", &usageError{err}
 	}
-	return addr, err
+	if err != nil {
+		return "", err
+	}
+	g.debug("resolved", "board", addr, "id", rec.ID, "address", rec.Address, "source", rec.Source,
+		"took", time.Since(start).Round(time.Millisecond))
+	return rec.Address, nil
 }

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,12 +14,14 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/vbauerster/mpb/v8"
 	"github.com/vbauerster/mpb/v8/decor"
 
+	"github.com/boardlink/boardlink/discovery"
 	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/dispatcher/store"
 	"github.com/boardlink/boardlink/image"
@@ -160,12 +164,13 @@ func runRollout(ctx context.Context, g *globals, o rolloutOptions, args []string
 	if o.resume != "" && im.Manifest.PayloadSHA256 != rec.ImageSHA256 {
 		return &exitError{code: 1, err: fmt.Errorf("%s no longer holds the image rollout %s began with", args[0], rec.ID)}
 	}
-	dialOpts, err := g.dialOptions()
+	dialOpts, err := g.dialOptions(nil)
 	if err != nil {
 		return err
 	}
 	show := newRolloutDisplay(stdout, stderr, o)
 	defer show.close()
+	defer context.AfterFunc(ctx, show.interrupt)()
 	cfg := dispatcher.RolloutConfig{Image: im, Concurrency: o.concurrency, MaxFailures: o.maxFailures,
 		BoardTimeout: o.boardTimeout, Force: o.force, Events: show.event,
 		Dial: func(ctx context.Context, addr string) (*dispatcher.Client, error) {
@@ -186,7 +191,11 @@ func runRollout(ctx context.Context, g *globals, o rolloutOptions, args []string
 		if len(targets) == 0 {
 			return &exitError{code: 1, err: fmt.Errorf("no board matches %s", orNone(strings.Join(o.selectors, " ")))}
 		}
+		show.expect(dispatcher.StagePlan, len(targets))
 		plan = dispatcher.PlanRollout(ctx, cfg, targets)
+		if ctx.Err() != nil {
+			return interrupted(ctx, "while planning, before any board was changed")
+		}
 		show.planDone(plan)
 		if o.savePlan != "" {
 			if err := atomicfile.WriteJSON(o.savePlan, dispatcher.PlanFormat, plan); err != nil {
@@ -221,6 +230,7 @@ func runRollout(ctx context.Context, g *globals, o rolloutOptions, args []string
 	for _, b := range prior {
 		cfg.Record(b)
 	}
+	show.expect(dispatcher.StagePrepare, toPrepare(plan, prior))
 	rep := dispatcher.RunRollout(ctx, cfg, plan, prior)
 	for _, b := range rep.Boards {
 		cfg.Record(b)
@@ -234,12 +244,33 @@ func runRollout(ctx context.Context, g *globals, o rolloutOptions, args []string
 	}
 	show.report(rec.ID, rep)
 	if ctx.Err() != nil {
-		return &exitError{code: 1, err: fmt.Errorf("rollout %s interrupted: go on with 'boardlink rollout --resume %s'", rec.ID, rec.ID)}
+		return interrupted(ctx, "rollout %s stopped; boards under way stay where they are: go on with 'boardlink rollout --resume %s'", rec.ID, rec.ID)
 	}
 	if !rep.OK() {
 		return &exitError{code: 1, err: fmt.Errorf("rollout %s: not every board committed", rec.ID)}
 	}
 	return nil
+}
+
+// toPrepare counts the boards RunRollout prepares: the ones the plan
+// left open, less those an earlier run of the rollout settled.
+func toPrepare(plan dispatcher.Plan, prior []dispatcher.BoardReport) int {
+	result := map[string]string{}
+	for _, b := range plan.Boards {
+		result[b.ID] = b.Result
+	}
+	for _, b := range prior {
+		if _, ok := result[b.ID]; ok {
+			result[b.ID] = b.Result
+		}
+	}
+	n := 0
+	for _, r := range result {
+		if r == "" || r == dispatcher.ResultSkipped || r == dispatcher.ResultInterrupted {
+			n++
+		}
+	}
+	return n
 }
 
 func toRecord(rollout string, b dispatcher.BoardReport) store.BoardResult {
@@ -311,24 +342,96 @@ type rolloutDisplay struct {
 	o         rolloutOptions
 	term      bool
 
-	mu      sync.Mutex
-	p       *mpb.Progress
-	overall *mpb.Bar
-	bars    map[string]*mpb.Bar
-	logs    map[string][]string
-	stage   string
-	started int64    // boards started in the current stage
-	failed  []string // boards that failed in the current stage
-	enc     *json.Encoder
+	mu          sync.Mutex
+	p           *mpb.Progress
+	overall     *mpb.Bar
+	bars        map[string]*mpb.Bar
+	phases      map[string]*boardPhase
+	logs        map[string][]string
+	stage       string
+	totals      map[string]int // boards each stage takes, once known
+	counts      *stageCounts   // the current stage's, read by its bar
+	passed      int            // boards that passed the current stage
+	failed      []string       // boards that failed in the current stage
+	interrupted bool
+	enc         *json.Encoder
+}
+
+// stageCounts are a stage's boards, as its overall bar shows them while
+// events change them.
+type stageCounts struct{ total, started, ended atomic.Int64 }
+
+func (c *stageCounts) text(decor.Statistics) string {
+	ended, started := c.ended.Load(), c.started.Load()
+	return fmt.Sprintf("%d/%d boards done, %d under way", ended, c.total.Load(), started-ended)
+}
+
+// boardPhase is what a board's bar says it does, and since when.
+type boardPhase struct {
+	mu    sync.Mutex
+	what  string
+	since time.Time
+}
+
+func (b *boardPhase) set(phase string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if w := phaseWords[phase]; w != "" {
+		phase = w
+	}
+	if phase != b.what {
+		b.what, b.since = phase, time.Now()
+	}
+}
+
+func (b *boardPhase) text(decor.Statistics) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.what + " " + seconds(time.Since(b.since))
+}
+
+// phaseWords say what a board does in each phase of its update.
+var phaseWords = map[string]string{
+	"send":                      "sending chunks",
+	string(proto.PhasePrepare):  "writing and verifying its slot",
+	string(proto.PhasePrepared): "prepared",
+	string(proto.PhaseActivate): "activating, rebooting into the trial",
+	string(proto.PhaseTrial):    "trial boot, health check",
+	string(proto.PhaseCommit):   "committing",
+	string(proto.PhaseRollback): "rolling back, rebooting",
+	string(proto.PhaseDone):     "done",
 }
 
 func newRolloutDisplay(out, errw io.Writer, o rolloutOptions) *rolloutDisplay {
 	d := &rolloutDisplay{out: out, errw: errw, o: o, term: isTerminal(errw) && !o.asJSON,
-		bars: map[string]*mpb.Bar{}, logs: map[string][]string{}}
+		bars: map[string]*mpb.Bar{}, phases: map[string]*boardPhase{}, logs: map[string][]string{}, totals: map[string]int{}}
 	if o.asJSON {
 		d.enc = json.NewEncoder(out)
 	}
 	return d
+}
+
+// expect says how many boards stage takes, for its overall bar.
+func (d *rolloutDisplay) expect(stage string, boards int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.totals[stage] = boards
+}
+
+// interrupt acknowledges Ctrl-C at once, above the bars.
+func (d *rolloutDisplay) interrupt() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.interrupted = true
+	if d.o.asJSON {
+		return
+	}
+	msg := "interrupted: no new board starts; the boards under way stop where they are, to resume (Ctrl-C again quits at once)\n"
+	if d.p != nil {
+		_, _ = d.p.Write([]byte(msg))
+		return
+	}
+	fmt.Fprint(d.errw, msg)
 }
 
 func (d *rolloutDisplay) begin(id string, boards int) {
@@ -351,7 +454,7 @@ func (d *rolloutDisplay) planDone(plan dispatcher.Plan) {
 			settled[b.Result]++
 		}
 	}
-	fmt.Fprintf(d.errw, "plan: %d boards, %d bytes to send in all", len(plan.Boards), need)
+	fmt.Fprintf(d.errw, "plan: %d boards, %s to send in all", len(plan.Boards), humanBytes(need))
 	for _, k := range slices.Sorted(maps.Keys(settled)) {
 		fmt.Fprintf(d.errw, ", %d %s", settled[k], k)
 	}
@@ -365,17 +468,32 @@ func (d *rolloutDisplay) logf(board, format string, args ...any) {
 	d.logs[board] = append(d.logs[board], line)
 	d.mu.Unlock()
 	if d.o.logDir != "" {
-		name := board
-		if name == "" {
-			name = "rollout"
-		}
 		if err := os.MkdirAll(d.o.logDir, 0o755); err == nil {
-			if f, err := os.OpenFile(filepath.Join(d.o.logDir, name+".log"), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
-				fmt.Fprintln(f, line)
-				f.Close()
+			// The root keeps every name inside the directory, whatever a
+			// board id (from the network, or an inventory) says.
+			if root, err := os.OpenRoot(d.o.logDir); err == nil {
+				if f, err := root.OpenFile(logName(board), os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
+					fmt.Fprintln(f, line)
+					f.Close()
+				}
+				root.Close()
 			}
 		}
 	}
+}
+
+// logName is the file of a board's log in --log-dir: BOARD.log for an id
+// that is a plain name (discovery.CheckID), else a name made from its
+// hash, so that no id can point elsewhere or hide among the others.
+func logName(board string) string {
+	switch {
+	case board == "":
+		return "rollout.log"
+	case discovery.CheckID(board) == nil:
+		return board + ".log"
+	}
+	sum := sha256.Sum256([]byte(board))
+	return "board-" + hex.EncodeToString(sum[:8]) + ".log"
 }
 
 func (d *rolloutDisplay) event(e dispatcher.Event) {
@@ -400,31 +518,44 @@ func (d *rolloutDisplay) event(e dispatcher.Event) {
 	switch e.Kind {
 	case "stage":
 		d.endStageLocked()
-		d.stage, d.started = e.Stage, 0
+		if e.Stage == dispatcher.StageExecute {
+			d.totals[e.Stage] = d.passed
+		}
+		d.stage, d.passed, d.counts = e.Stage, 0, &stageCounts{}
+		d.counts.total.Store(int64(d.totals[e.Stage]))
 		if e.Stage == dispatcher.StageDone {
 			return
 		}
 		if d.term {
-			d.p = mpb.New(mpb.WithOutput(d.errw), mpb.WithWidth(60))
-			d.overall = d.p.New(0, mpb.BarStyle(), mpb.BarPriority(1<<30),
-				mpb.PrependDecorators(decor.Name(e.Stage, decor.WCSyncSpaceR), decor.CountersNoUnit("%d/%d boards")),
+			d.p = mpb.New(mpb.WithOutput(d.errw), mpb.WithWidth(60), mpb.WithAutoRefresh()) // as newProgressBar
+			d.overall = d.p.New(d.counts.total.Load(), mpb.BarStyle(), mpb.BarPriority(1<<30),
+				mpb.PrependDecorators(decor.Name(e.Stage, decor.WCSyncSpaceR), decor.Any(d.counts.text)),
 				mpb.AppendDecorators(decor.Elapsed(decor.ET_STYLE_GO)))
 		} else {
 			fmt.Fprintf(d.errw, "== %s\n", e.Stage)
 		}
 	case "start":
-		if d.term && d.overall != nil {
-			d.started++
-			d.overall.SetTotal(d.started, false)
-			if e.Stage == dispatcher.StagePlan {
-				return // planning moves no bytes: the overall bar says enough
-			}
+		d.counts.started.Add(1)
+		if !d.term || d.overall == nil || e.Stage == dispatcher.StagePlan {
+			return // planning moves no bytes: the overall bar says enough
+		}
+		ph := &boardPhase{}
+		ph.set("starting")
+		d.phases[e.Board] = ph
+		decorators := []decor.Decorator{decor.Name(e.Board, decor.WCSyncSpaceR), decor.Name(e.Stage, decor.WCSyncSpaceR)}
+		if e.Stage == dispatcher.StagePrepare { // bytes to send: a bar
 			d.bars[e.Board] = d.p.New(0, mpb.BarStyle(), mpb.BarRemoveOnComplete(),
-				mpb.PrependDecorators(decor.Name(e.Board, decor.WCSyncSpaceR), decor.Name(e.Stage, decor.WCSyncSpaceR)),
-				mpb.AppendDecorators(decor.Percentage(decor.WCSyncSpace)))
+				mpb.PrependDecorators(decorators...),
+				mpb.AppendDecorators(decor.Percentage(decor.WCSyncSpace), decor.Any(ph.text, decor.WCSyncSpace)))
+		} else { // phases and reboots: a spinner that says which
+			d.bars[e.Board] = d.p.New(0, mpb.SpinnerStyle(), mpb.BarRemoveOnComplete(),
+				mpb.PrependDecorators(decorators...), mpb.AppendDecorators(decor.Any(ph.text, decor.WCSyncSpace)))
 		}
 	case "progress":
-		if b := d.bars[e.Board]; b != nil && e.ToSend > 0 {
+		if ph := d.phases[e.Board]; ph != nil && e.Phase != "" {
+			ph.set(e.Phase)
+		}
+		if b := d.bars[e.Board]; b != nil && e.Phase == "send" && e.ToSend > 0 {
 			b.SetTotal(e.ToSend, false)
 			b.SetCurrent(e.Sent)
 		}
@@ -432,12 +563,20 @@ func (d *rolloutDisplay) event(e dispatcher.Event) {
 		if b := d.bars[e.Board]; b != nil {
 			b.SetTotal(-1, true)
 			delete(d.bars, e.Board)
+			delete(d.phases, e.Board)
 		}
+		if e.Result == dispatcher.ResultSkipped {
+			d.counts.started.Add(1) // it never started: "under way" stays true
+		}
+		d.counts.ended.Add(1)
 		if d.overall != nil {
-			d.overall.Increment()
+			d.overall.SetCurrent(d.counts.ended.Load())
+		}
+		if e.Result == "" {
+			d.passed++
 		}
 		ok := e.Result == "" || e.Result == string(proto.ResultCommitted) || e.Result == dispatcher.ResultCurrent
-		if !ok && e.Result != dispatcher.ResultSkipped {
+		if !ok && e.Result != dispatcher.ResultSkipped && !d.interrupted {
 			d.failed = append(d.failed, e.Board)
 		}
 		if !d.term {
@@ -451,7 +590,7 @@ func (d *rolloutDisplay) event(e dispatcher.Event) {
 }
 
 // endStageLocked closes the stage's bars and shows the logs of the boards
-// that failed in it.
+// that failed in it (not after Ctrl-C: they were stopped, not failing).
 func (d *rolloutDisplay) endStageLocked() {
 	if d.p != nil {
 		if d.overall != nil {
@@ -460,8 +599,12 @@ func (d *rolloutDisplay) endStageLocked() {
 		for _, b := range d.bars {
 			b.Abort(true)
 		}
-		d.bars = map[string]*mpb.Bar{}
-		d.p.Wait()
+		d.bars, d.phases = map[string]*mpb.Bar{}, map[string]*boardPhase{}
+		if d.interrupted {
+			d.p.Shutdown() // after Ctrl-C no bar is left to finish: stop drawing now
+		} else {
+			d.p.Wait()
+		}
 		d.p, d.overall = nil, nil
 	}
 	for _, b := range d.failed {
@@ -492,15 +635,15 @@ func (d *rolloutDisplay) report(id string, rep dispatcher.Report) {
 		return
 	}
 	w := d.out
-	fmt.Fprintf(w, "\nrollout %s to %s: %.1fs, image read %d bytes\n", id, rep.Version, float64(rep.TookMs)/1000, rep.ImageBytesRead)
+	fmt.Fprintf(w, "\nrollout %s to %s: %.1fs, image read %s\n", id, rep.Version, float64(rep.TookMs)/1000, humanBytes(rep.ImageBytesRead))
 	fmt.Fprintf(w, "%-20s %-12s %-8s %-10s %-10s %10s  %s\n", "BOARD", "RESULT", "STAGE", "FROM", "TO", "SENT", "REASON")
 	for _, b := range rep.Boards {
 		reason := b.Reason
 		if len(reason) > 80 {
 			reason = reason[:77] + "..."
 		}
-		fmt.Fprintf(w, "%-20s %-12s %-8s %-10s %-10s %10d  %s\n", b.ID, b.Result, b.Stage, orDash(b.FromVersion),
-			orDash(b.ToVersion), b.BytesSent, reason)
+		fmt.Fprintf(w, "%-20s %-12s %-8s %-10s %-10s %10s  %s\n", b.ID, b.Result, b.Stage, orDash(b.FromVersion),
+			orDash(b.ToVersion), humanBytes(b.BytesSent), reason)
 	}
 	var parts []string
 	for _, k := range slices.Sorted(maps.Keys(rep.Counts)) {

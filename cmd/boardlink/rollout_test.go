@@ -26,12 +26,13 @@ type phases struct {
 	mu        sync.Mutex
 	changed   chan struct{} // closed and replaced at every phase
 	preparing map[string]bool
+	prepared  map[string]bool // boards that began to prepare, ever
 	peak      int
 	commits   map[string]int // board -> updates committed
 }
 
 func newPhases() *phases {
-	return &phases{changed: make(chan struct{}), preparing: map[string]bool{}, commits: map[string]int{}}
+	return &phases{changed: make(chan struct{}), preparing: map[string]bool{}, prepared: map[string]bool{}, commits: map[string]int{}}
 }
 
 // await waits until cond, called with p.mu held, holds after a phase; it
@@ -59,6 +60,7 @@ func (p *phases) on(board, _ string, phase proto.Phase) {
 	p.changed = make(chan struct{})
 	if phase == proto.PhasePrepare {
 		p.preparing[board] = true
+		p.prepared[board] = true
 	} else {
 		delete(p.preparing, board)
 	}

@@ -11,12 +11,14 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/boardlink/boardlink/auth"
 	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/internal/version"
+	"github.com/boardlink/boardlink/proto"
 	"github.com/boardlink/boardlink/transport"
 )
 
@@ -31,6 +33,11 @@ type globals struct {
 	fingerprint string
 	strictKeys  bool
 	insecure    bool
+	boardsPath  string
+
+	boardsOnce sync.Once
+	boardsFile *boardsFile
+	boardsErr  error
 }
 
 // usageError marks a mistake on the command line (exit status 2).
@@ -85,30 +92,75 @@ or with a MAC keyed by a token from --token-file or BOARDLINK_TOKEN.`,
 	pf.StringVar(&g.fingerprint, "fingerprint", "", "the key the board must have, SHA256:... (boardlinkd fingerprint prints it)")
 	pf.BoolVar(&g.strictKeys, "strict-keys", false, "refuse a board whose key is not pinned yet, rather than trust it on first use")
 	pf.BoolVar(&g.insecure, "allow-legacy-agent", false, "talk to an agent older than protocol 4, which cannot prove its key (a token is then sent in the clear)")
+	pf.StringVar(&g.boardsPath, "boards-file", "", "names for boards, with their address, token file and fingerprint (default $XDG_CONFIG_HOME/boardlink/boards.yaml)")
 	root.AddCommand(newPairCmd(g), newTrustCmd(g), newForgetCmd(g),
 		newLsCmd(g), newInfoCmd(g), newExecCmd(g), newPushCmd(g), newPullCmd(g),
-		newDownloadCmd(g), newRebootCmd(g), newConsoleCmd(g), newOTACmd(g), newRolloutCmd(g), newHistoryCmd(), newImageCmd(), newDemoCmd(g))
+		newDownloadCmd(g), newRebootCmd(g), newWaitCmd(g), newConsoleCmd(g), newOTACmd(g), newRolloutCmd(g), newHistoryCmd(), newImageCmd(), newDemoCmd(g))
+	completeBoards(g, root)
 	return root
 }
 
-// token returns the token from --token-file (which others must not be
-// able to read) or $BOARDLINK_TOKEN.
-func (g *globals) token() (string, error) {
-	if g.tokenFile == "" {
-		return os.Getenv("BOARDLINK_TOKEN"), nil
+// token returns the token for a board: from --token-file (which others
+// must not be able to read), else for a board named in the boards file
+// its token file or the file's own, else $BOARDLINK_TOKEN.
+func (g *globals) token(a *boardAlias) (string, error) {
+	switch {
+	case g.tokenFile != "":
+		return readToken(g.tokenFile, "--token-file")
+	case a != nil && a.tokenFile != "":
+		return readToken(a.tokenFile, "token_file of "+a.name)
+	case a != nil && g.boardsFile.tokenFile != "":
+		return readToken(g.boardsFile.tokenFile, "token_file of "+g.boardsFile.path)
 	}
-	if err := auth.CheckPrivate(g.tokenFile); err != nil {
-		return "", &usageError{fmt.Errorf("--token-file: %w", err)}
+	return os.Getenv("BOARDLINK_TOKEN"), nil
+}
+
+// readToken reads a token file; what names it in errors.
+func readToken(path, what string) (string, error) {
+	if err := auth.CheckPrivate(path); err != nil {
+		return "", &usageError{fmt.Errorf("%s: %w", what, err)}
 	}
-	b, err := os.ReadFile(g.tokenFile)
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return "", &usageError{fmt.Errorf("--token-file: %w", err)}
+		return "", &usageError{fmt.Errorf("%s: %w", what, err)}
 	}
 	tok := strings.TrimSpace(string(b))
 	if tok == "" {
-		return "", &usageError{fmt.Errorf("--token-file %s is empty", g.tokenFile)}
+		return "", &usageError{fmt.Errorf("%s: %s is empty", what, path)}
 	}
 	return tok, nil
+}
+
+// boards is the boards file (--boards-file), read once.
+func (g *globals) boards() (*boardsFile, error) {
+	g.boardsOnce.Do(func() {
+		path := g.boardsPath
+		if path == "" {
+			if path, g.boardsErr = defaultBoardsFile(); g.boardsErr != nil {
+				g.boardsFile = &boardsFile{boards: map[string]boardAlias{}} // no config dir: no names
+				g.boardsErr = nil
+				return
+			}
+		}
+		g.boardsFile, g.boardsErr = loadBoardsFile(path)
+		if g.boardsErr != nil {
+			g.boardsErr = &usageError{g.boardsErr}
+		}
+	})
+	return g.boardsFile, g.boardsErr
+}
+
+// target is what BOARD names: the entry of the boards file, if it names
+// one, and the address (or board id) to dial.
+func (g *globals) target(board string) (string, *boardAlias, error) {
+	f, err := g.boards()
+	if err != nil {
+		return "", nil, err
+	}
+	if a, ok := f.alias(board); ok {
+		return a.address, &a, nil
+	}
+	return board, nil, nil
 }
 
 // known is the known-boards file, pins on first use reported on stderr.
@@ -149,9 +201,13 @@ func (g *globals) hostKey() (ed25519.PrivateKey, error) {
 	return k, err
 }
 
-// dialOptions are the options every session of this process uses.
-func (g *globals) dialOptions() (dispatcher.DialOptions, error) {
-	tok, err := g.token()
+// dialOptions are the options of a session with the board a names
+// (nil: any other board).
+func (g *globals) dialOptions(a *boardAlias) (dispatcher.DialOptions, error) {
+	if _, err := g.boards(); err != nil {
+		return dispatcher.DialOptions{}, err
+	}
+	tok, err := g.token(a)
 	if err != nil {
 		return dispatcher.DialOptions{}, err
 	}
@@ -164,10 +220,13 @@ func (g *globals) dialOptions() (dispatcher.DialOptions, error) {
 		return dispatcher.DialOptions{}, &usageError{fmt.Errorf("host key: %w", err)}
 	}
 	opts := dispatcher.DialOptions{Token: tok, HostKey: hk, Trust: known, Logger: g.logger(), AllowLegacy: g.insecure}
-	if g.fingerprint != "" {
+	switch {
+	case g.fingerprint != "":
 		if opts.Fingerprint, err = auth.ParseFingerprint(g.fingerprint); err != nil {
 			return opts, &usageError{fmt.Errorf("--fingerprint: %w", err)}
 		}
+	case a != nil:
+		opts.Fingerprint = a.fingerprint
 	}
 	return opts, nil
 }
@@ -179,21 +238,49 @@ func (g *globals) logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
 
-// dial connects to BOARD; a failure is a link failure (exit 255) unless
-// the address itself is wrong.
-func (g *globals) dial(ctx context.Context, addr string) (*dispatcher.Client, error) {
-	opts, err := g.dialOptions()
+// debug logs with -v.
+func (g *globals) debug(msg string, args ...any) {
+	if l := g.logger(); l != nil {
+		l.Debug(msg, args...)
+	}
+}
+
+// dial connects to BOARD (a name from the boards file, an address or a
+// board id); a failure is a link failure (exit 255) unless the address
+// itself is wrong.
+func (g *globals) dial(ctx context.Context, board string) (*dispatcher.Client, error) {
+	return g.connect(ctx, board, dispatcher.Dial)
+}
+
+// dialFunc is dispatcher.Dial, or a dial that waits.
+type dialFunc func(context.Context, string, dispatcher.DialOptions) (*dispatcher.Client, error)
+
+// connect is dial with dial.
+func (g *globals) connect(ctx context.Context, board string, dial dialFunc) (*dispatcher.Client, error) {
+	addr, a, err := g.target(board)
+	if err != nil {
+		return nil, err
+	}
+	opts, err := g.dialOptions(a)
 	if err != nil {
 		return nil, err
 	}
 	opts.Resolver = g.resolver()
-	c, err := dispatcher.Dial(ctx, addr, opts)
+	start := time.Now()
+	g.debug("dial", "board", board, "address", addr, "token", opts.Token != "", "host_key", opts.HostKey != nil)
+	c, err := dial(ctx, addr, opts)
 	if errors.Is(err, dispatcher.ErrBadAddress) || errors.Is(err, dispatcher.ErrUnknownBoard) {
 		return nil, &usageError{err}
+	}
+	if err != nil && opts.Token == "" && proto.IsReason(err, proto.ReasonUnauthorized) {
+		err = fmt.Errorf("no token given (--token-file, BOARDLINK_TOKEN, or token_file in %s), and %w", g.boardsFile.path, err)
 	}
 	if err != nil {
 		return nil, linkFailure(err)
 	}
+	h := c.Hello()
+	rememberIDs(h.BoardID)
+	g.debug("session open", "board", h.BoardID, "agent", h.Agent, "protocol", h.Protocol, "took", time.Since(start).Round(time.Millisecond))
 	return c, nil
 }
 

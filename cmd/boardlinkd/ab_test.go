@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/boardlink/boardlink/board/sim"
+	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/internal/testenv"
 )
 
@@ -52,7 +53,7 @@ func TestSimTrialBoots(t *testing.T) {
 	}
 	reboot := func() {
 		t.Helper()
-		if _, err := c.RebootWait(ctx); err != nil {
+		if _, err := c.RebootWait(ctx, dispatcher.WaitOptions{}); err != nil {
 			t.Fatalf("reboot after boot %d: %v", boot, err)
 		}
 		boot++

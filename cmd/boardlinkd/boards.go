@@ -57,7 +57,7 @@ type boardParts struct {
 	fx.Out
 
 	Board    stateBoard
-	Boot     board.BootControl // the A/B boot loader, for the OTA state machine
+	Boot     board.BootControl // the A/B boot loader, for the OTA state machine; nil: no slots, no updates
 	Serial   serialServer
 	Platform *platform
 }
@@ -87,23 +87,30 @@ func newSimBoard(cfg Config, h *sim.Handoff) (boardParts, error) {
 const rebootTimeout = time.Minute
 
 // newLinuxBoard opens a linux board, the system boardlinkd runs on:
-// identity in the state dir, boot id and time from the kernel, A/B slots
-// through U-Boot's or GRUB's environment. A reboot runs the reboot
-// command, after which boardlinkd exits 0.
+// identity in the state dir, boot id and time from the kernel, and A/B
+// slots through U-Boot's or GRUB's environment if it has them (without,
+// Boot is nil and the agent serves no updates). A reboot runs the reboot
+// command, after which boardlinkd exits 0. Once the agent serves, systemd
+// is told so (a Type=notify unit).
 func newLinuxBoard(cfg Config) (boardParts, error) {
 	b, err := linux.Open(linux.BoardConfig{Dir: cfg.StateDir, ID: cfg.ID, Model: cfg.Model, Labels: maps.Clone(cfg.Labels),
 		Boot: cfg.bootConfig(), RebootCommand: cfg.RebootCommand})
 	if errors.Is(err, board.ErrNoModel) {
-		return boardParts{}, fmt.Errorf("--model is required at a linux board's first start (it is then kept in %s): %w",
+		return boardParts{}, fmt.Errorf("--model is required at this board's first start (it is then kept in %s): %w",
 			filepath.Join(cfg.StateDir, board.IdentityFile), err)
 	}
 	if err != nil {
 		return boardParts{}, err
 	}
-	p := boardParts{Board: b, Boot: b.BootControl(), Platform: &platform{
-		up:       func() {},
+	loader := cfg.Boot
+	if loader == "" {
+		loader = "none"
+	}
+	notify := takeNotifySocket()
+	p := boardParts{Board: b, Platform: &platform{
+		up:       func() { notifyReady(notify) },
 		showCode: toConsole,
-		attrs:    []any{"board", boardLinux, "boot_id", b.BootID(), "loader", cfg.Boot},
+		attrs:    []any{"board", boardLinux, "boot_id", b.BootID(), "loader", loader},
 		reboot: func(ctx context.Context, log *slog.Logger) error {
 			ctx, cancel := context.WithTimeout(ctx, rebootTimeout)
 			defer cancel()
@@ -115,6 +122,11 @@ func newLinuxBoard(cfg Config) (boardParts, error) {
 			return nil
 		},
 	}}
+	// A nil *linux.BootControl in the interface would look like a boot
+	// loader to the update machine.
+	if bc := b.BootControl(); bc != nil {
+		p.Boot = bc
+	}
 	if cfg.Serial != "" {
 		line, err := cfg.serialLine()
 		if err != nil {

@@ -2,11 +2,16 @@ package main
 
 import (
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"reflect"
+	"regexp"
 	"strings"
 	"time"
+
+	"go.yaml.in/yaml/v3"
 
 	"github.com/spf13/cobra"
 
@@ -91,10 +96,12 @@ BOARDS
 
 --board says what the agent runs on:
 
-  linux  the Linux system boardlinkd runs on: a lab board, or a VM. Its
-         A/B slots are block devices booted by U-Boot or GRUB, and a
-         reboot reboots it. boardlinkd is the agent itself, started by the
-         init system.
+  linux  the Linux system boardlinkd runs on: a lab board, or a VM. With
+         --boot and --slot its A/B slots are block devices booted by U-Boot
+         or GRUB; without them it serves exec, files, downloads and reboot,
+         and no updates (no ota capability). A reboot reboots it.
+         boardlinkd is the agent itself, started by the init system; under
+         a Type=notify unit it says READY=1 once it serves.
   sim    a simulated board in a directory, for a host, a test or CI:
          boardlinkd is the board's boot loader, a supervisor that runs the
          agent as its child, one boot after another.
@@ -107,17 +114,20 @@ the reboot come from.
 
 A LINUX BOARD
 
-Identity: the first start names the board after its host name, up to the
-first dot ("linux-" and the first 12 hex digits of /etc/machine-id when the
-host name is "localhost" or no valid id), unless --id names it, and needs
---model: the model selects the images the board accepts, so it is never
-guessed. Later starts keep what is stored, so an update that brings another
+Identity: the first start names the board "linux-" and the first 12 hex
+digits of /etc/machine-id (its host name up to the first dot on a system
+without one) unless --id names it, and calls it what the device tree
+(/proc/device-tree/model) or DMI (/sys/class/dmi/id/product_name) does
+unless --model names it; with neither, --model is required (the model
+selects the images the board accepts). Later starts keep what is stored, so an update that brings another
 host name leaves the id alone; --id, --model and --label change it. Boards
 flashed from one image that keeps its host name need --id. The boot id is
 the kernel's (/proc/sys/kernel/random/boot_id), the boot time its btime
 (/proc/stat).
 
-Slots: --boot names the boot loader, uboot or grub (required); --slot
+Slots (for updates; a board without slots gives neither --boot nor --slot,
+and --boot-env, --cmdline, --trust-key and --health-check are refused
+there): --boot names the boot loader, uboot or grub; --slot
 A=DEV and --slot B=DEV the block devices of the two slots (both required;
 a --slot replaces every slot of the config file); --boot-env the boot
 loader's environment: for U-Boot the fw_env.config that locates it
@@ -149,7 +159,7 @@ it again after a pause when it fails (a USB gadget port while the cable is
 out); unix:PATH listens on a unix socket and serves each connection as the
 line.
 
-A U-Boot board's /etc/boardlink/agent.yaml, its slots on eMMC partitions
+A U-Boot board's /etc/boardlink/boardlinkd.yaml, its slots on eMMC partitions
 2 and 3:
 
     board: linux
@@ -254,7 +264,7 @@ CONFIG FILE
 A YAML file given with --config may hold the same settings, under the
 keys board, state_dir, listen, insecure_listen, serial, token_file,
 pairing, no_auth, id, model, labels, ifaces, no_mdns,
-exec_log_size, verbose, roots, sim_boot_delay, boot, slots, boot_env,
+exec_log_size, verbose, log_format, roots, sim_boot_delay, boot, slots, boot_env,
 cmdline, reboot_command, trust_keys, health_checks, health_timeout,
 max_conns, handshake_timeout, idle_timeout, keepalive_timeout,
 max_inflight, max_streams, max_commands,
@@ -287,7 +297,7 @@ N).`,
   boardlinkd pair --state-dir /var/lib/boardlink
   boardlinkd --board sim --state-dir /tmp/board2 --no-mdns --serial unix:/tmp/board2.sock --root /tmp/board2-files
   boardlinkd --board sim --state-dir /tmp/board3 --trust-key /etc/boardlink/release.pub --health-check 'systemctl is-system-running --wait'
-  boardlinkd --config /etc/boardlink/agent.yaml`,
+  boardlinkd --config /etc/boardlink/boardlinkd.yaml`,
 		Version:       version.Version,
 		Args:          cobra.NoArgs,
 		SilenceUsage:  true,
@@ -349,17 +359,18 @@ func (o *options) bind(cmd *cobra.Command) {
 	f.StringArrayVar((*[]string)(&cfg.TokenFiles), "token-file", nil, "file of tokens a host may prove, one per line, mode 0600 (repeatable: one per lab host)")
 	f.BoolVar(&o.pairing, "pairing", true, "let hosts pair with a one-time code (boardlink pair)")
 	f.BoolVar(&cfg.NoAuth, "no-auth", false, "serve every session without a token or pairing (a warning at every start)")
-	f.StringVar(&cfg.ID, "id", "", "board id (default: the stored one; else on a linux board the host name, on a sim board a generated sim-XXXXXX)")
-	f.StringVar(&cfg.Model, "model", "", "board model, which images must name (default: the stored one; else sim on a sim board; a linux board's first start needs it)")
+	f.StringVar(&cfg.ID, "id", "", "board id (default: the stored one; else on a linux board linux- and 12 hex digits of /etc/machine-id, on a sim board a generated sim-XXXXXX)")
+	f.StringVar(&cfg.Model, "model", "", "board model, which images must name (default: the stored one; else sim on a sim board; on a linux board the device tree's or DMI's, and without either its first start needs it)")
 	f.StringArrayVar(&o.labels, "label", nil, "label as KEY=VALUE (repeatable; replaces the stored labels)")
 	f.IntVar(&cfg.ExecLogSize, "exec-log-size", 100, "number of commands kept in the command log")
 	f.BoolVarP(&cfg.Verbose, "verbose", "v", false, "log to stderr at debug level")
+	f.StringVar(&cfg.LogFormat, "log-format", logText, "log lines as text (key=value) or json (one object a line, for log collectors)")
 	f.StringVar(&o.configFile, "config", "", "YAML config file with the same keys")
 	f.StringArrayVar(&cfg.Ifaces, "iface", nil, "interface to advertise on over mDNS (repeatable; default: every up, multicast-capable one)")
 	f.BoolVar(&cfg.NoMDNS, "no-mdns", false, "do not advertise over mDNS")
 	f.StringArrayVar(&cfg.Roots, "root", nil, "directory the file methods may touch, besides the state dir (repeatable)")
 	f.DurationVar(&cfg.SimBootDelay, "sim-boot-delay", sim.DefaultBootDelay, "sim board: pause between the end of a boot and the next")
-	f.StringVar(&cfg.Boot, "boot", "", "boot loader of the A/B slots: uboot or grub on a linux board (required there); sim, the supervisor, on a sim board (the default there)")
+	f.StringVar(&cfg.Boot, "boot", "", "boot loader of the A/B slots: uboot or grub on a linux board (none: no updates); sim, the supervisor, on a sim board (the default there)")
 	f.StringArrayVar(&o.slots, "slot", nil, "linux board: a slot's block device as SLOT=DEVICE, e.g. A=/dev/mmcblk0p2 (give A and B)")
 	f.StringVar(&cfg.BootEnv, "boot-env", "", "linux board: the boot loader's environment: uboot, its fw_env.config (default "+linux.DefaultUBootEnv+"); grub, the grubenv file (default "+linux.DefaultGRUBEnv+")")
 	f.StringVar(&cfg.Cmdline, "cmdline", "", "linux board: the kernel command line naming the booted slot with boardlink.slot= (default "+linux.DefaultCmdline+")")
@@ -390,7 +401,7 @@ func (o *options) config(cmd *cobra.Command) (Config, error) {
 	if o.configFile != "" {
 		file, err := loadConfigFile(o.configFile)
 		if err != nil {
-			return Config{}, err
+			return Config{}, unknownKeys(err)
 		}
 		cfg = mergeConfig(file, cfg, cmd)
 	}
@@ -451,6 +462,9 @@ func mergeConfig(file, flags Config, cmd *cobra.Command) Config {
 	}
 	if set("verbose") {
 		out.Verbose = flags.Verbose
+	}
+	if out.LogFormat == "" || set("log-format") {
+		out.LogFormat = flags.LogFormat
 	}
 	if set("no-mdns") {
 		out.NoMDNS = flags.NoMDNS
@@ -539,8 +553,18 @@ func newLogger(cfg Config, stderr io.Writer) *slog.Logger {
 	if cfg.Verbose {
 		level = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == logJSON {
+		return slog.New(slog.NewJSONHandler(stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(stderr, opts))
 }
+
+// The log formats of --log-format.
+const (
+	logText = "text"
+	logJSON = "json"
+)
 
 // rebootRequest carries the agent's system.reboot to serve.
 type rebootRequest chan struct{}
@@ -562,7 +586,7 @@ func logAccess(log *slog.Logger, cfg Config, key ed25519.PrivateKey) {
 	}
 	tokens, _ := cfg.tokens() // validated already
 	log.Info("access", "fingerprint", fp, "tokens", len(tokens), "token_files", cfg.TokenFiles,
-		"paired_hosts", len(paired), "pairing", cfg.pairing())
+		"paired_hosts", len(paired), "pairing", cfg.pairing(), "image_keys", len(cfg.TrustKeys))
 	switch {
 	case cfg.NoAuth:
 		log.Warn("--no-auth: every session is served without a token or a pairing; anyone who reaches this board can run commands as this user")
@@ -571,4 +595,41 @@ func logAccess(log *slog.Logger, cfg Config, key ed25519.PrivateKey) {
 	case len(tokens) == 0 && len(paired) == 0:
 		log.Warn("no token, no paired host and pairing off: every session is refused")
 	}
+}
+
+// yamlUnknownField is how the YAML decoder says a key is unknown.
+var yamlUnknownField = regexp.MustCompile(`^(line \d+): field (\S+) not found in type \S+$`)
+
+// unknownKeys words the decoder's unknown-key errors in the config's own
+// terms, "unknown key rootz; known keys: ...", never a Go type.
+func unknownKeys(err error) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) {
+		return err
+	}
+	known := strings.Join(configKeys(reflect.TypeFor[Config]()), ", ")
+	msgs := make([]string, len(te.Errors))
+	for i, e := range te.Errors {
+		msgs[i] = e
+		if m := yamlUnknownField.FindStringSubmatch(e); m != nil {
+			msgs[i] = fmt.Sprintf("%s: unknown key %s; known keys: %s", m[1], m[2], known)
+		}
+	}
+	path, _, _ := strings.Cut(err.Error(), ": yaml:")
+	return fmt.Errorf("%s: %s", path, strings.Join(msgs, "; "))
+}
+
+// configKeys are the YAML keys of the struct t, inline ones included.
+func configKeys(t reflect.Type) []string {
+	var keys []string
+	for f := range t.Fields() {
+		name, opts, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+		switch {
+		case opts == "inline" && f.Type.Kind() == reflect.Struct:
+			keys = append(keys, configKeys(f.Type)...)
+		case name != "" && name != "-":
+			keys = append(keys, name)
+		}
+	}
+	return keys
 }

@@ -61,6 +61,9 @@ type Config struct {
 	NoMDNS      bool              `yaml:"no_mdns"`
 	ExecLogSize int               `yaml:"exec_log_size"`
 	Verbose     bool              `yaml:"verbose"`
+	// LogFormat is text (the default: key=value lines) or json (one
+	// object a line, for log collectors).
+	LogFormat string `yaml:"log_format"`
 	// Roots are directories the file methods may touch, besides StateDir.
 	Roots []string `yaml:"roots"`
 	// SimBootDelay is the sim board's pause between a boot's end and the
@@ -68,9 +71,11 @@ type Config struct {
 	SimBootDelay time.Duration `yaml:"sim_boot_delay"`
 	// Boot is the boot loader that boots the A/B slots: sim (the sim
 	// board's supervisor, the default there), or uboot or grub (a linux
-	// board, which needs one of them).
+	// board with slots; one without gives no Boot and no Slots, and takes
+	// no updates).
 	Boot string `yaml:"boot"`
-	// Slots maps each slot, A and B, to its block device (linux board).
+	// Slots maps each slot, A and B, to its block device (a linux board
+	// with slots).
 	Slots map[string]string `yaml:"slots"`
 	// BootEnv is the boot loader's environment (linux board): U-Boot's
 	// fw_env.config, or GRUB's grubenv; "" for the loader's default.
@@ -190,6 +195,11 @@ func (c *Config) validate() error {
 			errs = append(errs, fmt.Errorf("--root %s: not a directory", r))
 		}
 	}
+	switch c.LogFormat {
+	case "", logText, logJSON:
+	default:
+		errs = append(errs, fmt.Errorf("--log-format %q: want %s or %s", c.LogFormat, logText, logJSON))
+	}
 	if c.ExecLogSize < 0 {
 		errs = append(errs, errors.New("exec_log_size must not be negative"))
 	}
@@ -244,18 +254,38 @@ func (c *Config) validateSim() []error {
 	return errs
 }
 
-// validateLinux checks the settings of a linux board: a boot loader, both
-// slot devices, the boot environment and the command line must be there,
-// and the boot loader's tools installed (linux.New). Reading the
-// environment, and the slot the command line names, is left to the
-// agent: a board whose boot script is wrong still serves exec, and says
-// what is wrong in its log and its OTA status.
+// validateLinux checks the settings of a linux board. Without --boot and
+// --slot it is a board without A/B slots: it serves exec, files and
+// reboot and takes no updates, so the update settings are errors there.
+// With either it is an A/B board, and a boot loader, both slot devices,
+// the boot environment and the command line must be there, and the boot
+// loader's tools installed (linux.New). Reading the environment, and the
+// slot the command line names, is left to the agent: a board whose boot
+// script is wrong still serves exec, and says what is wrong in its log
+// and its OTA status.
 func (c *Config) validateLinux() []error {
 	var errs []error
+	if c.RebootCommand != "" && strings.TrimSpace(c.RebootCommand) == "" {
+		errs = append(errs, errors.New("--reboot-command: an empty command"))
+	}
+	if !c.hasSlots() {
+		for _, s := range []struct {
+			flag string
+			set  bool
+		}{
+			{"--boot-env", c.BootEnv != ""}, {"--cmdline", c.Cmdline != ""},
+			{"--trust-key", len(c.TrustKeys) > 0}, {"--health-check", len(c.HealthChecks) > 0},
+		} {
+			if s.set {
+				errs = append(errs, fmt.Errorf("%s: only for a board with A/B slots (give --boot and --slot A=DEV --slot B=DEV); without them the board takes no updates", s.flag))
+			}
+		}
+		return errs
+	}
 	switch c.Boot {
 	case bootUBoot, bootGRUB:
 	case "":
-		errs = append(errs, errors.New("--boot is required with --board linux: uboot or grub"))
+		errs = append(errs, errors.New("--boot is required with --slot: uboot or grub (a board without A/B slots gives neither)"))
 	case bootSim:
 		errs = append(errs, errors.New("--boot sim: the sim boot loader is the sim board's supervisor; a linux board boots with --boot uboot or --boot grub"))
 	default:
@@ -265,7 +295,7 @@ func (c *Config) validateLinux() []error {
 	for _, s := range []string{board.SlotA, board.SlotB} {
 		dev, ok := c.Slots[s]
 		if !ok || dev == "" {
-			errs = append(errs, fmt.Errorf("--slot %s=DEVICE is required with --board linux (slots: {A: DEV, B: DEV} in a config file)", s))
+			errs = append(errs, fmt.Errorf("--slot %s=DEVICE is required with --boot (slots: {A: DEV, B: DEV} in a config file; a board without A/B slots gives neither)", s))
 			slotsOK = false
 			continue
 		}
@@ -288,14 +318,12 @@ func (c *Config) validateLinux() []error {
 		slotsOK = false
 	}
 	if c.Boot == bootUBoot || c.Boot == bootGRUB {
-		if env := c.bootEnv(); env != "" {
-			if err := readable(env); err != nil {
-				what := "the U-Boot environment's fw_env.config"
-				if c.Boot == bootGRUB {
-					what = "the grubenv (make one with grub-editenv FILE create)"
-				}
-				errs = append(errs, fmt.Errorf("--boot-env, %s: %w", what, err))
+		if err := readable(c.bootEnv()); err != nil {
+			what := "the U-Boot environment's fw_env.config"
+			if c.Boot == bootGRUB {
+				what = "the grubenv (make one with grub-editenv FILE create)"
 			}
+			errs = append(errs, fmt.Errorf("--boot-env, %s: %w", what, err))
 		}
 	}
 	cmdline := c.Cmdline
@@ -305,17 +333,18 @@ func (c *Config) validateLinux() []error {
 	if _, err := os.ReadFile(cmdline); err != nil {
 		errs = append(errs, fmt.Errorf("--cmdline: %w", err))
 	}
-	if c.RebootCommand != "" && strings.TrimSpace(c.RebootCommand) == "" {
-		errs = append(errs, errors.New("--reboot-command: an empty command"))
-	}
 	if len(errs) == 0 && slotsOK {
 		// The tools: a missing one names its Debian package.
-		if _, err := linux.New(c.bootConfig()); err != nil {
+		if _, err := linux.New(*c.bootConfig()); err != nil {
 			errs = append(errs, fmt.Errorf("--boot %s: %w", c.Boot, err))
 		}
 	}
 	return errs
 }
+
+// hasSlots reports whether a linux board has A/B slots: --boot or --slot
+// says so, and validateLinux then requires both.
+func (c *Config) hasSlots() bool { return c.Boot != "" || len(c.Slots) > 0 }
 
 // sameFile reports whether a and b name the same file (or device).
 func sameFile(a, b string) bool {
@@ -341,9 +370,13 @@ func (c *Config) bootEnv() string {
 	return ""
 }
 
-// bootConfig is the boot control of a linux board.
-func (c *Config) bootConfig() linux.Config {
-	return linux.Config{Loader: linux.Loader(c.Boot), Devices: maps.Clone(c.Slots), Env: c.bootEnv(), Cmdline: c.Cmdline}
+// bootConfig is the boot control of a linux board; nil for one without
+// A/B slots.
+func (c *Config) bootConfig() *linux.Config {
+	if !c.hasSlots() {
+		return nil
+	}
+	return &linux.Config{Loader: linux.Loader(c.Boot), Devices: maps.Clone(c.Slots), Env: c.bootEnv(), Cmdline: c.Cmdline}
 }
 
 // readable checks that path is a regular file this process can read.

@@ -84,9 +84,20 @@ func TestLinuxSettings(t *testing.T) {
 		want []string // substrings of the error
 	}{
 		{"unknown board", []string{"--board", "rpi", "--state-dir", state}, []string{`--board "rpi": want linux or sim`}},
-		{"nothing", []string{"--board", "linux", "--state-dir", state},
-			[]string{"--boot is required with --board linux", "--slot A=DEVICE is required", "--slot B=DEVICE is required"}},
-		{"no boot loader", without("--boot"), []string{"--boot is required with --board linux: uboot or grub"}},
+		// With --boot or --slot the board has A/B slots, and needs the rest.
+		{"boot loader without slots", append(without("--slot"), "--boot", "grub"),
+			[]string{"--slot A=DEVICE is required with --boot", "--slot B=DEVICE is required with --boot"}},
+		{"one slot", append(without("--slot"), "--slot", "A="+f.slotA), []string{"--slot B=DEVICE is required with --boot"}},
+		{"no boot loader", without("--boot"), []string{"--boot is required with --slot: uboot or grub"}},
+		// Without them it takes no updates: their settings are mistakes.
+		{"plain with boot env", []string{"--board", "linux", "--state-dir", state, "--boot-env", f.grubenv},
+			[]string{"--boot-env: only for a board with A/B slots (give --boot and --slot A=DEV --slot B=DEV)"}},
+		{"plain with cmdline", []string{"--board", "linux", "--state-dir", state, "--cmdline", f.cmdline}, []string{"--cmdline: only for a board with A/B slots"}},
+		{"plain with trust key", []string{"--board", "linux", "--state-dir", state, "--trust-key", f.cmdline}, []string{"--trust-key: only for a board with A/B slots"}},
+		{"plain with health check", []string{"--board", "linux", "--state-dir", state, "--health-check", "true"},
+			[]string{"--health-check: only for a board with A/B slots", "without them the board takes no updates"}},
+		{"plain with blank reboot command", []string{"--board", "linux", "--state-dir", state, "--reboot-command", " "},
+			[]string{"--reboot-command: an empty command"}},
 		{"sim boot loader", linuxArgs("--boot", "sim"), []string{"--boot sim: the sim boot loader is the sim board's supervisor"}},
 		{"unknown boot loader", linuxArgs("--boot", "lilo"), []string{`--boot "lilo": want uboot or grub`}},
 		{"slot without device", linuxArgs("--slot", "A"), []string{`--slot "A": want SLOT=DEVICE`}},
@@ -137,7 +148,7 @@ func TestLinuxSettings(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := linux.Config{Loader: linux.GRUB, Env: f.grubenv, Cmdline: f.cmdline, Devices: map[string]string{"A": f.slotA, "B": f.slotB}}
+		want := &linux.Config{Loader: linux.GRUB, Env: f.grubenv, Cmdline: f.cmdline, Devices: map[string]string{"A": f.slotA, "B": f.slotB}}
 		if got := cfg.bootConfig(); !reflect.DeepEqual(got, want) {
 			t.Errorf("boot config %+v, want %+v", got, want)
 		}
@@ -171,7 +182,7 @@ func TestLinuxSettings(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := linux.Config{Loader: linux.UBoot, Env: f.fwEnv, Cmdline: f.cmdline, Devices: map[string]string{"A": f.slotA, "B": f.slotB}}
+		want := &linux.Config{Loader: linux.UBoot, Env: f.fwEnv, Cmdline: f.cmdline, Devices: map[string]string{"A": f.slotA, "B": f.slotB}}
 		if got := cfg.bootConfig(); !reflect.DeepEqual(got, want) || cfg.RebootCommand != "touch /run/rebooting" || cfg.Model != "imx8mp-evk" {
 			t.Errorf("from the file: %+v, boot %+v", cfg, got)
 		}
@@ -188,6 +199,24 @@ func TestLinuxSettings(t *testing.T) {
 		// A --slot for one slot replaces both: B is then missing.
 		if _, err := parseConfig(t, "--config", file, "--slot", "A="+f.slotA); err == nil || !strings.Contains(err.Error(), "--slot B=DEVICE is required") {
 			t.Errorf("one --slot over the file: %v", err)
+		}
+	})
+
+	t.Run("without slots", func(t *testing.T) {
+		t.Setenv("PATH", t.TempDir()) // no boot loader tool is needed
+		cfg, err := parseConfig(t, "--board", "linux", "--state-dir", state, "--reboot-command", "reboot -f")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.bootConfig() != nil || cfg.hasSlots() {
+			t.Errorf("a board without slots has a boot config: %+v", cfg.bootConfig())
+		}
+		file := filepath.Join(f.dir, "plain.yaml")
+		if err := os.WriteFile(file, []byte("board: linux\nstate_dir: "+state+"\nlisten: \":7207\"\npairing: true\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if cfg, err = parseConfig(t, "--config", file); err != nil || cfg.bootConfig() != nil || cfg.Listen != ":7207" {
+			t.Errorf("from a file: %+v, %v", cfg, err)
 		}
 	})
 }

@@ -31,7 +31,7 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-var addrRE = regexp.MustCompile(`"serving (wss|ws)://[^"]*" addr=(\S+)`)
+var addrRE = regexp.MustCompile(`"serving (wss|ws)://[^"]*"[^\n]*? addr=(\S+)`)
 
 // waitAddr waits for the agent to log the address it listens on, and
 // returns its URL.

@@ -273,7 +273,7 @@ func TestSimRebootOverSerialSocket(t *testing.T) {
 		t.Errorf("board id changed from %s to %s", info1.ID, info2.ID)
 	}
 	// The same connection rides out the next reboot.
-	back, err := c2.RebootWait(ctx)
+	back, err := c2.RebootWait(ctx, dispatcher.WaitOptions{})
 	if err != nil || back.OldBootID != info2.BootID || back.NewBootID == info2.BootID {
 		t.Fatalf("RebootWait = %+v, %v", back, err)
 	}

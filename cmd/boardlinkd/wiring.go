@@ -9,6 +9,7 @@ import (
 	"net"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/fx"
@@ -38,6 +39,7 @@ func serve(ctx context.Context, cfg Config, parts boardParts, stderr io.Writer) 
 		log.Info("made the board's key", "file", cfg.keyFile(), "fingerprint", auth.FingerprintOf(key.Public().(ed25519.PublicKey)))
 	}
 	reboot := make(rebootRequest, 1)
+	leave := new(leaving)
 	var (
 		boot board.BootControl
 		plat *platform
@@ -45,7 +47,7 @@ func serve(ctx context.Context, cfg Config, parts boardParts, stderr io.Writer) 
 	)
 	app := fx.New(
 		fx.WithLogger(func() fxevent.Logger { return fxevent.NopLogger }),
-		fx.Supply(cfg, log, reboot, key),
+		fx.Supply(cfg, log, reboot, key, leave),
 		fx.Provide(func() boardParts { return parts }),
 		fx.Provide(newExecs, newOTA, newAgent, newServers, newMDNS),
 		fx.Invoke(lifecycle),
@@ -62,7 +64,9 @@ func serve(ctx context.Context, cfg Config, parts boardParts, stderr io.Writer) 
 	plat.up()
 	logAccess(log, cfg, key)
 	started := append([]any{"version", version.Version, "id", ag.Info(ctx).ID, "state_dir", cfg.StateDir, "roots", cfg.Roots}, plat.attrs...)
-	if st, err := boot.State(ctx); err != nil {
+	if boot == nil {
+		log.Info("boardlinkd started", append(started, "ota", "off: no A/B slots")...)
+	} else if st, err := boot.State(ctx); err != nil {
 		log.Info("boardlinkd started", started...)
 		log.Warn("boot loader", "err", err)
 	} else {
@@ -76,6 +80,7 @@ func serve(ctx context.Context, cfg Config, parts boardParts, stderr io.Writer) 
 	case <-reboot:
 		log.Info("rebooting")
 		rebooting = true
+		leave.reboot.Store(true)
 	}
 	// The same clean stop for a reboot as for SIGTERM (lifecycle).
 	stopCtx, cancelStop := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
@@ -144,10 +149,13 @@ func lifecycle(lc fx.Lifecycle, log *slog.Logger, c components) {
 		}
 		return c.Execs.Shutdown(ctx)
 	}}
-	update := component{"ota", c.OTA.Start, c.OTA.Stop}
+	local := []component{commands}
+	if c.OTA != nil {
+		local = append(local, component{"ota", c.OTA.Start, c.OTA.Stop})
+	}
 	srv, ann := []component(c.Servers), []component(c.MDNS)
-	start := slices.Concat([]component{commands, update}, srv, ann)
-	stop := slices.Concat(srv, []component{commands, update}, ann)
+	start := slices.Concat(local, srv, ann)
+	stop := slices.Concat(srv, local, ann)
 
 	// fx runs OnStart hooks in the order they were appended and OnStop
 	// hooks in reverse: so the stops go first, backwards, each a hook of
@@ -175,8 +183,12 @@ func newExecs(cfg Config, b stateBoard, log *slog.Logger) *agent.Execs {
 		MaxCommands: limits.MaxCommands, ResultGrace: limits.ResultGrace})
 }
 
-// newOTA is the update state machine, its state in STATE_DIR/ota.
+// newOTA is the update state machine, its state in STATE_DIR/ota; nil
+// on a board without A/B slots, which serves no updates.
 func newOTA(cfg Config, b stateBoard, boot board.BootControl, log *slog.Logger, reboot rebootRequest) (*ota.Updater, error) {
+	if boot == nil {
+		return nil, nil
+	}
 	var keys []ed25519.PublicKey
 	for _, path := range cfg.TrustKeys {
 		k, err := image.LoadPublicKey(path)
@@ -244,10 +256,16 @@ func newServers(cfg Config, a *agent.Agent, serial serialServer) serverOut {
 	return out
 }
 
+// leaving tells the mDNS announcement why the agent stops: for a reboot,
+// set before the stop, browsers are told the board will be back, so that
+// it stays listed and its return (a new boot id) is one update.
+type leaving struct{ reboot atomic.Bool }
+
 // newMDNS announces the advertised server once it listens, and says
-// goodbye when it stops. A server on loopback only is announced only on
-// the interfaces named with --iface: elsewhere nobody could reach it.
-func newMDNS(cfg Config, a *agent.Agent, adv advertised, log *slog.Logger) mdns {
+// goodbye when it stops, or that it reboots (leaving). A server on
+// loopback only is announced only on the interfaces named with --iface:
+// elsewhere nobody could reach it.
+func newMDNS(cfg Config, a *agent.Agent, adv advertised, log *slog.Logger, leave *leaving) mdns {
 	if cfg.NoMDNS || adv.ws == nil {
 		return nil
 	}
@@ -269,8 +287,11 @@ func newMDNS(cfg Config, a *agent.Agent, adv advertised, log *slog.Logger) mdns 
 		return nil
 	}
 	stop := func(ctx context.Context) error {
-		if ad == nil {
+		switch {
+		case ad == nil:
 			return nil
+		case leave.reboot.Load():
+			return ad.Reboot(ctx, 0)
 		}
 		return ad.Stop(ctx)
 	}

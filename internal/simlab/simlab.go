@@ -339,7 +339,7 @@ func (b *Board) down(ctx context.Context) error {
 	b.op.Lock()
 	defer b.op.Unlock()
 	b.want = false
-	return b.stopLocked(ctx)
+	return b.stopLocked(ctx, false)
 }
 
 // Up boots the board again (a new boot id, the same address) and returns
@@ -373,7 +373,7 @@ func (b *Board) bootLocked(ctx context.Context) (err error) {
 		if err != nil {
 			stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
 			defer cancel()
-			err = errors.Join(fmt.Errorf("simlab: %s: %w", b.ID, err), bt.stop(stopCtx))
+			err = errors.Join(fmt.Errorf("simlab: %s: %w", b.ID, err), bt.stop(stopCtx, false))
 		}
 	}()
 	bt.execs = agent.NewExecs(agent.ExecOptions{LogSize: execLogSize, LogPath: filepath.Join(b.dir, "exec-log.json"),
@@ -455,14 +455,15 @@ func (b *Board) listen(ctx context.Context, a *agent.Agent) (*agent.WebSocketSer
 	}
 }
 
-// stopLocked stops the running boot, if any.
-func (b *Board) stopLocked(ctx context.Context) error {
+// stopLocked stops the running boot, if any; rebooting says the board
+// comes back, which its mDNS record announces instead of a goodbye.
+func (b *Board) stopLocked(ctx context.Context, rebooting bool) error {
 	bt := b.cur
 	if bt == nil {
 		return nil
 	}
 	b.cur = nil
-	if err := bt.stop(ctx); err != nil {
+	if err := bt.stop(ctx, rebooting); err != nil {
 		return fmt.Errorf("simlab: %s: stop: %w", b.ID, err)
 	}
 	b.log.Debug("simlab: down", "boot_id", bt.sim.BootID())
@@ -470,11 +471,15 @@ func (b *Board) stopLocked(ctx context.Context) error {
 }
 
 // stop ends what the boot started, in the reverse order: the advertiser
-// (a goodbye), the WebSocket server and its connections, the update
-// machine, and last the commands still running.
-func (bt *boot) stop(ctx context.Context) error {
+// (a goodbye, or the announcement of a reboot), the WebSocket server and
+// its connections, the update machine, and last the commands still
+// running.
+func (bt *boot) stop(ctx context.Context, rebooting bool) error {
 	var errs []error
-	if bt.adv != nil {
+	switch {
+	case bt.adv != nil && rebooting:
+		errs = append(errs, bt.adv.Reboot(ctx, 0))
+	case bt.adv != nil:
 		errs = append(errs, bt.adv.Stop(ctx))
 	}
 	if bt.ws != nil {
@@ -513,7 +518,7 @@ func (bt *boot) reboot() {
 		return
 	}
 	b.log.Debug("simlab: rebooting", "boot_id", bt.sim.BootID())
-	if err := b.stopLocked(ctx); err != nil {
+	if err := b.stopLocked(ctx, true); err != nil {
 		b.log.Warn("simlab: reboot", "err", err)
 	}
 	b.op.Unlock()

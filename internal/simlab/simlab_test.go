@@ -116,7 +116,7 @@ func TestReboot(t *testing.T) {
 	b := l.Boards[1]
 	addr, old := b.Addr(), b.BootID()
 	c := dial(t, ctx, addr)
-	res, err := c.RebootWait(ctx)
+	res, err := c.RebootWait(ctx, dispatcher.WaitOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,7 +291,7 @@ func TestStopLeavesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if _, err := c.RebootWait(ctx); err != nil {
+	if _, err := c.RebootWait(ctx, dispatcher.WaitOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	type outcome struct {
@@ -388,7 +388,7 @@ func TestMDNS(t *testing.T) {
 		}
 	}
 	b := l.Boards[0]
-	if _, err := dial(t, ctx, b.Addr()).RebootWait(ctx); err != nil {
+	if _, err := dial(t, ctx, b.Addr()).RebootWait(ctx, dispatcher.WaitOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	// The goodbye of the old boot and the new boot's announcement come

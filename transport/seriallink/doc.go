@@ -54,24 +54,49 @@
 //	        restarted, or a newer session replaced it), 2 version refused.
 //	BEACON  the agent's Config.Beacon bytes, typically JSON naming the board.
 //
+// # Framing 2: forward error correction
+//
+// Both hellos may carry a fifth byte, the newest framing the end speaks
+// (Config.Framing); a session where both offer 2 sends its DATA and ACK
+// frames as
+//
+//	0x00 0xFF L1 L2 P P P BLOCK... 0x00
+//
+// (see fec.go): 0xFF starts the frame, P = 0x80|p (three copies, majority
+// wins) gives p, the Reed-Solomon parity bytes per block, and each BLOCK is
+// M M (codeword XOR M): a piece of rate|BODY of up to 252-p bytes and its
+// parity, masked with a byte value M it lacks so that it holds no 0x00.
+// The receiver corrects up to p/2 bad bytes per block. rate reports the
+// byte error rate the sender sees on its incoming line (0: none, else
+// 2^(-rate/16)); each end picks p from its peer's report: 0 on a clean
+// line, 8 at 0.1% of bytes corrupted (parityFor); 4 for a session's first
+// 32 KiB while the peer reports none. SYN, SYNACK, RST and BEACON stay in
+// framing 1, and an end with Framing 1 (or an older build) sends the 4-byte
+// hello, ignores the fifth byte and so keeps framing 1.
+//
 // # Receiving
 //
 // The receiver is in TEXT or FRAME state. In TEXT, bytes are console text,
-// except 0x00 (skipped) and 0xFE (starts a candidate, FRAME state). In
-// FRAME it collects bytes; the candidate ends at 0x00 or, if it is a frame,
-// as soon as it reaches the length L1 L2 announce (so a lost closing 0x00
-// costs nothing). A candidate is a frame if its length matches, COBS
-// decodes and the CRC holds. A longer candidate may hold console text
-// written into the middle of the frame (a kernel printk between two of the
-// agent's writes): each window of the excess length (up to 2048 bytes) is
-// cut out in turn, the text possibly sitting before or between L1 and L2
-// too; if what remains is a frame, the frame is taken and the window is
-// console text. Where several cuts leave the same frame, the one whose
-// text ends with a newline wins. Failing candidates are dropped and counted
-// (Stats.Corrupt); their frames are retransmitted. A failed candidate whose
-// first byte cannot be L1 (below 0x80) is console text after all (a
-// Latin-1 "þ"). A candidate longer than the longest frame plus 2048 bytes
-// is abandoned.
+// except 0x00 (skipped) and 0xFE or 0xFF (start a candidate of framing 1
+// or 2, FRAME state). In FRAME it collects bytes; the candidate ends at
+// 0x00 or, if it is a frame, as soon as it reaches the length L1 L2
+// announce (so a lost closing 0x00 costs nothing). A candidate is a frame
+// if its length matches, it decodes (COBS; in framing 2 the blocks) and
+// the CRC holds. A longer candidate may hold console text written into the
+// middle of the frame (a kernel printk between two of the agent's writes):
+// each window of the excess length (up to 2048 bytes) is cut out in turn,
+// the text possibly sitting before or between L1 and L2 too; if what
+// remains is a frame, the frame is taken and the window is console text.
+// Where several cuts leave the same frame, the one whose text ends with a
+// newline wins. In framing 2 with parity only cuts from the first block
+// that needed repair to the end of the first that failed are tried, the
+// one needing the fewest corrections wins, and the copies of P and M must
+// then agree; a frame whose last block was repaired is taken only at its
+// closing 0x00 (the repair may have been text written into its tail).
+// Failing candidates are dropped and counted (Stats.Corrupt); their frames
+// are retransmitted. A failed candidate whose first byte cannot be L1
+// (below 0x80) is console text after all (a Latin-1 "þ" or "ÿ"). A
+// candidate longer than the longest frame plus 2048 bytes is abandoned.
 //
 // # Reliability
 //

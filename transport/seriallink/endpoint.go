@@ -45,6 +45,10 @@ type Config struct {
 	Beacon func() []byte
 	// ConsoleBuffer is the size of the console text buffer (default 64 KiB).
 	ConsoleBuffer int
+	// Framing is the newest framing version this end offers in its hello
+	// (default and at most 2: forward error correction; 1: the original
+	// framing). A session uses the older of the two ends' versions.
+	Framing int
 	// DialWithoutBeacon lets Dial send its SYN without first hearing from
 	// an agent. Only for lines known to carry an agent: on anything else
 	// (a boot loader waiting for a key) the SYN is input.
@@ -75,6 +79,7 @@ func (c Config) withDefaults() Config {
 	def(&c.Window, DefaultWindow, 1, 255)
 	def(&c.MaxMessage, DefaultMaxMessage, 1, 1<<30)
 	def(&c.ConsoleBuffer, DefaultConsoleBuffer, 1, 1<<30)
+	def(&c.Framing, maxFraming, 1, maxFraming)
 	dur := func(v *time.Duration, d time.Duration) {
 		if *v <= 0 {
 			*v = d

@@ -36,6 +36,10 @@ const (
 	rstUnknown   = 1 // the agent has no such session (it restarted, or a newer SYN replaced it)
 	rstVersion   = 2 // the SYN asked for a protocol version the agent does not speak
 	protoVersion = 1
+	// maxFraming is the newest framing: 2 adds forward error correction to
+	// session frames. The hello's version byte stays 1 (older agents refuse
+	// anything else); a fifth hello byte offers the framing.
+	maxFraming = 2
 )
 
 const (
@@ -47,8 +51,8 @@ const (
 	// maxEncoded bounds E, the COBS length of a body; it keeps the first
 	// length byte in 0x80..0xA0, so it is never 0x00 or 0xFE.
 	maxEncoded = headerLen + MaxPayloadLimit + crcLen + (headerLen+MaxPayloadLimit+crcLen)/254 + 1
-	// maxWire is the longest frame on the line.
-	maxWire = 2 + 2 + maxEncoded + 1
+	// maxWire is the longest frame on the line, of either framing.
+	maxWire = 2 + 2 + max(maxEncoded, maxFECEncoded) + 1
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -61,21 +65,20 @@ type header struct {
 	seq   uint16 // DATA: sequence number; ACK: probe id
 	ack   uint16 // next DATA seq the sender of this frame expects
 	wnd   byte   // further frames it can buffer beyond ack
+
+	// Framing 2 only, not part of BODY: the frame came with FEC, and the
+	// error rate its sender reported.
+	fec  bool
+	rate byte
 }
 
-// frameBuf encodes frames; it keeps its scratch body between calls.
-type frameBuf struct{ body []byte }
+// frameBuf encodes frames; it keeps its scratch buffers between calls.
+type frameBuf struct{ body, cw []byte }
 
 // appendFrame appends the wire form of one frame to dst:
 // 0x00 0xFE L1 L2 COBS(header|payload|crc32c) 0x00.
 func (fb *frameBuf) appendFrame(dst []byte, h header, payload []byte) []byte {
-	b := append(fb.body[:0], h.typ, h.flags)
-	b = binary.BigEndian.AppendUint16(b, h.tag)
-	b = binary.BigEndian.AppendUint16(b, h.seq)
-	b = binary.BigEndian.AppendUint16(b, h.ack)
-	b = append(b, h.wnd)
-	b = append(b, payload...)
-	b = binary.BigEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+	b := appendBody(fb.body[:0], 0, h, payload)
 	fb.body = b
 
 	dst = append(dst, delim, startByte, 0, 0)
@@ -106,13 +109,24 @@ func decodeFrame(scratch, c []byte) (h header, payload, body []byte, ok bool) {
 		return h, nil, scratch, false
 	}
 	body, err := cobsDecode(scratch[:0], c[2:])
-	if err != nil || len(body) < headerLen+crcLen {
+	if err != nil {
 		return h, nil, body, false
 	}
-	n := len(body) - crcLen
-	if crc32.Checksum(body[:n], castagnoli) != binary.BigEndian.Uint32(body[n:]) {
-		return h, nil, body, false
+	h, payload, ok = parseBody(body, 0)
+	return h, payload, body, ok
+}
+
+// parseBody checks the CRC at the end of b and splits the BODY that starts
+// at b[at]; the payload aliases b.
+func parseBody(b []byte, at int) (h header, payload []byte, ok bool) {
+	if len(b) < at+headerLen+crcLen {
+		return h, nil, false
 	}
+	n := len(b) - crcLen
+	if crc32.Checksum(b[:n], castagnoli) != binary.BigEndian.Uint32(b[n:]) {
+		return h, nil, false
+	}
+	body := b[at:]
 	h = header{
 		typ:   body[0],
 		flags: body[1],
@@ -121,5 +135,5 @@ func decodeFrame(scratch, c []byte) (h header, payload, body []byte, ok bool) {
 		ack:   binary.BigEndian.Uint16(body[6:]),
 		wnd:   body[8],
 	}
-	return h, body[headerLen:n], body, true
+	return h, body[headerLen : n-at], true
 }

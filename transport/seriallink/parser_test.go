@@ -2,6 +2,7 @@ package seriallink
 
 import (
 	"bytes"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -117,16 +118,23 @@ func TestParserTextInsideFrameEveryPosition(t *testing.T) {
 			} else {
 				s.p.feed(in)
 			}
-			if len(s.frames) != 2 || s.frames[0].h != h || !bytes.Equal(s.frames[0].payload, pl) || s.frames[1].h.typ != typeAck {
-				t.Fatalf("%s, text at %d: frames %d", name, i, len(s.frames))
-			}
-			if s.text.String() != line {
-				t.Fatalf("%s, text at %d: console %q", name, i, s.text.String())
-			}
-			if c := s.stats.corrupt.Load(); c != 0 {
-				t.Fatalf("%s, text at %d: %d corrupt", name, i, c)
-			}
+			s.wantFrameThenAck(t, fmt.Sprintf("%s, text at %d", name, i), h, pl, line)
 		}
+	}
+}
+
+// wantFrameThenAck checks that s got the frame h with payload pl, then an
+// ACK, and exactly text as console text, with nothing dropped as corrupt.
+func (s *sink) wantFrameThenAck(t *testing.T, what string, h header, pl []byte, text string) {
+	t.Helper()
+	if len(s.frames) != 2 || s.frames[0].h != h || !bytes.Equal(s.frames[0].payload, pl) || s.frames[1].h.typ != typeAck {
+		t.Fatalf("%s: frames %d", what, len(s.frames))
+	}
+	if s.text.String() != text {
+		t.Fatalf("%s: console %q", what, s.text.String())
+	}
+	if c := s.stats.corrupt.Load(); c != 0 {
+		t.Fatalf("%s: %d corrupt", what, c)
 	}
 }
 

@@ -10,6 +10,8 @@ type Stats struct {
 	Retransmits           uint64 // DATA frames sent again
 	Corrupt               uint64 // frame candidates dropped: bad CRC, length or encoding, torn
 	Recovered             uint64 // frames saved by cutting console text out of them
+	FECFramesIn           uint64 // valid frames received in framing 2 (with forward error correction)
+	Corrected             uint64 // bytes the forward error correction repaired
 	ConsoleBytes          uint64 // console text received
 	ConsoleDropped        uint64 // console text dropped because nobody read it in time
 }
@@ -17,6 +19,8 @@ type Stats struct {
 type counters struct {
 	wireIn, wireOut, payloadIn, payloadOut, framesIn, framesOut   atomic.Uint64
 	retransmits, corrupt, recovered, consoleBytes, consoleDropped atomic.Uint64
+	fecIn, corrected                                              atomic.Uint64
+	rxRate                                                        atomic.Uint32 // the error rate byte to report, from the parser
 }
 
 func (c *counters) snapshot() Stats {
@@ -26,5 +30,6 @@ func (c *counters) snapshot() Stats {
 		FramesIn: c.framesIn.Load(), FramesOut: c.framesOut.Load(),
 		Retransmits: c.retransmits.Load(), Corrupt: c.corrupt.Load(), Recovered: c.recovered.Load(),
 		ConsoleBytes: c.consoleBytes.Load(), ConsoleDropped: c.consoleDropped.Load(),
+		FECFramesIn: c.fecIn.Load(), Corrected: c.corrected.Load(),
 	}
 }

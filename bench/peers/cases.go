@@ -1,0 +1,258 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/boardlink/boardlink/bench/internal/benchkit"
+	"github.com/boardlink/boardlink/dispatcher"
+)
+
+// benchExec times `true` on a persistent connection: boardlink's client
+// on each link, a local fork/exec, and a persistent ssh shell.
+func benchExec(ctx context.Context, e *benchEnv) ([]row, error) {
+	fmt.Fprintf(e.out, "exec true on a persistent connection, %d rounds\n", e.cfg.execs)
+	var vs []variant
+	for _, l := range links {
+		c, err := e.dial(ctx, l)
+		if err != nil {
+			return nil, fmt.Errorf("dial %s: %w", e.urls[l], err)
+		}
+		defer c.Close()
+		vs = append(vs, variant{name: "client " + l, run: func(ctx context.Context) error {
+			res, err := c.Exec(ctx, dispatcher.ExecRequest{Argv: []string{"true"}})
+			if err == nil && res.ExitCode != 0 {
+				err = fmt.Errorf("exit code %d", res.ExitCode)
+			}
+			return err
+		}})
+	}
+	sh, err := startShell(ctx, e)
+	if err != nil {
+		return nil, err
+	}
+	defer sh.stop()
+	vs = append(vs,
+		variant{name: "fork/exec /bin/true", run: func(ctx context.Context) error {
+			return exec.CommandContext(ctx, "/bin/true").Run()
+		}},
+		variant{name: "ssh shell /bin/true", run: sh.run})
+	return measure(ctx, e.cfg.execs, true, "`true`, persistent connection", vs, 2, 0)
+}
+
+// shell is one ssh session running sh, fed commands on its stdin.
+type shell struct {
+	*group
+	in  io.WriteCloser
+	out *bufio.Reader
+}
+
+// endMark ends every command's output, with its exit status after it.
+const endMark = "__boardlink_bench_end_"
+
+func startShell(ctx context.Context, e *benchEnv) (*shell, error) {
+	cmd := exec.Command(e.tools.SSH, e.sshArgs([]string{"-T"}, "/bin/sh")...)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	g, err := startGroup(cmd)
+	if err != nil {
+		return nil, err
+	}
+	s := &shell{group: g, in: in, out: bufio.NewReader(out)}
+	if err := s.run(ctx); err != nil {
+		s.stop()
+		return nil, fmt.Errorf("ssh shell: %w", err)
+	}
+	return s, nil
+}
+
+// run runs /bin/true in the shell and reads up to its end mark.
+func (s *shell) run(ctx context.Context) error {
+	if _, err := io.WriteString(s.in, "/bin/true; echo "+endMark+"$?\n"); err != nil {
+		return err
+	}
+	for {
+		line, err := s.out.ReadString('\n')
+		if err != nil {
+			return fmt.Errorf("ssh shell: %w", err)
+		}
+		if status, ok := strings.CutPrefix(strings.TrimSpace(line), endMark); ok {
+			if status != "0" {
+				return fmt.Errorf("ssh shell: /bin/true exited %s", status)
+			}
+			return nil
+		}
+	}
+}
+
+func (s *shell) stop() {
+	s.in.Close()
+	s.group.stop()
+}
+
+// benchCLI times `true` by a fresh process: the boardlink CLI on each
+// link, a fresh ssh, and ssh through a ControlMaster that is up.
+func benchCLI(ctx context.Context, e *benchEnv) ([]row, error) {
+	fmt.Fprintf(e.out, "true by a fresh CLI process, %d rounds\n", e.cfg.cli)
+	ctl := filepath.Join(e.dirs["ssh"], "ctl")
+	master, err := startGroup(exec.Command(e.tools.SSH, e.sshArgs([]string{"-M", "-S", ctl, "-N", "-o", "ControlPersist=no"})...))
+	if err != nil {
+		return nil, err
+	}
+	defer master.stop()
+	if err := waitMaster(ctx, e, ctl, master); err != nil {
+		return nil, err
+	}
+	var vs []variant
+	for _, l := range links {
+		vs = append(vs, variant{name: "boardlink exec " + l, run: func(ctx context.Context) error { return e.cliExec(ctx, l) }})
+	}
+	vs = append(vs,
+		variant{name: "ssh host true", run: func(ctx context.Context) error { return e.runSSH(ctx, nil, nil, nil, "true") }},
+		variant{name: "ssh -S ctl host true", run: func(ctx context.Context) error {
+			return e.runSSH(ctx, []string{"-S", ctl}, nil, nil, "true")
+		}})
+	return measure(ctx, e.cfg.cli, true, "`true`, a fresh CLI process", vs, 2, 0)
+}
+
+// waitMaster waits until the ControlMaster at ctl answers.
+func waitMaster(ctx context.Context, e *benchEnv, ctl string, master *group) error {
+	var last error
+	for range 100 {
+		if last = e.runSSH(ctx, []string{"-S", ctl, "-O", "check"}, nil, nil); last == nil {
+			return nil
+		}
+		select {
+		case <-master.done:
+			return fmt.Errorf("ssh ControlMaster exited: %v", master.err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("ssh ControlMaster did not come up: %w", last)
+}
+
+// benchTransfer times push and pull of a file of cfg.size random bytes:
+// the boardlink CLI on each link, scp, and ssh with cat. Every copy is
+// checked against the file's sha256 after its timed run, and removed
+// before the next.
+func benchTransfer(ctx context.Context, e *benchEnv) ([]row, error) {
+	size := e.cfg.size
+	src := filepath.Join(e.dirs["local"], "source.bin")
+	fmt.Fprintf(e.out, "push and pull of %s, %d rounds\n", benchkit.Human(size), e.cfg.runs)
+	sum, err := benchkit.WriteRandomSum(src, size)
+	if err != nil {
+		return nil, err
+	}
+	// Every pull reads this copy, already on disk, as a board's file is.
+	served := filepath.Join(e.dirs["root"], "served.bin")
+	if err := benchkit.CopyFile(src, served); err != nil {
+		return nil, err
+	}
+	if err := benchkit.Fsync(served); err != nil {
+		return nil, err
+	}
+	ssh := func(p string) string { return "127.0.0.1:" + p }
+	scp := func(ctx context.Context, from, to string) error {
+		args := append(append([]string{"-q", "-P", fmt.Sprint(e.sshd.Port)}, e.sshd.ClientOptions()...), from, to)
+		if out, err := exec.CommandContext(ctx, e.tools.SCP, args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("scp: %w: %s", err, out)
+		}
+		return nil
+	}
+	// checked is a variant that writes dst: removed before its timed run,
+	// its sha256 checked after it.
+	checked := func(name, dst string, run func(ctx context.Context) error) variant {
+		return variant{name: name, run: run,
+			prep:  func(context.Context) error { return benchkit.RemoveWithPartials(dst) },
+			check: func(context.Context) error { return checkCopy(dst, sum) }}
+	}
+	var push, pull []variant
+	for _, l := range links {
+		up, down := filepath.Join(e.dirs["root"], "pushed-"+l+".bin"), filepath.Join(e.dirs["local"], "pulled-"+l+".bin")
+		push = append(push, checked("boardlink push "+l, up, func(ctx context.Context) error {
+			return e.runCLI(ctx, "push", "--token-file", e.token, e.urls[l], src, up)
+		}))
+		pull = append(pull, checked("boardlink pull "+l, down, func(ctx context.Context) error {
+			return e.runCLI(ctx, "pull", "--token-file", e.token, e.urls[l], served, down)
+		}))
+	}
+	up, down := filepath.Join(e.dirs["sshfiles"], "scp-up.bin"), filepath.Join(e.dirs["local"], "scp-down.bin")
+	push = append(push, checked("scp upload", up, func(ctx context.Context) error { return scp(ctx, src, ssh(up)) }))
+	pull = append(pull, checked("scp download", down, func(ctx context.Context) error { return scp(ctx, ssh(served), down) }))
+	catUp, catDown := filepath.Join(e.dirs["sshfiles"], "cat-up.bin"), filepath.Join(e.dirs["local"], "cat-down.bin")
+	push = append(push, checked("ssh 'cat > f'", catUp, func(ctx context.Context) error {
+		f, err := os.Open(src)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return e.runSSH(ctx, nil, f, nil, "cat > "+catUp)
+	}))
+	pull = append(pull, checked("ssh 'cat f'", catDown, func(ctx context.Context) error {
+		f, err := os.Create(catDown)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := e.runSSH(ctx, nil, nil, f, "cat "+served); err != nil {
+			return err
+		}
+		return f.Close()
+	}))
+	rows, err := measure(ctx, e.cfg.runs, false, "push "+benchkit.Human(size), push, 2, size)
+	if err != nil {
+		return nil, err
+	}
+	more, err := measure(ctx, e.cfg.runs, false, "pull "+benchkit.Human(size), pull, 2, size)
+	return append(rows, more...), err
+}
+
+// measure times n rounds of vs, after an untimed warm-up round if warm
+// (first calls pay for page faults and caches), and pairs each of the
+// first nbl variants (boardlink's) with each of the others (the peers');
+// size is the bytes each run moves, for a transfer.
+func measure(ctx context.Context, n int, warm bool, what string, vs []variant, nbl int, size int64) ([]row, error) {
+	if warm {
+		if _, err := interleave(ctx, 1, vs...); err != nil {
+			return nil, err
+		}
+	}
+	times, err := interleave(ctx, n, vs...)
+	if err != nil {
+		return nil, err
+	}
+	var rows []row
+	for _, peer := range vs[nbl:] {
+		for _, bl := range vs[:nbl] {
+			rows = append(rows, pair(what, bl.name, peer.name, times, size))
+		}
+	}
+	return rows, nil
+}
+
+// checkCopy fails unless the file at path hashes to sum.
+func checkCopy(path, sum string) error {
+	got, err := benchkit.HashFile(path)
+	if err != nil {
+		return err
+	}
+	if got != sum {
+		return fmt.Errorf("%s hashes %s, want %s", path, got, sum)
+	}
+	return nil
+}
