@@ -499,7 +499,8 @@ func (r *responder) suppressLocked(p packet, knowns map[string]uint32) {
 // checkConflictLocked warns, once a minute per board, when a responder
 // that is not this process announces one of our ids with other data.
 func (r *responder) checkConflictLocked(m *dns.Msg, p packet, ifc *ifaceAddrs) {
-	if slices.Contains(ifc.v4, p.src.Addr()) || slices.Contains(ifc.v6, p.src.Addr()) {
+	// A link-local source carries its zone; the interface's addresses do not.
+	if src := p.src.Addr().WithZone(""); slices.Contains(ifc.v4, src) || slices.Contains(ifc.v6, src) {
 		return // our own, looped back
 	}
 	for _, rr := range append(slices.Clone(m.Answer), m.Extra...) {

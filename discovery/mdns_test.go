@@ -322,11 +322,12 @@ func TestLabAddUpdateRemove(t *testing.T) {
 	b1, b2, adv1, adv2 := l.nodes[1], l.nodes[2], advs[0], advs[1]
 	checkBoard(t, added["board1"].Record, testRecord("board1", 7207, "boot-1"), fmt.Sprintf("ws://%s:7207", b1.IPv4))
 	checkBoard(t, added["board2"].Record, testRecord("board2", 7208, "boot-1"), fmt.Sprintf("ws://%s:7208", b2.IPv4))
+	shown := map[string]Record{"board1": added["board1"].Record, "board2": added["board2"].Record}
 
 	// Update: a new boot id, no removal in between.
 	adv1.send("update boot-2")
 	t0 := time.Now()
-	ev := events.next(5 * time.Second)
+	ev := events.nextNews(5*time.Second, shown)
 	if ev.Op != Updated || ev.Record.ID != "board1" {
 		t.Fatalf("after Update: %s %s, want updated board1", ev.Op, ev.Record.ID)
 	}
@@ -339,7 +340,7 @@ func TestLabAddUpdateRemove(t *testing.T) {
 	t0 = time.Now()
 	adv2 = helper(t, "advertise board2 again", b2.NS, "advertise", labIface, "board2", "7208", "boot-2")
 	adv2.expect("ready", 10*time.Second)
-	ev = events.next(5 * time.Second)
+	ev = events.nextNews(5*time.Second, shown)
 	if ev.Op != Updated || ev.Record.ID != "board2" {
 		t.Fatalf("after restart: %s %s, want updated board2", ev.Op, ev.Record.ID)
 	}
@@ -349,7 +350,7 @@ func TestLabAddUpdateRemove(t *testing.T) {
 	// Clean stop: goodbye.
 	t0 = time.Now()
 	adv1.send("stop")
-	ev = events.next(eventGuard)
+	ev = events.nextNews(eventGuard, shown)
 	if ev.Op != Removed || ev.Record.ID != "board1" {
 		t.Fatalf("after stop: %s %s, want removed board1", ev.Op, ev.Record.ID)
 	}
@@ -359,7 +360,7 @@ func TestLabAddUpdateRemove(t *testing.T) {
 	// SIGKILL: no goodbye; the default Expiry bounds it.
 	t0 = time.Now()
 	adv2.kill()
-	ev = events.next(eventGuard)
+	ev = events.nextNews(eventGuard, shown)
 	if ev.Op != Removed || ev.Record.ID != "board2" {
 		t.Fatalf("after SIGKILL: %s %s, want removed board2", ev.Op, ev.Record.ID)
 	}

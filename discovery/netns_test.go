@@ -454,6 +454,29 @@ func (s eventStream) next(timeout time.Duration) helperEvent {
 	return ev
 }
 
+// nextNews returns the next event that changes what a board announces,
+// or adds or removes one. An Updated that announces what shown holds for
+// the board already (an address learned later, as a link-local IPv6 one
+// after the IPv4 one) is logged and skipped. shown follows the events.
+func (s eventStream) nextNews(timeout time.Duration, shown map[string]Record) helperEvent {
+	s.p.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			s.p.t.Fatalf("no news within %v", timeout)
+		}
+		ev := s.next(left)
+		was, ok := shown[ev.Record.ID]
+		shown[ev.Record.ID] = ev.Record
+		if ev.Op == Updated && ok && ev.Record.SameAnnouncement(was) {
+			s.p.t.Logf("%s updated with the same announcement: addresses %v", ev.Record.ID, ev.Record.Addrs)
+			continue
+		}
+		return ev
+	}
+}
+
 // waitFor returns the first event with op for id, skipping others.
 func (s eventStream) waitFor(op Op, id string, timeout time.Duration) helperEvent {
 	s.p.t.Helper()

@@ -89,7 +89,8 @@ func TestBoardsFile(t *testing.T) {
 func TestVerbose(t *testing.T) {
 	d := startBoard(t)
 	_, stderr, code := cli(t, "", "-v", "info", d.ws.URL())
-	if code != 0 || !strings.Contains(stderr, "msg=dial") || !strings.Contains(stderr, `msg="session open" board=demo-board`) {
+	if code != 0 || !strings.Contains(stderr, "msg=dial") || !strings.Contains(stderr, `msg="session open" board=demo-board`) ||
+		!strings.Contains(stderr, "msg=call method=board.info took=") {
 		t.Fatalf("-v info: exit %d, stderr:\n%s", code, stderr)
 	}
 }

@@ -202,3 +202,32 @@ func (d *demoBoard) stop() {
 	}
 	os.RemoveAll(d.dir)
 }
+
+// TestDemoInterrupted: Ctrl-C during the demo's rollout stops it at once
+// with 130 and one line, the lab stopped: no board's log is dumped as if
+// it had failed.
+func TestDemoInterrupted(t *testing.T) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	var stdout, stderr testenv.Buffer
+	go func() {
+		for !strings.Contains(stdout.String(), "$ boardlink rollout") {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+		cancel(&signalError{os.Interrupt})
+	}()
+	err := run(ctx, []string{"--known-boards", knownBoards(t), "demo", "--no-mdns"}, &stdout, &stderr)
+	var msg strings.Builder
+	code := exitStatus(err, &msg)
+	out := stdout.String() + stderr.String() + msg.String()
+	if code != 130 || !strings.Contains(msg.String(), "demo interrupted; the lab is stopped and its files removed") {
+		t.Fatalf("demo after Ctrl-C: exit %d\n%s", code, out)
+	}
+	if strings.Contains(out, " failed in ") || strings.Contains(out, "rolled_back") {
+		t.Fatalf("after Ctrl-C the demo reported boards as failing:\n%s", out)
+	}
+}

@@ -53,6 +53,31 @@ func TestRebootWaitShows(t *testing.T) {
 	t.Logf("last frame: %q", strings.SplitN(term[i:], "\r", 2)[0])
 }
 
+// TestRebootWaitInterrupted: Ctrl-C while waiting for a board that has
+// not come back ends the wait at once with 130, and says that the board
+// went down and how to look for it again.
+func TestRebootWaitInterrupted(t *testing.T) {
+	b := startSimBoard(t, time.Hour) // it goes down and stays down
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	go func() {
+		for !strings.Contains(b.stderr.String(), "msg=rebooting") {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+		cancel(&signalError{os.Interrupt})
+	}()
+	code, stdout, term := onPTY(t, ctx, "reboot", b.ws, "--wait", "--timeout", "1h")
+	if code != 130 || !strings.Contains(term, "interrupted: stopped waiting for") || !strings.Contains(term, "'boardlink info ") {
+		t.Fatalf("reboot --wait after Ctrl-C: exit %d\n%s\n%q", code, stdout, term)
+	}
+	i := strings.LastIndex(term, "interrupted")
+	t.Logf("said: %q", strings.SplitN(term[i:], "\n", 2)[0])
+}
+
 // counters are the overall bars' "N/M boards done" of a stage.
 func counters(term, stage string) []string {
 	re := regexp.MustCompile(stage + `\s+(\d+/\d+) boards done`)

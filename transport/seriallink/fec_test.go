@@ -195,3 +195,37 @@ func bool2int(b bool) int {
 	}
 	return 0
 }
+
+// Text cut out of a frame whose first byte equals the frame byte right
+// after it (a kernel line's "[" before a frame byte "[") leaves the same
+// frame cut one byte later; the text that comes out is still the line as
+// written, not shifted by a byte.
+func TestTextEdgeLikeFrameByte(t *testing.T) {
+	next := wire(header{typ: typeAck, tag: 3, ack: 4}, nil)
+	pl := testPayloads()["binary"][:400]
+	h := header{typ: typeData, tag: 0x1234, seq: 42, ack: 7, wnd: 16}
+	for _, parity := range []int{-1, 0, 4} { // -1: framing 1
+		w, want := wire(h, pl), h
+		if parity >= 0 {
+			w, want = fecWire(h, pl, parity, 7), fecWant(h, 7)
+		}
+		tested := 0
+		// From the first block (text among the header's bytes costs the
+		// frame, a retransmission, not the line) to before the frame's last
+		// byte: text there whose first byte is that byte makes a frame
+		// complete at its length, and the byte goes out after the text.
+		for i := 1 + 2 + fecHdr; i < len(w)-2; i++ {
+			if w[i] == delim || w[i] == startByte || w[i] == fecStart || w[i] == '\n' {
+				continue
+			}
+			line := string(w[i]) + "   1.000000] edge\r\n"
+			s := newSink()
+			s.p.feed(join(w[:i], []byte(line), w[i:], next))
+			s.wantFrameThenAck(t, fmt.Sprintf("parity %d, text at %d", parity, i), want, pl, line)
+			tested++
+		}
+		if tested < 100 {
+			t.Fatalf("parity %d: only %d positions", parity, tested)
+		}
+	}
+}

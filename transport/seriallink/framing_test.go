@@ -56,7 +56,7 @@ func TestFramingNegotiated(t *testing.T) {
 			testenv.Eventually(t, "the host to read all the board sent", func() bool { return he.Stats().WireIn >= line.Stats().Bytes[1] })
 			he.Close()
 			if missing, ok := inOrder(console(), line.Injected()); !ok {
-				t.Errorf("console line %q missing", missing)
+				t.Errorf("console line %s missing", missing)
 			}
 			hs, as := he.Stats(), ae.Stats()
 			both := c.host == 2 && c.agent == 2

@@ -3,6 +3,7 @@ package seriallink
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"strings"
 	"sync"
@@ -80,12 +81,13 @@ func drain(r io.Reader) (wait func() string) {
 	return func() string { wg.Wait(); return buf.String() }
 }
 
-// inOrder reports the first of lines missing from text, in order.
+// inOrder reports the first of lines missing from text, in order, with
+// the text that came where it should have been.
 func inOrder(text string, lines []string) (missing string, ok bool) {
 	for _, l := range lines {
 		i := strings.Index(text, l)
 		if i < 0 {
-			return l, false
+			return fmt.Sprintf("%q; after the line before it came %q", l, text[:min(len(text), 200)]), false
 		}
 		text = text[i+len(l):]
 	}

@@ -152,7 +152,7 @@ func TestNoisyLine(t *testing.T) {
 	text := console()
 	injected := line.Injected()
 	if missing, ok := inOrder(text, injected); !ok {
-		t.Fatalf("console line %q missing (of %d injected)", missing, len(injected))
+		t.Fatalf("console line %s missing (of %d injected)", missing, len(injected))
 	}
 	ls, hs := line.Stats(), he.Stats()
 	t.Logf("line: %+v", ls)

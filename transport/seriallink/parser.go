@@ -265,22 +265,39 @@ func (p *parser) try(c []byte, q, k int, final bool) bool {
 		p.stats.fecIn.Add(1)
 	}
 	if k > 0 {
-		// When the text's edge bytes equal the frame bytes beside it, several
-		// cuts leave the same frame; prefer the one that ends a line.
-		s := q
-		if c[q+k-1] != '\n' {
-			for i := q; i+k < len(c) && c[i] == c[i+k]; i++ {
-				if c[i+k] == '\n' {
-					s = i + 1
-					break
-				}
-			}
-		}
+		s := lineCut(c, q, k)
 		p.text(c[s : s+k])
 		p.stats.recovered.Add(1)
 	}
 	p.onFrame(h, payload)
 	return true
+}
+
+// lineCut is where the k bytes of text cut out of c at q start, among the
+// cuts that leave the same frame: when the text's edge bytes equal the
+// frame bytes beside it (a line starting with "[" cut out just before a
+// frame byte "["), the cuts from a to b all do, and the one whose text
+// ends a line, nearest q, is the text that was written.
+func lineCut(c []byte, q, k int) int {
+	if c[q+k-1] == '\n' {
+		return q
+	}
+	a, b := q, q
+	for a > 0 && c[a-1] == c[a-1+k] {
+		a--
+	}
+	for b+k < len(c) && c[b] == c[b+k] {
+		b++
+	}
+	for d := 1; q-d >= a || q+d <= b; d++ {
+		if q-d >= a && c[q-d+k-1] == '\n' {
+			return q - d
+		}
+		if q+d <= b && c[q+d+k-1] == '\n' {
+			return q + d
+		}
+	}
+	return q
 }
 
 // reject drops a candidate that is no frame. If its first byte cannot be a
