@@ -148,6 +148,20 @@ func (r *rig) prepare(im *image.Image) string {
 	return plan.ID
 }
 
+// holdInTrial activates update id with a health check that never ends,
+// reboots into the trial and returns once the board is on it.
+func (r *rig) holdInTrial(id string) {
+	r.t.Helper()
+	r.checks = []string{"sleep 600; true"}
+	reboot, err := r.u.Activate(context.Background(), id)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	reboot()
+	r.reboot()
+	r.waitFor(proto.PhaseTrial)
+}
+
 // chunkStream is what a client writes on ota.write's stream.
 func chunkStream(t *testing.T, im *image.Image, idx []int) *bytes.Reader {
 	t.Helper()
@@ -359,14 +373,7 @@ func TestMachineRestarts(t *testing.T) {
 			r := newRig(t)
 			im, _ := r.image("1.0.0", randomBytes(3*4096))
 			id := r.prepare(im)
-			r.checks = []string{"sleep 600; true"}
-			reboot, err := r.u.Activate(ctx, id)
-			if err != nil {
-				t.Fatal(err)
-			}
-			reboot()
-			r.reboot()
-			r.waitFor(proto.PhaseTrial)
+			r.holdInTrial(id)
 			if cut == proto.PhaseCommit { // the commit saved, the boot loader not told yet
 				r.u.mu.Lock()
 				r.u.transitionLocked(proto.PhaseCommit)
@@ -385,14 +392,7 @@ func TestMachineRestarts(t *testing.T) {
 		r := newRig(t)
 		im, _ := r.image("1.0.0", randomBytes(3*4096))
 		id := r.prepare(im)
-		r.checks = []string{"sleep 600; true"}
-		reboot, err := r.u.Activate(ctx, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		reboot()
-		r.reboot()
-		r.waitFor(proto.PhaseTrial)
+		r.holdInTrial(id)
 		r.u.mu.Lock()
 		r.u.transitionLocked(proto.PhaseCommit)
 		r.u.mu.Unlock()
@@ -403,13 +403,7 @@ func TestMachineRestarts(t *testing.T) {
 
 		im2, _ := r.image("2.0.0", randomBytes(3*4096))
 		id = r.prepare(im2)
-		r.checks = []string{"sleep 600; true"}
-		if reboot, err = r.u.Activate(ctx, id); err != nil {
-			t.Fatal(err)
-		}
-		reboot()
-		r.reboot()
-		r.waitFor(proto.PhaseTrial)
+		r.holdInTrial(id)
 		r.u.mu.Lock() // a rollback saved, and a cut before its reboot
 		r.u.rollbackLocked(ctx, "test: rolled back by hand")
 		r.u.mu.Unlock()
@@ -451,14 +445,7 @@ func TestAbort(t *testing.T) {
 		t.Fatalf("activating an aborted update: %v", err)
 	}
 	id = r.prepare(im)
-	r.checks = []string{"sleep 600; true"}
-	reboot, err := r.u.Activate(ctx, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	reboot()
-	r.reboot()
-	r.waitFor(proto.PhaseTrial)
+	r.holdInTrial(id)
 	if err := r.u.Abort(ctx, id); !proto.IsReason(err, proto.ReasonBusy) {
 		t.Fatalf("abort in trial: %v, want busy", err)
 	}
