@@ -128,7 +128,7 @@ func (c *Client) push(ctx context.Context, f *os.File, p proto.FilePushParams, o
 	copyErr := make(chan error, 1)
 	go func() {
 		src := io.NewSectionReader(f, started.Offset, p.Size-started.Offset)
-		_, err := io.CopyBuffer(&counter{w: s, n: started.Offset, total: p.Size, progress: opts.Progress}, src, make([]byte, 256<<10))
+		_, err := io.CopyBuffer(newCounter(s, started.Offset, p.Size, opts.Progress), src, make([]byte, 256<<10))
 		if err == nil {
 			err = s.CloseWrite()
 		}
@@ -291,7 +291,7 @@ func (c *Client) pull(ctx context.Context, remote string, sink pullSink, opts Tr
 		}
 	}
 	opts.phase(PhaseSend)
-	w := &counter{w: io.MultiWriter(sink.w, sink.h), n: started.Offset, total: started.Size, progress: opts.Progress}
+	w := newCounter(io.MultiWriter(sink.w, sink.h), started.Offset, started.Size, opts.Progress)
 	_, copyErr := io.CopyBuffer(w, s, make([]byte, 256<<10))
 	if copyErr == nil {
 		opts.phase(PhaseVerify)
@@ -340,6 +340,15 @@ type counter struct {
 	w        io.Writer
 	n, total int64
 	progress func(int64, int64)
+}
+
+// newCounter counts what goes to w from offset on, and tells progress
+// where it starts: the total is known before the first byte moves.
+func newCounter(w io.Writer, offset, total int64, progress func(int64, int64)) *counter {
+	if progress != nil {
+		progress(offset, total)
+	}
+	return &counter{w: w, n: offset, total: total, progress: progress}
 }
 
 func (c *counter) Write(p []byte) (int, error) {
