@@ -51,6 +51,13 @@ var methodTypes = map[string][2]reflect.Type{
 	MethodOTAActivate:  {reflect.TypeFor[OTAIDParams](), reflect.TypeFor[OTAStatus]()},
 	MethodOTAWait:      {reflect.TypeFor[OTAWaitParams](), reflect.TypeFor[OTAStatus]()},
 	MethodOTAAbort:     {reflect.TypeFor[OTAIDParams](), reflect.TypeFor[OTAStatus]()},
+	MethodExecResize:   {reflect.TypeFor[ExecResizeParams](), reflect.TypeFor[struct{}]()},
+	MethodExecRun:      {reflect.TypeFor[ExecRunParams](), reflect.TypeFor[ExecRunResult]()},
+	MethodTCPDial:      {reflect.TypeFor[TCPDialParams](), reflect.TypeFor[TCPDialResult]()},
+	MethodTCPListen:    {reflect.TypeFor[TCPListenParams](), reflect.TypeFor[TCPListenResult]()},
+	MethodTCPAccept:    {reflect.TypeFor[TCPAcceptParams](), reflect.TypeFor[struct{}]()},
+	MethodTCPUnlisten:  {reflect.TypeFor[TCPUnlistenParams](), reflect.TypeFor[struct{}]()},
+	NoteTCPIncoming:    {reflect.TypeFor[TCPIncoming]()},
 	NoteProgress:       {reflect.TypeFor[Progress]()},
 }
 

@@ -11,6 +11,8 @@ const (
 	MethodExecWait   = "exec.wait"
 	MethodExecCancel = "exec.cancel"
 	MethodExecLog    = "exec.log"
+	MethodExecResize = "exec.resize"
+	MethodExecRun    = "exec.run"
 )
 
 // Capabilities an agent may announce in board.info, session.hello and mDNS.
@@ -86,6 +88,15 @@ type ExecStartParams struct {
 	KillSignal string            `json:"kill_signal,omitempty" validate:"omitempty,oneof=HUP INT QUIT KILL USR1 USR2 TERM"`
 	GraceMs    int64             `json:"grace_ms,omitempty" validate:"min=0,max=600000"`
 	Detach     bool              `json:"detach,omitempty"`
+	// Tty runs the command on a pseudo-terminal (protocol 5): its stdin
+	// stream feeds the terminal, its stdout stream carries what the
+	// terminal prints (stdout and stderr alike; Stderr must be 0), the
+	// command is the session leader with the terminal as its controlling
+	// one, and TERM is set from Term. Rows and Cols give its size.
+	Tty  bool   `json:"tty,omitempty"`
+	Term string `json:"term,omitempty" validate:"omitempty,max=64,printascii,excludes= "`
+	Rows uint16 `json:"rows,omitempty"`
+	Cols uint16 `json:"cols,omitempty"`
 }
 
 // ExecStartResult identifies the started command.
@@ -119,6 +130,37 @@ type ExecResult struct {
 type ExecCancelParams struct {
 	ID     string `json:"id" validate:"required,max=64"`
 	Signal string `json:"signal,omitempty" validate:"omitempty,oneof=HUP INT QUIT KILL USR1 USR2 TERM CONT STOP"`
+}
+
+// ExecResizeParams sets the window size of a command started with Tty;
+// the command gets SIGWINCH.
+type ExecResizeParams struct {
+	ID   string `json:"id" validate:"required,max=64"`
+	Rows uint16 `json:"rows" validate:"min=1"`
+	Cols uint16 `json:"cols" validate:"min=1"`
+}
+
+// ExecRunParams runs a short command in one round trip (protocol 5): no
+// streams, stdin given inline, output returned in the result up to
+// MaxOutput bytes per stream (the rest is counted and dropped), for slow
+// links where each round trip counts.
+type ExecRunParams struct {
+	Argv      []string          `json:"argv" validate:"required,min=1,max=4096,argv"`
+	Shell     bool              `json:"shell,omitempty"`
+	Env       map[string]string `json:"env,omitempty" validate:"max=1024,dive,keys,required,envkey,endkeys,excludes=\x00"`
+	ClearEnv  bool              `json:"clear_env,omitempty"`
+	Cwd       string            `json:"cwd,omitempty" validate:"omitempty,max=4096,excludes=\x00"`
+	Stdin     []byte            `json:"stdin,omitempty" validate:"max=65536"`
+	TimeoutMs int64             `json:"timeout_ms,omitempty" validate:"min=0"`
+	MaxOutput int               `json:"max_output,omitempty" validate:"min=0,max=1048576"`
+}
+
+// ExecRunResult is exec.run's answer: the command's record and its output.
+type ExecRunResult struct {
+	ExecResult
+	Stdout    []byte `json:"stdout,omitempty"`
+	Stderr    []byte `json:"stderr,omitempty"`
+	Truncated bool   `json:"truncated,omitempty"`
 }
 
 // ExecLogParams reads the agent's command log, newest first.

@@ -5,7 +5,7 @@ package proto
 // [MinVersion, Version], and a session is served only the methods its
 // negotiated version has (MethodVersion).
 const (
-	Version    = 4
+	Version    = 5
 	MinVersion = 1
 )
 
@@ -44,6 +44,12 @@ var History = []Change{
 		"the beacon and the mDNS TXT carry the key's fingerprint. The ota phase halted: " +
 		"an update whose fetch cannot go on, with failed_phase and reason in ota.status.",
 		[]string{MethodAuth, MethodPairBegin, MethodPairExchange, MethodPairConfirm}},
+	{5, "2026-12-02", "A developer's tools: exec.start's tty runs a command on a pseudo-terminal " +
+		"(term, rows, cols) and exec.resize changes its size; exec.run runs a short command in one " +
+		"round trip, its output in the result; tcp.dial connects a stream to a TCP port on the " +
+		"board, tcp.listen listens on one and announces each connection with the tcp.incoming " +
+		"notification, tcp.accept joins it to a stream the host opened, tcp.unlisten stops.",
+		[]string{MethodExecResize, MethodExecRun, MethodTCPDial, MethodTCPListen, MethodTCPAccept, MethodTCPUnlisten}},
 }
 
 // methodVersions maps each method to the version that added it.
