@@ -115,7 +115,7 @@ func (a *Agent) release(key string) {
 
 // Capabilities lists the method families and features this agent serves.
 func (a *Agent) Capabilities() []string {
-	caps := []string{proto.CapExec, proto.CapExecDetach}
+	caps := []string{proto.CapExec, proto.CapExecDetach, proto.CapTCP}
 	if len(a.cfg.Roots) > 0 {
 		caps = append(caps, proto.CapFile, proto.CapDownload)
 	}
@@ -265,6 +265,8 @@ type session struct {
 	// transfers are this connection's pushes and pulls, until file.wait
 	// collects them.
 	transfers map[string]*transfer
+	tcp       *tcpTable // its listeners (tcp.listen), made on first use
+	ended     bool      // end ran: nothing new may outlive the connection
 }
 
 // handshakeDeadline closes the connection if its peer has not
@@ -327,11 +329,16 @@ func (s *session) checkIdle() {
 func (s *session) end() {
 	s.results.Release()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	for id := range s.owned {
 		s.a.execs.Kill(id)
 	}
 	s.owned = nil
+	s.ended = true
+	tcp := s.tcp
+	s.mu.Unlock()
+	if tcp != nil {
+		tcp.close()
+	}
 }
 
 // unauthenticated lists what a session may call before it authenticated.
@@ -407,6 +414,8 @@ func (s *session) handle(ctx context.Context, c *transport.Conn, r *transport.Re
 		return s.a.Info(ctx), nil
 	case proto.MethodExecStart:
 		return s.execStart(c, r.Params)
+	case proto.MethodExecRun:
+		return s.execRun(ctx, c, r.Params)
 	case proto.MethodExecWait:
 		var p proto.ExecWaitParams
 		if err := proto.DecodeParams(r.Params, &p); err != nil {
@@ -419,6 +428,8 @@ func (s *session) handle(ctx context.Context, c *transport.Conn, r *transport.Re
 			return nil, err
 		}
 		return nil, s.a.execs.Cancel(p.ID, p.Signal)
+	case proto.MethodExecResize:
+		return s.execResize(r.Params)
 	case proto.MethodExecLog:
 		var p proto.ExecLogParams
 		if err := proto.DecodeParams(r.Params, &p); err != nil {
@@ -436,10 +447,12 @@ func (s *session) handle(ctx context.Context, c *transport.Conn, r *transport.Re
 	case proto.MethodFileDownload:
 		return s.fileDownload(ctx, c, r.Params)
 	case proto.MethodOTAStatus, proto.MethodOTAPlan, proto.MethodOTAStart, proto.MethodOTAWrite,
-		proto.MethodOTAActivate, proto.MethodOTAWait, proto.MethodOTAAbort:
+		proto.MethodOTAActivate, proto.MethodOTAWait, proto.MethodOTAAbort, proto.MethodOTACommit, proto.MethodOTARollback:
 		if s.a.cfg.OTA != nil {
 			return s.otaCall(ctx, c, r)
 		}
+	case proto.MethodTCPDial, proto.MethodTCPListen, proto.MethodTCPAccept, proto.MethodTCPUnlisten:
+		return s.tcpCall(ctx, c, r)
 	case proto.MethodSystemReboot:
 		if s.a.cfg.Reboot != nil {
 			return s.a.reboot(r)

@@ -142,6 +142,9 @@ type Command struct {
 	done     chan struct{}
 	stdout   sink
 	stderr   sink
+	// tty is the master of the command's terminal (nil: pipes); closed by
+	// run once the leader has exited and its output is drained.
+	tty *os.File
 
 	// Guarded by Execs.mu.
 	exited       bool      // the leader has been reaped: no more signals
@@ -200,6 +203,9 @@ func (m *Execs) start(p proto.ExecStartParams, eio ExecIO, h *Holder) (*Command,
 	if err := checkCwd(p.Cwd); err != nil {
 		return nil, err
 	}
+	if err := checkTTY(p); err != nil {
+		return nil, err
+	}
 
 	m.mu.Lock()
 	if m.closing {
@@ -235,6 +241,7 @@ func (m *Execs) start(p proto.ExecStartParams, eio ExecIO, h *Holder) (*Command,
 	}
 	c.pid = cmd.Process.Pid
 	c.started = time.Now()
+	c.tty = pp.tty
 
 	m.mu.Lock()
 	m.starting--
@@ -251,9 +258,13 @@ func (m *Execs) start(p proto.ExecStartParams, eio ExecIO, h *Holder) (*Command,
 	}
 	m.mu.Unlock()
 
-	m.log.Info("exec started", "id", c.id, "pid", c.pid, "argv", c.argv, "shell", c.shell, "detach", c.detached)
-	if pp.stdin != nil {
+	m.log.Info("exec started", "id", c.id, "pid", c.pid, "argv", c.argv, "shell", c.shell, "detach", c.detached,
+		"tty", p.Tty, "path", cmd.Path)
+	switch {
+	case pp.stdin != nil:
 		go m.copyStdin(c, pp.stdin, eio.Stdin)
+	case pp.tty != nil && eio.Stdin != nil:
+		go m.copyTTYInput(c, pp.tty, eio.Stdin)
 	}
 	go m.run(c, cmd, pp)
 	return c, nil
@@ -261,8 +272,9 @@ func (m *Execs) start(p proto.ExecStartParams, eio ExecIO, h *Holder) (*Command,
 
 // pipes are the agent's ends of a command's standard streams.
 type pipes struct {
-	stdout, stderr *os.File
-	stdin          *stdinPipe // nil: /dev/null
+	stdout, stderr *os.File   // stderr nil: on a terminal, stdout carries it
+	stdin          *stdinPipe // nil: /dev/null, or the terminal
+	tty            *os.File   // a terminal's master, also stdout; nil: pipes
 }
 
 // stdinPipe is closed both by its copier at EOF and when the command ends.
@@ -274,13 +286,16 @@ type stdinPipe struct {
 func (s *stdinPipe) close() { s.once.Do(func() { s.f.Close() }) }
 
 func startProcess(p proto.ExecStartParams, withStdin bool) (*exec.Cmd, pipes, error) {
-	name, args := p.Argv[0], p.Argv[1:]
-	if p.Shell {
-		name, args = "/bin/sh", append([]string{"-c", p.Argv[0]}, p.Argv[1:]...)
+	if p.Tty {
+		cmd := ttyCommand(p)
+		master, err := startTTY(cmd, p)
+		if err != nil {
+			return nil, pipes{}, err
+		}
+		return cmd, pipes{stdout: master, tty: master}, nil
 	}
-	cmd := exec.Command(name, args...)
+	cmd := newCommand(p)
 	cmd.Env = commandEnv(p)
-	cmd.Dir = p.Cwd
 	// Its own group, so that a stop signal reaches every process the
 	// command started; SIGKILL if the agent dies without cleaning up.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -328,6 +343,17 @@ func startProcess(p proto.ExecStartParams, withStdin bool) (*exec.Cmd, pipes, er
 		return fail(startError(err))
 	}
 	return cmd, pp, nil
+}
+
+// newCommand is the program p names, with its arguments, in its cwd.
+func newCommand(p proto.ExecStartParams) *exec.Cmd {
+	name, args := p.Argv[0], p.Argv[1:]
+	if p.Shell {
+		name, args = "/bin/sh", append([]string{"-c", p.Argv[0]}, p.Argv[1:]...)
+	}
+	cmd := exec.Command(name, args...)
+	cmd.Dir = p.Cwd
+	return cmd
 }
 
 func closeFiles(files []*os.File) {
@@ -414,11 +440,18 @@ func (m *Execs) copyStdin(c *Command, in *stdinPipe, r io.Reader) {
 func (m *Execs) run(c *Command, cmd *exec.Cmd, pp pipes) {
 	defer m.wg.Done()
 	var pumps sync.WaitGroup
+	outputs := []*os.File{pp.stdout}
+	if pp.stderr != nil {
+		outputs = append(outputs, pp.stderr)
+	}
 	for _, s := range []struct {
 		name string
 		f    *os.File
 		sink *sink
 	}{{"stdout", pp.stdout, &c.stdout}, {"stderr", pp.stderr, &c.stderr}} {
+		if s.f == nil {
+			continue
+		}
 		pumps.Go(func() {
 			if err := s.sink.pump(s.f); err != nil {
 				m.log.Warn("exec output read failed", "id", c.id, "stream", s.name, "err", err)
@@ -435,14 +468,17 @@ func (m *Execs) run(c *Command, cmd *exec.Cmd, pp pipes) {
 		pp.stdin.close()
 	}
 	deadline := ended.Add(m.drain)
-	if err := errors.Join(pp.stdout.SetReadDeadline(deadline), pp.stderr.SetReadDeadline(deadline)); err != nil {
+	var errs []error
+	for _, f := range outputs {
+		errs = append(errs, f.SetReadDeadline(deadline))
+	}
+	if err := errors.Join(errs...); err != nil {
 		// Only if the poller refused the pipes: closing them is the only bound left.
 		m.log.Warn("exec output cannot be bounded by a deadline", "id", c.id, "err", err)
-		time.AfterFunc(m.drain, func() { pp.stdout.Close(); pp.stderr.Close() })
+		time.AfterFunc(m.drain, func() { closeFiles(outputs) })
 	}
 	pumps.Wait()
-	pp.stdout.Close()
-	pp.stderr.Close()
+	closeFiles(outputs) // for a terminal, also the end of its input
 
 	res := proto.ExecResult{
 		ID:          c.id,
@@ -526,7 +562,9 @@ func (s *sink) pump(r *os.File) error {
 		s.write(buf[:n])
 		switch {
 		case err == nil:
-		case errors.Is(err, io.EOF):
+		// EIO: a terminal's master once no process holds the terminal any
+		// more; a pipe never returns it.
+		case errors.Is(err, io.EOF), errors.Is(err, syscall.EIO):
 			return nil
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			return s.drainBuffered(r, buf)
@@ -553,7 +591,7 @@ func (s *sink) drainBuffered(r *os.File, buf []byte) error {
 			switch {
 			case errors.Is(err, syscall.EINTR):
 				continue
-			case errors.Is(err, syscall.EAGAIN):
+			case errors.Is(err, syscall.EAGAIN), errors.Is(err, syscall.EIO):
 				return true
 			case err != nil:
 				rerr = err
@@ -595,6 +633,13 @@ func (m *Execs) stopLocked(c *Command, sig syscall.Signal) {
 }
 
 func (m *Execs) signalGroup(c *Command, sig syscall.Signal) error {
+	// On a terminal the shell may run its foreground job in a group of
+	// its own (job control): that job is the command's too.
+	if c.tty != nil {
+		if fg := foreground(c.tty); fg > 0 && fg != c.pid {
+			_ = syscall.Kill(-fg, sig)
+		}
+	}
 	err := syscall.Kill(-c.pid, sig)
 	if err != nil && !errors.Is(err, syscall.ESRCH) {
 		m.log.Warn("exec signal failed", "id", c.id, "pgid", c.pid, "signal", signalName(sig), "err", err)

@@ -16,10 +16,17 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/boardlink/boardlink/internal/rootpath"
 	"github.com/boardlink/boardlink/proto"
 	"github.com/boardlink/boardlink/transport"
 )
+
+// transferWindow is the stream window a transfer's receiver grants: four
+// times the default, so that the sender goes on while the receiver writes
+// to disk or waits for the CPU.
+const transferWindow = 4 * proto.StreamWindow
 
 // copyBuffer is the size of one read or write of a transfer: large enough
 // that per-call costs vanish beside the bytes.
@@ -323,6 +330,7 @@ func (a *Agent) receive(root *os.Root, rel, partial string, f *os.File, h hash.H
 	st *transport.Stream, p proto.FilePushParams, offset int64) (proto.FileResult, error) {
 	start := time.Now()
 	defer st.Close()
+	st.Grow(transferWindow - proto.StreamWindow)
 	closed := false
 	defer func() {
 		if !closed {
@@ -333,7 +341,7 @@ func (a *Agent) receive(root *os.Root, rel, partial string, f *os.File, h hash.H
 		return proto.FileResult{}, rootpath.Local(p.Path, err)
 	}
 	// One byte past the size is read so a sender of too much is caught.
-	w := &diskWriter{f: f}
+	w := &diskWriter{f: f, off: offset, unsynced: offset}
 	n, err := io.CopyBuffer(io.MultiWriter(w, h), io.LimitReader(st, p.Size-offset+1), make([]byte, copyBuffer))
 	total := offset + n
 	if serr := f.Sync(); w.err == nil {
@@ -407,15 +415,33 @@ func (a *Agent) receive(root *os.Root, rel, partial string, f *os.File, h hash.H
 		Mode: uint32(mode), ModTime: info.ModTime().UTC(), DurationMs: msSince(start)}, nil
 }
 
-// diskWriter writes to f and keeps its error, which is the disk's, not the
-// link's.
+// writebackChunk is how much a transfer writes before it asks the disk
+// to start writing it out.
+const writebackChunk = 8 << 20
+
+// diskWriter writes to f from offset off and keeps its error, which is the
+// disk's, not the link's. Every writebackChunk it starts the disk's write
+// of what it wrote (sync_file_range, not waited for), so the disk works
+// while the link does and the fsync at the end finds little left.
 type diskWriter struct {
-	f   *os.File
-	err error
+	f        *os.File
+	off      int64 // where the next write goes
+	unsynced int64 // where the bytes not yet handed to the disk begin
+	err      error
 }
 
 func (w *diskWriter) Write(p []byte) (int, error) {
 	n, err := w.f.Write(p)
+	w.off += int64(n)
+	if w.off-w.unsynced >= writebackChunk {
+		if rc, cerr := w.f.SyscallConn(); cerr == nil {
+			_ = rc.Control(func(fd uintptr) {
+				// Only a hint: the fsync at the end is what counts.
+				_ = unix.SyncFileRange(int(fd), w.unsynced, w.off-w.unsynced, unix.SYNC_FILE_RANGE_WRITE)
+			})
+		}
+		w.unsynced = w.off
+	}
 	if err != nil {
 		w.err = err
 	}

@@ -40,15 +40,33 @@ func (s *session) otaCall(ctx context.Context, c *transport.Conn, r *transport.R
 		// The chunks are received after this request is answered.
 		return s.otaWrite(context.WithoutCancel(ctx), c, r.Params)
 	case proto.MethodOTAActivate:
-		var p proto.OTAIDParams
+		var p proto.OTAActivateParams
 		if err := proto.DecodeParams(r.Params, &p); err != nil {
 			return nil, err
 		}
-		reboot, err := u.Activate(ctx, p.ID)
+		reboot, err := u.Activate(ctx, p.ID, time.Duration(p.HoldMs)*time.Millisecond)
 		if err != nil {
 			return nil, err
 		}
 		r.AfterReply = func() { go reboot() }
+		return u.Status(ctx)
+	case proto.MethodOTACommit:
+		var p proto.OTAIDParams
+		if err := proto.DecodeParams(r.Params, &p); err != nil {
+			return nil, err
+		}
+		if err := u.Commit(ctx, p.ID); err != nil {
+			return nil, err
+		}
+		return u.Status(ctx)
+	case proto.MethodOTARollback:
+		var p proto.OTARollbackParams
+		if err := proto.DecodeParams(r.Params, &p); err != nil {
+			return nil, err
+		}
+		if err := u.Rollback(ctx, p.ID, p.Reason); err != nil {
+			return nil, err
+		}
 		return u.Status(ctx)
 	case proto.MethodOTAWait:
 		var p proto.OTAWaitParams

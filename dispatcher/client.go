@@ -3,6 +3,7 @@ package dispatcher
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -47,6 +48,9 @@ type DialOptions struct {
 	// Resolver, when set, lets Dial take a board id (or a unique prefix
 	// of one) for an address; without it an id is ErrNeedsDiscovery.
 	Resolver *Resolver
+	// Lines, when set, reaches serial-framed lines through their line
+	// mux, shared with this user's other processes (see LineShare).
+	Lines *LineShare
 }
 
 // Errors a caller branches on: the address is wrong (not worth retrying),
@@ -92,6 +96,7 @@ type Client struct {
 	line    io.Closer    // the serial-framed line under the link, if any
 	console *consoleRing // console text seen on that line
 	notes   notes
+	runs    runs
 
 	mu    sync.Mutex
 	conn  *transport.Conn
@@ -107,6 +112,10 @@ func Dial(ctx context.Context, addr string, opts DialOptions) (*Client, error) {
 	}
 	return dialAddr(ctx, addr, opts)
 }
+
+// closeWait bounds how long closing a WebSocket waits for the board's
+// close frame.
+const closeWait = 10 * time.Millisecond
 
 // DefaultPort is the agent's WebSocket port, taken when an address names
 // none.
@@ -237,16 +246,15 @@ func newClient(ctx context.Context, addr string, opts DialOptions) (*Client, err
 			// No token on the upgrade: it is proven in the session, once
 			// the board proved its key. The TLS key is checked against
 			// that proof (handshake).
-			return wslink.Dial(ctx, addr, "", wslink.Config{Logger: opts.Logger,
+			// Close sends the close frame and waits little for the
+			// board's: by then every answer is in, and a short-lived CLI
+			// would spend a round trip on politeness.
+			return wslink.Dial(ctx, addr, "", wslink.Config{Logger: opts.Logger, CloseWait: closeWait,
 				VerifyKey: func(ed25519.PublicKey) error { return nil }})
 		}
 		return &Client{opts: opts, redial: redial}, nil
 	}
-	rwc, err := openLine(ctx, u)
-	if err != nil {
-		return nil, err
-	}
-	return lineClient(rwc, opts), nil
+	return serialClient(ctx, addr, u, opts)
 }
 
 // DialLine opens a session over the serial-framed link on rwc, a byte
@@ -284,9 +292,9 @@ func (c *Client) connect(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	conn := transport.NewConn(l, transport.Config{Client: true, Handler: &c.notes, Logger: c.opts.Logger})
+	conn := transport.NewConn(l, transport.Config{Client: true, Handler: handler{c}, Logger: c.opts.Logger})
 	conn.Start()
-	hello, err := c.handshake(ctx, conn, l)
+	hello, err := c.sessionHello(ctx, conn, l)
 	if err != nil {
 		conn.Close()
 		return err
@@ -359,66 +367,137 @@ const cancelGrace = 5 * time.Second
 // Exec runs a command and returns its final record once its output has
 // been copied out. Canceling ctx sends TERM to the command and still
 // returns its record when the board answers within a few seconds.
+//
+// With an agent of protocol 5 a command that is not detached costs one
+// round trip (exec.run); older agents get exec.start and exec.wait.
 func (c *Client) Exec(ctx context.Context, r ExecRequest) (proto.ExecResult, error) {
+	conn := c.Conn()
+	e := execStreams{conn: conn}
+	// On every way out, no copy may still touch the caller's writers.
+	defer e.close()
+	if c.Hello().Protocol >= 5 && !r.Detach {
+		return c.run(ctx, conn, r, &e)
+	}
 	p := proto.ExecStartParams{Argv: r.Argv, Shell: r.Shell, Env: r.Env, Cwd: r.Cwd,
 		TimeoutMs: r.Timeout.Milliseconds(), KillSignal: r.KillSignal, Detach: r.Detach}
-	var (
-		copies sync.WaitGroup
-		opened []*transport.Stream
-		stdin  *transport.Stream
-	)
-	// On every way out, no copy may still touch the caller's writers.
-	defer func() {
-		for _, s := range opened {
-			s.Close()
-		}
-		copies.Wait()
-	}()
-	open := func(w io.Writer) (uint32, error) {
-		s, err := c.Conn().OpenStream()
-		if err != nil {
-			return 0, err
-		}
-		opened = append(opened, s)
-		copies.Go(func() { _, _ = io.Copy(w, s) })
-		return s.ID(), nil
-	}
-	var err error
-	if r.Stdout != nil {
-		if p.Stdout, err = open(r.Stdout); err != nil {
-			return proto.ExecResult{}, err
-		}
-	}
-	if r.Stderr != nil {
-		if p.Stderr, err = open(r.Stderr); err != nil {
-			return proto.ExecResult{}, err
-		}
-	}
-	if r.Stdin != nil {
-		if stdin, err = c.Conn().OpenStream(); err != nil {
-			return proto.ExecResult{}, err
-		}
-		opened = append(opened, stdin)
-		p.Stdin = stdin.ID()
-	}
-	var started proto.ExecStartResult
-	if err := c.Conn().Call(ctx, proto.MethodExecStart, p, &started); err != nil {
+	stdin, err := e.open(r, &p.Stdout, &p.Stderr, &p.Stdin)
+	if err != nil {
 		return proto.ExecResult{}, err
 	}
-	if stdin != nil {
-		// Not waited for: a terminal on stdin may never reach EOF.
-		go func() {
-			if _, err := io.Copy(stdin, r.Stdin); err == nil {
-				_ = stdin.CloseWrite()
-			}
-		}()
+	var started proto.ExecStartResult
+	if err := conn.Call(ctx, proto.MethodExecStart, p, &started); err != nil {
+		return proto.ExecResult{}, err
 	}
+	e.feed(stdin, r.Stdin)
 	res, err := c.wait(ctx, started.ID)
 	if err != nil {
 		return res, err
 	}
-	copies.Wait()
+	e.copies.Wait()
 	return res, nil
+}
+
+// execStreams are the streams one Exec opened, and the copies of their
+// output to the caller's writers.
+type execStreams struct {
+	conn   *transport.Conn
+	copies sync.WaitGroup
+	opened []*transport.Stream
+}
+
+// open opens a stream for each of r's writers and for its reader, copies
+// the output streams to the writers, and sets the ids the request names
+// them by; it returns the stdin stream, if any.
+func (e *execStreams) open(r ExecRequest, stdout, stderr, stdinID *uint32) (*transport.Stream, error) {
+	stream := func(id *uint32) (*transport.Stream, error) {
+		s, err := e.conn.OpenStream()
+		if err != nil {
+			return nil, err
+		}
+		e.opened = append(e.opened, s)
+		*id = s.ID()
+		return s, nil
+	}
+	for _, out := range []struct {
+		w  io.Writer
+		id *uint32
+	}{{r.Stdout, stdout}, {r.Stderr, stderr}} {
+		if out.w == nil {
+			continue
+		}
+		s, err := stream(out.id)
+		if err != nil {
+			return nil, err
+		}
+		e.copies.Go(func() { _, _ = io.Copy(out.w, s) })
+	}
+	if r.Stdin == nil {
+		return nil, nil
+	}
+	return stream(stdinID)
+}
+
+// feed copies in to the stdin stream once the command is started. It is
+// not waited for: a terminal on stdin may never reach EOF.
+func (e *execStreams) feed(stdin *transport.Stream, in io.Reader) {
+	if stdin == nil {
+		return
+	}
+	go func() {
+		if _, err := io.Copy(stdin, in); err == nil {
+			_ = stdin.CloseWrite()
+		}
+	}()
+}
+
+func (e *execStreams) close() {
+	for _, s := range e.opened {
+		s.Close()
+	}
+	e.copies.Wait()
+}
+
+// run is Exec by exec.run: one request that answers when the command has
+// ended. When ctx can be canceled (or stdin is fed), the agent announces
+// the command with exec.started: its id to cancel it by, and the moment
+// stdin may flow.
+func (c *Client) run(ctx context.Context, conn *transport.Conn, r ExecRequest, e *execStreams) (proto.ExecResult, error) {
+	p := proto.ExecRunParams{Argv: r.Argv, Shell: r.Shell, Env: r.Env, Cwd: r.Cwd,
+		TimeoutMs: r.Timeout.Milliseconds(), KillSignal: r.KillSignal}
+	stdin, err := e.open(r, &p.Stdout, &p.Stderr, &p.StdinStream)
+	if err != nil {
+		return proto.ExecResult{}, err
+	}
+	var res proto.ExecRunResult
+	if ctx.Done() == nil && stdin == nil {
+		if err := conn.Call(ctx, proto.MethodExecRun, p, &res); err != nil {
+			return proto.ExecResult{}, err
+		}
+		e.copies.Wait()
+		return res.Result(), nil
+	}
+	tok, started, unsubscribe := c.runs.subscribe()
+	defer unsubscribe()
+	p.Started = tok
+	// The call outlives ctx: a canceled command still answers with its record.
+	done := make(chan error, 1)
+	go func() { done <- conn.Call(context.WithoutCancel(ctx), proto.MethodExecRun, p, &res) }()
+	var id string
+	for wait := started; ; {
+		select {
+		case st := <-wait:
+			id, wait = st.ID, nil
+			e.feed(stdin, r.Stdin)
+		case err := <-done:
+			if err != nil {
+				return proto.ExecResult{}, err
+			}
+			e.copies.Wait()
+			return res.Result(), nil
+		case <-ctx.Done():
+			return c.cancelRun(ctx, id, started, done, &res)
+		}
+	}
 }
 
 func (c *Client) wait(ctx context.Context, id string) (proto.ExecResult, error) {
@@ -437,6 +516,97 @@ func (c *Client) wait(ctx context.Context, id string) (proto.ExecResult, error) 
 		return res, errors.Join(err, werr)
 	}
 	return res, nil
+}
+
+// cancelRun ends the command of an exec.run whose ctx was canceled (once
+// its id is known, if it is not yet) and waits for its record.
+func (c *Client) cancelRun(ctx context.Context, id string, started <-chan proto.ExecStarted, done <-chan error, res *proto.ExecRunResult) (proto.ExecResult, error) {
+	canceled := fmt.Errorf("exec.run: %w", ctx.Err())
+	grace := time.NewTimer(cancelGrace)
+	defer grace.Stop()
+	if id == "" {
+		select {
+		case st := <-started:
+			id = st.ID
+		case err := <-done:
+			if err != nil {
+				return proto.ExecResult{}, errors.Join(canceled, err)
+			}
+			return res.Result(), nil
+		case <-grace.C:
+			return proto.ExecResult{}, canceled
+		}
+	}
+	bg, cancel := context.WithTimeout(context.WithoutCancel(ctx), cancelGrace)
+	defer cancel()
+	if err := c.Cancel(bg, id, "TERM"); err != nil && !proto.IsReason(err, proto.ReasonNotFound) {
+		return proto.ExecResult{}, errors.Join(canceled, err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			return proto.ExecResult{}, errors.Join(canceled, err)
+		}
+		return res.Result(), nil
+	case <-grace.C:
+		return proto.ExecResult{}, canceled
+	}
+}
+
+// runs routes exec.started notifications to the exec.run calls that wait
+// for them, by token.
+type runs struct {
+	mu      sync.Mutex
+	next    uint64
+	waiting map[string]chan proto.ExecStarted
+}
+
+// subscribe returns a fresh token and the channel its exec.started comes
+// on; the returned func forgets the token.
+func (r *runs) subscribe() (string, <-chan proto.ExecStarted, func()) {
+	ch := make(chan proto.ExecStarted, 1)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.next++
+	tok := "r" + strconv.FormatUint(r.next, 10)
+	if r.waiting == nil {
+		r.waiting = map[string]chan proto.ExecStarted{}
+	}
+	r.waiting[tok] = ch
+	return tok, ch, func() {
+		r.mu.Lock()
+		delete(r.waiting, tok)
+		r.mu.Unlock()
+	}
+}
+
+// started delivers an exec.started; it never blocks the connection's
+// notifications: a token announced twice keeps the first.
+func (r *runs) started(params []byte) {
+	var st proto.ExecStarted
+	if err := json.Unmarshal(params, &st); err != nil {
+		return
+	}
+	r.mu.Lock()
+	ch := r.waiting[st.Token]
+	r.mu.Unlock()
+	if ch != nil {
+		select {
+		case ch <- st:
+		default:
+		}
+	}
+}
+
+// handler takes the agent's notifications for c.
+type handler struct{ c *Client }
+
+func (h handler) Handle(ctx context.Context, conn *transport.Conn, r *transport.Request) (any, error) {
+	if r.Notification && r.Method == proto.NoteExecStarted && h.c.notes.all == nil { // a line mux takes all
+		h.c.runs.started(r.Params)
+		return nil, nil
+	}
+	return h.c.notes.Handle(ctx, conn, r)
 }
 
 // Cancel sends signal (default TERM) to a running command's process group.

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"sync"
 
+	"github.com/boardlink/boardlink/dispatcher/lineshare"
 	"github.com/boardlink/boardlink/proto"
 	"github.com/boardlink/boardlink/transport"
 	"github.com/boardlink/boardlink/transport/seriallink"
@@ -76,16 +77,9 @@ func (c *Client) ConsoleSince(mark int64) []byte {
 // tcp:// or unix://) to w until ctx ends. It only listens: nothing is
 // written to the line, so it never disturbs a boot loader or a shell.
 func Console(ctx context.Context, addr string, w io.Writer) error {
-	u, err := url.Parse(addr)
-	if err != nil || u.Scheme == "" {
-		return fmt.Errorf("%q: %w", addr, ErrNeedsDiscovery)
-	}
-	switch u.Scheme {
-	case "serial", "tcp", "unix":
-	case "ws", "wss":
-		return fmt.Errorf("%w %s: the console is seen on a serial line only (serial://, tcp:// or unix://)", ErrBadAddress, addr)
-	default:
-		return fmt.Errorf("%w %q: unknown scheme %q", ErrBadAddress, addr, u.Scheme)
+	u, err := consoleAddr(addr)
+	if err != nil {
+		return err
 	}
 	rwc, err := openLine(ctx, u)
 	if err != nil {
@@ -110,6 +104,78 @@ func Console(ctx context.Context, addr string, w io.Writer) error {
 		}
 		return fmt.Errorf("%s: %w: %w", addr, ErrLineClosed, end.cause())
 	}
+}
+
+// ConsoleShared is Console through the line's mux (started if need be)
+// when share is set: w gets the console text the mux kept, then the text
+// as it comes, while other clients use the line. Without share, or
+// without a mux and share.Start, it is Console.
+func ConsoleShared(ctx context.Context, addr string, w io.Writer, share *LineShare) error {
+	if share == nil {
+		return Console(ctx, addr, w)
+	}
+	if _, err := consoleAddr(addr); err != nil {
+		return err
+	}
+	conn, _, err := share.dial(ctx, addr, lineshare.Hello{Console: true, Ring: true, ConsoleOnly: true})
+	switch {
+	case errors.Is(err, lineshare.ErrNoMux) && share.Start == nil:
+		return Console(ctx, addr, w)
+	case err != nil:
+		return err
+	}
+	out := &closingWriter{w: w, close: conn.Close}
+	ended := make(chan error, 1)
+	go func() {
+		_, _, err := conn.Link(out).ReadMessage() // a viewer is sent console text only
+		ended <- err
+	}()
+	select {
+	case <-ctx.Done():
+		conn.Close()
+		<-ended
+		return nil
+	case err := <-ended:
+		conn.Close()
+		if out.err != nil {
+			return out.err
+		}
+		return fmt.Errorf("%s: %w: its line mux ended (%w)", addr, ErrLineClosed, err)
+	}
+}
+
+// consoleAddr checks that addr is a serial line.
+func consoleAddr(addr string) (*url.URL, error) {
+	u, err := url.Parse(addr)
+	if err != nil || u.Scheme == "" {
+		return nil, fmt.Errorf("%q: %w", addr, ErrNeedsDiscovery)
+	}
+	switch u.Scheme {
+	case "serial", "tcp", "unix":
+		return u, nil
+	case "ws", "wss":
+		return nil, fmt.Errorf("%w %s: the console is seen on a serial line only (serial://, tcp:// or unix://)", ErrBadAddress, addr)
+	}
+	return nil, fmt.Errorf("%w %q: unknown scheme %q", ErrBadAddress, addr, u.Scheme)
+}
+
+// closingWriter keeps w's first error and then closes what feeds it.
+type closingWriter struct {
+	w     io.Writer
+	close func() error
+	err   error
+}
+
+func (c *closingWriter) Write(p []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	n, err := c.w.Write(p)
+	if err != nil {
+		c.err = err
+		_ = c.close()
+	}
+	return n, err
 }
 
 // ErrLineClosed ends Console when the line closed under it: a unix
@@ -142,8 +208,10 @@ func (l *lineEnd) cause() error {
 }
 
 // notes routes the agent's progress notifications to the calls waiting
-// for them, by token.
+// for them, by token; or, when all is set (a line mux), every
+// notification to all.
 type notes struct {
+	all  func(*transport.Request)
 	mu   sync.Mutex
 	next uint64
 	subs map[string]*subscription
@@ -179,6 +247,10 @@ func (n *notes) subscribe(f func(proto.Progress)) (string, func()) {
 
 // Handle takes the agent's notifications; the agent sends no requests.
 func (n *notes) Handle(_ context.Context, _ *transport.Conn, r *transport.Request) (any, error) {
+	if n.all != nil && r.Notification {
+		n.all(r)
+		return nil, nil
+	}
 	if !r.Notification || r.Method != proto.NoteProgress {
 		return nil, proto.Errorf(proto.ReasonMethodNotFound, "method not found: %s", r.Method)
 	}

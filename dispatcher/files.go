@@ -291,6 +291,9 @@ func (c *Client) pull(ctx context.Context, remote string, sink pullSink, opts Tr
 		}
 	}
 	opts.phase(PhaseSend)
+	// A larger window than the default, as the board grants for a push:
+	// the board goes on sending while this side writes to disk.
+	s.Grow(3 * proto.StreamWindow)
 	w := newCounter(io.MultiWriter(sink.w, sink.h), started.Offset, started.Size, opts.Progress)
 	_, copyErr := io.CopyBuffer(w, s, make([]byte, 256<<10))
 	if copyErr == nil {

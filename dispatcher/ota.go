@@ -43,6 +43,11 @@ type OTAOptions struct {
 	// Chunks, if set, supplies the chunks to send (a rollout shares one
 	// ChunkCache among its boards); nil reads them from the image.
 	Chunks ChunkSource
+	// Hold, if set, makes Execute stop once the trial's health check
+	// passed (proto.PhaseHeld) for the caller's verdict, OTACommit or
+	// OTARollback; the board rolls back by itself after Hold without one.
+	// It needs protocol 5.
+	Hold time.Duration
 }
 
 // ChunkSource supplies an image's chunks, verified. The caller calls
@@ -229,18 +234,30 @@ func (c *Client) Execute(ctx context.Context, rep *OTAReport, opts OTAOptions) e
 	if st.Update.Phase == proto.PhaseHalted {
 		return otaFailure(st.Update) // Prepare resumes it; nothing here can
 	}
+	if opts.Hold > 0 && c.Hello().Protocol < 5 {
+		return proto.Errorf(proto.ReasonIncompatible, "holding a trial for a verdict needs protocol 5; the board speaks %d", c.Hello().Protocol)
+	}
 	// Activate only a prepared update: an Execute run again after a cut
 	// link (or a resumed rollout) picks up an update already under way.
 	if st.Update.Phase == proto.PhasePrepared {
-		if err := c.Conn().Call(ctx, proto.MethodOTAActivate, proto.OTAIDParams{ID: rep.Plan.ID}, &st); err != nil {
+		p := proto.OTAActivateParams{ID: rep.Plan.ID, HoldMs: opts.Hold.Milliseconds()}
+		if err := c.Conn().Call(ctx, proto.MethodOTAActivate, p, &st); err != nil {
 			return err
 		}
 		opts.progress(OTAProgress{Phase: string(st.Update.Phase), Status: &st})
 	}
-	boot := before.BootID
-	for st.Update.Phase != proto.PhaseDone {
+	return c.waitUpdate(ctx, rep, st, before.BootID, opts)
+}
+
+// waitUpdate follows update rep.Plan.ID from status st until it is done,
+// or held (with opts.Hold), across the board's reboots.
+func (c *Client) waitUpdate(ctx context.Context, rep *OTAReport, st proto.OTAStatus, boot string, opts OTAOptions) error {
+	waiting := func(u *proto.OTAUpdate) bool {
+		return u.Phase != proto.PhaseDone && (opts.Hold == 0 || u.Phase != proto.PhaseHeld)
+	}
+	for waiting(st.Update) {
 		var err error
-		st, err = c.otaWaitWhile(ctx, st, opts.progress, func(u *proto.OTAUpdate) bool { return u.Phase != proto.PhaseDone })
+		st, err = c.otaWaitWhile(ctx, st, opts.progress, waiting)
 		if err == nil {
 			break
 		}
@@ -264,10 +281,42 @@ func (c *Client) Execute(ctx context.Context, rep *OTAReport, opts OTAOptions) e
 		}
 	}
 	rep.Update = st.Update
+	if st.Update.Phase == proto.PhaseHeld {
+		return nil
+	}
 	if st.Update.Result != proto.ResultCommitted {
 		return otaFailure(st.Update)
 	}
 	return nil
+}
+
+// OTAVerdict is the host's verdict on a held trial (OTAOptions.Hold):
+// commit it, or roll it back for reason (commit false). It returns once
+// the update is done, across the reboot back to the old slot, with the
+// same errors as Execute: a rolled-back update is an *OTAError.
+func (c *Client) OTAVerdict(ctx context.Context, rep *OTAReport, commit bool, reason string, opts OTAOptions) error {
+	info, err := c.Info(ctx)
+	if err != nil {
+		return err
+	}
+	var st proto.OTAStatus
+	if commit {
+		err = c.Conn().Call(ctx, proto.MethodOTACommit, proto.OTAIDParams{ID: rep.Plan.ID}, &st)
+	} else {
+		err = c.Conn().Call(ctx, proto.MethodOTARollback, proto.OTARollbackParams{ID: rep.Plan.ID, Reason: reason}, &st)
+	}
+	switch {
+	case err != nil && linkLost(err) && ctx.Err() == nil:
+		// The rollback's reboot may cut the link before its answer: follow
+		// the update from where it was (a verdict lost on the way is a
+		// trial that rolls back when its hold ends).
+		st = proto.OTAStatus{Update: &proto.OTAUpdate{ID: rep.Plan.ID, Phase: proto.PhaseHeld}}
+	case err != nil:
+		return err
+	}
+	opts.progress(OTAProgress{Phase: string(st.Update.Phase), Status: &st})
+	opts.Hold = 0
+	return c.waitUpdate(ctx, rep, st, info.BootID, opts)
 }
 
 // linkLost reports whether err is the link's, not an answer of the board:

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,11 +24,16 @@ type Target struct {
 	Labels  map[string]string `json:"labels,omitempty"`
 }
 
-// Stages of a rollout, each run over every board before the next begins.
+// Stages of a rollout, each run over every board of a wave before the
+// next begins. The gate stage runs only with a Gate.
 const (
 	StagePlan    = "plan"
 	StagePrepare = "prepare"
 	StageExecute = "execute"
+	StageGate    = "gate"
+	// StageVerdict commits a wave's held trials once the gate passed on
+	// every board of the wave, or rolls them all back.
+	StageVerdict = "verdict"
 	StageDone    = "done"
 )
 
@@ -39,6 +45,7 @@ const (
 	ResultInterrupted  = "interrupted"  // the rollout was stopped before the board's update ended
 	ResultIncompatible = "incompatible" // the board refused the image (model, version, signature)
 	ResultUnreachable  = "unreachable"  // the board did not answer, through every retry
+	ResultGateFailed   = "gate_failed"  // the gate command failed on it (rolled back if its trial was held)
 )
 
 // PlanFormat is the version of a saved plan's JSON.
@@ -90,6 +97,9 @@ type Report struct {
 	Counts         map[string]int `json:"counts"`
 	ImageBytesRead int64          `json:"image_bytes_read"`
 	TookMs         int64          `json:"took_ms"`
+	// Stopped says why boards were left out (skipped): a gate failed, or
+	// more boards failed than allowed. "" when every board had its turn.
+	Stopped string `json:"stopped,omitempty"`
 }
 
 // OK reports whether every board committed (or already ran the version).
@@ -105,9 +115,12 @@ func (r Report) OK() bool {
 // Event is one step of a rollout, for displays and logs.
 type Event struct {
 	Time    time.Time `json:"time"`
-	Board   string    `json:"board,omitempty"` // "" for the rollout itself
+	Rollout string    `json:"rollout,omitempty"` // the recorded rollout's id (RunRecorded)
+	Board   string    `json:"board,omitempty"`   // "" for the rollout itself
 	Stage   string    `json:"stage"`
-	Kind    string    `json:"kind"` // stage, start, progress, retry, done
+	Wave    int       `json:"wave,omitempty"`   // from 1, when the boards are updated in more than one wave
+	Boards  int       `json:"boards,omitempty"` // a stage event: the boards the stage takes
+	Kind    string    `json:"kind"`             // stage, start, progress, retry, done
 	Result  string    `json:"result,omitempty"`
 	Reason  string    `json:"reason,omitempty"`
 	Phase   string    `json:"phase,omitempty"`
@@ -146,6 +159,16 @@ type RolloutConfig struct {
 	Record func(BoardReport)
 	// CacheBytes bounds the chunk cache (default 256 MiB).
 	CacheBytes int64
+	// WaveSize splits the boards to update into waves of this many, each
+	// prepared, executed and gated before the next starts; 0 is one wave
+	// of every board, or waves of Concurrency with a Gate.
+	WaveSize int
+	// Gate, if set, runs on every board of a wave on its trial boot, held
+	// for the verdict (OTAOptions.Hold): the wave commits only if it passed
+	// on every one of them, else all its trials roll back and no further
+	// wave starts. A board older than protocol 5 cannot hold its trial: it
+	// commits first and is gated after.
+	Gate *Gate
 }
 
 // Transient reports whether err may go away when the same step is tried
@@ -175,8 +198,10 @@ type run struct {
 	cfg      RolloutConfig
 	cache    *ChunkCache
 	failures atomic.Int32
+	stopped  string // why boards were skipped; only RunRollout's own goroutine touches it
 	mu       sync.Mutex
 	boards   map[string]*BoardReport
+	held     map[string]bool // boards whose trial waits for the wave's verdict
 }
 
 func (cfg *RolloutConfig) defaults() {
@@ -191,6 +216,9 @@ func (cfg *RolloutConfig) defaults() {
 	}
 	if cfg.Backoff <= 0 {
 		cfg.Backoff = time.Second
+	}
+	if cfg.WaveSize <= 0 && cfg.Gate != nil {
+		cfg.WaveSize = cfg.Concurrency
 	}
 	if cfg.Dial == nil {
 		opts := cfg.DialOptions
@@ -212,7 +240,7 @@ func PlanRollout(ctx context.Context, cfg RolloutConfig, targets []Target) Plan 
 	r := &run{cfg: cfg, boards: map[string]*BoardReport{}}
 	plan := Plan{Format: PlanFormat, Version: cfg.Image.Manifest.Version, ImageSHA256: cfg.Image.Manifest.PayloadSHA256,
 		Created: time.Now().UTC(), Boards: make([]BoardPlan, len(targets))}
-	r.emit(Event{Stage: StagePlan, Kind: "stage"})
+	r.emit(Event{Stage: StagePlan, Kind: "stage", Boards: len(targets)})
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, cfg.Concurrency)
 	for i, t := range targets {
@@ -259,10 +287,15 @@ func (r *run) planBoard(ctx context.Context, t Target) BoardPlan {
 
 // failureResult names a board's failure.
 func failureResult(err error) string {
-	var oe *OTAError
+	var (
+		oe *OTAError
+		ge *GateError
+	)
 	switch {
 	case errors.As(err, &oe):
 		return string(oe.Result)
+	case errors.As(err, &ge):
+		return ResultGateFailed
 	case Transient(err):
 		return ResultUnreachable
 	}
@@ -276,6 +309,10 @@ func failureResult(err error) string {
 // attempts runs step on a fresh connection to addr, again after a
 // backoff while it fails transiently.
 func (r *run) attempts(ctx context.Context, board, stage string, step func(context.Context, *Client) error, addr string) error {
+	bound := r.cfg.BoardTimeout
+	if g := r.cfg.Gate; stage == StageGate && g.timeout()+gateGrace < bound {
+		bound = g.timeout() + gateGrace // a board that goes silent in its gate fails on the gate's timeout
+	}
 	backoff := r.cfg.Backoff
 	var err error
 	for attempt := 1; attempt <= r.cfg.Attempts; attempt++ {
@@ -290,7 +327,7 @@ func (r *run) attempts(ctx context.Context, board, stage string, step func(conte
 		}
 		r.note(board, func(b *BoardReport) { b.Attempts++ })
 		err = func() error {
-			actx, cancel := context.WithTimeout(ctx, r.cfg.BoardTimeout)
+			actx, cancel := context.WithTimeout(ctx, bound)
 			defer cancel()
 			c, err := r.cfg.Dial(actx, addr)
 			if err != nil {
@@ -322,14 +359,17 @@ func (r *run) note(board string, change func(*BoardReport)) {
 	}
 }
 
-// RunRollout runs the prepare and execute stages of plan. Boards the plan
-// settled keep their result; done (from an earlier, interrupted run of the
-// same rollout) names boards to leave alone and the reports they ended
-// with, and carries the update ids of boards to resume.
+// RunRollout runs the prepare and execute stages of plan, and the gate
+// stage with a Gate, wave by wave (RolloutConfig.WaveSize): a wave starts
+// once the one before it passed; after a gate failed on any board of a
+// wave the boards of later waves are skipped, with the reason. Boards the
+// plan settled keep their result; done (from an earlier, interrupted run
+// of the same rollout) names boards to leave alone and the reports they
+// ended with, and carries the update ids of boards to resume.
 func RunRollout(ctx context.Context, cfg RolloutConfig, plan Plan, done []BoardReport) Report {
 	cfg.defaults()
 	start := time.Now()
-	r := &run{cfg: cfg, cache: NewChunkCache(cfg.Image, cfg.CacheBytes), boards: map[string]*BoardReport{}}
+	r := &run{cfg: cfg, cache: NewChunkCache(cfg.Image, cfg.CacheBytes), boards: map[string]*BoardReport{}, held: map[string]bool{}}
 	prior := map[string]BoardReport{}
 	for _, b := range done {
 		prior[b.ID] = b
@@ -355,7 +395,7 @@ func RunRollout(ctx context.Context, cfg RolloutConfig, plan Plan, done []BoardR
 			r.failures.Add(1)
 		}
 	}
-	prepared := r.stage(ctx, StagePrepare, todo, addr, func(ctx context.Context, c *Client, b string) error {
+	prepare := func(ctx context.Context, c *Client, b string) error {
 		if r.resumeLater(ctx, c, b) {
 			return nil
 		}
@@ -368,22 +408,71 @@ func RunRollout(ctx context.Context, cfg RolloutConfig, plan Plan, done []BoardR
 			}
 		})
 		return err
-	})
-	r.stage(ctx, StageExecute, prepared, addr, func(ctx context.Context, c *Client, b string) error {
+	}
+	execute := func(ctx context.Context, c *Client, b string) error {
 		r.mu.Lock()
 		rep := OTAReport{Plan: proto.OTAPlan{ID: r.boards[b].UpdateID}}
 		r.mu.Unlock()
-		err := c.Execute(ctx, &rep, OTAOptions{Progress: r.progress(b, StageExecute)})
+		opts := OTAOptions{Progress: r.progress(b, StageExecute)}
+		if cfg.Gate != nil && c.Hello().Protocol >= 5 {
+			opts.Hold = r.hold()
+		}
+		err := c.Execute(ctx, &rep, opts)
 		if rep.Update != nil {
 			r.note(b, func(br *BoardReport) { br.Phase = string(rep.Update.Phase) })
+			if rep.Update.Phase == proto.PhaseHeld {
+				r.mu.Lock()
+				r.held[b] = true
+				r.mu.Unlock()
+			}
 		}
-		if err == nil {
+		if err == nil && cfg.Gate == nil { // with a gate, the board is done once it passed
 			r.note(b, func(br *BoardReport) { br.Result, br.Ended = string(proto.ResultCommitted), time.Now() })
 		}
 		return err
-	})
+	}
+	gateFailed := false // no further wave starts
+	all := waves(todo, cfg.WaveSize)
+	for i, wave := range all {
+		if ctx.Err() != nil {
+			break
+		}
+		n := i + 1 // the wave's number in events; 0 (none) when there is one
+		if len(all) == 1 {
+			n = 0
+		}
+		if gateFailed {
+			for _, b := range wave {
+				r.note(b, func(br *BoardReport) { br.Result, br.Reason = ResultSkipped, r.stopped })
+				r.emit(Event{Board: b, Stage: StagePrepare, Wave: n, Kind: "done", Result: ResultSkipped, Reason: r.stopped})
+			}
+			continue
+		}
+		prepared := r.stage(ctx, n, StagePrepare, wave, addr, prepare)
+		committed := r.stage(ctx, n, StageExecute, prepared, addr, execute)
+		if cfg.Gate == nil {
+			continue
+		}
+		passed := r.stage(ctx, n, StageGate, committed, addr, r.gate)
+		if ctx.Err() != nil {
+			break // held trials stay held: a resume gates them again, or they roll back when the hold ends
+		}
+		var failed []string
+		for _, b := range committed {
+			if !slices.Contains(passed, b) {
+				failed = append(failed, b)
+			}
+		}
+		verdict := ""
+		if len(failed) > 0 {
+			gateFailed = true
+			verdict = fmt.Sprintf("the gate failed in wave %d on %s", i+1, strings.Join(failed, ", "))
+			r.stopped = "not started: " + verdict
+		}
+		r.verdict(ctx, n, committed, addr, verdict)
+	}
 	out := Report{Version: plan.Version, Counts: map[string]int{}, ImageBytesRead: r.cache.BytesRead(),
-		TookMs: time.Since(start).Milliseconds()}
+		TookMs: time.Since(start).Milliseconds(), Stopped: r.stopped}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, id := range order {
@@ -427,12 +516,21 @@ func (r *run) progress(board, stage string) func(OTAProgress) {
 	}
 }
 
+// waves splits boards, in order, into waves of size (one wave when size
+// is not positive).
+func waves(boards []string, size int) [][]string {
+	if size <= 0 || size >= len(boards) {
+		return [][]string{boards}
+	}
+	return slices.Collect(slices.Chunk(boards, size))
+}
+
 // stage runs step on every board, at most Concurrency at once, in order,
 // and returns the boards that passed. Once failures exceed MaxFailures no
 // further board starts; those left are skipped.
-func (r *run) stage(ctx context.Context, name string, boards []string, addr map[string]string,
+func (r *run) stage(ctx context.Context, wave int, name string, boards []string, addr map[string]string,
 	step func(context.Context, *Client, string) error) []string {
-	r.emit(Event{Stage: name, Kind: "stage"})
+	r.emit(Event{Stage: name, Wave: wave, Kind: "stage", Boards: len(boards)})
 	var (
 		wg     sync.WaitGroup
 		mu     sync.Mutex
@@ -450,8 +548,9 @@ func (r *run) stage(ctx context.Context, name string, boards []string, addr map[
 		if r.tooMany() {
 			<-sem
 			reason := "more than the allowed failures before its turn"
+			r.stopped = reason
 			r.note(b, func(br *BoardReport) { br.Result, br.Reason, br.Stage = ResultSkipped, reason, name })
-			r.emit(Event{Board: b, Stage: name, Kind: "done", Result: ResultSkipped, Reason: reason})
+			r.emit(Event{Board: b, Stage: name, Wave: wave, Kind: "done", Result: ResultSkipped, Reason: reason})
 			continue
 		}
 		wg.Go(func() {
@@ -463,7 +562,7 @@ func (r *run) stage(ctx context.Context, name string, boards []string, addr map[
 					br.Started = started
 				}
 			})
-			r.emit(Event{Board: b, Stage: name, Kind: "start"})
+			r.emit(Event{Board: b, Stage: name, Wave: wave, Kind: "start"})
 			err := r.attempts(ctx, b, name, func(ctx context.Context, c *Client) error { return step(ctx, c, b) }, addr[b])
 			r.note(b, func(br *BoardReport) { br.DurationMs += time.Since(started).Milliseconds() })
 			if err != nil {
@@ -473,13 +572,13 @@ func (r *run) stage(ctx context.Context, name string, boards []string, addr map[
 				r.failures.Add(1)
 				res := failureResult(err)
 				r.note(b, func(br *BoardReport) { br.Result, br.Reason, br.Ended = res, err.Error(), time.Now() })
-				r.emit(Event{Board: b, Stage: name, Kind: "done", Result: res, Reason: err.Error()})
+				r.emit(Event{Board: b, Stage: name, Wave: wave, Kind: "done", Result: res, Reason: err.Error()})
 				return
 			}
 			r.mu.Lock()
 			res := r.boards[b].Result
 			r.mu.Unlock()
-			r.emit(Event{Board: b, Stage: name, Kind: "done", Result: res})
+			r.emit(Event{Board: b, Stage: name, Wave: wave, Kind: "done", Result: res})
 			mu.Lock()
 			passed = append(passed, b)
 			mu.Unlock()

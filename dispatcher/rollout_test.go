@@ -23,14 +23,21 @@ import (
 // fail their health check.
 func otaLab(t *testing.T, n int, key ed25519.PublicKey, failing ...int) *simlab.Lab {
 	t.Helper()
-	lab, err := simlab.Start(context.Background(), simlab.Options{Boards: n, Dir: t.TempDir(),
-		Token: labToken, TrustKeys: []ed25519.PublicKey{key}, BootDelay: time.Millisecond,
+	return otaLabOf(t, simlab.Options{Boards: n, TrustKeys: []ed25519.PublicKey{key},
 		HealthChecks: func(i int) []string {
 			if slices.Contains(failing, i) {
 				return []string{"exit 1"}
 			}
 			return nil
 		}})
+}
+
+// otaLabOf starts a lab of sim boards as opts says, in a directory of the
+// test's, with labToken and a quick boot; it stops when the test ends.
+func otaLabOf(t *testing.T, opts simlab.Options) *simlab.Lab {
+	t.Helper()
+	opts.Dir, opts.Token, opts.BootDelay = t.TempDir(), labToken, time.Millisecond
+	lab, err := simlab.Start(context.Background(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}

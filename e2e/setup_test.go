@@ -122,6 +122,16 @@ type board struct {
 // killed when the test ends.
 func newBoard(ctx context.Context, t *testing.T, spec qemuboard.Spec) *board {
 	t.Helper()
+	b := buildBoard(ctx, t, spec)
+	b.powerOn(ctx)
+	return b
+}
+
+// buildBoard builds a board of spec, with a token of its own and the
+// grub.cfg of docs/boot.md, powered off; QEMU, once started, is killed
+// when the test ends.
+func buildBoard(ctx context.Context, t *testing.T, spec qemuboard.Spec) *board {
+	t.Helper()
 	dir := t.TempDir()
 	b := &board{t: t, host: filepath.Join(dir, "host"), token: filepath.Join(dir, "token")}
 	raw := make([]byte, 16)
@@ -149,7 +159,6 @@ func newBoard(ctx context.Context, t *testing.T, spec qemuboard.Spec) *board {
 			t.Logf("the console of %s (%s), last lines:\n%s", spec.ID, b.ConsoleLog(), tail(b.Console(), 120))
 		}
 	})
-	b.powerOn(ctx)
 	return b
 }
 

@@ -81,7 +81,7 @@ func build(ctx context.Context, o options) ([]result, error) {
 		if r.cliSize, err = goBuild(ctx, t, o.version, module+"/cmd/boardlink", cli); err != nil {
 			return nil, err
 		}
-		for _, info := range []*nfpm.Info{agentPackage(t, o.version, agent, src), cliPackage(t, o.version, cli)} {
+		for _, info := range []*nfpm.Info{agentPackage(t, o.version, agent, src), cliPackage(t, o.version, cli, src)} {
 			info.Maintainer = o.maintainer
 			path, err := writeDeb(o.out, info)
 			if err != nil {
@@ -147,8 +147,9 @@ drive it with boardlink (package boardlink).`,
 	}
 }
 
-// cliPackage is boardlink's package: the host's CLI.
-func cliPackage(t target, ver, bin string) *nfpm.Info {
+// cliPackage is boardlink's package: the host's CLI, and the lab
+// service's unit (not enabled) and config.
+func cliPackage(t target, ver, bin, src string) *nfpm.Info {
 	return &nfpm.Info{
 		Name: "boardlink", Arch: t.deb, Version: ver, Section: "devel", Priority: "optional", Homepage: homepage,
 		Description: `boardlink: drive lab boards that run boardlinkd
@@ -159,6 +160,11 @@ as a member of the dialout group.`,
 		Overridables: nfpm.Overridables{
 			Contents: files.Contents{
 				{Source: bin, Destination: "/usr/bin/boardlink", FileInfo: &files.ContentFileInfo{Mode: 0o755}},
+				{Source: filepath.Join(src, "boardlink-serve.service"), Destination: "/usr/lib/systemd/system/boardlink-serve.service",
+					FileInfo: &files.ContentFileInfo{Mode: 0o644}},
+				// Its users' token hashes and boards: root's alone.
+				{Source: filepath.Join(src, "serve.yaml"), Destination: "/etc/boardlink/serve.yaml", Type: files.TypeConfig,
+					FileInfo: &files.ContentFileInfo{Mode: 0o600}},
 			},
 		},
 	}

@@ -78,7 +78,11 @@ func TestPackages(t *testing.T) {
 		"./etc/boardlink/boardlinkd.yaml":                       {tar.TypeReg, 0o644},
 		"./var/lib/boardlink/":                                  {tar.TypeDir, 0o700},
 	})
-	checkTree(t, cliDeb, map[string]entry{"./usr/bin/boardlink": {tar.TypeReg, 0o755}})
+	checkTree(t, cliDeb, map[string]entry{
+		"./usr/bin/boardlink":                              {tar.TypeReg, 0o755},
+		"./usr/lib/systemd/system/boardlink-serve.service": {tar.TypeReg, 0o644},
+		"./etc/boardlink/serve.yaml":                       {tar.TypeReg, 0o600},
+	})
 
 	// The conffile, and maintainer scripts that a shell takes.
 	control := t.TempDir()
@@ -103,7 +107,8 @@ func TestPackages(t *testing.T) {
 		checkBinary(t, bin)
 	}
 
-	verifyUnits(t, root)
+	verifyUnits(t, root, "boardlinkd.service", "boardlink-usb-gadget.service")
+	verifyUnits(t, cliRoot, "boardlink-serve.service")
 	if runtime.GOARCH == "amd64" {
 		if got := runCmd(t, cli, "--version"); !strings.Contains(got, ver) {
 			t.Errorf("boardlink --version: %q, want %s", got, ver)
@@ -221,13 +226,13 @@ func checkBinary(t *testing.T, bin string) {
 
 // verifyUnits runs systemd-analyze verify on the packaged units, their
 // programs taken from root, where dpkg-deb put them.
-func verifyUnits(t *testing.T, root string) {
+func verifyUnits(t *testing.T, root string, names ...string) {
 	t.Helper()
 	units := t.TempDir()
 	var paths []string
-	for _, name := range []string{"boardlinkd.service", "boardlink-usb-gadget.service"} {
+	for _, name := range names {
 		unit := readFile(t, filepath.Join(root, "usr", "lib", "systemd", "system", name))
-		for _, prog := range []string{"/usr/sbin/boardlinkd", "/usr/lib/boardlink/usb-gadget"} {
+		for _, prog := range []string{"/usr/sbin/boardlinkd", "/usr/lib/boardlink/usb-gadget", "/usr/bin/boardlink"} {
 			unit = strings.ReplaceAll(unit, "="+prog+" ", "="+filepath.Join(root, prog)+" ")
 		}
 		path := filepath.Join(units, name)

@@ -1,6 +1,9 @@
 package proto
 
-import "time"
+import (
+	"math"
+	"time"
+)
 
 // Method names. A family shares a prefix; board.info lists the families an
 // agent serves in its capabilities.
@@ -140,27 +143,81 @@ type ExecResizeParams struct {
 	Cols uint16 `json:"cols" validate:"min=1"`
 }
 
-// ExecRunParams runs a short command in one round trip (protocol 5): no
-// streams, stdin given inline, output returned in the result up to
-// MaxOutput bytes per stream (the rest is counted and dropped), for slow
-// links where each round trip counts.
+// ExecRunParams runs a command in one round trip (protocol 5): started,
+// waited for and answered by one request. Stdin is given inline, or by
+// StdinStream, a stream the caller opened and writes to once exec.started
+// announced the command (Started is then required). Output goes to the
+// streams Stdout and Stderr name (opened by the caller, live, as
+// exec.start's), or, for a stream not named, returns in the result up to
+// MaxOutput bytes (0: none; the rest is counted and dropped). Started,
+// when set, has the agent announce the command with an exec.started
+// notification (at once with StdinStream, else once it has run for 20 ms),
+// so that the caller can exec.cancel it by id while it waits for the
+// answer.
 type ExecRunParams struct {
-	Argv      []string          `json:"argv" validate:"required,min=1,max=4096,argv"`
-	Shell     bool              `json:"shell,omitempty"`
-	Env       map[string]string `json:"env,omitempty" validate:"max=1024,dive,keys,required,envkey,endkeys,excludes=\x00"`
-	ClearEnv  bool              `json:"clear_env,omitempty"`
-	Cwd       string            `json:"cwd,omitempty" validate:"omitempty,max=4096,excludes=\x00"`
-	Stdin     []byte            `json:"stdin,omitempty" validate:"max=65536"`
-	TimeoutMs int64             `json:"timeout_ms,omitempty" validate:"min=0"`
-	MaxOutput int               `json:"max_output,omitempty" validate:"min=0,max=1048576"`
+	Argv        []string          `json:"argv" validate:"required,min=1,max=4096,argv"`
+	Shell       bool              `json:"shell,omitempty"`
+	Env         map[string]string `json:"env,omitempty" validate:"max=1024,dive,keys,required,envkey,endkeys,excludes=\x00"`
+	ClearEnv    bool              `json:"clear_env,omitempty"`
+	Cwd         string            `json:"cwd,omitempty" validate:"omitempty,max=4096,excludes=\x00"`
+	Stdin       []byte            `json:"stdin,omitempty" validate:"max=65536"`
+	StdinStream uint32            `json:"stdin_stream,omitempty" validate:"excluded_without=Started,excluded_with=Stdin"`
+	Stdout      uint32            `json:"stdout,omitempty"`
+	Stderr      uint32            `json:"stderr,omitempty"`
+	TimeoutMs   int64             `json:"timeout_ms,omitempty" validate:"min=0"`
+	KillSignal  string            `json:"kill_signal,omitempty" validate:"omitempty,oneof=HUP INT QUIT KILL USR1 USR2 TERM"`
+	MaxOutput   int               `json:"max_output,omitempty" validate:"min=0,max=1048576"`
+	Started     string            `json:"started,omitempty" validate:"max=64"`
 }
 
-// ExecRunResult is exec.run's answer: the command's record and its output.
+// ExecRunResult is exec.run's answer: the command's record, in fewer bytes
+// than ExecResult (what is zero or false is left out, the start in Unix
+// milliseconds, the end implied by the duration: on a serial line each
+// byte counts), and the output that went to no stream.
 type ExecRunResult struct {
-	ExecResult
-	Stdout    []byte `json:"stdout,omitempty"`
-	Stderr    []byte `json:"stderr,omitempty"`
-	Truncated bool   `json:"truncated,omitempty"`
+	ID          string  `json:"id"`
+	ExitCode    int     `json:"exit_code"`
+	Signal      string  `json:"signal,omitempty"`
+	SignalNum   int     `json:"signal_num,omitempty"`
+	TimedOut    bool    `json:"timed_out,omitempty"`
+	Canceled    bool    `json:"canceled,omitempty"`
+	StartedMs   int64   `json:"started_ms"`
+	DurationMs  float64 `json:"duration_ms"`
+	StdoutBytes int64   `json:"stdout_bytes,omitempty"`
+	StderrBytes int64   `json:"stderr_bytes,omitempty"`
+	Stdout      []byte  `json:"stdout,omitempty"`
+	Stderr      []byte  `json:"stderr,omitempty"`
+	Truncated   bool    `json:"truncated,omitempty"`
+}
+
+// NewExecRunResult is r in exec.run's form (the output left out), the
+// duration rounded to the microsecond.
+func NewExecRunResult(r ExecResult) ExecRunResult {
+	return ExecRunResult{ID: r.ID, ExitCode: r.ExitCode, Signal: r.Signal, SignalNum: r.SignalNum,
+		TimedOut: r.TimedOut, Canceled: r.Canceled, StartedMs: r.Started.UnixMilli(),
+		DurationMs: math.Round(r.DurationMs*1000) / 1000, StdoutBytes: r.StdoutBytes, StderrBytes: r.StderrBytes}
+}
+
+// Result is the record as exec.wait gives it; Started has millisecond
+// precision, and Ended is Started plus the duration.
+func (r ExecRunResult) Result() ExecResult {
+	started := time.UnixMilli(r.StartedMs).UTC()
+	return ExecResult{ID: r.ID, ExitCode: r.ExitCode, Signal: r.Signal, SignalNum: r.SignalNum,
+		TimedOut: r.TimedOut, Canceled: r.Canceled, Started: started,
+		Ended: started.Add(time.Duration(r.DurationMs * float64(time.Millisecond))), DurationMs: r.DurationMs,
+		StdoutBytes: r.StdoutBytes, StderrBytes: r.StderrBytes}
+}
+
+// NoteExecStarted announces a command exec.run started for a request
+// that carried a Started token: params ExecStarted.
+const NoteExecStarted = "exec.started"
+
+// ExecStarted is the params of exec.started: the request's token and the
+// command's id (for exec.cancel) and pid.
+type ExecStarted struct {
+	Token string `json:"token"`
+	ID    string `json:"id"`
+	PID   int    `json:"pid"`
 }
 
 // ExecLogParams reads the agent's command log, newest first.

@@ -11,6 +11,9 @@ const (
 	MethodOTAActivate = "ota.activate"
 	MethodOTAWait     = "ota.wait"
 	MethodOTAAbort    = "ota.abort"
+	// Protocol 5: the host's verdict on a held trial.
+	MethodOTACommit   = "ota.commit"
+	MethodOTARollback = "ota.rollback"
 	CapOTA            = "ota"
 )
 
@@ -30,13 +33,17 @@ const (
 	PhaseHalted   Phase = "halted"
 	PhaseActivate Phase = "activate" // the trial boot is being set up, then the reboot
 	PhaseTrial    Phase = "trial"    // booted into the new slot: health check
+	// PhaseHeld (protocol 5): the health check passed on a trial
+	// activated with a hold; the update waits for ota.commit or
+	// ota.rollback and rolls back by itself when HoldUntil passes.
+	PhaseHeld     Phase = "held"
 	PhaseCommit   Phase = "commit"   // health check passed: committing
 	PhaseRollback Phase = "rollback" // health check failed: rolling back, then the reboot
 	PhaseDone     Phase = "done"
 )
 
 // Phases lists every phase, in order.
-var Phases = []Phase{PhasePrepare, PhasePrepared, PhaseHalted, PhaseActivate, PhaseTrial, PhaseCommit, PhaseRollback, PhaseDone}
+var Phases = []Phase{PhasePrepare, PhasePrepared, PhaseHalted, PhaseActivate, PhaseTrial, PhaseHeld, PhaseCommit, PhaseRollback, PhaseDone}
 
 // Abortable reports whether ota.abort may end an update in phase p: only
 // before activation.
@@ -121,6 +128,22 @@ type OTAIDParams struct {
 	ID string `json:"id" validate:"required,max=64"`
 }
 
+// OTAActivateParams activates a prepared update. HoldMs (protocol 5), if
+// set, keeps the trial after its health check passed (PhaseHeld) for the
+// host's verdict, ota.commit or ota.rollback, for at most that long (a
+// day at most); then the board rolls back by itself, so a host that went
+// away never leaves a board on a trial.
+type OTAActivateParams struct {
+	ID     string `json:"id" validate:"required,max=64"`
+	HoldMs int64  `json:"hold_ms,omitempty" validate:"min=0,max=86400000"`
+}
+
+// OTARollbackParams rolls a held trial back, saying why.
+type OTARollbackParams struct {
+	ID     string `json:"id" validate:"required,max=64"`
+	Reason string `json:"reason,omitempty" validate:"max=1024"`
+}
+
 // OTAWaitParams waits until the status changes past Since (a Seq seen
 // before) or TimeoutMs passes, then returns the status.
 type OTAWaitParams struct {
@@ -159,6 +182,8 @@ type OTAUpdate struct {
 	Updated      time.Time `json:"updated"`
 	ElapsedMs    int64     `json:"elapsed_ms"`
 	Transitions  int       `json:"transitions"`
+	// HoldUntil is when a held trial rolls back by itself (PhaseHeld).
+	HoldUntil *time.Time `json:"hold_until,omitempty"`
 }
 
 // OTAStatus is the truth about the board's slots and its update. Seq grows

@@ -9,9 +9,6 @@ const (
 	MethodTCPListen   = "tcp.listen"
 	MethodTCPAccept   = "tcp.accept"
 	MethodTCPUnlisten = "tcp.unlisten"
-	// NoteTCPIncoming announces a connection accepted by a listener;
-	// the host answers with tcp.accept, or lets it time out.
-	NoteTCPIncoming = "tcp.incoming"
 
 	CapTCP = "tcp"
 )
@@ -44,18 +41,18 @@ type TCPListenResult struct {
 	Port    int    `json:"port"`
 }
 
-// TCPIncoming is the params of a tcp.incoming notification.
-type TCPIncoming struct {
-	Listener string `json:"listener"`
-	Conn     string `json:"conn"`
-	Remote   string `json:"remote"`
+// TCPAcceptParams waits for the next connection on the listener and joins
+// it to the stream the caller opened.
+type TCPAcceptParams struct {
+	Listener string `json:"listener" validate:"required,max=64"`
+	Stream   uint32 `json:"stream" validate:"required"`
 }
 
-// TCPAcceptParams joins an announced connection to a stream the host
-// opened.
-type TCPAcceptParams struct {
-	Conn   string `json:"conn" validate:"required,max=64"`
-	Stream uint32 `json:"stream" validate:"required"`
+// TCPIncoming is tcp.accept's result: the connection it joined to the
+// stream, by the address of the peer that made it on the board.
+type TCPIncoming struct {
+	Listener string `json:"listener"`
+	Remote   string `json:"remote"`
 }
 
 // TCPUnlistenParams closes a listener; its connections already joined go on.

@@ -47,9 +47,12 @@ var History = []Change{
 	{5, "2026-12-02", "A developer's tools: exec.start's tty runs a command on a pseudo-terminal " +
 		"(term, rows, cols) and exec.resize changes its size; exec.run runs a short command in one " +
 		"round trip, its output in the result; tcp.dial connects a stream to a TCP port on the " +
-		"board, tcp.listen listens on one and announces each connection with the tcp.incoming " +
-		"notification, tcp.accept joins it to a stream the host opened, tcp.unlisten stops.",
-		[]string{MethodExecResize, MethodExecRun, MethodTCPDial, MethodTCPListen, MethodTCPAccept, MethodTCPUnlisten}},
+		"board, tcp.listen listens on one, tcp.accept waits for its next connection and joins it " +
+		"to a stream the host opened, tcp.unlisten stops. ota.activate's hold_ms holds a trial whose " +
+		"health check passed (phase held) for the host's ota.commit or ota.rollback, rolling back " +
+		"by itself when the hold ends.",
+		[]string{MethodExecResize, MethodExecRun, MethodTCPDial, MethodTCPListen, MethodTCPAccept, MethodTCPUnlisten,
+			MethodOTACommit, MethodOTARollback}},
 }
 
 // methodVersions maps each method to the version that added it.

@@ -58,14 +58,25 @@ type Config struct {
 	// be written; OpenStream and AttachStream beyond it fail busy.
 	// Default 256.
 	MaxStreams int
-	Logger     *slog.Logger
+	// MaxGrow bounds the bytes Stream.Grow may add to the windows of the
+	// connection's streams together, since the peer may fill them all:
+	// the streams beyond it keep proto.StreamWindow. Default 8 MiB.
+	MaxGrow int
+	Logger  *slog.Logger
 }
 
 // Defaults of Config.
 const (
 	defaultMaxInflight = 256
 	defaultMaxStreams  = 256
+	defaultMaxGrow     = 8 << 20
 )
+
+// maxChunk is the most stream data one frame carries: each frame costs a
+// message, a write and a wake-up on either end, so a bulk transfer wants
+// few of them, while a frame on the line delays the control messages
+// behind it by its length. A link that wants less says so (ChunkSizer).
+const maxChunk = 64 << 10
 
 // maxStrays bounds the RSTs for DATA on unknown streams waiting to be
 // sent. Such an RST only tells a peer that it wrote too soon or too late,
@@ -106,6 +117,7 @@ type Conn struct {
 	credits map[uint32]int      // credit to grant per open stream, coalesced
 	resets  [][]byte            // RST frames for streams reset here
 	strays  map[uint32]struct{} // ids of unknown streams that sent DATA
+	grown   int                 // window bytes Grow added to open streams, within MaxGrow
 }
 
 // NewConn wraps link. It starts nothing: call Start.
@@ -116,10 +128,13 @@ func NewConn(link Link, cfg Config) *Conn {
 	if cfg.MaxStreams <= 0 {
 		cfg.MaxStreams = defaultMaxStreams
 	}
+	if cfg.MaxGrow <= 0 {
+		cfg.MaxGrow = defaultMaxGrow
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	chunk := 32 << 10
+	chunk := maxChunk
 	if cs, ok := link.(ChunkSizer); ok && cs.MaxChunk() > 0 {
 		chunk = min(cs.MaxChunk(), chunk)
 	}

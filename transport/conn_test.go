@@ -306,6 +306,30 @@ func TestSlowReaderBoundsSender(t *testing.T) {
 	}
 }
 
+// Grow lets the peer send that much more before this side reads, and
+// no more.
+func TestGrowWidensWindow(t *testing.T) {
+	c := dial(t, testServer(t, "", wslink.Config{}, testHandler), "", nil)
+	produced.Store(0)
+	out, _ := c.OpenStream()
+	if err := c.Call(context.Background(), "produce", map[string]any{"Out": out.ID(), "N": 4 * proto.StreamWindow}, nil); err != nil {
+		t.Fatal(err)
+	}
+	out.Grow(proto.StreamWindow) // after the answer: the producer holds the stream
+	want := int64(2 * proto.StreamWindow)
+	testenv.Eventually(t, "the grown window to arrive and the connections to go quiet", func() bool {
+		return c.Stats().StreamBytesIn >= want && (produced.Load() > want ||
+			testenv.Parked("transport.(*Conn).readLoop", "transport.(*Conn).writeLoop", "wslink.(*Link).writeLoop", "transport.(*Stream).Write"))
+	})
+	if p, in := produced.Load(), c.Stats().StreamBytesIn; p != want || in != want {
+		t.Fatalf("the producer wrote %d bytes and the client got %d with nobody reading; the window is %d", p, in, want)
+	}
+	n, err := io.Copy(io.Discard, out)
+	if err != nil || n != 4*proto.StreamWindow {
+		t.Fatalf("read %d, %v", n, err)
+	}
+}
+
 func TestTokenCheckedBeforeUpgrade(t *testing.T) {
 	url := testServer(t, "s3cret", wslink.Config{}, testHandler)
 	for _, tok := range []string{"", "wrong", "s3cret-but-longer"} {
@@ -410,5 +434,43 @@ func TestDeadPeerIsNoticed(t *testing.T) {
 	<-c.Done() // would hang forever without keepalive
 	if !errors.Is(c.Err(), transport.ErrClosed) {
 		t.Fatalf("err = %v", c.Err())
+	}
+}
+
+// TestGrowIsBounded: the windows Grow adds on one connection stay within
+// Config.MaxGrow together, since the peer may fill them all: with room
+// for one more window, two streams grown by two windows each take three
+// windows beyond their own in all, and nobody reading, the producers stop
+// there.
+func TestGrowIsBounded(t *testing.T) {
+	l, err := wslink.Dial(context.Background(), testServer(t, "", wslink.Config{}, testHandler), "", wslink.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := transport.NewConn(l, transport.Config{Client: true, MaxGrow: 3 * proto.StreamWindow})
+	c.Start()
+	t.Cleanup(func() { c.Close() })
+	produced.Store(0)
+	var outs []*transport.Stream
+	for range 2 {
+		out, _ := c.OpenStream()
+		if err := c.Call(context.Background(), "produce", map[string]any{"Out": out.ID(), "N": 8 * proto.StreamWindow}, nil); err != nil {
+			t.Fatal(err)
+		}
+		out.Grow(2 * proto.StreamWindow)
+		outs = append(outs, out)
+	}
+	want := int64(5 * proto.StreamWindow) // two windows of their own, three grown
+	testenv.Eventually(t, "the grown windows to arrive and the connections to go quiet", func() bool {
+		return c.Stats().StreamBytesIn >= want && (produced.Load() > want ||
+			testenv.Parked("transport.(*Conn).readLoop", "transport.(*Conn).writeLoop", "wslink.(*Link).writeLoop", "transport.(*Stream).Write"))
+	})
+	if p, in := produced.Load(), c.Stats().StreamBytesIn; p != want || in != want {
+		t.Fatalf("the producers wrote %d bytes and the client got %d with nobody reading; the bound is %d", p, in, want)
+	}
+	for _, out := range outs {
+		if n, err := io.Copy(io.Discard, out); err != nil || n != 8*proto.StreamWindow {
+			t.Fatalf("read %d, %v", n, err)
+		}
 	}
 }

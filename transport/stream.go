@@ -38,6 +38,8 @@ type Stream struct {
 	readable chan struct{} // signaled on data, FIN or failure
 	writable chan struct{} // signaled on credit or failure
 	buf      [][]byte
+	size     int // the window the peer is granted in all: StreamWindow, or more (Grow)
+	grown    int // what Grow added to size, counted in Conn.grown
 	window   int // bytes the peer may still send us
 	unacked  int // bytes read but not yet granted back as credit
 	finIn    bool
@@ -50,7 +52,35 @@ func (c *Conn) newStream(id uint32) *Stream {
 	ctx, cancel := context.WithCancel(c.ctx)
 	return &Stream{c: c, id: id, ctx: ctx, end: cancel,
 		readable: make(chan struct{}, 1), writable: make(chan struct{}, 1),
-		window: proto.StreamWindow, credit: proto.StreamWindow}
+		size: proto.StreamWindow, window: proto.StreamWindow, credit: proto.StreamWindow}
+}
+
+// Grow lets the peer send up to n more bytes ahead of what this side has
+// read, for a bulk transfer: a larger window keeps the data flowing while
+// this side is busy (a write to disk, a descheduled reader). The whole
+// window may be held in memory, so the connection's streams grow by
+// Config.MaxGrow in all: beyond it a stream keeps the window it has.
+func (s *Stream) Grow(n int) {
+	c := s.c
+	c.mu.Lock()
+	n = min(n, c.cfg.MaxGrow-c.grown)
+	if n <= 0 || c.streams[s.id] != s {
+		c.mu.Unlock()
+		return
+	}
+	s.mu.Lock()
+	open := s.err == nil && !s.finIn
+	if open {
+		s.size += n
+		s.window += n
+		s.grown += n
+		c.grown += n
+	}
+	s.mu.Unlock()
+	c.mu.Unlock()
+	if open {
+		c.queueCredit(s, n)
+	}
 }
 
 // OpenStream opens a stream with a fresh local id, ready to receive at once.
@@ -137,7 +167,7 @@ func (s *Stream) Read(p []byte) (int, error) {
 			s.unacked += n
 			grant := 0
 			// Grant credit back in batches, not per read.
-			if s.unacked >= proto.StreamWindow/4 || (len(s.buf) == 0 && s.unacked >= proto.StreamWindow/16) {
+			if s.unacked >= s.size/4 || (len(s.buf) == 0 && s.unacked >= s.size/16) {
 				grant, s.unacked = s.unacked, 0
 				s.window += grant
 			}
@@ -275,6 +305,10 @@ func (c *Conn) forgetLocked(s *Stream) bool {
 	}
 	delete(c.streams, s.id)
 	delete(c.credits, s.id)
+	s.mu.Lock()
+	c.grown -= s.grown
+	s.grown = 0
+	s.mu.Unlock()
 	return true
 }
 

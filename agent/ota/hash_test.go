@@ -279,7 +279,7 @@ func TestAgentWritesInvalidateHashes(t *testing.T) {
 func (r *rig) commit(im *image.Image) {
 	r.t.Helper()
 	id := r.prepare(im)
-	reboot, err := r.u.Activate(context.Background(), id)
+	reboot, err := r.u.Activate(context.Background(), id, 0)
 	if err != nil {
 		r.t.Fatal(err)
 	}

@@ -153,7 +153,7 @@ func (r *rig) prepare(im *image.Image) string {
 func (r *rig) holdInTrial(id string) {
 	r.t.Helper()
 	r.checks = []string{"sleep 600; true"}
-	reboot, err := r.u.Activate(context.Background(), id)
+	reboot, err := r.u.Activate(context.Background(), id, 0)
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -282,7 +282,7 @@ func TestMachineCommit(t *testing.T) {
 	ctx := context.Background()
 	im, _ := r.image("1.0.0", randomBytes(10*4096+100))
 	id := r.prepare(im)
-	reboot, err := r.u.Activate(ctx, id)
+	reboot, err := r.u.Activate(ctx, id, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,7 +307,7 @@ func TestMachineRollback(t *testing.T) {
 	im, _ := r.image("1.0.0", randomBytes(3*4096))
 	id := r.prepare(im)
 	r.checks = []string{"echo sick >&2; exit 3"}
-	reboot, err := r.u.Activate(ctx, id)
+	reboot, err := r.u.Activate(ctx, id, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -335,7 +335,7 @@ func TestMachineRestarts(t *testing.T) {
 		r := newRig(t)
 		im, _ := r.image("1.0.0", randomBytes(3*4096))
 		id := r.prepare(im)
-		if _, err := r.u.Activate(ctx, id); err != nil { // its reboot never comes
+		if _, err := r.u.Activate(ctx, id, 0); err != nil { // its reboot never comes
 			t.Fatal(err)
 		}
 		r.restart() // activate -> activate, and the reboot asked again
@@ -364,7 +364,7 @@ func TestMachineRestarts(t *testing.T) {
 		if u := r.waitFor(proto.PhasePrepared); u.ID != id {
 			t.Fatalf("after the cut: %+v", u)
 		}
-		if _, err := r.u.Activate(ctx, id); err != nil {
+		if _, err := r.u.Activate(ctx, id, 0); err != nil {
 			t.Fatalf("activating again: %v", err)
 		}
 	})
@@ -441,7 +441,7 @@ func TestAbort(t *testing.T) {
 	if err := r.u.Abort(ctx, id); err != nil {
 		t.Fatalf("abort in prepared: %v", err)
 	}
-	if _, err := r.u.Activate(ctx, id); !proto.IsReason(err, proto.ReasonBusy) {
+	if _, err := r.u.Activate(ctx, id, 0); !proto.IsReason(err, proto.ReasonBusy) {
 		t.Fatalf("activating an aborted update: %v", err)
 	}
 	id = r.prepare(im)

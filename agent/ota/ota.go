@@ -235,6 +235,10 @@ func (u *Updater) statusLocked(bs board.BootState) proto.OTAStatus {
 			Chunks: v.Chunks, ChunksDone: v.count(), ChunksCopied: v.Copied, BytesLink: v.BytesLink, BytesURL: v.BytesURL,
 			Size: v.Size, Started: v.Started, Updated: v.Updated,
 			ElapsedMs: v.Updated.Sub(v.Started).Milliseconds(), Transitions: v.Transitions}
+		if v.Phase == proto.PhaseHeld {
+			until := v.HoldUntil
+			out.Update.HoldUntil = &until
+		}
 		if v.Phase != proto.PhaseDone {
 			out.Update.ElapsedMs = time.Since(v.Started).Milliseconds()
 		}
@@ -818,9 +822,14 @@ func (u *Updater) Receive(ctx context.Context, id string, r io.Reader) error {
 	return u.maybeFinishPrepareLocked(ctx)
 }
 
+// MaxHold bounds how long a trial may wait for the host's verdict.
+const MaxHold = 24 * time.Hour
+
 // Activate sets up the trial boot of a prepared update and returns the
-// reboot to run once the caller has answered.
-func (u *Updater) Activate(ctx context.Context, id string) (func(), error) {
+// reboot to run once the caller has answered. A hold keeps the trial,
+// once its health check passed, for Commit or Rollback (PhaseHeld) for at
+// most that long.
+func (u *Updater) Activate(ctx context.Context, id string, hold time.Duration) (func(), error) {
 	if u.cfg.Reboot == nil {
 		return nil, proto.Errorf(proto.ReasonIncompatible, "this board cannot reboot: updates cannot be activated")
 	}
@@ -840,6 +849,7 @@ func (u *Updater) Activate(ctx context.Context, id string) (func(), error) {
 		return nil, proto.Errorf(proto.ReasonInternal, "boot loader: %v", err)
 	}
 	u.upd.TrialSet, u.upd.TrialBoot = true, u.cfg.BootID
+	u.upd.Hold = min(max(hold, 0), MaxHold)
 	if err := u.saveLocked(); err != nil {
 		return nil, err
 	}
@@ -907,6 +917,12 @@ func (u *Updater) resumeLocked(ctx context.Context) error {
 		}
 		return u.finishLocked(ctx, proto.ResultRolledBack,
 			fmt.Sprintf("the trial boot of slot %s ended before its health check passed; booted %s", v.Slot, bs.Booted))
+	case proto.PhaseHeld:
+		if bs.Booted == v.Slot && bs.Trying() {
+			return u.holdLocked() // the agent restarted within the trial boot: the hold goes on
+		}
+		return u.finishLocked(ctx, proto.ResultRolledBack,
+			fmt.Sprintf("the trial boot of slot %s ended while it waited for the host's verdict", v.Slot))
 	case proto.PhaseCommit:
 		if bs.Active == v.Slot {
 			return u.finishLocked(ctx, proto.ResultCommitted, "")
@@ -944,8 +960,77 @@ func (u *Updater) trialLocked() error {
 			_ = u.rollbackLocked(ctx, fmt.Sprintf("health check failed: %v", err))
 			return
 		}
+		if u.upd.Hold > 0 {
+			u.upd.HoldUntil = time.Now().Add(u.upd.Hold).UTC()
+			_ = u.holdLocked()
+			return
+		}
 		_ = u.commitLocked(ctx)
 	})
+	return nil
+}
+
+// holdLocked keeps a trial whose health check passed until the host's
+// verdict or HoldUntil, when it rolls back by itself: a host that went
+// away never leaves the board on a trial.
+func (u *Updater) holdLocked() error {
+	if err := u.transitionLocked(proto.PhaseHeld); err != nil {
+		return err
+	}
+	ctx, id, until := u.ctx, u.upd.ID, u.upd.HoldUntil
+	u.log.Info("ota: trial held for the host's verdict", "id", id, "until", until)
+	u.work.Go(func() {
+		t := time.NewTimer(time.Until(until))
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return // stopping: the next start holds again
+		case <-t.C:
+		}
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		if u.upd == nil || u.upd.ID != id || u.upd.Phase != proto.PhaseHeld {
+			return // a verdict came first
+		}
+		u.log.Warn("ota: no verdict within the hold; rolling back", "id", id)
+		_ = u.rollbackLocked(ctx, fmt.Sprintf("no verdict from the host within the hold (until %s)", until.Format(time.RFC3339)))
+	})
+	return nil
+}
+
+// Commit is the host's verdict on a held trial: keep it.
+func (u *Updater) Commit(ctx context.Context, id string) error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if err := u.heldLocked(id); err != nil {
+		return err
+	}
+	u.log.Info("ota: the host commits the held trial", "id", id)
+	return u.commitLocked(ctx)
+}
+
+// Rollback is the host's verdict on a held trial: back to the old slot,
+// for reason.
+func (u *Updater) Rollback(ctx context.Context, id, reason string) error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if err := u.heldLocked(id); err != nil {
+		return err
+	}
+	if reason == "" {
+		reason = "no reason given"
+	}
+	u.log.Info("ota: the host rolls the held trial back", "id", id, "reason", reason)
+	return u.rollbackLocked(ctx, "rolled back by the host: "+reason)
+}
+
+func (u *Updater) heldLocked(id string) error {
+	if u.upd == nil || u.upd.ID != id {
+		return proto.Errorf(proto.ReasonNotFound, "no update %s", id)
+	}
+	if u.upd.Phase != proto.PhaseHeld {
+		return proto.Errorf(proto.ReasonBusy, "update %s is in phase %s, not held", id, u.upd.Phase)
+	}
 	return nil
 }
 

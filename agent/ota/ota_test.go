@@ -155,7 +155,7 @@ func TestPrepareResumeAbort(t *testing.T) {
 	if st.Update.Result != proto.ResultAborted || m.reboots.Load() != 0 {
 		t.Fatalf("after abort: %+v, %d reboots", st.Update, m.reboots.Load())
 	}
-	if _, err := m.u.Activate(ctx, plan.ID); err == nil {
+	if _, err := m.u.Activate(ctx, plan.ID, 0); err == nil {
 		t.Fatal("an aborted update was activated")
 	}
 }

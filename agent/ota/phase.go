@@ -27,9 +27,13 @@ var transitions = map[proto.Phase][]proto.Phase{
 	// took the trial; again when the agent restarted before its reboot;
 	// ended when the trial boot did not come up
 	proto.PhaseActivate: {proto.PhaseTrial, proto.PhasePrepared, proto.PhaseActivate, proto.PhaseDone},
-	// the health check passed or failed; again when the agent restarted
+	// the health check passed (held for the host's verdict when asked)
+	// or failed; again when the agent restarted
 	// within the trial boot; ended when the trial boot ended first
-	proto.PhaseTrial: {proto.PhaseCommit, proto.PhaseRollback, proto.PhaseTrial, proto.PhaseDone},
+	proto.PhaseTrial: {proto.PhaseCommit, proto.PhaseHeld, proto.PhaseRollback, proto.PhaseTrial, proto.PhaseDone},
+	// the host's verdict (or the hold's end); again when the agent
+	// restarted within the trial boot; ended when the trial boot ended
+	proto.PhaseHeld: {proto.PhaseCommit, proto.PhaseRollback, proto.PhaseHeld, proto.PhaseDone},
 	// committed (done), a boot loader that refused (rollback), again after
 	// a restart
 	proto.PhaseCommit: {proto.PhaseDone, proto.PhaseRollback, proto.PhaseCommit},

@@ -136,7 +136,7 @@ func TestBootCallsTakeTheCallersContext(t *testing.T) {
 	if err := u.Receive(ctx, plan.ID, chunkStream(t, im, plan.Need)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := u.Activate(ctx, plan.ID); err != nil {
+	if _, err := u.Activate(ctx, plan.ID, 0); err != nil {
 		t.Fatal(err)
 	}
 	// The agent restarts before its reboot, the trial set: it resumes.

@@ -52,6 +52,10 @@ type update struct {
 	// the boot id that set it, to tell a restart of the agent from a reboot.
 	TrialSet  bool   `json:"trial_set,omitempty"`
 	TrialBoot string `json:"trial_boot,omitempty"`
+	// Hold keeps a trial whose health check passed for the host's
+	// verdict; HoldUntil is when it rolls back without one.
+	Hold      time.Duration `json:"hold_ns,omitempty"`
+	HoldUntil time.Time     `json:"hold_until,omitzero"`
 }
 
 func (u *update) has(i int) bool { return u.Done[i/8]&(1<<(i%8)) != 0 }

@@ -80,18 +80,22 @@ func startShell(ctx context.Context, e *benchEnv) (*shell, error) {
 }
 
 // run runs /bin/true in the shell and reads up to its end mark.
-func (s *shell) run(ctx context.Context) error {
-	if _, err := io.WriteString(s.in, "/bin/true; echo "+endMark+"$?\n"); err != nil {
+func (s *shell) run(context.Context) error { return typeTrue(s.in, s.out, "ssh shell") }
+
+// typeTrue types /bin/true to a shell on in and reads its output from out
+// up to the end mark; who names the shell in errors.
+func typeTrue(in io.Writer, out *bufio.Reader, who string) error {
+	if _, err := io.WriteString(in, "/bin/true; echo "+endMark+"$?\n"); err != nil {
 		return err
 	}
 	for {
-		line, err := s.out.ReadString('\n')
+		line, err := out.ReadString('\n')
 		if err != nil {
-			return fmt.Errorf("ssh shell: %w", err)
+			return fmt.Errorf("%s: %w", who, err)
 		}
 		if status, ok := strings.CutPrefix(strings.TrimSpace(line), endMark); ok {
 			if status != "0" {
-				return fmt.Errorf("ssh shell: /bin/true exited %s", status)
+				return fmt.Errorf("%s: /bin/true exited %s", who, status)
 			}
 			return nil
 		}

@@ -27,6 +27,7 @@ type agentFoot struct {
 	// Memory in KiB, of the agent and of its sim supervisor, right after
 	// the agent said it started and after the idle window.
 	rssStart, hwmStart, rssEnd, hwmEnd int64
+	anonEnd                            int64 // RssAnon: the rest of rssEnd is the binary's pages (RssFile, RssShmem)
 	supRSSStart, supRSSEnd             int64
 	cpu, supCPU                        time.Duration // over the window
 }
@@ -105,8 +106,9 @@ func benchFootprint(ctx context.Context, e *benchEnv) (*footprint, error) {
 		return nil, ctx.Err()
 	}
 	for _, s := range agents {
-		var errs [5]error
+		var errs [6]error
 		s.foot.rssEnd, errs[0] = procStatus(s.a.agent, "VmRSS")
+		s.foot.anonEnd, errs[5] = procStatus(s.a.agent, "RssAnon")
 		s.foot.hwmEnd, errs[1] = procStatus(s.a.agent, "VmHWM")
 		s.foot.supRSSEnd, errs[2] = procStatus(s.a.supervisor, "VmRSS")
 		var cpu, sup time.Duration
@@ -147,10 +149,10 @@ func benchFootprint(ctx context.Context, e *benchEnv) (*footprint, error) {
 func writeFootprint(w io.Writer, f *footprint) {
 	kib := func(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/1024) }
 	fmt.Fprintf(w, "agent footprint, idle, a sim board (RSS from /proc/PID/status; CPU = utime+stime over the %s window, in %s ticks)\n\n", f.idle, clockTick)
-	fmt.Fprintln(w, "| agent | RSS after start | RSS after the window | VmHWM (peak) | CPU over the window | supervisor RSS (start, end) | supervisor CPU |")
+	fmt.Fprintln(w, "| agent | RSS after start | RSS after the window (of it anonymous) | VmHWM (peak) | CPU over the window | supervisor RSS (start, end) | supervisor CPU |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
 	for _, a := range f.agents {
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s (%.3f%% of a CPU) | %s, %s | %s |\n", a.name, kib(a.rssStart), kib(a.rssEnd), kib(a.hwmEnd),
+		fmt.Fprintf(w, "| %s | %s | %s (%s) | %s | %s (%.3f%% of a CPU) | %s, %s | %s |\n", a.name, kib(a.rssStart), kib(a.rssEnd), kib(a.anonEnd), kib(a.hwmEnd),
 			a.cpu, 100*a.cpu.Seconds()/f.idle.Seconds(), kib(a.supRSSStart), kib(a.supRSSEnd), a.supCPU)
 	}
 	if f.mdnsSkipped != "" {

@@ -9,6 +9,10 @@
 //     `ssh -S ctl host true` with a ControlMaster up;
 //   - push and pull of a -size file by the boardlink CLI (its sha256 check
 //     included) against scp and `ssh host 'cat > f'` / `ssh host 'cat f'`;
+//   - exec `true` over a serial line at 115200 baud (linetest's relay):
+//     dispatcher.Client over the serial-framed link to an in-process agent
+//     on a sim board, against /bin/sh on a line of its own typed
+//     `/bin/true; echo MARK$?`;
 //   - the agent's footprint: RSS after start and after an idle window, its
 //     CPU time over that window, without and with mDNS (mDNS only inside a
 //     private network namespace), the sim supervisor's RSS, and the
@@ -23,6 +27,7 @@
 //
 //	go run ./bench/peers                 # the full run (256 MiB, 1-minute idle window)
 //	go run ./bench/peers -smoke          # every case, small and fast; asserts nothing about speed
+//	go run ./bench/peers -cases exec,serial  # some of the cases
 //
 // It needs sshd, ssh, scp and ssh-keygen (apt-get install openssh-server
 // openssh-client), and go to build the binaries. Only loopback is used.
@@ -36,6 +41,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/boardlink/boardlink/bench/internal/benchkit"
@@ -47,6 +54,8 @@ type config struct {
 	runs   int           // timed transfers per variant
 	execs  int           // timed exec round trips per variant
 	cli    int           // timed fresh CLI processes per variant
+	serial int           // timed exec round trips per variant over a serial line
+	cases  []string      // the cases to run, in allCases' order
 	idle   time.Duration // the idle window of the footprint
 	archs  []string      // architectures whose boardlinkd size is reported
 	smoke  bool
@@ -58,8 +67,11 @@ var allArchs = []string{"amd64", "arm64", "arm", "riscv64"}
 
 // smokeConfig runs every case once or twice, on little data.
 func smokeConfig() config {
-	return config{size: 1 << 20, runs: 1, execs: 3, cli: 2, idle: 500 * time.Millisecond, smoke: true}
+	return config{size: 1 << 20, runs: 1, execs: 3, cli: 2, serial: 2, idle: 500 * time.Millisecond, smoke: true, cases: allCases}
 }
+
+// allCases are the cases a run measures, by name, in order.
+var allCases = []string{"exec", "cli", "transfer", "serial", "footprint"}
 
 func main() {
 	cfg := config{archs: allArchs}
@@ -68,15 +80,28 @@ func main() {
 	flag.IntVar(&cfg.runs, "runs", 3, "timed transfers per variant and direction")
 	flag.IntVar(&cfg.execs, "execs", 200, "timed exec round trips per variant on a persistent connection")
 	flag.IntVar(&cfg.cli, "cli", 30, "timed fresh CLI processes (and fresh ssh) per variant")
+	flag.IntVar(&cfg.serial, "serial", 50, "timed exec round trips per variant over a serial line")
 	flag.DurationVar(&cfg.idle, "idle", time.Minute, "the footprint's idle window")
+	cases := flag.String("cases", strings.Join(allCases, ","), "the cases to run, comma-separated: "+strings.Join(allCases, ", "))
 	smoke := flag.Bool("smoke", false, "every case small and fast (1 MiB, 1-3 runs, 0.5s idle, this machine's architecture only); overrides the other flags")
 	flag.Parse()
 	cfg.size = int64(size)
+	for _, c := range strings.Split(*cases, ",") {
+		if !slices.Contains(allCases, c) {
+			fmt.Fprintf(os.Stderr, "peers: -cases: no case %q (want %s)\n", c, strings.Join(allCases, ", "))
+			os.Exit(2)
+		}
+	}
+	for _, c := range allCases { // allCases' order, each once
+		if slices.Contains(strings.Split(*cases, ","), c) {
+			cfg.cases = append(cfg.cases, c)
+		}
+	}
 	if *smoke {
 		cfg = smokeConfig()
 	}
-	if cfg.size <= 0 || cfg.runs <= 0 || cfg.execs <= 0 || cfg.cli <= 0 || cfg.idle <= 0 {
-		fmt.Fprintln(os.Stderr, "peers: -size, -runs, -execs, -cli and -idle must be positive")
+	if cfg.size <= 0 || cfg.runs <= 0 || cfg.execs <= 0 || cfg.cli <= 0 || cfg.serial <= 0 || cfg.idle <= 0 {
+		fmt.Fprintln(os.Stderr, "peers: -size, -runs, -execs, -cli, -serial and -idle must be positive")
 		os.Exit(2)
 	}
 	benchkit.Run("peers", func(ctx context.Context) error { return run(ctx, cfg, os.Stdout) })
@@ -96,25 +121,37 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	defer env.close()
 
 	var rows []row
-	for _, c := range []func(context.Context, *benchEnv) ([]row, error){benchExec, benchCLI, benchTransfer} {
-		r, err := c(ctx, env)
+	for _, c := range []struct {
+		name string
+		run  func(context.Context, *benchEnv) ([]row, error)
+	}{{"exec", benchExec}, {"cli", benchCLI}, {"transfer", benchTransfer}, {"serial", benchSerial}} {
+		if !slices.Contains(cfg.cases, c.name) {
+			continue
+		}
+		r, err := c.run(ctx, env)
 		if err != nil {
 			return err
 		}
 		rows = append(rows, r...)
 	}
-	// The footprint runs last and alone: nothing else runs in its idle window.
-	env.agent.stop()
-	env.agent = nil
-	foot, err := benchFootprint(ctx, env)
-	if err != nil {
-		return err
+	var foot *footprint
+	if slices.Contains(cfg.cases, "footprint") {
+		// The footprint runs last and alone: nothing else runs in its idle window.
+		env.agent.stop()
+		env.agent = nil
+		if foot, err = benchFootprint(ctx, env); err != nil {
+			return err
+		}
 	}
 	fmt.Fprintln(out)
 	writeMachine(out, startLoad)
-	fmt.Fprintln(out)
-	writeRows(out, rows)
-	fmt.Fprintln(out)
-	writeFootprint(out, foot)
+	if len(rows) > 0 {
+		fmt.Fprintln(out)
+		writeRows(out, rows)
+	}
+	if foot != nil {
+		fmt.Fprintln(out)
+		writeFootprint(out, foot)
+	}
 	return nil
 }

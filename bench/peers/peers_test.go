@@ -68,10 +68,12 @@ func TestSmoke(t *testing.T) {
 	rows := regexp.MustCompile(`(?m)^\| ([^|]+) \| (client|boardlink) [^|]+ \| [^|]+ \| ([^|]+) \| [^|]+ \| [0-9.]+ \(([0-9.]+)× (faster|slower)\) \| (\d+) \|$`).FindAllStringSubmatch(s, -1)
 	want := map[string]int{ // case: rows, each boardlink link against each peer
 		"`true`, persistent connection": 4, "`true`, a fresh CLI process": 4, "push 1 MiB": 4, "pull 1 MiB": 4,
+		"`true` over a serial line (115200 baud)": 1,
 	}
 	cfg := smokeConfig()
-	n := map[string]string{"`true`, persistent connection": "3", "`true`, a fresh CLI process": "2", "push 1 MiB": "1", "pull 1 MiB": "1"}
-	if cfg.execs != 3 || cfg.cli != 2 || cfg.runs != 1 || cfg.size != 1<<20 {
+	n := map[string]string{"`true`, persistent connection": "3", "`true`, a fresh CLI process": "2", "push 1 MiB": "1", "pull 1 MiB": "1",
+		"`true` over a serial line (115200 baud)": "2"}
+	if cfg.execs != 3 || cfg.cli != 2 || cfg.runs != 1 || cfg.serial != 2 || cfg.size != 1<<20 {
 		t.Fatalf("smokeConfig changed (%+v): update this test", cfg)
 	}
 	peers := map[string]bool{}
@@ -88,7 +90,7 @@ func TestSmoke(t *testing.T) {
 		}
 	}
 	for _, p := range []string{"fork/exec /bin/true", "ssh shell /bin/true", "ssh host true", "ssh -S ctl host true",
-		"scp upload", "scp download", "ssh 'cat > f'", "ssh 'cat f'"} {
+		"scp upload", "scp download", "ssh 'cat > f'", "ssh 'cat f'", "sh on a serial line"} {
 		if !peers[p] {
 			t.Errorf("no row against %q", p)
 		}

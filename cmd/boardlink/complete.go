@@ -18,6 +18,10 @@ const (
 	seenFormat = 1
 	seenMax    = 500
 	seenFresh  = 30 * 24 * time.Hour
+	// seenRefresh is how stale a board's entry may get before a session
+	// with it rewrites the file: a rewrite (two fsyncs) costs more than the
+	// rest of a short call, and completion needs no fresher date.
+	seenRefresh = time.Hour
 )
 
 // seenPath is $XDG_CACHE_HOME/boardlink/seen.json, or "" without a cache
@@ -51,10 +55,14 @@ func rememberIDs(ids ...string) {
 		return
 	}
 	seen := readSeen()
+	stale := false
 	for _, id := range ids {
-		if id != "" {
-			seen[id] = time.Now()
+		if id != "" && time.Since(seen[id]) > seenRefresh {
+			seen[id], stale = time.Now(), true
 		}
+	}
+	if !stale {
+		return
 	}
 	for len(seen) > seenMax { // the oldest go first
 		oldest := ""

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -16,6 +17,7 @@ func newExecCmd(g *globals) *cobra.Command {
 		req     dispatcher.ExecRequest
 		env     []string
 		noStdin bool
+		tty     bool
 	)
 	cmd := &cobra.Command{
 		Use:   "exec BOARD [flags] -- ARGV...",
@@ -34,11 +36,17 @@ Exit status:
 
 Interrupting boardlink (Ctrl-C) sends TERM to the command's process group
 on the board and exits with its status. Without --detach, the command is
-also killed when the connection drops.`,
+also killed when the connection drops.
+
+With -t the command runs on a pseudo-terminal on the board, joined to
+yours as 'boardlink shell' does it (raw mode, window size, Ctrl-C typed
+to the board, the escape ~. after Enter); its stdout and stderr then come
+together on stdout.`,
 		Example: `  boardlink exec ws://127.0.0.1:7207 -- uname -a
   boardlink exec serial:///dev/ttyUSB0 --timeout 30s -- ./run-tests --fast
   boardlink exec ws://10.77.0.2:7207 --shell -- 'dmesg | tail -n 20'
-  echo hello | boardlink exec ws://127.0.0.1:7207 -- tr a-z A-Z`,
+  echo hello | boardlink exec ws://127.0.0.1:7207 -- tr a-z A-Z
+  boardlink exec -t ws://127.0.0.1:7207 -- top`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) < 2 {
 				return &usageError{fmt.Errorf("exec needs BOARD and a command after -- (see '%s --help')", cmd.CommandPath())}
@@ -58,6 +66,24 @@ also killed when the connection drops.`,
 				return &usageError{fmt.Errorf("--timeout must not be negative")}
 			}
 			req.Argv = args[1:]
+			if g.serverURL() != "" {
+				if tty || req.Detach {
+					return &usageError{errors.New("-t and --detach do not go through the lab service (--server, $BOARDLINK_SERVER)")}
+				}
+				req.Stdout, req.Stderr = cmd.OutOrStdout(), cmd.ErrOrStderr()
+				return g.execViaServer(ctx, args[0], req)
+			}
+			if tty {
+				if req.Detach {
+					return &usageError{errors.New("-t and --detach: nothing could take up the terminal of a detached command")}
+				}
+				sr := dispatcher.ShellRequest{Argv: req.Argv, Shell: req.Shell, Env: req.Env, Cwd: req.Cwd,
+					Timeout: req.Timeout, KillSignal: req.KillSignal}
+				if noStdin {
+					sr.Stdin = strings.NewReader("") // typed: Ctrl-D
+				}
+				return runTerminal(cmd, g, args[0], sr)
+			}
 			req.Stdout, req.Stderr = cmd.OutOrStdout(), cmd.ErrOrStderr()
 			if !noStdin {
 				req.Stdin = cmd.InOrStdin()
@@ -69,13 +95,7 @@ also killed when the connection drops.`,
 			defer c.Close()
 			res, err := c.Exec(ctx, req)
 			if err != nil {
-				switch proto.ReasonOf(err) {
-				case proto.ReasonNotFound: // as a shell does for a command it cannot find
-					return &exitError{code: 127, err: err}
-				case proto.ReasonInvalidParams:
-					return &usageError{err}
-				}
-				return linkFailure(err)
+				return execError(err)
 			}
 			return execStatus(res, req.Timeout)
 		},
@@ -88,7 +108,19 @@ also killed when the connection drops.`,
 	f.BoolVar(&req.Detach, "detach", false, "keep the command running if the connection drops")
 	f.StringVar(&req.KillSignal, "kill-signal", "", "signal sent on timeout before KILL (default TERM)")
 	f.BoolVarP(&noStdin, "no-stdin", "n", false, "do not send stdin to the command")
+	f.BoolVarP(&tty, "tty", "t", false, "run the command on a terminal on the board, joined to yours (see 'boardlink shell')")
 	return cmd
+}
+
+// execError maps a failed exec or shell to boardlink's exit status.
+func execError(err error) error {
+	switch proto.ReasonOf(err) {
+	case proto.ReasonNotFound: // as a shell does for a command it cannot find
+		return &exitError{code: 127, err: err}
+	case proto.ReasonInvalidParams:
+		return &usageError{err}
+	}
+	return linkFailure(err)
 }
 
 func parseEnv(kvs []string) (map[string]string, error) {

@@ -8,8 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/creack/pty"
-
 	"github.com/boardlink/boardlink/internal/testenv"
 )
 
@@ -22,23 +20,10 @@ type ptyRun struct {
 	read   chan struct{} // closed when the terminal's output ended
 }
 
+// startOnPTY runs the built CLI on a terminal of its own, 24x80.
 func startOnPTY(t *testing.T, bin string, args ...string) *ptyRun {
 	t.Helper()
-	r := &ptyRun{cmd: exec.Command(bin, append([]string{"--known-boards", knownBoards(t)}, args...)...), read: make(chan struct{})}
-	master, err := pty.Start(r.cmd) // a session of its own, the pty its controlling terminal
-	if err != nil {
-		testenv.SkipOrFail(t, "no pty: %v", err)
-	}
-	r.master = master
-	t.Cleanup(func() {
-		if r.cmd.ProcessState == nil {
-			r.cmd.Process.Kill()
-			r.cmd.Wait()
-		}
-		master.Close()
-	})
-	go readTerminal(master, &r.out, r.read)
-	return r
+	return startSized(t, bin, 24, 80, args...)
 }
 
 // ctrlC types Ctrl-C: the terminal sends SIGINT to the CLI.

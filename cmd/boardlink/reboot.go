@@ -222,8 +222,9 @@ func saveConsole(path, board string, text []byte) (string, error) {
 
 func newConsoleCmd(g *globals) *cobra.Command {
 	var timeout time.Duration
+	var since string
 	cmd := &cobra.Command{
-		Use:   "console BOARD [--timeout D]",
+		Use:   "console BOARD [--timeout D] [--since D]",
 		Short: "Stream a board's serial console text",
 		Long: `console prints the console text of the board's serial line (boot loader
 and kernel messages, anything outside the agent's frames) as it arrives,
@@ -233,10 +234,17 @@ to the line, so a boot loader waiting for a key or a shell is undisturbed.
 BOARD must be reached over a serial line: serial://, tcp:// or unix://, or
 a board id that discovery finds on a serial port.
 
-A unix: socket of QEMU (-chardev socket,server=on) serves one client at a
-time: while console listens, another client that connects (a second
-console, boardlink exec over the same socket) takes the line from it.
+Every boardlink call on a serial line shares it through one process per
+line that holds it (boardlink line-mux, started by the first call): console
+gets the text the line kept, then what comes, while exec, push or shell run
+on the same line. With BOARDLINK_LINE_MUX=off each call opens the line
+itself, and a unix: socket of QEMU (-chardev socket,server=on), which
+serves one client at a time, is taken from console by the next client:
 console then says so and exits 255, never silently.
+
+With --server (or $BOARDLINK_SERVER) the lab service's record of the
+board's console is read instead: --since 5m (or an RFC 3339 time) starts
+that long ago, so what the board printed between a reset and now is there.
 
 Exit status: 0 at --timeout; 2 a malformed address; 130 after Ctrl-C; 255
 the line closed under it (another client took a unix: socket, a ser2net
@@ -251,11 +259,17 @@ port went away, a USB serial port was unplugged).`,
 				ctx, cancel = context.WithTimeout(ctx, timeout)
 				defer cancel()
 			}
+			if g.serverURL() != "" {
+				return g.consoleViaServer(ctx, args[0], since, cmd.OutOrStdout())
+			}
+			if since != "" {
+				return &usageError{errors.New("--since reads the lab service's record: give --server URL or set BOARDLINK_SERVER")}
+			}
 			addr, err := g.resolve(ctx, args[0])
 			if err != nil {
 				return err
 			}
-			err = dispatcher.Console(ctx, addr, cmd.OutOrStdout())
+			err = dispatcher.ConsoleShared(ctx, addr, cmd.OutOrStdout(), g.consoleShare())
 			switch {
 			case errors.Is(err, dispatcher.ErrBadAddress):
 				return &usageError{err}
@@ -266,5 +280,6 @@ port went away, a USB serial port was unplugged).`,
 		},
 	}
 	cmd.Flags().DurationVar(&timeout, "timeout", 0, "stop after this long (0: until interrupted)")
+	cmd.Flags().StringVar(&since, "since", "", "with --server: start from the lab service's record this long ago (5m) or since an RFC 3339 time")
 	return cmd
 }

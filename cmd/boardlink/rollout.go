@@ -10,7 +10,6 @@ import (
 	"io"
 	"maps"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -44,12 +43,15 @@ type rolloutOptions struct {
 	db           string
 	force        bool
 	asJSON       bool
+	gate         string
+	gateTimeout  time.Duration
+	waveSize     int
 }
 
 func newRolloutCmd(g *globals) *cobra.Command {
 	var o rolloutOptions
 	cmd := &cobra.Command{
-		Use:   "rollout IMAGE [--select k=v]... [-C N] [--max-failures N] [--timeout D] [--save-plan F | --plan F] [--resume ID] [--log-dir D] [--json]",
+		Use:   "rollout IMAGE [--select k=v]... [-C N] [--max-failures N] [--gate 'exec: CMD'] [--wave N] [--timeout D] [--save-plan F | --plan F] [--resume ID] [--log-dir D] [--json]",
 		Short: "Update many boards to a signed image, in stages, a few at a time",
 		Long: `rollout updates every selected board to IMAGE in three stages, each run
 over all the boards with at most -C at once before the next begins:
@@ -67,6 +69,18 @@ Boards come from discovery (mDNS on --iface, and USB serial, listening for
 selects on the model, any other KEY=VALUE on a label; several must all
 match.
 
+--gate 'exec: COMMAND' adds a gate: the boards are taken in waves (--wave
+boards each, -C by default). Each board of a wave boots its trial, passes
+its own health check and then holds it, uncommitted; COMMAND runs on it
+there (with /bin/sh -c, BOARDLINK_BOARD and BOARDLINK_VERSION set, bounded
+by --gate-timeout). Only when the gate passed (exit 0) on every board of
+the wave are their trials committed; otherwise every trial of the wave
+rolls back (the board where it failed, or that went silent, is gate_failed
+or unreachable with the reason, the others rolled_back) and the boards of
+later waves are skipped. A held trial whose verdict never comes rolls back
+by itself. An agent older than protocol 5 cannot hold a trial: it commits
+first and its gate only decides whether the rollout goes on.
+
 Transient errors (a link that drops, a board that does not answer, a
 timeout after --board-timeout) are retried with backoff, three times in
 all; permanent ones (a bad signature or checksum, an image that does not
@@ -80,7 +94,8 @@ runs such a plan later, without planning again. Every rollout and board
 result is kept in a SQLite database (--db, default
 $XDG_STATE_HOME/boardlink/boardlink.db; see 'boardlink history'): a
 rollout cut short (the dispatcher killed, Ctrl-C) goes on with --resume
-ID, leaving committed boards alone and resuming boards mid-prepare.
+ID, leaving committed boards alone and resuming boards mid-update, with
+the gate, waves and limits it began with.
 
 On a terminal a bar per active board and an overall bar show progress;
 each board's log goes to --log-dir (one file per board) and the logs of
@@ -92,6 +107,7 @@ version); 1 when any failed, rolled back or was skipped; 2 a usage error.`,
 		Example: `  boardlink rollout rootfs-2.1.0.img --select model=imx8 -C 16 --max-failures 3
   boardlink rollout rootfs-2.1.0.img --inventory lab.json --save-plan plan.json
   boardlink rollout rootfs-2.1.0.img --plan plan.json --log-dir logs/
+  boardlink rollout rootfs-2.1.0.img --select model=imx8 -C 16 --gate 'exec: /usr/bin/selftest --quick'
   boardlink rollout --resume r-20261122-0301-ab12`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if o.resume != "" {
@@ -105,6 +121,9 @@ version); 1 when any failed, rolled back or was skipped; 2 a usage error.`,
 			}
 			if o.concurrency < 1 {
 				return &usageError{errors.New("-C must be at least 1")}
+			}
+			if o.waveSize < 0 {
+				return &usageError{errors.New("--wave must be at least 1")}
 			}
 			return runRollout(cmd.Context(), g, o, args, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
@@ -123,10 +142,21 @@ version); 1 when any failed, rolled back or was skipped; 2 a usage error.`,
 	f.StringVar(&o.db, "db", "", "the records database (default $BOARDLINK_DB or $XDG_STATE_HOME/boardlink/boardlink.db)")
 	f.BoolVar(&o.force, "force", false, "allow a downgrade or reinstall")
 	f.BoolVar(&o.asJSON, "json", false, "print events as JSON lines and the report as JSON")
+	f.StringVar(&o.gate, "gate", "", "'exec: COMMAND': run on each board of a wave on its held trial; the wave commits, and the next starts, only if it passes on all")
+	f.DurationVar(&o.gateTimeout, "gate-timeout", dispatcher.DefaultGateTimeout, "bound on the gate command on one board")
+	f.IntVar(&o.waveSize, "wave", 0, "boards per wave (default: -C with --gate, else all in one wave)")
 	return cmd
 }
 
 func runRollout(ctx context.Context, g *globals, o rolloutOptions, args []string, stdout, stderr io.Writer) error {
+	var gate *dispatcher.Gate
+	if o.gate != "" {
+		var err error
+		if gate, err = dispatcher.ParseGate(o.gate); err != nil {
+			return &usageError{fmt.Errorf("--gate: %w", err)}
+		}
+		gate.Timeout = o.gateTimeout
+	}
 	dbPath := o.db
 	if dbPath == "" {
 		dbPath = store.DefaultPath()
@@ -136,161 +166,90 @@ func runRollout(ctx context.Context, g *globals, o rolloutOptions, args []string
 		return &exitError{code: 1, err: err}
 	}
 	defer db.Close()
-
-	var (
-		rec   store.Rollout
-		plan  dispatcher.Plan
-		prior []dispatcher.BoardReport
-	)
-	if o.resume != "" {
-		var rows []store.BoardResult
-		if rec, rows, err = db.Rollout(ctx, o.resume); err != nil {
-			return &usageError{err}
-		}
-		if err := json.Unmarshal(rec.Plan, &plan); err != nil {
-			return &exitError{code: 1, err: fmt.Errorf("rollout %s: its plan: %w", rec.ID, err)}
-		}
-		args = []string{rec.Image}
-		o.concurrency, o.maxFailures = rec.Concurrency, rec.MaxFailures
-		for _, r := range rows {
-			prior = append(prior, fromRecord(r))
-		}
-	}
-	im, err := image.OpenFile(args[0])
-	if err != nil {
-		return &exitError{code: 1, err: err}
-	}
-	defer im.Close()
-	if o.resume != "" && im.Manifest.PayloadSHA256 != rec.ImageSHA256 {
-		return &exitError{code: 1, err: fmt.Errorf("%s no longer holds the image rollout %s began with", args[0], rec.ID)}
-	}
 	dialOpts, err := g.dialOptions(nil)
 	if err != nil {
 		return err
 	}
+
+	var (
+		id   string
+		plan dispatcher.Plan
+	)
+	if o.resume != "" {
+		var rec store.Rollout
+		if rec, plan, _, _, err = dispatcher.RecordedRollout(ctx, db, o.resume); err != nil {
+			return &usageError{err}
+		}
+		id, o.concurrency = rec.ID, rec.Concurrency
+	}
 	show := newRolloutDisplay(stdout, stderr, o)
 	defer show.close()
 	defer context.AfterFunc(ctx, show.interrupt)()
-	cfg := dispatcher.RolloutConfig{Image: im, Concurrency: o.concurrency, MaxFailures: o.maxFailures,
-		BoardTimeout: o.boardTimeout, Force: o.force, Events: show.event,
-		Dial: func(ctx context.Context, addr string) (*dispatcher.Client, error) {
-			return dispatcher.Dial(ctx, addr, dialOpts)
-		}}
-
-	switch {
-	case o.resume != "":
-	case o.planFile != "":
-		if err := readPlan(o.planFile, im, &plan); err != nil {
-			return err
-		}
-	default:
-		targets, err := rolloutTargets(ctx, g, o, db)
-		if err != nil {
-			return err
-		}
-		if len(targets) == 0 {
-			return &exitError{code: 1, err: fmt.Errorf("no board matches %s", orNone(strings.Join(o.selectors, " ")))}
-		}
-		show.expect(dispatcher.StagePlan, len(targets))
-		plan = dispatcher.PlanRollout(ctx, cfg, targets)
-		if ctx.Err() != nil {
-			return interrupted(ctx, "while planning, before any board was changed")
-		}
-		show.planDone(plan)
-		if o.savePlan != "" {
-			if err := atomicfile.WriteJSON(o.savePlan, dispatcher.PlanFormat, plan); err != nil {
-				return &exitError{code: 1, err: err}
-			}
-			fmt.Fprintf(stderr, "plan of %d boards written to %s\n", len(plan.Boards), o.savePlan)
-			return nil
-		}
-	}
 	if o.resume == "" {
-		raw, _ := json.Marshal(plan)
-		abs, _ := filepath.Abs(args[0])
-		rec = store.Rollout{ID: store.NewRolloutID(), Image: abs, ImageSHA256: im.Manifest.PayloadSHA256,
-			Version: im.Manifest.Version, Selector: strings.Join(o.selectors, " "), Concurrency: o.concurrency,
-			MaxFailures: o.maxFailures, Plan: raw, State: store.StateRunning}
-		if err := db.CreateRollout(ctx, rec); err != nil {
+		im, err := image.OpenFile(args[0])
+		if err != nil {
 			return &exitError{code: 1, err: err}
 		}
-	} else if err := db.SetRolloutState(ctx, rec.ID, store.StateRunning); err != nil {
-		return &exitError{code: 1, err: err}
+		defer im.Close()
+		cfg := dispatcher.RolloutConfig{Image: im, Concurrency: o.concurrency, BoardTimeout: o.boardTimeout, Force: o.force,
+			Events: show.event, DialOptions: dialOpts}
+		switch {
+		case o.planFile != "":
+			if err := readPlan(o.planFile, im, &plan); err != nil {
+				return err
+			}
+		default:
+			targets, err := rolloutTargets(ctx, g, o, db)
+			if err != nil {
+				return err
+			}
+			if len(targets) == 0 {
+				return &exitError{code: 1, err: fmt.Errorf("no board matches %s", orNone(strings.Join(o.selectors, " ")))}
+			}
+			plan = dispatcher.PlanRollout(ctx, cfg, targets)
+			if ctx.Err() != nil {
+				return interrupted(ctx, "while planning, before any board was changed")
+			}
+			show.planDone(plan)
+			if o.savePlan != "" {
+				if err := atomicfile.WriteJSON(o.savePlan, dispatcher.PlanFormat, plan); err != nil {
+					return &exitError{code: 1, err: err}
+				}
+				fmt.Fprintf(stderr, "plan of %d boards written to %s\n", len(plan.Boards), o.savePlan)
+				return nil
+			}
+		}
+		id, err = dispatcher.RecordRollout(ctx, db, dispatcher.NewRollout{ImagePath: args[0], Selector: strings.Join(o.selectors, " "),
+			Plan: plan, Concurrency: o.concurrency, MaxFailures: o.maxFailures,
+			Spec: dispatcher.RolloutSpec{Gate: gate, WaveSize: o.waveSize, BoardTimeout: o.boardTimeout, Force: o.force}})
+		if err != nil {
+			return &exitError{code: 1, err: err}
+		}
 	}
-	show.begin(rec.ID, len(plan.Boards))
-	cfg.Record = func(b dispatcher.BoardReport) {
-		if err := db.PutBoard(context.WithoutCancel(ctx), toRecord(rec.ID, b)); err != nil {
+	show.begin(id, len(plan.Boards))
+	rep, err := dispatcher.RunRecorded(ctx, db, id, dispatcher.RolloutConfig{Events: show.event, BoardTimeout: o.boardTimeout,
+		DialOptions: dialOpts})
+	if ctx.Err() != nil {
+		if err := db.SetRolloutState(context.WithoutCancel(ctx), id, store.StateStopped); err != nil {
 			show.logf("", "records: %v", err)
 		}
+		show.report(id, rep)
+		return interrupted(ctx, "rollout %s stopped; boards under way stay where they are: go on with 'boardlink rollout --resume %s'", id, id)
 	}
-	for _, b := range plan.Boards { // every board is on record from the start
-		cfg.Record(dispatcher.BoardReport{ID: b.ID, Address: b.Address, Stage: dispatcher.StagePlan,
-			Result: b.Result, Reason: b.Reason, FromVersion: b.FromVersion, ToVersion: plan.Version})
+	if err != nil && len(rep.Boards) == 0 {
+		return &exitError{code: 1, err: err} // it never ran: the image or the records
 	}
-	for _, b := range prior {
-		cfg.Record(b)
-	}
-	show.expect(dispatcher.StagePrepare, toPrepare(plan, prior))
-	rep := dispatcher.RunRollout(ctx, cfg, plan, prior)
-	for _, b := range rep.Boards {
-		cfg.Record(b)
-	}
-	state := store.StateDone
-	if ctx.Err() != nil {
-		state = store.StateStopped
-	}
-	if err := db.SetRolloutState(context.WithoutCancel(ctx), rec.ID, state); err != nil {
+	if err != nil {
 		show.logf("", "records: %v", err)
 	}
-	show.report(rec.ID, rep)
-	if ctx.Err() != nil {
-		return interrupted(ctx, "rollout %s stopped; boards under way stay where they are: go on with 'boardlink rollout --resume %s'", rec.ID, rec.ID)
-	}
+	show.report(id, rep)
 	if !rep.OK() {
-		return &exitError{code: 1, err: fmt.Errorf("rollout %s: not every board committed", rec.ID)}
+		if rep.Stopped != "" {
+			return &exitError{code: 1, err: fmt.Errorf("rollout %s stopped: %s", id, strings.TrimPrefix(rep.Stopped, "not started: "))}
+		}
+		return &exitError{code: 1, err: fmt.Errorf("rollout %s: not every board committed", id)}
 	}
 	return nil
-}
-
-// toPrepare counts the boards RunRollout prepares: the ones the plan
-// left open, less those an earlier run of the rollout settled.
-func toPrepare(plan dispatcher.Plan, prior []dispatcher.BoardReport) int {
-	result := map[string]string{}
-	for _, b := range plan.Boards {
-		result[b.ID] = b.Result
-	}
-	for _, b := range prior {
-		if _, ok := result[b.ID]; ok {
-			result[b.ID] = b.Result
-		}
-	}
-	n := 0
-	for _, r := range result {
-		if r == "" || r == dispatcher.ResultSkipped || r == dispatcher.ResultInterrupted {
-			n++
-		}
-	}
-	return n
-}
-
-func toRecord(rollout string, b dispatcher.BoardReport) store.BoardResult {
-	phase := b.Stage
-	if b.Result != "" {
-		phase = store.PhaseDone
-	}
-	return store.BoardResult{RolloutID: rollout, BoardID: b.ID, Address: b.Address, Phase: phase, Result: b.Result,
-		Reason: b.Reason, FromVersion: b.FromVersion, ToVersion: b.ToVersion, BytesSent: b.BytesSent,
-		Attempts: b.Attempts, UpdateID: b.UpdateID, Started: b.Started, Ended: b.Ended}
-}
-
-func fromRecord(r store.BoardResult) dispatcher.BoardReport {
-	stage := r.Phase
-	if stage == store.PhaseDone {
-		stage = dispatcher.StageExecute
-	}
-	return dispatcher.BoardReport{ID: r.BoardID, Address: r.Address, Result: r.Result, Stage: stage, Reason: r.Reason,
-		FromVersion: r.FromVersion, ToVersion: r.ToVersion, UpdateID: r.UpdateID, BytesSent: r.BytesSent, Attempts: r.Attempts,
-		Started: r.Started, Ended: r.Ended}
 }
 
 func readPlan(path string, im *image.Image, plan *dispatcher.Plan) error {
@@ -349,10 +308,8 @@ type rolloutDisplay struct {
 	phases      map[string]*boardPhase
 	logs        map[string][]string
 	stage       string
-	totals      map[string]int // boards each stage takes, once known
-	counts      *stageCounts   // the current stage's, read by its bar
-	passed      int            // boards that passed the current stage
-	failed      []string       // boards that failed in the current stage
+	counts      *stageCounts // the current stage's, read by its bar
+	failed      []string     // boards that failed in the current stage
 	interrupted bool
 	enc         *json.Encoder
 }
@@ -404,18 +361,11 @@ var phaseWords = map[string]string{
 
 func newRolloutDisplay(out, errw io.Writer, o rolloutOptions) *rolloutDisplay {
 	d := &rolloutDisplay{out: out, errw: errw, o: o, term: isTerminal(errw) && !o.asJSON,
-		bars: map[string]*mpb.Bar{}, phases: map[string]*boardPhase{}, logs: map[string][]string{}, totals: map[string]int{}}
+		bars: map[string]*mpb.Bar{}, phases: map[string]*boardPhase{}, logs: map[string][]string{}}
 	if o.asJSON {
 		d.enc = json.NewEncoder(out)
 	}
 	return d
-}
-
-// expect says how many boards stage takes, for its overall bar.
-func (d *rolloutDisplay) expect(stage string, boards int) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.totals[stage] = boards
 }
 
 // interrupt acknowledges Ctrl-C at once, above the bars.
@@ -518,21 +468,22 @@ func (d *rolloutDisplay) event(e dispatcher.Event) {
 	switch e.Kind {
 	case "stage":
 		d.endStageLocked()
-		if e.Stage == dispatcher.StageExecute {
-			d.totals[e.Stage] = d.passed
-		}
-		d.stage, d.passed, d.counts = e.Stage, 0, &stageCounts{}
-		d.counts.total.Store(int64(d.totals[e.Stage]))
+		d.stage, d.counts = e.Stage, &stageCounts{}
+		d.counts.total.Store(int64(e.Boards))
 		if e.Stage == dispatcher.StageDone {
 			return
+		}
+		name := e.Stage
+		if e.Wave > 0 {
+			name = fmt.Sprintf("%s, wave %d", e.Stage, e.Wave)
 		}
 		if d.term {
 			d.p = mpb.New(mpb.WithOutput(d.errw), mpb.WithWidth(60), mpb.WithAutoRefresh()) // as newProgressBar
 			d.overall = d.p.New(d.counts.total.Load(), mpb.BarStyle(), mpb.BarPriority(1<<30),
-				mpb.PrependDecorators(decor.Name(e.Stage, decor.WCSyncSpaceR), decor.Any(d.counts.text)),
+				mpb.PrependDecorators(decor.Name(name, decor.WCSyncSpaceR), decor.Any(d.counts.text)),
 				mpb.AppendDecorators(decor.Elapsed(decor.ET_STYLE_GO)))
 		} else {
-			fmt.Fprintf(d.errw, "== %s\n", e.Stage)
+			fmt.Fprintf(d.errw, "== %s\n", name)
 		}
 	case "start":
 		d.counts.started.Add(1)
@@ -571,9 +522,6 @@ func (d *rolloutDisplay) event(e dispatcher.Event) {
 		d.counts.ended.Add(1)
 		if d.overall != nil {
 			d.overall.SetCurrent(d.counts.ended.Load())
-		}
-		if e.Result == "" {
-			d.passed++
 		}
 		ok := e.Result == "" || e.Result == string(proto.ResultCommitted) || e.Result == dispatcher.ResultCurrent
 		if !ok && e.Result != dispatcher.ResultSkipped && !d.interrupted {

@@ -257,8 +257,11 @@ func TestRolloutResumeAfterKill(t *testing.T) {
 	}
 	r := startRolloutLab(t, 12, nil)
 	bin := testenv.GoBuild(t, ".")
+	// A gate that notes every board it passed on: the resumed run must
+	// keep it, though --resume is not told again.
+	gates := filepath.Join(t.TempDir(), "gates")
 	cmd := exec.Command(bin, "rollout", "--inventory", r.inventory, "--timeout", "0", "--db", r.db, "-C", "3",
-		"--json", r.img)
+		"--gate", `exec: echo "$BOARDLINK_BOARD" >>`+gates, "--json", r.img)
 	var out testenv.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -302,4 +305,67 @@ func TestRolloutResumeAfterKill(t *testing.T) {
 	if len(r.phases.commits) != 12 {
 		t.Fatalf("%d boards committed, want 12", len(r.phases.commits))
 	}
+	gated, err := os.ReadFile(gates)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range r.lab.Boards {
+		if !strings.Contains(string(gated), b.ID+"\n") {
+			t.Fatalf("the gate never ran on %s:\n%s", b.ID, gated)
+		}
+	}
+}
+
+// TestRolloutGate: --gate in waves of --wave boards, each trial held for
+// the gate: a gate that fails on one board rolls its whole wave back and
+// stops the rollout before the next wave, each board left out saying why;
+// a gate that passes lets every wave through.
+func TestRolloutGate(t *testing.T) {
+	t.Run("fails", func(t *testing.T) {
+		r := startRolloutLab(t, 6, nil)
+		bad := r.lab.Boards[2].ID
+		id, rep, stderr, code := r.rollout(t, "-C", "2", "--wave", "2", "--gate",
+			`exec: test "$BOARDLINK_BOARD" != `+bad+` || { echo "selftest: eth0 down" >&2; exit 4; }`)
+		res := map[string]dispatcher.BoardReport{}
+		for _, b := range rep.Boards {
+			res[b.ID] = b
+		}
+		if code != 1 || rep.Counts[string(proto.ResultCommitted)] != 2 || rep.Counts[string(proto.ResultRolledBack)] != 1 ||
+			rep.Counts[dispatcher.ResultGateFailed] != 1 ||
+			rep.Counts[dispatcher.ResultSkipped] != 2 || !strings.Contains(stderr, "gate failed in wave 2 on "+bad) {
+			t.Fatalf("exit %d, counts %v\n%s", code, rep.Counts, stderr)
+		}
+		if b := res[bad]; !strings.Contains(b.Reason, "exit 4: selftest: eth0 down") || r.phases.commits[bad] != 0 {
+			t.Fatalf("the board that failed its gate: %+v, %d commits", b, r.phases.commits[bad])
+		}
+		if other := r.lab.Boards[3].ID; res[other].Result != string(proto.ResultRolledBack) || r.phases.commits[other] != 0 {
+			t.Fatalf("the other board of its wave: %+v, %d commits", res[other], r.phases.commits[other])
+		}
+		for _, b := range r.lab.Boards[4:] {
+			if r.phases.prepared[b.ID] || !strings.Contains(res[b.ID].Reason, "gate failed") {
+				t.Fatalf("%s, in the wave after the failure: %+v", b.ID, res[b.ID])
+			}
+		}
+		stdout, _, code := cli(t, "", "history", "--db", r.db)
+		if code != 0 || !strings.Contains(stdout, id) || !strings.Contains(stdout, store.StateStopped) {
+			t.Fatalf("history: %d\n%s", code, stdout)
+		}
+	})
+	t.Run("passes", func(t *testing.T) {
+		r := startRolloutLab(t, 5, nil)
+		gates := filepath.Join(t.TempDir(), "gates")
+		_, rep, stderr, code := r.rollout(t, "-C", "2", "--gate", `exec: echo "$BOARDLINK_BOARD $BOARDLINK_VERSION" >>`+gates)
+		if code != 0 || rep.Counts[string(proto.ResultCommitted)] != 5 {
+			t.Fatalf("exit %d, counts %v\n%s", code, rep.Counts, stderr)
+		}
+		gated, err := os.ReadFile(gates)
+		if err != nil || strings.Count(string(gated), " 2.0.0\n") != 5 {
+			t.Fatalf("the gate ran: %q %v", gated, err)
+		}
+	})
+	t.Run("usage", func(t *testing.T) {
+		if _, stderr, code := cli(t, "", "rollout", "--gate", "selftest", "image"); code != exitUsage || !strings.Contains(stderr, "exec: COMMAND") {
+			t.Fatalf("a gate without exec: %d %s", code, stderr)
+		}
+	})
 }

@@ -34,6 +34,7 @@ type globals struct {
 	strictKeys  bool
 	insecure    bool
 	boardsPath  string
+	server      string // the lab service's URL (--server, $BOARDLINK_SERVER)
 
 	boardsOnce sync.Once
 	boardsFile *boardsFile
@@ -93,9 +94,15 @@ or with a MAC keyed by a token from --token-file or BOARDLINK_TOKEN.`,
 	pf.BoolVar(&g.strictKeys, "strict-keys", false, "refuse a board whose key is not pinned yet, rather than trust it on first use")
 	pf.BoolVar(&g.insecure, "allow-legacy-agent", false, "talk to an agent older than protocol 4, which cannot prove its key (a token is then sent in the clear)")
 	pf.StringVar(&g.boardsPath, "boards-file", "", "names for boards, with their address, token file and fingerprint (default $XDG_CONFIG_HOME/boardlink/boards.yaml)")
+	pf.StringVar(&g.server, "server", "", "the lab service's URL (boardlink serve), e.g. http://lab:7300 (default $BOARDLINK_SERVER)")
 	root.AddCommand(newPairCmd(g), newTrustCmd(g), newForgetCmd(g),
 		newLsCmd(g), newInfoCmd(g), newExecCmd(g), newPushCmd(g), newPullCmd(g),
 		newDownloadCmd(g), newRebootCmd(g), newWaitCmd(g), newConsoleCmd(g), newOTACmd(g), newRolloutCmd(g), newHistoryCmd(), newImageCmd(), newDemoCmd(g))
+	root.AddCommand(newShellCmd(g))
+	root.AddCommand(newForwardCmd(g))
+	root.AddCommand(newServeCmd(g), newLeaseCmd(g), newPowerCmd(g))
+	root.AddCommand(newLineMuxCmd(g))
+	root.AddCommand(newBootstrapCmd(g))
 	completeBoards(g, root)
 	return root
 }
@@ -220,6 +227,7 @@ func (g *globals) dialOptions(a *boardAlias) (dispatcher.DialOptions, error) {
 		return dispatcher.DialOptions{}, &usageError{fmt.Errorf("host key: %w", err)}
 	}
 	opts := dispatcher.DialOptions{Token: tok, HostKey: hk, Trust: known, Logger: g.logger(), AllowLegacy: g.insecure}
+	opts.Lines = g.lineShare(tok)
 	switch {
 	case g.fingerprint != "":
 		if opts.Fingerprint, err = auth.ParseFingerprint(g.fingerprint); err != nil {

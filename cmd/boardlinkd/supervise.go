@@ -44,6 +44,10 @@ func supervise(ctx context.Context, cfg Config, args []string, stdout, stderr io
 		}
 		defer detach()
 	}
+	// From here on the supervisor only waits for its boots.
+	if err := trimStartup(); err != nil {
+		log.Debug("startup pages kept", "err", err)
+	}
 	err = sim.Supervise(ctx, sim.SupervisorConfig{
 		Boot: func(int) (*exec.Cmd, error) {
 			c := exec.Command(exe, args...)
@@ -123,11 +127,13 @@ func attachDevice(dev string, baud int, uart *sim.UART, log *slog.Logger) (detac
 		return nil, fmt.Errorf("serial: %w", err)
 	}
 	stop, ended := make(chan struct{}), make(chan struct{})
+	// Attached before the first boot can print: its banner is not lost.
+	failed := uart.Attach(port)
 	go func() {
 		defer close(ended)
 		for {
 			select {
-			case <-uart.Attach(port):
+			case <-failed:
 			case <-stop:
 				return
 			}
@@ -139,6 +145,7 @@ func attachDevice(dev string, baud int, uart *sim.UART, log *slog.Logger) (detac
 				case <-time.After(time.Second):
 				}
 			}
+			failed = uart.Attach(port)
 		}
 	}()
 	return func() {

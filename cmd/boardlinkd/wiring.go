@@ -72,6 +72,9 @@ func serve(ctx context.Context, cfg Config, parts boardParts, stderr io.Writer) 
 	} else {
 		log.Info("boardlinkd started", append(started, "slot", st.Booted, "active", st.Active, "trial", st.Trial)...)
 	}
+	if err := trimStartup(); err != nil {
+		log.Debug("startup pages kept", "err", err)
+	}
 	rebooting := false
 	select {
 	case <-ctx.Done():

@@ -25,6 +25,7 @@ const (
 	PhasePlan    = "plan"    // chosen; nothing done on the board yet
 	PhasePrepare = "prepare" // the board is writing its inactive slot (UpdateID set)
 	PhaseExecute = "execute" // activate, reboot, trial boot, health check, commit
+	PhaseGate    = "gate"    // committed; the rollout's gate runs on it
 	PhaseDone    = "done"    // Result says how it ended
 )
 
@@ -112,7 +113,7 @@ func validState(s string) bool {
 }
 
 func validPhase(p string) bool {
-	return p == PhasePlan || p == PhasePrepare || p == PhaseExecute || p == PhaseDone
+	return p == PhasePlan || p == PhasePrepare || p == PhaseExecute || p == PhaseGate || p == PhaseDone
 }
 
 // CreateRollout records a new rollout. r.ID is required; an empty State is
@@ -235,6 +236,28 @@ func scanRollout(sc interface{ Scan(...any) error }, extra ...any) (Rollout, err
 	r.Created, r.Updated = goTime(created), goTime(updated)
 	r.Summary = map[string]int{}
 	return r, err
+}
+
+// RunningRollouts returns the ids of the rollouts in StateRunning (under
+// way, or interrupted by a kill), oldest first.
+func (s *Store) RunningRollouts(ctx context.Context) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id FROM rollouts WHERE state = ? ORDER BY created, id`, StateRunning)
+	if err != nil {
+		return nil, fmt.Errorf("store: running rollouts: %w", err)
+	}
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("store: running rollouts: %w", err)
+		}
+		ids = append(ids, id)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: running rollouts: %w", err)
+	}
+	return ids, nil
 }
 
 // ResolveRollout returns the id of the one rollout whose id is id or, failing

@@ -69,6 +69,58 @@ CREATE TABLE boots (
 	PRIMARY KEY (board_id, boot_id)
 ) STRICT;
 `,
+	// 2: the lab service (boardlink serve): its board inventory, leases
+	// and audit log.
+	`
+CREATE TABLE lab_boards (
+	id        TEXT PRIMARY KEY,
+	address   TEXT NOT NULL DEFAULT '',
+	source    TEXT NOT NULL DEFAULT '',
+	model     TEXT NOT NULL DEFAULT '',
+	labels    TEXT NOT NULL DEFAULT '{}',
+	state     TEXT NOT NULL,
+	reason    TEXT NOT NULL DEFAULT '',
+	boot_id   TEXT NOT NULL DEFAULT '',
+	failures  INTEGER NOT NULL DEFAULT 0,
+	last_seen INTEGER,
+	updated   INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE leases (
+	id         TEXT PRIMARY KEY,
+	seq        INTEGER NOT NULL UNIQUE,
+	holder     TEXT NOT NULL,
+	state      TEXT NOT NULL,
+	selector   TEXT NOT NULL DEFAULT '{}',
+	want_ids   TEXT NOT NULL DEFAULT '[]',
+	count      INTEGER NOT NULL,
+	boards     TEXT NOT NULL DEFAULT '[]',
+	ttl        INTEGER NOT NULL,
+	created    INTEGER NOT NULL,
+	wait_until INTEGER,
+	granted    INTEGER,
+	renewed    INTEGER NOT NULL,
+	expires    INTEGER NOT NULL,
+	until      INTEGER,
+	ended      INTEGER,
+	end_reason TEXT NOT NULL DEFAULT ''
+) STRICT;
+CREATE INDEX leases_open ON leases (seq) WHERE ended IS NULL;
+CREATE INDEX leases_by_created ON leases (created DESC);
+
+CREATE TABLE audit (
+	seq    INTEGER PRIMARY KEY,
+	at     INTEGER NOT NULL,
+	user   TEXT NOT NULL,
+	action TEXT NOT NULL,
+	board  TEXT NOT NULL DEFAULT '',
+	lease  TEXT NOT NULL DEFAULT '',
+	result TEXT NOT NULL,
+	detail TEXT NOT NULL DEFAULT ''
+) STRICT;
+CREATE INDEX audit_by_at ON audit (at);
+CREATE INDEX audit_by_board ON audit (board, at);
+`,
 }
 
 // SchemaVersion is the schema version this package writes.

@@ -108,6 +108,9 @@ type Spec struct {
 	Serial string
 	// KernelArgs are added to the kernel command line (loglevel=7).
 	KernelArgs string
+	// ShellOnly starts no agent: the Serial port has an interactive
+	// busybox root shell instead (a board for boardlink bootstrap).
+	ShellOnly bool
 	// Token is the token hosts prove (at least 16 characters).
 	Token string
 	// TrustKey, if set, is the public key file OTA images must be signed
@@ -266,6 +269,9 @@ func (c *Cache) dataImage(ctx context.Context, spec Spec, dir string) (string, e
 	tree := map[string]treeFile{
 		"token":       {perm: 0o600, data: []byte(spec.Token + "\n")},
 		"files/.keep": {perm: 0o644},
+	}
+	if spec.ShellOnly {
+		tree["shell-only"] = treeFile{perm: 0o644, data: []byte(spec.Serial + "\n")}
 	}
 	if spec.TrustKey != "" {
 		pub, err := os.ReadFile(spec.TrustKey)

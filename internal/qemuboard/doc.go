@@ -3,7 +3,8 @@
 // GRUB chooses slot A or B with its grubenv and the grub.cfg that
 // docs/boot.md states (GrubConfig reads it from there), and whose Debian
 // cloud kernel starts a busybox initramfs that runs boardlinkd --board
-// linux --boot grub on a serial port.
+// linux --boot grub on a serial port (or, with Spec.ShellOnly, only a root
+// shell there, for boardlink bootstrap).
 //
 // Everything is built by the test, as an ordinary user, into a cache
 // directory keyed by content (Cache): the static agent, the initramfs

@@ -52,8 +52,15 @@ func (b *Board) socket(name string) string { return filepath.Join(b.Dir, name+".
 func (b *Board) ConsoleLog() string { return filepath.Join(b.Dir, "console.log") }
 
 // AgentAddr is the address of the agent's serial line for boardlink:
-// unix:// and the socket of the port the spec names.
+// unix:// and the socket of the port the spec names (on a ShellOnly
+// board, the port with the shell).
 func (b *Board) AgentAddr() string { return "unix://" + b.socket(b.Disk.Spec.Serial) }
+
+// ShellReady is the text /init writes to the console (ttyS0) when the
+// shell of a Spec.ShellOnly board is on its port.
+func (b *Board) ShellReady() string {
+	return "boardlink-init: a shell on " + b.Disk.Spec.Serial + ", no agent"
+}
 
 // ShellSocket is the unix socket of ttyS2, where /init runs a plain
 // shell with no agent: what a lab types into today, for comparison.

@@ -114,7 +114,11 @@
 // probe round trips, floor 1ms), the sender probes (ACKREQ); the echo,
 // sent after the peer saw everything before the probe, shows exactly which
 // frames are lost. Unanswered probes back off exponentially up to 2s. An
-// idle session probes every DeadAfter/5 as a keepalive. A session that
+// idle session probes every DeadAfter/5 as a keepalive. An agent waits at
+// most BeaconInterval before either probe, so the line is never quieter
+// than between beacons: a host that vanished without its RST reaching the
+// agent is followed by one that hears the agent as soon as on an idle
+// line, and opens its session at once (its SYN replaces the old one). A session that
 // makes no progress for DeadAfter (default 15s) fails with ErrDead.
 //
 // The sender splits messages into fragments no larger than the smaller

@@ -503,9 +503,9 @@ func (l *link) next(now time.Time, fb *frameBuf, out []byte) ([]byte, time.Time)
 	// window stays shut, or when the line has been quiet (keepalive).
 	var due time.Time
 	if l.inflight() || l.blocked() {
-		due = later(l.lastSend, l.probeAt).Add(min(l.rto<<l.backoff, maxProbeGap))
+		due = later(l.lastSend, l.probeAt).Add(min(l.rto<<l.backoff, l.quietMax(maxProbeGap)))
 	} else {
-		due = later(l.lastHeard, l.probeAt).Add(cfg.DeadAfter / 5)
+		due = later(l.lastHeard, l.probeAt).Add(l.quietMax(cfg.DeadAfter / 5))
 	}
 	if now.Before(due) {
 		if dead.Before(due) {
@@ -522,6 +522,18 @@ func (l *link) next(now time.Time, fb *frameBuf, out []byte) ([]byte, time.Time)
 	h.typ, h.flags, h.seq = typeAck, flagAckReq, l.probeID
 	l.ackOwed = false
 	return l.frame(fb, out, h, l.sack()), time.Time{}
+}
+
+// quietMax caps a wait before a probe. An agent never stays silent longer
+// than its beacon interval, session or not: a host that vanished without
+// its RST reaching the agent (QEMU drops what its socket client wrote last)
+// is followed by one that listens before it writes, and that one must hear
+// the agent as soon as it would on an idle line, not after a keepalive.
+func (l *link) quietMax(d time.Duration) time.Duration {
+	if l.host {
+		return d
+	}
+	return min(d, l.e.cfg.BeaconInterval)
 }
 
 // frame appends a DATA or ACK frame in the session's framing. In framing 2

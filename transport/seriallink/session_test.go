@@ -290,3 +290,33 @@ func FuzzSession(f *testing.F) {
 		}
 	})
 }
+
+// A host that vanishes without its RST reaching the agent (QEMU drops what
+// its socket client wrote last) is followed by one that listens before it
+// writes: the agent, whose old session sees no traffic, must still speak
+// within a beacon interval. With a keepalive of DeadAfter/5 (12 minutes
+// here) the second Dial would wait for it.
+func TestVanishedHostReplacedAtOnce(t *testing.T) {
+	testenv.CheckLeaks(t)
+	line := linetest.New(linetest.Config{})
+	acfg := Config{Beacon: beaconOf("board-1"), BeaconInterval: 20 * time.Millisecond, DeadAfter: time.Hour}
+	he1, ae, hl, al := openPair(t, line.Host(), line.Board(), testConfig(), acfg)
+	exchange(t, hl, al, "first host")
+
+	line.SetCut(true) // the first host's RST is lost
+	he1.Close()
+	line.SetCut(false)
+
+	accepted := acceptOne(t, ae)
+	he2 := NewEndpoint(line.Host(), testConfig())
+	defer he2.Close()
+	hl2, err := he2.Dial(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	al2 := <-accepted
+	if _, _, err := al.ReadMessage(); !errors.Is(err, ErrSessionReset) {
+		t.Errorf("the vanished host's session: %v, want a reset by the new one", err)
+	}
+	exchange(t, hl2, al2, "second host")
+}

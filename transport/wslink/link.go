@@ -102,14 +102,16 @@ func (l *Link) Peer() Peer { return l.peer }
 
 var _ transport.Link = (*Link)(nil)
 
-// Buffer sizes. A write buffer holds a whole stream chunk (32 KiB) plus its
-// headers, so each goes out in one frame and one write; buffers are pooled
-// between connections, since a dispatcher may hold a thousand idle ones.
+// Buffer sizes. A write buffer holds a whole stream chunk (64 KiB, see
+// transport.Conn) plus its headers, so each goes out in one frame and one
+// write; buffers are pooled between connections, since a dispatcher may
+// hold a thousand idle ones.
 const (
 	readBufferSize  = 16 << 10
-	writeBufferSize = 64 << 10
-	// maxHint bounds the buffer a message read starts with.
-	maxHint = 64 << 10
+	writeBufferSize = 64<<10 + 64
+	// maxHint bounds the buffer a message read starts with: a whole chunk
+	// and its header.
+	maxHint = 64<<10 + 64
 )
 
 var writeBuffers sync.Pool

@@ -24,8 +24,10 @@ func TestPacing(t *testing.T) {
 	start := time.Now()
 	go board.Write(make([]byte, 5000))
 	readN(t, host, 5000)
-	if d := time.Since(start); d < 450*time.Millisecond || d > 700*time.Millisecond {
-		t.Errorf("5000 bytes at 100 kbaud took %v, want about 500ms", d)
+	// Only the floor: a paced line is never faster than its rate, while
+	// a loaded machine may make it slower.
+	if d := time.Since(start); d < 450*time.Millisecond {
+		t.Errorf("5000 bytes at 100 kbaud took %v, want at least 500ms", d)
 	}
 }
 

@@ -1,0 +1,321 @@
+// Command service benchmarks the lab service: -boards simulated boards
+// (default 1,000) on loopback under one `boardlink serve`, run as a
+// process of its own so that its CPU and memory are its own.
+//
+// The program builds boardlink (go build, into a temporary directory),
+// starts the boards in this process with internal/simlab (the real agent
+// each, listening on 127.0.0.1, no mDNS), writes the service's config
+// (the boards as static entries, one user, a -heartbeat interval) and
+// starts `boardlink serve --listen 127.0.0.1:0` on it. Then it measures,
+// one after the other:
+//
+//   - online: the time from the service's start until every board is
+//     idle (dialed, its first board.info answered).
+//   - steady state over -window: the service's CPU (utime+stime from
+//     /proc/PID/stat, as a share of one core), its RSS at the end and its
+//     peak (VmRSS, VmHWM), and how stale the boards' last_seen are at the
+//     end (the heartbeat interval, seen from the API).
+//   - lease round trip: -leases times, one after the other, acquire one
+//     board (granted at once) and release it; the median, p99 and worst.
+//   - dead board: -dead boards are taken down (their agent stopped, its
+//     connections closed) one at a time, and the time until the API shows
+//     each offline is measured, and the service's own record of it (the
+//     audit row of the state change, against the time the board went
+//     down).
+//
+// Run it from the module root:
+//
+//	go run ./bench/service                      # 1,000 boards, heartbeat 3s, 30s window
+//	go run ./bench/service -boards 200 -heartbeat 1s -window 10s
+//
+// Only 127.0.0.1 is used, and no multicast. Everything it starts and
+// writes is removed when it ends, also on error or Ctrl-C.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/boardlink/boardlink/bench/internal/benchkit"
+	"github.com/boardlink/boardlink/dispatcher/service"
+	"github.com/boardlink/boardlink/dispatcher/store"
+	"github.com/boardlink/boardlink/internal/simlab"
+)
+
+const (
+	userToken   = "bench-user-token"
+	stopTimeout = 3 * time.Minute
+	pollEvery   = 10 * time.Millisecond
+)
+
+func main() {
+	boards := flag.Int("boards", 1000, "simulated boards in the lab")
+	heartbeat := flag.Duration("heartbeat", 3*time.Second, "the service's heartbeat interval")
+	window := flag.Duration("window", 30*time.Second, "how long the steady state is measured")
+	leases := flag.Int("leases", 200, "lease round trips measured")
+	dead := flag.Int("dead", 5, "boards taken down, one at a time, to time how soon the service notices")
+	flag.Parse()
+	if flag.NArg() > 0 || *boards < 1 || *heartbeat < 100*time.Millisecond || *window <= 0 || *leases < 1 || *dead < 0 || *dead > *boards {
+		fmt.Fprintln(os.Stderr, "service: bad arguments (see -help)")
+		os.Exit(2)
+	}
+	benchkit.Run("service", func(ctx context.Context) error {
+		return run(ctx, *boards, *heartbeat, *window, *leases, *dead)
+	})
+}
+
+func run(ctx context.Context, n int, heartbeat, window time.Duration, leases, dead int) error {
+	raiseFileLimit()
+	dir, err := os.MkdirTemp("", "boardlink-bench-service-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "boardlink")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/boardlink").CombinedOutput(); err != nil {
+		return fmt.Errorf("go build ./cmd/boardlink (run from the module root): %v\n%s", err, out)
+	}
+
+	fmt.Printf("starting %d sim boards...\n", n)
+	lab, err := simlab.Start(ctx, simlab.Options{Boards: n, Dir: filepath.Join(dir, "boards")})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
+		defer cancel()
+		lab.Stop(sctx)
+	}()
+	cfg, err := writeConfig(dir, lab, heartbeat)
+	if err != nil {
+		return err
+	}
+	serve := exec.Command(bin, "serve", "--config", cfg, "--listen", "127.0.0.1:0", "--db", filepath.Join(dir, "lab.db"))
+	serve.Env = append(os.Environ(), "XDG_CONFIG_HOME="+dir, "XDG_STATE_HOME="+dir)
+	stdout, err := serve.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	logf, err := os.Create(filepath.Join(dir, "serve.log"))
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	serve.Stderr = logf
+	start := time.Now()
+	if err := serve.Start(); err != nil {
+		return err
+	}
+	defer func() {
+		serve.Process.Signal(syscall.SIGTERM)
+		serve.Wait()
+	}()
+	url, err := listening(stdout)
+	if err != nil {
+		return err
+	}
+	c, err := service.NewClient(url, userToken, nil)
+	if err != nil {
+		return err
+	}
+	pid := serve.Process.Pid
+
+	// Online: every board idle.
+	for {
+		bs, err := c.Boards(ctx)
+		if err != nil {
+			return err
+		}
+		idle := 0
+		for _, b := range bs {
+			if b.State == service.Idle {
+				idle++
+			}
+		}
+		if idle == n {
+			break
+		}
+		if !sleep(ctx, 100*time.Millisecond) {
+			return ctx.Err()
+		}
+	}
+	online := time.Since(start)
+
+	// Steady state.
+	cpu0, err := cpuTicks(pid)
+	if err != nil {
+		return err
+	}
+	t0 := time.Now()
+	if !sleep(ctx, window) {
+		return ctx.Err()
+	}
+	cpu1, _ := cpuTicks(pid)
+	cpuShare := float64(cpu1-cpu0) / 100 / time.Since(t0).Seconds() // USER_HZ is 100 on Linux
+	rss, hwm := memKiB(pid, "VmRSS:"), memKiB(pid, "VmHWM:")
+	bs, err := c.Boards(ctx)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	var stale []time.Duration
+	for _, b := range bs {
+		stale = append(stale, now.Sub(b.LastSeen))
+	}
+	slices.Sort(stale)
+
+	// Lease round trips.
+	var rtts []time.Duration
+	for range leases {
+		t := time.Now()
+		l, err := c.Acquire(ctx, service.AcquireRequest{Count: 1})
+		if err != nil {
+			return fmt.Errorf("acquire: %w", err)
+		}
+		if _, err := c.Release(ctx, l.ID); err != nil {
+			return fmt.Errorf("release: %w", err)
+		}
+		rtts = append(rtts, time.Since(t))
+	}
+	slices.Sort(rtts)
+
+	// Dead boards.
+	var seen, recorded []time.Duration
+	for i := range dead {
+		b := lab.Boards[n-1-i]
+		down := time.Now()
+		if err := b.Down(ctx); err != nil {
+			return err
+		}
+		for {
+			got, err := c.Board(ctx, b.ID)
+			if err != nil {
+				return err
+			}
+			if got.State == service.Offline {
+				break
+			}
+			if !sleep(ctx, pollEvery) {
+				return ctx.Err()
+			}
+		}
+		seen = append(seen, time.Since(down))
+		es, err := c.Audit(ctx, store.AuditFilter{Board: b.ID, Action: "board.state", Limit: 1})
+		if err != nil || len(es) == 0 {
+			return fmt.Errorf("audit of %s: %v", b.ID, err)
+		}
+		recorded = append(recorded, es[0].At.Sub(down))
+	}
+
+	fmt.Printf("\nboardlink serve, %d sim boards on loopback, heartbeat %v\n\n", n, heartbeat)
+	fmt.Printf("  all boards online after start     %s\n", benchkit.Seconds(online))
+	fmt.Printf("  service CPU over %v               %.1f%% of one core\n", window, 100*cpuShare)
+	fmt.Printf("  service RSS                       %s now, %s peak\n", benchkit.MiB(rss<<10), benchkit.MiB(hwm<<10))
+	fmt.Printf("  last_seen age (median, max)       %s, %s\n", benchkit.Seconds(benchkit.Median(stale)), benchkit.Seconds(stale[len(stale)-1]))
+	fmt.Printf("  lease acquire+release (%d)       median %s, p99 %s, max %s\n", leases,
+		benchkit.Seconds(benchkit.Median(rtts)), benchkit.Seconds(rtts[len(rtts)*99/100]), benchkit.Seconds(rtts[len(rtts)-1]))
+	if dead > 0 {
+		slices.Sort(seen)
+		slices.Sort(recorded)
+		fmt.Printf("  dead board seen offline (%d)       median %s, max %s (API); service's record median %s, max %s\n", dead,
+			benchkit.Seconds(benchkit.Median(seen)), benchkit.Seconds(seen[len(seen)-1]),
+			benchkit.Seconds(benchkit.Median(recorded)), benchkit.Seconds(recorded[len(recorded)-1]))
+	}
+	return nil
+}
+
+// writeConfig writes the service's config: every board a static entry,
+// one user.
+func writeConfig(dir string, lab *simlab.Lab, heartbeat time.Duration) (string, error) {
+	tok := filepath.Join(dir, "board.token")
+	if err := os.WriteFile(tok, []byte(lab.Token()), 0o600); err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "token_file: %s\nheartbeat: %s\nquarantine_after: -1\nusers:\n  - name: bench\n    token_sha256: %s\nboards:\n",
+		strconv.Quote(tok), heartbeat, sha256hex(userToken))
+	for _, x := range lab.Boards {
+		fmt.Fprintf(&b, "  - {id: %s, address: %q}\n", x.ID, x.Addr())
+	}
+	path := filepath.Join(dir, "serve.yaml")
+	return path, os.WriteFile(path, []byte(b.String()), 0o600)
+}
+
+// listening reads serve's "listening on URL" line.
+func listening(stdout interface{ Read([]byte) (int, error) }) (string, error) {
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		if _, url, ok := strings.Cut(sc.Text(), "listening on "); ok {
+			return url, nil
+		}
+	}
+	return "", errors.New("boardlink serve ended before it listened (see its log)")
+}
+
+// cpuTicks is a process's user and system time, in clock ticks.
+func cpuTicks(pid int) (int64, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name (which may hold spaces), from field 3.
+	_, rest, _ := strings.Cut(string(raw), ") ")
+	f := strings.Fields(rest)
+	if len(f) < 13 {
+		return 0, errors.New("short /proc/PID/stat")
+	}
+	u, _ := strconv.ParseInt(f[11], 10, 64)
+	s, _ := strconv.ParseInt(f[12], 10, 64)
+	return u + s, nil
+}
+
+// memKiB is a /proc/PID/status memory line, in KiB.
+func memKiB(pid int, key string) int64 {
+	raw, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, line := range strings.Split(string(raw), "\n") {
+		if v, ok := strings.CutPrefix(line, key); ok {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// raiseFileLimit raises the open files limit to the hard limit: every
+// board is a listener and a connection or two.
+func raiseFileLimit() {
+	var l syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil {
+		l.Cur = l.Max
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+func sha256hex(s string) string {
+	sum := sha256.Sum256([]byte(s))
+	return hex.EncodeToString(sum[:])
+}

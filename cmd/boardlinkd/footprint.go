@@ -1,0 +1,58 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"runtime/debug"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// trimStartup gives back what starting needed and running does not: the
+// heap garbage of the start, and the pages of this binary's code and
+// read-only data that the start touched (package initialization, flag
+// parsing, the wiring), most of which an idle agent never touches again.
+// Those pages are clean copies of the executable: dropping them from this
+// process costs nothing but a fault from the page cache (or the flash) if
+// they are needed again, as the kernel does anyway under memory pressure.
+// The data segment and the heap are left alone.
+func trimStartup() error {
+	debug.FreeOSMemory()
+	exe, err := os.Readlink("/proc/self/exe")
+	if err != nil {
+		return err
+	}
+	f, err := os.Open("/proc/self/maps")
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var errs []error
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// 00400000-00a8c000 r-xp 00000000 fe:00 10641811 /usr/bin/boardlinkd
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 6 || fields[5] != exe || (fields[1] != "r-xp" && fields[1] != "r--p") {
+			continue
+		}
+		lo, hi, ok := strings.Cut(fields[0], "-")
+		start, err1 := strconv.ParseUint(lo, 16, 64)
+		end, err2 := strconv.ParseUint(hi, 16, 64)
+		if !ok || err1 != nil || err2 != nil || end <= start {
+			continue
+		}
+		if _, _, e := unix.Syscall(unix.SYS_MADVISE, uintptr(start), uintptr(end-start), unix.MADV_DONTNEED); e != 0 {
+			errs = append(errs, fmt.Errorf("madvise %s: %w", fields[0], e))
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	if len(errs) > 0 {
+		return errs[0]
+	}
+	return nil
+}

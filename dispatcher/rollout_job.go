@@ -1,0 +1,231 @@
+package dispatcher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/boardlink/boardlink/dispatcher/store"
+	"github.com/boardlink/boardlink/image"
+)
+
+// Owners of a recorded rollout: who runs it, and so who resumes it after
+// a restart.
+const (
+	OwnerCLI     = ""        // `boardlink rollout`: resumed by hand, with --resume
+	OwnerService = "service" // the lab service: ResumeRollouts resumes it when the service starts
+)
+
+// RolloutSpec is how a recorded rollout runs, besides its plan and the
+// store's columns (concurrency, max failures): kept with the plan, so
+// that a rollout resumed after a restart keeps its gate, its waves and
+// its limits.
+type RolloutSpec struct {
+	Gate         *Gate         `json:"gate,omitempty"`
+	WaveSize     int           `json:"wave_size,omitempty"`
+	BoardTimeout time.Duration `json:"board_timeout_ns,omitempty"`
+	Force        bool          `json:"force,omitempty"`
+	Owner        string        `json:"owner,omitempty"`
+}
+
+// recordedPlan is the JSON of a rollout's plan column: the Plan with its
+// RolloutSpec's fields beside its own. A plan recorded before specs were
+// reads as one with an empty spec.
+type recordedPlan struct {
+	Plan
+	RolloutSpec
+}
+
+// NewRollout is a planned rollout to record (RecordRollout) and run
+// (RunRecorded).
+type NewRollout struct {
+	ImagePath   string // the signed image file, opened again by each run
+	Selector    string // which boards, as given, for the records
+	Plan        Plan
+	Concurrency int
+	MaxFailures int
+	Spec        RolloutSpec
+}
+
+// RecordRollout records r as a new rollout (StateRunning) with every
+// board of its plan, and returns its id.
+func RecordRollout(ctx context.Context, st *store.Store, r NewRollout) (string, error) {
+	abs, err := filepath.Abs(r.ImagePath)
+	if err != nil {
+		return "", err
+	}
+	raw, err := json.Marshal(recordedPlan{Plan: r.Plan, RolloutSpec: r.Spec})
+	if err != nil {
+		return "", err
+	}
+	rec := store.Rollout{ID: store.NewRolloutID(), Image: abs, ImageSHA256: r.Plan.ImageSHA256, Version: r.Plan.Version,
+		Selector: r.Selector, Concurrency: r.Concurrency, MaxFailures: r.MaxFailures, Plan: raw, State: store.StateRunning}
+	if err := st.CreateRollout(ctx, rec); err != nil {
+		return "", err
+	}
+	for _, b := range r.Plan.Boards { // every board is on record from the start
+		err := st.PutBoard(ctx, toRecord(rec.ID, BoardReport{ID: b.ID, Address: b.Address, Stage: StagePlan,
+			Result: b.Result, Reason: b.Reason, FromVersion: b.FromVersion, ToVersion: r.Plan.Version}))
+		if err != nil {
+			return "", err
+		}
+	}
+	return rec.ID, nil
+}
+
+// RecordedRollout reads the recorded rollout id (or a unique prefix of
+// one): its record, its plan and spec, and its boards as the last run left
+// them.
+func RecordedRollout(ctx context.Context, st *store.Store, id string) (store.Rollout, Plan, RolloutSpec, []BoardReport, error) {
+	rec, rows, err := st.Rollout(ctx, id)
+	if err != nil {
+		return rec, Plan{}, RolloutSpec{}, nil, err
+	}
+	var p recordedPlan
+	if err := json.Unmarshal(rec.Plan, &p); err != nil {
+		return rec, Plan{}, RolloutSpec{}, nil, fmt.Errorf("rollout %s: its plan: %w", rec.ID, err)
+	}
+	var boards []BoardReport
+	for _, r := range rows {
+		boards = append(boards, fromRecord(r))
+	}
+	return rec, p.Plan, p.RolloutSpec, boards, nil
+}
+
+// RunRecorded runs the recorded rollout id to its end: from its start,
+// or on from where an earlier run stopped (killed, interrupted), leaving
+// committed boards alone and resuming boards mid-update. env gives what
+// the runner supplies (DialOptions or Dial, Events, Record, Attempts,
+// Backoff, CacheBytes); the rest comes from the record: the image (opened
+// from its path, and refused if it changed), concurrency, failures, gate,
+// waves, board timeout, force. Every board's report is recorded as it
+// changes; Events carry the rollout's id.
+//
+// At the end the rollout's state is done, or stopped when a gate or too
+// many failures stopped it early. When ctx ends first the state stays
+// running, for a later run to resume, and the error is ctx's. Other
+// errors are the records' or the image's.
+func RunRecorded(ctx context.Context, st *store.Store, id string, env RolloutConfig) (Report, error) {
+	rec, plan, spec, prior, err := RecordedRollout(ctx, st, id)
+	if err != nil {
+		return Report{}, err
+	}
+	im, err := image.OpenFile(rec.Image)
+	if err != nil {
+		return Report{}, fmt.Errorf("rollout %s: %w", rec.ID, err)
+	}
+	defer im.Close()
+	if im.Manifest.PayloadSHA256 != rec.ImageSHA256 {
+		return Report{}, fmt.Errorf("rollout %s: %s no longer holds the image the rollout began with", rec.ID, rec.Image)
+	}
+	if err := st.SetRolloutState(ctx, rec.ID, store.StateRunning); err != nil {
+		return Report{}, err
+	}
+	cfg := env
+	cfg.Image, cfg.Concurrency, cfg.MaxFailures = im, rec.Concurrency, rec.MaxFailures
+	cfg.Gate, cfg.WaveSize, cfg.Force = spec.Gate, spec.WaveSize, spec.Force
+	if spec.BoardTimeout > 0 {
+		cfg.BoardTimeout = spec.BoardTimeout
+	}
+	if events := env.Events; events != nil {
+		cfg.Events = func(e Event) {
+			e.Rollout = rec.ID
+			events(e)
+		}
+	}
+	var (
+		mu      sync.Mutex
+		records []error
+	)
+	cfg.Record = func(b BoardReport) {
+		if err := st.PutBoard(context.WithoutCancel(ctx), toRecord(rec.ID, b)); err != nil {
+			mu.Lock()
+			records = append(records, err)
+			mu.Unlock()
+		}
+		if env.Record != nil {
+			env.Record(b)
+		}
+	}
+	rep := RunRollout(ctx, cfg, plan, prior)
+	if ctx.Err() != nil {
+		// Interrupted: boards under way keep their records (not the
+		// report's "interrupted"), for the next run to go on from.
+		return rep, fmt.Errorf("rollout %s: %w", rec.ID, context.Cause(ctx))
+	}
+	for _, b := range rep.Boards {
+		cfg.Record(b)
+	}
+	state := store.StateDone
+	if rep.Stopped != "" {
+		state = store.StateStopped
+	}
+	mu.Lock()
+	err = errors.Join(records...)
+	mu.Unlock()
+	return rep, errors.Join(err, st.SetRolloutState(context.WithoutCancel(ctx), rec.ID, state))
+}
+
+// RolloutOutcome is how one resumed rollout ended.
+type RolloutOutcome struct {
+	ID     string
+	Report Report
+	Err    error
+}
+
+// ResumeRollouts runs on, all at once, every recorded rollout of owner
+// still in StateRunning (its last run was killed, or stopped with its
+// process), as RunRecorded does, and returns once they all ended. The
+// lab service calls it once as it starts, with OwnerService.
+func ResumeRollouts(ctx context.Context, st *store.Store, owner string, env RolloutConfig) ([]RolloutOutcome, error) {
+	ids, err := st.RunningRollouts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var mine []string
+	for _, id := range ids {
+		_, _, spec, _, err := RecordedRollout(ctx, st, id)
+		if err != nil {
+			return nil, err
+		}
+		if spec.Owner == owner {
+			mine = append(mine, id)
+		}
+	}
+	out := make([]RolloutOutcome, len(mine))
+	var wg sync.WaitGroup
+	for i, id := range mine {
+		wg.Go(func() {
+			rep, err := RunRecorded(ctx, st, id, env)
+			out[i] = RolloutOutcome{ID: id, Report: rep, Err: err}
+		})
+	}
+	wg.Wait()
+	return out, nil
+}
+
+// toRecord is a board's report as the records keep it.
+func toRecord(rollout string, b BoardReport) store.BoardResult {
+	phase := b.Stage
+	if b.Result != "" {
+		phase = store.PhaseDone
+	}
+	return store.BoardResult{RolloutID: rollout, BoardID: b.ID, Address: b.Address, Phase: phase, Result: b.Result,
+		Reason: b.Reason, FromVersion: b.FromVersion, ToVersion: b.ToVersion, BytesSent: b.BytesSent,
+		Attempts: b.Attempts, UpdateID: b.UpdateID, Started: b.Started, Ended: b.Ended}
+}
+
+// fromRecord is a recorded board as RunRollout takes it back.
+func fromRecord(r store.BoardResult) BoardReport {
+	stage := r.Phase
+	if stage == store.PhaseDone {
+		stage = StageExecute
+	}
+	return BoardReport{ID: r.BoardID, Address: r.Address, Result: r.Result, Stage: stage, Reason: r.Reason,
+		FromVersion: r.FromVersion, ToVersion: r.ToVersion, UpdateID: r.UpdateID, BytesSent: r.BytesSent, Attempts: r.Attempts,
+		Started: r.Started, Ended: r.Ended}
+}

@@ -1,0 +1,359 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/dispatcher/consolelog"
+	"github.com/boardlink/boardlink/dispatcher/power"
+	"github.com/boardlink/boardlink/dispatcher/store"
+	"github.com/boardlink/boardlink/proto"
+)
+
+// Errors of actions on boards a caller branches on.
+var (
+	// ErrOffline: the board's agent does not answer now.
+	ErrOffline = errors.New("board offline")
+	// ErrNoConsole: the service keeps no console of the board (it is not
+	// on a serial line, or no recorder is configured).
+	ErrNoConsole = errors.New("no console recorded")
+)
+
+// Board is a board as the API shows it.
+type Board struct {
+	ID       string            `json:"id"`
+	Address  string            `json:"address"`
+	Source   string            `json:"source"`
+	Model    string            `json:"model"`
+	Labels   map[string]string `json:"labels,omitempty"`
+	State    State             `json:"state"`
+	Reason   string            `json:"reason,omitempty"`
+	Online   bool              `json:"online"`
+	Lease    string            `json:"lease,omitempty"`
+	Holder   string            `json:"holder,omitempty"`
+	BootID   string            `json:"boot_id,omitempty"`
+	Agent    string            `json:"agent,omitempty"`
+	Slots    []proto.Slot      `json:"slots,omitempty"`
+	LastSeen time.Time         `json:"last_seen,omitzero"`
+	Failures int               `json:"failures"`
+	Power    bool              `json:"power"`   // it has a power driver
+	Console  bool              `json:"console"` // its console is recorded
+}
+
+func (s *Service) boardViewLocked(b *board) Board {
+	v := Board{ID: b.id, Address: b.address, Source: b.source, Model: b.model, Labels: maps.Clone(b.labels),
+		State: b.state, Reason: b.reason, Online: b.online, Lease: b.lease, BootID: b.bootID, Agent: b.agent,
+		Slots: slices.Clone(b.slots), LastSeen: b.lastSeen, Failures: b.failures, Power: b.power != nil,
+		Console: onLine(b.address)}
+	if l := s.leases[b.lease]; l != nil {
+		v.Holder = l.Holder
+	}
+	return v
+}
+
+// Boards returns the inventory, sorted by id.
+func (s *Service) Boards() []Board {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Board, 0, len(s.ids))
+	for _, id := range s.ids {
+		out = append(out, s.boardViewLocked(s.boards[id]))
+	}
+	return out
+}
+
+// Board returns one board.
+func (s *Service) Board(id string) (Board, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.boards[id]
+	if b == nil {
+		return Board{}, fmt.Errorf("board %s: %w", id, ErrNoSuchBoard)
+	}
+	return s.boardViewLocked(b), nil
+}
+
+// SetMaintenance takes board id out of the lab (on) or puts it back. A
+// board a lease holds is refused: the lease ends first.
+func (s *Service) SetMaintenance(who user, id string, on bool, reason string) (Board, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.boards[id]
+	if b == nil {
+		return Board{}, fmt.Errorf("board %s: %w", id, ErrNoSuchBoard)
+	}
+	var err error
+	switch {
+	case on && b.lease != "":
+		err = s.leasedLocked(b)
+	case on:
+		err = s.setStateLocked(b, Maintenance, fmt.Sprintf("by %s: %s", who.name, reason))
+	case b.state == Maintenance:
+		err = s.setStateLocked(b, b.settledLocked(), "maintenance ended by "+who.name)
+		s.scheduleLocked(time.Now())
+	}
+	return s.boardViewLocked(b), err
+}
+
+// ReleaseQuarantine puts a quarantined board back, its failures
+// forgotten.
+func (s *Service) ReleaseQuarantine(who user, id string) (Board, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.boards[id]
+	if b == nil {
+		return Board{}, fmt.Errorf("board %s: %w", id, ErrNoSuchBoard)
+	}
+	if b.state != Quarantined {
+		return s.boardViewLocked(b), &StateError{Board: id, From: b.state, To: b.settledLocked()}
+	}
+	b.failures = 0
+	err := s.setStateLocked(b, b.settledLocked(), "quarantine released by "+who.name)
+	s.scheduleLocked(time.Now())
+	return s.boardViewLocked(b), err
+}
+
+// MarkUpdating says a rollout is updating board id (on) or is done with
+// it.
+func (s *Service) MarkUpdating(id string, on bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.boards[id]
+	if b == nil {
+		return fmt.Errorf("board %s: %w", id, ErrNoSuchBoard)
+	}
+	if on {
+		return s.setStateLocked(b, Updating, "rollout")
+	}
+	if b.state != Updating {
+		return nil
+	}
+	err := s.setStateLocked(b, b.settledLocked(), "rollout done")
+	s.scheduleLocked(time.Now())
+	return err
+}
+
+// leasedLocked is the refusal of an action on b, which a lease holds.
+func (s *Service) leasedLocked(b *board) error {
+	e := &LeasedError{Board: b.id, Lease: b.lease}
+	if l := s.leases[b.lease]; l != nil {
+		e.Holder, e.Expires = l.Holder, l.Expires
+	}
+	return e
+}
+
+// accessLocked checks that who may act on b under lease (maybe ""): a
+// board a lease holds takes only that lease, from its holder.
+func (s *Service) accessLocked(ctx context.Context, who user, b *board, lease string) error {
+	if b.lease != "" && b.lease != lease {
+		return s.leasedLocked(b)
+	}
+	if lease == "" {
+		return nil
+	}
+	l, err := s.lookupLocked(ctx, lease)
+	if err != nil {
+		return err
+	}
+	if l.Holder != who.name {
+		return fmt.Errorf("lease %s: %w (%s)", lease, ErrNotHolder, l.Holder)
+	}
+	if b.lease != lease {
+		return fmt.Errorf("lease %s does not hold board %s: %w", lease, b.id, ErrNotHolder)
+	}
+	return nil
+}
+
+// ExecRequest is a command to run on a board through the service.
+type ExecRequest struct {
+	Argv       []string          `json:"argv" validate:"required,min=1,max=4096,argv"`
+	Shell      bool              `json:"shell,omitempty"`
+	Env        map[string]string `json:"env,omitempty" validate:"max=1024,dive,keys,required,envkey,endkeys,excludes=\x00"`
+	Cwd        string            `json:"cwd,omitempty" validate:"omitempty,max=4096,excludes=\x00"`
+	TimeoutMs  int64             `json:"timeout_ms,omitempty" validate:"min=0"`
+	KillSignal string            `json:"kill_signal,omitempty" validate:"omitempty,oneof=HUP INT QUIT KILL USR1 USR2 TERM"`
+}
+
+// Exec runs r on board id through its persistent connection, copying its
+// output to stdout and stderr. A board a lease holds runs commands only
+// under that lease, whose end cancels them (TERM, then the record comes
+// back as usual); the returned cause then says why.
+func (s *Service) Exec(ctx context.Context, who user, id, lease string, r ExecRequest, stdout, stderr io.Writer) (ExecOutcome, error) {
+	s.mu.Lock()
+	b := s.boards[id]
+	if b == nil {
+		s.mu.Unlock()
+		return ExecOutcome{}, fmt.Errorf("board %s: %w", id, ErrNoSuchBoard)
+	}
+	if err := s.accessLocked(ctx, who, b, lease); err != nil {
+		s.mu.Unlock()
+		return ExecOutcome{}, err
+	}
+	c := b.client
+	if c == nil || s.stopped {
+		s.mu.Unlock()
+		return ExecOutcome{}, fmt.Errorf("board %s: %w", id, ErrOffline)
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	s.nextRun++
+	n := s.nextRun
+	if b.runs == nil {
+		b.runs = map[uint64]*run{}
+	}
+	b.runs[n] = &run{lease: lease, cancel: cancel}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(b.runs, n)
+		s.mu.Unlock()
+	}()
+	res, err := c.Exec(ctx, dispatcher.ExecRequest{Argv: r.Argv, Shell: r.Shell, Env: r.Env, Cwd: r.Cwd,
+		Timeout: time.Duration(r.TimeoutMs) * time.Millisecond, KillSignal: r.KillSignal, Stdout: stdout, Stderr: stderr})
+	out := ExecOutcome{Result: res}
+	if ctx.Err() != nil {
+		out.Canceled = context.Cause(ctx).Error()
+	}
+	return out, err
+}
+
+// ExecOutcome is how a command run through the service ended: its record
+// and, if the service canceled it, why (its lease ended, the board was
+// given to a lease, the connection failed).
+type ExecOutcome struct {
+	Result   proto.ExecResult `json:"result"`
+	Canceled string           `json:"canceled,omitempty"`
+}
+
+// Power switches board id's power: "on", "off" or "cycle".
+func (s *Service) Power(ctx context.Context, who user, id, lease, action string) error {
+	s.mu.Lock()
+	b := s.boards[id]
+	if b == nil {
+		s.mu.Unlock()
+		return fmt.Errorf("board %s: %w", id, ErrNoSuchBoard)
+	}
+	if err := s.accessLocked(ctx, who, b, lease); err != nil {
+		s.mu.Unlock()
+		return err
+	}
+	p := b.power
+	s.mu.Unlock()
+	if p == nil {
+		return fmt.Errorf("board %s: %w", id, power.ErrNoPower)
+	}
+	a, err := power.ParseAction(action)
+	if err != nil {
+		return &FieldError{"action", err.Error()}
+	}
+	return p.Do(ctx, a)
+}
+
+// Console writes board id's console text recorded since t to w and, with
+// follow, then what comes, until ctx ends or the service stops. A line
+// still arriving is written as far as it came (its newline once the next
+// line begins). flush, if set, is called after each write.
+func (s *Service) Console(ctx context.Context, id string, t time.Time, follow bool, w io.Writer, flush func()) error {
+	s.mu.Lock()
+	b := s.boards[id]
+	var addr string
+	if b != nil {
+		addr = b.address
+	}
+	s.mu.Unlock()
+	if b == nil {
+		return fmt.Errorf("board %s: %w", id, ErrNoSuchBoard)
+	}
+	if !onLine(addr) {
+		return fmt.Errorf("board %s (%s is no serial line): %w", id, addr, ErrNoConsole)
+	}
+	l, err := s.consoles.Log(id)
+	if err != nil {
+		return err
+	}
+	cur := consoleCursor{since: t}
+	for {
+		lines, err := l.Since(cur.since)
+		if err != nil {
+			return err
+		}
+		if text := cur.next(lines); len(text) > 0 {
+			if _, err := w.Write(text); err != nil {
+				return err
+			}
+			if flush != nil {
+				flush()
+			}
+		}
+		if !follow {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.closing:
+			return nil
+		case <-time.After(consolePoll):
+		}
+	}
+}
+
+// consolePoll is how often a followed console is read again.
+const consolePoll = 200 * time.Millisecond
+
+// consoleCursor is how far a reader of a console record got: the time of
+// the last line it saw, how many lines before it had that same time, and
+// how much of that last line it wrote (a line may still be arriving).
+type consoleCursor struct {
+	since   time.Time
+	skip    int
+	partial int
+	started bool
+}
+
+// next is the text of lines (the record since c.since) not written yet,
+// and moves c past it. The last line goes without its newline, which
+// comes when a line after it does.
+func (c *consoleCursor) next(lines []consolelog.Line) []byte {
+	if c.started {
+		lines = lines[min(c.skip, len(lines)):]
+	}
+	if len(lines) == 0 {
+		return nil
+	}
+	var out []byte
+	first := lines[0].Text
+	if c.started {
+		first = first[min(c.partial, len(first)):]
+	}
+	out = append(out, first...)
+	for _, ln := range lines[1:] {
+		out = append(append(out, '\n'), ln.Text...)
+	}
+	last := lines[len(lines)-1]
+	same := 0
+	for _, ln := range lines {
+		if ln.Time.Equal(last.Time) {
+			same++
+		}
+	}
+	if c.started && c.since.Equal(last.Time) {
+		same += c.skip // lines at that time skipped above
+	}
+	c.since, c.skip, c.partial, c.started = last.Time, same-1, len(last.Text), true
+	return out
+}
+
+// Audit returns audit entries, newest first.
+func (s *Service) Audit(ctx context.Context, f store.AuditFilter) ([]store.AuditEntry, error) {
+	if err := s.journal.flush(ctx); err != nil {
+		return nil, err
+	}
+	return s.st.Audit(ctx, f)
+}

@@ -1,0 +1,317 @@
+package service
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/boardlink/boardlink/dispatcher/store"
+)
+
+// Client is the typed client of the service's API. It is safe for
+// concurrent use.
+type Client struct {
+	base  string
+	token string
+	http  *http.Client
+}
+
+// maxResponse bounds a JSON response read by the client; maxFrame one
+// line of an exec's output.
+const (
+	maxResponse = 64 << 20
+	maxFrame    = 1 << 20
+)
+
+// ErrBadServer is wrapped by the error of a server URL that cannot be
+// used.
+var ErrBadServer = errors.New("bad server URL")
+
+// NewClient returns a client of the service at server that authenticates
+// with token: https://HOST:PORT, whose certificate roots verifies (nil:
+// the system's), or http:// on a loopback address only, since the token
+// would otherwise cross the network in the clear.
+func NewClient(server, token string, roots *x509.CertPool) (*Client, error) {
+	u, err := url.Parse(server)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("%w %q: want https://HOST:PORT (or http:// on loopback)", ErrBadServer, server)
+	}
+	if u.Scheme == "http" && !loopbackHost(u.Hostname()) {
+		return nil, fmt.Errorf("%w %q: plain http would send the token in the clear: use https://", ErrBadServer, server)
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	return &Client{base: strings.TrimSuffix(u.String(), "/"), token: token, http: &http.Client{Transport: tr}}, nil
+}
+
+// loopbackHost reports whether host (a name or an address) is this
+// machine's loopback.
+func loopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// LoopbackListen reports whether addr (HOST:PORT) listens on loopback
+// only: the one place the API may be served without TLS.
+func LoopbackListen(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	return err == nil && loopbackHost(host)
+}
+
+// do sends a request and returns the response of a 2xx status; any other
+// is its *APIError.
+func (c *Client) do(ctx context.Context, method, path, lease string, body any) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		j, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(j)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if lease != "" {
+		req.Header.Set(LeaseHeader, lease)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode/100 == 2 {
+		return resp, nil
+	}
+	defer resp.Body.Close()
+	var e struct {
+		Error *APIError `json:"error"`
+	}
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxFrame))
+	if json.Unmarshal(raw, &e) != nil || e.Error == nil {
+		return nil, &APIError{Status: resp.StatusCode, Reason: ReasonInternal,
+			Message: fmt.Sprintf("%s %s: %s: %s", method, path, resp.Status, bytes.TrimSpace(raw))}
+	}
+	return nil, e.Error
+}
+
+// call is do with a JSON result decoded into out (nil: discarded).
+func (c *Client) call(ctx context.Context, method, path, lease string, body, out any) error {
+	resp, err := c.do(ctx, method, path, lease, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		return nil
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxResponse)).Decode(out); err != nil {
+		return fmt.Errorf("%s %s: reading the answer: %w", method, path, err)
+	}
+	return nil
+}
+
+// Boards lists the inventory.
+func (c *Client) Boards(ctx context.Context) ([]Board, error) {
+	var out struct {
+		Boards []Board `json:"boards"`
+	}
+	err := c.call(ctx, "GET", "/api/v1/boards", "", nil, &out)
+	return out.Boards, err
+}
+
+// Board returns one board.
+func (c *Client) Board(ctx context.Context, id string) (Board, error) {
+	var b Board
+	err := c.call(ctx, "GET", "/api/v1/boards/"+url.PathEscape(id), "", nil, &b)
+	return b, err
+}
+
+// SetMaintenance takes a board out of the lab or puts it back.
+func (c *Client) SetMaintenance(ctx context.Context, id string, r MaintenanceRequest) (Board, error) {
+	var b Board
+	err := c.call(ctx, "POST", "/api/v1/boards/"+url.PathEscape(id)+"/maintenance", "", r, &b)
+	return b, err
+}
+
+// ReleaseQuarantine puts a quarantined board back.
+func (c *Client) ReleaseQuarantine(ctx context.Context, id string) (Board, error) {
+	var b Board
+	err := c.call(ctx, "POST", "/api/v1/boards/"+url.PathEscape(id)+"/release-quarantine", "", nil, &b)
+	return b, err
+}
+
+// Power switches a board's power ("on", "off", "cycle") under lease (or
+// none).
+func (c *Client) Power(ctx context.Context, id, lease, action string) error {
+	return c.call(ctx, "POST", "/api/v1/boards/"+url.PathEscape(id)+"/power", lease, PowerRequest{Action: action}, nil)
+}
+
+// Exec runs a command on a board under lease (or none), copying its
+// output to stdout and stderr (nil: discarded) as it comes.
+func (c *Client) Exec(ctx context.Context, id, lease string, r ExecRequest, stdout, stderr io.Writer) (ExecOutcome, error) {
+	resp, err := c.do(ctx, "POST", "/api/v1/boards/"+url.PathEscape(id)+"/exec", lease, r)
+	if err != nil {
+		return ExecOutcome{}, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), maxFrame)
+	for sc.Scan() {
+		var f ExecFrame
+		if err := json.Unmarshal(sc.Bytes(), &f); err != nil {
+			return ExecOutcome{}, fmt.Errorf("exec: a bad frame: %w", err)
+		}
+		switch {
+		case f.Error != nil:
+			return ExecOutcome{}, f.Error
+		case f.Outcome != nil:
+			return *f.Outcome, nil
+		}
+		for _, o := range []struct {
+			w io.Writer
+			p []byte
+		}{{stdout, f.Stdout}, {stderr, f.Stderr}} {
+			if o.w != nil && len(o.p) > 0 {
+				if _, err := o.w.Write(o.p); err != nil {
+					return ExecOutcome{}, err
+				}
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return ExecOutcome{}, fmt.Errorf("exec: %w", err)
+	}
+	return ExecOutcome{}, fmt.Errorf("exec: the service ended the answer without the command's outcome: %w", io.ErrUnexpectedEOF)
+}
+
+// Console writes a board's recorded console text since since ("5m", or
+// an RFC 3339 time; "" all kept) to w and, with follow, what comes after
+// it, until ctx ends.
+func (c *Client) Console(ctx context.Context, id, since string, follow bool, w io.Writer) error {
+	q := url.Values{}
+	if since != "" {
+		q.Set("since", since)
+	}
+	if follow {
+		q.Set("follow", "1")
+	}
+	resp, err := c.do(ctx, "GET", "/api/v1/boards/"+url.PathEscape(id)+"/console?"+q.Encode(), "", nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(w, resp.Body)
+	if follow && ctx.Err() != nil {
+		return nil // the caller ended it
+	}
+	return err
+}
+
+// Acquire asks for a lease; it comes back active, or waiting in the queue
+// (see WaitGranted).
+func (c *Client) Acquire(ctx context.Context, r AcquireRequest) (Lease, error) {
+	var l Lease
+	err := c.call(ctx, "POST", "/api/v1/leases", "", r, &l)
+	return l, err
+}
+
+// Lease returns a lease.
+func (c *Client) Lease(ctx context.Context, id string) (Lease, error) {
+	return c.poll(ctx, id, 0, 0)
+}
+
+// poll returns a lease once it is no longer waiting at position known (0:
+// any), or after wait.
+func (c *Client) poll(ctx context.Context, id string, known int, wait time.Duration) (Lease, error) {
+	var l Lease
+	path := "/api/v1/leases/" + url.PathEscape(id)
+	if wait > 0 {
+		path += "?wait_ms=" + strconv.FormatInt(wait.Milliseconds(), 10) + "&position=" + strconv.Itoa(known)
+	}
+	err := c.call(ctx, "GET", path, "", nil, &l)
+	return l, err
+}
+
+// WaitGranted waits until lease l is granted or ends, calling progress
+// with each change while it waits. Its polls keep the waiting lease in
+// the queue: each is a renewal, at least every third of its TTL.
+func (c *Client) WaitGranted(ctx context.Context, l Lease, progress func(Lease)) (Lease, error) {
+	for l.State == store.LeaseWaiting {
+		if progress != nil {
+			progress(l)
+		}
+		var err error
+		if l, err = c.poll(ctx, l.ID, l.Position, max(time.Duration(l.TTLMs)*time.Millisecond/3, time.Second)); err != nil {
+			return l, err
+		}
+	}
+	if l.State != store.LeaseActive {
+		return l, fmt.Errorf("lease %s: %w: %s (%s)", l.ID, ErrLeaseEnded, l.State, l.EndReason)
+	}
+	return l, nil
+}
+
+// Renew renews a lease.
+func (c *Client) Renew(ctx context.Context, id string) (Lease, error) {
+	var l Lease
+	err := c.call(ctx, "POST", "/api/v1/leases/"+url.PathEscape(id)+"/renew", "", RenewRequest{}, &l)
+	return l, err
+}
+
+// Release ends a lease.
+func (c *Client) Release(ctx context.Context, id string) (Lease, error) {
+	var l Lease
+	err := c.call(ctx, "DELETE", "/api/v1/leases/"+url.PathEscape(id), "", nil, &l)
+	return l, err
+}
+
+// Leases lists the open leases and up to ended of the latest ended ones.
+func (c *Client) Leases(ctx context.Context, ended int) ([]Lease, error) {
+	var out struct {
+		Leases []Lease `json:"leases"`
+	}
+	err := c.call(ctx, "GET", "/api/v1/leases?ended="+strconv.Itoa(ended), "", nil, &out)
+	return out.Leases, err
+}
+
+// Audit returns the audit entries f matches, newest first.
+func (c *Client) Audit(ctx context.Context, f store.AuditFilter) ([]store.AuditEntry, error) {
+	q := url.Values{}
+	for k, v := range map[string]string{"user": f.User, "board": f.Board, "lease": f.Lease, "action": f.Action} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	if !f.Since.IsZero() {
+		q.Set("since", f.Since.Format(time.RFC3339Nano))
+	}
+	if f.Limit > 0 {
+		q.Set("limit", strconv.Itoa(f.Limit))
+	}
+	var out struct {
+		Entries []store.AuditEntry `json:"entries"`
+	}
+	err := c.call(ctx, "GET", "/api/v1/audit?"+q.Encode(), "", nil, &out)
+	return out.Entries, err
+}

@@ -1,0 +1,34 @@
+// Package service is the lab service behind `boardlink serve`: a
+// long-running process that keeps an inventory of a lab's boards (static
+// entries of its config, and boards found by mDNS and on serial ports),
+// holds one connection to each with a heartbeat, and hands boards out in
+// leases.
+//
+// Boards. Each board has one persistent dispatcher.Client, which the
+// service calls board.info on every heartbeat (last seen, boot id, slot
+// versions); a failed heartbeat closes it and the board is dialed again
+// with backoff. A board's State moves only along the transitions of the
+// table in state.go: idle, leased, updating, offline, and the two a person
+// ends, maintenance and quarantined (after Config.QuarantineAfter failed
+// health checks or recoveries in a row).
+//
+// Leases. An acquire names boards by labels or ids and a count; it waits
+// in one first-come-first-served queue (a later request never takes a
+// board an earlier one is waiting for) with a visible position, and is
+// granted idle boards only, never a board twice. A lease lives while its
+// holder renews it: one not renewed within its TTL ends (the bound is the
+// TTL plus expiryTick, see Service.ExpiryBound), and so does one past the
+// duration it asked for. When a lease ends, the commands it runs on its
+// boards through the service are canceled. While a lease holds a board,
+// exec and power by anyone else are refused with a *LeasedError that
+// names the holder and the expiry.
+//
+// The HTTP API (api.go, documented in docs/service.md and
+// docs/openapi.yaml) serves all of it under /api/v1 with per-user bearer
+// tokens, and records every action in the store's audit table. Client
+// (client.go) is its typed Go client, which the CLI uses.
+//
+// State lives in dispatcher/store: the inventory (with maintenance and
+// quarantine), every lease, and the audit log, so a restarted service
+// keeps its leases and its boards.
+package service

@@ -1,0 +1,335 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/dispatcher/consolelog"
+	"github.com/boardlink/boardlink/dispatcher/power"
+	"github.com/boardlink/boardlink/dispatcher/store"
+	"github.com/boardlink/boardlink/proto"
+)
+
+// Options configure a Service. Config and Store are required.
+type Options struct {
+	Config Config
+	Store  *store.Store
+	Logger *slog.Logger
+	// Trust checks the boards' keys (default: the known-boards file of
+	// Config.KnownBoards, else known_boards.json beside the database).
+	Trust dispatcher.Trust
+	// Power makes a board's power driver (default: power.New of its
+	// config's power).
+	Power func(BoardConfig) (power.Driver, error)
+	// ConsoleDir keeps the boards' console records, one directory per
+	// board (default: console/ beside the database).
+	ConsoleDir string
+}
+
+// Service is the lab service. Its methods are safe for concurrent use.
+type Service struct {
+	cfg   Config
+	st    *store.Store
+	log   *slog.Logger
+	trust dispatcher.Trust
+	users []user
+	opts  Options
+
+	mu      sync.Mutex
+	boards  map[string]*board
+	ids     []string // the boards' ids, sorted
+	leases  map[string]*store.Lease
+	seq     int64         // the last lease's queue number
+	changed chan struct{} // closed and replaced when a lease changes
+	nextRun uint64        // ids of commands run through the service
+	stopped bool
+	closing chan struct{} // closed by Stop: long polls return
+
+	consoles *consolelog.Set
+	kick     chan struct{} // wakes the expiry loop
+	journal  *journal
+	ctx      context.Context // the service's life, from Start to Stop
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+}
+
+// board is one board of the inventory; the fields after mu's comment are
+// guarded by Service.mu.
+type board struct {
+	id     string
+	static *BoardConfig // nil: discovered
+	power  power.Driver // nil: none
+
+	// guarded by Service.mu
+	address, source, model string
+	labels                 map[string]string
+	state                  State
+	reason                 string
+	online                 bool
+	lease                  string
+	bootID                 string
+	agent                  string
+	slots                  []proto.Slot
+	lastSeen               time.Time
+	failures               int
+	client                 *dispatcher.Client
+	runs                   map[uint64]*run // commands run through the service
+	stop                   context.CancelFunc
+}
+
+// run is a command run on a board through the service, under a lease or
+// none.
+type run struct {
+	lease  string
+	cancel context.CancelCauseFunc
+}
+
+// New makes the service from its config and its store, bringing back the
+// inventory and the open leases the store holds. Nothing runs until
+// Start.
+func New(ctx context.Context, o Options) (*Service, error) {
+	if o.Store == nil {
+		return nil, errors.New("service: Options.Store is required")
+	}
+	if err := o.Config.Check(); err != nil {
+		return nil, err
+	}
+	users, err := loadUsers(o.Config.Users)
+	if err != nil {
+		return nil, err
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Power == nil {
+		o.Power = func(bc BoardConfig) (power.Driver, error) { return power.New(bc.Power) }
+	}
+	if o.ConsoleDir == "" {
+		o.ConsoleDir = filepath.Join(filepath.Dir(o.Store.Path()), "console")
+	}
+	if o.Trust == nil {
+		path := o.Config.KnownBoards
+		if path == "" {
+			path = filepath.Join(filepath.Dir(o.Store.Path()), "known_boards.json")
+		}
+		o.Trust = dispatcher.NewKnownBoards(path)
+	}
+	s := &Service{cfg: o.Config, st: o.Store, log: o.Logger, trust: o.Trust, users: users, opts: o,
+		boards: map[string]*board{}, leases: map[string]*store.Lease{}, changed: make(chan struct{}),
+		kick: make(chan struct{}, 1), closing: make(chan struct{})}
+	s.journal = newJournal(o.Store, o.Logger)
+	s.consoles = consolelog.NewSet(o.ConsoleDir, consolelog.Options{SegmentBytes: o.Config.ConsoleBytes})
+	if err := s.load(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// load brings back the stored inventory and open leases, and adds the
+// static boards of the config.
+func (s *Service) load(ctx context.Context) error {
+	stored, err := s.st.LabBoards(ctx)
+	if err != nil {
+		return err
+	}
+	static := map[string]*BoardConfig{}
+	for i := range s.cfg.Boards {
+		static[s.cfg.Boards[i].ID] = &s.cfg.Boards[i]
+	}
+	for _, sb := range stored {
+		if sb.Source == sourceStatic && static[sb.ID] == nil {
+			continue // no longer in the config
+		}
+		b := &board{id: sb.ID, address: sb.Address, source: sb.Source, model: sb.Model, labels: sb.Labels,
+			state: Offline, bootID: sb.BootID, lastSeen: sb.LastSeen, failures: sb.Failures}
+		// What a person set stays; the rest is learned again.
+		if st := State(sb.State); st == Maintenance || st == Quarantined {
+			b.state, b.reason = st, sb.Reason
+		}
+		s.boards[b.id] = b
+	}
+	for id, bc := range static {
+		b := s.boards[id]
+		if b == nil {
+			b = &board{id: id, state: Offline}
+			s.boards[id] = b
+		}
+		b.static, b.address, b.source, b.model, b.labels = bc, bc.Address, sourceStatic, bc.Model, maps.Clone(bc.Labels)
+		d, err := s.opts.Power(*bc)
+		if err != nil {
+			return fmt.Errorf("%w: board %s: %w", ErrBadConfig, id, err)
+		}
+		if d.Name() != power.DriverNone {
+			b.power = d
+		}
+	}
+	for _, b := range s.boards {
+		s.ids = append(s.ids, b.id)
+	}
+	slices.Sort(s.ids)
+
+	if s.seq, err = s.st.MaxLeaseSeq(ctx); err != nil {
+		return err
+	}
+	open, err := s.st.Leases(ctx, 0)
+	if err != nil {
+		return err
+	}
+	now := time.Now()
+	for _, l := range open {
+		// The holders could not renew while the service was down: each
+		// gets a full TTL from now.
+		if fresh := now.Add(l.TTL); l.Expires.Before(fresh) {
+			l.Expires = fresh
+			if !l.Until.IsZero() && l.Expires.After(l.Until) {
+				l.Expires = l.Until
+			}
+		}
+		if l.State == store.LeaseActive {
+			for _, id := range l.Boards {
+				if b := s.boards[id]; b != nil {
+					b.lease = l.ID
+				}
+			}
+		}
+		s.leases[l.ID] = &l
+	}
+	return nil
+}
+
+// Board sources.
+const (
+	sourceStatic = "static"
+)
+
+// Start starts the service's work: a monitor per board, the lease expiry
+// loop, discovery when the config asks, and the journal's writer.
+func (s *Service) Start(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ctx != nil {
+		return errors.New("service: started twice")
+	}
+	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	s.wg.Go(func() { s.journal.run(s.ctx) })
+	for _, id := range s.ids {
+		s.watchLocked(s.boards[id])
+	}
+	s.wg.Go(func() { s.expiryLoop(s.ctx) })
+	if s.cfg.Discovery.MDNS || s.cfg.Discovery.Serial {
+		s.wg.Go(func() { s.discover(s.ctx) })
+	}
+	s.log.Info("service started", "boards", len(s.ids), "open_leases", len(s.leases))
+	return nil
+}
+
+// Stop ends every monitor and loop, closes the boards' connections
+// (canceling the commands run through them) and writes what the journal
+// holds. Open leases stay in the store, for the next start.
+func (s *Service) Stop(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.stopped {
+		close(s.closing)
+	}
+	s.stopped = true
+	cancel := s.cancel
+	for _, b := range s.boards {
+		for _, r := range b.runs {
+			r.cancel(errServiceStopping)
+		}
+	}
+	s.mu.Unlock()
+	if cancel == nil {
+		return nil
+	}
+	cancel()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("service: stop: %w", ctx.Err())
+	}
+	s.mu.Lock()
+	for _, b := range s.boards {
+		if b.client != nil {
+			b.client.Close()
+			b.client = nil
+		}
+	}
+	s.mu.Unlock()
+	return errors.Join(s.journal.flush(ctx), s.consoles.Close())
+}
+
+var errServiceStopping = errors.New("the lab service is stopping")
+
+// watchLocked starts b's monitor.
+func (s *Service) watchLocked(b *board) {
+	if b.stop != nil {
+		b.stop()
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
+	b.stop = cancel
+	addr := b.address
+	s.wg.Go(func() { s.monitor(ctx, b, addr) })
+}
+
+// snapshot returns b as the store keeps it.
+func (b *board) snapshot() store.LabBoard {
+	return store.LabBoard{ID: b.id, Address: b.address, Source: b.source, Model: b.model,
+		Labels: maps.Clone(b.labels), State: string(b.state), Reason: b.reason, BootID: b.bootID,
+		Failures: b.failures, LastSeen: b.lastSeen}
+}
+
+// setStateLocked moves b to state to, if the table allows it, and records
+// the move.
+func (s *Service) setStateLocked(b *board, to State, reason string) error {
+	if b.state == to {
+		if reason != b.reason {
+			b.reason = reason
+			s.journal.board(b.snapshot())
+		}
+		return nil
+	}
+	if !b.state.CanBecome(to) {
+		return &StateError{Board: b.id, From: b.state, To: to}
+	}
+	from := b.state
+	b.state, b.reason = to, reason
+	s.log.Info("board state", "board", b.id, "from", from, "to", to, "reason", reason)
+	s.journal.board(b.snapshot())
+	s.journal.audit(store.AuditEntry{User: serviceUser, Action: "board.state", Board: b.id, Lease: b.lease,
+		Result: "ok", Detail: fmt.Sprintf("%s -> %s: %s", from, to, reason)})
+	return nil
+}
+
+// serviceUser is who the audit log names for what the service did itself.
+const serviceUser = "service"
+
+// settledLocked is the state b goes back to when nothing a person set
+// holds it: offline, leased or idle.
+func (b *board) settledLocked() State {
+	switch {
+	case !b.online:
+		return Offline
+	case b.lease != "":
+		return Leased
+	}
+	return Idle
+}
+
+// ExpiryBound is how late, at most, a lease ends after its holder's last
+// renewal: its TTL plus this.
+func ExpiryBound(ttl time.Duration) time.Duration { return ttl + expiryTick }
+
+// expiryTick is the slack the expiry loop allows itself: it wakes at a
+// deadline, and a busy machine may run it a little late.
+const expiryTick = time.Second
