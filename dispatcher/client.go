@@ -262,12 +262,13 @@ func newClient(ctx context.Context, addr string, opts DialOptions) (*Client, err
 // listens for the agent's beacon before writing anything. Closing the
 // client closes rwc.
 func DialLine(ctx context.Context, rwc io.ReadWriteCloser, opts DialOptions) (*Client, error) {
-	return open(ctx, lineClient(rwc, opts))
+	return open(ctx, lineClient(rwc, "this line", opts))
 }
 
-func lineClient(rwc io.ReadWriteCloser, opts DialOptions) *Client {
+// lineClient prepares a client for the line on rwc; addr names it.
+func lineClient(rwc io.ReadWriteCloser, addr string, opts DialOptions) *Client {
 	c := &Client{opts: opts, console: newConsoleRing(consoleKeep)}
-	line := serialLine(rwc, opts, c.console)
+	line := serialLine(rwc, addr, opts, c.console)
 	c.line, c.redial = line, line.dial
 	return c
 }

@@ -7,8 +7,11 @@ import (
 	"io"
 	"net/url"
 	"strconv"
+	"sync"
+	"time"
 
 	"github.com/boardlink/boardlink/auth"
+	"github.com/boardlink/boardlink/dispatcher/bootstrap"
 	"github.com/boardlink/boardlink/dispatcher/lineshare"
 	"github.com/boardlink/boardlink/proto"
 	"github.com/boardlink/boardlink/transport"
@@ -110,8 +113,13 @@ func serialClient(ctx context.Context, addr string, u *url.URL, opts DialOptions
 		if opts.Console != nil {
 			w = io.MultiWriter(c.console, opts.Console)
 		}
+		// Where the mux's console text this client has seen ends: a dial
+		// again (after a reboot) resumes there, so that the boot printed
+		// while no connection was up is not lost.
+		seen := &offsetWriter{w: w}
 		c.redial = func(ctx context.Context) (transport.Link, error) {
-			conn, welcome, err := share.dial(ctx, addr, lineshare.Hello{Console: true})
+			at, resume := seen.at()
+			conn, welcome, err := share.dial(ctx, addr, lineshare.Hello{Console: true, Resume: resume, Since: at})
 			if err != nil {
 				return nil, err
 			}
@@ -119,7 +127,8 @@ func serialClient(ctx context.Context, addr string, u *url.URL, opts DialOptions
 				conn.Close()
 				return nil, fmt.Errorf("line mux %s (pid %d) named no board", welcome.Line, welcome.PID)
 			}
-			return &muxLink{Link: conn.Link(w), hello: *welcome.Hello}, nil
+			seen.start(welcome.Console)
+			return &muxLink{Link: conn.Link(seen), hello: *welcome.Hello}, nil
 		}
 		if share.Start != nil {
 			return c, nil
@@ -136,7 +145,37 @@ func serialClient(ctx context.Context, addr string, u *url.URL, opts DialOptions
 	if err != nil {
 		return nil, err
 	}
-	return lineClient(rwc, opts), nil
+	return lineClient(rwc, addr, opts), nil
+}
+
+// offsetWriter passes a mux's console text on and counts where in it the
+// text it has passed on ends.
+type offsetWriter struct {
+	w     io.Writer
+	mu    sync.Mutex
+	off   int64
+	known bool
+}
+
+func (o *offsetWriter) Write(p []byte) (int, error) {
+	o.mu.Lock()
+	o.off += int64(len(p))
+	o.mu.Unlock()
+	return o.w.Write(p)
+}
+
+// start: the next text begins at off of the mux's console.
+func (o *offsetWriter) start(off int64) {
+	o.mu.Lock()
+	o.off, o.known = off, true
+	o.mu.Unlock()
+}
+
+// at is where the text passed on ends, once a connection told.
+func (o *offsetWriter) at() (int64, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.off, o.known
 }
 
 // onceThen returns first on the first call, then calls next.
@@ -213,13 +252,16 @@ func (p *lockedPort) Close() error {
 type line struct {
 	ep     *seriallink.Endpoint
 	copied chan struct{}
+	addr   string       // for a bootstrap hint
+	tail   *consoleRing // the last console text, for a prompt
 }
 
 // serialLine starts reading rwc: console text goes to ring (if any) and
 // to opts.Console. Nothing is written until dial.
-func serialLine(rwc io.ReadWriteCloser, opts DialOptions, ring *consoleRing) *line {
-	l := &line{ep: seriallink.NewEndpoint(rwc, seriallink.Config{Logger: opts.Logger}), copied: make(chan struct{})}
-	var ws []io.Writer
+func serialLine(rwc io.ReadWriteCloser, addr string, opts DialOptions, ring *consoleRing) *line {
+	l := &line{ep: seriallink.NewEndpoint(rwc, seriallink.Config{Logger: opts.Logger}), copied: make(chan struct{}),
+		addr: addr, tail: newConsoleRing(promptTail)}
+	ws := []io.Writer{l.tail}
 	if ring != nil {
 		ws = append(ws, ring)
 	}
@@ -233,8 +275,51 @@ func serialLine(rwc io.ReadWriteCloser, opts DialOptions, ring *consoleRing) *li
 	return l
 }
 
-// dial opens a session, waiting for the agent's beacon first.
-func (l *line) dial(ctx context.Context) (transport.Link, error) { return l.ep.Dial(ctx) }
+// promptAfter is how long a dial waits for an agent before it looks for
+// a shell on the line: three beacon intervals. promptTail is how much of
+// the console it looks at.
+const (
+	promptAfter = 3 * seriallink.DefaultBeaconInterval
+	promptTail  = 1 << 10
+)
+
+// dial opens a session, waiting for the agent's beacon first. A line that
+// carries no agent but a shell (never given one, or whose agent died)
+// would keep it waiting: once nothing of an agent was heard for
+// promptAfter and the console ends in a prompt, it fails with a
+// *bootstrap.HintError. It only listens: nothing is typed.
+func (l *line) dial(ctx context.Context) (transport.Link, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	go l.watchPrompt(ctx, cancel)
+	link, err := l.ep.Dial(ctx)
+	var hint *bootstrap.HintError
+	if err != nil && errors.As(context.Cause(ctx), &hint) {
+		return nil, hint
+	}
+	return link, err
+}
+
+// watchPrompt cancels the dial of ctx with a hint once the line's console
+// ends in a prompt and no frame of an agent has been heard.
+func (l *line) watchPrompt(ctx context.Context, cancel context.CancelCauseFunc) {
+	t := time.NewTicker(promptAfter)
+	defer t.Stop()
+	for waited := promptAfter; ; waited += promptAfter {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if l.ep.Stats().FramesIn > 0 {
+			return // an agent is there: the dial goes on
+		}
+		if p := bootstrap.Detect(l.tail.since(0)); p != bootstrap.NoPrompt {
+			cancel(&bootstrap.HintError{Addr: l.addr, Prompt: p, Err: fmt.Errorf("no agent heard in %v", waited)})
+			return
+		}
+	}
+}
 
 // Close ends the line and returns once all console text seen has been
 // written out.
@@ -265,7 +350,7 @@ func OpenSerialLine(ctx context.Context, addr string, opts DialOptions) (*Serial
 	if err != nil {
 		return nil, err
 	}
-	return &SerialLine{l: serialLine(rwc, opts, nil), opts: opts}, nil
+	return &SerialLine{l: serialLine(rwc, addr, opts, nil), opts: opts}, nil
 }
 
 // Dial opens a session with the agent on the line, authenticated with the

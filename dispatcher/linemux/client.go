@@ -67,6 +67,16 @@ func (m *Mux) serveClient(ctx context.Context, nc *net.UnixConn) {
 	m.wakeIdle()
 	defer m.clientGone(c)
 	w := lineshare.Welcome{Version: lineshare.Version, PID: os.Getpid(), Line: m.cfg.Addr}
+	// The console from now on, kept until the welcome is out: what a board
+	// prints while the client waits for its agent (a boot after a reboot)
+	// is the text a reboot --wait is there for.
+	var s *sink
+	if h.Console || h.Ring {
+		s = newSink(sc)
+		w.Console = m.hub.add(s, h.Ring, h.Resume, h.Since)
+		defer m.hub.remove(s)
+		defer s.close()
+	}
 	if !h.ConsoleOnly {
 		// A caller gets the session's hello at once: the dial, if one is
 		// needed, is the only wait.
@@ -82,13 +92,8 @@ func (m *Mux) serveClient(ctx context.Context, nc *net.UnixConn) {
 	if err := sc.WriteWelcome(w); err != nil {
 		return
 	}
-	var s *sink
-	if h.Console || h.Ring {
-		s = newSink(sc)
-		m.hub.add(s, h.Ring)
-		defer m.hub.remove(s)
+	if s != nil {
 		m.wg.Go(s.run)
-		defer s.close()
 	}
 	link := sc.Link(nil)
 	if h.ConsoleOnly {
@@ -180,6 +185,12 @@ func (c *client) Handle(ctx context.Context, conn *transport.Conn, r *transport.
 	if err != nil {
 		for _, s := range streams {
 			s.Reset("canceled")
+		}
+		if proto.ReasonOf(err) == "" && ctx.Err() == nil {
+			// The session with the agent failed (a reboot, a reset): the
+			// client's link fails too, as a direct one would, never an
+			// answer the board did not give.
+			c.conn.Close()
 		}
 		return nil, err
 	}

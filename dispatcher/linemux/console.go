@@ -17,6 +17,7 @@ type hub struct {
 	mu    sync.Mutex
 	ring  []byte
 	size  int
+	total int64 // console bytes seen: the offset after the ring's last
 	sinks map[*sink]struct{}
 }
 
@@ -26,6 +27,7 @@ func newHub(size int) *hub { return &hub{size: size, sinks: map[*sink]struct{}{}
 func (h *hub) Write(p []byte) (int, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.total += int64(len(p))
 	h.ring = append(h.ring, p...)
 	if over := len(h.ring) - h.size; over > 0 {
 		h.ring = append(h.ring[:0], h.ring[over:]...)
@@ -36,15 +38,22 @@ func (h *hub) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// add starts handing text to s, first what is kept if ring is set; no
-// text falls between the two.
-func (h *hub) add(s *sink, ring bool) {
+// add starts handing text to s, first what is kept (all of it with ring,
+// what came after offset since with resume); no text falls between the
+// two. It returns the offset of the first byte s gets.
+func (h *hub) add(s *sink, ring, resume bool, since int64) int64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if ring {
-		s.push(h.ring)
+	kept := h.ring
+	switch {
+	case resume && since <= h.total:
+		kept = h.ring[max(0, int64(len(h.ring))-(h.total-since)):]
+	case !ring:
+		kept = nil
 	}
+	s.push(kept)
 	h.sinks[s] = struct{}{}
+	return h.total - int64(len(kept))
 }
 
 func (h *hub) remove(s *sink) {

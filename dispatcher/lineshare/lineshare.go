@@ -70,6 +70,11 @@ type Hello struct {
 	// the text the mux kept from before (a console viewer).
 	Console bool `json:"console,omitempty"`
 	Ring    bool `json:"ring,omitempty"`
+	// Resume, with Console, asks for the kept text after offset Since of
+	// the mux's console first: a client that dials again (a reboot --wait)
+	// misses nothing the line printed between its connections.
+	Resume bool  `json:"resume,omitempty"`
+	Since  int64 `json:"since,omitempty"`
 	// ConsoleOnly: the client makes no calls (a console viewer), so the
 	// mux need not open a session with the agent for it.
 	ConsoleOnly bool `json:"console_only,omitempty"`
@@ -87,6 +92,9 @@ type Welcome struct {
 	// expectations (the mux is this user's, so its check stands) and
 	// saves the round trip of a hello of its own.
 	Hello *proto.HelloResult `json:"hello,omitempty"`
+	// Console is the offset in the mux's console text at which the text
+	// sent to this client begins.
+	Console int64 `json:"console,omitempty"`
 }
 
 // Errors a caller branches on.
