@@ -275,9 +275,19 @@ func (r *Resolver) find(ctx context.Context, want string) (Found, error) {
 	if f.Serial {
 		wg.Go(func() {
 			rs, sk, err := discovery.ScanSerial(ctx, discovery.SerialConfig{Ports: r.SerialPorts, Logger: r.Logger})
+			// A port held by a line mux is not probed: its mux answers
+			// for the board on it.
+			var left []discovery.SkippedPort
+			for _, p := range sk {
+				if rec, ok := muxRecord(ctx, p.Port); ok {
+					rs = append(rs, rec)
+				} else {
+					left = append(left, p)
+				}
+			}
 			add(rs, err)
 			mu.Lock()
-			skipped = sk
+			skipped = left
 			mu.Unlock()
 		})
 	}
@@ -287,6 +297,46 @@ func (r *Resolver) find(ctx context.Context, want string) (Found, error) {
 		return f, errors.Join(errs...)
 	}
 	return f, nil
+}
+
+// muxLookup bounds asking a line mux for its board: one that is not at
+// hand (still waiting for its agent) leaves the port skipped.
+const muxLookup = 2 * time.Second
+
+// muxRecord asks the line mux that holds the serial port dev, if one
+// does, for the board on it: its session's hello and board.info. It
+// never opens the port itself.
+func muxRecord(ctx context.Context, dev string) (discovery.Record, bool) {
+	ctx, cancel := context.WithTimeout(ctx, muxLookup)
+	defer cancel()
+	addr := "serial://" + dev
+	sock, err := (&LineShare{}).socket(addr)
+	if err != nil {
+		return discovery.Record{}, false
+	}
+	if _, err := os.Stat(sock); err != nil {
+		return discovery.Record{}, false // no mux: another program holds the port
+	}
+	c, err := Dial(ctx, addr, DialOptions{Lines: &LineShare{}})
+	if err != nil {
+		return discovery.Record{}, false
+	}
+	defer c.Close()
+	info, err := c.Info(ctx)
+	if err != nil {
+		return discovery.Record{}, false
+	}
+	rec := discovery.Record{ID: info.ID, Model: info.Model, Protocol: info.Protocol, Capabilities: info.Capabilities,
+		Version: info.Agent, BootID: info.BootID, Labels: info.Labels, Address: addr, Source: "serial", Seen: time.Now()}
+	if fp, err := auth.ParseFingerprint(info.Fingerprint); err == nil {
+		rec.FP = fp.Short()
+	}
+	for _, sl := range info.Slots {
+		if sl.Booted {
+			rec.Slot, rec.SlotVersion = sl.Name, sl.Version
+		}
+	}
+	return rec, true
 }
 
 // conflictSettle is how long a search for an id listens on once the id

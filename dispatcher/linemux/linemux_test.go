@@ -386,3 +386,30 @@ func TestOtherUserProcessRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestFindAsksTheMux: a serial port a line mux holds is not probed (the
+// mux has it locked), but a search for boards still lists the board on
+// it, as its mux answers for it, with the port's address.
+func TestFindAsksTheMux(t *testing.T) {
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+	b := startBoard(t)
+	dir, err := lineshare.Dir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	runMux(t, b.addr, dir, -1, nil)
+	dev := strings.TrimPrefix(b.addr, "serial://")
+	r := &dispatcher.Resolver{NoMDNS: true, SerialPorts: []string{dev}}
+	f, err := r.Find(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Boards) != 1 || f.Boards[0].ID != "mux-board" || f.Boards[0].Address != b.addr || f.Boards[0].FP == "" {
+		t.Fatalf("found %+v, skipped %+v: want mux-board at %s", f.Boards, f.SkippedPorts, b.addr)
+	}
+	for _, p := range f.SkippedPorts {
+		if p.Port == dev {
+			t.Fatalf("the port is still reported skipped: %+v", p)
+		}
+	}
+}
