@@ -35,6 +35,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/dispatcher/bootstrap"
 	"github.com/boardlink/boardlink/dispatcher/lineshare"
 )
 
@@ -84,6 +85,10 @@ type Mux struct {
 	agent   *dispatcher.Client
 	dialing chan struct{} // closed when the dial under way ends
 	dialErr error
+	// shell: the last dial found a shell on the line and no agent; the
+	// mux then ends as soon as no client is left, so that the line is
+	// free for the boardlink bootstrap its error suggests.
+	shell   bool
 	tokens  map[string]route // progress tokens renamed, to their client
 	lns     map[string]*client
 	nextTok uint64
@@ -212,9 +217,12 @@ func (m *Mux) wait(ctx context.Context) error {
 	var idle <-chan time.Time
 	arm := func() {
 		m.mu.Lock()
-		n := len(m.clients)
+		n, shell := len(m.clients), m.shell
 		m.mu.Unlock()
-		if n == 0 && m.cfg.Idle > 0 {
+		switch {
+		case n == 0 && shell:
+			idle = time.After(0)
+		case n == 0 && m.cfg.Idle > 0:
 			idle = time.After(m.cfg.Idle)
 		}
 	}
@@ -338,10 +346,13 @@ func (m *Mux) dial(ctx context.Context, done chan struct{}) {
 		old.Close()
 	}
 	m.agent, m.dialErr, m.dialing = a, err, nil
+	var hint *bootstrap.HintError
+	m.shell = errors.As(err, &hint)
 	m.mu.Unlock()
 	close(done)
 	if err != nil {
 		m.log.Warn("line mux: session with the agent", "err", err)
+		m.wakeIdle()
 		return
 	}
 	m.log.Debug("line mux: session open", "board", a.Hello().BoardID)

@@ -413,3 +413,35 @@ func TestFindAsksTheMux(t *testing.T) {
 		}
 	}
 }
+
+// TestShellLineFreed: on a line with a shell and no agent, a call through
+// the mux is told to run boardlink bootstrap, and the mux ends as soon as
+// no client is left, so that the line is free for it.
+func TestShellLineFreed(t *testing.T) {
+	master, slave := testenv.RawPTY(t)
+	if _, err := master.WriteString("\r\nboard login: "); err != nil {
+		t.Fatal(err)
+	}
+	addr := "serial://" + slave.Name()
+	dir := muxDir(t)
+	_, served := runMux(t, addr, dir, time.Hour, nil)
+	_, err := dispatcher.Dial(context.Background(), addr, shared(dir))
+	if err == nil || !strings.Contains(err.Error(), "boardlink bootstrap") {
+		t.Fatalf("a call on a line with only a login prompt: %v", err)
+	}
+	if err := <-served; err != nil {
+		t.Fatalf("the mux ended with %v", err)
+	}
+	if _, err := os.Stat(mustSocket(t, dir, addr)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the mux's socket after it ended: %v", err)
+	}
+}
+
+func mustSocket(t *testing.T, dir, addr string) string {
+	t.Helper()
+	sock, err := lineshare.Socket(dir, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sock
+}
