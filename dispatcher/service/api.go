@@ -97,6 +97,8 @@ func apiError(err error) *APIError {
 		e.Status, e.Reason = http.StatusConflict, ReasonUnsatisfiable
 	case errors.Is(err, ErrNotAvailable):
 		e.Status, e.Reason = http.StatusConflict, ReasonBusy
+	case errors.Is(err, ErrTooManyLeases):
+		e.Status, e.Reason = http.StatusTooManyRequests, ReasonBusy
 	case errors.Is(err, ErrOffline):
 		e.Status, e.Reason = http.StatusServiceUnavailable, ReasonOffline
 	case errors.Is(err, power.ErrNoPower):

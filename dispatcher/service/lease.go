@@ -61,7 +61,14 @@ var (
 	ErrNoSuchBoard = errors.New("no such board")
 	// ErrNotAvailable: a lease that would not wait found no free boards.
 	ErrNotAvailable = errors.New("not enough free boards")
+	// ErrTooManyLeases: the user holds or waits for MaxOpenLeases already.
+	ErrTooManyLeases = errors.New("too many open leases")
 )
+
+// MaxOpenLeases bounds the leases one user holds or waits for at once: the
+// queue, and what the service keeps for it, stay bounded whatever a
+// client does.
+const MaxOpenLeases = 256
 
 // LeasedError refuses an action on a board another lease holds.
 type LeasedError struct {
@@ -125,6 +132,15 @@ func (s *Service) Acquire(ctx context.Context, holder string, r AcquireRequest) 
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	open := 0
+	for _, o := range s.leases {
+		if o.Holder == holder {
+			open++
+		}
+	}
+	if open >= MaxOpenLeases {
+		return Lease{}, fmt.Errorf("%w: %s has %d", ErrTooManyLeases, holder, open)
+	}
 	for _, id := range l.WantIDs {
 		if s.boards[id] == nil {
 			return Lease{}, fmt.Errorf("board %s: %w", id, ErrNoSuchBoard)

@@ -3,6 +3,8 @@ package service
 import (
 	"cmp"
 	"context"
+	"errors"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -279,4 +281,33 @@ func acquire(ctx context.Context, c *Client, r AcquireRequest) (Lease, error) {
 		return l, err
 	}
 	return c.WaitGranted(ctx, l, nil)
+}
+
+// TestOpenLeasesBounded: one user's open leases, held or waiting, are
+// bounded: past MaxOpenLeases an acquire is refused (429, busy) rather
+// than queued, and a release makes room again.
+func TestOpenLeasesBounded(t *testing.T) {
+	l := startLab(t, labOptions{boards: 1, ttl: time.Minute})
+	c, ctx := l.clients["alice"], context.Background()
+	var first Lease
+	for i := range MaxOpenLeases {
+		got, err := c.Acquire(ctx, AcquireRequest{Count: 1, WaitMs: 60000, TTLMs: 60000})
+		if err != nil {
+			t.Fatalf("lease %d: %v", i+1, err)
+		}
+		if i == 0 {
+			first = got
+		}
+	}
+	_, err := c.Acquire(ctx, AcquireRequest{Count: 1, WaitMs: 60000, TTLMs: 60000})
+	var ae *APIError
+	if !errors.As(err, &ae) || ae.Status != http.StatusTooManyRequests || ae.Reason != ReasonBusy {
+		t.Fatalf("lease %d: %v, want 429 busy", MaxOpenLeases+1, err)
+	}
+	if _, err := c.Release(ctx, first.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Acquire(ctx, AcquireRequest{Count: 1, WaitMs: 60000, TTLMs: 60000}); err != nil {
+		t.Fatalf("after a release: %v", err)
+	}
 }
