@@ -22,6 +22,11 @@ const qemuToken = "power-test-qemu-token-0123456789"
 func qemuBoard(ctx context.Context, t *testing.T) *qemuboard.Board {
 	t.Helper()
 	testenv.Long(t)
+	if testenv.Race {
+		// The plain pass ran this board; under the race detector it
+		// would only run the same emulator again, ten times slower.
+		t.Skip("a QEMU board runs in the pass without the race detector")
+	}
 	cacheDir, err := qemuboard.DefaultCacheDir()
 	if err != nil {
 		testenv.SkipOrFail(t, "%v", err)
