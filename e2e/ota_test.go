@@ -124,16 +124,33 @@ func TestQEMUOTA(t *testing.T) {
 		defer im.Close()
 		// Reset the machine (QMP system_reset: what the guest had not
 		// written is lost, as on a power cut) once half of what the board
-		// needs has been sent, driving the update with the dispatcher to
-		// see it go.
+		// needs has been sent. What the host sent is no measure of what the
+		// board has: the stream's window holds far more than it has read.
+		// So the sender waits in its progress call until the board has
+		// taken every chunk sent (it syncs every 8, so most of them are on
+		// its disk), and the reset finds a quiet line: bytes still arriving
+		// on ttyS1 would reach the firmware, which reads COM2 as a
+		// keyboard too (OVMF entered its setup on an ESC in the data).
 		c := b.dial(ctx, nil)
+		plan, err := c.OTAPlan(ctx, im, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held := plan.Chunks - len(plan.Need)
 		var reset error
-		cut := false
+		cut, sent := false, 0
 		rep, err := c.Prepare(ctx, im, dispatcher.OTAOptions{Progress: func(p dispatcher.OTAProgress) {
-			if p.Phase == "send" && !cut && p.Sent >= p.ToSend/2 {
-				cut = true
+			if p.Phase != "send" || cut {
+				return
+			}
+			if sent++; p.Sent < p.ToSend/2 {
+				return
+			}
+			cut = true
+			if reset = waitChunksDone(ctx, c, held+sent); reset == nil {
 				_, reset = b.QMP(ctx, "system_reset")
 			}
+			c.Close() // at once, before the link sends anything more
 		}})
 		c.Close()
 		if !cut || err == nil || reset != nil {
@@ -156,6 +173,24 @@ func TestQEMUOTA(t *testing.T) {
 		}
 		b.checkRunning(ctx, t, "A", "4.0.0")
 	})
+}
+
+// waitChunksDone waits until the board's update holds n chunks.
+func waitChunksDone(ctx context.Context, c *dispatcher.Client, n int) error {
+	st, err := c.OTAStatus(ctx)
+	for err == nil {
+		u := st.Update
+		if u == nil || u.Phase != proto.PhasePrepare {
+			return fmt.Errorf("the board reports update %+v while chunks go out", u)
+		}
+		if u.ChunksDone >= n {
+			return nil
+		}
+		var next proto.OTAStatus
+		err = c.Conn().Call(ctx, proto.MethodOTAWait, proto.OTAWaitParams{Since: st.Seq, TimeoutMs: 10000}, &next)
+		st = next
+	}
+	return fmt.Errorf("waiting for the board to hold %d chunks: %w", n, err)
 }
 
 // otaResult is `boardlink ota --json`.
