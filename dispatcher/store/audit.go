@@ -37,12 +37,14 @@ func (s *Store) AddAudit(ctx context.Context, e AuditEntry) (int64, error) {
 	if e.At.IsZero() {
 		e.At = time.Now()
 	}
-	res, err := s.db.ExecContext(ctx, `INSERT INTO audit (at, user, action, board, lease, result, detail)
-		VALUES (?, ?, ?, ?, ?, ?, ?)`, e.At.UnixNano(), e.User, e.Action, e.Board, e.Lease, e.Result, e.Detail)
+	var seq int64
+	err := s.db.QueryRowContext(ctx, `INSERT INTO audit (at, "user", action, board, lease, result, detail)
+		VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING seq`,
+		e.At.UnixNano(), e.User, e.Action, e.Board, e.Lease, e.Result, e.Detail).Scan(&seq)
 	if err != nil {
 		return 0, fmt.Errorf("store: audit: %w", err)
 	}
-	return res.LastInsertId()
+	return seq, nil
 }
 
 // Audit returns the entries f matches, newest first.
@@ -51,7 +53,7 @@ func (s *Store) Audit(ctx context.Context, f AuditFilter) ([]AuditEntry, error) 
 		where []string
 		args  []any
 	)
-	for _, c := range []struct{ col, val string }{{"user", f.User}, {"board", f.Board}, {"lease", f.Lease}, {"action", f.Action}} {
+	for _, c := range []struct{ col, val string }{{`"user"`, f.User}, {"board", f.Board}, {"lease", f.Lease}, {"action", f.Action}} {
 		if c.val != "" {
 			where = append(where, c.col+" = ?")
 			args = append(args, c.val)
@@ -61,7 +63,7 @@ func (s *Store) Audit(ctx context.Context, f AuditFilter) ([]AuditEntry, error) 
 		where = append(where, "at >= ?")
 		args = append(args, f.Since.UnixNano())
 	}
-	q := `SELECT seq, at, user, action, board, lease, result, detail FROM audit`
+	q := `SELECT seq, at, "user", action, board, lease, result, detail FROM audit`
 	if len(where) > 0 {
 		q += " WHERE " + strings.Join(where, " AND ")
 	}

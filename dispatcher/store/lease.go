@@ -1,11 +1,13 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -45,7 +47,11 @@ type Lease struct {
 // Open reports whether the lease has not ended.
 func (l Lease) Open() bool { return l.State == LeaseWaiting || l.State == LeaseActive }
 
-// PutLease stores l, replacing the row of l.ID.
+// PutLease stores l, replacing the row of l.ID. An active lease holds its
+// Boards until its Expires, in the database as well: when several
+// services share it, a board another lease holds and has not let expire
+// by l.Renewed (the time of this grant or renewal) is ErrConflict, and
+// nothing is stored. A lease that is not active holds no board.
 func (s *Store) PutLease(ctx context.Context, l Lease) error {
 	if l.ID == "" || l.Holder == "" || l.State == "" {
 		return errors.New("store: put lease: id, holder and state must be set")
@@ -56,7 +62,8 @@ func (s *Store) PutLease(ctx context.Context, l Lease) error {
 	}
 	ids, _ := json.Marshal(l.WantIDs)
 	boards, _ := json.Marshal(l.Boards)
-	_, err = s.db.ExecContext(ctx, `INSERT INTO leases
+	err = s.tx(ctx, func(tx handle) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO leases
 		(id, seq, holder, state, selector, want_ids, count, boards, ttl, created, wait_until,
 		 granted, renewed, expires, until, ended, end_reason)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -65,11 +72,51 @@ func (s *Store) PutLease(ctx context.Context, l Lease) error {
 			wait_until = excluded.wait_until, granted = excluded.granted,
 			renewed = excluded.renewed, expires = excluded.expires, until = excluded.until,
 			ended = excluded.ended, end_reason = excluded.end_reason`,
-		l.ID, l.Seq, l.Holder, l.State, string(sel), string(ids), l.Count, string(boards), int64(l.TTL),
-		l.Created.UnixNano(), dbTime(l.WaitUntil), dbTime(l.Granted), l.Renewed.UnixNano(),
-		l.Expires.UnixNano(), dbTime(l.Until), dbTime(l.Ended), l.EndReason)
+			l.ID, l.Seq, l.Holder, l.State, string(sel), string(ids), l.Count, string(boards), int64(l.TTL),
+			l.Created.UnixNano(), dbTime(l.WaitUntil), dbTime(l.Granted), l.Renewed.UnixNano(),
+			l.Expires.UnixNano(), dbTime(l.Until), dbTime(l.Ended), l.EndReason)
+		if isUniqueViolation(err) { // another service gave the same place in the queue
+			return fmt.Errorf("queue number %d: %w", l.Seq, ErrExists)
+		}
+		if err != nil {
+			return err
+		}
+		return s.holdBoards(ctx, tx, l)
+	})
 	if err != nil {
 		return fmt.Errorf("store: put lease %s: %w", l.ID, err)
+	}
+	return nil
+}
+
+// holdBoards makes lease_boards say that l holds its boards, if it is
+// active, and nothing else. The primary key on the board makes a second
+// holder impossible; the upsert takes a board over only from a lease that
+// expired, and it judges by the conflicting row's latest version (locked),
+// so two services granting the same board at once cannot both win.
+func (s *Store) holdBoards(ctx context.Context, tx handle, l Lease) error {
+	if _, err := tx.ExecContext(ctx, `DELETE FROM lease_boards WHERE lease_id = ?`, l.ID); err != nil {
+		return err
+	}
+	if l.State != LeaseActive {
+		return nil
+	}
+	// In one order, so that two grants of overlapping boards cannot
+	// deadlock.
+	for _, id := range slices.Sorted(slices.Values(l.Boards)) {
+		res, err := tx.ExecContext(ctx, `INSERT INTO lease_boards (board_id, lease_id, expires) VALUES (?1, ?2, ?3)
+			ON CONFLICT (board_id) DO UPDATE SET lease_id = excluded.lease_id, expires = excluded.expires
+			WHERE lease_boards.expires <= ?4`, id, l.ID, l.Expires.UnixNano(), l.Renewed.UnixNano())
+		if err != nil {
+			return err
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			var other string
+			var until sql.NullInt64
+			tx.QueryRowContext(ctx, `SELECT lease_id, expires FROM lease_boards WHERE board_id = ?`, id).Scan(&other, &until)
+			return fmt.Errorf("board %s is held by lease %s until %s: %w", id, other,
+				goTime(until).Format(time.RFC3339Nano), cmp.Or(err, ErrConflict))
+		}
 	}
 	return nil
 }
@@ -144,6 +191,19 @@ func (s *Store) leases(ctx context.Context, where string, args ...any) ([]Lease,
 		return nil, fmt.Errorf("store: leases: %w", err)
 	}
 	return out, nil
+}
+
+// NextLeaseSeq gives the next place in the lease queue: one number to
+// one caller, whichever service of those sharing the database asks, and
+// above any lease's stored so far.
+func (s *Store) NextLeaseSeq(ctx context.Context) (int64, error) {
+	var n int64
+	err := s.db.QueryRowContext(ctx, `UPDATE counters SET value = 1 + `+
+		sqlMax("value", "(SELECT coalesce(max(seq), 0) FROM leases)")+` WHERE name = 'lease_seq' RETURNING value`).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("store: next lease number: %w", err)
+	}
+	return n, nil
 }
 
 // MaxLeaseSeq is the highest queue number given so far (0: none).

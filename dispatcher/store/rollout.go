@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"database/sql"
@@ -142,24 +143,18 @@ func (s *Store) CreateRollout(ctx context.Context, r Rollout) error {
 	if len(r.Plan) > 0 {
 		plan = []byte(r.Plan)
 	}
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		var one int
-		err := tx.QueryRowContext(ctx, `SELECT 1 FROM rollouts WHERE id = ?`, r.ID).Scan(&one)
-		if err == nil {
-			return fmt.Errorf("rollout %s: %w", r.ID, ErrExists)
-		}
-		if !errors.Is(err, sql.ErrNoRows) {
-			return err
-		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO rollouts
-			(id, image, image_sha256, version, selector, concurrency, max_failures, plan, state, created, updated)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			r.ID, r.Image, r.ImageSHA256, r.Version, r.Selector, r.Concurrency, r.MaxFailures, plan,
-			r.State, dbTime(r.Created), dbTime(r.Updated))
-		return err
-	})
+	// One statement, so that two services creating the same id cannot
+	// both see it free.
+	res, err := s.db.ExecContext(ctx, `INSERT INTO rollouts
+		(id, image, image_sha256, version, selector, concurrency, max_failures, plan, state, created, updated)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+		r.ID, r.Image, r.ImageSHA256, r.Version, r.Selector, r.Concurrency, r.MaxFailures, plan,
+		r.State, dbTime(r.Created), dbTime(r.Updated))
 	if err != nil {
 		return fmt.Errorf("store: create rollout: %w", err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 0 {
+		return fmt.Errorf("store: create rollout: rollout %s: %w", r.ID, cmp.Or(err, ErrExists))
 	}
 	return nil
 }
@@ -195,8 +190,8 @@ func (s *Store) PutBoard(ctx context.Context, b BoardResult) error {
 	if !validPhase(b.Phase) {
 		return fmt.Errorf("store: board %s: unknown phase %q", b.BoardID, b.Phase)
 	}
-	err := s.tx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE rollouts SET updated = max(updated, ?) WHERE id = ?`,
+	err := s.tx(ctx, func(tx handle) error {
+		res, err := tx.ExecContext(ctx, `UPDATE rollouts SET updated = `+sqlMax("updated", "?1")+` WHERE id = ?2`,
 			dbTime(time.Now()), b.RolloutID)
 		if err != nil {
 			return err
@@ -276,7 +271,7 @@ func (s *Store) ResolveRollout(ctx context.Context, id string) (string, error) {
 		return "", fmt.Errorf("store: %w", err)
 	}
 	rows, err := s.db.QueryContext(ctx,
-		`SELECT id FROM rollouts WHERE substr(id, 1, length(?1)) = ?1 ORDER BY id LIMIT 4`, id)
+		`SELECT id FROM rollouts WHERE substr(id, 1, length(CAST(?1 AS TEXT))) = ?1 ORDER BY id LIMIT 4`, id)
 	if err != nil {
 		return "", fmt.Errorf("store: %w", err)
 	}
@@ -357,7 +352,7 @@ func (s *Store) boards(ctx context.Context, rolloutID string, results []string) 
 		bytes_sent, attempts, started, ended, update_id FROM board_results WHERE rollout_id = ?`
 	args := []any{rolloutID}
 	if len(results) > 0 {
-		q += ` AND result IN (?` + strings.Repeat(`, ?`, len(results)-1) + `)`
+		q += ` AND result IN (` + placeholders(len(results)) + `)`
 		for _, r := range results {
 			args = append(args, r)
 		}
@@ -389,11 +384,13 @@ func (s *Store) boards(ctx context.Context, rolloutID string, results []string) 
 // Rollouts returns the newest limit rollouts (all when limit <= 0), newest
 // first, each with Boards and Summary but without its Plan.
 func (s *Store) Rollouts(ctx context.Context, limit int) ([]Rollout, error) {
-	if limit <= 0 {
-		limit = -1 // SQLite: no limit
+	newest := `ORDER BY created DESC, id DESC`
+	var args []any
+	if limit > 0 {
+		newest += ` LIMIT ?`
+		args = append(args, limit)
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT `+rolloutColumns+` FROM rollouts
-		ORDER BY created DESC, id DESC LIMIT ?`, limit)
+	rows, err := s.db.QueryContext(ctx, `SELECT `+rolloutColumns+` FROM rollouts `+newest, args...)
 	if err != nil {
 		return nil, fmt.Errorf("store: rollouts: %w", err)
 	}
@@ -418,8 +415,8 @@ func (s *Store) Rollouts(ctx context.Context, limit int) ([]Rollout, error) {
 	// The summaries in one query, after the rollouts' rows are closed (the
 	// store has one connection).
 	rows, err = s.db.QueryContext(ctx, `SELECT b.rollout_id, b.phase, b.result, count(*)
-		FROM board_results b JOIN (SELECT id FROM rollouts ORDER BY created DESC, id DESC LIMIT ?) r
-		ON r.id = b.rollout_id GROUP BY b.rollout_id, b.phase, b.result`, limit)
+		FROM board_results b JOIN (SELECT id FROM rollouts `+newest+`) r
+		ON r.id = b.rollout_id GROUP BY b.rollout_id, b.phase, b.result`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("store: rollouts: %w", err)
 	}

@@ -11,8 +11,9 @@ import (
 // database from version i to version i+1. Never edit one that has been
 // released; append a new one.
 //
-// Times are INTEGER unix nanoseconds (NULL: not yet). Tables are STRICT so
-// that a wrong type is an error, not a silent conversion.
+// Times are 64-bit integer unix nanoseconds (NULL: not yet). The type words
+// in braces are filled for the engine (dialect.ddl); SQLite tables are
+// STRICT so that a wrong type is an error, not a silent conversion.
 var migrations = []string{
 	// 1: rollouts, per-board results, sightings and their boots.
 	`
@@ -22,13 +23,13 @@ CREATE TABLE rollouts (
 	image_sha256 TEXT NOT NULL DEFAULT '',
 	version      TEXT NOT NULL DEFAULT '',
 	selector     TEXT NOT NULL DEFAULT '',
-	concurrency  INTEGER NOT NULL DEFAULT 0,
-	max_failures INTEGER NOT NULL DEFAULT 0,
-	plan         BLOB,
+	concurrency  {int} NOT NULL DEFAULT 0,
+	max_failures {int} NOT NULL DEFAULT 0,
+	plan         {blob},
 	state        TEXT NOT NULL,
-	created      INTEGER NOT NULL,
-	updated      INTEGER NOT NULL
-) STRICT;
+	created      {int} NOT NULL,
+	updated      {int} NOT NULL
+) {strict};
 CREATE INDEX rollouts_by_created ON rollouts (created DESC, id DESC);
 
 CREATE TABLE board_results (
@@ -40,13 +41,13 @@ CREATE TABLE board_results (
 	reason       TEXT NOT NULL DEFAULT '',
 	from_version TEXT NOT NULL DEFAULT '',
 	to_version   TEXT NOT NULL DEFAULT '',
-	bytes_sent   INTEGER NOT NULL DEFAULT 0,
-	attempts     INTEGER NOT NULL DEFAULT 0,
-	started      INTEGER,
-	ended        INTEGER,
+	bytes_sent   {int} NOT NULL DEFAULT 0,
+	attempts     {int} NOT NULL DEFAULT 0,
+	started      {int},
+	ended        {int},
 	update_id    TEXT NOT NULL DEFAULT '',
 	PRIMARY KEY (rollout_id, board_id)
-) STRICT;
+) {strict};
 CREATE INDEX board_results_by_result ON board_results (rollout_id, result);
 
 CREATE TABLE sightings (
@@ -56,18 +57,18 @@ CREATE TABLE sightings (
 	labels     TEXT NOT NULL DEFAULT '{}',
 	boot_id    TEXT NOT NULL DEFAULT '',
 	version    TEXT NOT NULL DEFAULT '',
-	first_seen INTEGER NOT NULL,
-	last_seen  INTEGER NOT NULL
-) STRICT;
+	first_seen {int} NOT NULL,
+	last_seen  {int} NOT NULL
+) {strict};
 
 CREATE TABLE boots (
 	board_id   TEXT NOT NULL REFERENCES sightings (board_id) ON DELETE CASCADE,
 	boot_id    TEXT NOT NULL,
 	version    TEXT NOT NULL DEFAULT '',
-	first_seen INTEGER NOT NULL,
-	last_seen  INTEGER NOT NULL,
+	first_seen {int} NOT NULL,
+	last_seen  {int} NOT NULL,
 	PRIMARY KEY (board_id, boot_id)
-) STRICT;
+) {strict};
 `,
 	// 2: the lab service (boardlink serve): its board inventory, leases
 	// and audit log.
@@ -81,45 +82,74 @@ CREATE TABLE lab_boards (
 	state     TEXT NOT NULL,
 	reason    TEXT NOT NULL DEFAULT '',
 	boot_id   TEXT NOT NULL DEFAULT '',
-	failures  INTEGER NOT NULL DEFAULT 0,
-	last_seen INTEGER,
-	updated   INTEGER NOT NULL
-) STRICT;
+	failures  {int} NOT NULL DEFAULT 0,
+	last_seen {int},
+	updated   {int} NOT NULL
+) {strict};
 
 CREATE TABLE leases (
 	id         TEXT PRIMARY KEY,
-	seq        INTEGER NOT NULL UNIQUE,
+	seq        {int} NOT NULL UNIQUE,
 	holder     TEXT NOT NULL,
 	state      TEXT NOT NULL,
 	selector   TEXT NOT NULL DEFAULT '{}',
 	want_ids   TEXT NOT NULL DEFAULT '[]',
-	count      INTEGER NOT NULL,
+	count      {int} NOT NULL,
 	boards     TEXT NOT NULL DEFAULT '[]',
-	ttl        INTEGER NOT NULL,
-	created    INTEGER NOT NULL,
-	wait_until INTEGER,
-	granted    INTEGER,
-	renewed    INTEGER NOT NULL,
-	expires    INTEGER NOT NULL,
-	until      INTEGER,
-	ended      INTEGER,
+	ttl        {int} NOT NULL,
+	created    {int} NOT NULL,
+	wait_until {int},
+	granted    {int},
+	renewed    {int} NOT NULL,
+	expires    {int} NOT NULL,
+	until      {int},
+	ended      {int},
 	end_reason TEXT NOT NULL DEFAULT ''
-) STRICT;
+) {strict};
 CREATE INDEX leases_open ON leases (seq) WHERE ended IS NULL;
 CREATE INDEX leases_by_created ON leases (created DESC);
 
 CREATE TABLE audit (
-	seq    INTEGER PRIMARY KEY,
-	at     INTEGER NOT NULL,
-	user   TEXT NOT NULL,
+	seq    {serial},
+	at     {int} NOT NULL,
+	"user" TEXT NOT NULL,
 	action TEXT NOT NULL,
 	board  TEXT NOT NULL DEFAULT '',
 	lease  TEXT NOT NULL DEFAULT '',
 	result TEXT NOT NULL,
 	detail TEXT NOT NULL DEFAULT ''
-) STRICT;
+) {strict};
 CREATE INDEX audit_by_at ON audit (at);
 CREATE INDEX audit_by_board ON audit (board, at);
+`,
+	// 3: several services on one database. lease_boards: the open lease
+	// that holds each board, one at most by its key, until it expires
+	// unless renewed. board_claims: the service that owns (reaches and
+	// drives) each board, until its claim expires unless renewed.
+	// counters: numbers the services share (the lease queue's).
+	`
+CREATE TABLE lease_boards (
+	board_id TEXT PRIMARY KEY,
+	lease_id TEXT NOT NULL,
+	expires  {int} NOT NULL
+) {strict};
+CREATE INDEX lease_boards_by_lease ON lease_boards (lease_id);
+
+CREATE TABLE board_claims (
+	board_id TEXT PRIMARY KEY,
+	owner    TEXT NOT NULL,
+	claimed  {int} NOT NULL,
+	renewed  {int} NOT NULL,
+	expires  {int} NOT NULL
+) {strict};
+CREATE INDEX board_claims_by_owner ON board_claims (owner);
+CREATE INDEX board_claims_by_expires ON board_claims (expires);
+
+CREATE TABLE counters (
+	name  TEXT PRIMARY KEY,
+	value {int} NOT NULL
+) {strict};
+INSERT INTO counters (name, value) SELECT 'lease_seq', coalesce(max(seq), 0) FROM leases;
 `,
 }
 
@@ -132,7 +162,10 @@ func SchemaVersion() int { return len(migrations) }
 func (s *Store) migrate(ctx context.Context) error {
 	for {
 		done := false
-		err := s.tx(ctx, func(tx *sql.Tx) error {
+		err := s.tx(ctx, func(tx handle) error {
+			if err := s.d.migrationLock(ctx, tx); err != nil {
+				return err
+			}
 			if _, err := tx.ExecContext(ctx,
 				`CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
 				return err
@@ -153,7 +186,7 @@ func (s *Store) migrate(ctx context.Context) error {
 				done = true
 				return nil
 			}
-			if _, err := tx.ExecContext(ctx, migrations[v]); err != nil {
+			if _, err := tx.ExecContext(ctx, s.d.ddl(migrations[v])); err != nil {
 				return fmt.Errorf("migration to schema version %d: %w", v+1, err)
 			}
 			_, err = tx.ExecContext(ctx, `UPDATE schema_version SET version = ?`, v+1)

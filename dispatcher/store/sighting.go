@@ -57,7 +57,7 @@ func (s *Store) Sight(ctx context.Context, sg Sighting) error {
 		}
 		labels = string(j)
 	}
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.tx(ctx, func(tx handle) error {
 		// Each known field: the new value if given and this sighting is
 		// not older than the last, else the old one.
 		keep := func(col string) string {
@@ -71,8 +71,8 @@ func (s *Store) Sight(ctx context.Context, sg Sighting) error {
 				`+keep("address")+`, `+keep("model")+`, `+keep("boot_id")+`, `+keep("version")+`,
 				labels = CASE WHEN ?4 IS NOT NULL AND excluded.last_seen >= sightings.last_seen
 					THEN ?4 ELSE sightings.labels END,
-				first_seen = min(sightings.first_seen, excluded.first_seen),
-				last_seen = max(sightings.last_seen, excluded.last_seen)`,
+				first_seen = `+sqlMin("sightings.first_seen", "excluded.first_seen")+`,
+				last_seen = `+sqlMax("sightings.last_seen", "excluded.last_seen"),
 			sg.BoardID, sg.Address, sg.Model, labels, sg.BootID, sg.Version, first.UnixNano(), seen.UnixNano())
 		if err != nil || sg.BootID == "" {
 			return err
@@ -82,8 +82,8 @@ func (s *Store) Sight(ctx context.Context, sg Sighting) error {
 			ON CONFLICT (board_id, boot_id) DO UPDATE SET
 				version = CASE WHEN excluded.version <> '' AND excluded.last_seen >= boots.last_seen
 					THEN excluded.version ELSE boots.version END,
-				first_seen = min(boots.first_seen, excluded.first_seen),
-				last_seen = max(boots.last_seen, excluded.last_seen)`,
+				first_seen = `+sqlMin("boots.first_seen", "excluded.first_seen")+`,
+				last_seen = `+sqlMax("boots.last_seen", "excluded.last_seen"),
 			sg.BoardID, sg.BootID, sg.Version, seen.UnixNano(), seen.UnixNano())
 		return err
 	})

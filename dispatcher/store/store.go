@@ -1,13 +1,19 @@
 // Package store keeps the dispatcher's records in an embedded SQLite
-// database (modernc.org/sqlite: pure Go, no cgo): rollouts, each board's
-// result in a rollout, and board sightings (first and last seen, boot ids,
-// versions). It is what lets an interrupted rollout resume: every board's
-// phase, result and OTA update id are written as they change.
+// database (modernc.org/sqlite: pure Go, no cgo), or in PostgreSQL
+// (github.com/jackc/pgx/v5) when several lab services share one:
+// rollouts, each board's result in a rollout, board sightings (first and
+// last seen, boot ids, versions), the lab service's inventory, leases and
+// audit log, and which service owns which board (claims). It is what lets
+// an interrupted rollout resume: every board's phase, result and OTA
+// update id are written as they change.
 //
-// One Store is safe for use by many goroutines. It holds one connection
-// (SQLite allows one writer at a time anyway), so calls are serialized;
-// the database is in WAL mode, so another process (`boardlink history`)
-// can read while a rollout writes.
+// One Store is safe for use by many goroutines. On SQLite it holds one
+// connection (SQLite allows one writer at a time anyway), so calls are
+// serialized; the database is in WAL mode, so another process (`boardlink
+// history`) can read while a rollout writes. On Postgres several
+// processes write at once: what must not be lost (a board held by two
+// leases, a board owned by two services) is decided by row locks and
+// unique keys in one transaction, never by a read then a write.
 //
 // The schema is versioned by the schema_version table and migrated forward
 // by Open from the list of migrations in this package; a database written
@@ -34,8 +40,11 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrAmbiguous: a rollout id prefix matches more than one rollout.
 	ErrAmbiguous = errors.New("ambiguous")
-	// ErrExists: CreateRollout was given an id already in use.
+	// ErrExists: CreateRollout was given an id already in use, or PutLease
+	// a queue number (Seq) another lease has.
 	ErrExists = errors.New("already exists")
+	// ErrConflict: a board is held by another lease (PutLease).
+	ErrConflict = errors.New("conflict")
 	// ErrSchemaTooNew: the database was written by a newer boardlink.
 	ErrSchemaTooNew = errors.New("database schema is newer than this boardlink")
 )
@@ -47,8 +56,10 @@ const busyTimeout = 10 * time.Second
 // Store is an open records database. Its methods are safe for concurrent
 // use.
 type Store struct {
-	db   *sql.DB
-	path string
+	sqldb *sql.DB
+	db    handle // sqldb, its queries rewritten for the engine
+	d     *dialect
+	path  string // the file, or the Postgres database without its password
 }
 
 // DefaultPath is where the records live unless told otherwise: $BOARDLINK_DB
@@ -74,7 +85,14 @@ func DefaultPath() string {
 // WAL mode, synchronous=NORMAL (a killed dispatcher loses nothing; a power
 // cut may lose the last writes, never the database), a busy timeout and
 // foreign keys.
+//
+// A path that starts with postgres://, postgresql:// or host= is a
+// PostgreSQL connection string (libpq's forms, as pgx reads them): the
+// database must exist; Open creates the tables.
 func Open(ctx context.Context, path string) (*Store, error) {
+	if IsPostgres(path) {
+		return openPostgres(ctx, path)
+	}
 	if path == "" {
 		path = DefaultPath()
 	}
@@ -95,12 +113,40 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	db.SetMaxIdleConns(1)
 	db.SetConnMaxLifetime(0)
 	db.SetConnMaxIdleTime(0)
-	s := &Store{db: db, path: abs}
+	s := newStore(db, &dialect{}, abs)
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("store: %s: %w", path, err)
 	}
 	return s, nil
+}
+
+// postgresConns bounds one Store's connections to Postgres: enough for a
+// service's writers and readers at once, few enough that several services
+// stay well under the server's max_connections (100 by default).
+const postgresConns = 8
+
+func openPostgres(ctx context.Context, dsn string) (*Store, error) {
+	name, err := postgresName(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", name, err)
+	}
+	db.SetMaxOpenConns(postgresConns)
+	db.SetMaxIdleConns(postgresConns)
+	s := newStore(db, &dialect{postgres: true}, name)
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: %s: %w", name, err)
+	}
+	return s, nil
+}
+
+func newStore(db *sql.DB, d *dialect, path string) *Store {
+	return &Store{sqldb: db, db: handle{db, d}, d: d, path: path}
 }
 
 // dsn is the driver's name for the database file: a file: URI (so that
@@ -118,20 +164,32 @@ func dsn(abs string) string {
 	return u.String()
 }
 
-// Path is the absolute path of the database file.
+// Path is the absolute path of the database file; for PostgreSQL, a
+// postgres:// URL of the database without its password.
 func (s *Store) Path() string { return s.path }
 
-// Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+// Dir is the directory beside which the database's users keep their own
+// files: the database file's, or for PostgreSQL that of DefaultPath.
+func (s *Store) Dir() string {
+	if s.d.postgres {
+		return filepath.Dir(DefaultPath())
+	}
+	return filepath.Dir(s.path)
+}
 
-// tx runs fn in a write transaction (BEGIN IMMEDIATE), committing if fn
-// returns nil.
-func (s *Store) tx(ctx context.Context, fn func(*sql.Tx) error) error {
-	tx, err := s.db.BeginTx(ctx, nil)
+// Close closes the database.
+func (s *Store) Close() error { return s.sqldb.Close() }
+
+// tx runs fn in a write transaction, committing if fn returns nil. On
+// SQLite it is BEGIN IMMEDIATE (the write lock from the start); on
+// Postgres, READ COMMITTED, with the row locks and unique keys each
+// writer takes saying who wins.
+func (s *Store) tx(ctx context.Context, fn func(handle) error) error {
+	tx, err := s.sqldb.BeginTx(ctx, nil)
 	if err != nil {
 		return err
 	}
-	if err := fn(tx); err != nil {
+	if err := fn(handle{tx, s.d}); err != nil {
 		tx.Rollback()
 		return err
 	}

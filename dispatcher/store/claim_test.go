@@ -1,0 +1,244 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func boardIDs(n int) []string {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("b%04d", i)
+	}
+	return ids
+}
+
+func claimOwners(cs []Claim) string {
+	var out []string
+	for _, c := range cs {
+		out = append(out, c.BoardID+":"+c.Owner)
+	}
+	return strings.Join(out, " ")
+}
+
+// TestClaimsRace is two services on one database claiming the same boards
+// at once, each from several goroutines and in its own order: every board
+// gets exactly one owner, and each owner's answers say which.
+func TestClaimsRace(t *testing.T) {
+	eachEngine(t, func(t *testing.T, newDB func(testing.TB) string) {
+		ctx := context.Background()
+		dsn := newDB(t)
+		stores := map[string]*Store{"A": open(t, dsn), "B": open(t, dsn)}
+		ids := boardIDs(300)
+		now := at(0)
+		var (
+			mu  sync.Mutex
+			won = map[string][]string{}
+			wg  sync.WaitGroup
+		)
+		errs := make(chan error, 8)
+		for owner, s := range stores {
+			for g := range 4 {
+				// Each goroutine asks for an overlapping window, the
+				// second service's in reverse order.
+				want := slices.Clone(ids[g*50 : g*50+150])
+				if owner == "B" {
+					slices.Reverse(want)
+				}
+				wg.Go(func() {
+					got, err := s.ClaimBoards(ctx, owner, want, time.Minute, now)
+					if err != nil {
+						errs <- err
+						return
+					}
+					mu.Lock()
+					won[owner] = append(won[owner], got...)
+					mu.Unlock()
+				})
+			}
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		owner := map[string]string{}
+		for o, got := range won {
+			for _, id := range got {
+				if prev, ok := owner[id]; ok && prev != o {
+					t.Fatalf("board %s won by both %s and %s", id, prev, o)
+				}
+				owner[id] = o
+			}
+		}
+		claims, err := stores["A"].Claims(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(claims) != 300 || len(owner) != 300 {
+			t.Fatalf("%d claims, %d boards won, want 300", len(claims), len(owner))
+		}
+		for _, c := range claims {
+			if owner[c.BoardID] != c.Owner || !c.Expires.Equal(now.Add(time.Minute)) {
+				t.Fatalf("%+v, but %s was told it won it", c, owner[c.BoardID])
+			}
+		}
+		t.Logf("A won %d boards, B %d", len(stores["A"].mustOwn(t, "A")), len(stores["B"].mustOwn(t, "B")))
+	})
+}
+
+// mustOwn is the boards owner holds, by Claims.
+func (s *Store) mustOwn(t *testing.T, owner string) []string {
+	t.Helper()
+	cs, err := s.Claims(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, c := range cs {
+		if c.Owner == owner {
+			ids = append(ids, c.BoardID)
+		}
+	}
+	return ids
+}
+
+// TestClaimsExpire is a service that stops renewing: after the ttl its
+// boards are listed as expired with it as their owner, the other service
+// takes them, and the first learns it lost them. The clock is the test's.
+func TestClaimsExpire(t *testing.T) {
+	eachEngine(t, func(t *testing.T, newDB func(testing.TB) string) {
+		ctx := context.Background()
+		dsn := newDB(t)
+		a, b := open(t, dsn), open(t, dsn)
+		const ttl = 10 * time.Second
+		ids := []string{"b1", "b2", "b3"}
+		step := func(name string, got []string, err error, want string) {
+			t.Helper()
+			if err != nil || strings.Join(got, " ") != want {
+				t.Fatalf("%s: %q %v, want %q", name, got, err, want)
+			}
+		}
+		expired := func(now time.Time, want string) {
+			t.Helper()
+			cs, err := b.ExpiredClaims(ctx, now)
+			if err != nil || claimOwners(cs) != want {
+				t.Fatalf("expired at %v: %q %v, want %q", now, claimOwners(cs), err, want)
+			}
+		}
+
+		got, err := a.ClaimBoards(ctx, "A", ids, ttl, at(0))
+		step("A claims", got, err, "b1 b2 b3")
+		got, err = b.ClaimBoards(ctx, "B", []string{"b3", "b4"}, ttl, at(5*time.Second))
+		step("B claims a held board and a free one", got, err, "b4")
+		got, err = a.RenewClaims(ctx, "A", ttl, at(8*time.Second))
+		step("A renews", got, err, "b1 b2 b3")
+		got, err = b.RenewClaims(ctx, "B", ttl, at(14*time.Second))
+		step("B renews", got, err, "b4")
+		expired(at(17*time.Second), "")
+
+		// A stops renewing: at 18s its claims have expired, and are
+		// listed with A as their owner and the time they expired.
+		expired(at(18*time.Second), "b1:A b2:A b3:A")
+		cs, _ := b.ExpiredClaims(ctx, at(18*time.Second))
+		if !cs[0].Expires.Equal(at(18*time.Second)) || !cs[0].Claimed.Equal(at(0)) || !cs[0].Renewed.Equal(at(8*time.Second)) {
+			t.Fatalf("%+v", cs[0])
+		}
+		got, err = b.ClaimBoards(ctx, "B", []string{"b1", "b2", "b3", "b4"}, ttl, at(18*time.Second))
+		step("B takes A's expired boards", got, err, "b1 b2 b3 b4")
+		expired(at(18*time.Second), "")
+		all, err := a.Claims(ctx)
+		if err != nil || claimOwners(all) != "b1:B b2:B b3:B b4:B" || !all[0].Claimed.Equal(at(18*time.Second)) ||
+			!all[3].Claimed.Equal(at(5*time.Second)) {
+			t.Fatalf("%+v %v", all, err)
+		}
+
+		// A comes back: its renewal holds nothing, its claims get nothing.
+		got, err = a.RenewClaims(ctx, "A", ttl, at(19*time.Second))
+		step("A renews after losing", got, err, "")
+		got, err = a.ClaimBoards(ctx, "A", ids, ttl, at(19*time.Second))
+		step("A claims B's boards", got, err, "")
+
+		// B lets b1 go; A takes it. An expired claim its owner did not
+		// lose is claimed back by it.
+		if err := b.ReleaseClaims(ctx, "B", "b1", "b9"); err != nil {
+			t.Fatal(err)
+		}
+		got, err = a.ClaimBoards(ctx, "A", ids, ttl, at(20*time.Second))
+		step("A claims after B released b1", got, err, "b1")
+		got, err = a.RenewClaims(ctx, "A", ttl, at(31*time.Second))
+		step("A renews too late", got, err, "")
+		got, err = a.ClaimBoards(ctx, "A", []string{"b1"}, ttl, at(31*time.Second))
+		step("A claims its own expired board back", got, err, "b1")
+
+		if err := b.ReleaseClaims(ctx, "B"); err != nil {
+			t.Fatal(err)
+		}
+		all, _ = a.Claims(ctx)
+		if claimOwners(all) != "b1:A" {
+			t.Fatalf("after B released all: %q", claimOwners(all))
+		}
+		for _, bad := range []error{
+			func() error { _, err := a.ClaimBoards(ctx, "", ids, ttl, at(0)); return err }(),
+			func() error { _, err := a.ClaimBoards(ctx, "A", ids, 0, at(0)); return err }(),
+			func() error { _, err := a.RenewClaims(ctx, "", ttl, at(0)); return err }(),
+		} {
+			if bad == nil || !strings.Contains(bad.Error(), "an owner and a positive ttl") {
+				t.Fatalf("%v", bad)
+			}
+		}
+	})
+}
+
+// TestClaimsMany claims more boards than one statement carries.
+func TestClaimsMany(t *testing.T) {
+	eachEngine(t, func(t *testing.T, newDB func(testing.TB) string) {
+		ctx := context.Background()
+		s := open(t, newDB(t))
+		ids := boardIDs(3*claimBatch + 7)
+		half := ids[:len(ids)/2]
+		if got, err := s.ClaimBoards(ctx, "A", half, time.Minute, at(0)); err != nil || len(got) != len(half) {
+			t.Fatalf("%d %v", len(got), err)
+		}
+		got, err := s.ClaimBoards(ctx, "B", ids, time.Minute, at(time.Second))
+		if err != nil || !slices.Equal(got, ids[len(ids)/2:]) {
+			t.Fatalf("B got %d boards (%v), want the %d A does not hold", len(got), err, len(ids)-len(half))
+		}
+		if err := s.ReleaseClaims(ctx, "A", half...); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.ClaimBoards(ctx, "B", ids, time.Minute, at(2*time.Second)); err != nil || !slices.Equal(got, ids) {
+			t.Fatalf("%d %v", len(got), err)
+		}
+	})
+}
+
+// BenchmarkRenewClaims is one service renewing its claims on 10,000
+// boards, the lab: one statement per renewal.
+func BenchmarkRenewClaims(b *testing.B) {
+	for _, e := range engines {
+		b.Run(e.name, func(b *testing.B) {
+			ctx := context.Background()
+			s := open(b, e.newDB(b))
+			ids := boardIDs(10000)
+			start := time.Now()
+			if got, err := s.ClaimBoards(ctx, "A", ids, time.Hour, at(0)); err != nil || len(got) != len(ids) {
+				b.Fatalf("%d %v", len(got), err)
+			}
+			claim := time.Since(start)
+			i := 0
+			for b.Loop() {
+				i++
+				if got, err := s.RenewClaims(ctx, "A", time.Hour, at(time.Duration(i)*time.Second)); err != nil || len(got) != len(ids) {
+					b.Fatalf("%d %v", len(got), err)
+				}
+			}
+			b.ReportMetric(float64(claim.Milliseconds()), "claim-10k-ms")
+		})
+	}
+}
