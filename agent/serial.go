@@ -17,6 +17,11 @@ import (
 // QEMU exports a board's UART. One session runs at a time per line; a new
 // session from the host ends the previous one.
 type SerialServer struct {
+	// Link tunes the serial-framed link of every line (framing, window,
+	// compact encoding); zero fields take seriallink's defaults. The
+	// beacon and the logger are the agent's. Set it before Start.
+	Link seriallink.Config
+
 	agent *Agent
 	what  string
 	open  func() error // run by Start: opens the port, or listens
@@ -132,7 +137,9 @@ func (s *SerialServer) loop(ctx context.Context) {
 // (the answer to system.reboot) is acknowledged; only then is the line
 // closed.
 func (s *SerialServer) serveLine(ctx context.Context, line io.ReadWriteCloser) {
-	ep := seriallink.NewEndpoint(line, seriallink.Config{Beacon: s.agent.Beacon, Logger: s.agent.log})
+	cfg := s.Link
+	cfg.Beacon, cfg.Logger = s.agent.Beacon, s.agent.log
+	ep := seriallink.NewEndpoint(line, cfg)
 	defer ep.Close()
 	for {
 		link, err := ep.Accept(ctx)

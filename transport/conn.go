@@ -96,11 +96,12 @@ type Conn struct {
 	replies  chan *proto.Message // answers the reader queues for the writer
 	wake     chan struct{}       // tells the writer that control frames wait
 
-	ctx    context.Context
-	cancel context.CancelCauseFunc
-	start  sync.Once
-	closed sync.Once
-	done   chan struct{}
+	ctx        context.Context
+	cancel     context.CancelCauseFunc
+	start      sync.Once
+	notesStart sync.Once // the notification loop runs from the first notification
+	closed     sync.Once
+	done       chan struct{}
 
 	nextID   atomic.Uint64
 	bytesIn  atomic.Int64 // stream payload bytes received
@@ -163,7 +164,6 @@ func NewConn(link Link, cfg Config) *Conn {
 func (c *Conn) Start() {
 	c.start.Do(func() {
 		go c.readLoop()
-		go c.noteLoop()
 		go c.writeLoop()
 	})
 }
@@ -303,6 +303,9 @@ func (c *Conn) handleText(data []byte) {
 	case proto.KindResponse:
 		c.deliver(m)
 	case proto.KindNotification:
+		// Started here, not in Start: most connections of a host that holds
+		// many (the lab service's heartbeats) never get one.
+		c.notesStart.Do(func() { go c.noteLoop() })
 		select {
 		case c.notes <- &Request{Method: m.Method, Params: m.Params, Notification: true}:
 		case <-c.done:

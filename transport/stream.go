@@ -37,11 +37,11 @@ type Stream struct {
 	mu       sync.Mutex
 	readable chan struct{} // signaled on data, FIN or failure
 	writable chan struct{} // signaled on credit or failure
-	buf      [][]byte
-	size     int // the window the peer is granted in all: StreamWindow, or more (Grow)
-	grown    int // what Grow added to size, counted in Conn.grown
-	window   int // bytes the peer may still send us
-	unacked  int // bytes read but not yet granted back as credit
+	buf      []chunk       // data received, not yet read
+	size     int           // the window the peer is granted in all: StreamWindow, or more (Grow)
+	grown    int           // what Grow added to size, counted in Conn.grown
+	window   int           // bytes the peer may still send us
+	unacked  int           // bytes read but not yet granted back as credit
 	finIn    bool
 	finOut   bool
 	credit   int // bytes we may still send
@@ -157,12 +157,13 @@ func (s *Stream) Read(p []byte) (int, error) {
 	for {
 		s.mu.Lock()
 		if len(s.buf) > 0 {
-			n := copy(p, s.buf[0])
-			if n == len(s.buf[0]) {
-				s.buf[0] = nil
+			n := copy(p, s.buf[0].data)
+			if n == len(s.buf[0].data) {
+				s.c.recycle(s.buf[0].msg)
+				s.buf[0] = chunk{}
 				s.buf = s.buf[1:]
 			} else {
-				s.buf[0] = s.buf[0][n:]
+				s.buf[0].data = s.buf[0].data[n:]
 			}
 			s.unacked += n
 			grant := 0
@@ -221,14 +222,48 @@ func (s *Stream) Write(p []byte) (int, error) {
 		n := min(len(p)-written, s.credit, s.c.chunk)
 		s.credit -= n
 		s.mu.Unlock()
-		frame := proto.AppendStreamFrame(make([]byte, 0, proto.StreamHeaderLen+n), proto.FrameData, s.id, p[written:written+n])
-		if err := s.c.link.WriteMessage(s.ctx, Binary, frame); err != nil {
+		if err := s.writeData(p[written : written+n]); err != nil {
 			return written, s.c.linkErr(err)
 		}
 		s.c.bytesOut.Add(int64(n))
 		written += n
 	}
 	return written, nil
+}
+
+// chunk is a DATA frame's payload not yet read, and the message that
+// holds it, handed back to the link once read (recycler).
+type chunk struct{ data, msg []byte }
+
+// recycler is a link that reuses the buffers of the messages it read
+// (the WebSocket link): a bulk transfer then allocates no buffer per frame.
+type recycler interface {
+	Recycle(msg []byte)
+}
+
+// recycle hands msg back to the link, which may read the next message
+// into it: nothing may hold on to it.
+func (c *Conn) recycle(msg []byte) {
+	if r, ok := c.link.(recycler); ok {
+		r.Recycle(msg)
+	}
+}
+
+// partsWriter is a link that writes a message given in parts (the
+// WebSocket link, which copies them into its write buffer anyway): a data
+// frame then costs no buffer of its own and no copy of its payload.
+type partsWriter interface {
+	WriteMessageParts(ctx context.Context, t MessageType, parts ...[]byte) error
+}
+
+// writeData sends data in one DATA frame.
+func (s *Stream) writeData(data []byte) error {
+	if pw, ok := s.c.link.(partsWriter); ok {
+		var hdr [proto.StreamHeaderLen]byte
+		return pw.WriteMessageParts(s.ctx, Binary, proto.AppendStreamFrame(hdr[:0], proto.FrameData, s.id, nil), data)
+	}
+	frame := proto.AppendStreamFrame(make([]byte, 0, proto.StreamHeaderLen+len(data)), proto.FrameData, s.id, data)
+	return s.c.link.WriteMessage(s.ctx, Binary, frame)
 }
 
 // CloseWrite sends FIN: the peer reads EOF after the data already written.
@@ -404,7 +439,7 @@ func (c *Conn) handleFrame(data []byte) {
 		s.window -= len(f.Payload)
 		c.bytesIn.Add(int64(len(f.Payload)))
 		if len(f.Payload) > 0 {
-			s.buf = append(s.buf, f.Payload)
+			s.buf = append(s.buf, chunk{data: f.Payload, msg: data})
 		}
 		s.mu.Unlock()
 	case proto.FrameCredit:

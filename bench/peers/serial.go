@@ -27,7 +27,7 @@ const serialBaud = 115200
 // bytes the typed way can cost.
 func benchSerial(ctx context.Context, e *benchEnv) ([]row, error) {
 	fmt.Fprintf(e.out, "exec true over a serial line at %d baud, %d rounds\n", serialBaud, e.cfg.serial)
-	c, stop, err := serialAgent(ctx, e)
+	c, stop, err := serialAgent(ctx, e, "serial", linetest.New(linetest.Config{Baud: serialBaud}), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -50,10 +50,11 @@ func benchSerial(ctx context.Context, e *benchEnv) ([]row, error) {
 	return measure(ctx, e.cfg.serial, true, fmt.Sprintf("`true` over a serial line (%d baud)", serialBaud), vs, 1, 0)
 }
 
-// serialAgent serves an agent on a sim board on the board's side of a
-// line and dials it from the host's side.
-func serialAgent(ctx context.Context, e *benchEnv) (*dispatcher.Client, func(), error) {
-	b, err := sim.Open(filepath.Join(e.dirs["state"], "serial"), sim.Options{ID: "bench-serial"})
+// serialAgent serves an agent on a sim board (its state in a directory
+// named name, its file roots roots) on the board's side of line and dials
+// it from the host's side.
+func serialAgent(ctx context.Context, e *benchEnv, name string, line *linetest.Line, roots []string) (*dispatcher.Client, func(), error) {
+	b, err := sim.Open(filepath.Join(e.dirs["state"], name), sim.Options{ID: "bench-" + name})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -63,8 +64,7 @@ func serialAgent(ctx context.Context, e *benchEnv) (*dispatcher.Client, func(), 
 	}
 	const token = "bench-peers-serial-token-0123456789"
 	execs := agent.NewExecs(agent.ExecOptions{})
-	a := agent.New(b, execs, agent.Config{Auth: agent.AuthConfig{Key: key, Tokens: []agent.Token{{Name: "bench", Value: token}}}})
-	line := linetest.New(linetest.Config{Baud: serialBaud})
+	a := agent.New(b, execs, agent.Config{Auth: agent.AuthConfig{Key: key, Tokens: []agent.Token{{Name: "bench", Value: token}}}, Roots: roots})
 	srv := agent.NewLineSerialServer(a, "bench-line", line.Board())
 	if err := srv.Start(ctx); err != nil {
 		return nil, nil, err

@@ -70,9 +70,25 @@
 // byte error rate the sender sees on its incoming line (0: none, else
 // 2^(-rate/16)); each end picks p from its peer's report: 0 on a clean
 // line, 8 at 0.1% of bytes corrupted (parityFor); 4 for a session's first
-// 32 KiB while the peer reports none. SYN, SYNACK, RST and BEACON stay in
-// framing 1, and an end with Framing 1 (or an older build) sends the 4-byte
-// hello, ignores the fifth byte and so keeps framing 1.
+// 32 KiB while the peer reports none (except frames with less than 64
+// bytes of payload). A frame that would carry no parity, from an end with
+// no error to report, goes in framing 1 instead (fewer bytes); the peer
+// takes it as a report of a clean line. SYN, SYNACK, RST and BEACON stay
+// in framing 1, and an end with Framing 1 (or an older build) sends the
+// 4-byte hello, ignores the fifth byte and so keeps framing 1.
+//
+// # The compact encoding
+//
+// A sixth hello byte offers (SYN) and accepts (SYNACK) the compact
+// encoding of text messages, proto.CompactVersion: a session where the
+// agent accepts it carries each JSON-RPC message as CBOR with a fixed
+// dictionary (proto.Compact), a quarter of its JSON size for exec.run.
+// The link converts at its edge, so everything above it sees JSON: a
+// message is turned back into JSON (proto.FromCompact, bounded by
+// MaxMessage) before anyone reads it, and validated as any other. One that
+// does not decode is handed on as it is, to be answered as bad JSON. An
+// end that does not know the byte (or has Config.JSONOnly) answers without
+// it, and the session stays JSON.
 //
 // # Receiving
 //
@@ -102,8 +118,9 @@
 //
 // Each direction numbers DATA frames from 0 per session, wrapping at 2^16.
 // The receiver keeps up to its window of frames, acknowledges every DATA
-// frame (piggybacked on outgoing DATA, or an ACK with a SACK bitmap when
-// there are gaps), and delivers messages in order. It advertises in wnd
+// frame (piggybacked on outgoing DATA, or an ACK: at once with a SACK
+// bitmap when there are gaps, else after ackDelay unless DATA carried it
+// first), and delivers messages in order. It advertises in wnd
 // only the room its read queue allows, so a slow reader holds the sender
 // back instead of growing a buffer.
 //
@@ -111,7 +128,8 @@
 // retransmits selectively. A serial line does not reorder, so a frame is
 // lost as soon as one sent after it is acknowledged. When frames go
 // unanswered for an RTO (RFC 6298 estimate from unambiguous samples and
-// probe round trips, floor 1ms), the sender probes (ACKREQ); the echo,
+// probe round trips, floor 1ms, but never less than the ackDelay the peer
+// may hold its ACK), the sender probes (ACKREQ); the echo,
 // sent after the peer saw everything before the probe, shows exactly which
 // frames are lost. Unanswered probes back off exponentially up to 2s. An
 // idle session probes every DeadAfter/5 as a keepalive. An agent waits at

@@ -49,6 +49,11 @@ type Config struct {
 	// (default and at most 2: forward error correction; 1: the original
 	// framing). A session uses the older of the two ends' versions.
 	Framing int
+	// JSONOnly offers no compact encoding: text messages stay JSON, as
+	// with an end older than it. By default an end offers
+	// proto.CompactVersion in its hello and a session where the agent
+	// accepts it carries text messages in that encoding.
+	JSONOnly bool
 	// DialWithoutBeacon lets Dial send its SYN without first hearing from
 	// an agent. Only for lines known to carry an agent: on anything else
 	// (a boot loader waiting for a key) the SYN is input.

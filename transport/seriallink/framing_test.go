@@ -13,18 +13,22 @@ import (
 	"github.com/boardlink/boardlink/transport/seriallink/linetest"
 )
 
-// An endpoint limited to framing 1 writes exactly what the original
-// framing did: the SYN of the recorded session in docs/protocol.md 9.5.
+// An endpoint limited to framing 1 and JSON writes exactly what the
+// original framing did: the SYN of the recorded session in
+// docs/protocol.md 9.5.
 func TestFraming1HelloOnTheWire(t *testing.T) {
-	cfg := Config{Framing: 1}.withDefaults()
+	cfg := Config{Framing: 1, JSONOnly: true}.withDefaults()
 	var fb frameBuf
-	got := fb.appendFrame(nil, header{typ: typeSyn, tag: 0x819e}, hello(&cfg))
+	got := fb.appendFrame(nil, header{typ: typeSyn, tag: 0x819e}, hello(&cfg, offer(&cfg)))
 	want, _ := hex.DecodeString(strings.ReplaceAll("00 fe 80 92 02 03 03 81 9e 01 01 01 01 03 01 04 06 20 ff 7a 3e 56 00", " ", ""))
 	if !bytes.Equal(got, want) {
 		t.Fatalf("framing-1 SYN\n got % x\nwant % x", got, want)
 	}
-	if h := hello(&Config{Framing: 2}); len(h) != 5 || h[0] != protoVersion || h[4] != 2 {
+	if h := hello(&Config{Framing: 2}, 0); len(h) != 5 || h[0] != protoVersion || h[4] != 2 {
 		t.Fatalf("framing-2 hello % x", h)
+	}
+	if h := hello(&Config{Framing: 1}, 1); len(h) != 6 || h[4] != 1 || h[5] != 1 {
+		t.Fatalf("framing-1 hello offering the compact encoding % x", h)
 	}
 }
 

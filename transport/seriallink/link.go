@@ -3,6 +3,7 @@ package seriallink
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"time"
@@ -33,6 +34,15 @@ const (
 	// 1 KiB frame without parity arrives intact one time in three.
 	fecProbation    = 32 << 10
 	probationParity = 4
+	// probationMin is the smallest payload that takes probationParity: a
+	// control message is short enough to cross a noisy line intact most
+	// of the time, and parity would cost it a fifth of its bytes.
+	probationMin = 64
+	// ackDelay is how long an acknowledgement owed for in-order DATA
+	// waits for a DATA frame of ours to ride on: an answer usually follows
+	// a request within it, and the next request an answer, so a round trip
+	// costs no frame of its own either way.
+	ackDelay = 20 * time.Millisecond
 	// msgOverhead is charged per queued message against the read queue
 	// limit so that many tiny messages stay bounded too.
 	msgOverhead = 64
@@ -79,6 +89,7 @@ type link struct {
 	synAckOwed  bool // agent: answer the (repeated) SYN
 
 	fec        bool // framing 2: DATA and ACK frames carry parity
+	compact    byte // the compact encoding of text messages, 0: JSON
 	peerRate   byte // the byte error rate the peer last reported seeing
 	fecSent    int  // framing-2 bytes sent, up to fecProbation
 	window     int  // frames in flight: min(ours, peer's)
@@ -124,6 +135,7 @@ type link struct {
 	readyCost int
 	readyCh   chan struct{}
 	ackOwed   bool
+	ackBy     time.Time // when an owed ACK goes out on its own, if nothing carries it
 	echoOwed  bool
 	echoID    uint16
 }
@@ -146,14 +158,26 @@ func newLink(e *Endpoint, tag uint16, host bool, now time.Time) *link {
 }
 
 // hello is the payload of SYN and SYNACK: version, max payload, window,
-// and, from framing 2 on, the newest framing offered. A framing-1 peer
-// ignores the extra byte and answers without it.
-func hello(cfg *Config) []byte {
+// the newest framing offered (from framing 2 on, or with the sixth byte),
+// and the compact encoding: offered (SYN), accepted (SYNACK). A peer that
+// knows less ignores the extra bytes and answers without them.
+func hello(cfg *Config, compact byte) []byte {
 	h := []byte{protoVersion, byte(cfg.MaxPayload >> 8), byte(cfg.MaxPayload), byte(cfg.Window)}
-	if cfg.Framing > 1 {
+	if cfg.Framing > 1 || compact > 0 {
 		h = append(h, byte(cfg.Framing))
 	}
+	if compact > 0 {
+		h = append(h, compact)
+	}
 	return h
+}
+
+// offer is the compact encoding this end offers.
+func offer(cfg *Config) byte {
+	if cfg.JSONOnly {
+		return 0
+	}
+	return proto.CompactVersion
 }
 
 // open takes the peer's hello, checked by validHello, and starts the session.
@@ -164,6 +188,9 @@ func (l *link) open(peer []byte, now time.Time) {
 	l.window = min(l.e.cfg.Window, pw)
 	l.peerLimit = uint16(pw)
 	l.fec = l.e.cfg.Framing >= 2 && len(peer) > 4 && peer[4] >= 2
+	if len(peer) > 5 {
+		l.compact = min(offer(&l.e.cfg), peer[5])
+	}
 	l.established = true
 	l.lastHeard, l.progress = now, now
 	if l.host {
@@ -212,7 +239,9 @@ func (l *link) fail(err error) {
 // onFrame handles a DATA or ACK frame of this session.
 func (l *link) onFrame(h header, payload []byte, now time.Time) {
 	l.lastHeard = now
-	if h.fec {
+	if l.fec {
+		// A framing-1 frame in a framing-2 session reports a clean line:
+		// its sender sends one only when it sees no errors.
 		l.peerRate = h.rate
 	}
 	progress := l.onAck(h.ack, h.wnd, now)
@@ -232,7 +261,7 @@ func (l *link) onFrame(h header, payload []byte, now time.Time) {
 			l.echoOwed, l.echoID = true, h.seq
 		}
 	case typeData:
-		l.onData(h, payload)
+		l.onData(h, payload, now)
 	}
 	l.detectLoss()
 	if progress {
@@ -350,7 +379,10 @@ func (l *link) adapt() {
 }
 
 // onData stores a DATA frame in the receive window.
-func (l *link) onData(h header, payload []byte) {
+func (l *link) onData(h header, payload []byte, now time.Time) {
+	if !l.ackOwed {
+		l.ackBy = now.Add(ackDelay)
+	}
 	l.ackOwed = true
 	off := int(h.seq - l.rcvBase)
 	if off >= len(l.ring) || len(payload) > l.e.cfg.MaxPayload {
@@ -448,11 +480,11 @@ func (l *link) next(now time.Time, fb *frameBuf, out []byte) ([]byte, time.Time)
 		}
 		l.synAt = now.Add(min(cfg.RTO<<min(l.synTries, maxBackoff), maxProbeGap))
 		l.synTries++
-		return fb.appendFrame(out, header{typ: typeSyn, tag: l.tag}, hello(cfg)), time.Time{}
+		return fb.appendFrame(out, header{typ: typeSyn, tag: l.tag}, hello(cfg, offer(cfg))), time.Time{}
 	}
 	if l.synAckOwed {
 		l.synAckOwed = false
-		return fb.appendFrame(out, header{typ: typeSynAck, tag: l.tag}, hello(cfg)), time.Time{}
+		return fb.appendFrame(out, header{typ: typeSynAck, tag: l.tag}, hello(cfg, l.compact)), time.Time{}
 	}
 	dead := l.progress.Add(cfg.DeadAfter)
 	if !now.Before(dead) {
@@ -471,7 +503,7 @@ func (l *link) next(now time.Time, fb *frameBuf, out []byte) ([]byte, time.Time)
 		f = l.snd[l.unsent]
 	}
 	gaps := l.rcvHigh != l.rcvNext
-	if l.echoOwed || l.ackOwed && (gaps || f == nil) {
+	if l.echoOwed || l.ackOwed && (gaps || f == nil && !now.Before(l.ackBy)) {
 		h.typ = typeAck
 		if l.echoOwed {
 			h.flags, h.seq, l.echoOwed = flagEcho, l.echoID, false
@@ -503,9 +535,14 @@ func (l *link) next(now time.Time, fb *frameBuf, out []byte) ([]byte, time.Time)
 	// window stays shut, or when the line has been quiet (keepalive).
 	var due time.Time
 	if l.inflight() || l.blocked() {
-		due = later(l.lastSend, l.probeAt).Add(min(l.rto<<l.backoff, l.quietMax(maxProbeGap)))
+		// The peer may hold its ACK for ackDelay: a probe before then
+		// would only make it answer at once, in front of its answer.
+		due = later(l.lastSend, l.probeAt).Add(min(max(l.rto, ackDelay)<<l.backoff, l.quietMax(maxProbeGap)))
 	} else {
 		due = later(l.lastHeard, l.probeAt).Add(l.quietMax(cfg.DeadAfter / 5))
+	}
+	if l.ackOwed && l.ackBy.Before(due) {
+		due = l.ackBy // wake for the owed ACK (taken above once due)
 	}
 	if now.Before(due) {
 		if dead.Before(due) {
@@ -543,8 +580,13 @@ func (l *link) frame(fb *frameBuf, out []byte, h header, payload []byte) []byte 
 		return fb.appendFrame(out, h, payload)
 	}
 	p := parityFor(decodeRate(l.peerRate))
-	if p == 0 && l.fecSent < fecProbation {
+	if p == 0 && l.fecSent < fecProbation && len(payload) >= probationMin {
 		p = probationParity
+	}
+	if p == 0 && l.e.stats.rxRate.Load() == 0 {
+		// No parity, and no errors to report: framing 1 says the same in
+		// fewer bytes (and reports a clean line, see onFrame).
+		return fb.appendFrame(out, h, payload)
 	}
 	n := len(out)
 	out = fb.appendFEC(out, h, payload, p, byte(l.e.stats.rxRate.Load()))
@@ -575,10 +617,14 @@ func (l *link) ReadMessage() (transport.MessageType, []byte, error) {
 			l.ready = l.ready[1:]
 			l.readyCost -= len(m.data) + msgOverhead
 			if l.err == nil && l.deliver() {
-				l.ackOwed = true // the window opened
+				l.ackOwed, l.ackBy = true, time.Time{} // the window opened: say so at once
 				e.kick()
 			}
+			compact := l.compact > 0
 			e.mu.Unlock()
+			if compact && m.err == nil && m.typ == transport.Text && proto.IsCompact(m.data) {
+				return l.fromCompact(m.data)
+			}
 			return m.typ, m.data, m.err
 		}
 		err := l.err
@@ -592,6 +638,22 @@ func (l *link) ReadMessage() (transport.MessageType, []byte, error) {
 		case <-l.closed:
 		}
 	}
+}
+
+// fromCompact turns a compact text message back into JSON. One that is
+// not valid is handed on as it is: as JSON it is a parse error, answered
+// as any bad input is, and the session goes on.
+func (l *link) fromCompact(c []byte) (transport.MessageType, []byte, error) {
+	l.e.stats.compactIn.Add(1)
+	j, err := proto.FromCompact(c, l.e.cfg.MaxMessage)
+	switch {
+	case errors.Is(err, proto.ErrCompactTooLong):
+		return 0, nil, transport.ErrTooLarge
+	case err != nil:
+		l.e.log.Debug("seriallink: bad compact message", "err", err)
+		return transport.Text, c, nil
+	}
+	return transport.Text, j, nil
 }
 
 // WriteMessage queues p, split into frames, in the send window. It blocks
@@ -618,6 +680,15 @@ func (l *link) WriteMessage(ctx context.Context, t transport.MessageType, p []by
 	defer func() { <-l.wsem }()
 
 	e := l.e
+	e.mu.Lock()
+	compact := l.compact > 0
+	e.mu.Unlock()
+	if compact && t == transport.Text {
+		if c, err := proto.Compact(p); err == nil {
+			p = c
+			e.stats.compactOut.Add(1)
+		}
+	}
 	queued := false
 	for first := true; first || len(p) > 0; first = false {
 		e.mu.Lock()

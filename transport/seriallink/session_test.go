@@ -257,7 +257,7 @@ func FuzzSession(f *testing.F) {
 		cfg := Config{Window: 8, MaxPayload: 32, MaxMessage: 200}
 		e := NewEndpoint(nopLine{}, cfg)
 		e.role = roleAgent
-		e.onFrame(header{typ: typeSyn, tag: 1}, hello(&e.cfg))
+		e.onFrame(header{typ: typeSyn, tag: 1}, hello(&e.cfg, offer(&e.cfg)))
 		e.mu.Lock()
 		l := e.sess
 		for range 5 {

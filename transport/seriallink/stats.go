@@ -14,12 +14,13 @@ type Stats struct {
 	Corrected             uint64 // bytes the forward error correction repaired
 	ConsoleBytes          uint64 // console text received
 	ConsoleDropped        uint64 // console text dropped because nobody read it in time
+	CompactIn, CompactOut uint64 // text messages received and sent in the compact encoding
 }
 
 type counters struct {
 	wireIn, wireOut, payloadIn, payloadOut, framesIn, framesOut   atomic.Uint64
 	retransmits, corrupt, recovered, consoleBytes, consoleDropped atomic.Uint64
-	fecIn, corrected                                              atomic.Uint64
+	fecIn, corrected, compactIn, compactOut                       atomic.Uint64
 	rxRate                                                        atomic.Uint32 // the error rate byte to report, from the parser
 }
 
@@ -31,5 +32,6 @@ func (c *counters) snapshot() Stats {
 		Retransmits: c.retransmits.Load(), Corrupt: c.corrupt.Load(), Recovered: c.recovered.Load(),
 		ConsoleBytes: c.consoleBytes.Load(), ConsoleDropped: c.consoleDropped.Load(),
 		FECFramesIn: c.fecIn.Load(), Corrected: c.corrected.Load(),
+		CompactIn: c.compactIn.Load(), CompactOut: c.compactOut.Load(),
 	}
 }

@@ -34,9 +34,19 @@ type Config struct {
 	// so Dial refuses wss:// without it. It may only record the key for a
 	// check made later, once the board has also signed its session.
 	VerifyKey func(ed25519.PublicKey) error
+	// Authorize, when set, is asked on a wss:// dial without a token,
+	// after the TLS handshake (and VerifyKey) and before the upgrade is
+	// written, for a token to present on the upgrade as a Bearer; "" sends
+	// none. It is never asked on ws://, where nothing has shown yet who
+	// answers.
+	Authorize func(tls.ConnectionState) string
 	// NetDialContext, when set, opens Dial's TCP connection (a source
 	// address of one's choosing, a route of one's own).
 	NetDialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// ReadBufferSize is Dial's read buffer (default 16 KiB). A host that
+	// holds many mostly idle links (the lab service) takes a small one:
+	// a message larger than the buffer is read past it, not through it.
+	ReadBufferSize int
 }
 
 func (c Config) withDefaults() Config {
@@ -61,13 +71,17 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.ReadBufferSize <= 0 {
+		c.ReadBufferSize = readBufferSize
+	}
 	return c
 }
 
 type outgoing struct {
-	t    int
-	data []byte
-	done chan error
+	t     int
+	data  []byte
+	parts [][]byte // instead of data: written one after the other as one message
+	done  chan error
 }
 
 // Link is a transport.Link over one WebSocket connection.
@@ -116,11 +130,34 @@ const (
 
 var writeBuffers sync.Pool
 
-// readAll is io.ReadAll starting from a buffer of hint bytes: bulk data
-// arrives as messages of one size, and growing each from 512 bytes costs
-// more than the copy.
-func readAll(r io.Reader, hint int) ([]byte, error) {
-	b := make([]byte, 0, max(hint, 512))
+// readBuffers are message buffers of maxHint bytes given back by Recycle:
+// a bulk transfer reads every frame into one of them instead of a new
+// buffer each (an allocation, its zeroing and its garbage per 64 KiB).
+var readBuffers sync.Pool
+
+// Recycle takes back a message ReadMessage returned, once nothing holds
+// on to it; the next bulk message may be read into it.
+func (l *Link) Recycle(msg []byte) {
+	if cap(msg) == maxHint {
+		msg = msg[:0]
+		readBuffers.Put(&msg)
+	}
+}
+
+// messageBuffer is an empty buffer to read a message of about hint bytes
+// into.
+func messageBuffer(hint int) []byte {
+	if hint == maxHint {
+		if b, ok := readBuffers.Get().(*[]byte); ok {
+			return *b
+		}
+	}
+	return make([]byte, 0, max(hint, 512))
+}
+
+// readAll is io.ReadAll into b: bulk data arrives as messages of one
+// size, and growing each from 512 bytes costs more than the copy.
+func readAll(r io.Reader, b []byte) ([]byte, error) {
 	for {
 		n, err := r.Read(b[len(b):cap(b)])
 		b = b[:len(b)+n]
@@ -157,7 +194,7 @@ func (l *Link) ReadMessage() (transport.MessageType, []byte, error) {
 		return 0, nil, l.readFailed(err)
 	}
 	_ = l.ws.SetReadDeadline(time.Now().Add(l.cfg.PongWait))
-	data, err := readAll(io.LimitReader(r, int64(l.cfg.MaxMessage)+1), l.sizeHint)
+	data, err := readAll(io.LimitReader(r, int64(l.cfg.MaxMessage)+1), messageBuffer(l.sizeHint))
 	l.sizeHint = min(cap(data), maxHint)
 	if err != nil {
 		return 0, nil, l.readFailed(err)
@@ -205,6 +242,40 @@ func (l *Link) WriteMessage(ctx context.Context, t transport.MessageType, p []by
 	}
 }
 
+// WriteMessageParts writes parts as one message, with no copy into one
+// buffer first: a stream frame's header and its payload. The parts are
+// the caller's, so once the writer has them it is waited for even when
+// ctx ends (its write is bounded by WriteTimeout).
+func (l *Link) WriteMessageParts(ctx context.Context, t transport.MessageType, parts ...[]byte) error {
+	m := outgoing{t: int(t), parts: parts, done: make(chan error, 1)}
+	select {
+	case l.out <- m:
+	case <-l.closing:
+		return l.closedErr()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return <-m.done
+}
+
+// write writes m on the WebSocket.
+func (l *Link) write(m outgoing) error {
+	if m.parts == nil {
+		return l.ws.WriteMessage(m.t, m.data)
+	}
+	w, err := l.ws.NextWriter(m.t)
+	if err != nil {
+		return err
+	}
+	for _, p := range m.parts {
+		if _, err := w.Write(p); err != nil {
+			w.Close()
+			return err
+		}
+	}
+	return w.Close()
+}
+
 func (l *Link) closedErr() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -222,7 +293,7 @@ func (l *Link) writeLoop() {
 		select {
 		case m := <-l.out:
 			_ = l.ws.SetWriteDeadline(time.Now().Add(l.cfg.WriteTimeout))
-			err := l.ws.WriteMessage(m.t, m.data)
+			err := l.write(m)
 			if err != nil {
 				err = fmt.Errorf("websocket write: %w", err)
 			}
