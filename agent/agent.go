@@ -209,11 +209,14 @@ type Peer struct {
 // disconnected. An authenticated connection idle for the idle timeout is
 // closed too.
 func (a *Agent) ServeLink(ctx context.Context, l transport.Link, peer Peer) {
+	countSession(1) // the idle trim waits for the last session of any link
+	defer countSession(-1)
 	s := &session{a: a, peer: peer, owned: map[string]*Command{}, transfers: map[string]*transfer{}, started: time.Now(),
 		results: a.execs.NewHolder()}
 	switch {
 	case peer.Auth != "":
 		s.authenticated(peer.Auth, peer.Host)
+		s.logAuth() // every session is logged with how it authenticated
 	case a.cfg.Auth.NoAuth:
 		s.authenticated(proto.AuthNoAuth, "")
 	}

@@ -81,6 +81,7 @@ const (
 type Execs struct {
 	logSize     int
 	logPath     string
+	journal     *execJournal // the log at logPath; nil without one
 	grace       time.Duration
 	drain       time.Duration
 	maxCommands int
@@ -96,7 +97,6 @@ type Execs struct {
 	starting int        // Starts between their check of MaxCommands and joining the window
 	window   []*Command // the log, oldest first; see trimLocked
 
-	persistMu sync.Mutex // keeps log snapshots and their writes in order
 }
 
 // NewExecs returns a manager. It touches nothing outside memory: call
@@ -104,6 +104,9 @@ type Execs struct {
 func NewExecs(opts ExecOptions) *Execs {
 	m := &Execs{logSize: opts.LogSize, logPath: opts.LogPath, grace: opts.DefaultGrace, drain: opts.DrainDelay,
 		maxCommands: opts.MaxCommands, resultGrace: opts.ResultGrace, now: opts.Now, log: opts.Logger}
+	if m.logPath != "" {
+		m.journal = newExecJournal(m.logPath)
+	}
 	if m.logSize <= 0 {
 		m.logSize = defaultLogSize
 	}

@@ -7,12 +7,8 @@ import (
 	"slices"
 	"time"
 
-	"github.com/boardlink/boardlink/internal/atomicfile"
 	"github.com/boardlink/boardlink/proto"
 )
-
-// execLogFormat versions the file at ExecOptions.LogPath.
-const execLogFormat = 1
 
 // logRecord is a finished command as persisted: the full result, so that
 // Wait answers for it after a restart as it did before.
@@ -155,25 +151,33 @@ func (c *Command) entryLocked() proto.ExecLogEntry {
 
 // LoadLog reads the log an earlier run of the agent saved at LogPath and
 // puts its commands before any started since. A missing file is an empty
-// log; a file of another format version is an error.
+// log; a file of another format version is an error. Records a power cut
+// tore (a short or corrupt line, found by its CRC) are left out, and
+// logged: see execJournal.
 func (m *Execs) LoadLog() error {
 	if m.logPath == "" {
 		return nil
 	}
-	var recs []logRecord
-	if err := atomicfile.ReadJSON(m.logPath, execLogFormat, &recs); err != nil {
+	recs, bad, err := readLogFile(m.logPath)
+	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}
 		return fmt.Errorf("exec log: %w", err)
 	}
+	if bad > 0 {
+		m.log.Warn("exec log: torn or corrupt records left out", "path", m.logPath, "records", bad)
+	}
+	m.journal.loaded(recs)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	loaded := make([]*Command, 0, len(recs)+len(m.window))
+	seen := map[string]bool{}
 	for _, r := range recs {
-		if r.Result.ID == "" || m.findLocked(r.Result.ID) != nil {
+		if r.Result.ID == "" || seen[r.Result.ID] || m.findLocked(r.Result.ID) != nil {
 			continue
 		}
+		seen[r.Result.ID] = true
 		c := &Command{
 			id: r.Result.ID, argv: r.Argv, shell: r.Shell, detached: r.Detached, pid: r.PID,
 			started: r.Result.Started, done: make(chan struct{}),
@@ -187,23 +191,27 @@ func (m *Execs) LoadLog() error {
 	return nil
 }
 
-// saveLog writes the finished part of the log to LogPath. A failure is
-// logged, not returned: the commands themselves did run.
+// saveLog makes the commands that finished since the last save durable
+// at LogPath, and returns once they are. A failure is logged, not
+// returned: the commands themselves did run.
 func (m *Execs) saveLog() {
 	if m.logPath == "" {
 		return
 	}
-	m.persistMu.Lock()
-	defer m.persistMu.Unlock()
+	if err := m.journal.save(m); err != nil {
+		m.log.Warn("exec log not saved", "path", m.logPath, "err", err)
+	}
+}
+
+// finishedRecords is the finished part of the log, oldest first.
+func (m *Execs) finishedRecords() []logRecord {
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	recs := make([]logRecord, 0, len(m.window))
 	for _, c := range m.window {
 		if c.finished {
 			recs = append(recs, logRecord{Argv: c.argv, Shell: c.shell, Detached: c.detached, PID: c.pid, Result: c.result})
 		}
 	}
-	m.mu.Unlock()
-	if err := atomicfile.WriteJSON(m.logPath, execLogFormat, recs); err != nil {
-		m.log.Warn("exec log not saved", "path", m.logPath, "err", err)
-	}
+	return recs
 }

@@ -205,7 +205,7 @@ func TestExecLogLoadAfterStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	recs = append(recs, logRecord{Argv: []string{"clash"}, Result: proto.ExecResult{ID: c.ID()}})
-	if err := atomicfile.WriteJSON(path, execLogFormat, recs); err != nil {
+	if err := writeLogFile(path, recs); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.LoadLog(); err != nil {

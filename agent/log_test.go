@@ -68,6 +68,8 @@ func TestLogsSessionsAndTransfers(t *testing.T) {
 		t.Fatal("a wrong token was taken")
 	}
 	later.Store(int64(time.Hour))
+	// The refused login pinned the board's key: the token now rides on the
+	// wss:// upgrade (docs/protocol.md, 2.6).
 	c := dialWS(t, h)
 	local := filepath.Join(t.TempDir(), "in.bin")
 	sum := writeRandom(t, local, 100<<10)
@@ -90,10 +92,10 @@ func TestLogsSessionsAndTransfers(t *testing.T) {
 		keys  []string
 	}{
 		{"authentication failed", map[string]any{"level": "WARN"}, []string{"peer", "proof"}},
-		{"session", map[string]any{"level": "INFO", "auth": "token"}, []string{"peer", "link"}},
+		{"session", map[string]any{"level": "INFO", "auth": "bearer"}, []string{"peer", "link"}},
 		{"push", map[string]any{"level": "INFO", "path": remote, "sha256": sum, "bytes": float64(100 << 10)}, []string{"peer", "duration"}},
 		{"pull", map[string]any{"level": "INFO", "path": remote, "sha256": sum}, []string{"peer", "duration", "bytes"}},
-		{"session ended", map[string]any{"level": "INFO", "auth": "token"}, []string{"peer", "duration"}},
+		{"session ended", map[string]any{"level": "INFO", "auth": "bearer"}, []string{"peer", "duration"}},
 		{"call", map[string]any{"level": "DEBUG", "method": "file.push"}, []string{"peer", "took"}},
 	} {
 		for k, v := range board {

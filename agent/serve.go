@@ -110,6 +110,46 @@ func (s *WebSocketServer) Start(context.Context) error {
 	return nil
 }
 
+// sessions counts the WebSocket sessions open in this process, on every
+// server: what the process does once the last has ended (give back the
+// memory a session used) is the process's, not a server's.
+var sessions struct {
+	mu       sync.Mutex
+	open     int
+	next     int
+	watchers map[int]func(open int)
+}
+
+// WatchSessions calls f with the number of sessions (of any link) open in
+// this process each time one begins or ends, in that order, until stop
+// is called. f runs with the count locked: it must be quick, and must
+// neither begin nor end a session.
+func WatchSessions(f func(open int)) (stop func()) {
+	sessions.mu.Lock()
+	defer sessions.mu.Unlock()
+	if sessions.watchers == nil {
+		sessions.watchers = map[int]func(int){}
+	}
+	id := sessions.next
+	sessions.next++
+	sessions.watchers[id] = f
+	return func() {
+		sessions.mu.Lock()
+		defer sessions.mu.Unlock()
+		delete(sessions.watchers, id)
+	}
+}
+
+// countSession adds delta to the open sessions and tells the watchers.
+func countSession(delta int) {
+	sessions.mu.Lock()
+	defer sessions.mu.Unlock()
+	sessions.open += delta
+	for _, f := range sessions.watchers {
+		f(sessions.open)
+	}
+}
+
 // peer describes the peer of an upgraded link, with the Bearer token it
 // presented, if any (check already verified it).
 func (s *WebSocketServer) peer(l *wslink.Link) Peer {
