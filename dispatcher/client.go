@@ -3,6 +3,7 @@ package dispatcher
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -51,6 +52,10 @@ type DialOptions struct {
 	// Lines, when set, reaches serial-framed lines through their line
 	// mux, shared with this user's other processes (see LineShare).
 	Lines *LineShare
+	// ReadBuffer, when set, is a WebSocket link's read buffer (default
+	// 16 KiB): a host holding many mostly idle sessions (the lab service)
+	// takes a small one; bulk data is read past it.
+	ReadBuffer int
 }
 
 // Errors a caller branches on: the address is wrong (not worth retrying),
@@ -243,14 +248,17 @@ func newClient(ctx context.Context, addr string, opts DialOptions) (*Client, err
 	}
 	if u.Scheme == "ws" || u.Scheme == "wss" {
 		redial := func(ctx context.Context) (transport.Link, error) {
-			// No token on the upgrade: it is proven in the session, once
-			// the board proved its key. The TLS key is checked against
-			// that proof (handshake).
+			// The token rides on the upgrade only to a key the TLS
+			// handshake showed to be the expected one (upgradeToken);
+			// otherwise it is proven in the session, once the board
+			// proved its key. The TLS key is checked against that proof
+			// (handshake).
 			// Close sends the close frame and waits little for the
 			// board's: by then every answer is in, and a short-lived CLI
 			// would spend a round trip on politeness.
-			return wslink.Dial(ctx, addr, "", wslink.Config{Logger: opts.Logger, CloseWait: closeWait,
-				VerifyKey: func(ed25519.PublicKey) error { return nil }})
+			return wslink.Dial(ctx, addr, "", wslink.Config{Logger: opts.Logger, CloseWait: closeWait, ReadBufferSize: opts.ReadBuffer,
+				VerifyKey: func(ed25519.PublicKey) error { return nil },
+				Authorize: func(cs tls.ConnectionState) string { return upgradeToken(cs, opts) }})
 		}
 		return &Client{opts: opts, redial: redial}, nil
 	}

@@ -3,6 +3,7 @@ package dispatcher
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/tls"
 	"fmt"
 
 	"github.com/boardlink/boardlink/auth"
@@ -117,4 +118,49 @@ func authenticate(ctx context.Context, conn *transport.Conn, board string, s aut
 		return res, fmt.Errorf("board %s refused %s: %w", board, what, err)
 	}
 	return res, nil
+}
+
+// pins is what a Trust that pins keys by board id (KnownBoards) can say
+// without pinning anything.
+type pins interface {
+	Lookup(id string) (KnownBoard, bool)
+}
+
+// upgradeToken is the token a wss:// dial presents on the upgrade, which
+// saves session.auth's round trip: only once the TLS handshake has shown
+// the key this host expects. With a Trust, that is the key pinned for the
+// board id the certificate names (and, for a dial by id, that id): a
+// Fingerprint alone may come from an announcement anyone can make. With
+// no Trust, the Fingerprint given is the only check there is. A board met
+// for the first time, or with another key, gets nothing: the session goes
+// on with hello and a MAC once its key is checked and pinned. A paired
+// host proves its key in session.auth instead, so that a stale token
+// cannot refuse a session its key would open.
+func upgradeToken(cs tls.ConnectionState, opts DialOptions) string {
+	if opts.Token == "" || opts.HostKey != nil || len(cs.PeerCertificates) == 0 {
+		return ""
+	}
+	key, err := auth.PeerKey(cs)
+	if err != nil {
+		return ""
+	}
+	fp := auth.FingerprintOf(key)
+	if !opts.Fingerprint.IsZero() && !opts.Fingerprint.Equal(fp) {
+		return ""
+	}
+	if opts.Trust == nil {
+		if opts.Fingerprint.IsZero() {
+			return ""
+		}
+		return opts.Token
+	}
+	id := cs.PeerCertificates[0].Subject.CommonName
+	p, ok := opts.Trust.(pins)
+	if !ok || id == "" || (opts.BoardID != "" && id != opts.BoardID) {
+		return ""
+	}
+	if b, ok := p.Lookup(id); ok && b.Fingerprint.Equal(fp) {
+		return opts.Token
+	}
+	return ""
 }

@@ -3,13 +3,17 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/boardlink/boardlink/bench/internal/benchkit"
 	"github.com/boardlink/boardlink/dispatcher"
@@ -151,19 +155,94 @@ func waitMaster(ctx context.Context, e *benchEnv, ctl string, master *group) err
 }
 
 // benchTransfer times push and pull of a file of cfg.size random bytes:
-// the boardlink CLI on each link, scp, and ssh with cat. Every copy is
-// checked against the file's sha256 after its timed run, and removed
-// before the next.
+// the boardlink CLI on each link, scp, and ssh with cat. It runs twice:
+// on disk (the board's agent fsyncs what it receives, cat does not), and
+// with every file of both ends on a tmpfs, where the protocols are
+// compared without the disk.
 func benchTransfer(ctx context.Context, e *benchEnv) ([]row, error) {
+	fmt.Fprintf(e.out, "push and pull of %s, %d rounds, on disk\n", benchkit.Human(e.cfg.size), e.cfg.runs)
+	rows, err := transferRows(ctx, e, "", transferDirs{local: e.dirs["local"], board: e.dirs["root"], ssh: e.dirs["sshfiles"]}, e.urls)
+	if err != nil {
+		return nil, err
+	}
+	shm, err := tmpfsDir()
+	if err != nil {
+		fmt.Fprintf(e.out, "transfers on tmpfs: NOT MEASURED: %v\n", err)
+		return rows, nil
+	}
+	defer os.RemoveAll(shm)
+	fmt.Fprintf(e.out, "push and pull of %s, %d rounds, on a tmpfs (%s)\n", benchkit.Human(e.cfg.size), e.cfg.runs, shm)
+	d := transferDirs{local: filepath.Join(shm, "local"), board: filepath.Join(shm, "root"), ssh: filepath.Join(shm, "sshfiles")}
+	for _, dir := range []string{d.local, d.board, d.ssh, filepath.Join(shm, "state")} {
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	urls, stop, err := startShmAgent(ctx, e, shm, d.board)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	more, err := transferRows(ctx, e, ", tmpfs", d, urls)
+	return append(rows, more...), err
+}
+
+// transferDirs are where a transfer case keeps its files: the local side,
+// the board's side, and the ssh peers' side.
+type transferDirs struct{ local, board, ssh string }
+
+// tmpfsDir makes a temporary directory on /dev/shm, if that is a tmpfs.
+func tmpfsDir() (string, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs("/dev/shm", &st); err != nil {
+		return "", fmt.Errorf("/dev/shm: %w", err)
+	}
+	if st.Type != unix.TMPFS_MAGIC {
+		return "", errors.New("/dev/shm is not a tmpfs")
+	}
+	return os.MkdirTemp("/dev/shm", "boardlink-bench-peers-")
+}
+
+// startShmAgent starts a second sim board whose state and file root are
+// under dir (a tmpfs), and pins its key for the CLI; stop ends it.
+func startShmAgent(ctx context.Context, e *benchEnv, dir, root string) (map[string]string, func(), error) {
+	urls := map[string]string{}
+	var listen []string
+	for _, l := range links {
+		port, err := benchkit.FreePort()
+		if err != nil {
+			return nil, nil, err
+		}
+		urls[l] = fmt.Sprintf("%s://127.0.0.1:%d", l, port)
+		flag := map[string]string{"wss": "--listen", "ws": "--insecure-listen"}[l]
+		listen = append(listen, flag, "127.0.0.1:"+strconv.Itoa(port))
+	}
+	a, err := startAgent(ctx, nil, e.agentd, append([]string{"--board", "sim", "--state-dir", filepath.Join(dir, "state"),
+		"--no-mdns", "--token-file", e.token, "--root", root}, listen...)...)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, l := range links {
+		if err := e.runCLI(ctx, "exec", urls[l], "--token-file", e.token, "--", "true"); err != nil {
+			a.stop()
+			return nil, nil, fmt.Errorf("pinning the tmpfs board's key: %w", err)
+		}
+	}
+	return urls, a.stop, nil
+}
+
+// transferRows times push and pull between the dirs of d through the
+// agent at urls; every copy is checked against the file's sha256 after
+// its timed run, and removed before the next. where ends the rows' names.
+func transferRows(ctx context.Context, e *benchEnv, where string, d transferDirs, urls map[string]string) ([]row, error) {
 	size := e.cfg.size
-	src := filepath.Join(e.dirs["local"], "source.bin")
-	fmt.Fprintf(e.out, "push and pull of %s, %d rounds\n", benchkit.Human(size), e.cfg.runs)
+	src := filepath.Join(d.local, "source.bin")
 	sum, err := benchkit.WriteRandomSum(src, size)
 	if err != nil {
 		return nil, err
 	}
 	// Every pull reads this copy, already on disk, as a board's file is.
-	served := filepath.Join(e.dirs["root"], "served.bin")
+	served := filepath.Join(d.board, "served.bin")
 	if err := benchkit.CopyFile(src, served); err != nil {
 		return nil, err
 	}
@@ -187,18 +266,18 @@ func benchTransfer(ctx context.Context, e *benchEnv) ([]row, error) {
 	}
 	var push, pull []variant
 	for _, l := range links {
-		up, down := filepath.Join(e.dirs["root"], "pushed-"+l+".bin"), filepath.Join(e.dirs["local"], "pulled-"+l+".bin")
+		up, down := filepath.Join(d.board, "pushed-"+l+".bin"), filepath.Join(d.local, "pulled-"+l+".bin")
 		push = append(push, checked("boardlink push "+l, up, func(ctx context.Context) error {
-			return e.runCLI(ctx, "push", "--token-file", e.token, e.urls[l], src, up)
+			return e.runCLI(ctx, "push", "--token-file", e.token, urls[l], src, up)
 		}))
 		pull = append(pull, checked("boardlink pull "+l, down, func(ctx context.Context) error {
-			return e.runCLI(ctx, "pull", "--token-file", e.token, e.urls[l], served, down)
+			return e.runCLI(ctx, "pull", "--token-file", e.token, urls[l], served, down)
 		}))
 	}
-	up, down := filepath.Join(e.dirs["sshfiles"], "scp-up.bin"), filepath.Join(e.dirs["local"], "scp-down.bin")
+	up, down := filepath.Join(d.ssh, "scp-up.bin"), filepath.Join(d.local, "scp-down.bin")
 	push = append(push, checked("scp upload", up, func(ctx context.Context) error { return scp(ctx, src, ssh(up)) }))
 	pull = append(pull, checked("scp download", down, func(ctx context.Context) error { return scp(ctx, ssh(served), down) }))
-	catUp, catDown := filepath.Join(e.dirs["sshfiles"], "cat-up.bin"), filepath.Join(e.dirs["local"], "cat-down.bin")
+	catUp, catDown := filepath.Join(d.ssh, "cat-up.bin"), filepath.Join(d.local, "cat-down.bin")
 	push = append(push, checked("ssh 'cat > f'", catUp, func(ctx context.Context) error {
 		f, err := os.Open(src)
 		if err != nil {
@@ -218,11 +297,11 @@ func benchTransfer(ctx context.Context, e *benchEnv) ([]row, error) {
 		}
 		return f.Close()
 	}))
-	rows, err := measure(ctx, e.cfg.runs, false, "push "+benchkit.Human(size), push, 2, size)
+	rows, err := measure(ctx, e.cfg.runs, false, "push "+benchkit.Human(size)+where, push, 2, size)
 	if err != nil {
 		return nil, err
 	}
-	more, err := measure(ctx, e.cfg.runs, false, "pull "+benchkit.Human(size), pull, 2, size)
+	more, err := measure(ctx, e.cfg.runs, false, "pull "+benchkit.Human(size)+where, pull, 2, size)
 	return append(rows, more...), err
 }
 

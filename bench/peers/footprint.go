@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/boardlink/boardlink/bench/internal/benchkit"
+	"github.com/boardlink/boardlink/dispatcher"
 )
 
 // footprint is what benchFootprint measured.
@@ -49,9 +50,12 @@ func inNamespace() []string {
 		`ip link set lo up && ip link set lo multicast on && ip route add 224.0.0.0/4 dev lo && exec "$0" "$@"`}
 }
 
-// benchFootprint starts two idle sim boards, without mDNS and with it
-// (inside a private network namespace), measures them across the idle
-// window, and builds boardlinkd for each architecture to report its size.
+// benchFootprint starts three idle sim boards, without mDNS, with it
+// (inside a private network namespace), and without it after one ws and
+// one wss session (which fault code back in and grow the heap, until the
+// agent trims once it has been idle a while), measures them across the
+// idle window, and builds boardlinkd for each architecture to report its
+// size.
 func benchFootprint(ctx context.Context, e *benchEnv) (*footprint, error) {
 	f := &footprint{idle: e.cfg.idle}
 	type started struct {
@@ -66,13 +70,24 @@ func benchFootprint(ctx context.Context, e *benchEnv) (*footprint, error) {
 			s.a.stop()
 		}
 	}()
+	urls := map[string]string{}
+	for _, l := range links {
+		port, err := benchkit.FreePort()
+		if err != nil {
+			return nil, err
+		}
+		urls[l] = fmt.Sprintf("%s://127.0.0.1:%d", l, port)
+	}
 	for _, v := range []struct {
-		name string
-		wrap []string
-		args []string
+		name    string
+		wrap    []string
+		args    []string
+		session bool // measured from the end of one ws and one wss session, not from the start
 	}{
-		{"boardlinkd --no-mdns", nil, []string{"--no-mdns", "--listen", "127.0.0.1:0"}},
-		{"boardlinkd, mDNS on lo (own netns)", inNamespace(), []string{"--iface", "lo", "--listen", "127.0.0.1:7207"}},
+		{"boardlinkd --no-mdns", nil, []string{"--no-mdns", "--listen", "127.0.0.1:0"}, false},
+		{"boardlinkd, mDNS on lo (own netns)", inNamespace(), []string{"--iface", "lo", "--listen", "127.0.0.1:7207"}, false},
+		{"boardlinkd --no-mdns, after a session (one ws and one wss exec)", nil, []string{"--no-mdns",
+			"--listen", strings.TrimPrefix(urls["wss"], "wss://"), "--insecure-listen", strings.TrimPrefix(urls["ws"], "ws://")}, true},
 	} {
 		state := filepath.Join(e.dirs["foot"], fmt.Sprint(len(agents)))
 		args := append([]string{"--board", "sim", "--state-dir", state, "--token-file", e.token}, v.args...)
@@ -87,6 +102,11 @@ func benchFootprint(ctx context.Context, e *benchEnv) (*footprint, error) {
 		}
 		s := &started{name: v.name, a: a, foot: agentFoot{name: v.name}}
 		agents = append(agents, s)
+		if v.session {
+			if err := oneSessionEach(ctx, e, urls); err != nil {
+				return nil, fmt.Errorf("%s: %w", v.name, err)
+			}
+		}
 		var errs [4]error
 		s.foot.rssStart, errs[0] = procStatus(a.agent, "VmRSS")
 		s.foot.hwmStart, errs[1] = procStatus(a.agent, "VmHWM")
@@ -145,11 +165,35 @@ func benchFootprint(ctx context.Context, e *benchEnv) (*footprint, error) {
 	return f, nil
 }
 
+// oneSessionEach runs `true` on the agent at urls, once over each link, a
+// session each, and closes them.
+func oneSessionEach(ctx context.Context, e *benchEnv, urls map[string]string) error {
+	tok, err := os.ReadFile(e.token)
+	if err != nil {
+		return err
+	}
+	for _, l := range links {
+		c, err := dispatcher.Dial(ctx, urls[l], dispatcher.DialOptions{Token: strings.TrimSpace(string(tok)), Trust: dispatcher.NewKnownBoards("")})
+		if err != nil {
+			return err
+		}
+		res, err := c.Exec(ctx, dispatcher.ExecRequest{Argv: []string{"true"}})
+		c.Close()
+		if err != nil {
+			return fmt.Errorf("exec over %s: %w", l, err)
+		}
+		if res.ExitCode != 0 {
+			return fmt.Errorf("exec over %s: true exited %d", l, res.ExitCode)
+		}
+	}
+	return nil
+}
+
 // writeFootprint prints the footprint tables.
 func writeFootprint(w io.Writer, f *footprint) {
 	kib := func(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/1024) }
 	fmt.Fprintf(w, "agent footprint, idle, a sim board (RSS from /proc/PID/status; CPU = utime+stime over the %s window, in %s ticks)\n\n", f.idle, clockTick)
-	fmt.Fprintln(w, "| agent | RSS after start | RSS after the window (of it anonymous) | VmHWM (peak) | CPU over the window | supervisor RSS (start, end) | supervisor CPU |")
+	fmt.Fprintln(w, "| agent | RSS after start (or the session) | RSS after the window (of it anonymous) | VmHWM (peak) | CPU over the window | supervisor RSS (start, end) | supervisor CPU |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
 	for _, a := range f.agents {
 		fmt.Fprintf(w, "| %s | %s | %s (%s) | %s | %s (%.3f%% of a CPU) | %s, %s | %s |\n", a.name, kib(a.rssStart), kib(a.rssEnd), kib(a.anonEnd), kib(a.hwmEnd),

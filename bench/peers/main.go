@@ -13,6 +13,10 @@
 //     dispatcher.Client over the serial-framed link to an in-process agent
 //     on a sim board, against /bin/sh on a line of its own typed
 //     `/bin/true; echo MARK$?`;
+//   - a file pulled over a serial line (linetest's relay at 115200 and
+//     1,000,000 baud: clean, 0.1% of bytes corrupted, and that plus
+//     console text) by `boardlink pull` against ZMODEM (lrzsz's sz and
+//     rz on ptys relayed to the line; apt-get install lrzsz);
 //   - the agent's footprint: RSS after start and after an idle window, its
 //     CPU time over that window, without and with mDNS (mDNS only inside a
 //     private network namespace), the sim supervisor's RSS, and the
@@ -27,7 +31,7 @@
 //
 //	go run ./bench/peers                 # the full run (256 MiB, 1-minute idle window)
 //	go run ./bench/peers -smoke          # every case, small and fast; asserts nothing about speed
-//	go run ./bench/peers -cases exec,serial  # some of the cases
+//	go run ./bench/peers -cases exec,serial  # some of the cases (exec, cli, transfer, serial, zmodem, footprint)
 //
 // It needs sshd, ssh, scp and ssh-keygen (apt-get install openssh-server
 // openssh-client), and go to build the binaries. Only loopback is used.
@@ -71,7 +75,7 @@ func smokeConfig() config {
 }
 
 // allCases are the cases a run measures, by name, in order.
-var allCases = []string{"exec", "cli", "transfer", "serial", "footprint"}
+var allCases = []string{"exec", "cli", "transfer", "serial", "zmodem", "footprint"}
 
 func main() {
 	cfg := config{archs: allArchs}
@@ -124,7 +128,7 @@ func run(ctx context.Context, cfg config, out io.Writer) error {
 	for _, c := range []struct {
 		name string
 		run  func(context.Context, *benchEnv) ([]row, error)
-	}{{"exec", benchExec}, {"cli", benchCLI}, {"transfer", benchTransfer}, {"serial", benchSerial}} {
+	}{{"exec", benchExec}, {"cli", benchCLI}, {"transfer", benchTransfer}, {"serial", benchSerial}, {"zmodem", benchZmodem}} {
 		if !slices.Contains(cfg.cases, c.name) {
 			continue
 		}

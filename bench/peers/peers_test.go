@@ -76,6 +76,14 @@ func TestSmoke(t *testing.T) {
 	if cfg.execs != 3 || cfg.cli != 2 || cfg.runs != 1 || cfg.serial != 2 || cfg.size != 1<<20 {
 		t.Fatalf("smokeConfig changed (%+v): update this test", cfg)
 	}
+	if dir, err := tmpfsDir(); err == nil { // the transfers run on a tmpfs too
+		os.Remove(dir)
+		want["push 1 MiB, tmpfs"], want["pull 1 MiB, tmpfs"] = 4, 4
+		n["push 1 MiB, tmpfs"], n["pull 1 MiB, tmpfs"] = "1", "1"
+	}
+	for _, c := range lineCases() { // the serial transfers against ZMODEM (zmodem.go)
+		want[c.what(cfg)], n[c.what(cfg)] = 1, "1"
+	}
 	peers := map[string]bool{}
 	for _, r := range rows {
 		want[r[1]]--
@@ -97,6 +105,7 @@ func TestSmoke(t *testing.T) {
 	}
 	for _, line := range []string{
 		"| boardlinkd --no-mdns | ",
+		"| boardlinkd --no-mdns, after a session (one ws and one wss exec) | ",
 		"| boardlinkd, mDNS on lo (own netns) | ",
 		"| linux/" + runtime.GOARCH + " | ",
 		"machine: ",

@@ -22,11 +22,23 @@
 //     each offline is measured, and the service's own record of it (the
 //     audit row of the state change, against the time the board went
 //     down).
+//   - silent board: -silent boards, which the service reaches through a
+//     TCP relay of this program's, fall silent one at a time (the relay
+//     forwards nothing more and closes nothing: a hung board, a cut
+//     cable), and the time until the API shows each offline is measured:
+//     what the heartbeat's interval and timeout bound.
 //
 // Run it from the module root:
 //
 //	go run ./bench/service                      # 1,000 boards, heartbeat 3s, 30s window
 //	go run ./bench/service -boards 200 -heartbeat 1s -window 10s
+//
+// With BOARDLINK_PPROF=ADDR in its environment the program also builds
+// boardlink with a pprof listener on ADDR (net/http/pprof), so that the
+// service's heap and goroutines can be read during the window:
+//
+//	BOARDLINK_PPROF=127.0.0.1:6060 go run ./bench/service -window 5m &
+//	go tool pprof http://127.0.0.1:6060/debug/pprof/heap
 //
 // Only 127.0.0.1 is used, and no multicast. Everything it starts and
 // writes is removed when it ends, also on error or Ctrl-C.
@@ -34,6 +46,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -67,17 +80,19 @@ func main() {
 	window := flag.Duration("window", 30*time.Second, "how long the steady state is measured")
 	leases := flag.Int("leases", 200, "lease round trips measured")
 	dead := flag.Int("dead", 5, "boards taken down, one at a time, to time how soon the service notices")
+	silent := flag.Int("silent", 3, "boards that fall silent (their link open, nothing answered), one at a time, to time how soon the service notices")
 	flag.Parse()
-	if flag.NArg() > 0 || *boards < 1 || *heartbeat < 100*time.Millisecond || *window <= 0 || *leases < 1 || *dead < 0 || *dead > *boards {
+	if flag.NArg() > 0 || *boards < 1 || *heartbeat < 100*time.Millisecond || *window <= 0 || *leases < 1 || *dead < 0 ||
+		*silent < 0 || *dead+*silent > *boards {
 		fmt.Fprintln(os.Stderr, "service: bad arguments (see -help)")
 		os.Exit(2)
 	}
 	benchkit.Run("service", func(ctx context.Context) error {
-		return run(ctx, *boards, *heartbeat, *window, *leases, *dead)
+		return run(ctx, *boards, *heartbeat, *window, *leases, *dead, *silent)
 	})
 }
 
-func run(ctx context.Context, n int, heartbeat, window time.Duration, leases, dead int) error {
+func run(ctx context.Context, n int, heartbeat, window time.Duration, leases, dead, silent int) error {
 	raiseFileLimit()
 	dir, err := os.MkdirTemp("", "boardlink-bench-service-")
 	if err != nil {
@@ -85,7 +100,15 @@ func run(ctx context.Context, n int, heartbeat, window time.Duration, leases, de
 	}
 	defer os.RemoveAll(dir)
 	bin := filepath.Join(dir, "boardlink")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/boardlink").CombinedOutput(); err != nil {
+	build := []string{"build", "-o", bin}
+	if addr := os.Getenv("BOARDLINK_PPROF"); addr != "" {
+		overlay, err := pprofOverlay(dir, addr)
+		if err != nil {
+			return err
+		}
+		build = append(build, "-overlay", overlay)
+	}
+	if out, err := exec.CommandContext(ctx, "go", append(build, "./cmd/boardlink")...).CombinedOutput(); err != nil {
 		return fmt.Errorf("go build ./cmd/boardlink (run from the module root): %v\n%s", err, out)
 	}
 
@@ -99,7 +122,24 @@ func run(ctx context.Context, n int, heartbeat, window time.Duration, leases, de
 		defer cancel()
 		lab.Stop(sctx)
 	}()
-	cfg, err := writeConfig(dir, lab, heartbeat)
+	// The silent boards are reached through relays, the dead ones directly.
+	addrs := map[string]string{}
+	var relays []*relay
+	defer func() {
+		for _, r := range relays {
+			r.close()
+		}
+	}()
+	for i := range silent {
+		b := lab.Boards[n-1-dead-i]
+		r, addr, err := startRelay(ctx, b.Addr())
+		if err != nil {
+			return err
+		}
+		relays = append(relays, r)
+		addrs[b.ID] = addr
+	}
+	cfg, err := writeConfig(dir, lab, heartbeat, addrs)
 	if err != nil {
 		return err
 	}
@@ -220,6 +260,27 @@ func run(ctx context.Context, n int, heartbeat, window time.Duration, leases, de
 		recorded = append(recorded, es[0].At.Sub(down))
 	}
 
+	// Silent boards.
+	var quiet []time.Duration
+	for i, r := range relays {
+		id := lab.Boards[n-1-dead-i].ID
+		down := time.Now()
+		r.freeze()
+		for {
+			got, err := c.Board(ctx, id)
+			if err != nil {
+				return err
+			}
+			if got.State == service.Offline {
+				break
+			}
+			if !sleep(ctx, pollEvery) {
+				return ctx.Err()
+			}
+		}
+		quiet = append(quiet, time.Since(down))
+	}
+
 	fmt.Printf("\nboardlink serve, %d sim boards on loopback, heartbeat %v\n\n", n, heartbeat)
 	fmt.Printf("  all boards online after start     %s\n", benchkit.Seconds(online))
 	fmt.Printf("  service CPU over %v               %.1f%% of one core\n", window, 100*cpuShare)
@@ -234,12 +295,17 @@ func run(ctx context.Context, n int, heartbeat, window time.Duration, leases, de
 			benchkit.Seconds(benchkit.Median(seen)), benchkit.Seconds(seen[len(seen)-1]),
 			benchkit.Seconds(benchkit.Median(recorded)), benchkit.Seconds(recorded[len(recorded)-1]))
 	}
+	if silent > 0 {
+		slices.Sort(quiet)
+		fmt.Printf("  silent board seen offline (%d)     median %s, max %s (API)\n", silent,
+			benchkit.Seconds(benchkit.Median(quiet)), benchkit.Seconds(quiet[len(quiet)-1]))
+	}
 	return nil
 }
 
-// writeConfig writes the service's config: every board a static entry,
-// one user.
-func writeConfig(dir string, lab *simlab.Lab, heartbeat time.Duration) (string, error) {
+// writeConfig writes the service's config: every board a static entry (at
+// addrs[id] when given, else its own address), one user.
+func writeConfig(dir string, lab *simlab.Lab, heartbeat time.Duration, addrs map[string]string) (string, error) {
 	tok := filepath.Join(dir, "board.token")
 	if err := os.WriteFile(tok, []byte(lab.Token()), 0o600); err != nil {
 		return "", err
@@ -248,7 +314,7 @@ func writeConfig(dir string, lab *simlab.Lab, heartbeat time.Duration) (string, 
 	fmt.Fprintf(&b, "token_file: %s\nheartbeat: %s\nquarantine_after: -1\nusers:\n  - name: bench\n    token_sha256: %s\nboards:\n",
 		strconv.Quote(tok), heartbeat, sha256hex(userToken))
 	for _, x := range lab.Boards {
-		fmt.Fprintf(&b, "  - {id: %s, address: %q}\n", x.ID, x.Addr())
+		fmt.Fprintf(&b, "  - {id: %s, address: %q}\n", x.ID, cmp.Or(addrs[x.ID], x.Addr()))
 	}
 	path := filepath.Join(dir, "serve.yaml")
 	return path, os.WriteFile(path, []byte(b.String()), 0o600)
@@ -313,6 +379,24 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	case <-t.C:
 		return true
 	}
+}
+
+// pprofOverlay writes a file that serves net/http/pprof on addr, and the
+// build overlay that adds it to ./cmd/boardlink, into dir; it returns the
+// overlay's path. The tree is left as it is.
+func pprofOverlay(dir, addr string) (string, error) {
+	src := filepath.Join(dir, "pprof.go")
+	code := fmt.Sprintf("package main\n\nimport (\n\t\"net/http\"\n\t_ \"net/http/pprof\"\n)\n\nfunc init() { go http.ListenAndServe(%q, nil) }\n", addr)
+	if err := os.WriteFile(src, []byte(code), 0o600); err != nil {
+		return "", err
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	overlay := filepath.Join(dir, "overlay.json")
+	raw := fmt.Sprintf(`{"Replace": {%q: %q}}`, filepath.Join(wd, "cmd", "boardlink", "zz_bench_pprof.go"), src)
+	return overlay, os.WriteFile(overlay, []byte(raw), 0o600)
 }
 
 func sha256hex(s string) string {

@@ -1,14 +1,18 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"os"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/dispatcher/service"
 	"github.com/boardlink/boardlink/proto"
 )
 
@@ -41,7 +45,11 @@ also killed when the connection drops.
 With -t the command runs on a pseudo-terminal on the board, joined to
 yours as 'boardlink shell' does it (raw mode, window size, Ctrl-C typed
 to the board, the escape ~. after Enter); its stdout and stderr then come
-together on stdout.`,
+together on stdout.
+
+Through the lab service (--server URL, $BOARDLINK_SERVER) the command runs
+on the service's connection to the board, under the lease of
+$BOARDLINK_LEASE if set; stdin and -t go over the service's exec stream.`,
 		Example: `  boardlink exec ws://127.0.0.1:7207 -- uname -a
   boardlink exec serial:///dev/ttyUSB0 --timeout 30s -- ./run-tests --fast
   boardlink exec ws://10.77.0.2:7207 --shell -- 'dmesg | tail -n 20'
@@ -66,13 +74,6 @@ together on stdout.`,
 				return &usageError{fmt.Errorf("--timeout must not be negative")}
 			}
 			req.Argv = args[1:]
-			if g.serverURL() != "" {
-				if tty || req.Detach {
-					return &usageError{errors.New("-t and --detach do not go through the lab service (--server, $BOARDLINK_SERVER)")}
-				}
-				req.Stdout, req.Stderr = cmd.OutOrStdout(), cmd.ErrOrStderr()
-				return g.execViaServer(ctx, args[0], req)
-			}
 			if tty {
 				if req.Detach {
 					return &usageError{errors.New("-t and --detach: nothing could take up the terminal of a detached command")}
@@ -87,6 +88,9 @@ together on stdout.`,
 			req.Stdout, req.Stderr = cmd.OutOrStdout(), cmd.ErrOrStderr()
 			if !noStdin {
 				req.Stdin = cmd.InOrStdin()
+			}
+			if g.serverURL() != "" {
+				return g.execThroughService(ctx, args[0], req)
 			}
 			c, err := g.dial(ctx, args[0])
 			if err != nil {
@@ -110,6 +114,47 @@ together on stdout.`,
 	f.BoolVarP(&noStdin, "no-stdin", "n", false, "do not send stdin to the command")
 	f.BoolVarP(&tty, "tty", "t", false, "run the command on a terminal on the board, joined to yours (see 'boardlink shell')")
 	return cmd
+}
+
+// execThroughService runs req on board through the lab service, under
+// the lease of $BOARDLINK_LEASE if set: with stdin on the service's exec
+// stream, without it (-n) in one request.
+func (g *globals) execThroughService(ctx context.Context, board string, req dispatcher.ExecRequest) error {
+	switch {
+	case req.Detach:
+		return &usageError{errors.New("--detach does not go through the lab service (--server, $BOARDLINK_SERVER)")}
+	case req.Stdin == nil:
+		return g.execViaServer(ctx, board, req)
+	}
+	c, err := g.serviceClient()
+	if err != nil {
+		return err
+	}
+	out, err := c.ExecStream(ctx, board, os.Getenv("BOARDLINK_LEASE"), service.ExecStreamRequest{ExecRequest: service.ExecRequest{
+		Argv: req.Argv, Shell: req.Shell, Env: req.Env, Cwd: req.Cwd, TimeoutMs: req.Timeout.Milliseconds(), KillSignal: req.KillSignal}},
+		service.ExecIO{Stdin: req.Stdin, Stdout: req.Stdout, Stderr: req.Stderr})
+	return serverExecStatus(out, err, req.Timeout)
+}
+
+// serverExecStatus maps how a command run through the lab service ended
+// to boardlink's exit status, as exec's; a command the service ended (its
+// lease ended, the board was lost) says why.
+func serverExecStatus(out service.ExecOutcome, err error, timeout time.Duration) error {
+	if ae, ok := errors.AsType[*service.APIError](err); ok && ae.Status == http.StatusBadGateway && ae.Reason == string(proto.ReasonNotFound) {
+		return &exitError{code: 127, err: err} // the board found no such command
+	}
+	if err != nil {
+		return serviceFailure(err)
+	}
+	status := execStatus(out.Result, timeout)
+	if out.Canceled == "" {
+		return status
+	}
+	code := exitLink
+	if ee, ok := errors.AsType[*exitError](status); ok {
+		code = ee.code
+	}
+	return &exitError{code: code, err: fmt.Errorf("the lab service ended the command: %s", out.Canceled)}
 }
 
 // execError maps a failed exec or shell to boardlink's exit status.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path"
 	"path/filepath"
@@ -18,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/dispatcher/service"
 	"github.com/boardlink/boardlink/internal/units"
 	"github.com/boardlink/boardlink/proto"
 )
@@ -189,6 +191,10 @@ says where; the board keeps what it received: the same push resumes it.
 --json prints the result as a JSON object, or an array of them for several
 files or -r.
 
+With --server (or $BOARDLINK_SERVER) the lab service pushes the files (not
+-r), under the lease of $BOARDLINK_LEASE if set: a board another lease
+holds is refused (exit 1, naming the holder).
+
 Exit status: 0 done; 1 a missing file, a missing directory on the board
 (--parents makes it) or a checksum mismatch; 2 a path the agent refuses
 (outside its roots, or leaving them through a symlink or ".."), a
@@ -208,6 +214,10 @@ Ctrl-C; 255 the link failed (push again to resume).`,
 					return err
 				}
 			}
+			t := &transfer{verb: "push", stderr: cmd.ErrOrStderr(), out: cmd.OutOrStdout(), asJSON: asJSON}
+			if g.serverURL() != "" {
+				return g.pushViaServer(ctx, t, cmd.InOrStdin(), args[0], sources, remote, parents, recursive)
+			}
 			c, err := g.dial(ctx, args[0])
 			if err != nil {
 				return err
@@ -218,7 +228,6 @@ Ctrl-C; 255 the link failed (push again to resume).`,
 			if err != nil {
 				return err
 			}
-			t := &transfer{verb: "push", stderr: cmd.ErrOrStderr(), out: cmd.OutOrStdout(), asJSON: asJSON}
 			for _, src := range sources {
 				if err := pushOne(ctx, c, t, cmd.InOrStdin(), src, remote, intoDir, parents); err != nil {
 					return err
@@ -393,6 +402,10 @@ resumes it.
 --json prints the result as a JSON object, or an array of them for several
 files or -r.
 
+With --server (or $BOARDLINK_SERVER) the lab service pulls the files (not
+-r), under the lease of $BOARDLINK_LEASE if set: a board another lease
+holds is refused (exit 1, naming the holder).
+
 Exit status: 0 done; 1 no such file or a checksum mismatch; 2 a path the
 agent refuses, a directory without -r, or another mistake in the command
 line; 130 after Ctrl-C; 255 the link failed (pull again to resume).`,
@@ -413,12 +426,15 @@ line; 130 after Ctrl-C; 255 the link failed (pull again to resume).`,
 			if len(sources) > 1 && !intoDir {
 				return &usageError{fmt.Errorf("pull: several files go into a directory: %s is none", local)}
 			}
+			t := &transfer{verb: "pull", stderr: cmd.ErrOrStderr(), out: cmd.OutOrStdout(), asJSON: asJSON}
+			if g.serverURL() != "" {
+				return g.pullViaServer(ctx, t, args[0], sources, local, intoDir, recursive)
+			}
 			c, err := g.dial(ctx, args[0])
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			t := &transfer{verb: "pull", stderr: cmd.ErrOrStderr(), out: cmd.OutOrStdout(), asJSON: asJSON}
 			for _, src := range sources {
 				if err := pullOne(ctx, c, t, src, local, intoDir, recursive); err != nil {
 					return err
@@ -473,6 +489,126 @@ func pullOne(ctx context.Context, c *dispatcher.Client, t *transfer, remote, loc
 	}
 	t.finished(res, time.Since(start), false)
 	return nil
+}
+
+// pushViaServer pushes sources to remote on board through the lab
+// service, under the lease of $BOARDLINK_LEASE if set: into the
+// directory remote for several sources, or when it is one on the board.
+func (g *globals) pushViaServer(ctx context.Context, t *transfer, stdin io.Reader, board string, sources []string, remote string, parents, recursive bool) error {
+	if recursive {
+		return &usageError{errors.New("push -r does not go through the lab service (--server, $BOARDLINK_SERVER)")}
+	}
+	c, err := g.serviceClient()
+	if err != nil {
+		return err
+	}
+	several := len(sources) > 1
+	if several && !strings.HasSuffix(remote, "/") {
+		remote += "/"
+	}
+	for _, src := range sources {
+		local, name := src, filepath.Base(src)
+		if src == "-" {
+			if local, err = spoolStdin(ctx, stdin); err != nil {
+				return err
+			}
+			defer os.Remove(local)
+			name = ""
+		}
+		start := time.Now()
+		opts, bar := t.options(filepath.Base(src))
+		res, err := c.WithUploadProgress(opts.Progress).Push(ctx, board, os.Getenv("BOARDLINK_LEASE"), local,
+			service.PushRequest{Path: remote, Name: name, Parents: parents})
+		bar.done(err == nil)
+		if err != nil {
+			return t.viaServerFailed(ctx, err, "run the same push again: the board keeps what it received")
+		}
+		t.finished(res, time.Since(start), false)
+	}
+	return t.end(several)
+}
+
+// pullViaServer pulls sources from board to local through the lab
+// service, under the lease of $BOARDLINK_LEASE if set. Each file appears
+// under its name only complete and checked, with the board's mode and
+// mtime.
+func (g *globals) pullViaServer(ctx context.Context, t *transfer, board string, sources []string, local string, intoDir, recursive bool) error {
+	if recursive {
+		return &usageError{errors.New("pull -r does not go through the lab service (--server, $BOARDLINK_SERVER)")}
+	}
+	c, err := g.serviceClient()
+	if err != nil {
+		return err
+	}
+	for _, src := range sources {
+		to := local
+		if intoDir {
+			to = filepath.Join(local, path.Base(src))
+		}
+		start := time.Now()
+		t.mu.Lock()
+		t.current = src
+		t.mu.Unlock()
+		var res proto.FileResult
+		if local == "-" {
+			res, err = c.Pull(ctx, board, os.Getenv("BOARDLINK_LEASE"), src, func(proto.FileInfo) (io.Writer, error) { return t.out, nil })
+			t.out = t.stderr // stdout holds the file: the summary goes to stderr
+		} else {
+			res, err = pullFileViaServer(ctx, c, board, src, to)
+		}
+		if err != nil {
+			return t.viaServerFailed(ctx, err, "nothing of it is kept: pull again")
+		}
+		t.finished(res, time.Since(start), false)
+	}
+	return t.end(len(sources) > 1)
+}
+
+// pullFileViaServer pulls remote into a hidden file beside local, and
+// renames it into place once it is complete and checked.
+func pullFileViaServer(ctx context.Context, c *service.Client, board, remote, local string) (proto.FileResult, error) {
+	f, err := os.CreateTemp(filepath.Dir(local), "."+filepath.Base(local)+".boardlink-")
+	if err != nil {
+		return proto.FileResult{}, err
+	}
+	defer os.Remove(f.Name()) // a no-op once renamed
+	defer f.Close()
+	var info proto.FileInfo
+	res, err := c.Pull(ctx, board, os.Getenv("BOARDLINK_LEASE"), remote, func(fi proto.FileInfo) (io.Writer, error) {
+		info = fi
+		return f, nil
+	})
+	if mode := os.FileMode(info.Mode).Perm(); err == nil && mode != 0 {
+		err = f.Chmod(mode)
+	}
+	if err == nil {
+		err = f.Close()
+	}
+	if err == nil && !info.ModTime.IsZero() {
+		err = os.Chtimes(f.Name(), time.Time{}, info.ModTime)
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), local)
+	}
+	return res, err
+}
+
+// viaServerFailed maps an error of a transfer through the lab service:
+// after Ctrl-C, where it stopped; a missing file, a bad checksum or a
+// board's refusal is 1; else serviceFailure's status.
+func (t *transfer) viaServerFailed(ctx context.Context, err error, resume string) error {
+	var ae *service.APIError
+	switch {
+	case ctx.Err() != nil:
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		return interrupted(ctx, "%s of %s stopped; %s", t.verb, t.current, resume)
+	case errors.Is(err, dispatcher.ErrChecksum), errors.Is(err, os.ErrNotExist), errors.Is(err, os.ErrPermission):
+		return &exitError{code: 1, err: err}
+	case errors.As(err, &ae) && ae.Status == http.StatusBadGateway:
+		return fileFailure(proto.Errorf(proto.Reason(ae.Reason), "%s", ae.Message))
+	}
+	return serviceFailure(err)
 }
 
 var sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)

@@ -72,7 +72,7 @@ error, or an ID prefix that matches more than one rollout.`,
 			}
 			out := cmd.OutOrStdout()
 			// Reading the history creates nothing: no database is no history.
-			if _, err := os.Stat(dbPath); errors.Is(err, fs.ErrNotExist) {
+			if _, err := os.Stat(dbPath); !store.IsPostgres(dbPath) && errors.Is(err, fs.ErrNotExist) {
 				if len(args) == 1 {
 					return &exitError{code: 1, err: fmt.Errorf("no rollout %q: no records at %s", args[0], dbPath)}
 				}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/dispatcher/service"
 	"github.com/boardlink/boardlink/image"
 	"github.com/boardlink/boardlink/proto"
 )
@@ -60,6 +63,11 @@ an update that has not been activated. --abort ends such an update (the
 slot it was writing keeps its bytes but is not bootable), so that another
 image can be installed.
 
+With --server (or $BOARDLINK_SERVER) the image is sent to the lab
+service, which updates the board (it reads updating meanwhile) under the
+lease of $BOARDLINK_LEASE if set; a board another lease holds is refused
+(exit 1). --status and --abort talk to the board directly.
+
 Exit status: 0 committed (or aborted, with --abort); 1 rolled back, failed
 or halted on the board (signature, checksum, model, version, size, a URL
 that fails), named in the message, or nothing to abort; 124 not done
@@ -94,6 +102,13 @@ within --timeout; 255 the link failed; 2 a usage error.`,
 					return &exitError{code: 1, err: err}
 				}
 				defer closeImage()
+			}
+			if g.serverURL() != "" {
+				if status || abort {
+					return &usageError{errors.New("--status and --abort do not go through the lab service (--server, $BOARDLINK_SERVER)")}
+				}
+				return g.otaViaServer(ctx, cmd, args[0], args[1], service.OTARequest{Force: force, URL: url,
+					TimeoutMs: timeout.Milliseconds()}, asJSON)
 			}
 			c, err := g.dial(ctx, args[0])
 			if err != nil {
@@ -134,15 +149,8 @@ within --timeout; 255 the link failed; 2 a usage error.`,
 					err = fmt.Errorf("%w\nto abort update %s (%s): boardlink ota %s --abort", err, st.Update.ID, st.Update.Version, args[0])
 				}
 			}
-			if asJSON {
-				if jerr := writeJSON(out, otaJSON{OTAReport: rep, Error: errString(err)}); jerr != nil {
-					return jerr
-				}
-			} else if err == nil {
-				u := rep.Update
-				fmt.Fprintf(out, "%s committed %s in slot %s (was %s): %d of %d chunks sent, %d bytes on the link, %.1fs\n",
-					c.Hello().BoardID, u.Version, u.Slot, orNone(u.FromVersion), len(rep.Plan.Need), rep.Plan.Chunks,
-					rep.BytesSent, float64(rep.TookMs)/1000)
+			if perr := printOTA(out, asJSON, c.Hello().BoardID, rep, err); perr != nil {
+				return perr
 			}
 			return otaFailure(err, args[0])
 		},
@@ -155,6 +163,49 @@ within --timeout; 255 the link failed; 2 a usage error.`,
 	f.BoolVar(&asJSON, "json", false, "print the result (or the status) as JSON")
 	f.DurationVar(&timeout, "timeout", 30*time.Minute, "give up after this long")
 	return cmd
+}
+
+// printOTA prints how an update of board went: the JSON report, or a
+// line once it committed.
+func printOTA(out io.Writer, asJSON bool, board string, rep dispatcher.OTAReport, err error) error {
+	if asJSON {
+		return writeJSON(out, otaJSON{OTAReport: rep, Error: errString(err)})
+	}
+	if err == nil {
+		u := rep.Update
+		fmt.Fprintf(out, "%s committed %s in slot %s (was %s): %d of %d chunks sent, %d bytes on the link, %.1fs\n",
+			board, u.Version, u.Slot, orNone(u.FromVersion), len(rep.Plan.Need), rep.Plan.Chunks,
+			rep.BytesSent, float64(rep.TookMs)/1000)
+	}
+	return nil
+}
+
+// otaViaServer updates board to the image file img through the lab
+// service, under the lease of $BOARDLINK_LEASE if set, showing its steps
+// as a direct update does.
+func (g *globals) otaViaServer(ctx context.Context, cmd *cobra.Command, board, img string, req service.OTARequest, asJSON bool) error {
+	c, err := g.serviceClient()
+	if err != nil {
+		return err
+	}
+	show := newOTADisplay(cmd.ErrOrStderr(), filepath.Base(img))
+	rep, err := c.OTA(ctx, board, os.Getenv("BOARDLINK_LEASE"), img, req, show.step)
+	show.done(err == nil)
+	if perr := printOTA(cmd.OutOrStdout(), asJSON, board, rep, err); perr != nil {
+		return perr
+	}
+	var (
+		oe *dispatcher.OTAError
+		ae *service.APIError
+	)
+	switch {
+	case err == nil, errors.As(err, &oe), ctx.Err() != nil:
+		return otaFailure(err, board)
+	case errors.As(err, &ae) && ae.Status == http.StatusBadGateway:
+		// The board refused: its reason, as a direct update maps it.
+		return otaFailure(proto.Errorf(proto.Reason(ae.Reason), "%s", ae.Message), board)
+	}
+	return serviceFailure(err)
 }
 
 // errNothingToAbort: the board has no update that ota.abort can end.
@@ -292,6 +343,9 @@ func (d *otaDisplay) step(p dispatcher.OTAProgress) {
 	switch p.Phase {
 	case "send":
 		d.setBar("send "+d.name, p.Sent, p.ToSend)
+		return
+	case service.OTAUpload:
+		d.setBar("upload "+d.name+" to the lab service", p.Sent, p.ToSend)
 		return
 	case proto.ProgressHash:
 		d.setBar("board hashes its active slot", p.Bytes, p.Total)

@@ -15,6 +15,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/dispatcher/service"
+	"github.com/boardlink/boardlink/proto"
 )
 
 // rebootReport is reboot's JSON output.
@@ -52,6 +54,11 @@ kernel messages) is saved to --console-log, by default under
 $XDG_STATE_HOME/boardlink/console/ (~/.local/state/...), so a board that
 fails to boot leaves its log; the path is printed.
 
+With --server (or $BOARDLINK_SERVER) the lab service reboots the board
+and, with --wait, waits for its new boot, under the lease of
+$BOARDLINK_LEASE if set (a board another lease holds is refused, exit 1);
+the service records the console itself ('boardlink console --since').
+
 Exit status: 0 rebooted (and back, with --wait); 124 not back in time;
 255 the link failed before the agent answered; 2 a usage error.`,
 		Example: `  boardlink reboot board1 --wait
@@ -62,6 +69,12 @@ Exit status: 0 rebooted (and back, with --wait); 124 not back in time;
 				return &usageError{fmt.Errorf("--timeout must be positive")}
 			}
 			ctx := cmd.Context()
+			if g.serverURL() != "" {
+				if consoleLog != "" {
+					return &usageError{errors.New("--console-log does not go through the lab service: it records the console (boardlink console --since)")}
+				}
+				return g.rebootViaServer(cmd, args[0], wait, timeout, asJSON)
+			}
 			c, err := g.dial(ctx, args[0])
 			if err != nil {
 				return err
@@ -115,6 +128,37 @@ Exit status: 0 rebooted (and back, with --wait); 124 not back in time;
 	f.StringVar(&consoleLog, "console-log", "", "where to save the console text seen during the reboot (serial links)")
 	f.BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd
+}
+
+// rebootViaServer reboots board through the lab service, under the lease
+// of $BOARDLINK_LEASE if set; with wait, the service waits for its new
+// boot.
+func (g *globals) rebootViaServer(cmd *cobra.Command, board string, wait bool, timeout time.Duration, asJSON bool) error {
+	c, err := g.serviceClient()
+	if err != nil {
+		return err
+	}
+	ctx := cmd.Context()
+	var spin *spinner
+	if wait {
+		spin = startSpinner(cmd.ErrOrStderr(), fmt.Sprintf("rebooting %s through the lab service: waiting for a new boot (up to %s)", board, timeout), nil)
+	}
+	back, err := c.Reboot(ctx, board, os.Getenv("BOARDLINK_LEASE"), service.RebootRequest{Wait: wait, TimeoutMs: timeout.Milliseconds()})
+	if spin != nil {
+		spin.end()
+	}
+	rep := rebootReport{Board: board, OldBootID: back.OldBootID, NewBootID: back.NewBootID, TookMs: back.TookMs, Commands: back.Commands}
+	var ae *service.APIError
+	switch {
+	case err == nil:
+	case ctx.Err() != nil:
+		err = interrupted(ctx, "stopped waiting for %s through the lab service: it may reboot all the same", board)
+	case errors.As(err, &ae) && ae.Reason == string(proto.ReasonTimeout):
+		err = &exitError{code: exitTimeout, err: err}
+	default:
+		err = serviceFailure(err)
+	}
+	return printReboot(cmd, asJSON, rep, err)
 }
 
 // waitShow is what a wait for a board shows besides its time: the last

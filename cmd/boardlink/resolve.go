@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"time"
 
@@ -112,8 +111,8 @@ func serviceFailure(err error) error {
 }
 
 // execViaServer runs req on board through the lab service, under the
-// lease of $BOARDLINK_LEASE if set, and exits as exec does. The
-// command's stdin is not sent: the service runs commands without input.
+// lease of $BOARDLINK_LEASE if set, and exits as exec does. It sends no
+// stdin (exec -n); exec.go's execThroughService streams it.
 func (g *globals) execViaServer(ctx context.Context, board string, req dispatcher.ExecRequest) error {
 	c, err := g.serviceClient()
 	if err != nil {
@@ -122,17 +121,7 @@ func (g *globals) execViaServer(ctx context.Context, board string, req dispatche
 	out, err := c.Exec(ctx, board, os.Getenv("BOARDLINK_LEASE"), service.ExecRequest{Argv: req.Argv, Shell: req.Shell,
 		Env: req.Env, Cwd: req.Cwd, TimeoutMs: req.Timeout.Milliseconds(), KillSignal: req.KillSignal},
 		req.Stdout, req.Stderr)
-	var ae *service.APIError
-	if errors.As(err, &ae) && ae.Status == http.StatusBadGateway && ae.Reason == string(proto.ReasonNotFound) {
-		return &exitError{code: 127, err: err} // the board found no such command
-	}
-	if err != nil {
-		return serviceFailure(err)
-	}
-	if out.Canceled != "" {
-		fmt.Fprintf(g.stderr, "boardlink: the lab service ended the command: %s\n", out.Canceled)
-	}
-	return execStatus(out.Result, req.Timeout)
+	return serverExecStatus(out, err, req.Timeout)
 }
 
 // consoleViaServer writes what the lab service recorded of board's

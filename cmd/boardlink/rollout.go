@@ -10,6 +10,7 @@ import (
 	"io"
 	"maps"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/boardlink/boardlink/discovery"
 	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/dispatcher/service"
 	"github.com/boardlink/boardlink/dispatcher/store"
 	"github.com/boardlink/boardlink/image"
 	"github.com/boardlink/boardlink/internal/atomicfile"
@@ -102,6 +104,14 @@ each board's log goes to --log-dir (one file per board) and the logs of
 boards that failed are shown at the end of each stage. With --json, events
 are printed as JSON lines and the report last.
 
+With --server (or $BOARDLINK_SERVER) the lab service runs the rollout as
+a job of its own: it selects among its boards (leaving out those offline,
+in maintenance or in quarantine; a board a lease holds is refused),
+records the rollout and resumes it after a restart; this command follows
+it and prints the report. Ctrl-C stops following, not the rollout: --resume ID
+follows it again. --plan, --save-plan, --inventory, --db and --log-dir do
+not go through the service.
+
 Exit status: 0 when every selected board committed (or already ran the
 version); 1 when any failed, rolled back or was skipped; 2 a usage error.`,
 		Example: `  boardlink rollout rootfs-2.1.0.img --select model=imx8 -C 16 --max-failures 3
@@ -124,6 +134,9 @@ version); 1 when any failed, rolled back or was skipped; 2 a usage error.`,
 			}
 			if o.waveSize < 0 {
 				return &usageError{errors.New("--wave must be at least 1")}
+			}
+			if g.serverURL() != "" {
+				return rolloutViaServer(cmd.Context(), g, o, args, cmd.OutOrStdout(), cmd.ErrOrStderr())
 			}
 			return runRollout(cmd.Context(), g, o, args, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
@@ -250,6 +263,101 @@ func runRollout(ctx context.Context, g *globals, o rolloutOptions, args []string
 		return &exitError{code: 1, err: fmt.Errorf("rollout %s: not every board committed", id)}
 	}
 	return nil
+}
+
+// rolloutViaServer starts the rollout in the lab service, which runs it
+// (and resumes it after a restart), and follows it to its end: each
+// board's changes on stderr (JSON lines with --json), the report last.
+// With --resume ID it follows that rollout of the service. Ctrl-C stops
+// following, not the rollout.
+func rolloutViaServer(ctx context.Context, g *globals, o rolloutOptions, args []string, stdout, stderr io.Writer) error {
+	for flag, set := range map[string]bool{"--plan": o.planFile != "", "--save-plan": o.savePlan != "",
+		"--inventory": o.inventory != "", "--db": o.db != "", "--log-dir": o.logDir != ""} {
+		if set {
+			return &usageError{fmt.Errorf("%s does not go through the lab service (--server, $BOARDLINK_SERVER): it plans, records and logs the rollout itself", flag)}
+		}
+	}
+	c, err := g.serviceClient()
+	if err != nil {
+		return err
+	}
+	var st service.RolloutStatus
+	if o.resume != "" {
+		if st, err = c.Rollout(ctx, o.resume); err != nil {
+			return serviceFailure(err)
+		}
+	} else {
+		sel, err := dispatcher.ParseSelector(o.selectors)
+		if err != nil {
+			return &usageError{fmt.Errorf("--select: %w", err)}
+		}
+		if o.gate != "" {
+			if _, err := dispatcher.ParseGate(o.gate); err != nil {
+				return &usageError{fmt.Errorf("--gate: %w", err)}
+			}
+		}
+		if _, err := os.Stat(args[0]); err != nil {
+			return &exitError{code: 1, err: err}
+		}
+		var bar *progressBar
+		if !o.asJSON {
+			bar = newProgressBar(stderr, "upload "+filepath.Base(args[0])+" to the lab service", 0)
+		}
+		st, err = c.WithUploadProgress(bar.set).StartRollout(ctx, args[0], service.RolloutRequest{Select: sel, Concurrency: o.concurrency,
+			MaxFailures: o.maxFailures, WaveSize: o.waveSize, Gate: o.gate, GateTimeoutMs: o.gateTimeout.Milliseconds(),
+			BoardTimeoutMs: o.boardTimeout.Milliseconds(), Force: o.force})
+		bar.done(err == nil)
+		if err != nil {
+			return serviceFailure(err)
+		}
+	}
+	if !o.asJSON {
+		fmt.Fprintf(stderr, "rollout %s of %s: %d boards, at most %d at once, run by the lab service\n", st.ID, st.Version, st.Boards, st.Concurrency)
+	}
+	enc := json.NewEncoder(stdout)
+	seen := map[string]store.BoardResult{}
+	for {
+		for _, b := range st.BoardResults {
+			if prev, ok := seen[b.BoardID]; ok && prev.Phase == b.Phase && prev.Result == b.Result {
+				continue
+			}
+			seen[b.BoardID] = b
+			if o.asJSON {
+				_ = enc.Encode(b)
+				continue
+			}
+			fmt.Fprintf(stderr, "%-20s %-8s %s %s\n", b.BoardID, b.Phase, orDash(b.Result), b.Reason)
+		}
+		if st.State != store.StateRunning {
+			break
+		}
+		next, err := c.WaitRollout(ctx, st.ID, st.Updated, 30*time.Second)
+		if ctx.Err() != nil {
+			return interrupted(ctx, "rollout %s goes on in the lab service: follow it with 'boardlink rollout --resume %s'", st.ID, st.ID)
+		}
+		if err != nil {
+			return serviceFailure(err)
+		}
+		st = next
+	}
+	rep := dispatcher.Report{Version: st.Version, Counts: st.Summary, TookMs: st.Updated.Sub(st.Created).Milliseconds()}
+	for _, b := range st.BoardResults {
+		rep.Boards = append(rep.Boards, dispatcher.BoardReport{ID: b.BoardID, Address: b.Address, Result: b.Result, Stage: b.Phase,
+			Reason: b.Reason, FromVersion: b.FromVersion, ToVersion: b.ToVersion, UpdateID: b.UpdateID, BytesSent: b.BytesSent,
+			Attempts: b.Attempts, Started: b.Started, Ended: b.Ended})
+		if b.Result == dispatcher.ResultSkipped && rep.Stopped == "" {
+			rep.Stopped = b.Reason
+		}
+	}
+	show := newRolloutDisplay(stdout, stderr, o)
+	show.report(st.ID, rep)
+	switch {
+	case rep.OK():
+		return nil
+	case st.State == store.StateStopped:
+		return &exitError{code: 1, err: fmt.Errorf("rollout %s stopped: %s", st.ID, strings.TrimPrefix(rep.Stopped, "not started: "))}
+	}
+	return &exitError{code: 1, err: fmt.Errorf("rollout %s: not every board committed", st.ID)}
 }
 
 func readPlan(path string, im *image.Image, plan *dispatcher.Plan) error {

@@ -72,9 +72,10 @@ BOARD is one of:
 Every session checks the board's key first: boardlink pins it by board
 id in the known-boards file on first use (as ssh does its known_hosts) and
 refuses a board whose key changed; --fingerprint names the key a board
-must have. Then this host proves its right to the board, never by sending
-a secret: with its own key, once paired with the board (boardlink pair),
-or with a MAC keyed by a token from --token-file or BOARDLINK_TOKEN.`,
+must have. Then this host proves its right to the board, never to a
+board it has not checked: with its own key, once paired with the board
+(boardlink pair), or with a token from --token-file or BOARDLINK_TOKEN,
+proven by a MAC, or presented inside TLS to a board whose key is pinned.`,
 		Version:       version.Version,
 		SilenceUsage:  true,
 		SilenceErrors: true,

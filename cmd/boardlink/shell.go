@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -14,6 +15,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/dispatcher/service"
 )
 
 func newShellCmd(g *globals) *cobra.Command {
@@ -34,7 +36,9 @@ Escapes, typed after Enter:
 Without a terminal on stdin, what comes in is typed on the board's
 terminal as it comes, and its end is Ctrl-D. The session ends the command
 when the link drops. 'boardlink exec -t' is the same for one command,
-with exec's flags.`,
+with exec's flags. Through the lab service (--server URL) the terminal
+runs over the service's exec stream, under the lease of $BOARDLINK_LEASE
+if set.`,
 		Example: `  boardlink shell ws://10.77.0.2:7207
   boardlink shell serial:///dev/ttyUSB0 -- top
   boardlink shell unix:///tmp/qemu-serial.sock -- sh -c 'dmesg | less'`,
@@ -78,11 +82,11 @@ func runTerminal(cmd *cobra.Command, g *globals, board string, req dispatcher.Sh
 	} else {
 		local.raw = false // exec -t -n: nothing is typed, Ctrl-C stays ours
 	}
-	c, err := g.dial(ctx, board)
+	link, err := g.terminalLink(ctx, board)
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer link.Close()
 
 	var escaped atomic.Bool
 	if local.raw {
@@ -96,18 +100,88 @@ func runTerminal(cmd *cobra.Command, g *globals, board string, req dispatcher.Sh
 		req.Stdin = newEscapes(req.Stdin, func() {
 			escaped.Store(true)
 			g.debug("shell: ~. typed: closing the session")
-			c.Close()
+			link.Close()
 		})
 	}
 	g.debug("shell", "raw", local.raw, "term", req.Term, "rows", req.Size.Rows, "cols", req.Size.Cols)
-	res, err := c.Shell(ctx, req)
-	switch {
-	case escaped.Load():
+	err = link.run(ctx, req)
+	if escaped.Load() {
 		return &exitError{code: exitLink, err: errors.New("session closed (~.)")}
-	case err != nil:
+	}
+	return err
+}
+
+// termLink is where a terminal session runs: a session with the board,
+// or the lab service (--server).
+type termLink interface {
+	// run runs req and returns boardlink's exit status for it.
+	run(ctx context.Context, req dispatcher.ShellRequest) error
+	// Close ends the session at once (~.).
+	Close() error
+}
+
+// terminalLink opens the link a terminal session on board runs on.
+func (g *globals) terminalLink(ctx context.Context, board string) (termLink, error) {
+	if g.serverURL() == "" {
+		c, err := g.dial(ctx, board)
+		if err != nil {
+			return nil, err
+		}
+		return boardTerm{c}, nil
+	}
+	c, err := g.serviceClient()
+	if err != nil {
+		return nil, err
+	}
+	return &serviceTerm{c: c, board: board, lease: os.Getenv("BOARDLINK_LEASE"), closed: make(chan struct{})}, nil
+}
+
+// boardTerm is a terminal session on a session with the board.
+type boardTerm struct{ c *dispatcher.Client }
+
+func (b boardTerm) run(ctx context.Context, req dispatcher.ShellRequest) error {
+	res, err := b.c.Shell(ctx, req)
+	if err != nil {
 		return execError(err)
 	}
 	return execStatus(res, req.Timeout)
+}
+
+func (b boardTerm) Close() error { return b.c.Close() }
+
+// serviceTerm is a terminal session through the lab service's exec
+// stream, under the lease of $BOARDLINK_LEASE if set.
+type serviceTerm struct {
+	c            *service.Client
+	board, lease string
+	once         sync.Once
+	closed       chan struct{}
+}
+
+func (s *serviceTerm) run(ctx context.Context, req dispatcher.ShellRequest) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-s.closed:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	argv := req.Argv
+	if len(argv) == 0 {
+		argv = []string{"-"} // the login shell of the agent's user
+	}
+	r := service.ExecStreamRequest{Tty: true, Term: req.Term, Rows: req.Size.Rows, Cols: req.Size.Cols,
+		ExecRequest: service.ExecRequest{Argv: argv, Shell: req.Shell, Env: req.Env, Cwd: req.Cwd,
+			TimeoutMs: req.Timeout.Milliseconds(), KillSignal: req.KillSignal}}
+	out, err := s.c.ExecStream(ctx, s.board, s.lease, r, service.ExecIO{Stdin: req.Stdin, Stdout: req.Stdout, Resize: req.Resize})
+	return serverExecStatus(out, err, req.Timeout)
+}
+
+func (s *serviceTerm) Close() error {
+	s.once.Do(func() { close(s.closed) })
+	return nil
 }
 
 // terminal is what runTerminal knows of the local terminal.

@@ -132,13 +132,22 @@ var routes = []route{
 	{"POST", "/api/v1/boards/{id}/release-quarantine", "board.release_quarantine", (*Service).hReleaseQuarantine},
 	{"POST", "/api/v1/boards/{id}/power", "board.power", (*Service).hPower},
 	{"POST", "/api/v1/boards/{id}/exec", "board.exec", (*Service).hExec},
+	{"GET", "/api/v1/boards/{id}/exec/stream", "board.exec", (*Service).hExecStream},
 	{"GET", "/api/v1/boards/{id}/console", "board.console", (*Service).hConsole},
+	{"POST", "/api/v1/boards/{id}/files", "board.push", (*Service).hPush},
+	{"GET", "/api/v1/boards/{id}/files", "board.pull", (*Service).hPull},
+	{"POST", "/api/v1/boards/{id}/reboot", "board.reboot", (*Service).hReboot},
+	{"POST", "/api/v1/boards/{id}/ota", "board.ota", (*Service).hOTA},
+	{"POST", "/api/v1/rollouts", "rollout.start", (*Service).hStartRollout},
+	{"GET", "/api/v1/rollouts", "", (*Service).hRollouts},
+	{"GET", "/api/v1/rollouts/{id}", "", (*Service).hRollout},
 	{"POST", "/api/v1/leases", "lease.acquire", (*Service).hAcquire},
 	{"GET", "/api/v1/leases", "", (*Service).hLeases},
 	{"GET", "/api/v1/leases/{id}", "", (*Service).hLease},
 	{"POST", "/api/v1/leases/{id}/renew", "lease.renew", (*Service).hRenew},
 	{"DELETE", "/api/v1/leases/{id}", "lease.release", (*Service).hRelease},
 	{"GET", "/api/v1/audit", "", (*Service).hAudit},
+	{"GET", "/metrics", "", (*Service).hMetrics},
 }
 
 // Handler is the HTTP API.
@@ -153,12 +162,14 @@ func (s *Service) Handler() http.Handler {
 		writeError(w, &APIError{Status: http.StatusNotFound, Reason: string(proto.ReasonNotFound),
 			Message: "no such endpoint: " + r.Method + " " + r.URL.Path})
 	})
+	mux.Handle("/", s.Dashboard(s.cfg.Dashboard))
 	return mux
 }
 
 // serve authenticates a request, runs its handler and records it.
 func (s *Service) serve(w http.ResponseWriter, r *http.Request, rt route) {
 	u, ok := s.authenticate(r)
+	ok = ok || s.metrics.scrapeAllowed(r, rt.path)
 	if !ok {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="boardlink"`)
 		writeError(w, &APIError{Status: http.StatusUnauthorized, Reason: string(proto.ReasonUnauthorized),
@@ -166,7 +177,7 @@ func (s *Service) serve(w http.ResponseWriter, r *http.Request, rt route) {
 		s.log.Warn("api: unauthorized", "method", r.Method, "path", r.URL.Path, "from", r.RemoteAddr)
 		return
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+	r.Body = http.MaxBytesReader(w, r.Body, s.bodyLimit(rt))
 	c := &call{user: u, action: rt.action, board: r.PathValue("id"), lease: r.Header.Get(LeaseHeader)}
 	if strings.HasPrefix(rt.path, "/api/v1/leases/{id}") {
 		c.board, c.lease = "", r.PathValue("id")
@@ -373,10 +384,7 @@ func (s *Service) hExec(w http.ResponseWriter, r *http.Request, c *call) error {
 	if err := decode(r, &req); err != nil {
 		return err
 	}
-	c.detail = strings.Join(req.Argv, " ")
-	if len(c.detail) > 200 {
-		c.detail = c.detail[:200] + "..."
-	}
+	c.detail = argvDetail(req.Argv)
 	f := &frameWriter{w: w, enc: json.NewEncoder(w)}
 	out, err := s.Exec(r.Context(), c.user, c.board, c.lease, req, streamWriter{f: f}, streamWriter{f: f, stderr: true})
 	if err != nil && !f.started {

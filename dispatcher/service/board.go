@@ -9,7 +9,6 @@ import (
 	"slices"
 	"time"
 
-	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/dispatcher/consolelog"
 	"github.com/boardlink/boardlink/dispatcher/power"
 	"github.com/boardlink/boardlink/dispatcher/store"
@@ -119,8 +118,11 @@ func (s *Service) ReleaseQuarantine(who user, id string) (Board, error) {
 	return s.boardViewLocked(b), err
 }
 
-// MarkUpdating says a rollout is updating board id (on) or is done with
-// it.
+// MarkUpdating says an update through the service (an OTA, a rollout)
+// begins on board id (on) or is done with it. Marks count: the board reads
+// updating while any holds it, whenever the state table lets it be (not
+// while a person holds it out of the lab, nor while it is offline), and
+// goes back to its settled state when the last ends.
 func (s *Service) MarkUpdating(id string, on bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -128,15 +130,32 @@ func (s *Service) MarkUpdating(id string, on bool) error {
 	if b == nil {
 		return fmt.Errorf("board %s: %w", id, ErrNoSuchBoard)
 	}
+	s.markUpdatingLocked(b, on)
+	return nil
+}
+
+func (s *Service) markUpdatingLocked(b *board, on bool) {
 	if on {
-		return s.setStateLocked(b, Updating, "rollout")
+		b.updating++
+		s.holdUpdatingLocked(b)
+		return
 	}
-	if b.state != Updating {
-		return nil
+	if b.updating == 0 {
+		return
 	}
-	err := s.setStateLocked(b, b.settledLocked(), "rollout done")
-	s.scheduleLocked(time.Now())
-	return err
+	b.updating--
+	if b.updating == 0 && b.state == Updating {
+		s.must(s.setStateLocked(b, b.settledLocked(), "update done"))
+		s.scheduleLocked(time.Now())
+	}
+}
+
+// holdUpdatingLocked puts b back in updating when an update marked it and
+// it came back from a reboot (offline, then idle or leased).
+func (s *Service) holdUpdatingLocked(b *board) {
+	if b.updating > 0 && (b.state == Idle || b.state == Leased) {
+		s.must(s.setStateLocked(b, Updating, "update under way"))
+	}
 }
 
 // leasedLocked is the refusal of an action on b, which a lease holds.
@@ -178,49 +197,6 @@ type ExecRequest struct {
 	Cwd        string            `json:"cwd,omitempty" validate:"omitempty,max=4096,excludes=\x00"`
 	TimeoutMs  int64             `json:"timeout_ms,omitempty" validate:"min=0"`
 	KillSignal string            `json:"kill_signal,omitempty" validate:"omitempty,oneof=HUP INT QUIT KILL USR1 USR2 TERM"`
-}
-
-// Exec runs r on board id through its persistent connection, copying its
-// output to stdout and stderr. A board a lease holds runs commands only
-// under that lease, whose end cancels them (TERM, then the record comes
-// back as usual); the returned cause then says why.
-func (s *Service) Exec(ctx context.Context, who user, id, lease string, r ExecRequest, stdout, stderr io.Writer) (ExecOutcome, error) {
-	s.mu.Lock()
-	b := s.boards[id]
-	if b == nil {
-		s.mu.Unlock()
-		return ExecOutcome{}, fmt.Errorf("board %s: %w", id, ErrNoSuchBoard)
-	}
-	if err := s.accessLocked(ctx, who, b, lease); err != nil {
-		s.mu.Unlock()
-		return ExecOutcome{}, err
-	}
-	c := b.client
-	if c == nil || s.stopped {
-		s.mu.Unlock()
-		return ExecOutcome{}, fmt.Errorf("board %s: %w", id, ErrOffline)
-	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	s.nextRun++
-	n := s.nextRun
-	if b.runs == nil {
-		b.runs = map[uint64]*run{}
-	}
-	b.runs[n] = &run{lease: lease, cancel: cancel}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(b.runs, n)
-		s.mu.Unlock()
-	}()
-	res, err := c.Exec(ctx, dispatcher.ExecRequest{Argv: r.Argv, Shell: r.Shell, Env: r.Env, Cwd: r.Cwd,
-		Timeout: time.Duration(r.TimeoutMs) * time.Millisecond, KillSignal: r.KillSignal, Stdout: stdout, Stderr: stderr})
-	out := ExecOutcome{Result: res}
-	if ctx.Err() != nil {
-		out.Canceled = context.Cause(ctx).Error()
-	}
-	return out, err
 }
 
 // ExecOutcome is how a command run through the service ended: its record
@@ -277,6 +253,7 @@ func (s *Service) Console(ctx context.Context, id string, t time.Time, follow bo
 	if err != nil {
 		return err
 	}
+	w = s.metrics.countWriter(movedConsole, fromBoard, w)
 	cur := consoleCursor{since: t}
 	for {
 		lines, err := l.Since(cur.since)

@@ -4,29 +4,37 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"mime/multipart"
 	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/dispatcher/store"
+	"github.com/boardlink/boardlink/proto"
 )
 
 // Client is the typed client of the service's API. It is safe for
 // concurrent use.
 type Client struct {
-	base  string
-	token string
-	http  *http.Client
+	base     string
+	token    string
+	http     *http.Client
+	progress func(sent, total int64) // of uploads; nil: none
 }
 
 // maxResponse bounds a JSON response read by the client; maxFrame one
@@ -74,8 +82,8 @@ func LoopbackListen(addr string) bool {
 	return err == nil && loopbackHost(host)
 }
 
-// do sends a request and returns the response of a 2xx status; any other
-// is its *APIError.
+// do sends a request with a JSON body (nil: none) and returns the
+// response of a 2xx status; any other is its *APIError.
 func (c *Client) do(ctx context.Context, method, path, lease string, body any) (*http.Response, error) {
 	var rd io.Reader
 	if body != nil {
@@ -89,10 +97,17 @@ func (c *Client) do(ctx context.Context, method, path, lease string, body any) (
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Authorization", "Bearer "+c.token)
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	return c.send(req, lease)
+}
+
+// send sends req, authenticated, under lease (or none), and returns the
+// response of a 2xx status; any other is its *APIError.
+func (c *Client) send(req *http.Request, lease string) (*http.Response, error) {
+	method, path := req.Method, strings.TrimPrefix(req.URL.String(), c.base)
+	req.Header.Set("Authorization", "Bearer "+c.token)
 	if lease != "" {
 		req.Header.Set(LeaseHeader, lease)
 	}
@@ -314,4 +329,237 @@ func (c *Client) Audit(ctx context.Context, f store.AuditFilter) ([]store.AuditE
 	}
 	err := c.call(ctx, "GET", "/api/v1/audit?"+q.Encode(), "", nil, &out)
 	return out.Entries, err
+}
+
+// WithUploadProgress returns a client like c whose uploads (Push, OTA,
+// StartRollout) tell progress the file's bytes sent so far and its size.
+func (c *Client) WithUploadProgress(progress func(sent, total int64)) *Client {
+	c2 := *c
+	c2.progress = progress
+	return &c2
+}
+
+// upload posts spec and the file at local as an upload (multipart: the
+// spec part, then the file part), streamed from the file as it is sent.
+func (c *Client) upload(ctx context.Context, path, lease string, spec any, local string) (*http.Response, error) {
+	f, err := os.Open(local)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	src := io.Reader(f)
+	if c.progress != nil {
+		src = &counting{r: f, total: st.Size(), progress: c.progress}
+	}
+	pr, pw := io.Pipe()
+	mw := multipart.NewWriter(pw)
+	go func() {
+		err := func() error {
+			sw, err := mw.CreateFormField(UploadSpec)
+			if err != nil {
+				return err
+			}
+			if err := json.NewEncoder(sw).Encode(spec); err != nil {
+				return err
+			}
+			fw, err := mw.CreateFormFile(UploadFile, filepath.Base(local))
+			if err != nil {
+				return err
+			}
+			if _, err := io.Copy(fw, src); err != nil {
+				return err
+			}
+			return mw.Close()
+		}()
+		pw.CloseWithError(err)
+	}()
+	req, err := http.NewRequestWithContext(ctx, "POST", c.base+path, pr)
+	if err != nil {
+		pr.Close()
+		return nil, err
+	}
+	req.Header.Set("Content-Type", mw.FormDataContentType())
+	resp, err := c.send(req, lease)
+	pr.CloseWithError(errors.New("the service answered")) // ends the copy if the service answered before reading it all
+	return resp, err
+}
+
+// counting is a file's reader that tells progress how far it got.
+type counting struct {
+	r        io.Reader
+	n, total int64
+	progress func(sent, total int64)
+}
+
+func (c *counting) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	c.progress(c.n, c.total)
+	return n, err
+}
+
+func boardPath(id, what string) string { return "/api/v1/boards/" + url.PathEscape(id) + "/" + what }
+
+// Push pushes the local file to a board under lease (or none), as r says
+// (r.Mode and r.ModTime: the file's own when zero).
+func (c *Client) Push(ctx context.Context, id, lease, local string, r PushRequest) (proto.FileResult, error) {
+	st, err := os.Stat(local)
+	if err != nil {
+		return proto.FileResult{}, err
+	}
+	if r.Mode == 0 {
+		r.Mode = uint32(st.Mode().Perm())
+	}
+	if r.ModTime.IsZero() {
+		r.ModTime = st.ModTime()
+	}
+	resp, err := c.upload(ctx, boardPath(id, "files"), lease, r, local)
+	if err != nil {
+		return proto.FileResult{}, err
+	}
+	defer resp.Body.Close()
+	var res proto.FileResult
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxResponse)).Decode(&res); err != nil {
+		return res, fmt.Errorf("push: reading the answer: %w", err)
+	}
+	return res, nil
+}
+
+// Pull copies the file remote from a board under lease (or none) to w,
+// once its size, mode and mtime are known (given to start, which returns
+// w). The bytes w got are checked against the board's sha256: a mismatch
+// wraps dispatcher.ErrChecksum.
+func (c *Client) Pull(ctx context.Context, id, lease, remote string, start func(proto.FileInfo) (io.Writer, error)) (proto.FileResult, error) {
+	resp, err := c.do(ctx, "GET", boardPath(id, "files")+"?path="+url.QueryEscape(remote), lease, nil)
+	if err != nil {
+		return proto.FileResult{}, err
+	}
+	defer resp.Body.Close()
+	var info proto.FileInfo
+	if err := json.Unmarshal([]byte(resp.Header.Get(PullHeader)), &info); err != nil {
+		return proto.FileResult{}, fmt.Errorf("pull: the service sent no %s: %w", PullHeader, err)
+	}
+	w, err := start(info)
+	if err != nil {
+		return proto.FileResult{}, err
+	}
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(w, h), resp.Body)
+	if err != nil {
+		return proto.FileResult{}, fmt.Errorf("pull: %w", err)
+	}
+	if e := resp.Trailer.Get(PullError); e != "" {
+		ae := &APIError{}
+		if err := json.Unmarshal([]byte(e), ae); err != nil {
+			return proto.FileResult{}, fmt.Errorf("pull: a bad %s trailer: %w", PullError, err)
+		}
+		return proto.FileResult{}, ae
+	}
+	var res proto.FileResult
+	if err := json.Unmarshal([]byte(resp.Trailer.Get(PullResult)), &res); err != nil {
+		return res, fmt.Errorf("pull: the service ended the answer without the result: %w", io.ErrUnexpectedEOF)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != res.SHA256 || n != res.Size {
+		return res, fmt.Errorf("%w: %s: received %d bytes hashing %s, the board sent %d hashing %s",
+			dispatcher.ErrChecksum, remote, n, got, res.Size, res.SHA256)
+	}
+	return res, nil
+}
+
+// Reboot reboots a board under lease (or none); with r.Wait it returns
+// once the board is back with a new boot id.
+func (c *Client) Reboot(ctx context.Context, id, lease string, r RebootRequest) (dispatcher.Rebooted, error) {
+	var out dispatcher.Rebooted
+	err := c.call(ctx, "POST", boardPath(id, "reboot"), lease, r, &out)
+	return out, err
+}
+
+// OTA updates a board under lease (or none) to the image file img,
+// calling progress (if set) with each step: first OTAUpload steps while
+// the image goes to the service. A rollback or a failure on the board is
+// a *dispatcher.OTAError, as dispatcher.Client.Update returns it.
+func (c *Client) OTA(ctx context.Context, id, lease, img string, r OTARequest, progress func(dispatcher.OTAProgress)) (dispatcher.OTAReport, error) {
+	up := c
+	if progress != nil {
+		up = c.WithUploadProgress(func(n, total int64) { progress(dispatcher.OTAProgress{Phase: OTAUpload, Sent: n, ToSend: total}) })
+	}
+	resp, err := up.upload(ctx, boardPath(id, "ota"), lease, r, img)
+	if err != nil {
+		return dispatcher.OTAReport{}, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), maxFrame)
+	for sc.Scan() {
+		var f OTAFrame
+		if err := json.Unmarshal(sc.Bytes(), &f); err != nil {
+			return dispatcher.OTAReport{}, fmt.Errorf("ota: a bad frame: %w", err)
+		}
+		if f.Step != nil {
+			if progress != nil {
+				progress(f.Step.Progress())
+			}
+			continue
+		}
+		var rep dispatcher.OTAReport
+		if f.Report != nil {
+			rep = *f.Report
+		}
+		switch {
+		case f.Failure != nil:
+			return rep, &dispatcher.OTAError{Result: f.Failure.Result, Phase: f.Failure.Phase, Reason: f.Failure.Reason, Halted: f.Failure.Halted}
+		case f.Error != nil:
+			return rep, f.Error
+		}
+		return rep, nil
+	}
+	if err := sc.Err(); err != nil {
+		return dispatcher.OTAReport{}, fmt.Errorf("ota: %w", err)
+	}
+	return dispatcher.OTAReport{}, fmt.Errorf("ota: the service ended the answer without the update's end: %w", io.ErrUnexpectedEOF)
+}
+
+// StartRollout starts a rollout of the image file img in the service, as r
+// says; it runs there, whatever becomes of this client.
+func (c *Client) StartRollout(ctx context.Context, img string, r RolloutRequest) (RolloutStatus, error) {
+	resp, err := c.upload(ctx, "/api/v1/rollouts", "", r, img)
+	if err != nil {
+		return RolloutStatus{}, err
+	}
+	defer resp.Body.Close()
+	var st RolloutStatus
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxResponse)).Decode(&st); err != nil {
+		return st, fmt.Errorf("rollout: reading the answer: %w", err)
+	}
+	return st, nil
+}
+
+// Rollouts lists the newest limit rollouts, newest first.
+func (c *Client) Rollouts(ctx context.Context, limit int) ([]store.Rollout, error) {
+	var out struct {
+		Rollouts []store.Rollout `json:"rollouts"`
+	}
+	err := c.call(ctx, "GET", "/api/v1/rollouts?limit="+strconv.Itoa(limit), "", nil, &out)
+	return out.Rollouts, err
+}
+
+// Rollout returns a rollout with its boards.
+func (c *Client) Rollout(ctx context.Context, id string) (RolloutStatus, error) {
+	return c.WaitRollout(ctx, id, time.Time{}, 0)
+}
+
+// WaitRollout returns a rollout once it changed since updated (its Updated
+// as last seen), once it is over, or after wait.
+func (c *Client) WaitRollout(ctx context.Context, id string, updated time.Time, wait time.Duration) (RolloutStatus, error) {
+	path := "/api/v1/rollouts/" + url.PathEscape(id)
+	if wait > 0 {
+		path += "?wait_ms=" + strconv.FormatInt(wait.Milliseconds(), 10) + "&updated=" + url.QueryEscape(updated.Format(time.RFC3339Nano))
+	}
+	var st RolloutStatus
+	err := c.call(ctx, "GET", path, "", nil, &st)
+	return st, err
 }

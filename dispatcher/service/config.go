@@ -46,6 +46,10 @@ type Config struct {
 	// ConsoleBytes bounds each board's console record on disk (about
 	// twice this; default consolelog's).
 	ConsoleBytes int64 `yaml:"console_bytes" validate:"min=0"`
+	// Metrics says who may read /metrics (default: a token is required).
+	Metrics MetricsConfig `yaml:"metrics"`
+	// Dashboard configures the web dashboard at / (docs/service.md).
+	Dashboard DashboardConfig `yaml:"dashboard"`
 }
 
 // RecoveryConfig bounds the recovery of a board with a power driver whose

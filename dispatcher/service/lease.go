@@ -228,6 +228,7 @@ func (s *Service) grantLocked(l *store.Lease, ids []string, now time.Time) {
 	l.State, l.Boards, l.Granted, l.Renewed = store.LeaseActive, slices.Clone(ids), now, now
 	l.Until = now.Add(span) // the span runs from the grant
 	l.Expires = minTime(now.Add(l.TTL), l.Until)
+	s.metrics.leaseGranted(now.Sub(l.Created))
 	for _, id := range ids {
 		b := s.boards[id]
 		b.lease = l.ID
@@ -280,7 +281,8 @@ func (s *Service) persistLocked(l *store.Lease) {
 	}
 }
 
-// notifyLocked wakes those waiting on a change of a lease.
+// notifyLocked wakes those waiting on a change of a lease or of a
+// board's state (lease waiters, the dashboard's live pages).
 func (s *Service) notifyLocked() {
 	close(s.changed)
 	s.changed = make(chan struct{})

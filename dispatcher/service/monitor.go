@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/boardlink/boardlink/auth"
@@ -23,6 +24,11 @@ const (
 	dialTimeout = 15 * time.Second
 )
 
+// boardReadBuffer is the read buffer of a session with a board: what a
+// heartbeat's answer needs. The default (16 KiB) was most of what a
+// thousand idle sessions held; bulk data is read past the buffer.
+const boardReadBuffer = 1 << 10
+
 // monitor keeps one connection to b at addr until ctx ends: it dials,
 // asks board.info every heartbeat, and when the board stops answering
 // marks it offline and dials again with backoff. Each failure in a row
@@ -30,8 +36,16 @@ const (
 // answer the first dial after it was lost is recovered instead: power
 // cycles until it comes back with a new boot, or quarantine.
 func (s *Service) monitor(ctx context.Context, b *board, addr string) {
+	s.dialLoop(ctx, b, addr, false)
+}
+
+// dialLoop dials b until a session opens, then hands it to a heartbeat
+// and returns: an online board costs no goroutine of its own (a lab holds
+// a thousand), only a timer. lost says the last session failed: the next
+// failed dial recovers. The session holds a count of s.wg of its own,
+// taken while the caller's is still held.
+func (s *Service) dialLoop(ctx context.Context, b *board, addr string, lost bool) {
 	backoff := minBackoff
-	lost := false // the last session failed: the next failed dial recovers
 	for ctx.Err() == nil {
 		c, info, err := s.dialBoard(ctx, b, addr)
 		if err != nil {
@@ -51,15 +65,10 @@ func (s *Service) monitor(ctx context.Context, b *board, addr string) {
 			backoff = min(2*backoff, maxBackoff)
 			continue
 		}
-		backoff = minBackoff
 		s.online(b, c, info)
-		err = s.heartbeat(ctx, b, c)
-		c.Close()
-		if ctx.Err() != nil {
-			return
-		}
-		s.failed(b, err)
-		lost = true
+		s.wg.Add(1) // the session's, released when it ends; ours is still held
+		s.startHeartbeat(ctx, b, addr, c)
+		return
 	}
 }
 
@@ -125,7 +134,7 @@ func (s *Service) dialBoard(ctx context.Context, b *board, addr string) (*dispat
 // the config's, its fingerprint if the config gives one, the service's
 // trust, its id required, its console recorded.
 func (s *Service) dialOptions(b *board, addr string) (dispatcher.DialOptions, error) {
-	opts := dispatcher.DialOptions{Trust: s.trust, BoardID: b.id, Logger: s.log.With("board", b.id)}
+	opts := dispatcher.DialOptions{Trust: s.trust, BoardID: b.id, Logger: s.log.With("board", b.id), ReadBuffer: boardReadBuffer}
 	tokenFile := s.cfg.TokenFile
 	if b.static != nil {
 		if b.static.TokenFile != "" {
@@ -173,28 +182,94 @@ func onLine(addr string) bool {
 // silent within an interval and this.
 func heartbeatTimeout(every time.Duration) time.Duration { return max(2*every, 2*time.Second) }
 
-// heartbeat asks b's info every interval until the connection fails or
-// the board does not answer within heartbeatTimeout.
-func (s *Service) heartbeat(ctx context.Context, b *board, c *dispatcher.Client) error {
-	every := s.cfg.Heartbeat.D()
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-c.Conn().Done():
-			return fmt.Errorf("connection lost: %w", c.Conn().Err())
-		case <-t.C:
-		}
-		hctx, cancel := context.WithTimeout(ctx, heartbeatTimeout(every))
-		info, err := c.Info(hctx)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("heartbeat: %w", err)
-		}
-		s.seen(b, info)
+// heartbeat watches one session with a board without a goroutine while
+// all is well: a timer asks board.info every interval, and the end of the
+// connection or of the monitor's context fires the timer at once. The
+// beat that finds the session over ends it, and the monitor dials again.
+type heartbeat struct {
+	s     *Service
+	b     *board
+	addr  string
+	c     *dispatcher.Client
+	ctx   context.Context // the monitor's
+	every time.Duration
+
+	sess   context.Context // ends with ctx or the connection
+	cancel context.CancelCauseFunc
+	stops  []func() bool // the context.AfterFuncs
+
+	mu    sync.Mutex // held by a beat throughout: beats never overlap
+	timer *time.Timer
+	ended bool
+}
+
+// startHeartbeat starts the heartbeat of b's session on c, which holds one
+// count of s.wg until it ends.
+func (s *Service) startHeartbeat(ctx context.Context, b *board, addr string, c *dispatcher.Client) {
+	h := &heartbeat{s: s, b: b, addr: addr, c: c, ctx: ctx, every: s.cfg.Heartbeat.D()}
+	h.sess, h.cancel = context.WithCancelCause(ctx)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.timer = time.AfterFunc(h.every, h.beat)
+	conn := c.Conn()
+	h.stops = append(h.stops,
+		context.AfterFunc(conn.Context(), func() {
+			h.cancel(fmt.Errorf("connection lost: %w", conn.Err()))
+		}),
+		// After the beat under way, if any (the lock): the end is seen now,
+		// not an interval later.
+		context.AfterFunc(h.sess, func() {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			if !h.ended {
+				h.timer.Reset(0)
+			}
+		}))
+}
+
+// beat asks the board's info, and ends the session if it is over or the
+// board did not answer.
+func (h *heartbeat) beat() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.ended {
+		return
 	}
+	if h.sess.Err() != nil {
+		h.endLocked(context.Cause(h.sess))
+		return
+	}
+	hctx, cancel := context.WithTimeout(h.sess, heartbeatTimeout(h.every))
+	info, err := h.c.Info(hctx)
+	cancel()
+	switch {
+	case h.sess.Err() != nil:
+		h.endLocked(context.Cause(h.sess))
+	case err != nil:
+		h.endLocked(fmt.Errorf("heartbeat: %w", err))
+	default:
+		h.s.seen(h.b, info)
+		h.timer.Reset(h.every)
+	}
+}
+
+// endLocked closes the session and, unless the monitor is over, records
+// the failure and dials again; then it gives back the session's count of
+// s.wg, after the new dial loop took its own.
+func (h *heartbeat) endLocked(cause error) {
+	h.ended = true
+	h.timer.Stop()
+	for _, stop := range h.stops {
+		stop()
+	}
+	h.cancel(cause)
+	h.c.Close()
+	defer h.s.wg.Done()
+	if h.ctx.Err() != nil {
+		return
+	}
+	h.s.failed(h.b, cause)
+	h.s.wg.Go(func() { h.s.dialLoop(h.ctx, h.b, h.addr, true) })
 }
 
 // online records a new session with b.

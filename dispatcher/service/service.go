@@ -32,6 +32,10 @@ type Options struct {
 	// ConsoleDir keeps the boards' console records, one directory per
 	// board (default: console/ beside the database).
 	ConsoleDir string
+	// MaxUpload bounds a file pushed or an image sent through the API
+	// (default DefaultMaxUpload); uploads are spooled to disk beside the
+	// database, never held in memory.
+	MaxUpload int64
 }
 
 // Service is the lab service. Its methods are safe for concurrent use.
@@ -54,11 +58,16 @@ type Service struct {
 	closing chan struct{} // closed by Stop: long polls return
 
 	consoles *consolelog.Set
-	kick     chan struct{} // wakes the expiry loop
-	journal  *journal
-	ctx      context.Context // the service's life, from Start to Stop
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
+	// rolled are the boards each rollout run by the service marked
+	// updating; rolloutChanged is closed and replaced when a rollout moves.
+	rolled         map[string]map[string]bool
+	rolloutChanged chan struct{}
+	kick           chan struct{} // wakes the expiry loop
+	journal        *journal
+	metrics        *metrics        // nil: none
+	ctx            context.Context // the service's life, from Start to Stop
+	cancel         context.CancelFunc
+	wg             sync.WaitGroup
 }
 
 // board is one board of the inventory; the fields after mu's comment are
@@ -82,6 +91,7 @@ type board struct {
 	failures               int
 	client                 *dispatcher.Client
 	runs                   map[uint64]*run // commands run through the service
+	updating               int             // updates under way through the service (MarkUpdating)
 	stop                   context.CancelFunc
 }
 
@@ -112,20 +122,27 @@ func New(ctx context.Context, o Options) (*Service, error) {
 	if o.Power == nil {
 		o.Power = func(bc BoardConfig) (power.Driver, error) { return power.New(bc.Power) }
 	}
+	if o.MaxUpload <= 0 {
+		o.MaxUpload = DefaultMaxUpload
+	}
 	if o.ConsoleDir == "" {
-		o.ConsoleDir = filepath.Join(filepath.Dir(o.Store.Path()), "console")
+		o.ConsoleDir = filepath.Join(o.Store.Dir(), "console")
 	}
 	if o.Trust == nil {
 		path := o.Config.KnownBoards
 		if path == "" {
-			path = filepath.Join(filepath.Dir(o.Store.Path()), "known_boards.json")
+			path = filepath.Join(o.Store.Dir(), "known_boards.json")
 		}
 		o.Trust = dispatcher.NewKnownBoards(path)
 	}
 	s := &Service{cfg: o.Config, st: o.Store, log: o.Logger, trust: o.Trust, users: users, opts: o,
 		boards: map[string]*board{}, leases: map[string]*store.Lease{}, changed: make(chan struct{}),
-		kick: make(chan struct{}, 1), closing: make(chan struct{})}
+		kick: make(chan struct{}, 1), closing: make(chan struct{}), rolled: map[string]map[string]bool{},
+		rolloutChanged: make(chan struct{})}
 	s.journal = newJournal(o.Store, o.Logger)
+	if s.metrics, err = newMetrics(s); err != nil {
+		return nil, err
+	}
 	s.consoles = consolelog.NewSet(o.ConsoleDir, consolelog.Options{SegmentBytes: o.Config.ConsoleBytes})
 	if err := s.load(ctx); err != nil {
 		return nil, err
@@ -211,7 +228,8 @@ const (
 )
 
 // Start starts the service's work: a monitor per board, the lease expiry
-// loop, discovery when the config asks, and the journal's writer.
+// loop, discovery when the config asks, the journal's writer, and the
+// rollouts it ran that a stop or a crash left unfinished, resumed.
 func (s *Service) Start(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -227,6 +245,7 @@ func (s *Service) Start(ctx context.Context) error {
 	if s.cfg.Discovery.MDNS || s.cfg.Discovery.Serial {
 		s.wg.Go(func() { s.discover(s.ctx) })
 	}
+	s.wg.Go(func() { s.resumeRollouts(s.ctx) })
 	s.log.Info("service started", "boards", len(s.ids), "open_leases", len(s.leases))
 	return nil
 }
@@ -304,6 +323,7 @@ func (s *Service) setStateLocked(b *board, to State, reason string) error {
 	}
 	from := b.state
 	b.state, b.reason = to, reason
+	s.notifyLocked() // the dashboard's live pages follow board states too
 	s.log.Info("board state", "board", b.id, "from", from, "to", to, "reason", reason)
 	s.journal.board(b.snapshot())
 	s.journal.audit(store.AuditEntry{User: serviceUser, Action: "board.state", Board: b.id, Lease: b.lease,
@@ -315,11 +335,14 @@ func (s *Service) setStateLocked(b *board, to State, reason string) error {
 const serviceUser = "service"
 
 // settledLocked is the state b goes back to when nothing a person set
-// holds it: offline, leased or idle.
+// holds it: offline, updating (when the table allows it from where b is),
+// leased or idle.
 func (b *board) settledLocked() State {
 	switch {
 	case !b.online:
 		return Offline
+	case b.updating > 0 && b.state.CanBecome(Updating):
+		return Updating
 	case b.lease != "":
 		return Leased
 	}

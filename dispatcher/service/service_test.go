@@ -176,7 +176,7 @@ func TestStateTable(t *testing.T) {
 		{Maintenance, Leased, false},
 		{Offline, Leased, true}, // a leased board coming back
 		{Quarantined, Idle, true},
-		{Offline, Updating, false},
+		{Offline, Updating, true},
 	}
 	for _, tc := range tests {
 		if got := tc.from.CanBecome(tc.to); got != tc.ok {

@@ -14,7 +14,8 @@ const (
 	Idle State = "idle"
 	// Leased: held by a lease.
 	Leased State = "leased"
-	// Updating: a rollout is updating it (MarkUpdating).
+	// Updating: an update or a rollout through the service holds it
+	// (MarkUpdating).
 	Updating State = "updating"
 	// Offline: its agent does not answer; the service keeps dialing it.
 	Offline State = "offline"
@@ -29,12 +30,14 @@ const (
 // transitions are the only moves a board's state makes. A leased board
 // cannot be put in maintenance (its lease ends first); only a board with
 // its lease still on it (one that went offline or was quarantined while
-// leased) goes back to leased.
+// leased) goes back to leased; a board that comes back while an update
+// holds it (the reboot into its trial) goes straight back to updating, so
+// that no lease takes it in between.
 var transitions = map[State][]State{
 	Idle:        {Leased, Updating, Offline, Quarantined, Maintenance},
 	Leased:      {Idle, Updating, Offline, Quarantined},
 	Updating:    {Idle, Leased, Offline, Quarantined},
-	Offline:     {Idle, Leased, Quarantined, Maintenance},
+	Offline:     {Idle, Leased, Updating, Quarantined, Maintenance},
 	Quarantined: {Idle, Leased, Offline, Maintenance},
 	Maintenance: {Idle, Offline, Quarantined},
 }

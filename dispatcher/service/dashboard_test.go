@@ -1,0 +1,547 @@
+package service
+
+import (
+	"bufio"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/boardlink/boardlink/dispatcher/power"
+	"github.com/boardlink/boardlink/dispatcher/store"
+	"github.com/boardlink/boardlink/internal/simlab"
+)
+
+// dashClient is a browser without a browser: a cookie jar, and redirects
+// shown rather than followed.
+type dashClient struct {
+	t    *testing.T
+	base string
+	hc   *http.Client
+}
+
+func newDashClient(t *testing.T, base string) *dashClient {
+	jar, err := cookiejar.New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &dashClient{t: t, base: base, hc: &http.Client{Jar: jar,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+}
+
+// do makes a request; form, if set, is posted.
+func (c *dashClient) do(method, path string, form url.Values, hdr map[string]string) (*http.Response, string) {
+	c.t.Helper()
+	var body io.Reader
+	if form != nil {
+		body = strings.NewReader(form.Encode())
+	}
+	req, err := http.NewRequest(method, c.base+path, body)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if form != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return resp, string(raw)
+}
+
+// sameSite are the headers a browser sends with a form of the page's own.
+func (c *dashClient) sameSite() map[string]string {
+	return map[string]string{"Origin": c.base, "Sec-Fetch-Site": "same-origin"}
+}
+
+// signIn signs in with tok through the form.
+func (c *dashClient) signIn(tok string) *http.Response {
+	c.t.Helper()
+	resp, body := c.do("POST", "/signin", url.Values{"token": {tok}, "next": {"/leases"}}, c.sameSite())
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/leases" {
+		c.t.Fatalf("sign-in: %s %s", resp.Status, body)
+	}
+	return resp
+}
+
+var csrfField = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
+
+// csrf is the form token of a page of the dashboard.
+func (c *dashClient) csrf(page string) string {
+	c.t.Helper()
+	_, body := c.do("GET", page, nil, nil)
+	m := csrfField.FindStringSubmatch(body)
+	if m == nil {
+		c.t.Fatalf("no form token in %s:\n%s", page, body)
+	}
+	return m[1]
+}
+
+// TestDashboardSignIn: every page needs sign-in by default; the token is
+// taken once by the form and kept in an HttpOnly, SameSite=Strict cookie
+// (not Secure over plain http); a wrong token is refused; signing out
+// forgets it. With PublicRead, the lists read without sign-in, but a
+// board's commands and console, and every action, still need it.
+func TestDashboardSignIn(t *testing.T) {
+	l := startLab(t, labOptions{boards: 1, ttl: time.Minute})
+	l.waitIdle()
+	id := l.sim.Boards[0].ID
+	c := newDashClient(t, l.srv.URL)
+	for _, p := range []string{"/", "/leases", "/rollouts", "/boards/" + id} {
+		resp, _ := c.do("GET", p, nil, nil)
+		if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/signin?next="+url.QueryEscape(p) {
+			t.Errorf("GET %s signed out: %s to %q", p, resp.Status, resp.Header.Get("Location"))
+		}
+	}
+	if resp, _ := c.do("GET", "/live/", nil, nil); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("live stream signed out: %s", resp.Status)
+	}
+	resp, body := c.do("POST", "/signin", url.Values{"token": {"not-a-token"}}, c.sameSite())
+	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(body, "No user has that token") || len(resp.Cookies()) != 0 {
+		t.Fatalf("wrong token: %s %v\n%s", resp.Status, resp.Cookies(), body)
+	}
+
+	resp = c.signIn(l.tokens["alice"])
+	ck := resp.Cookies()
+	if len(ck) != 1 || ck[0].Name != cookieName || !ck[0].HttpOnly || ck[0].SameSite != http.SameSiteStrictMode ||
+		ck[0].Secure || ck[0].Path != "/" || strings.Contains(ck[0].Value, "token-of") {
+		t.Fatalf("cookie: %+v", ck)
+	}
+	resp, body = c.do("GET", "/", nil, nil)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, `data-board="`+id+`"`) || !strings.Contains(body, "alice") {
+		t.Fatalf("boards signed in: %s\n%s", resp.Status, body)
+	}
+	// The sign-in is in the audit log.
+	es, err := l.svc.Audit(context.Background(), store.AuditFilter{User: "alice", Action: "dashboard.signin"})
+	if err != nil || len(es) != 1 {
+		t.Fatalf("%+v %v", es, err)
+	}
+
+	resp, _ = c.do("POST", "/signout", url.Values{"csrf": {c.csrf("/")}}, c.sameSite())
+	if resp.StatusCode != http.StatusSeeOther || len(resp.Cookies()) != 1 || resp.Cookies()[0].MaxAge >= 0 {
+		t.Fatalf("sign-out: %s %+v", resp.Status, resp.Cookies())
+	}
+	if resp, _ := c.do("GET", "/", nil, nil); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("signed out, boards: %s", resp.Status)
+	}
+	// A cookie that is no user's token is no sign-in.
+	u, _ := url.Parse(l.srv.URL)
+	c.hc.Jar.SetCookies(u, []*http.Cookie{{Name: cookieName, Value: "bm90LWEtdG9rZW4"}})
+	if resp, _ := c.do("GET", "/", nil, nil); resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("forged cookie: %s", resp.Status)
+	}
+
+	// A board wall: reading without sign-in.
+	wall := httptest.NewServer(l.svc.Dashboard(DashboardConfig{PublicRead: true}))
+	t.Cleanup(wall.Close)
+	v := newDashClient(t, wall.URL)
+	for _, p := range []string{"/", "/leases", "/rollouts", "/boards/" + id} {
+		if resp, body := v.do("GET", p, nil, nil); resp.StatusCode != http.StatusOK || !strings.Contains(body, "Sign in") {
+			t.Errorf("public GET %s: %s", p, resp.Status)
+		}
+	}
+	if _, body := v.do("GET", "/boards/"+id, nil, nil); strings.Contains(body, "Recent commands") ||
+		!strings.Contains(body, "Sign in to see its commands") {
+		t.Errorf("a board's commands shown without sign-in:\n%s", body)
+	}
+	if resp, _ := v.do("GET", "/live/boards/"+id+"/console", nil, nil); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("console stream without sign-in: %s", resp.Status)
+	}
+	if resp, _ := v.do("POST", "/boards/"+id+"/power", url.Values{"action": {"cycle"}}, v.sameSite()); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("power without sign-in: %s", resp.Status)
+	}
+}
+
+// TestDashboardCSRF: a form post from another site, or without the
+// session's form token, is refused and changes nothing; the same post from
+// the page itself switches the board's power, recorded in the audit log.
+func TestDashboardCSRF(t *testing.T) {
+	drivers := map[string]*simPower{}
+	l := startLab(t, labOptions{boards: 1, ttl: time.Minute,
+		power: func(sim *simlab.Lab, bc BoardConfig) (power.Driver, error) {
+			drivers[bc.ID] = &simPower{b: sim.Boards[0]}
+			return drivers[bc.ID], nil
+		}})
+	l.waitIdle()
+	id := l.sim.Boards[0].ID
+	c := newDashClient(t, l.srv.URL)
+	c.signIn(l.tokens["alice"])
+	tok := c.csrf("/boards/" + id)
+	path := "/boards/" + id + "/power"
+	cross := map[string]string{"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"}
+	for _, tc := range []struct {
+		name string
+		form url.Values
+		hdr  map[string]string
+	}{
+		{"no form token", url.Values{"action": {"cycle"}}, c.sameSite()},
+		{"bad form token", url.Values{"action": {"cycle"}, "csrf": {tok + "x"}}, c.sameSite()},
+		{"another site's Origin", url.Values{"action": {"cycle"}, "csrf": {tok}}, map[string]string{"Origin": "https://evil.example"}},
+		{"cross-site fetch", url.Values{"action": {"cycle"}, "csrf": {tok}}, cross},
+	} {
+		resp, body := c.do("POST", path, tc.form, tc.hdr)
+		if resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "not from this dashboard") {
+			t.Errorf("%s: %s\n%s", tc.name, resp.Status, body)
+		}
+	}
+	// Signing in from another site (login CSRF) is refused too.
+	if resp, _ := c.do("POST", "/signin", url.Values{"token": {l.tokens["bob"]}}, cross); resp.StatusCode != http.StatusForbidden {
+		t.Errorf("cross-site sign-in: %s", resp.Status)
+	}
+	if n := drivers[id].cycles.Load(); n != 0 {
+		t.Fatalf("%d power cycles after refused posts", n)
+	}
+
+	before := l.sim.Boards[0].BootID()
+	resp, body := c.do("POST", path, url.Values{"action": {"cycle"}, "csrf": {tok}}, c.sameSite())
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != "/boards/"+id+"?power=cycle" {
+		t.Fatalf("power cycle: %s\n%s", resp.Status, body)
+	}
+	// (The service may cycle it again itself: it saw the board go away.)
+	if drivers[id].cycles.Load() == 0 || l.sim.Boards[0].BootID() == before {
+		t.Fatalf("not cycled: %d cycles, boot %s", drivers[id].cycles.Load(), l.sim.Boards[0].BootID())
+	}
+	if _, body := c.do("GET", "/boards/"+id+"?power=cycle", nil, nil); !strings.Contains(body, "Power cycle: done.") {
+		t.Fatalf("no notice:\n%s", body)
+	}
+	l.audited(id, "board.power", "cycle (dashboard)")
+
+	// A board bob holds: alice sees no power buttons, and a post is
+	// refused with the holder named.
+	held, err := acquire(context.Background(), l.clients["bob"], AcquireRequest{Boards: []string{id}, WaitMs: 60000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, body := c.do("GET", "/boards/"+id, nil, nil); strings.Contains(body, `id="power-cycle"`) {
+		t.Fatalf("power buttons on a board bob holds:\n%s", body)
+	}
+	resp, body = c.do("POST", path, url.Values{"action": {"off"}, "csrf": {tok}}, c.sameSite())
+	if resp.StatusCode != http.StatusConflict || !strings.Contains(body, "leased by bob") || !strings.Contains(body, held.ID) {
+		t.Fatalf("power of bob's board: %s\n%s", resp.Status, body)
+	}
+}
+
+// TestDashboardEscapes: what boards and the audit log say is text, never
+// markup, in pages and in live fragments alike; every page carries a
+// strict Content-Security-Policy.
+func TestDashboardEscapes(t *testing.T) {
+	const evil = `"><script>alert(1)</script><img src=x onerror=alert(2)>`
+	l := startLab(t, labOptions{boards: 1, ttl: time.Minute,
+		labels: func(int) map[string]string { return map[string]string{"rack": evil} }})
+	l.waitIdle()
+	id := l.sim.Boards[0].ID
+	ctx := context.Background()
+	// A command line and a maintenance reason with markup, in the log.
+	if _, err := l.clients["alice"].SetMaintenance(ctx, id, MaintenanceRequest{On: true, Reason: evil}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.svc.st.AddAudit(ctx, store.AuditEntry{User: "alice", Action: "board.exec", Board: id, Result: "ok", Detail: "echo " + evil}); err != nil {
+		t.Fatal(err)
+	}
+	ro := store.Rollout{ID: "r-" + evil[:2] + "1", Version: evil, Selector: "rack=" + evil, Concurrency: 1}
+	if err := l.svc.st.CreateRollout(ctx, ro); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.svc.st.PutBoard(ctx, store.BoardResult{RolloutID: ro.ID, BoardID: id, Phase: store.PhaseDone,
+		Result: store.ResultFailed, Reason: evil}); err != nil {
+		t.Fatal(err)
+	}
+	c := newDashClient(t, l.srv.URL)
+	c.signIn(l.tokens["alice"])
+	for _, p := range []string{"/", "/boards/" + id, "/rollouts", "/rollouts/" + url.PathEscape(ro.ID), "/signin?next=" + url.QueryEscape(evil)} {
+		resp, body := c.do("GET", p, nil, nil)
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("GET %s: %s", p, resp.Status)
+		}
+		if strings.Contains(body, "<script>alert") || strings.Contains(body, "<img src=x") {
+			t.Errorf("GET %s: markup unescaped:\n%s", p, body)
+		}
+		if p != "/signin?next="+url.QueryEscape(evil) && !strings.Contains(body, "&lt;script&gt;alert(1)") {
+			t.Errorf("GET %s: the text is not shown escaped:\n%s", p, body)
+		}
+		csp := resp.Header.Get("Content-Security-Policy")
+		if !strings.Contains(csp, "script-src 'self'") || !strings.Contains(csp, "default-src 'none'") ||
+			strings.Contains(csp, "unsafe") || resp.Header.Get("X-Content-Type-Options") != "nosniff" {
+			t.Errorf("GET %s: headers %v", p, resp.Header)
+		}
+		// No inline script at all: the CSP would block it.
+		if strings.Contains(body, "<script>") || strings.Contains(body, " onclick=") {
+			t.Errorf("GET %s: inline script", p)
+		}
+	}
+	// A next that leaves the site is not followed.
+	if resp, _ := c.do("POST", "/signin", url.Values{"token": {l.tokens["alice"]}, "next": {"//evil.example/x"}}, c.sameSite()); resp.Header.Get("Location") != "/" {
+		t.Errorf("next off the site: %q", resp.Header.Get("Location"))
+	}
+	// The live fragments are the same templates: escaped too.
+	for _, e := range readEvents(t, c, "/live/boards/"+id, 2) {
+		var f fragment
+		if err := json.Unmarshal([]byte(e.data), &f); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(f.HTML, "<script>alert") || !strings.Contains(f.HTML, "&lt;script&gt;alert(1)") {
+			t.Errorf("fragment %s:\n%s", f.ID, f.HTML)
+		}
+	}
+}
+
+type event struct{ name, data string }
+
+// readEvents opens a live stream as the client and reads n events.
+func readEvents(t *testing.T, c *dashClient, path string, n int) []event {
+	t.Helper()
+	resp, sc := openStream(t, c, path)
+	defer resp.Body.Close()
+	var out []event
+	for range n {
+		out = append(out, nextEvent(t, sc))
+	}
+	return out
+}
+
+// nextEvent reads a stream's next event.
+func nextEvent(t *testing.T, sc *bufio.Scanner) event {
+	t.Helper()
+	var e event
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "event: "):
+			e.name = strings.TrimPrefix(line, "event: ")
+		case strings.HasPrefix(line, "data: "):
+			e.data = strings.TrimPrefix(line, "data: ")
+		case line == "" && e.name != "":
+			return e
+		}
+	}
+	t.Fatalf("the stream ended: %v", sc.Err())
+	return e
+}
+
+func openStream(t *testing.T, c *dashClient, path string) (*http.Response, *bufio.Scanner) {
+	t.Helper()
+	resp, err := c.hc.Get(c.base + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
+		resp.Body.Close()
+		t.Fatalf("%s: %s %s", path, resp.Status, resp.Header.Get("Content-Type"))
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	return resp, sc
+}
+
+// TestDashboardLiveBounds: a user holds at most maxLivePerUser live
+// streams (another user is not held back by them), and Stop ends every
+// stream.
+func TestDashboardLiveBounds(t *testing.T) {
+	l := startLab(t, labOptions{boards: 1, ttl: time.Minute})
+	l.waitIdle()
+	alice, bob := newDashClient(t, l.srv.URL), newDashClient(t, l.srv.URL)
+	alice.signIn(l.tokens["alice"])
+	bob.signIn(l.tokens["bob"])
+	var open []*bufio.Scanner
+	for range maxLivePerUser {
+		resp, sc := openStream(t, alice, "/live/")
+		t.Cleanup(func() { resp.Body.Close() })
+		if !sc.Scan() || sc.Text() != "retry: 3000" {
+			t.Fatalf("stream: %q %v", sc.Text(), sc.Err())
+		}
+		open = append(open, sc)
+	}
+	resp, body := alice.do("GET", "/live/leases", nil, nil)
+	if resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("stream past the bound: %s %s", resp.Status, body)
+	}
+	resp, sc := openStream(t, bob, "/live/leases")
+	t.Cleanup(func() { resp.Body.Close() })
+	open = append(open, sc)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := l.svc.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i, sc := range open {
+		for sc.Scan() {
+		}
+		if sc.Err() != nil {
+			t.Errorf("stream %d: %v", i, sc.Err())
+		}
+	}
+}
+
+// TestDashboardConsole: a board on a serial line shows its console on its
+// page (escaped), and its live stream sends the recent record, then each
+// line as it is recorded.
+func TestDashboardConsole(t *testing.T) {
+	// The service again, with a board on a serial line that does not
+	// exist: it stays offline, and its console record is written here as
+	// the service's reader of the line would.
+	l := startLab(t, labOptions{boards: 1, ttl: time.Minute})
+	l.stopService()
+	l.cfg.Boards = append(l.cfg.Boards, BoardConfig{ID: "uart", Address: "serial://" + filepath.Join(l.dir, "no-such-tty")})
+	l.start(nil)
+	svc := l.svc
+	rec, err := svc.consoles.Log("uart")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rec.Write([]byte("U-Boot 2024.01 <b>bold</b>\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	c := newDashClient(t, l.srv.URL)
+	c.signIn(l.tokens["alice"])
+	_, body := c.do("GET", "/boards/uart", nil, nil)
+	if !strings.Contains(body, `data-console="/live/boards/uart/console"`) || !strings.Contains(body, "U-Boot 2024.01 &lt;b&gt;bold") {
+		t.Fatalf("board page:\n%s", body)
+	}
+
+	resp, sc := openStream(t, c, "/live/boards/uart/console")
+	defer resp.Body.Close()
+	var text strings.Builder
+	next := func() event {
+		e := nextEvent(t, sc)
+		var s string
+		if err := json.Unmarshal([]byte(e.data), &s); err != nil {
+			t.Fatal(err)
+		}
+		text.WriteString(s)
+		return e
+	}
+	if e := next(); e.name != "reset" {
+		t.Fatalf("first event %+v", e)
+	}
+	if e := next(); e.name != "text" || !strings.Contains(text.String(), "U-Boot 2024.01 <b>bold</b>") {
+		t.Fatalf("recent record: %+v %q", e, text.String())
+	}
+	if _, err := rec.Write([]byte("Starting kernel ...\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	for !strings.Contains(text.String(), "Starting kernel") {
+		next()
+	}
+	// A board without a console has no stream.
+	if resp, _ := c.do("GET", "/live/boards/nope/console", nil, nil); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("no such board: %s", resp.Status)
+	}
+}
+
+// TestDashboardRollouts: the rollouts the store holds, listed with their
+// progress, and one rollout's boards; an unknown one is a 404 page.
+func TestDashboardRollouts(t *testing.T) {
+	l := startLab(t, labOptions{boards: 2, ttl: time.Minute})
+	ctx := context.Background()
+	ro := store.Rollout{ID: store.NewRolloutID(), Image: "fw-2.0.img", Version: "2.0.0", Selector: "model=sim", Concurrency: 2, MaxFailures: 1}
+	if err := l.svc.st.CreateRollout(ctx, ro); err != nil {
+		t.Fatal(err)
+	}
+	for i, b := range []store.BoardResult{
+		{BoardID: l.sim.Boards[0].ID, Phase: store.PhaseDone, Result: store.ResultCommitted, FromVersion: "1.0.0", ToVersion: "2.0.0", BytesSent: 3 << 20},
+		{BoardID: l.sim.Boards[1].ID, Phase: store.PhasePrepare, FromVersion: "1.0.0", ToVersion: "2.0.0"},
+	} {
+		b.RolloutID = ro.ID
+		if err := l.svc.st.PutBoard(ctx, b); err != nil {
+			t.Fatal(i, err)
+		}
+	}
+	c := newDashClient(t, l.srv.URL)
+	c.signIn(l.tokens["carol"])
+	_, body := c.do("GET", "/rollouts", nil, nil)
+	if !strings.Contains(body, `data-rollout="`+ro.ID+`" data-state="running"`) || !strings.Contains(body, `<progress max="2" value="1">`) {
+		t.Fatalf("rollouts:\n%s", body)
+	}
+	_, body = c.do("GET", "/rollouts/"+ro.ID, nil, nil)
+	for _, want := range []string{`data-board="` + l.sim.Boards[0].ID + `" data-phase="done" data-result="committed"`,
+		`data-board="` + l.sim.Boards[1].ID + `" data-phase="prepare" data-result=""`, "3.0 MiB", "1/2 done"} {
+		if !strings.Contains(body, want) {
+			t.Errorf("rollout page lacks %q", want)
+		}
+	}
+	if resp, body := c.do("GET", "/rollouts/r-nope", nil, nil); resp.StatusCode != http.StatusNotFound || !strings.Contains(body, "r-nope") {
+		t.Fatalf("unknown rollout: %s\n%s", resp.Status, body)
+	}
+	if resp, _ := c.do("GET", "/no/such/page", nil, nil); resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("unknown page: %s", resp.Status)
+	}
+	// The API's catch-all still answers JSON.
+	if resp, body := c.do("GET", "/api/v1/nope", nil, nil); resp.StatusCode != http.StatusNotFound || !strings.Contains(body, `"reason"`) {
+		t.Fatalf("API catch-all: %s %s", resp.Status, body)
+	}
+}
+
+// BenchmarkDashboardBoards renders the boards page of a lab of 1,000
+// boards (static entries on a closed port: offline, as the page's worst
+// case is no cheaper) for a signed-in user.
+func BenchmarkDashboardBoards(b *testing.B) {
+	dir := b.TempDir()
+	tokFile := filepath.Join(dir, "alice.token")
+	if err := os.WriteFile(tokFile, []byte("token-of-alice\n"), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	cfg := Config{QuarantineAfter: -1, Users: []UserConfig{{Name: "alice", TokenFile: tokFile}}}
+	for i := range 1000 {
+		cfg.Boards = append(cfg.Boards, BoardConfig{ID: fmt.Sprintf("board-%04d", i), Address: "ws://127.0.0.1:1",
+			Model: "imx8", Labels: map[string]string{"rack": fmt.Sprint(i / 40)}})
+	}
+	ctx := context.Background()
+	st, err := store.Open(ctx, filepath.Join(dir, "lab.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	svc, err := New(ctx, Options{Config: cfg, Store: st})
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := svc.Dashboard(DashboardConfig{})
+	req := httptest.NewRequest("GET", "/", nil)
+	req.AddCookie(&http.Cookie{Name: cookieName, Value: base64.RawURLEncoding.EncodeToString([]byte("token-of-alice"))})
+	var size, n int
+	// The process's CPU time too: on a busy machine ns/op is mostly the
+	// wait for a CPU.
+	cpu0 := cpuTime(b)
+	for b.Loop() {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK {
+			b.Fatalf("%d %s", rec.Code, rec.Body.String())
+		}
+		size = rec.Body.Len()
+		n++
+	}
+	b.ReportMetric(float64(size), "page-bytes")
+	b.ReportMetric(float64((cpuTime(b)-cpu0).Nanoseconds())/float64(n), "cpu-ns/op")
+}
+
+// cpuTime is the process's user and system CPU time.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
