@@ -386,12 +386,11 @@ func RunRollout(ctx context.Context, cfg RolloutConfig, plan Plan, done []BoardR
 			rep = &p
 		}
 		r.boards[bp.ID] = rep
-		switch rep.Result {
-		case string(proto.ResultCommitted), ResultCurrent:
-		case "", ResultSkipped, ResultInterrupted: // never finished: this run does it
+		switch {
+		case rep.Result == "" || rep.Result == ResultSkipped || rep.Result == ResultInterrupted: // never finished: this run does it
 			rep.Result, rep.Reason = "", ""
 			todo = append(todo, bp.ID)
-		default:
+		case RolloutFailure(rep.Result):
 			r.failures.Add(1)
 		}
 	}
@@ -591,4 +590,15 @@ func (r *run) stage(ctx context.Context, wave int, name string, boards []string,
 
 func (r *run) tooMany() bool {
 	return r.cfg.MaxFailures >= 0 && int(r.failures.Load()) > r.cfg.MaxFailures
+}
+
+// RolloutFailure reports whether a board's result in a rollout counts
+// against its MaxFailures: anything but committed, already current, and
+// the results of a board not finished (none yet, skipped, interrupted).
+func RolloutFailure(result string) bool {
+	switch result {
+	case "", string(proto.ResultCommitted), ResultCurrent, ResultSkipped, ResultInterrupted:
+		return false
+	}
+	return true
 }

@@ -240,17 +240,8 @@ func run(ctx context.Context, n int, heartbeat, window time.Duration, leases, de
 		if err := b.Down(ctx); err != nil {
 			return err
 		}
-		for {
-			got, err := c.Board(ctx, b.ID)
-			if err != nil {
-				return err
-			}
-			if got.State == service.Offline {
-				break
-			}
-			if !sleep(ctx, pollEvery) {
-				return ctx.Err()
-			}
+		if err := waitOffline(ctx, c, b.ID); err != nil {
+			return err
 		}
 		seen = append(seen, time.Since(down))
 		es, err := c.Audit(ctx, store.AuditFilter{Board: b.ID, Action: "board.state", Limit: 1})
@@ -266,17 +257,8 @@ func run(ctx context.Context, n int, heartbeat, window time.Duration, leases, de
 		id := lab.Boards[n-1-dead-i].ID
 		down := time.Now()
 		r.freeze()
-		for {
-			got, err := c.Board(ctx, id)
-			if err != nil {
-				return err
-			}
-			if got.State == service.Offline {
-				break
-			}
-			if !sleep(ctx, pollEvery) {
-				return ctx.Err()
-			}
+		if err := waitOffline(ctx, c, id); err != nil {
+			return err
 		}
 		quiet = append(quiet, time.Since(down))
 	}
@@ -402,4 +384,20 @@ func pprofOverlay(dir, addr string) (string, error) {
 func sha256hex(s string) string {
 	sum := sha256.Sum256([]byte(s))
 	return hex.EncodeToString(sum[:])
+}
+
+// waitOffline polls the service until it reports board id offline.
+func waitOffline(ctx context.Context, c *service.Client, id string) error {
+	for {
+		got, err := c.Board(ctx, id)
+		if err != nil {
+			return err
+		}
+		if got.State == service.Offline {
+			return nil
+		}
+		if !sleep(ctx, pollEvery) {
+			return ctx.Err()
+		}
+	}
 }

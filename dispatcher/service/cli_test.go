@@ -1,7 +1,6 @@
 package service
 
 import (
-	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -37,20 +36,8 @@ func TestLeaseCLI(t *testing.T) {
 	}, ttl: 5 * time.Second})
 	l.waitIdle()
 	ctx := context.Background()
-	run := func(args ...string) (string, string, int) {
-		t.Helper()
-		cmd := exec.Command(cli, append([]string{"--server", l.srv.URL}, args...)...)
-		cmd.Env = append(os.Environ(), "BOARDLINK_TOKEN="+l.tokens["alice"], "XDG_CONFIG_HOME="+t.TempDir(),
-			"XDG_CACHE_HOME="+t.TempDir())
-		var stdout, stderr strings.Builder
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		err := cmd.Run()
-		var ee *exec.ExitError
-		if err != nil && !errors.As(err, &ee) {
-			t.Fatal(err)
-		}
-		return stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()
-	}
+	run := cliRunner(t, cli, "--server", l.srv.URL, "BOARDLINK_TOKEN="+l.tokens["alice"], "XDG_CONFIG_HOME="+t.TempDir(),
+		"XDG_CACHE_HOME="+t.TempDir())
 	out, errOut, code := run("lease", "--select", "rack=b", "--count", "2", "--",
 		"sh", "-c", `echo "$BOARDLINK_BOARDS|$BOARDLINK_ADDRESSES|$BOARDLINK_LEASE"; exit 7`)
 	if code != 7 {
@@ -123,36 +110,20 @@ func TestServeCLI(t *testing.T) {
 	}
 	certFile, keyFile, roots := selfSigned(t, dir)
 	serve := func(tls bool) (*exec.Cmd, *Client, *testenv.Buffer) {
-		args := []string{"serve", "--config", cfg, "--listen", "127.0.0.1:0", "--db", filepath.Join(dir, "lab.db")}
+		args := []string{"--config", cfg, "--listen", "127.0.0.1:0", "--db", filepath.Join(dir, "lab.db")}
 		var pool *x509.CertPool
 		if tls {
 			args, pool = append(args, "--tls-cert", certFile, "--tls-key", keyFile), roots
 		}
-		cmd := exec.Command(cli, args...)
-		cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+dir, "XDG_STATE_HOME="+dir)
-		var stderr testenv.Buffer
-		cmd.Stderr = &stderr
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-		line, err := bufio.NewReader(stdout).ReadString('\n')
-		_, url, ok := strings.Cut(strings.TrimSpace(line), "listening on ")
-		if err != nil || !ok {
-			t.Fatalf("%q %v\n%s", line, err, stderr.String())
-		}
+		cmd, url, stderr := serveProcess(t, cli, []string{"XDG_CONFIG_HOME=" + dir, "XDG_STATE_HOME=" + dir}, args...)
 		if want := map[bool]string{false: "http://", true: "https://"}[tls]; !strings.HasPrefix(url, want) {
-			t.Fatalf("serve says %q, want %s", line, want)
+			t.Fatalf("serve says %q, want %s", url, want)
 		}
 		c, err := NewClient(url, l.tokens["alice"], pool)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return cmd, c, &stderr
+		return cmd, c, stderr
 	}
 	cmd, c, stderr := serve(false)
 	ctx := context.Background()

@@ -338,7 +338,7 @@ func (c *stateCollector) collectRollouts(ch chan<- prometheus.Metric, gauge func
 		n, failed := map[key]int{}, 0
 		for _, b := range boards {
 			n[key{b.Phase, b.Result}]++
-			if rolloutFailure(b.Result) {
+			if dispatcher.RolloutFailure(b.Result) {
 				failed++
 			}
 		}
@@ -347,15 +347,4 @@ func (c *stateCollector) collectRollouts(ch chan<- prometheus.Metric, gauge func
 		}
 		gauge(rolloutFailedDesc, float64(failed), id)
 	}
-}
-
-// rolloutFailure reports whether a board's rollout result counts as a
-// failure, as dispatcher.RunRollout counts them against max_failures:
-// any result but success, nothing to do, or not finished.
-func rolloutFailure(result string) bool {
-	switch result {
-	case "", store.ResultCommitted, dispatcher.ResultCurrent, dispatcher.ResultSkipped, dispatcher.ResultInterrupted:
-		return false
-	}
-	return true
 }

@@ -227,12 +227,8 @@ func (l *Link) readFailed(err error) error {
 // WriteMessage hands p to the writer goroutine and waits until it is written.
 func (l *Link) WriteMessage(ctx context.Context, t transport.MessageType, p []byte) error {
 	m := outgoing{t: int(t), data: p, done: make(chan error, 1)}
-	select {
-	case l.out <- m:
-	case <-l.closing:
-		return l.closedErr()
-	case <-ctx.Done():
-		return ctx.Err()
+	if err := l.enqueue(ctx, m); err != nil {
+		return err
 	}
 	select {
 	case err := <-m.done:
@@ -248,14 +244,22 @@ func (l *Link) WriteMessage(ctx context.Context, t transport.MessageType, p []by
 // ctx ends (its write is bounded by WriteTimeout).
 func (l *Link) WriteMessageParts(ctx context.Context, t transport.MessageType, parts ...[]byte) error {
 	m := outgoing{t: int(t), parts: parts, done: make(chan error, 1)}
+	if err := l.enqueue(ctx, m); err != nil {
+		return err
+	}
+	return <-m.done
+}
+
+// enqueue hands m to the writer goroutine.
+func (l *Link) enqueue(ctx context.Context, m outgoing) error {
 	select {
 	case l.out <- m:
+		return nil
 	case <-l.closing:
 		return l.closedErr()
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	return <-m.done
 }
 
 // write writes m on the WebSocket.
