@@ -25,8 +25,14 @@
 //
 // The HTTP API (api.go, documented in docs/service.md and
 // docs/openapi.yaml) serves all of it under /api/v1 with per-user bearer
-// tokens, and records every action in the store's audit table. Client
-// (client.go) is its typed Go client, which the CLI uses.
+// tokens, and records every action in the store's audit table: exec (with
+// stdin and a terminal over a WebSocket, exec.go), files, reboot and OTA
+// (ops.go), and rollouts, which run as jobs of the service and resume
+// when it starts again (rollout.go). A board an update holds reads
+// updating. Client (client.go) is its typed Go client, which the CLI
+// uses. The same handler serves the dashboard at / (dashboard*.go, pages
+// rendered on the server, live over Server-Sent Events) and /metrics
+// (metrics.go, on a Prometheus registry of the service's own).
 //
 // State lives in dispatcher/store: the inventory (with maintenance and
 // quarantine), every lease, and the audit log, so a restarted service
