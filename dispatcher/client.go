@@ -504,7 +504,7 @@ func (c *Client) run(ctx context.Context, conn *transport.Conn, r ExecRequest, e
 			e.copies.Wait()
 			return res.Result(), nil
 		case <-ctx.Done():
-			return c.cancelRun(ctx, id, started, done, &res)
+			return c.cancelRun(ctx, id, started, done, &res, e)
 		}
 	}
 }
@@ -529,10 +529,24 @@ func (c *Client) wait(ctx context.Context, id string) (proto.ExecResult, error) 
 
 // cancelRun ends the command of an exec.run whose ctx was canceled (once
 // its id is known, if it is not yet) and waits for its record.
-func (c *Client) cancelRun(ctx context.Context, id string, started <-chan proto.ExecStarted, done <-chan error, res *proto.ExecRunResult) (proto.ExecResult, error) {
+func (c *Client) cancelRun(ctx context.Context, id string, started <-chan proto.ExecStarted, done <-chan error, res *proto.ExecRunResult, e *execStreams) (proto.ExecResult, error) {
 	canceled := fmt.Errorf("exec.run: %w", ctx.Err())
 	grace := time.NewTimer(cancelGrace)
 	defer grace.Stop()
+	// The record can come before the last of the output (what the
+	// command said on its way out): it is copied too, within the grace.
+	ended := func() (proto.ExecResult, error) {
+		copied := make(chan struct{})
+		go func() {
+			e.copies.Wait()
+			close(copied)
+		}()
+		select {
+		case <-copied:
+		case <-grace.C:
+		}
+		return res.Result(), nil
+	}
 	if id == "" {
 		select {
 		case st := <-started:
@@ -541,7 +555,7 @@ func (c *Client) cancelRun(ctx context.Context, id string, started <-chan proto.
 			if err != nil {
 				return proto.ExecResult{}, errors.Join(canceled, err)
 			}
-			return res.Result(), nil
+			return ended()
 		case <-grace.C:
 			return proto.ExecResult{}, canceled
 		}
@@ -556,7 +570,7 @@ func (c *Client) cancelRun(ctx context.Context, id string, started <-chan proto.
 		if err != nil {
 			return proto.ExecResult{}, errors.Join(canceled, err)
 		}
-		return res.Result(), nil
+		return ended()
 	case <-grace.C:
 		return proto.ExecResult{}, canceled
 	}

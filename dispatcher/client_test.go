@@ -34,7 +34,8 @@ func TestDialAddresses(t *testing.T) {
 }
 
 // TestExecCancelEndsCommandOnBoard: canceling Exec's context sends TERM to
-// the command on the board and still returns its final record.
+// the command on the board and still returns its final record, after
+// the output it wrote on its way out.
 func TestExecCancelEndsCommandOnBoard(t *testing.T) {
 	testenv.CheckLeaks(t)
 	b, err := sim.Open(t.TempDir(), sim.Options{})
@@ -64,18 +65,26 @@ func TestExecCancelEndsCommandOnBoard(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	pr, pw := io.Pipe()
+	rest := make(chan string, 1)
 	go func() {
 		// Cancel once the command has printed, so it is surely running.
-		line, _ := bufio.NewReader(pr).ReadString('\n')
+		r := bufio.NewReader(pr)
+		line, _ := r.ReadString('\n')
 		if line == "ready\n" {
 			cancel()
 		}
-		io.Copy(io.Discard, pr)
+		b, _ := io.ReadAll(r)
+		rest <- string(b)
 	}()
-	res, err := c.Exec(ctx, dispatcher.ExecRequest{Argv: []string{"sh", "-c", "echo ready; exec sleep 1000"}, Stdout: pw})
+	res, err := c.Exec(ctx, dispatcher.ExecRequest{Argv: []string{"sh", "-c",
+		`trap 'echo last-words; trap - TERM; kill -TERM $$' TERM; echo ready; sleep 1000 & wait`}, Stdout: pw})
 	pw.Close()
 	if err != nil {
 		t.Fatalf("exec: %v", err)
+	}
+	// What it said on its way out is not lost to the record that came first.
+	if out := <-rest; out != "last-words\n" {
+		t.Errorf("output after the cancel %q, want the command's last words", out)
 	}
 	if !res.Canceled || res.Signal != "TERM" {
 		t.Fatalf("result %+v, want canceled by TERM", res)
