@@ -18,8 +18,18 @@ import (
 // showed. ctx lets a test interrupt it.
 func onPTY(t *testing.T, ctx context.Context, args ...string) (int, string, string) {
 	t.Helper()
+	return onPTYSeen(t, ctx, nil, args...)
+}
+
+// onPTYSeen is onPTY that hands seen the terminal's output as it is
+// written, for a test that acts on what the CLI shows.
+func onPTYSeen(t *testing.T, ctx context.Context, seen func(*testenv.Buffer), args ...string) (int, string, string) {
+	t.Helper()
 	master, slave := testenv.RawPTY(t)
 	var term testenv.Buffer
+	if seen != nil {
+		seen(&term)
+	}
 	read := make(chan struct{})
 	go readTerminal(master, &term, read)
 	var stdout bytes.Buffer
@@ -60,17 +70,16 @@ func TestRebootWaitInterrupted(t *testing.T) {
 	b := startSimBoard(t, time.Hour) // it goes down and stays down
 	ctx, cancel := context.WithCancelCause(context.Background())
 	defer cancel(nil)
-	go func() {
-		for !strings.Contains(b.stderr.String(), "msg=rebooting") {
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(5 * time.Millisecond):
+	// Ctrl-C once the CLI shows a failed attempt to reach the board again:
+	// it has the reboot's answer then (the agent's "rebooting" and the
+	// spinner can both come before it).
+	code, stdout, term := onPTYSeen(t, ctx, func(term *testenv.Buffer) {
+		go func() {
+			if term.WaitFor(ctx, ", attempt ") {
+				cancel(&signalError{os.Interrupt})
 			}
-		}
-		cancel(&signalError{os.Interrupt})
-	}()
-	code, stdout, term := onPTY(t, ctx, "reboot", b.ws, "--wait", "--timeout", "1h")
+		}()
+	}, "reboot", b.ws, "--wait", "--timeout", "1h")
 	if code != 130 || !strings.Contains(term, "interrupted: stopped waiting for") || !strings.Contains(term, "'boardlink info ") {
 		t.Fatalf("reboot --wait after Ctrl-C: exit %d\n%s\n%q", code, stdout, term)
 	}

@@ -7,6 +7,7 @@ package testenv
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"slices"
@@ -127,15 +128,20 @@ func poll(d time.Duration, cond func() bool) bool {
 }
 
 // Buffer is a bytes.Buffer that a test may read while another goroutine
-// (a command's output, an agent's logger) writes it.
+// (a command's output, an agent's logger) writes it, and wait on.
 type Buffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	grew chan struct{} // closed by the next write; nil: nobody waits
 }
 
 func (b *Buffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.grew != nil {
+		close(b.grew)
+		b.grew = nil
+	}
 	return b.buf.Write(p)
 }
 
@@ -143,4 +149,26 @@ func (b *Buffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// WaitFor returns true once the buffer holds s, false if ctx ends first.
+// It wakes on writes, not on a timer.
+func (b *Buffer) WaitFor(ctx context.Context, s string) bool {
+	for {
+		b.mu.Lock()
+		if bytes.Contains(b.buf.Bytes(), []byte(s)) {
+			b.mu.Unlock()
+			return true
+		}
+		if b.grew == nil {
+			b.grew = make(chan struct{})
+		}
+		grew := b.grew
+		b.mu.Unlock()
+		select {
+		case <-grew:
+		case <-ctx.Done():
+			return false
+		}
+	}
 }
