@@ -95,6 +95,8 @@ func apiError(err error) *APIError {
 		e.Status, e.Reason = http.StatusGone, ReasonLeaseEnded
 	case errors.Is(err, ErrUnsatisfiable):
 		e.Status, e.Reason = http.StatusConflict, ReasonUnsatisfiable
+	case errors.Is(err, ErrElsewhere):
+		e.Status, e.Reason = http.StatusConflict, ReasonState
 	case errors.Is(err, ErrNotAvailable):
 		e.Status, e.Reason = http.StatusConflict, ReasonBusy
 	case errors.Is(err, ErrTooManyLeases):

@@ -34,7 +34,7 @@ func TestInstancesAndHolds(t *testing.T) {
 		}
 
 		l := Lease{ID: "l-1", Seq: 1, Holder: "alice", State: LeaseActive, Boards: []string{"b1", "b2"}, Count: 2,
-			TTL: 10 * time.Second, Created: at(0), Renewed: at(0), Expires: at(10 * time.Second)}
+			TTL: 10 * time.Second, Created: at(0), Renewed: at(0), Expires: at(10 * time.Second), Home: "A"}
 		if err := a.PutLease(ctx, l); err != nil {
 			t.Fatal(err)
 		}
@@ -48,6 +48,9 @@ func TestInstancesAndHolds(t *testing.T) {
 		}
 		if hs, err := b.Holds(ctx, at(10*time.Second)); err != nil || len(hs) != 0 {
 			t.Fatalf("expired: %+v %v", hs, err)
+		}
+		if got, err := b.GetLease(ctx, "l-1"); err != nil || got.Home != "A" {
+			t.Fatalf("%+v %v", got, err)
 		}
 		l.State, l.Ended = LeaseReleased, at(6*time.Second)
 		if err := a.PutLease(ctx, l); err != nil {

@@ -766,7 +766,7 @@ func TestMigrateFromVersion2(t *testing.T) {
 		s.Close()
 		db := raw(t, dsn)
 		for _, q := range []string{`DROP TABLE board_claims`, `DROP TABLE lease_boards`, `DROP TABLE counters`,
-			`DROP TABLE lab_instances`, `ALTER TABLE lab_boards DROP COLUMN owner`, `UPDATE schema_version SET version = 2`} {
+			`DROP TABLE lab_instances`, `ALTER TABLE lab_boards DROP COLUMN owner`, `ALTER TABLE leases DROP COLUMN home`, `UPDATE schema_version SET version = 2`} {
 			if _, err := db.Exec(q); err != nil {
 				t.Fatal(err)
 			}
