@@ -171,6 +171,11 @@ func (s *Service) Handler() http.Handler {
 // serve authenticates a request, runs its handler and records it.
 func (s *Service) serve(w http.ResponseWriter, r *http.Request, rt route) {
 	u, ok := s.authenticate(r)
+	peer := false
+	if !ok {
+		u, ok = s.peerUser(r)
+		peer = ok
+	}
 	ok = ok || s.metrics.scrapeAllowed(r, rt.path)
 	if !ok {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="boardlink"`)
@@ -178,6 +183,19 @@ func (s *Service) serve(w http.ResponseWriter, r *http.Request, rt route) {
 			Message: "a user's token is required: Authorization: Bearer TOKEN"})
 		s.log.Warn("api: unauthorized", "method", r.Method, "path", r.URL.Path, "from", r.RemoteAddr)
 		return
+	}
+	// An action on a board another service owns is that one's to do (and
+	// to record); a forwarded request is never forwarded again.
+	if !peer && strings.HasPrefix(rt.path, "/api/v1/boards/{id}/") {
+		fwd, err := s.forwarder(r.PathValue("id"), u)
+		if err != nil || fwd != nil {
+			if err != nil {
+				writeError(w, apiError(err))
+			} else {
+				fwd.ServeHTTP(w, r)
+			}
+			return
+		}
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, s.bodyLimit(rt))
 	c := &call{user: u, action: rt.action, board: r.PathValue("id"), lease: r.Header.Get(LeaseHeader)}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/dispatcher/store"
+	"github.com/boardlink/boardlink/internal/pgtest"
 	"github.com/boardlink/boardlink/internal/testenv"
 	"github.com/boardlink/boardlink/proto"
 )
@@ -26,7 +27,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) == "exec" {
 		os.Exit(helperExec())
 	}
-	os.Exit(m.Run())
+	os.Exit(pgtest.Main(m))
 }
 
 func helperExec() int {

@@ -1,0 +1,79 @@
+package service
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// PeerUserHeader names the user a service forwards a request for; the
+// service that receives it believes it only with the peer token.
+const PeerUserHeader = "Boardlink-Peer-User"
+
+// peerUser is the user a request forwarded by another service sharing
+// the database acts for: it bears the peer token, and names the user. A
+// user of this service's config keeps their rights; another is a plain
+// user.
+func (s *Service) peerUser(r *http.Request) (user, bool) {
+	var zero [sha256.Size]byte
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	name := r.Header.Get(PeerUserHeader)
+	if !ok || s.peerHash == zero || name == "" || len(name) > 64 {
+		return user{}, false
+	}
+	h := sha256.Sum256([]byte(strings.TrimSpace(tok)))
+	if subtle.ConstantTimeCompare(h[:], s.peerHash[:]) != 1 {
+		return user{}, false
+	}
+	for _, u := range s.users {
+		if u.name == name {
+			return u, true
+		}
+	}
+	return user{name: name}, true
+}
+
+// forwarder is the proxy to board id's owner, if another service owns it
+// (nil: this service serves the request). The URL comes only from the
+// database's record of that service, never from the request.
+func (s *Service) forwarder(id string, u user) (http.Handler, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b := s.boards[id]
+	if b == nil || b.owner == "" || b.owner == s.owner {
+		return nil, nil
+	}
+	if !b.ownerGone.IsZero() {
+		return nil, fmt.Errorf("board %s: %w: its owner %s vanished at %s", id, ErrOffline, b.owner,
+			b.ownerGone.UTC().Format(time.RFC3339))
+	}
+	in := s.instances[b.owner]
+	if in.URL == "" {
+		return nil, fmt.Errorf("board %s: %w: its owner %s advertises no URL", id, ErrOffline, b.owner)
+	}
+	if s.peerToken == "" {
+		return nil, fmt.Errorf("board %s: %w: it is %s's, and this service has no peer_token_file to reach it", id, ErrOffline, b.owner)
+	}
+	target, err := url.Parse(in.URL)
+	if err != nil {
+		return nil, fmt.Errorf("board %s: %w: owner %s's URL %q: %w", id, ErrOffline, b.owner, in.URL, err)
+	}
+	owner, tok := b.owner, s.peerToken
+	return &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.Host = target.Host
+			pr.Out.Header.Set("Authorization", "Bearer "+tok)
+			pr.Out.Header.Set(PeerUserHeader, u.name)
+		},
+		FlushInterval: -1, // exec output and consoles stream
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			writeError(w, apiError(fmt.Errorf("board %s: %w: its owner %s: %w", id, ErrOffline, owner, err)))
+		},
+	}, nil
+}

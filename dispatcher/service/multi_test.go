@@ -1,0 +1,153 @@
+package service
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/boardlink/boardlink/dispatcher/store"
+	"github.com/boardlink/boardlink/internal/pgtest"
+	"github.com/boardlink/boardlink/internal/testenv"
+)
+
+// fakeClock is the claims' clock of the services of a test: it moves
+// only when the test moves it.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// sharedEngines are the databases two services of one test share: a
+// SQLite file, and a database of the test binary's Postgres.
+var sharedEngines = []struct {
+	name string
+	db   func(testing.TB) string
+}{
+	{"sqlite", func(t testing.TB) string { return filepath.Join(t.TempDir(), "lab.db") }},
+	{"postgres", pgtest.New},
+}
+
+// TestTwoServices: services A and B on one database, each with boards of
+// its own. A lists B's boards with B as their owner; a lease taken
+// through A on a board of B's works end to end (a command's output comes
+// back through A, B refuses the board to others and records the real
+// user); B killed (its claims not released) shows its boards offline on
+// A, naming B, once its claims expire on the clock; B restarted claims
+// them again.
+func TestTwoServices(t *testing.T) {
+	for _, e := range sharedEngines {
+		t.Run(e.name, func(t *testing.T) {
+			ctx := context.Background()
+			db := e.db(t)
+			clock := &fakeClock{t: time.Now()}
+			peer := filepath.Join(t.TempDir(), "peer.token")
+			writeSecret(t, peer, "peer-secret")
+			o := labOptions{boards: 2, ttl: time.Minute, db: db, peerTokenFile: peer, now: clock.Now}
+			o.owner, o.idPrefix = "A", "a"
+			a := startLab(t, o)
+			o.owner, o.idPrefix = "B", "b"
+			b := startLab(t, o)
+			onB := b.sim.Boards[0].ID
+
+			seenFromA := func(what string, ok func(Board) bool) Board {
+				t.Helper()
+				var v Board
+				testenv.Eventually(t, what, func() bool {
+					if err := a.svc.claimRound(ctx); err != nil {
+						t.Fatal(err)
+					}
+					var err error
+					v, err = a.svc.Board(onB)
+					return err == nil && ok(v)
+				})
+				return v
+			}
+			seenFromA("B's board idle on A, owned by B", func(v Board) bool { return v.State == Idle && v.Owner == "B" })
+			if v, err := a.svc.Board(a.sim.Boards[0].ID); err != nil || v.Owner != "A" {
+				t.Fatalf("A's own board: %+v %v", v, err)
+			}
+
+			held, err := acquire(ctx, a.clients["alice"], AcquireRequest{Boards: []string{onB}})
+			if err != nil || held.State != store.LeaseActive || held.Home != "A" {
+				t.Fatalf("%+v %v", held, err)
+			}
+			var out bytes.Buffer
+			res, err := a.clients["alice"].Exec(ctx, onB, held.ID, ExecRequest{Argv: []string{"echo", "hello from B"}}, &out, nil)
+			if err != nil || res.Result.ExitCode != 0 || out.String() != "hello from B\n" {
+				t.Fatalf("exec through A: %+v %q %v", res, out.String(), err)
+			}
+			var stream bytes.Buffer
+			res, err = a.clients["alice"].ExecStream(ctx, onB, held.ID, ExecStreamRequest{Stdin: true,
+				ExecRequest: ExecRequest{Argv: []string{"cat"}}}, ExecIO{Stdin: strings.NewReader("over the socket\n"), Stdout: &stream})
+			if err != nil || res.Result.ExitCode != 0 || stream.String() != "over the socket\n" {
+				t.Fatalf("exec stream through A: %+v %q %v", res, stream.String(), err)
+			}
+			_, err = b.clients["bob"].Exec(ctx, onB, "", ExecRequest{Argv: []string{"true"}}, nil, nil)
+			if !strings.Contains(errString(err), "leased by alice") {
+				t.Fatalf("bob on B, on a board A leased to alice: %v", err)
+			}
+			execs, err := b.clients["alice"].Audit(ctx, store.AuditFilter{Action: "board.exec", Board: onB})
+			if err != nil || len(execs) != 3 {
+				t.Fatalf("one record per exec, by the owner: %+v %v", execs, err)
+			}
+			for _, e := range execs[1:] { // newest first: bob's refusal, then alice's two
+				if e.User != "alice" || e.Result != "ok" || e.Lease != held.ID {
+					t.Fatalf("%+v", e)
+				}
+			}
+
+			// The peer header counts only with the peer token.
+			req, _ := http.NewRequestWithContext(ctx, "POST", b.srv.URL+"/api/v1/boards/"+onB+"/exec", strings.NewReader(`{"argv":["true"]}`))
+			req.Header.Set("Authorization", "Bearer not-the-peer-token")
+			req.Header.Set(PeerUserHeader, "alice")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusUnauthorized {
+				t.Fatalf("a forged peer request: %s", resp.Status)
+			}
+			if _, err := a.clients["alice"].Release(ctx, held.ID); err != nil {
+				t.Fatal(err)
+			}
+
+			b.killService()
+			clock.Add(DefaultClaimTTL)
+			v := seenFromA("B's board offline on A, B named", func(v Board) bool { return v.State == Offline && !v.OwnerGone.IsZero() })
+			if v.Owner != "B" || !strings.Contains(v.Reason, "its owner B vanished") {
+				t.Fatalf("%+v", v)
+			}
+			_, err = a.clients["alice"].Exec(ctx, onB, "", ExecRequest{Argv: []string{"true"}}, nil, nil)
+			if !strings.Contains(errString(err), "owner B vanished") {
+				t.Fatalf("exec on a vanished owner's board: %v", err)
+			}
+
+			b.start(nil)
+			seenFromA("B's board back on A, owned by B", func(v Board) bool { return v.State == Idle && v.Owner == "B" && v.OwnerGone.IsZero() })
+			if err := b.svc.claimRound(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if v, err := b.svc.Board(onB); err != nil || v.Owner != "B" {
+				t.Fatalf("B's own board on B: %+v %v", v, err)
+			}
+		})
+	}
+}
