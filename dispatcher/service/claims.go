@@ -251,8 +251,13 @@ func (s *Service) viewOthersLocked(b *board, now time.Time, r store.LabBoard, c 
 	if l := s.leases[b.lease]; l == nil || l.State != store.LeaseActive {
 		b.lease, b.hold = h.Lease, h
 	}
-	if b.lease != "" && b.state == Idle {
+	// Leased or idle is the lease table's to say, not the row's (written
+	// later, by its owner's journal).
+	switch {
+	case b.lease != "" && b.state == Idle:
 		b.state = Leased
+	case b.lease == "" && b.state == Leased:
+		b.state = Idle
 	}
 	if b.state != old.state || b.reason != old.reason || b.owner != old.owner || b.lease != old.lease {
 		s.notifyLocked()

@@ -34,6 +34,11 @@ func (c *fakeClock) Add(d time.Duration) {
 	c.mu.Unlock()
 }
 
+// claimTTL is the claims' TTL in these tests: on the fake clock, and so
+// long on the real one that the services' own rounds never come during a
+// test, which runs them itself.
+const claimTTL = time.Hour
+
 // sharedEngines are the databases two services of one test share: a
 // SQLite file, and a database of the test binary's Postgres.
 var sharedEngines = []struct {
@@ -59,7 +64,7 @@ func TestTwoServices(t *testing.T) {
 			clock := &fakeClock{t: time.Now()}
 			peer := filepath.Join(t.TempDir(), "peer.token")
 			writeSecret(t, peer, "peer-secret")
-			o := labOptions{boards: 2, ttl: time.Minute, db: db, peerTokenFile: peer, now: clock.Now}
+			o := labOptions{boards: 2, ttl: time.Minute, db: db, peerTokenFile: peer, now: clock.Now, claimTTL: claimTTL}
 			o.owner, o.idPrefix = "A", "a"
 			a := startLab(t, o)
 			o.owner, o.idPrefix = "B", "b"
@@ -103,14 +108,27 @@ func TestTwoServices(t *testing.T) {
 			if !strings.Contains(errString(err), "leased by alice") {
 				t.Fatalf("bob on B, on a board A leased to alice: %v", err)
 			}
-			execs, err := b.clients["alice"].Audit(ctx, store.AuditFilter{Action: "board.exec", Board: onB})
-			if err != nil || len(execs) != 3 {
-				t.Fatalf("one record per exec, by the owner: %+v %v", execs, err)
+			// The owner records each exec once its answer is out.
+			var execs []store.AuditEntry
+			testenv.Eventually(t, "three execs in the audit log", func() bool {
+				execs, err = b.clients["alice"].Audit(ctx, store.AuditFilter{Action: "board.exec", Board: onB})
+				return err == nil && len(execs) >= 3
+			})
+			if len(execs) != 3 {
+				t.Fatalf("one record per exec, by the owner: %+v", execs)
 			}
-			for _, e := range execs[1:] { // newest first: bob's refusal, then alice's two
-				if e.User != "alice" || e.Result != "ok" || e.Lease != held.ID {
+			alices := 0
+			for _, e := range execs {
+				switch {
+				case e.User == "alice" && e.Result == "ok" && e.Lease == held.ID:
+					alices++
+				case e.User == "bob" && strings.Contains(e.Result, "leased by alice"):
+				default:
 					t.Fatalf("%+v", e)
 				}
+			}
+			if alices != 2 {
+				t.Fatalf("alice's execs: %+v", execs)
 			}
 
 			// The peer header counts only with the peer token.
@@ -130,7 +148,7 @@ func TestTwoServices(t *testing.T) {
 			}
 
 			b.killService()
-			clock.Add(DefaultClaimTTL)
+			clock.Add(claimTTL)
 			v := seenFromA("B's board offline on A, B named", func(v Board) bool { return v.State == Offline && !v.OwnerGone.IsZero() })
 			if v.Owner != "B" || !strings.Contains(v.Reason, "its owner B vanished") {
 				t.Fatalf("%+v", v)
@@ -147,6 +165,63 @@ func TestTwoServices(t *testing.T) {
 			}
 			if v, err := b.svc.Board(onB); err != nil || v.Owner != "B" {
 				t.Fatalf("B's own board on B: %+v %v", v, err)
+			}
+		})
+	}
+}
+
+// TestGrantConflict: B leases its board to bob before A has heard of it;
+// alice's request through A for the same board is refused by the
+// database (A's grant is undone and her lease waits), and is granted once
+// bob releases the board and A's next round reads it free.
+func TestGrantConflict(t *testing.T) {
+	for _, e := range sharedEngines {
+		t.Run(e.name, func(t *testing.T) {
+			ctx := context.Background()
+			db := e.db(t)
+			clock := &fakeClock{t: time.Now()}
+			peer := filepath.Join(t.TempDir(), "peer.token")
+			writeSecret(t, peer, "peer-secret")
+			o := labOptions{boards: 1, ttl: time.Minute, db: db, peerTokenFile: peer, now: clock.Now, claimTTL: claimTTL}
+			o.owner, o.idPrefix = "A", "a"
+			a := startLab(t, o)
+			o.owner, o.idPrefix = "B", "b"
+			b := startLab(t, o)
+			onB := b.sim.Boards[0].ID
+			testenv.Eventually(t, "B's board idle on A", func() bool {
+				if err := a.svc.claimRound(ctx); err != nil {
+					t.Fatal(err)
+				}
+				v, err := a.svc.Board(onB)
+				return err == nil && v.State == Idle
+			})
+
+			bobs, err := acquire(ctx, b.clients["bob"], AcquireRequest{Boards: []string{onB}})
+			if err != nil || bobs.State != store.LeaseActive {
+				t.Fatalf("%+v %v", bobs, err)
+			}
+			if v, err := a.svc.Board(onB); err != nil || v.State != Idle {
+				t.Fatalf("A has not heard of bob's lease yet: %+v %v", v, err)
+			}
+			alices, err := a.clients["alice"].Acquire(ctx, AcquireRequest{Boards: []string{onB}, WaitMs: 60000})
+			if err != nil || alices.State != store.LeaseWaiting || alices.Seq <= bobs.Seq {
+				t.Fatalf("alice's lease, refused by the database, waits after bob's: %+v %v", alices, err)
+			}
+			if ls, err := a.clients["alice"].Leases(ctx, 0); err != nil || len(ls) != 2 || ls[0].ID != bobs.ID || ls[1].ID != alices.ID {
+				t.Fatalf("A lists both open leases in queue order: %+v %v", ls, err)
+			}
+			if _, err := a.clients["bob"].Release(ctx, bobs.ID); !strings.Contains(errString(err), "kept by another service") {
+				t.Fatalf("bob's lease released through A: %v", err)
+			}
+			if _, err := b.clients["bob"].Release(ctx, bobs.ID); err != nil {
+				t.Fatal(err)
+			}
+			if err := a.svc.claimRound(ctx); err != nil {
+				t.Fatal(err)
+			}
+			got, err := a.clients["alice"].WaitGranted(ctx, alices, nil)
+			if err != nil || got.State != store.LeaseActive || ids(got) != onB {
+				t.Fatalf("%+v %v", got, err)
 			}
 		})
 	}

@@ -56,6 +56,7 @@ type labOptions struct {
 	// boards' id prefix, and the claims' clock.
 	db, owner, peerTokenFile, idPrefix string
 	now                                func() time.Time
+	claimTTL                           time.Duration
 }
 
 // writeSecret writes a file only its owner reads.
@@ -89,7 +90,8 @@ func startLab(t *testing.T, o labOptions) *lab {
 	boardTok := filepath.Join(dir, "board-token")
 	writeSecret(t, boardTok, sim.Token())
 	l.cfg = Config{TokenFile: boardTok, Heartbeat: Duration(200 * time.Millisecond), QuarantineAfter: cmp.Or(o.quarantineAfter, -1),
-		Leases: LeaseBounds{TTL: Duration(o.ttl)}, Recovery: o.recovery, Owner: o.owner, PeerTokenFile: o.peerTokenFile}
+		Leases: LeaseBounds{TTL: Duration(o.ttl)}, Recovery: o.recovery, Owner: o.owner, PeerTokenFile: o.peerTokenFile,
+		ClaimTTL: Duration(o.claimTTL)}
 	for _, b := range sim.Boards {
 		if !o.mdns {
 			l.cfg.Boards = append(l.cfg.Boards, BoardConfig{ID: b.ID, Address: b.Addr()})
