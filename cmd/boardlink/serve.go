@@ -22,7 +22,7 @@ import (
 const serveStopTimeout = 15 * time.Second
 
 func newServeCmd(g *globals) *cobra.Command {
-	var listen, db, config, tlsCert, tlsKey string
+	var listen, db, config, tlsCert, tlsKey, owner, advertise string
 	cmd := &cobra.Command{
 		Use:   "serve --config FILE [--listen ADDR] [--db PATH]",
 		Short: "Run the lab service: inventory, heartbeats, leases, an HTTP API",
@@ -60,12 +60,24 @@ leases. Stop it with SIGTERM or Ctrl-C.`,
 				level = slog.LevelDebug
 			}
 			log := slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: level}))
+			if !cmd.Flags().Changed("listen") {
+				listen = cfg.Listen
+			}
+			// The owner's default and the advertised URL follow the
+			// address served.
+			cfg.Listen = listen
+			if owner != "" {
+				cfg.Owner = owner
+			}
+			if advertise != "" {
+				cfg.Advertise = advertise
+			}
+			if err := cfg.Check(); err != nil {
+				return &usageError{err}
+			}
 			svc, err := service.New(ctx, service.Options{Config: cfg, Store: st, Logger: log})
 			if err != nil {
 				return &usageError{err}
-			}
-			if !cmd.Flags().Changed("listen") {
-				listen = cfg.Listen
 			}
 			if (tlsCert == "") != (tlsKey == "") {
 				return &usageError{errors.New("--tls-cert and --tls-key go together")}
@@ -119,6 +131,8 @@ leases. Stop it with SIGTERM or Ctrl-C.`,
 	f.StringVar(&config, "config", "", "the service's YAML config (docs/service.md)")
 	f.StringVar(&tlsCert, "tls-cert", "", "serve https with this certificate (PEM); needed to listen beyond loopback")
 	f.StringVar(&tlsKey, "tls-key", "", "the private key of --tls-cert (PEM)")
+	f.StringVar(&owner, "owner", "", "this service's name among those sharing the database (default: the config's owner, else HOST@LISTEN)")
+	f.StringVar(&advertise, "advertise", "", "the URL the other services on the database reach this one at (default: the config's advertise, else http://LISTEN)")
 	return cmd
 }
 
