@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -63,22 +64,7 @@ leases. Stop it with SIGTERM or Ctrl-C.`,
 			if !cmd.Flags().Changed("listen") {
 				listen = cfg.Listen
 			}
-			// The owner's default and the advertised URL follow the
-			// address served.
-			cfg.Listen = listen
-			if owner != "" {
-				cfg.Owner = owner
-			}
-			if advertise != "" {
-				cfg.Advertise = advertise
-			}
-			if err := cfg.Check(); err != nil {
-				return &usageError{err}
-			}
-			svc, err := service.New(ctx, service.Options{Config: cfg, Store: st, Logger: log})
-			if err != nil {
-				return &usageError{err}
-			}
+			cfg.Owner, cfg.Advertise = cmp.Or(owner, cfg.Owner), cmp.Or(advertise, cfg.Advertise)
 			if (tlsCert == "") != (tlsKey == "") {
 				return &usageError{errors.New("--tls-cert and --tls-key go together")}
 			}
@@ -98,6 +84,14 @@ leases. Stop it with SIGTERM or Ctrl-C.`,
 				}
 				ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 				scheme = "https"
+			}
+			// The owner's default and the advertised URL follow the
+			// address served.
+			svc, err := service.New(ctx, service.Options{Config: cfg, Store: st, Logger: log,
+				Listen: scheme + "://" + ln.Addr().String()})
+			if err != nil {
+				ln.Close()
+				return &usageError{err}
 			}
 			if err := svc.Start(ctx); err != nil {
 				ln.Close()

@@ -52,10 +52,10 @@ type Config struct {
 	// Dashboard configures the web dashboard at / (docs/service.md).
 	Dashboard DashboardConfig `yaml:"dashboard"`
 	// Owner names this service among those sharing one database (default:
-	// the host's name and the listen address, "host@127.0.0.1:7300").
+	// the host's name and the address served, "host@127.0.0.1:7300").
 	Owner string `yaml:"owner" validate:"omitempty,max=128"`
 	// Advertise is the URL the other services reach this one's API at
-	// (default: http:// and the listen address, unless it is a wildcard).
+	// (default: the address served, unless it is a wildcard).
 	Advertise string `yaml:"advertise" validate:"omitempty,max=1024,http_url"`
 	// PeerTokenFile is the token the services sharing a database present
 	// to each other when one forwards a request to a board's owner; without
@@ -276,8 +276,8 @@ func validOwner(name string) bool {
 }
 
 // ownerName is the service's owner name: the config's, or the host's
-// name and the listen address.
-func (c *Config) ownerName() (string, error) {
+// name and the address served (listen: a URL, http://ADDR).
+func (c *Config) ownerName(listen string) (string, error) {
 	if c.Owner != "" {
 		return c.Owner, nil
 	}
@@ -285,7 +285,8 @@ func (c *Config) ownerName() (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%w: owner: no host name to derive it from: %w", ErrBadConfig, err)
 	}
-	name := host + "@" + c.Listen
+	_, addr, _ := strings.Cut(listen, "://")
+	name := host + "@" + addr
 	if !validOwner(name) {
 		return "", fmt.Errorf("%w: owner: %q derived from the host name is not usable; set owner", ErrBadConfig, name)
 	}
@@ -293,17 +294,18 @@ func (c *Config) ownerName() (string, error) {
 }
 
 // advertiseURL is the URL the other services reach this one at: the
-// config's, or http:// and the listen address ("": a wildcard address,
-// which is nobody's to dial).
-func (c *Config) advertiseURL() string {
+// config's, or the address served (listen: a URL) unless it is a
+// wildcard, which is nobody's to dial ("").
+func (c *Config) advertiseURL(listen string) string {
 	if c.Advertise != "" {
 		return strings.TrimSuffix(c.Advertise, "/")
 	}
-	host, _, err := net.SplitHostPort(c.Listen)
+	_, addr, _ := strings.Cut(listen, "://")
+	host, _, err := net.SplitHostPort(addr)
 	if ip := net.ParseIP(host); err != nil || host == "" || ip != nil && ip.IsUnspecified() {
 		return ""
 	}
-	return "http://" + c.Listen
+	return listen
 }
 
 // readToken reads a token from a file only its owner may read.

@@ -37,6 +37,9 @@ type Options struct {
 	// (default DefaultMaxUpload); uploads are spooled to disk beside the
 	// database, never held in memory.
 	MaxUpload int64
+	// Listen is the URL the API is served at (default http:// and
+	// Config.Listen): the owner name's default and the advertised URL's.
+	Listen string
 	// Now is the clock of the boards' claims (default time.Now): the
 	// services sharing a database compare their claims' times.
 	Now func() time.Time
@@ -155,7 +158,10 @@ func New(ctx context.Context, o Options) (*Service, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	owner, err := o.Config.ownerName()
+	if o.Listen == "" {
+		o.Listen = "http://" + o.Config.Listen
+	}
+	owner, err := o.Config.ownerName(o.Listen)
 	if err != nil {
 		return nil, err
 	}
@@ -178,7 +184,7 @@ func New(ctx context.Context, o Options) (*Service, error) {
 	s := &Service{cfg: o.Config, st: o.Store, log: o.Logger, trust: o.Trust, users: users, opts: o,
 		boards: map[string]*board{}, leases: map[string]*store.Lease{}, changed: make(chan struct{}),
 		kick: make(chan struct{}, 1), closing: make(chan struct{}), rolled: map[string]map[string]bool{},
-		rolloutChanged: make(chan struct{}), owner: owner, advertise: o.Config.advertiseURL(), peerToken: peerToken,
+		rolloutChanged: make(chan struct{}), owner: owner, advertise: o.Config.advertiseURL(o.Listen), peerToken: peerToken,
 		now: o.Now, claimKick: make(chan struct{}, 1), instances: map[string]store.Instance{}}
 	if peerToken != "" {
 		s.peerHash = sha256.Sum256([]byte(peerToken))
