@@ -62,6 +62,9 @@ type Config struct {
 	// it, boards owned by another service are listed but not driven
 	// through this one.
 	PeerTokenFile string `yaml:"peer_token_file" validate:"max=4096"`
+	// PeerCAFile is the PEM roots the other services' https URLs are
+	// checked against (default: the system's).
+	PeerCAFile string `yaml:"peer_ca_file" validate:"max=4096"`
 	// ClaimTTL is how long this service owns its boards without renewing
 	// its claims (default 10s; renewed every third of it), so that the
 	// others see a dead host's boards offline within about 14s.

@@ -3,10 +3,13 @@ package service
 import (
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"strings"
 	"time"
 )
@@ -71,9 +74,28 @@ func (s *Service) forwarder(id string, u user) (http.Handler, error) {
 			pr.Out.Header.Set("Authorization", "Bearer "+tok)
 			pr.Out.Header.Set(PeerUserHeader, u.name)
 		},
+		Transport:     s.peerTransport,
 		FlushInterval: -1, // exec output and consoles stream
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			writeError(w, apiError(fmt.Errorf("board %s: %w: its owner %s: %w", id, ErrOffline, owner, err)))
 		},
 	}, nil
+}
+
+// peerTransport is the transport of forwarded requests: https checked
+// against the roots of caFile ("": the system's).
+func peerTransport(caFile string) (http.RoundTripper, error) {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		raw, err := os.ReadFile(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("%w: peer_ca_file: %w", ErrBadConfig, err)
+		}
+		tr.TLSClientConfig.RootCAs = x509.NewCertPool()
+		if !tr.TLSClientConfig.RootCAs.AppendCertsFromPEM(raw) {
+			return nil, fmt.Errorf("%w: peer_ca_file: %s holds no PEM certificate", ErrBadConfig, caFile)
+		}
+	}
+	return tr, nil
 }

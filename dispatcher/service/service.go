@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/http"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -58,6 +59,7 @@ type Service struct {
 	// (zero: none) and peerToken the token itself.
 	owner, advertise string
 	peerToken        string
+	peerTransport    http.RoundTripper
 	peerHash         [sha256.Size]byte
 	now              func() time.Time
 	claimMu          sync.Mutex // one claim round at a time
@@ -188,6 +190,9 @@ func New(ctx context.Context, o Options) (*Service, error) {
 		now: o.Now, claimKick: make(chan struct{}, 1), instances: map[string]store.Instance{}}
 	if peerToken != "" {
 		s.peerHash = sha256.Sum256([]byte(peerToken))
+	}
+	if s.peerTransport, err = peerTransport(o.Config.PeerCAFile); err != nil {
+		return nil, err
 	}
 	s.journal = newJournal(o.Store, o.Logger)
 	if s.metrics, err = newMetrics(s); err != nil {
