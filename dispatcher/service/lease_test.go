@@ -24,8 +24,11 @@ import (
 const helperEnv = "BOARDLINK_SERVICE_TEST_HELPER"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(helperEnv) == "exec" {
+	switch os.Getenv(helperEnv) {
+	case "exec":
 		os.Exit(helperExec())
+	case "simlab":
+		os.Exit(helperSimlab())
 	}
 	os.Exit(pgtest.Main(m))
 }
