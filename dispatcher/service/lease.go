@@ -64,9 +64,9 @@ var (
 	ErrNotAvailable = errors.New("not enough free boards")
 	// ErrTooManyLeases: the user holds or waits for MaxOpenLeases already.
 	ErrTooManyLeases = errors.New("too many open leases")
-	// ErrElsewhere: the lease was queued through another service sharing
-	// the database, which keeps it: renew or release it there.
-	ErrElsewhere = errors.New("the lease is kept by another service")
+	// ErrElsewhere: another service sharing the database keeps the lease
+	// (it was queued there) or drives the board a rollout names: ask it.
+	ErrElsewhere = errors.New("kept by another service")
 )
 
 // MaxOpenLeases bounds the leases one user holds or waits for at once: the

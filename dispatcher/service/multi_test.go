@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/boardlink/boardlink/dispatcher/store"
+	"github.com/boardlink/boardlink/image"
 	"github.com/boardlink/boardlink/internal/pgtest"
 	"github.com/boardlink/boardlink/internal/testenv"
 )
@@ -145,6 +146,16 @@ func TestTwoServices(t *testing.T) {
 			}
 			if _, err := a.clients["alice"].Release(ctx, held.ID); err != nil {
 				t.Fatal(err)
+			}
+			// A rollout runs where its boards are driven: one through A
+			// that names B's board is sent to B.
+			_, key, err := image.GenerateKey()
+			if err != nil {
+				t.Fatal(err)
+			}
+			img := (&otaLab{lab: a, key: key}).image("2.0.0")
+			if _, err := a.clients["alice"].StartRollout(ctx, img, RolloutRequest{Boards: []string{onB}}); !strings.Contains(errString(err), "driven by B") {
+				t.Fatalf("a rollout through A of B's board: %v", err)
 			}
 
 			b.killService()

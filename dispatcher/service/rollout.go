@@ -1,6 +1,7 @@
 package service
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -125,8 +126,11 @@ func (s *Service) rolloutTargets(r RolloutRequest) ([]dispatcher.Target, error) 
 		if len(r.Boards) > 0 && !slices.Contains(r.Boards, id) || !dispatcher.Selector(r.Select).Match(t) {
 			continue
 		}
-		if !b.online || b.state == Maintenance || b.state == Quarantined {
-			continue // as discovery would not find it, or a person holds it out
+		if b.owner != s.owner && len(r.Boards) > 0 {
+			return nil, fmt.Errorf("board %s: %w: it is driven by %s; start its rollout there", id, ErrElsewhere, cmp.Or(b.owner, "no service"))
+		}
+		if !b.online || b.state == Maintenance || b.state == Quarantined || b.owner != s.owner {
+			continue // as discovery would not find it, a person holds it out, or another service drives it
 		}
 		if b.lease != "" {
 			return nil, s.leasedLocked(b)

@@ -323,7 +323,10 @@ func (s *Service) Start(ctx context.Context) error {
 // next start.
 func (s *Service) Stop(ctx context.Context) error {
 	err := s.halt(ctx)
-	if s.ctx == nil || err != nil {
+	s.mu.Lock()
+	started := s.ctx != nil
+	s.mu.Unlock()
+	if !started || err != nil {
 		return err
 	}
 	if err := s.st.ReleaseClaims(ctx, s.owner); err != nil {
