@@ -241,6 +241,7 @@ type user struct {
 	name  string
 	admin bool
 	hash  [sha256.Size]byte
+	peer  bool // a request another service forwarded for them
 }
 
 // loadUsers reads the users' tokens: a token file must be private (as the

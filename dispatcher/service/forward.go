@@ -35,10 +35,11 @@ func (s *Service) peerUser(r *http.Request) (user, bool) {
 	}
 	for _, u := range s.users {
 		if u.name == name {
+			u.peer = true
 			return u, true
 		}
 	}
-	return user{name: name}, true
+	return user{name: name, peer: true}, true
 }
 
 // forwarder is the proxy to board id's owner, if another service owns it
@@ -55,16 +56,9 @@ func (s *Service) forwarder(id string, u user) (http.Handler, error) {
 		return nil, fmt.Errorf("board %s: %w: its owner %s vanished at %s", id, ErrOffline, b.owner,
 			b.ownerGone.UTC().Format(time.RFC3339))
 	}
-	in := s.instances[b.owner]
-	if in.URL == "" {
-		return nil, fmt.Errorf("board %s: %w: its owner %s advertises no URL", id, ErrOffline, b.owner)
-	}
-	if s.peerToken == "" {
-		return nil, fmt.Errorf("board %s: %w: it is %s's, and this service has no peer_token_file to reach it", id, ErrOffline, b.owner)
-	}
-	target, err := url.Parse(in.URL)
+	target, err := s.peerURLLocked(b.owner)
 	if err != nil {
-		return nil, fmt.Errorf("board %s: %w: owner %s's URL %q: %w", id, ErrOffline, b.owner, in.URL, err)
+		return nil, fmt.Errorf("board %s: %w", id, err)
 	}
 	owner, tok := b.owner, s.peerToken
 	return &httputil.ReverseProxy{
@@ -98,4 +92,35 @@ func peerTransport(caFile string) (http.RoundTripper, error) {
 		}
 	}
 	return tr, nil
+}
+
+// peerURLLocked is where service owner is reached, from the database's
+// record of it, if this service may send it the peer token: https, or
+// plain http on loopback only (the token never crosses in the clear).
+func (s *Service) peerURLLocked(owner string) (*url.URL, error) {
+	in := s.instances[owner]
+	if in.URL == "" {
+		return nil, fmt.Errorf("%w: its owner %s advertises no URL", ErrOffline, owner)
+	}
+	if s.peerToken == "" {
+		return nil, fmt.Errorf("%w: it is %s's, and this service has no peer_token_file to reach it", ErrOffline, owner)
+	}
+	u, err := url.Parse(in.URL)
+	if err != nil || u.Host == "" || u.Scheme != "https" && (u.Scheme != "http" || !loopbackHost(u.Hostname())) {
+		return nil, fmt.Errorf("%w: owner %s's URL %q is no https:// URL (nor http:// on loopback) (%v)", ErrOffline, owner, in.URL, err)
+	}
+	return u, nil
+}
+
+// peerClient is a client of service owner's API acting for u, with the
+// peer token.
+func (s *Service) peerClient(owner string, u user) (*Client, error) {
+	s.mu.Lock()
+	target, err := s.peerURLLocked(owner)
+	s.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	return &Client{base: strings.TrimSuffix(target.String(), "/"), token: s.peerToken,
+		http: &http.Client{Transport: s.peerTransport}, peerUser: u.name}, nil
 }

@@ -3,6 +3,7 @@ package service
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"net/http"
 	"path/filepath"
 	"strings"
@@ -65,7 +66,12 @@ func TestTwoServices(t *testing.T) {
 			clock := &fakeClock{t: time.Now()}
 			peer := filepath.Join(t.TempDir(), "peer.token")
 			writeSecret(t, peer, "peer-secret")
-			o := labOptions{boards: 2, ttl: time.Minute, db: db, peerTokenFile: peer, now: clock.Now, claimTTL: claimTTL}
+			pub, key, err := image.GenerateKey()
+			if err != nil {
+				t.Fatal(err)
+			}
+			o := labOptions{boards: 2, ttl: time.Minute, db: db, peerTokenFile: peer, now: clock.Now, claimTTL: claimTTL,
+				trustKeys: []ed25519.PublicKey{pub}}
 			o.owner, o.idPrefix = "A", "a"
 			a := startLab(t, o)
 			o.owner, o.idPrefix = "B", "b"
@@ -147,16 +153,6 @@ func TestTwoServices(t *testing.T) {
 			if _, err := a.clients["alice"].Release(ctx, held.ID); err != nil {
 				t.Fatal(err)
 			}
-			// A rollout runs where its boards are driven: one through A
-			// that names B's board is sent to B.
-			_, key, err := image.GenerateKey()
-			if err != nil {
-				t.Fatal(err)
-			}
-			img := (&otaLab{lab: a, key: key}).image("2.0.0")
-			if _, err := a.clients["alice"].StartRollout(ctx, img, RolloutRequest{Boards: []string{onB}}); !strings.Contains(errString(err), "driven by B") {
-				t.Fatalf("a rollout through A of B's board: %v", err)
-			}
 
 			b.killService()
 			clock.Add(claimTTL)
@@ -176,6 +172,27 @@ func TestTwoServices(t *testing.T) {
 			}
 			if v, err := b.svc.Board(onB); err != nil || v.Owner != "B" {
 				t.Fatalf("B's own board on B: %+v %v", v, err)
+			}
+
+			// One rollout through A to every board: A runs it on its own,
+			// and starts B's share on B.
+			img := (&otaLab{lab: a, key: key}).image("2.0.0")
+			st, err := a.clients["alice"].StartRollout(ctx, img, RolloutRequest{MaxFailures: -1})
+			if err != nil || st.Boards != 2 || len(st.Parts) != 1 || st.Parts[0].Owner != "B" || st.Parts[0].Rollout == "" ||
+				st.Parts[0].Error != "" || strings.Join(st.Parts[0].Boards, " ") != "b-000 b-001" {
+				t.Fatalf("%+v %v", st, err)
+			}
+			mine := waitRollout(t, a.clients["alice"], st)
+			theirs := waitRollout(t, b.clients["alice"], RolloutStatus{Rollout: store.Rollout{ID: st.Parts[0].Rollout, State: store.StateRunning}})
+			for _, r := range []RolloutStatus{mine, theirs} {
+				if r.State != store.StateDone || len(r.BoardResults) != 2 {
+					t.Fatalf("%+v", r)
+				}
+				for id, res := range resultsOf(r) {
+					if res != store.ResultCommitted {
+						t.Fatalf("%s: %s (%+v)", id, res, r)
+					}
+				}
 			}
 		})
 	}

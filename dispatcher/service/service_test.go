@@ -3,6 +3,7 @@ package service
 import (
 	"cmp"
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"net"
 	"net/http"
@@ -57,6 +58,8 @@ type labOptions struct {
 	db, owner, peerTokenFile, idPrefix string
 	now                                func() time.Time
 	claimTTL                           time.Duration
+	// trustKeys are the keys the boards take images signed by.
+	trustKeys []ed25519.PublicKey
 }
 
 // writeSecret writes a file only its owner reads.
@@ -70,7 +73,8 @@ func writeSecret(t *testing.T, path, s string) {
 func startLab(t *testing.T, o labOptions) *lab {
 	t.Helper()
 	dir := t.TempDir()
-	so := simlab.Options{Boards: o.boards, Dir: filepath.Join(dir, "boards"), Labels: o.labels, IDPrefix: o.idPrefix}
+	so := simlab.Options{Boards: o.boards, Dir: filepath.Join(dir, "boards"), Labels: o.labels, IDPrefix: o.idPrefix,
+		TrustKeys: o.trustKeys}
 	if o.mdns {
 		so.Ifaces = []string{"lo"}
 	}
