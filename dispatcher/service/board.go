@@ -175,17 +175,41 @@ func (s *Service) leasedLocked(b *board) error {
 	return e
 }
 
+// freeLocked is nil if no lease holds b, else the refusal. A lease of
+// another service is looked up again in the database: this service
+// learns of its end at its next claim round only.
+func (s *Service) freeLocked(ctx context.Context, b *board) error {
+	if b.lease != "" && s.leases[b.lease] == nil {
+		if err := s.readHoldLocked(ctx, b); err != nil {
+			return err
+		}
+	}
+	if b.lease != "" {
+		return s.leasedLocked(b)
+	}
+	return nil
+}
+
+// readHoldLocked reads which lease of another service holds b, if any,
+// from the database's lease table.
+func (s *Service) readHoldLocked(ctx context.Context, b *board) error {
+	hs, err := s.st.Holds(ctx, time.Now(), b.id)
+	if err != nil {
+		return err
+	}
+	s.holdLocked(b, hs[b.id])
+	return nil
+}
+
 // accessLocked checks that who may act on b under lease (maybe ""): a
 // board a lease holds takes only that lease, from its holder. A board
 // no lease of this service holds is looked up in the database's lease
 // table, which another service sharing it may have granted it from.
 func (s *Service) accessLocked(ctx context.Context, who user, b *board, lease string) error {
 	if b.lease == "" || s.leases[b.lease] == nil {
-		hs, err := s.st.Holds(ctx, time.Now(), b.id)
-		if err != nil {
+		if err := s.readHoldLocked(ctx, b); err != nil {
 			return err
 		}
-		s.holdLocked(b, hs[b.id])
 	}
 	if b.lease != "" && b.lease != lease {
 		return s.leasedLocked(b)

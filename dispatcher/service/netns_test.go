@@ -3,7 +3,9 @@ package service
 import (
 	"bufio"
 	"context"
+	"crypto/ed25519"
 	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
@@ -13,26 +15,54 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/boardlink/boardlink/dispatcher/store"
+	"github.com/boardlink/boardlink/image"
 	"github.com/boardlink/boardlink/internal/pgtest"
 	"github.com/boardlink/boardlink/internal/simlab"
 	"github.com/boardlink/boardlink/internal/testenv"
+	"github.com/boardlink/boardlink/proto"
 )
 
 // helperSimlab is the test binary run as a lab of sim boards inside a
 // network namespace: BOARDLINK_SIMLAB_DIR holds the boards, their token
 // (board-token) and the config lines of their static entries
-// (boards.yaml); BOARDLINK_SIMLAB_PREFIX names them. It says "ready" on
-// stdout, and stops the lab when stdin closes.
+// (boards.yaml); BOARDLINK_SIMLAB_PREFIX names them; they take images
+// signed by the ed25519 key BOARDLINK_SIMLAB_KEY (hex). It says "ready"
+// on stdout, and stops the lab when stdin closes. With
+// BOARDLINK_SIMLAB_HOLD (a FIFO), the first update to reach prepare says
+// "held BOARD" on stdout and waits until a writer of the FIFO closes it;
+// the others pass.
 func helperSimlab() int {
 	dir, prefix := os.Getenv("BOARDLINK_SIMLAB_DIR"), os.Getenv("BOARDLINK_SIMLAB_PREFIX")
 	ctx := context.Background()
-	sim, err := simlab.Start(ctx, simlab.Options{Boards: 2, Dir: filepath.Join(dir, "boards"), IDPrefix: prefix})
+	pub, err := hex.DecodeString(os.Getenv("BOARDLINK_SIMLAB_KEY"))
+	if err != nil || len(pub) != ed25519.PublicKeySize {
+		fmt.Fprintln(os.Stderr, "helper: BOARDLINK_SIMLAB_KEY:", err)
+		return 3
+	}
+	var (
+		mu   sync.Mutex
+		held bool
+	)
+	hold := func(board, _ string, phase proto.Phase) {
+		fifo := os.Getenv("BOARDLINK_SIMLAB_HOLD")
+		mu.Lock()
+		pass := held || fifo == "" || phase != proto.PhasePrepare
+		held = held || !pass
+		mu.Unlock()
+		if !pass {
+			fmt.Println("held", board)
+			os.ReadFile(fifo) // until the writer closes it
+		}
+	}
+	sim, err := simlab.Start(ctx, simlab.Options{Boards: 2, Dir: filepath.Join(dir, "boards"), IDPrefix: prefix,
+		TrustKeys: []ed25519.PublicKey{pub}, OnPhase: hold})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "helper:", err)
 		return 3
@@ -137,8 +167,11 @@ func inNetns(t *testing.T, c *Client, ns string) {
 // reaches (on its namespace's loopback), on one Postgres (its unix
 // socket, which namespaces do not block). A lists B's boards; a lease
 // taken through A on a board of B's runs a command forwarded over the
-// bridge with TLS; B killed with SIGKILL has its boards reported offline
-// by A with B named once its claims expire; B restarted takes them back.
+// bridge with TLS. One rollout through A to all four boards: A runs its
+// share and starts B's on B; B is killed with SIGKILL while one of its
+// boards is held in prepare: A reports B's boards offline with B named
+// once its claims expire, A's share goes on to its end, and B restarted
+// takes its boards back and resumes its share to the end.
 func TestServicesInNetns(t *testing.T) {
 	nsets := makeLabNetns(t)
 	dsn := pgtest.New(t)
@@ -149,11 +182,20 @@ func TestServicesInNetns(t *testing.T) {
 	peer := filepath.Join(dir, "peer.token")
 	writeSecret(t, peer, "peer-secret")
 	alice := "token-of-alice"
+	pub, key, err := image.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(dir, "hold")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
 
 	type side struct {
 		name, ns, url, cfg string
 		boards             []string
 		client             *Client
+		simOut             *bufio.Reader
 		serve              *exec.Cmd
 		stderr             *testenv.Buffer
 	}
@@ -164,7 +206,11 @@ func TestServicesInNetns(t *testing.T) {
 			t.Fatal(err)
 		}
 		sim := exec.Command("ip", "netns", "exec", sd.ns, os.Args[0], "-test.run=^$")
-		sim.Env = append(os.Environ(), helperEnv+"=simlab", "BOARDLINK_SIMLAB_DIR="+sdir, "BOARDLINK_SIMLAB_PREFIX="+strings.ToLower(sd.name))
+		sim.Env = append(os.Environ(), helperEnv+"=simlab", "BOARDLINK_SIMLAB_DIR="+sdir, "BOARDLINK_SIMLAB_PREFIX="+strings.ToLower(sd.name),
+			"BOARDLINK_SIMLAB_KEY="+hex.EncodeToString(pub))
+		if sd.name == "B" {
+			sim.Env = append(sim.Env, "BOARDLINK_SIMLAB_HOLD="+fifo)
+		}
 		sim.Stderr = os.Stderr
 		stdin, err := sim.StdinPipe()
 		if err != nil {
@@ -178,7 +224,8 @@ func TestServicesInNetns(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { stdin.Close(); sim.Wait() })
-		if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "ready\n" {
+		sd.simOut = bufio.NewReader(stdout)
+		if line, err := sd.simOut.ReadString('\n'); err != nil || line != "ready\n" {
 			t.Fatalf("sim lab in %s: %q %v", sd.ns, line, err)
 		}
 		boards, err := os.ReadFile(filepath.Join(sdir, "boards.yaml"))
@@ -241,14 +288,47 @@ func TestServicesInNetns(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	img := (&otaLab{lab: &lab{t: t, dir: dir}, key: key}).image("2.0.0")
+	st, err := a.client.StartRollout(ctx, img, RolloutRequest{MaxFailures: -1})
+	if err != nil || st.Boards != 2 || len(st.Parts) != 1 || st.Parts[0].Owner != "B" || st.Parts[0].Error != "" {
+		t.Fatalf("%+v %v", st, err)
+	}
+	part := st.Parts[0].Rollout
+	// B's share is under way: one of its boards holds in prepare.
+	if line, err := b.simOut.ReadString('\n'); err != nil || !strings.HasPrefix(line, "held b-") {
+		t.Fatalf("B's sim lab: %q %v", line, err)
+	}
 	if err := b.serve.Process.Kill(); err != nil {
 		t.Fatal(err)
 	}
 	b.serve.Wait()
+	release, err := os.OpenFile(fifo, os.O_WRONLY, 0) // waits for the held board's reader
+	if err != nil {
+		t.Fatal(err)
+	}
+	release.Close()
 	v := boardOnA("B's board offline on A once B's claims expire", func(v Board) bool { return v.State == Offline && !v.OwnerGone.IsZero() })
 	if v.Owner != "B" || !strings.Contains(v.Reason, "its owner B vanished") {
 		t.Fatalf("%+v", v)
 	}
+	committed := func(r RolloutStatus) {
+		t.Helper()
+		if r.State != store.StateDone || len(r.BoardResults) != 2 {
+			t.Fatalf("%+v", r)
+		}
+		for id, res := range resultsOf(r) {
+			if res != store.ResultCommitted {
+				t.Fatalf("%s: %s (%+v)", id, res, r)
+			}
+		}
+	}
+	committed(waitRollout(t, a.client, st)) // A's share goes on without B
+	if r, err := a.client.Rollout(ctx, part); err != nil || r.State != store.StateRunning {
+		t.Fatalf("B's share while B is away: %+v %v", r, err)
+	}
+
 	start(b)
-	boardOnA("B's board back, owned by B", func(v Board) bool { return v.State == Idle && v.Owner == "B" && v.OwnerGone.IsZero() })
+	boardOnA("B's board back, owned by B", func(v Board) bool { return v.Owner == "B" && v.OwnerGone.IsZero() && v.State != Offline })
+	committed(waitRollout(t, b.client, RolloutStatus{Rollout: store.Rollout{ID: part, State: store.StateRunning}}))
+	boardOnA("B's board idle after its update", func(v Board) bool { return v.State == Idle })
 }

@@ -66,7 +66,7 @@ func (s *Service) StartRollout(ctx context.Context, who user, img string, r Roll
 	}
 	defer im.Close()
 	parts := s.startRolloutParts(ctx, who, img, r)
-	targets, err := s.rolloutTargets(r)
+	targets, err := s.rolloutTargets(ctx, r)
 	if err != nil {
 		if len(parts) > 0 && errors.Is(err, ErrUnsatisfiable) {
 			return RolloutStatus{Parts: parts}, nil // the others' boards only
@@ -120,7 +120,7 @@ func (s *Service) StartRollout(ctx context.Context, who user, img string, r Roll
 }
 
 // rolloutTargets are the boards r selects, sorted by id.
-func (s *Service) rolloutTargets(r RolloutRequest) ([]dispatcher.Target, error) {
+func (s *Service) rolloutTargets(ctx context.Context, r RolloutRequest) ([]dispatcher.Target, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, id := range r.Boards {
@@ -138,8 +138,8 @@ func (s *Service) rolloutTargets(r RolloutRequest) ([]dispatcher.Target, error) 
 		if !b.online || b.state == Maintenance || b.state == Quarantined || b.owner != s.owner {
 			continue // as discovery would not find it, a person holds it out, or another service drives it
 		}
-		if b.lease != "" {
-			return nil, s.leasedLocked(b)
+		if err := s.freeLocked(ctx, b); err != nil {
+			return nil, err
 		}
 		out = append(out, t)
 	}
