@@ -51,6 +51,20 @@ var sharedEngines = []struct {
 	{"postgres", pgtest.New},
 }
 
+// startPair starts services A and B on database db, each with n sim
+// boards of its own (a-NNN, b-NNN) that take images signed by keys, with
+// one peer token and their claims on clock.
+func startPair(t *testing.T, db string, n int, clock *fakeClock, keys ...ed25519.PublicKey) (a, b *lab) {
+	t.Helper()
+	peer := filepath.Join(t.TempDir(), "peer.token")
+	writeSecret(t, peer, "peer-secret")
+	o := labOptions{boards: n, ttl: time.Minute, db: db, peerTokenFile: peer, now: clock.Now, claimTTL: claimTTL, trustKeys: keys}
+	o.owner, o.idPrefix = "A", "a"
+	a = startLab(t, o)
+	o.owner, o.idPrefix = "B", "b"
+	return a, startLab(t, o)
+}
+
 // TestTwoServices: services A and B on one database, each with boards of
 // its own. A lists B's boards with B as their owner; a lease taken
 // through A on a board of B's works end to end (a command's output comes
@@ -62,20 +76,12 @@ func TestTwoServices(t *testing.T) {
 	for _, e := range sharedEngines {
 		t.Run(e.name, func(t *testing.T) {
 			ctx := context.Background()
-			db := e.db(t)
-			clock := &fakeClock{t: time.Now()}
-			peer := filepath.Join(t.TempDir(), "peer.token")
-			writeSecret(t, peer, "peer-secret")
 			pub, key, err := image.GenerateKey()
 			if err != nil {
 				t.Fatal(err)
 			}
-			o := labOptions{boards: 2, ttl: time.Minute, db: db, peerTokenFile: peer, now: clock.Now, claimTTL: claimTTL,
-				trustKeys: []ed25519.PublicKey{pub}}
-			o.owner, o.idPrefix = "A", "a"
-			a := startLab(t, o)
-			o.owner, o.idPrefix = "B", "b"
-			b := startLab(t, o)
+			clock := &fakeClock{t: time.Now()}
+			a, b := startPair(t, e.db(t), 2, clock, pub)
 			onB := b.sim.Boards[0].ID
 
 			seenFromA := func(what string, ok func(Board) bool) Board {
@@ -206,15 +212,7 @@ func TestGrantConflict(t *testing.T) {
 	for _, e := range sharedEngines {
 		t.Run(e.name, func(t *testing.T) {
 			ctx := context.Background()
-			db := e.db(t)
-			clock := &fakeClock{t: time.Now()}
-			peer := filepath.Join(t.TempDir(), "peer.token")
-			writeSecret(t, peer, "peer-secret")
-			o := labOptions{boards: 1, ttl: time.Minute, db: db, peerTokenFile: peer, now: clock.Now, claimTTL: claimTTL}
-			o.owner, o.idPrefix = "A", "a"
-			a := startLab(t, o)
-			o.owner, o.idPrefix = "B", "b"
-			b := startLab(t, o)
+			a, b := startPair(t, e.db(t), 1, &fakeClock{t: time.Now()})
 			onB := b.sim.Boards[0].ID
 			testenv.Eventually(t, "B's board idle on A", func() bool {
 				if err := a.svc.claimRound(ctx); err != nil {
