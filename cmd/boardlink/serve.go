@@ -85,10 +85,10 @@ leases. Stop it with SIGTERM or Ctrl-C.`,
 				ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 				scheme = "https"
 			}
-			// The owner's default and the advertised URL follow the
-			// address served.
+			// The owner's default follows the address asked, the
+			// advertised URL's the address served.
 			svc, err := service.New(ctx, service.Options{Config: cfg, Store: st, Logger: log,
-				Listen: scheme + "://" + ln.Addr().String()})
+				Listen: listen, URL: scheme + "://" + ln.Addr().String()})
 			if err != nil {
 				ln.Close()
 				return &usageError{err}

@@ -52,7 +52,8 @@ type Config struct {
 	// Dashboard configures the web dashboard at / (docs/service.md).
 	Dashboard DashboardConfig `yaml:"dashboard"`
 	// Owner names this service among those sharing one database (default:
-	// the host's name and the address served, "host@127.0.0.1:7300").
+	// the host's name and the listen address, "host@127.0.0.1:7300").
+	// The rollouts it runs are its own to resume: keep it across restarts.
 	Owner string `yaml:"owner" validate:"omitempty,max=128"`
 	// Advertise is the URL the other services reach this one's API at
 	// (default: the address served, unless it is a wildcard).
@@ -280,7 +281,7 @@ func validOwner(name string) bool {
 }
 
 // ownerName is the service's owner name: the config's, or the host's
-// name and the address served (listen: a URL, http://ADDR).
+// name and the address it listens on.
 func (c *Config) ownerName(listen string) (string, error) {
 	if c.Owner != "" {
 		return c.Owner, nil
@@ -289,8 +290,7 @@ func (c *Config) ownerName(listen string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%w: owner: no host name to derive it from: %w", ErrBadConfig, err)
 	}
-	_, addr, _ := strings.Cut(listen, "://")
-	name := host + "@" + addr
+	name := host + "@" + listen
 	if !validOwner(name) {
 		return "", fmt.Errorf("%w: owner: %q derived from the host name is not usable; set owner", ErrBadConfig, name)
 	}
@@ -298,18 +298,18 @@ func (c *Config) ownerName(listen string) (string, error) {
 }
 
 // advertiseURL is the URL the other services reach this one at: the
-// config's, or the address served (listen: a URL) unless it is a
-// wildcard, which is nobody's to dial ("").
-func (c *Config) advertiseURL(listen string) string {
+// config's, or served (a URL) unless its address is a wildcard, which is
+// nobody's to dial ("").
+func (c *Config) advertiseURL(served string) string {
 	if c.Advertise != "" {
 		return strings.TrimSuffix(c.Advertise, "/")
 	}
-	_, addr, _ := strings.Cut(listen, "://")
+	_, addr, _ := strings.Cut(served, "://")
 	host, _, err := net.SplitHostPort(addr)
 	if ip := net.ParseIP(host); err != nil || host == "" || ip != nil && ip.IsUnspecified() {
 		return ""
 	}
-	return listen
+	return served
 }
 
 // readToken reads a token from a file only its owner may read.

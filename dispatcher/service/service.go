@@ -1,6 +1,7 @@
 package service
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -38,9 +39,11 @@ type Options struct {
 	// (default DefaultMaxUpload); uploads are spooled to disk beside the
 	// database, never held in memory.
 	MaxUpload int64
-	// Listen is the URL the API is served at (default http:// and
-	// Config.Listen): the owner name's default and the advertised URL's.
-	Listen string
+	// Listen is the address the API was asked to listen on (default
+	// Config.Listen), of which the owner name's default is made: the same
+	// across restarts, even with port 0. URL is where it is served
+	// (default http://Listen), the advertised URL's default.
+	Listen, URL string
 	// Now is the clock of the boards' claims (default time.Now): the
 	// services sharing a database compare their claims' times.
 	Now func() time.Time
@@ -160,9 +163,8 @@ func New(ctx context.Context, o Options) (*Service, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	if o.Listen == "" {
-		o.Listen = "http://" + o.Config.Listen
-	}
+	o.Listen = cmp.Or(o.Listen, o.Config.Listen)
+	o.URL = cmp.Or(o.URL, "http://"+o.Listen)
 	owner, err := o.Config.ownerName(o.Listen)
 	if err != nil {
 		return nil, err
@@ -186,7 +188,7 @@ func New(ctx context.Context, o Options) (*Service, error) {
 	s := &Service{cfg: o.Config, st: o.Store, log: o.Logger, trust: o.Trust, users: users, opts: o,
 		boards: map[string]*board{}, leases: map[string]*store.Lease{}, changed: make(chan struct{}),
 		kick: make(chan struct{}, 1), closing: make(chan struct{}), rolled: map[string]map[string]bool{},
-		rolloutChanged: make(chan struct{}), owner: owner, advertise: o.Config.advertiseURL(o.Listen), peerToken: peerToken,
+		rolloutChanged: make(chan struct{}), owner: owner, advertise: o.Config.advertiseURL(o.URL), peerToken: peerToken,
 		now: o.Now, claimKick: make(chan struct{}, 1), instances: map[string]store.Instance{}}
 	if peerToken != "" {
 		s.peerHash = sha256.Sum256([]byte(peerToken))
