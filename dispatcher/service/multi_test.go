@@ -73,6 +73,7 @@ func startPair(t *testing.T, db string, n int, clock *fakeClock, keys ...ed25519
 // A, naming B, once its claims expire on the clock; B restarted claims
 // them again.
 func TestTwoServices(t *testing.T) {
+	cli := testenv.GoBuild(t, "../../cmd/boardlink")
 	for _, e := range sharedEngines {
 		t.Run(e.name, func(t *testing.T) {
 			ctx := context.Background()
@@ -181,8 +182,28 @@ func TestTwoServices(t *testing.T) {
 			}
 
 			// One rollout through A to every board: A runs it on its own,
-			// and starts B's share on B.
+			// and starts B's share on B; the CLI follows both to their end.
 			img := (&otaLab{lab: a, key: key}).image("2.0.0")
+			home := t.TempDir()
+			run := cliRunner(t, cli, "--server", a.srv.URL, "BOARDLINK_TOKEN="+a.tokens["alice"], "BOARDLINK_LEASE=",
+				"XDG_CONFIG_HOME="+home, "XDG_CACHE_HOME="+home, "XDG_STATE_HOME="+home)
+			stdout, stderr, code := run("rollout", img, "--max-failures", "-1")
+			if code != 0 || !strings.Contains(stderr, "on service B: 2 boards") || strings.Count(stdout+stderr, "committed") < 4 {
+				t.Fatalf("rollout through the CLI: %d\n%s\n%s", code, stdout, stderr)
+			}
+			b.waitIdle()
+			testenv.Eventually(t, "every board idle on A after the update", func() bool {
+				if err := a.svc.claimRound(ctx); err != nil {
+					t.Fatal(err)
+				}
+				for _, v := range a.svc.Boards() {
+					if v.State != Idle {
+						return false
+					}
+				}
+				return true
+			})
+			img = (&otaLab{lab: a, key: key}).image("3.0.0")
 			st, err := a.clients["alice"].StartRollout(ctx, img, RolloutRequest{MaxFailures: -1})
 			if err != nil || st.Boards != 2 || len(st.Parts) != 1 || st.Parts[0].Owner != "B" || st.Parts[0].Rollout == "" ||
 				st.Parts[0].Error != "" || strings.Join(st.Parts[0].Boards, " ") != "b-000 b-001" {

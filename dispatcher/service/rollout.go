@@ -283,6 +283,10 @@ func (s *Service) Rollout(ctx context.Context, id string) (RolloutStatus, error)
 func (s *Service) WaitRollout(ctx context.Context, id string, updated time.Time, wait time.Duration) (RolloutStatus, error) {
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
+	// A share another service runs moves in the database only: it is
+	// read again every rolloutPoll.
+	poll := time.NewTicker(rolloutPoll)
+	defer poll.Stop()
 	for {
 		s.mu.Lock()
 		changed := s.rolloutChanged
@@ -293,6 +297,7 @@ func (s *Service) WaitRollout(ctx context.Context, id string, updated time.Time,
 		}
 		select {
 		case <-changed:
+		case <-poll.C:
 		case <-deadline.C:
 			return st, nil
 		case <-ctx.Done():

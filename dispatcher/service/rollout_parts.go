@@ -4,6 +4,7 @@ import (
 	"context"
 	"maps"
 	"slices"
+	"time"
 
 	"github.com/boardlink/boardlink/dispatcher"
 )
@@ -60,3 +61,7 @@ func (s *Service) startRolloutParts(ctx context.Context, who user, img string, r
 	}
 	return parts
 }
+
+// rolloutPoll is how often a long poll of a rollout reads it again, for
+// the shares other services run.
+const rolloutPoll = time.Second
