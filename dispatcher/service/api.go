@@ -184,25 +184,26 @@ func (s *Service) serve(w http.ResponseWriter, r *http.Request, rt route) {
 		s.log.Warn("api: unauthorized", "method", r.Method, "path", r.URL.Path, "from", r.RemoteAddr)
 		return
 	}
-	// An action on a board another service owns is that one's to do (and
-	// to record); a forwarded request is never forwarded again.
-	if !peer && strings.HasPrefix(rt.path, "/api/v1/boards/{id}/") {
-		fwd, err := s.forwarder(r.PathValue("id"), u)
-		if err != nil || fwd != nil {
-			if err != nil {
-				writeError(w, apiError(err))
-			} else {
-				fwd.ServeHTTP(w, r)
-			}
-			return
-		}
-	}
 	r.Body = http.MaxBytesReader(w, r.Body, s.bodyLimit(rt))
 	c := &call{user: u, action: rt.action, board: r.PathValue("id"), lease: r.Header.Get(LeaseHeader)}
 	if strings.HasPrefix(rt.path, "/api/v1/leases/{id}") {
 		c.board, c.lease = "", r.PathValue("id")
 	}
-	err := rt.handle(s, w, r, c)
+	handle := rt.handle
+	// An action on a board another service owns is that one's to do (and
+	// to record); a forwarded request is never forwarded again, and one
+	// that cannot be is refused and recorded here.
+	if !peer && strings.HasPrefix(rt.path, "/api/v1/boards/{id}/") {
+		fwd, ferr := s.forwarder(c.board, u)
+		if fwd != nil {
+			fwd.ServeHTTP(w, r)
+			return
+		}
+		if ferr != nil {
+			handle = func(*Service, http.ResponseWriter, *http.Request, *call) error { return ferr }
+		}
+	}
+	err := handle(s, w, r, c)
 	if err != nil {
 		writeError(w, apiError(err))
 	}

@@ -171,6 +171,10 @@ func TestTwoServices(t *testing.T) {
 			if !strings.Contains(errString(err), "owner B vanished") {
 				t.Fatalf("exec on a vanished owner's board: %v", err)
 			}
+			testenv.Eventually(t, "the refusal in the audit log", func() bool {
+				es, err := a.clients["alice"].Audit(ctx, store.AuditFilter{Action: "board.exec", Board: onB})
+				return err == nil && len(es) > 0 && strings.Contains(es[0].Result, "owner B vanished")
+			})
 
 			b.start(nil)
 			seenFromA("B's board back on A, owned by B", func(v Board) bool { return v.State == Idle && v.Owner == "B" && v.OwnerGone.IsZero() })
