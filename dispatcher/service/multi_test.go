@@ -54,7 +54,7 @@ var sharedEngines = []struct {
 // startPair starts services A and B on database db, each with n sim
 // boards of its own (a-NNN, b-NNN) that take images signed by keys, with
 // one peer token and their claims on clock.
-func startPair(t *testing.T, db string, n int, clock *fakeClock, keys ...ed25519.PublicKey) (a, b *lab) {
+func startPair(t testing.TB, db string, n int, clock *fakeClock, keys ...ed25519.PublicKey) (a, b *lab) {
 	t.Helper()
 	peer := filepath.Join(t.TempDir(), "peer.token")
 	writeSecret(t, peer, "peer-secret")
@@ -276,4 +276,39 @@ func TestGrantConflict(t *testing.T) {
 			}
 		})
 	}
+}
+
+// BenchmarkExecThroughPeer runs `true` on a board of B's, in turn through
+// B (its owner) and through A (which forwards it to B with the peer
+// token), on one Postgres, and reports each and their ratio: what the
+// forwarding costs a command.
+func BenchmarkExecThroughPeer(bm *testing.B) {
+	ctx := context.Background()
+	a, b := startPair(bm, pgtest.New(bm), 1, &fakeClock{t: time.Now()})
+	onB := b.sim.Boards[0].ID
+	if err := a.svc.claimRound(ctx); err != nil {
+		bm.Fatal(err)
+	}
+	req := ExecRequest{Argv: []string{"true"}}
+	var owner, forwarded time.Duration
+	exec := func(c *Client) time.Duration {
+		start := time.Now()
+		if res, err := c.Exec(ctx, onB, "", req, nil, nil); err != nil || res.Result.ExitCode != 0 {
+			bm.Fatalf("%+v %v", res, err)
+		}
+		return time.Since(start)
+	}
+	testenv.Eventually(bm, "B's board online", func() bool {
+		_, err := b.clients["alice"].Exec(ctx, onB, "", req, nil, nil)
+		return err == nil
+	})
+	n := 0
+	for bm.Loop() {
+		owner += exec(b.clients["alice"])
+		forwarded += exec(a.clients["alice"])
+		n++
+	}
+	bm.ReportMetric(float64(owner.Microseconds())/float64(n), "owner-µs/exec")
+	bm.ReportMetric(float64(forwarded.Microseconds())/float64(n), "forwarded-µs/exec")
+	bm.ReportMetric(float64(forwarded)/float64(owner), "forwarded/owner")
 }

@@ -24,7 +24,7 @@ import (
 // lab is a service over sim boards in this process, with its API on
 // loopback and a client per user.
 type lab struct {
-	t           *testing.T
+	t           testing.TB
 	sim         *simlab.Lab
 	dir         string
 	db          string
@@ -63,14 +63,14 @@ type labOptions struct {
 }
 
 // writeSecret writes a file only its owner reads.
-func writeSecret(t *testing.T, path, s string) {
+func writeSecret(t testing.TB, path, s string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(s+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func startLab(t *testing.T, o labOptions) *lab {
+func startLab(t testing.TB, o labOptions) *lab {
 	t.Helper()
 	dir := t.TempDir()
 	so := simlab.Options{Boards: o.boards, Dir: filepath.Join(dir, "boards"), Labels: o.labels, IDPrefix: o.idPrefix,
