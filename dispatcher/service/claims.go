@@ -96,6 +96,9 @@ func (s *Service) claimRound(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := s.endOrphans(ctx, now, instances); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped {
@@ -262,4 +265,30 @@ func (s *Service) viewOthersLocked(b *board, now time.Time, r store.LabBoard, c 
 	if b.state != old.state || b.reason != old.reason || b.owner != old.owner || b.lease != old.lease {
 		s.notifyLocked()
 	}
+}
+
+// endOrphans ends the open leases whose home service vanished (it has not
+// done a claim round for a claim TTL) and that were not renewed in time:
+// nobody else may renew them, and they would read open for ever. A home
+// that comes back in time keeps its leases.
+func (s *Service) endOrphans(ctx context.Context, now time.Time, instances map[string]store.Instance) error {
+	open, err := s.st.Leases(ctx, 0)
+	if err != nil {
+		return err
+	}
+	for _, l := range open {
+		home, known := instances[l.Home]
+		if l.Home == "" || l.Home == s.owner || !known || now.Before(home.Renewed.Add(s.cfg.ClaimTTL.D())) ||
+			time.Now().Before(l.Expires) {
+			continue
+		}
+		l.State, l.Ended = store.LeaseExpired, time.Now()
+		l.EndReason = fmt.Sprintf("its home service %s vanished (last seen %s) and it was not renewed", l.Home,
+			home.Renewed.UTC().Format(time.RFC3339))
+		if err := s.st.PutLease(ctx, l); err != nil {
+			return err
+		}
+		s.log.Warn("lease ended: its home vanished", "lease", l.ID, "home", l.Home, "holder", l.Holder)
+	}
+	return nil
 }

@@ -161,11 +161,27 @@ func TestTwoServices(t *testing.T) {
 				t.Fatal(err)
 			}
 
+			// A lease of B's, not renewed, is ended by A once B vanished.
+			orphan := store.Lease{ID: "l-orphan", Seq: 1 << 40, Holder: "bob", State: store.LeaseActive, Count: 1, Home: "B",
+				TTL: time.Second, Created: time.Now(), Renewed: time.Now(), Expires: time.Now()}
+			if err := a.svc.st.PutLease(ctx, orphan); err != nil {
+				t.Fatal(err)
+			}
 			b.killService()
+			if err := a.svc.claimRound(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if l, err := a.clients["bob"].Lease(ctx, orphan.ID); err != nil || l.State != store.LeaseActive {
+				t.Fatalf("B's lease while B's claims hold: %+v %v", l, err)
+			}
 			clock.Add(claimTTL)
 			v := seenFromA("B's board offline on A, B named", func(v Board) bool { return v.State == Offline && !v.OwnerGone.IsZero() })
 			if v.Owner != "B" || !strings.Contains(v.Reason, "its owner B vanished") {
 				t.Fatalf("%+v", v)
+			}
+			if l, err := a.clients["bob"].Lease(ctx, orphan.ID); err != nil || l.State != store.LeaseExpired ||
+				!strings.Contains(l.EndReason, "its home service B vanished") {
+				t.Fatalf("B's lease once B vanished: %+v %v", l, err)
 			}
 			_, err = a.clients["alice"].Exec(ctx, onB, "", ExecRequest{Argv: []string{"true"}}, nil, nil)
 			if !strings.Contains(errString(err), "owner B vanished") {
