@@ -208,12 +208,3 @@ func (s *Store) NextLeaseSeq(ctx context.Context) (int64, error) {
 	}
 	return n, nil
 }
-
-// MaxLeaseSeq is the highest queue number given so far (0: none).
-func (s *Store) MaxLeaseSeq(ctx context.Context) (int64, error) {
-	var n sql.NullInt64
-	if err := s.db.QueryRowContext(ctx, `SELECT max(seq) FROM leases`).Scan(&n); err != nil {
-		return 0, fmt.Errorf("store: leases: %w", err)
-	}
-	return n.Int64, nil
-}
