@@ -312,52 +312,115 @@ func rolloutViaServer(ctx context.Context, g *globals, o rolloutOptions, args []
 		}
 	}
 	if !o.asJSON {
-		fmt.Fprintf(stderr, "rollout %s of %s: %d boards, at most %d at once, run by the lab service\n", st.ID, st.Version, st.Boards, st.Concurrency)
+		if st.ID != "" {
+			fmt.Fprintf(stderr, "rollout %s of %s: %d boards, at most %d at once, run by the lab service\n", st.ID, st.Version, st.Boards, st.Concurrency)
+		}
+		for _, p := range st.Parts {
+			fmt.Fprintf(stderr, "rollout %s on service %s: %d boards %s\n", orDash(p.Rollout), p.Owner, len(p.Boards), p.Error)
+		}
 	}
 	enc := json.NewEncoder(stdout)
 	seen := map[string]store.BoardResult{}
+	// The rollout, then its shares on the other services sharing the
+	// database, each followed to its end.
+	var (
+		runs   []service.RolloutStatus
+		failed []string
+	)
+	for _, p := range st.Parts {
+		if p.Error != "" {
+			failed = append(failed, fmt.Sprintf("not started on %s (boards %s): %s", p.Owner, strings.Join(p.Boards, " "), p.Error))
+		}
+	}
+	pending := []string{st.ID}
+	for _, p := range st.Parts {
+		if p.Rollout != "" {
+			pending = append(pending, p.Rollout)
+		}
+	}
+	for i, id := range pending {
+		if id == "" {
+			continue
+		}
+		if i > 0 {
+			if st, err = c.Rollout(ctx, id); err != nil {
+				return serviceFailure(err)
+			}
+		}
+		if st, err = followRollout(ctx, c, st, o.asJSON, enc, stderr, seen); err != nil {
+			return err
+		}
+		runs = append(runs, st)
+	}
+	if len(runs) == 0 {
+		return &exitError{code: 1, err: fmt.Errorf("rollout: %s", strings.Join(failed, "; "))}
+	}
+	st = runs[0]
+	rep := dispatcher.Report{Version: st.Version, Counts: map[string]int{}, TookMs: st.Updated.Sub(st.Created).Milliseconds()}
+	stopped := false
+	for _, r := range runs {
+		for k, n := range r.Summary {
+			rep.Counts[k] += n
+		}
+		rep.TookMs = max(rep.TookMs, r.Updated.Sub(st.Created).Milliseconds())
+		stopped = stopped || r.State == store.StateStopped
+		rep.Boards = append(rep.Boards, boardReports(r, &rep)...)
+	}
+	show := newRolloutDisplay(stdout, stderr, o)
+	show.report(st.ID, rep)
+	switch {
+	case len(failed) > 0:
+		return &exitError{code: 1, err: fmt.Errorf("rollout %s: %s", st.ID, strings.Join(failed, "; "))}
+	case rep.OK():
+		return nil
+	case stopped:
+		return &exitError{code: 1, err: fmt.Errorf("rollout %s stopped: %s", st.ID, strings.TrimPrefix(rep.Stopped, "not started: "))}
+	}
+	return &exitError{code: 1, err: fmt.Errorf("rollout %s: not every board committed", st.ID)}
+}
+
+// followRollout shows rollout st's boards as they move, until it is over.
+func followRollout(ctx context.Context, c *service.Client, st service.RolloutStatus, asJSON bool, enc *json.Encoder, stderr io.Writer,
+	seen map[string]store.BoardResult) (service.RolloutStatus, error) {
 	for {
 		for _, b := range st.BoardResults {
 			if prev, ok := seen[b.BoardID]; ok && prev.Phase == b.Phase && prev.Result == b.Result {
 				continue
 			}
 			seen[b.BoardID] = b
-			if o.asJSON {
+			if asJSON {
 				_ = enc.Encode(b)
 				continue
 			}
 			fmt.Fprintf(stderr, "%-20s %-8s %s %s\n", b.BoardID, b.Phase, orDash(b.Result), b.Reason)
 		}
 		if st.State != store.StateRunning {
-			break
+			return st, nil
 		}
 		next, err := c.WaitRollout(ctx, st.ID, st.Updated, 30*time.Second)
 		if ctx.Err() != nil {
-			return interrupted(ctx, "rollout %s goes on in the lab service: follow it with 'boardlink rollout --resume %s'", st.ID, st.ID)
+			return st, interrupted(ctx, "rollout %s goes on in the lab service: follow it with 'boardlink rollout --resume %s'", st.ID, st.ID)
 		}
 		if err != nil {
-			return serviceFailure(err)
+			return st, serviceFailure(err)
 		}
 		st = next
 	}
-	rep := dispatcher.Report{Version: st.Version, Counts: st.Summary, TookMs: st.Updated.Sub(st.Created).Milliseconds()}
-	for _, b := range st.BoardResults {
-		rep.Boards = append(rep.Boards, dispatcher.BoardReport{ID: b.BoardID, Address: b.Address, Result: b.Result, Stage: b.Phase,
+}
+
+// boardReports are rollout r's boards as a report's, and the first
+// skip's reason as rep's Stopped.
+func boardReports(r service.RolloutStatus, rep *dispatcher.Report) []dispatcher.BoardReport {
+	var out []dispatcher.BoardReport
+	for _, b := range r.BoardResults {
+		out = append(out, dispatcher.BoardReport{ID: b.BoardID, Address: b.Address, Result: b.Result, Stage: b.Phase,
 			Reason: b.Reason, FromVersion: b.FromVersion, ToVersion: b.ToVersion, UpdateID: b.UpdateID, BytesSent: b.BytesSent,
 			Attempts: b.Attempts, Started: b.Started, Ended: b.Ended})
 		if b.Result == dispatcher.ResultSkipped && rep.Stopped == "" {
 			rep.Stopped = b.Reason
 		}
 	}
-	show := newRolloutDisplay(stdout, stderr, o)
-	show.report(st.ID, rep)
-	switch {
-	case rep.OK():
-		return nil
-	case st.State == store.StateStopped:
-		return &exitError{code: 1, err: fmt.Errorf("rollout %s stopped: %s", st.ID, strings.TrimPrefix(rep.Stopped, "not started: "))}
-	}
-	return &exitError{code: 1, err: fmt.Errorf("rollout %s: not every board committed", st.ID)}
+	return out
 }
 
 func readPlan(path string, im *image.Image, plan *dispatcher.Plan) error {

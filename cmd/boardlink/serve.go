@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -22,7 +23,7 @@ import (
 const serveStopTimeout = 15 * time.Second
 
 func newServeCmd(g *globals) *cobra.Command {
-	var listen, db, config, tlsCert, tlsKey string
+	var listen, db, config, tlsCert, tlsKey, owner, advertise string
 	cmd := &cobra.Command{
 		Use:   "serve --config FILE [--listen ADDR] [--db PATH]",
 		Short: "Run the lab service: inventory, heartbeats, leases, an HTTP API",
@@ -60,13 +61,10 @@ leases. Stop it with SIGTERM or Ctrl-C.`,
 				level = slog.LevelDebug
 			}
 			log := slog.New(slog.NewTextHandler(g.stderr, &slog.HandlerOptions{Level: level}))
-			svc, err := service.New(ctx, service.Options{Config: cfg, Store: st, Logger: log})
-			if err != nil {
-				return &usageError{err}
-			}
 			if !cmd.Flags().Changed("listen") {
 				listen = cfg.Listen
 			}
+			cfg.Owner, cfg.Advertise = cmp.Or(owner, cfg.Owner), cmp.Or(advertise, cfg.Advertise)
 			if (tlsCert == "") != (tlsKey == "") {
 				return &usageError{errors.New("--tls-cert and --tls-key go together")}
 			}
@@ -86,6 +84,14 @@ leases. Stop it with SIGTERM or Ctrl-C.`,
 				}
 				ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 				scheme = "https"
+			}
+			// The owner's default follows the address asked, the
+			// advertised URL's the address served.
+			svc, err := service.New(ctx, service.Options{Config: cfg, Store: st, Logger: log,
+				Listen: listen, URL: scheme + "://" + ln.Addr().String()})
+			if err != nil {
+				ln.Close()
+				return &usageError{err}
 			}
 			if err := svc.Start(ctx); err != nil {
 				ln.Close()
@@ -119,6 +125,8 @@ leases. Stop it with SIGTERM or Ctrl-C.`,
 	f.StringVar(&config, "config", "", "the service's YAML config (docs/service.md)")
 	f.StringVar(&tlsCert, "tls-cert", "", "serve https with this certificate (PEM); needed to listen beyond loopback")
 	f.StringVar(&tlsKey, "tls-key", "", "the private key of --tls-cert (PEM)")
+	f.StringVar(&owner, "owner", "", "this service's name among those sharing the database (default: the config's owner, else HOST@LISTEN)")
+	f.StringVar(&advertise, "advertise", "", "the URL the other services on the database reach this one at (default: the config's advertise, else http://LISTEN)")
 	return cmd
 }
 

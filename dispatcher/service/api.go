@@ -95,6 +95,8 @@ func apiError(err error) *APIError {
 		e.Status, e.Reason = http.StatusGone, ReasonLeaseEnded
 	case errors.Is(err, ErrUnsatisfiable):
 		e.Status, e.Reason = http.StatusConflict, ReasonUnsatisfiable
+	case errors.Is(err, ErrElsewhere):
+		e.Status, e.Reason = http.StatusConflict, ReasonState
 	case errors.Is(err, ErrNotAvailable):
 		e.Status, e.Reason = http.StatusConflict, ReasonBusy
 	case errors.Is(err, ErrTooManyLeases):
@@ -169,6 +171,11 @@ func (s *Service) Handler() http.Handler {
 // serve authenticates a request, runs its handler and records it.
 func (s *Service) serve(w http.ResponseWriter, r *http.Request, rt route) {
 	u, ok := s.authenticate(r)
+	peer := false
+	if !ok {
+		u, ok = s.peerUser(r)
+		peer = ok
+	}
 	ok = ok || s.metrics.scrapeAllowed(r, rt.path)
 	if !ok {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="boardlink"`)
@@ -182,7 +189,21 @@ func (s *Service) serve(w http.ResponseWriter, r *http.Request, rt route) {
 	if strings.HasPrefix(rt.path, "/api/v1/leases/{id}") {
 		c.board, c.lease = "", r.PathValue("id")
 	}
-	err := rt.handle(s, w, r, c)
+	handle := rt.handle
+	// An action on a board another service owns is that one's to do (and
+	// to record); a forwarded request is never forwarded again, and one
+	// that cannot be is refused and recorded here.
+	if !peer && strings.HasPrefix(rt.path, "/api/v1/boards/{id}/") {
+		fwd, ferr := s.forwarder(c.board, u)
+		if fwd != nil {
+			fwd.ServeHTTP(w, r)
+			return
+		}
+		if ferr != nil {
+			handle = func(*Service, http.ResponseWriter, *http.Request, *call) error { return ferr }
+		}
+	}
+	err := handle(s, w, r, c)
 	if err != nil {
 		writeError(w, apiError(err))
 	}

@@ -43,15 +43,21 @@ type Board struct {
 	Failures int               `json:"failures"`
 	Power    bool              `json:"power"`   // it has a power driver
 	Console  bool              `json:"console"` // its console is recorded
+	// Owner is the service that drives the board, when several share the
+	// database; OwnerGone is when its claim expired, if it vanished.
+	Owner     string    `json:"owner,omitempty"`
+	OwnerGone time.Time `json:"owner_gone,omitzero"`
 }
 
 func (s *Service) boardViewLocked(b *board) Board {
 	v := Board{ID: b.id, Address: b.address, Source: b.source, Model: b.model, Labels: maps.Clone(b.labels),
 		State: b.state, Reason: b.reason, Online: b.online, Lease: b.lease, BootID: b.bootID, Agent: b.agent,
 		Slots: slices.Clone(b.slots), LastSeen: b.lastSeen, Failures: b.failures, Power: b.power != nil,
-		Console: onLine(b.address)}
+		Console: onLine(b.address), Owner: b.owner, OwnerGone: b.ownerGone}
 	if l := s.leases[b.lease]; l != nil {
 		v.Holder = l.Holder
+	} else if b.hold.Lease == b.lease {
+		v.Holder = b.hold.Holder
 	}
 	return v
 }
@@ -163,13 +169,48 @@ func (s *Service) leasedLocked(b *board) error {
 	e := &LeasedError{Board: b.id, Lease: b.lease}
 	if l := s.leases[b.lease]; l != nil {
 		e.Holder, e.Expires = l.Holder, l.Expires
+	} else if b.hold.Lease == b.lease {
+		e.Holder, e.Expires = b.hold.Holder, b.hold.Expires
 	}
 	return e
 }
 
+// freeLocked is nil if no lease holds b, else the refusal. A lease of
+// another service is looked up again in the database: this service
+// learns of its end at its next claim round only.
+func (s *Service) freeLocked(ctx context.Context, b *board) error {
+	if b.lease != "" && s.leases[b.lease] == nil {
+		if err := s.readHoldLocked(ctx, b); err != nil {
+			return err
+		}
+	}
+	if b.lease != "" {
+		return s.leasedLocked(b)
+	}
+	return nil
+}
+
+// readHoldLocked reads which lease of another service holds b, if any,
+// from the database's lease table.
+func (s *Service) readHoldLocked(ctx context.Context, b *board) error {
+	hs, err := s.st.Holds(ctx, time.Now(), b.id)
+	if err != nil {
+		return err
+	}
+	s.holdLocked(b, hs[b.id])
+	return nil
+}
+
 // accessLocked checks that who may act on b under lease (maybe ""): a
-// board a lease holds takes only that lease, from its holder.
+// board a lease holds takes only that lease, from its holder. A board
+// no lease of this service holds is looked up in the database's lease
+// table, which another service sharing it may have granted it from.
 func (s *Service) accessLocked(ctx context.Context, who user, b *board, lease string) error {
+	if b.lease == "" || s.leases[b.lease] == nil {
+		if err := s.readHoldLocked(ctx, b); err != nil {
+			return err
+		}
+	}
 	if b.lease != "" && b.lease != lease {
 		return s.leasedLocked(b)
 	}

@@ -35,6 +35,7 @@ type Client struct {
 	token    string
 	http     *http.Client
 	progress func(sent, total int64) // of uploads; nil: none
+	peerUser string                  // a service's client for this user (PeerUserHeader)
 }
 
 // maxResponse bounds a JSON response read by the client; maxFrame one
@@ -108,6 +109,9 @@ func (c *Client) do(ctx context.Context, method, path, lease string, body any) (
 func (c *Client) send(req *http.Request, lease string) (*http.Response, error) {
 	method, path := req.Method, strings.TrimPrefix(req.URL.String(), c.base)
 	req.Header.Set("Authorization", "Bearer "+c.token)
+	if c.peerUser != "" {
+		req.Header.Set(PeerUserHeader, c.peerUser)
+	}
 	if lease != "" {
 		req.Header.Set(LeaseHeader, lease)
 	}

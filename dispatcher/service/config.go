@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"time"
@@ -50,6 +51,25 @@ type Config struct {
 	Metrics MetricsConfig `yaml:"metrics"`
 	// Dashboard configures the web dashboard at / (docs/service.md).
 	Dashboard DashboardConfig `yaml:"dashboard"`
+	// Owner names this service among those sharing one database (default:
+	// the host's name and the listen address, "host@127.0.0.1:7300").
+	// The rollouts it runs are its own to resume: keep it across restarts.
+	Owner string `yaml:"owner" validate:"omitempty,max=128"`
+	// Advertise is the URL the other services reach this one's API at
+	// (default: the address served, unless it is a wildcard).
+	Advertise string `yaml:"advertise" validate:"omitempty,max=1024,http_url"`
+	// PeerTokenFile is the token the services sharing a database present
+	// to each other when one forwards a request to a board's owner; without
+	// it, boards owned by another service are listed but not driven
+	// through this one.
+	PeerTokenFile string `yaml:"peer_token_file" validate:"max=4096"`
+	// PeerCAFile is the PEM roots the other services' https URLs are
+	// checked against (default: the system's).
+	PeerCAFile string `yaml:"peer_ca_file" validate:"max=4096"`
+	// ClaimTTL is how long this service owns its boards without renewing
+	// its claims (default 10s; renewed every third of it), so that the
+	// others see a dead host's boards offline within about 14s.
+	ClaimTTL Duration `yaml:"claim_ttl"`
 }
 
 // RecoveryConfig bounds the recovery of a board with a power driver whose
@@ -132,6 +152,7 @@ const (
 	DefaultFor             = time.Hour
 	DefaultMaxFor          = 24 * time.Hour
 	DefaultMaxWait         = 24 * time.Hour
+	DefaultClaimTTL        = 10 * time.Second
 )
 
 // LoadConfig reads the YAML config at path: unknown keys are errors, and
@@ -186,6 +207,13 @@ func (c *Config) Check() error {
 	def(&c.Leases.DefaultFor, DefaultFor)
 	def(&c.Leases.MaxFor, DefaultMaxFor)
 	def(&c.Leases.MaxWait, DefaultMaxWait)
+	def(&c.ClaimTTL, DefaultClaimTTL)
+	if c.Owner != "" && !validOwner(c.Owner) {
+		return fmt.Errorf("%w: owner: %q: letters, digits and . _ - @ : [ ] only", ErrBadConfig, c.Owner)
+	}
+	if c.ClaimTTL.D() < time.Second {
+		return fmt.Errorf("%w: claim_ttl: must be 1s at least", ErrBadConfig)
+	}
 	if c.QuarantineAfter == 0 {
 		c.QuarantineAfter = DefaultQuarantineAfter
 	}
@@ -214,6 +242,7 @@ type user struct {
 	name  string
 	admin bool
 	hash  [sha256.Size]byte
+	peer  bool // a request another service forwarded for them
 }
 
 // loadUsers reads the users' tokens: a token file must be private (as the
@@ -223,16 +252,9 @@ func loadUsers(us []UserConfig) ([]user, error) {
 	for _, u := range us {
 		x := user{name: u.Name, admin: u.Admin}
 		if u.TokenFile != "" {
-			if err := auth.CheckPrivate(u.TokenFile); err != nil {
-				return nil, fmt.Errorf("%w: user %s: %w", ErrBadConfig, u.Name, err)
-			}
-			raw, err := os.ReadFile(u.TokenFile)
+			tok, err := readToken(u.TokenFile)
 			if err != nil {
 				return nil, fmt.Errorf("%w: user %s: %w", ErrBadConfig, u.Name, err)
-			}
-			tok := strings.TrimSpace(string(raw))
-			if tok == "" {
-				return nil, fmt.Errorf("%w: user %s: %s is empty", ErrBadConfig, u.Name, u.TokenFile)
 			}
 			x.hash = sha256.Sum256([]byte(tok))
 		} else {
@@ -242,4 +264,66 @@ func loadUsers(us []UserConfig) ([]user, error) {
 		out = append(out, x)
 	}
 	return out, nil
+}
+
+// validOwner reports whether name may name a service: it is shown, logged
+// and kept in the database, so plain characters only.
+func validOwner(name string) bool {
+	if name == "" || len(name) > 128 {
+		return false
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._-@:[]", r)) {
+			return false
+		}
+	}
+	return true
+}
+
+// ownerName is the service's owner name: the config's, or the host's
+// name and the address it listens on.
+func (c *Config) ownerName(listen string) (string, error) {
+	if c.Owner != "" {
+		return c.Owner, nil
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		return "", fmt.Errorf("%w: owner: no host name to derive it from: %w", ErrBadConfig, err)
+	}
+	name := host + "@" + listen
+	if !validOwner(name) {
+		return "", fmt.Errorf("%w: owner: %q derived from the host name is not usable; set owner", ErrBadConfig, name)
+	}
+	return name, nil
+}
+
+// advertiseURL is the URL the other services reach this one at: the
+// config's, or served (a URL) unless its address is a wildcard, which is
+// nobody's to dial ("").
+func (c *Config) advertiseURL(served string) string {
+	if c.Advertise != "" {
+		return strings.TrimSuffix(c.Advertise, "/")
+	}
+	_, addr, _ := strings.Cut(served, "://")
+	host, _, err := net.SplitHostPort(addr)
+	if ip := net.ParseIP(host); err != nil || host == "" || ip != nil && ip.IsUnspecified() {
+		return ""
+	}
+	return served
+}
+
+// readToken reads a token from a file only its owner may read.
+func readToken(path string) (string, error) {
+	if err := auth.CheckPrivate(path); err != nil {
+		return "", err
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	tok := strings.TrimSpace(string(raw))
+	if tok == "" {
+		return "", fmt.Errorf("%s is empty", path)
+	}
+	return tok, nil
 }

@@ -46,8 +46,12 @@ func (s *Service) found(rec discovery.Record) {
 	case b.static != nil || b.address == rec.Address && b.client != nil:
 		return
 	}
-	b.address, b.source, b.model, b.labels = rec.Address, rec.Source, rec.Model, maps.Clone(rec.Labels)
-	s.journal.board(b.snapshot())
+	b.address, b.source, b.model, b.labels, b.local = rec.Address, rec.Source, rec.Model, maps.Clone(rec.Labels), true
+	s.recordLocked(b)
 	s.log.Info("board found", "board", b.id, "address", b.address, "source", b.source)
-	s.watchLocked(b)
+	if b.owner == s.owner {
+		s.watchLocked(b)
+	} else {
+		s.kickClaims() // it is driven once claimed
+	}
 }

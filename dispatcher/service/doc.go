@@ -34,6 +34,14 @@
 // rendered on the server, live over Server-Sent Events) and /metrics
 // (metrics.go, on a Prometheus registry of the service's own).
 //
+// Several services may share one database (PostgreSQL, one per lab
+// host): each owns the boards it reaches by claims that expire unless
+// renewed (claims.go) and drives only those; the others' boards are listed
+// with their owner, offline with the time when that owner vanished, and
+// an action on one is forwarded to its owner with the peer token
+// (forward.go). Leases are queued and held in the database, so a lease
+// asked of one service is honoured by all.
+//
 // State lives in dispatcher/store: the inventory (with maintenance and
 // quarantine), every lease, and the audit log, so a restarted service
 // keeps its leases and its boards.

@@ -1,6 +1,7 @@
 package service
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -63,6 +64,9 @@ var (
 	ErrNotAvailable = errors.New("not enough free boards")
 	// ErrTooManyLeases: the user holds or waits for MaxOpenLeases already.
 	ErrTooManyLeases = errors.New("too many open leases")
+	// ErrElsewhere: another service sharing the database keeps the lease
+	// (it was queued there) or drives the board a rollout names: ask it.
+	ErrElsewhere = errors.New("kept by another service")
 )
 
 // MaxOpenLeases bounds the leases one user holds or waits for at once: the
@@ -130,6 +134,12 @@ func (s *Service) Acquire(ctx context.Context, holder string, r AcquireRequest) 
 	if wait > 0 {
 		l.WaitUntil = now.Add(wait)
 	}
+	// The queue is the database's, shared by the services on it.
+	seq, err := s.st.NextLeaseSeq(ctx)
+	if err != nil {
+		return Lease{}, err
+	}
+	l.Seq, l.Home = seq, s.owner
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	open := 0
@@ -149,8 +159,6 @@ func (s *Service) Acquire(ctx context.Context, holder string, r AcquireRequest) 
 	if n := s.matchingLocked(l); n < count {
 		return Lease{}, fmt.Errorf("%w: %d of %d asked (select %v, boards %v)", ErrUnsatisfiable, n, count, r.Select, r.Boards)
 	}
-	s.seq++
-	l.Seq = s.seq
 	s.leases[l.ID] = l
 	s.scheduleLocked(now)
 	if l.State == store.LeaseWaiting && wait == 0 {
@@ -199,13 +207,13 @@ func (s *Service) scheduleLocked(now time.Time) {
 				free = append(free, id)
 			}
 		}
-		if len(free) < l.Count {
+		if len(free) < l.Count || !s.grantLocked(l, free[:l.Count], now) {
+			// A refused grant (another service granted one of them first)
+			// leaves them aside until the next round tells which.
 			for _, id := range free {
 				claimed[id] = true
 			}
-			continue
 		}
-		s.grantLocked(l, free[:l.Count], now)
 	}
 }
 
@@ -222,12 +230,24 @@ func (s *Service) queueLocked() []*store.Lease {
 }
 
 // grantLocked gives l the boards ids; a command still running on one of
-// them through the service (from before the lease) is canceled.
-func (s *Service) grantLocked(l *store.Lease, ids []string, now time.Time) {
+// them through the service (from before the lease) is canceled. The grant
+// is stored first: one the store refuses (another service granted one of
+// the boards, ErrConflict) is undone and l stays queued.
+func (s *Service) grantLocked(l *store.Lease, ids []string, now time.Time) bool {
+	queued := *l
 	span := l.Until.Sub(l.Created)
 	l.State, l.Boards, l.Granted, l.Renewed = store.LeaseActive, slices.Clone(ids), now, now
 	l.Until = now.Add(span) // the span runs from the grant
 	l.Expires = minTime(now.Add(l.TTL), l.Until)
+	if err := s.st.PutLease(context.Background(), *l); err != nil {
+		*l = queued
+		if errors.Is(err, store.ErrConflict) {
+			s.log.Info("grant refused: another service holds a board", "lease", l.ID, "err", err)
+		} else {
+			s.log.Error("grant not stored", "lease", l.ID, "err", err)
+		}
+		return false
+	}
 	s.metrics.leaseGranted(now.Sub(l.Created))
 	for _, id := range ids {
 		b := s.boards[id]
@@ -240,9 +260,9 @@ func (s *Service) grantLocked(l *store.Lease, ids []string, now time.Time) {
 		}
 		s.journal.audit(store.AuditEntry{At: now, User: l.Holder, Action: "lease.grant", Board: id, Lease: l.ID, Result: "ok"})
 	}
-	s.persistLocked(l)
 	s.notifyLocked()
 	s.kickExpiry()
+	return true
 }
 
 // endLocked ends lease l: its boards go back (idle, unless they are
@@ -334,13 +354,17 @@ func (s *Service) heldLocked(ctx context.Context, who user, id string) (*store.L
 	if err != nil {
 		return nil, err
 	}
+	if s.leases[id] == nil {
+		return nil, fmt.Errorf("lease %s: %w (%s)", id, ErrElsewhere, l.Home)
+	}
 	if l.Holder != who.name && !who.admin {
 		return nil, fmt.Errorf("lease %s: %w (%s)", l.ID, ErrNotHolder, l.Holder)
 	}
 	return l, nil
 }
 
-// lookupLocked finds an open lease, or says how it ended.
+// lookupLocked finds an open lease, this service's or (from the
+// database) another's, or says how it ended.
 func (s *Service) lookupLocked(ctx context.Context, id string) (*store.Lease, error) {
 	if l := s.leases[id]; l != nil {
 		return l, nil
@@ -351,6 +375,9 @@ func (s *Service) lookupLocked(ctx context.Context, id string) (*store.Lease, er
 	}
 	if err != nil {
 		return nil, err
+	}
+	if old.Open() {
+		return &old, nil
 	}
 	return nil, fmt.Errorf("lease %s: %w: %s at %s (%s)", id, ErrLeaseEnded, old.State,
 		old.Ended.Format(time.RFC3339), old.EndReason)
@@ -452,18 +479,22 @@ func (s *Service) Leases(ctx context.Context, ended int) ([]Lease, error) {
 		out = append(out, s.viewLocked(l))
 	}
 	s.mu.Unlock()
-	if ended > 0 {
-		all, err := s.st.Leases(ctx, ended)
-		if err != nil {
-			return nil, err
-		}
-		for _, l := range all {
-			if !l.Open() {
-				out = append(out, view(l))
-			}
+	// The database has the others' open leases too, and the ended ones.
+	all, err := s.st.Leases(ctx, ended)
+	if err != nil {
+		return nil, err
+	}
+	var others []Lease
+	for _, l := range all {
+		switch {
+		case !l.Open():
+			others = append(others, view(l))
+		case l.Home != "" && l.Home != s.owner:
+			out = append(out, view(l))
 		}
 	}
-	return out, nil
+	slices.SortStableFunc(out, func(a, b Lease) int { return cmp.Compare(a.Seq, b.Seq) })
+	return append(out, others...), nil
 }
 
 // expiryLoop ends the leases whose holders stopped renewing them, that

@@ -13,6 +13,7 @@ import (
 
 	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/dispatcher/store"
+	"github.com/boardlink/boardlink/internal/pgtest"
 	"github.com/boardlink/boardlink/internal/testenv"
 	"github.com/boardlink/boardlink/proto"
 )
@@ -23,10 +24,13 @@ import (
 const helperEnv = "BOARDLINK_SERVICE_TEST_HELPER"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(helperEnv) == "exec" {
+	switch os.Getenv(helperEnv) {
+	case "exec":
 		os.Exit(helperExec())
+	case "simlab":
+		os.Exit(helperSimlab())
 	}
-	os.Exit(m.Run())
+	os.Exit(pgtest.Main(m))
 }
 
 func helperExec() int {

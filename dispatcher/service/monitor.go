@@ -276,7 +276,7 @@ func (h *heartbeat) endLocked(cause error) {
 func (s *Service) online(b *board, c *dispatcher.Client, info proto.BoardInfo) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.stopped {
+	if s.stopped || b.owner != s.owner { // the claim was lost meanwhile
 		c.Close()
 		return
 	}
@@ -288,7 +288,7 @@ func (s *Service) online(b *board, c *dispatcher.Client, info proto.BoardInfo) {
 	if b.state == Offline {
 		s.must(s.setStateLocked(b, b.settledLocked(), "connected"))
 	}
-	s.journal.board(b.snapshot())
+	s.recordLocked(b)
 	s.scheduleLocked(time.Now())
 }
 
@@ -313,7 +313,7 @@ func (s *Service) seenLocked(b *board, info proto.BoardInfo) {
 				Detail: fmt.Sprintf("new boot id %s (was %s)", info.BootID, b.bootID)})
 		}
 		b.bootID = info.BootID
-		s.journal.board(b.snapshot())
+		s.recordLocked(b)
 		s.journal.sight(store.Sighting{BoardID: b.id, Address: b.address, Model: b.model, Labels: b.labels,
 			BootID: b.bootID, Version: info.Agent, LastSeen: b.lastSeen})
 	}
@@ -326,6 +326,9 @@ func (s *Service) seenLocked(b *board, info proto.BoardInfo) {
 func (s *Service) failed(b *board, cause error) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if b.owner != s.owner {
+		return false // the claim was lost: another service drives it
+	}
 	if b.client != nil {
 		b.client.Close()
 		b.client = nil
@@ -344,13 +347,13 @@ func (s *Service) failed(b *board, cause error) bool {
 		s.must(s.setStateLocked(b, Offline, cause.Error()))
 	}
 	if b.power != nil {
-		s.journal.board(b.snapshot())
+		s.recordLocked(b)
 		return b.state == Offline
 	}
 	if q := s.cfg.QuarantineAfter; q > 0 && b.failures >= q && b.state == Offline {
 		s.must(s.setStateLocked(b, Quarantined, fmt.Sprintf("%d failed health checks in a row; last: %v", b.failures, cause)))
 	} else {
-		s.journal.board(b.snapshot())
+		s.recordLocked(b)
 	}
 	return false
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/boardlink/boardlink/dispatcher"
@@ -40,6 +41,9 @@ type RolloutRequest struct {
 type RolloutStatus struct {
 	store.Rollout
 	BoardResults []store.BoardResult `json:"board_results"`
+	// Parts are the rollouts of the same image started on the other
+	// services sharing the database, for the boards they drive.
+	Parts []RolloutPart `json:"parts,omitempty"`
 }
 
 // StartRollout plans a rollout of the image file img (an upload spooled
@@ -61,8 +65,12 @@ func (s *Service) StartRollout(ctx context.Context, who user, img string, r Roll
 		return RolloutStatus{}, &FieldError{UploadFile, err.Error()}
 	}
 	defer im.Close()
-	targets, err := s.rolloutTargets(r)
+	parts := s.startRolloutParts(ctx, who, img, r)
+	targets, err := s.rolloutTargets(ctx, r)
 	if err != nil {
+		if len(parts) > 0 && errors.Is(err, ErrUnsatisfiable) {
+			return RolloutStatus{Parts: parts}, nil // the others' boards only
+		}
 		return RolloutStatus{}, err
 	}
 	boardTimeout := time.Duration(r.BoardTimeoutMs) * time.Millisecond
@@ -92,7 +100,7 @@ func (s *Service) StartRollout(ctx context.Context, who user, img string, r Roll
 	}
 	id, err := dispatcher.RecordRollout(ctx, s.st, dispatcher.NewRollout{ImagePath: kept, Selector: sel, Plan: plan,
 		Concurrency: concurrency, MaxFailures: r.MaxFailures, Spec: dispatcher.RolloutSpec{Gate: gate, WaveSize: r.WaveSize,
-			BoardTimeout: boardTimeout, Force: r.Force, Owner: dispatcher.OwnerService}})
+			BoardTimeout: boardTimeout, Force: r.Force, Owner: s.rolloutOwner()}})
 	if err != nil {
 		os.Remove(kept)
 		return RolloutStatus{}, err
@@ -106,11 +114,13 @@ func (s *Service) StartRollout(ctx context.Context, who user, img string, r Roll
 	}
 	s.wg.Go(func() { s.runRollout(s.ctx, id) })
 	s.mu.Unlock()
-	return s.Rollout(ctx, id)
+	st, err := s.Rollout(ctx, id)
+	st.Parts = parts
+	return st, err
 }
 
 // rolloutTargets are the boards r selects, sorted by id.
-func (s *Service) rolloutTargets(r RolloutRequest) ([]dispatcher.Target, error) {
+func (s *Service) rolloutTargets(ctx context.Context, r RolloutRequest) ([]dispatcher.Target, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, id := range r.Boards {
@@ -125,11 +135,11 @@ func (s *Service) rolloutTargets(r RolloutRequest) ([]dispatcher.Target, error) 
 		if len(r.Boards) > 0 && !slices.Contains(r.Boards, id) || !dispatcher.Selector(r.Select).Match(t) {
 			continue
 		}
-		if !b.online || b.state == Maintenance || b.state == Quarantined {
-			continue // as discovery would not find it, or a person holds it out
+		if !b.online || b.state == Maintenance || b.state == Quarantined || b.owner != s.owner {
+			continue // as discovery would not find it, a person holds it out, or another service drives it
 		}
-		if b.lease != "" {
-			return nil, s.leasedLocked(b)
+		if err := s.freeLocked(ctx, b); err != nil {
+			return nil, err
 		}
 		out = append(out, t)
 	}
@@ -233,13 +243,20 @@ func (s *Service) runRollout(ctx context.Context, id string) {
 // resumeRollouts runs on the rollouts the service ran that a stop or a
 // crash left unfinished.
 func (s *Service) resumeRollouts(ctx context.Context) {
-	outs, err := dispatcher.ResumeRollouts(ctx, s.st, dispatcher.OwnerService, s.rolloutEnv())
-	if err != nil {
-		s.log.Error("rollouts not resumed", "err", err)
+	var wg sync.WaitGroup
+	// Its own, and those of a database older than several services.
+	for _, owner := range []string{s.rolloutOwner(), dispatcher.OwnerService} {
+		wg.Go(func() {
+			outs, err := dispatcher.ResumeRollouts(ctx, s.st, owner, s.rolloutEnv())
+			if err != nil {
+				s.log.Error("rollouts not resumed", "err", err)
+			}
+			for _, o := range outs {
+				s.rolloutEnded(o.ID, o.Report, o.Err)
+			}
+		})
 	}
-	for _, o := range outs {
-		s.rolloutEnded(o.ID, o.Report, o.Err)
-	}
+	wg.Wait()
 }
 
 // Rollout returns rollout id (or a unique prefix of one) with its boards.
@@ -266,6 +283,10 @@ func (s *Service) Rollout(ctx context.Context, id string) (RolloutStatus, error)
 func (s *Service) WaitRollout(ctx context.Context, id string, updated time.Time, wait time.Duration) (RolloutStatus, error) {
 	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
+	// A share another service runs moves in the database only: it is
+	// read again every rolloutPoll.
+	poll := time.NewTicker(rolloutPoll)
+	defer poll.Stop()
 	for {
 		s.mu.Lock()
 		changed := s.rolloutChanged
@@ -276,6 +297,7 @@ func (s *Service) WaitRollout(ctx context.Context, id string, updated time.Time,
 		}
 		select {
 		case <-changed:
+		case <-poll.C:
 		case <-deadline.C:
 			return st, nil
 		case <-ctx.Done():

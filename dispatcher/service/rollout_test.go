@@ -187,6 +187,13 @@ func serveProcess(t *testing.T, cli string, env []string, args ...string) (*exec
 	t.Helper()
 	cmd := exec.Command(cli, append([]string{"serve"}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
+	return startServe(t, cmd)
+}
+
+// startServe starts cmd, a `boardlink serve`, and returns it with the
+// URL it says it listens on and its stderr.
+func startServe(t *testing.T, cmd *exec.Cmd) (*exec.Cmd, string, *testenv.Buffer) {
+	t.Helper()
 	stderr := &testenv.Buffer{}
 	cmd.Stderr = stderr
 	stdout, err := cmd.StdoutPipe()

@@ -1,11 +1,14 @@
 package service
 
 import (
+	"cmp"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
+	"net/http"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -36,6 +39,14 @@ type Options struct {
 	// (default DefaultMaxUpload); uploads are spooled to disk beside the
 	// database, never held in memory.
 	MaxUpload int64
+	// Listen is the address the API was asked to listen on (default
+	// Config.Listen), of which the owner name's default is made: the same
+	// across restarts, even with port 0. URL is where it is served
+	// (default http://Listen), the advertised URL's default.
+	Listen, URL string
+	// Now is the clock of the boards' claims (default time.Now): the
+	// services sharing a database compare their claims' times.
+	Now func() time.Time
 }
 
 // Service is the lab service. Its methods are safe for concurrent use.
@@ -46,16 +57,31 @@ type Service struct {
 	trust dispatcher.Trust
 	users []user
 	opts  Options
+	// owner names this service in the database's claims; advertise is
+	// where the others reach it; peerHash is the sha256 of the peer token
+	// (zero: none) and peerToken the token itself.
+	owner, advertise string
+	peerToken        string
+	peerTransport    http.RoundTripper
+	peerHash         [sha256.Size]byte
+	now              func() time.Time
+	claimMu          sync.Mutex // one claim round at a time
+	claimKick        chan struct{}
 
 	mu      sync.Mutex
 	boards  map[string]*board
 	ids     []string // the boards' ids, sorted
 	leases  map[string]*store.Lease
-	seq     int64         // the last lease's queue number
 	changed chan struct{} // closed and replaced when a lease changes
 	nextRun uint64        // ids of commands run through the service
 	stopped bool
 	closing chan struct{} // closed by Stop: long polls return
+
+	// instances are the services sharing the database, by owner name, as
+	// the last claim round read them; renewed is when this service's
+	// claims were last renewed.
+	instances map[string]store.Instance
+	renewed   time.Time
 
 	consoles *consolelog.Set
 	// rolled are the boards each rollout run by the service marked
@@ -93,6 +119,15 @@ type board struct {
 	runs                   map[uint64]*run // commands run through the service
 	updating               int             // updates under way through the service (MarkUpdating)
 	stop                   context.CancelFunc
+	// local: this service reaches the board (its config or its discovery)
+	// and claims it; owner is the service whose claim holds it ("": none),
+	// and ownerGone when that claim expired (zero: it has not).
+	local     bool
+	owner     string
+	ownerGone time.Time
+	// hold is a lease another service granted that holds the board (its
+	// Lease empty: none), as the database says.
+	hold store.Hold
 }
 
 // run is a command run on a board through the service, under a lease or
@@ -125,6 +160,21 @@ func New(ctx context.Context, o Options) (*Service, error) {
 	if o.MaxUpload <= 0 {
 		o.MaxUpload = DefaultMaxUpload
 	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	o.Listen = cmp.Or(o.Listen, o.Config.Listen)
+	o.URL = cmp.Or(o.URL, "http://"+o.Listen)
+	owner, err := o.Config.ownerName(o.Listen)
+	if err != nil {
+		return nil, err
+	}
+	var peerToken string
+	if o.Config.PeerTokenFile != "" {
+		if peerToken, err = readToken(o.Config.PeerTokenFile); err != nil {
+			return nil, fmt.Errorf("%w: peer_token_file: %w", ErrBadConfig, err)
+		}
+	}
 	if o.ConsoleDir == "" {
 		o.ConsoleDir = filepath.Join(o.Store.Dir(), "console")
 	}
@@ -138,7 +188,14 @@ func New(ctx context.Context, o Options) (*Service, error) {
 	s := &Service{cfg: o.Config, st: o.Store, log: o.Logger, trust: o.Trust, users: users, opts: o,
 		boards: map[string]*board{}, leases: map[string]*store.Lease{}, changed: make(chan struct{}),
 		kick: make(chan struct{}, 1), closing: make(chan struct{}), rolled: map[string]map[string]bool{},
-		rolloutChanged: make(chan struct{})}
+		rolloutChanged: make(chan struct{}), owner: owner, advertise: o.Config.advertiseURL(o.URL), peerToken: peerToken,
+		now: o.Now, claimKick: make(chan struct{}, 1), instances: map[string]store.Instance{}}
+	if peerToken != "" {
+		s.peerHash = sha256.Sum256([]byte(peerToken))
+	}
+	if s.peerTransport, err = peerTransport(o.Config.PeerCAFile); err != nil {
+		return nil, err
+	}
 	s.journal = newJournal(o.Store, o.Logger)
 	if s.metrics, err = newMetrics(s); err != nil {
 		return nil, err
@@ -162,11 +219,15 @@ func (s *Service) load(ctx context.Context) error {
 		static[s.cfg.Boards[i].ID] = &s.cfg.Boards[i]
 	}
 	for _, sb := range stored {
-		if sb.Source == sourceStatic && static[sb.ID] == nil {
+		mine := sb.Owner == "" || sb.Owner == s.owner
+		if mine && sb.Source == sourceStatic && static[sb.ID] == nil {
 			continue // no longer in the config
 		}
 		b := &board{id: sb.ID, address: sb.Address, source: sb.Source, model: sb.Model, labels: sb.Labels,
-			state: Offline, bootID: sb.BootID, lastSeen: sb.LastSeen, failures: sb.Failures}
+			state: Offline, bootID: sb.BootID, lastSeen: sb.LastSeen, failures: sb.Failures, local: mine}
+		if !mine {
+			b.owner = sb.Owner // this service drives its own once claimed
+		}
 		// What a person set stays; the rest is learned again.
 		if st := State(sb.State); st == Maintenance || st == Quarantined {
 			b.state, b.reason = st, sb.Reason
@@ -180,6 +241,7 @@ func (s *Service) load(ctx context.Context) error {
 			s.boards[id] = b
 		}
 		b.static, b.address, b.source, b.model, b.labels = bc, bc.Address, sourceStatic, bc.Model, maps.Clone(bc.Labels)
+		b.local = true
 		d, err := s.opts.Power(*bc)
 		if err != nil {
 			return fmt.Errorf("%w: board %s: %w", ErrBadConfig, id, err)
@@ -193,15 +255,15 @@ func (s *Service) load(ctx context.Context) error {
 	}
 	slices.Sort(s.ids)
 
-	if s.seq, err = s.st.MaxLeaseSeq(ctx); err != nil {
-		return err
-	}
 	open, err := s.st.Leases(ctx, 0)
 	if err != nil {
 		return err
 	}
 	now := time.Now()
 	for _, l := range open {
+		if l.Home != "" && l.Home != s.owner {
+			continue // another service's to keep
+		}
 		// The holders could not renew while the service was down: each
 		// gets a full TTL from now.
 		if fresh := now.Add(l.TTL); l.Expires.Before(fresh) {
@@ -232,28 +294,52 @@ const (
 // rollouts it ran that a stop or a crash left unfinished, resumed.
 func (s *Service) Start(ctx context.Context) error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.ctx != nil {
+		s.mu.Unlock()
 		return errors.New("service: started twice")
 	}
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	s.wg.Go(func() { s.journal.run(s.ctx) })
-	for _, id := range s.ids {
-		s.watchLocked(s.boards[id])
+	s.mu.Unlock()
+	// The first round claims the boards, and starts the monitors of those
+	// this service wins.
+	if err := s.claimRound(ctx); err != nil {
+		return err
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.wg.Go(func() { s.claimLoop(s.ctx) })
 	s.wg.Go(func() { s.expiryLoop(s.ctx) })
 	if s.cfg.Discovery.MDNS || s.cfg.Discovery.Serial {
 		s.wg.Go(func() { s.discover(s.ctx) })
 	}
 	s.wg.Go(func() { s.resumeRollouts(s.ctx) })
-	s.log.Info("service started", "boards", len(s.ids), "open_leases", len(s.leases))
+	s.log.Info("service started", "owner", s.owner, "advertise", s.advertise, "boards", len(s.ids), "open_leases", len(s.leases))
 	return nil
 }
 
 // Stop ends every monitor and loop, closes the boards' connections
-// (canceling the commands run through them) and writes what the journal
-// holds. Open leases stay in the store, for the next start.
+// (canceling the commands run through them), writes what the journal
+// holds and releases the boards' claims, for another service that
+// reaches them to take at once. Open leases stay in the store, for the
+// next start.
 func (s *Service) Stop(ctx context.Context) error {
+	err := s.halt(ctx)
+	s.mu.Lock()
+	started := s.ctx != nil
+	s.mu.Unlock()
+	if !started || err != nil {
+		return err
+	}
+	if err := s.st.ReleaseClaims(ctx, s.owner); err != nil {
+		return fmt.Errorf("service: stop: %w", err)
+	}
+	return nil
+}
+
+// halt is Stop without releasing the claims: what a killed host leaves
+// behind, its claims expiring in the database.
+func (s *Service) halt(ctx context.Context) error {
 	s.mu.Lock()
 	if !s.stopped {
 		close(s.closing)
@@ -301,11 +387,14 @@ func (s *Service) watchLocked(b *board) {
 	s.wg.Go(func() { s.monitor(ctx, b, addr) })
 }
 
-// snapshot returns b as the store keeps it.
-func (b *board) snapshot() store.LabBoard {
-	return store.LabBoard{ID: b.id, Address: b.address, Source: b.source, Model: b.model,
-		Labels: maps.Clone(b.labels), State: string(b.state), Reason: b.reason, BootID: b.bootID,
-		Failures: b.failures, LastSeen: b.lastSeen}
+// recordLocked has the journal write b's row, if this service owns b:
+// the row of a board another service drives is that one's to write.
+func (s *Service) recordLocked(b *board) {
+	if b.owner == s.owner {
+		s.journal.board(store.LabBoard{ID: b.id, Address: b.address, Source: b.source, Model: b.model,
+			Labels: maps.Clone(b.labels), State: string(b.state), Reason: b.reason, BootID: b.bootID,
+			Failures: b.failures, LastSeen: b.lastSeen, Owner: s.owner})
+	}
 }
 
 // setStateLocked moves b to state to, if the table allows it, and records
@@ -314,7 +403,7 @@ func (s *Service) setStateLocked(b *board, to State, reason string) error {
 	if b.state == to {
 		if reason != b.reason {
 			b.reason = reason
-			s.journal.board(b.snapshot())
+			s.recordLocked(b)
 		}
 		return nil
 	}
@@ -325,7 +414,7 @@ func (s *Service) setStateLocked(b *board, to State, reason string) error {
 	b.state, b.reason = to, reason
 	s.notifyLocked() // the dashboard's live pages follow board states too
 	s.log.Info("board state", "board", b.id, "from", from, "to", to, "reason", reason)
-	s.journal.board(b.snapshot())
+	s.recordLocked(b)
 	s.journal.audit(store.AuditEntry{User: serviceUser, Action: "board.state", Board: b.id, Lease: b.lease,
 		Result: "ok", Detail: fmt.Sprintf("%s -> %s: %s", from, to, reason)})
 	return nil

@@ -3,7 +3,9 @@ package service
 import (
 	"cmp"
 	"context"
+	"crypto/ed25519"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -22,7 +24,7 @@ import (
 // lab is a service over sim boards in this process, with its API on
 // loopback and a client per user.
 type lab struct {
-	t           *testing.T
+	t           testing.TB
 	sim         *simlab.Lab
 	dir         string
 	db          string
@@ -31,7 +33,11 @@ type lab struct {
 	srv         *httptest.Server
 	clients     map[string]*Client
 	stopService func()
+	// killService stops the service as a killed host does: its claims
+	// are not released.
+	killService func()
 	tokens      map[string]string
+	now         func() time.Time
 }
 
 type labOptions struct {
@@ -46,20 +52,29 @@ type labOptions struct {
 	// find them there, instead of static entries: only in
 	// testenv.InPrivateLoopback.
 	mdns bool
+	// Several services on one database: db (default a SQLite file of the
+	// lab's own), the service's owner name, the peer token's file, the
+	// boards' id prefix, and the claims' clock.
+	db, owner, peerTokenFile, idPrefix string
+	now                                func() time.Time
+	claimTTL                           time.Duration
+	// trustKeys are the keys the boards take images signed by.
+	trustKeys []ed25519.PublicKey
 }
 
 // writeSecret writes a file only its owner reads.
-func writeSecret(t *testing.T, path, s string) {
+func writeSecret(t testing.TB, path, s string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(s+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func startLab(t *testing.T, o labOptions) *lab {
+func startLab(t testing.TB, o labOptions) *lab {
 	t.Helper()
 	dir := t.TempDir()
-	so := simlab.Options{Boards: o.boards, Dir: filepath.Join(dir, "boards"), Labels: o.labels}
+	so := simlab.Options{Boards: o.boards, Dir: filepath.Join(dir, "boards"), Labels: o.labels, IDPrefix: o.idPrefix,
+		TrustKeys: o.trustKeys}
 	if o.mdns {
 		so.Ifaces = []string{"lo"}
 	}
@@ -74,11 +89,13 @@ func startLab(t *testing.T, o labOptions) *lab {
 			t.Error(err)
 		}
 	})
-	l := &lab{t: t, sim: sim, dir: dir, db: filepath.Join(dir, "lab.db"), clients: map[string]*Client{}, tokens: map[string]string{}}
+	l := &lab{t: t, sim: sim, dir: dir, db: cmp.Or(o.db, filepath.Join(dir, "lab.db")), clients: map[string]*Client{},
+		tokens: map[string]string{}, now: o.now}
 	boardTok := filepath.Join(dir, "board-token")
 	writeSecret(t, boardTok, sim.Token())
 	l.cfg = Config{TokenFile: boardTok, Heartbeat: Duration(200 * time.Millisecond), QuarantineAfter: cmp.Or(o.quarantineAfter, -1),
-		Leases: LeaseBounds{TTL: Duration(o.ttl)}, Recovery: o.recovery}
+		Leases: LeaseBounds{TTL: Duration(o.ttl)}, Recovery: o.recovery, Owner: o.owner, PeerTokenFile: o.peerTokenFile,
+		ClaimTTL: Duration(o.claimTTL)}
 	for _, b := range sim.Boards {
 		if !o.mdns {
 			l.cfg.Boards = append(l.cfg.Boards, BoardConfig{ID: b.ID, Address: b.Addr()})
@@ -111,7 +128,14 @@ func (l *lab) start(pow func(BoardConfig) (power.Driver, error)) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	svc, err := New(ctx, Options{Config: l.cfg, Store: st, Trust: l.sim.DialOptions().Trust, Power: pow})
+	// The API's address is known before the service starts: it
+	// advertises it to the others on the database.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.cfg.Advertise = "http://" + ln.Addr().String()
+	svc, err := New(ctx, Options{Config: l.cfg, Store: st, Trust: l.sim.DialOptions().Trust, Power: pow, Now: l.now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +143,10 @@ func (l *lab) start(pow func(BoardConfig) (power.Driver, error)) {
 		t.Fatal(err)
 	}
 	l.svc = svc
-	l.srv = httptest.NewServer(svc.Handler())
+	l.srv = httptest.NewUnstartedServer(svc.Handler())
+	l.srv.Listener.Close()
+	l.srv.Listener = ln
+	l.srv.Start()
 	for name, tok := range l.tokens {
 		c, err := NewClient(l.srv.URL, tok, nil)
 		if err != nil {
@@ -128,7 +155,7 @@ func (l *lab) start(pow func(BoardConfig) (power.Driver, error)) {
 		l.clients[name] = c
 	}
 	stopped := false
-	stop := func() {
+	end := func(how func(*Service, context.Context) error) {
 		if stopped {
 			return
 		}
@@ -136,13 +163,14 @@ func (l *lab) start(pow func(BoardConfig) (power.Driver, error)) {
 		l.srv.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if err := svc.Stop(ctx); err != nil {
+		if err := how(svc, ctx); err != nil {
 			t.Error(err)
 		}
 		st.Close()
 	}
-	t.Cleanup(stop)
-	l.stopService = stop
+	t.Cleanup(func() { end((*Service).Stop) })
+	l.stopService = func() { end((*Service).Stop) }
+	l.killService = func() { end((*Service).halt) }
 }
 
 // waitIdle waits until every board is online and idle.

@@ -24,6 +24,9 @@ type LabBoard struct {
 	Failures int               `json:"failures"` // failed health checks or recoveries in a row
 	LastSeen time.Time         `json:"last_seen,omitzero"`
 	Updated  time.Time         `json:"updated"`
+	// Owner is the service that drives the board and wrote this row
+	// ("": a database older than owners).
+	Owner string `json:"owner,omitempty"`
 }
 
 // PutLabBoard stores b, replacing the row of b.ID. A zero Updated is now.
@@ -42,15 +45,15 @@ func (s *Store) PutLabBoard(ctx context.Context, b LabBoard) error {
 		labels = []byte("{}")
 	}
 	_, err = s.db.ExecContext(ctx, `INSERT INTO lab_boards
-		(id, address, source, model, labels, state, reason, boot_id, failures, last_seen, updated)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		(id, address, source, model, labels, state, reason, boot_id, failures, last_seen, updated, owner)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET
 			address = excluded.address, source = excluded.source, model = excluded.model,
 			labels = excluded.labels, state = excluded.state, reason = excluded.reason,
 			boot_id = excluded.boot_id, failures = excluded.failures,
-			last_seen = excluded.last_seen, updated = excluded.updated`,
+			last_seen = excluded.last_seen, updated = excluded.updated, owner = excluded.owner`,
 		b.ID, b.Address, b.Source, b.Model, string(labels), b.State, b.Reason, b.BootID, b.Failures,
-		dbTime(b.LastSeen), dbTime(b.Updated))
+		dbTime(b.LastSeen), dbTime(b.Updated), b.Owner)
 	if err != nil {
 		return fmt.Errorf("store: put lab board %s: %w", b.ID, err)
 	}
@@ -60,7 +63,7 @@ func (s *Store) PutLabBoard(ctx context.Context, b LabBoard) error {
 // LabBoards returns the lab service's inventory, sorted by id.
 func (s *Store) LabBoards(ctx context.Context) ([]LabBoard, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id, address, source, model, labels, state, reason,
-		boot_id, failures, last_seen, updated FROM lab_boards ORDER BY id`)
+		boot_id, failures, last_seen, updated, owner FROM lab_boards ORDER BY id`)
 	if err != nil {
 		return nil, fmt.Errorf("store: lab boards: %w", err)
 	}
@@ -73,7 +76,7 @@ func (s *Store) LabBoards(ctx context.Context) ([]LabBoard, error) {
 			seen, updated sql.NullInt64
 		)
 		if err := rows.Scan(&b.ID, &b.Address, &b.Source, &b.Model, &labels, &b.State, &b.Reason,
-			&b.BootID, &b.Failures, &seen, &updated); err != nil {
+			&b.BootID, &b.Failures, &seen, &updated, &b.Owner); err != nil {
 			return nil, fmt.Errorf("store: lab boards: %w", err)
 		}
 		if err := json.Unmarshal([]byte(labels), &b.Labels); err != nil {

@@ -42,6 +42,9 @@ type Lease struct {
 	Until     time.Time `json:"until,omitzero"`
 	Ended     time.Time `json:"ended,omitzero"`
 	EndReason string    `json:"end_reason,omitempty"`
+	// Home is the service that queued the lease and keeps it (grants,
+	// renews, ends it), when several share the database.
+	Home string `json:"home,omitempty"`
 }
 
 // Open reports whether the lease has not ended.
@@ -65,8 +68,8 @@ func (s *Store) PutLease(ctx context.Context, l Lease) error {
 	err = s.tx(ctx, func(tx handle) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO leases
 		(id, seq, holder, state, selector, want_ids, count, boards, ttl, created, wait_until,
-		 granted, renewed, expires, until, ended, end_reason)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		 granted, renewed, expires, until, ended, end_reason, home)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET
 			state = excluded.state, boards = excluded.boards, ttl = excluded.ttl,
 			wait_until = excluded.wait_until, granted = excluded.granted,
@@ -74,7 +77,7 @@ func (s *Store) PutLease(ctx context.Context, l Lease) error {
 			ended = excluded.ended, end_reason = excluded.end_reason`,
 			l.ID, l.Seq, l.Holder, l.State, string(sel), string(ids), l.Count, string(boards), int64(l.TTL),
 			l.Created.UnixNano(), dbTime(l.WaitUntil), dbTime(l.Granted), l.Renewed.UnixNano(),
-			l.Expires.UnixNano(), dbTime(l.Until), dbTime(l.Ended), l.EndReason)
+			l.Expires.UnixNano(), dbTime(l.Until), dbTime(l.Ended), l.EndReason, l.Home)
 		if isUniqueViolation(err) { // another service gave the same place in the queue
 			return fmt.Errorf("queue number %d: %w", l.Seq, ErrExists)
 		}
@@ -122,7 +125,7 @@ func (s *Store) holdBoards(ctx context.Context, tx handle, l Lease) error {
 }
 
 const leaseColumns = `id, seq, holder, state, selector, want_ids, count, boards, ttl, created,
-	wait_until, granted, renewed, expires, until, ended, end_reason`
+	wait_until, granted, renewed, expires, until, ended, end_reason, home`
 
 func scanLease(sc interface{ Scan(...any) error }) (Lease, error) {
 	var (
@@ -132,7 +135,7 @@ func scanLease(sc interface{ Scan(...any) error }) (Lease, error) {
 		created, waitUntil, granted, renewed, expires, until, ended sql.NullInt64
 	)
 	if err := sc.Scan(&l.ID, &l.Seq, &l.Holder, &l.State, &sel, &ids, &l.Count, &boards, &ttl, &created,
-		&waitUntil, &granted, &renewed, &expires, &until, &ended, &l.EndReason); err != nil {
+		&waitUntil, &granted, &renewed, &expires, &until, &ended, &l.EndReason, &l.Home); err != nil {
 		return l, err
 	}
 	for _, j := range []struct {
@@ -204,13 +207,4 @@ func (s *Store) NextLeaseSeq(ctx context.Context) (int64, error) {
 		return 0, fmt.Errorf("store: next lease number: %w", err)
 	}
 	return n, nil
-}
-
-// MaxLeaseSeq is the highest queue number given so far (0: none).
-func (s *Store) MaxLeaseSeq(ctx context.Context) (int64, error) {
-	var n sql.NullInt64
-	if err := s.db.QueryRowContext(ctx, `SELECT max(seq) FROM leases`).Scan(&n); err != nil {
-		return 0, fmt.Errorf("store: leases: %w", err)
-	}
-	return n.Int64, nil
 }

@@ -151,6 +151,20 @@ CREATE TABLE counters (
 ) {strict};
 INSERT INTO counters (name, value) SELECT 'lease_seq', coalesce(max(seq), 0) FROM leases;
 `,
+	// 4: which service last drove each board of the inventory, which
+	// granted each lease (and keeps it), and the services themselves with
+	// the URL the others reach them at.
+	`
+ALTER TABLE lab_boards ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+ALTER TABLE leases ADD COLUMN home TEXT NOT NULL DEFAULT '';
+
+CREATE TABLE lab_instances (
+	owner   TEXT PRIMARY KEY,
+	url     TEXT NOT NULL DEFAULT '',
+	started {int} NOT NULL,
+	renewed {int} NOT NULL
+) {strict};
+`,
 }
 
 // SchemaVersion is the schema version this package writes.
