@@ -167,13 +167,12 @@ func (s *Service) attach(ctx context.Context, who user, id, lease string) (*disp
 
 // dial opens a session of its own with b at addr, for work that lives
 // through the board's reboots (the persistent connection ends with each
-// boot). The persistent connection already records a serial console.
+// boot); on a serial line, beside the persistent one through the mux.
 func (s *Service) dial(ctx context.Context, b *board, addr string) (*dispatcher.Client, error) {
 	opts, err := s.dialOptions(b, addr)
 	if err != nil {
 		return nil, err
 	}
-	opts.Console = nil
 	return dispatcher.Dial(ctx, addr, opts)
 }
 
