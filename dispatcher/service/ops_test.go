@@ -6,7 +6,11 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -344,5 +348,78 @@ func TestSerialBoardOps(t *testing.T) {
 	defer c.Close()
 	if info, err := c.Info(ctx); err != nil || info.BootID != sb.BootID() {
 		t.Fatalf("board.info on the freed line: %+v %v", info, err)
+	}
+}
+
+// TestPushStreamed: a push through the service goes on to the board as
+// it arrives, not spooled first: half an upload sent, the board holds a
+// part of it already, and nothing is in the service's spool. The board
+// checks the sha256 the client gave: bytes that do not match it, or more
+// bytes than the size given, never appear on the board.
+func TestPushStreamed(t *testing.T) {
+	o := startOTALab(t, 1, false)
+	ctx := context.Background()
+	alice := o.clients["alice"]
+	sb := o.sim.Boards[0]
+	data := make([]byte, 4<<20)
+	rand.Read(data)
+	sum := sha256.Sum256(data)
+	req := PushRequest{Path: filepath.Join(sb.Dir(), "streamed.bin"), Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:])}
+	push := func(src io.Reader, r PushRequest) (proto.FileResult, error) {
+		resp, err := alice.uploadFrom(ctx, boardPath(sb.ID, "files"), "", r, "streamed.bin", src, r.Size)
+		if err != nil {
+			return proto.FileResult{}, err
+		}
+		defer resp.Body.Close()
+		var res proto.FileResult
+		return res, json.NewDecoder(resp.Body).Decode(&res)
+	}
+	partial := filepath.Join(sb.Dir(), ".streamed.bin."+req.SHA256[:16]+".boardlink-partial")
+
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		res, err := push(pr, req)
+		if err == nil && (res.Size != req.Size || res.SHA256 != req.SHA256) {
+			err = fmt.Errorf("the board's result: %+v", res)
+		}
+		done <- err
+	}()
+	if _, err := pw.Write(data[:len(data)/2]); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, "the first half on the board while the upload waits for its second", func() bool {
+		st, err := os.Stat(partial)
+		return err == nil && st.Size() > 0
+	})
+	if spool, _ := os.ReadDir(filepath.Join(o.dir, "spool")); len(spool) != 0 {
+		t.Fatalf("the spool holds %d files", len(spool))
+	}
+	if _, err := pw.Write(data[len(data)/2:]); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(req.Path); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("the board holds %d bytes (%v)", len(got), err)
+	}
+
+	var ae *APIError
+	bad := req
+	bad.Path, bad.SHA256 = req.Path+".bad", strings.Repeat("0", 64)
+	if _, err := push(bytes.NewReader(data), bad); !errors.As(err, &ae) || ae.Reason != string(proto.ReasonChecksumMismatch) {
+		t.Fatalf("bytes that do not match their sha256: %v", err)
+	}
+	long := req
+	long.Path = req.Path + ".long"
+	if _, err := push(io.MultiReader(bytes.NewReader(data), strings.NewReader("x")), long); err == nil {
+		t.Fatal("more bytes than the size given: pushed")
+	}
+	for _, p := range []string{bad.Path, long.Path} {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s on the board: %v", p, err)
+		}
 	}
 }

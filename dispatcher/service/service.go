@@ -64,6 +64,7 @@ type Service struct {
 	rolloutChanged chan struct{}
 	kick           chan struct{} // wakes the expiry loop
 	journal        *journal
+	uploads        uploadSlots     // uploads under way, by user (ops.go)
 	metrics        *metrics        // nil: none
 	ctx            context.Context // the service's life, from Start to Stop
 	cancel         context.CancelFunc
