@@ -11,9 +11,12 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/image"
@@ -99,7 +102,7 @@ func (s *Service) readUpload(r *http.Request, spec any) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	f, err := os.CreateTemp(dir, "upload-")
+	f, err := os.CreateTemp(dir, fmt.Sprintf("upload-%d-", os.Getpid()))
 	if err != nil {
 		return "", err
 	}
@@ -158,6 +161,40 @@ func (u *uploadSlots) take(who string, upload bool) (release func(), err error) 
 			delete(u.per, who)
 		}
 	}, nil
+}
+
+// cleanSpool removes what a service killed mid-upload left in spool/:
+// each file whose maker, the process its name names, no longer runs.
+// Another service's upload under way (one sharing the directory) stays.
+func (s *Service) cleanSpool() {
+	dir := filepath.Join(s.st.Dir(), "spool")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return // none yet
+	}
+	removed := 0
+	for _, e := range ents {
+		rest, _ := strings.CutPrefix(e.Name(), "upload-")
+		pidText, _, _ := strings.Cut(rest, "-")
+		if pid, err := strconv.Atoi(pidText); err == nil && pid > 0 && alive(pid) {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+			s.log.Warn("spool: leftover not removed", "file", e.Name(), "err", err)
+			continue
+		}
+		removed++
+	}
+	if removed > 0 {
+		s.log.Info("spool: removed the uploads a stopped service left", "files", removed)
+	}
+}
+
+// alive reports whether process pid runs (signal 0 reaches it, or it is
+// another user's).
+func alive(pid int) bool {
+	err := unix.Kill(pid, 0)
+	return err == nil || errors.Is(err, unix.EPERM)
 }
 
 func tooLarge(msg string) *APIError {

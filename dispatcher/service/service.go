@@ -238,6 +238,7 @@ func (s *Service) Start(ctx context.Context) error {
 		return errors.New("service: started twice")
 	}
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	s.cleanSpool()
 	s.wg.Go(func() { s.journal.run(s.ctx) })
 	for _, id := range s.ids {
 		s.watchLocked(s.boards[id])
