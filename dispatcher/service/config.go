@@ -50,6 +50,8 @@ type Config struct {
 	Metrics MetricsConfig `yaml:"metrics"`
 	// Dashboard configures the web dashboard at / (docs/service.md).
 	Dashboard DashboardConfig `yaml:"dashboard"`
+	// Memory: the process's memory limit, GOGC and trims (memory.go).
+	Memory MemoryConfig `yaml:"memory"`
 }
 
 // RecoveryConfig bounds the recovery of a board with a power driver whose
