@@ -15,18 +15,14 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"flag"
 	"fmt"
-	"io"
-	"log"
 	"net/http/httptest"
 	"os"
-	"os/signal"
 	"path/filepath"
-	"slices"
 	"time"
 
+	"github.com/boardlink/boardlink/bench/internal/benchkit"
 	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/dispatcher/service"
 	"github.com/boardlink/boardlink/dispatcher/store"
@@ -39,11 +35,7 @@ func main() {
 	flag.Var(&size, "size", "file size in bytes; suffixes KiB, MiB, GiB are accepted")
 	runs := flag.Int("runs", 3, "timed pushes per path; the median is reported")
 	flag.Parse()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
-	if err := run(ctx, int64(size), *runs); err != nil {
-		log.Fatal(err)
-	}
+	benchkit.Run("servicepush", func(ctx context.Context) error { return run(ctx, int64(size), *runs) })
 }
 
 func run(ctx context.Context, size int64, runs int) error {
@@ -60,14 +52,7 @@ func run(ctx context.Context, size int64, runs int) error {
 	b := lab.Boards[0]
 
 	local := filepath.Join(dir, "file.bin")
-	f, err := os.Create(local)
-	if err != nil {
-		return err
-	}
-	if _, err := io.CopyN(f, rand.Reader, size); err != nil {
-		return err
-	}
-	if err := f.Close(); err != nil {
+	if err := benchkit.WriteRandom(local, size); err != nil {
 		return err
 	}
 
@@ -116,7 +101,7 @@ func run(ctx context.Context, size int64, runs int) error {
 		os.Remove(remote)
 		fmt.Printf("run %d: direct %v, through the service %v\n", i+1, tDirect[i].Round(time.Millisecond), tService[i].Round(time.Millisecond))
 	}
-	md, ms := median(tDirect), median(tService)
+	md, ms := benchkit.Median(tDirect), benchkit.Median(tService)
 	mib := float64(size) / (1 << 20)
 	fmt.Printf("push of %.0f MiB, median of %d: direct %v (%.0f MiB/s), through the service %v (%.0f MiB/s), ratio %.2f\n",
 		mib, runs, md.Round(time.Millisecond), mib/md.Seconds(), ms.Round(time.Millisecond), mib/ms.Seconds(), ms.Seconds()/md.Seconds())
@@ -150,10 +135,4 @@ func startService(ctx context.Context, dir string, lab *simlab.Lab) (*service.Se
 	hs := httptest.NewServer(svc.Handler())
 	context.AfterFunc(ctx, hs.Close)
 	return svc, hs.URL, nil
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
