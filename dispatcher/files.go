@@ -88,7 +88,7 @@ func (c *Client) Push(ctx context.Context, local, remote string, opts TransferOp
 	p := proto.FilePushParams{Path: remote, Size: st.Size(), SHA256: sum, Mode: uint32(st.Mode().Perm()),
 		ModTime: st.ModTime(), Parents: opts.Parents}
 	for {
-		res, err := c.push(ctx, f, p, opts)
+		res, err := c.push(ctx, fileSource{f, p.Size}, p, opts)
 		if errors.Is(err, errRestart) && !p.Restart {
 			p.Restart = true // the board's partial copy is not a prefix of ours
 			continue
@@ -97,9 +97,120 @@ func (c *Client) Push(ctx context.Context, local, remote string, opts TransferOp
 	}
 }
 
+// PushFrom copies the p.Size bytes r yields, read once as they come (an
+// upload on its way), to p.Path on the board, as p says: their sha256 is
+// p.SHA256, which the board checks before the file appears. p.Stream is
+// set here. A push the board kept a part of is resumed: r's first bytes,
+// as many as the board holds, are read and checked against the board's
+// hash of them, not sent. If they differ the board's part is discarded
+// and the push fails with ErrPartialDiffers: the bytes are gone, so the
+// caller sends them again. r must end after p.Size bytes: one more
+// fails the push before the file is placed.
+func (c *Client) PushFrom(ctx context.Context, r io.Reader, p proto.FilePushParams, opts TransferOptions) (proto.FileResult, error) {
+	res, err := c.push(ctx, &streamSource{r: r, size: p.Size}, p, opts)
+	if errors.Is(err, errRestart) {
+		p.Restart = true
+		_, derr := c.push(ctx, &streamSource{r: eofReader{}}, p, opts) // discards the board's part; an empty push fails
+		if ctx.Err() != nil {
+			derr = nil
+		}
+		return res, fmt.Errorf("%s: %w (%w)", p.Path, ErrPartialDiffers, errors.Join(derr, ctx.Err()))
+	}
+	return res, err
+}
+
+// ErrPartialDiffers: the board held a part of a file pushed from a
+// stream, whose bytes the stream's do not match; the board's part was
+// discarded, and the push must be sent again.
+var ErrPartialDiffers = errors.New("the board's partial copy differs from these bytes: discarded, push again")
+
 var errRestart = errors.New("the board's partial file differs: restart")
 
-func (c *Client) push(ctx context.Context, f *os.File, p proto.FilePushParams, opts TransferOptions) (proto.FileResult, error) {
+// pushSource is what a push sends from: rest returns the bytes after the
+// first off, once those were checked against the board's sum of them
+// (errRestart if they differ).
+type pushSource interface {
+	rest(ctx context.Context, off int64, sum string) (io.Reader, error)
+}
+
+// fileSource is a local file of size bytes.
+type fileSource struct {
+	f    *os.File
+	size int64
+}
+
+func (s fileSource) rest(ctx context.Context, off int64, sum string) (io.Reader, error) {
+	if off > 0 {
+		have, err := hashRange(ctx, s.f, off)
+		if err == nil && have != sum {
+			err = errRestart
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return io.NewSectionReader(s.f, off, s.size-off), nil
+}
+
+// streamSource is a stream of size bytes, read once.
+type streamSource struct {
+	r    io.Reader
+	size int64
+}
+
+func (s *streamSource) rest(ctx context.Context, off int64, sum string) (io.Reader, error) {
+	if off > 0 {
+		h := sha256.New()
+		if _, err := io.CopyN(h, ctxReader{ctx, s.r}, off); err != nil {
+			return nil, err
+		}
+		if hex.EncodeToString(h.Sum(nil)) != sum {
+			return nil, errRestart
+		}
+	}
+	return &exactReader{r: s.r, left: s.size - off}, nil
+}
+
+// exactReader is r, which must end after left bytes.
+type exactReader struct {
+	r    io.Reader
+	left int64
+}
+
+func (e *exactReader) Read(p []byte) (int, error) {
+	if e.left == 0 {
+		var one [1]byte
+		n, err := io.ReadFull(e.r, one[:])
+		if n > 0 {
+			return 0, errors.New("the stream holds more bytes than its size")
+		}
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			err = io.EOF
+		}
+		return 0, err
+	}
+	if int64(len(p)) > e.left {
+		p = p[:e.left]
+	}
+	// Filled: an upload's reader gives a few KiB a read, and each read
+	// is one message on the link.
+	n, err := io.ReadFull(e.r, p)
+	e.left -= int64(n)
+	switch {
+	case err == nil:
+	case n > 0 && errors.Is(err, io.ErrUnexpectedEOF):
+		err = nil // the next read says how it ended
+	case errors.Is(err, io.EOF):
+		err = io.ErrUnexpectedEOF // short of its size
+	}
+	return n, err
+}
+
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
+
+func (c *Client) push(ctx context.Context, from pushSource, p proto.FilePushParams, opts TransferOptions) (proto.FileResult, error) {
 	conn := c.Conn()
 	s, err := conn.OpenStream()
 	if err != nil {
@@ -111,23 +222,17 @@ func (c *Client) push(ctx context.Context, f *os.File, p proto.FilePushParams, o
 		s.Close()
 		return proto.FileResult{}, err
 	}
-	if started.Offset > 0 {
-		have, err := hashRange(ctx, f, started.Offset)
-		if err == nil && have != started.OffsetSHA256 {
-			err = errRestart
+	src, err := from.rest(ctx, started.Offset, started.OffsetSHA256)
+	if err != nil {
+		s.Reset("canceled")
+		if ctx.Err() == nil {
+			_ = c.waitFile(ctx, conn, started.ID, nil) // lets the board release the partial file
 		}
-		if err != nil {
-			s.Reset("canceled")
-			if ctx.Err() == nil {
-				_ = c.waitFile(ctx, conn, started.ID, nil) // lets the board release the partial file
-			}
-			return proto.FileResult{}, err
-		}
+		return proto.FileResult{}, err
 	}
 	opts.phase(PhaseSend)
 	copyErr := make(chan error, 1)
 	go func() {
-		src := io.NewSectionReader(f, started.Offset, p.Size-started.Offset)
 		_, err := io.CopyBuffer(newCounter(s, started.Offset, p.Size, opts.Progress), src, make([]byte, 256<<10))
 		if err == nil {
 			err = s.CloseWrite()
@@ -145,7 +250,7 @@ func (c *Client) push(ctx context.Context, f *os.File, p proto.FilePushParams, o
 		// The reset stops the board's end, which keeps what it has for a
 		// resume, and the copy here at its next write. That write may be
 		// held by a stalled link: it is not waited for (the copy only
-		// reads f, and fails once f is closed).
+		// reads its source, and fails once that is closed).
 		s.Reset("canceled")
 		return res, ctx.Err()
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -142,6 +143,49 @@ func TestPushResume(t *testing.T) {
 	}
 	if _, err := c.Push(ctx, filepath.Join(t.TempDir(), "missing"), remote, dispatcher.TransferOptions{}); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("a missing local file: %v", err)
+	}
+}
+
+// TestPushFromResume: a push from a stream (read once, as an upload
+// arrives) resumes after what the board kept of a cut push, reading the
+// kept bytes from the stream and sending only the rest; when those bytes
+// differ from the board's, the board's part is discarded and the push
+// fails with ErrPartialDiffers, after which it goes through whole; a
+// stream longer than its size never lands.
+func TestPushFromResume(t *testing.T) {
+	b := startBoard(t, agent.Config{})
+	c := dial(t, b.ws.URL())
+	ctx := context.Background()
+	data := make([]byte, 1<<20)
+	rand.Read(data)
+	remote := filepath.Join(b.dir, "streamed.bin")
+	p := proto.FilePushParams{Path: remote, Size: int64(len(data)), SHA256: sum(data), Mode: 0o600}
+	landed := func(t *testing.T, res proto.FileResult, err error, offset int64) {
+		t.Helper()
+		got, rerr := os.ReadFile(remote)
+		if err != nil || rerr != nil || !bytes.Equal(got, data) || res.Offset != offset || res.Bytes != int64(len(data))-offset {
+			t.Fatalf("%+v %v: the board holds %d bytes (%v), want offset %d", res, err, len(got), rerr, offset)
+		}
+	}
+
+	cutPush(t, c, remote, data, data[:300<<10])
+	res, err := c.PushFrom(ctx, bytes.NewReader(data), p, dispatcher.TransferOptions{})
+	landed(t, res, err, 300<<10)
+
+	os.Remove(remote)
+	cutPush(t, c, remote, data, make([]byte, 300<<10))
+	if _, err := c.PushFrom(ctx, bytes.NewReader(data), p, dispatcher.TransferOptions{}); !errors.Is(err, dispatcher.ErrPartialDiffers) {
+		t.Fatalf("a stream that differs from the board's part: %v", err)
+	}
+	res, err = c.PushFrom(ctx, bytes.NewReader(data), p, dispatcher.TransferOptions{})
+	landed(t, res, err, 0)
+
+	p.Path = remote + ".long"
+	if _, err := c.PushFrom(ctx, io.MultiReader(bytes.NewReader(data), bytes.NewReader([]byte("x"))), p, dispatcher.TransferOptions{}); err == nil {
+		t.Fatal("a stream longer than its size: pushed")
+	}
+	if _, err := os.Stat(p.Path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the longer stream landed: %v", err)
 	}
 }
 

@@ -107,20 +107,7 @@ func (c *Client) boardHolds(ctx context.Context, local, remote string, size int6
 // a command (exec). Every path it names is still fetched through the
 // file methods, within the agent's file roots.
 func (c *Client) PullTree(ctx context.Context, remote, dir string, opts TreeOptions) error {
-	top, err := c.Stat(ctx, remote, false)
-	switch {
-	case err != nil:
-		return err
-	case !top.Exists:
-		return proto.Errorf(proto.ReasonNotFound, "%s: no such directory on the board", remote)
-	case !top.Dir:
-		return proto.InvalidField("path", "dir", "%s is not a directory", remote)
-	}
-	dirs, err := c.find(ctx, remote, "d")
-	if err != nil {
-		return err
-	}
-	files, err := c.find(ctx, remote, "f")
+	top, dirs, files, err := c.Tree(ctx, remote)
 	if err != nil {
 		return err
 	}
@@ -166,6 +153,27 @@ func (c *Client) PullTree(ctx context.Context, remote, dir string, opts TreeOpti
 	return nil
 }
 
+// Tree lists the directory remote on the board: its own info, and the
+// directories and the regular files under it, as sorted paths relative
+// to it (symlinks, devices and the like are not listed). The protocol
+// lists no directory: the board's own find(1) does, run as a command.
+func (c *Client) Tree(ctx context.Context, remote string) (top proto.FileInfo, dirs, files []string, err error) {
+	top, err = c.Stat(ctx, remote, false)
+	switch {
+	case err != nil:
+		return top, nil, nil, err
+	case !top.Exists:
+		return top, nil, nil, proto.Errorf(proto.ReasonNotFound, "%s: no such directory on the board", remote)
+	case !top.Dir:
+		return top, nil, nil, proto.InvalidField("path", "dir", "%s is not a directory", remote)
+	}
+	if dirs, err = c.find(ctx, remote, "d"); err != nil {
+		return top, nil, nil, err
+	}
+	files, err = c.find(ctx, remote, "f")
+	return top, dirs, files, err
+}
+
 // localHolds reports whether the local file has the bytes of the board's
 // file at remote: sizes first, hashes only if they match.
 func (c *Client) localHolds(ctx context.Context, remote, local string) (proto.FileInfo, bool, error) {
@@ -209,16 +217,24 @@ func (c *Client) find(ctx context.Context, dir, kind string) ([]string, error) {
 
 // hashFile is the hex sha256 of the local file at p.
 func hashFile(ctx context.Context, p string) (string, error) {
+	_, sum, err := HashFile(ctx, p)
+	return sum, err
+}
+
+// HashFile is the size and hex sha256 of the local file at p; ctx ends
+// it.
+func HashFile(ctx context.Context, p string) (int64, string, error) {
 	f, err := os.Open(p)
 	if err != nil {
-		return "", err
+		return 0, "", err
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
-		return "", err
+		return 0, "", err
 	}
-	return hashRange(ctx, f, st.Size())
+	sum, err := hashRange(ctx, f, st.Size())
+	return st.Size(), sum, err
 }
 
 func (o TreeOptions) file(from, to string) TransferOptions {

@@ -191,8 +191,9 @@ says where; the board keeps what it received: the same push resumes it.
 --json prints the result as a JSON object, or an array of them for several
 files or -r.
 
-With --server (or $BOARDLINK_SERVER) the lab service pushes the files (not
--r), under the lease of $BOARDLINK_LEASE if set: a board another lease
+With --server (or $BOARDLINK_SERVER) the lab service pushes the files
+(with -r, a directory as a tar stream the service passes on file by file),
+under the lease of $BOARDLINK_LEASE if set: a board another lease
 holds is refused (exit 1, naming the holder).
 
 Exit status: 0 done; 1 a missing file, a missing directory on the board
@@ -402,8 +403,9 @@ resumes it.
 --json prints the result as a JSON object, or an array of them for several
 files or -r.
 
-With --server (or $BOARDLINK_SERVER) the lab service pulls the files (not
--r), under the lease of $BOARDLINK_LEASE if set: a board another lease
+With --server (or $BOARDLINK_SERVER) the lab service pulls the files
+(with -r, a directory as a tar stream; nothing of a cut one is kept),
+under the lease of $BOARDLINK_LEASE if set: a board another lease
 holds is refused (exit 1, naming the holder).
 
 Exit status: 0 done; 1 no such file or a checksum mismatch; 2 a path the
@@ -495,9 +497,6 @@ func pullOne(ctx context.Context, c *dispatcher.Client, t *transfer, remote, loc
 // service, under the lease of $BOARDLINK_LEASE if set: into the
 // directory remote for several sources, or when it is one on the board.
 func (g *globals) pushViaServer(ctx context.Context, t *transfer, stdin io.Reader, board string, sources []string, remote string, parents, recursive bool) error {
-	if recursive {
-		return &usageError{errors.New("push -r does not go through the lab service (--server, $BOARDLINK_SERVER)")}
-	}
 	c, err := g.serviceClient()
 	if err != nil {
 		return err
@@ -507,6 +506,12 @@ func (g *globals) pushViaServer(ctx context.Context, t *transfer, stdin io.Reade
 		remote += "/"
 	}
 	for _, src := range sources {
+		if st, err := os.Stat(src); recursive && err == nil && st.IsDir() {
+			if err := pushTreeViaServer(ctx, c, t, board, src, remote); err != nil {
+				return err
+			}
+			continue
+		}
 		local, name := src, filepath.Base(src)
 		if src == "-" {
 			if local, err = spoolStdin(ctx, stdin); err != nil {
@@ -525,7 +530,25 @@ func (g *globals) pushViaServer(ctx context.Context, t *transfer, stdin io.Reade
 		}
 		t.finished(res, time.Since(start), false)
 	}
-	return t.end(several)
+	return t.end(several || recursive)
+}
+
+// pushTreeViaServer pushes the local directory dir to remote (into it as
+// dir's name when it is a directory on the board) through the service.
+func pushTreeViaServer(ctx context.Context, c *service.Client, t *transfer, board, dir, remote string) error {
+	t.mu.Lock()
+	t.current = dir
+	t.mu.Unlock()
+	start := time.Now()
+	res, err := c.PushTree(ctx, board, os.Getenv("BOARDLINK_LEASE"), dir, service.TreePushRequest{Path: remote, Name: filepath.Base(dir)},
+		func(p, why string) { fmt.Fprintf(t.stderr, "boardlink: %s: skipped: %s\n", p, why) })
+	if err != nil {
+		return t.viaServerFailed(ctx, err, "run the same push again: files the board holds already are not sent to it again")
+	}
+	for _, f := range res.Files {
+		t.finished(f.Result, time.Since(start), f.Same)
+	}
+	return nil
 }
 
 // pullViaServer pulls sources from board to local through the lab
@@ -533,9 +556,6 @@ func (g *globals) pushViaServer(ctx context.Context, t *transfer, stdin io.Reade
 // under its name only complete and checked, with the board's mode and
 // mtime.
 func (g *globals) pullViaServer(ctx context.Context, t *transfer, board string, sources []string, local string, intoDir, recursive bool) error {
-	if recursive {
-		return &usageError{errors.New("pull -r does not go through the lab service (--server, $BOARDLINK_SERVER)")}
-	}
 	c, err := g.serviceClient()
 	if err != nil {
 		return err
@@ -549,6 +569,18 @@ func (g *globals) pullViaServer(ctx context.Context, t *transfer, board string, 
 		t.mu.Lock()
 		t.current = src
 		t.mu.Unlock()
+		if recursive {
+			err := c.PullTree(ctx, board, os.Getenv("BOARDLINK_LEASE"), src, to, func(f service.TreeFile) {
+				t.finished(f.Result, time.Since(start), false)
+			})
+			if !notADirectory(err) {
+				if err != nil {
+					return t.viaServerFailed(ctx, err, "pull again: the files already in place are fetched anew")
+				}
+				continue
+			}
+			// A file: pulled as one.
+		}
 		var res proto.FileResult
 		if local == "-" {
 			res, err = c.Pull(ctx, board, os.Getenv("BOARDLINK_LEASE"), src, func(proto.FileInfo) (io.Writer, error) { return t.out, nil })
@@ -561,7 +593,14 @@ func (g *globals) pullViaServer(ctx context.Context, t *transfer, board string, 
 		}
 		t.finished(res, time.Since(start), false)
 	}
-	return t.end(len(sources) > 1)
+	return t.end(len(sources) > 1 || recursive)
+}
+
+// notADirectory reports whether the service refused a pull -r because the
+// path on the board is not a directory.
+func notADirectory(err error) bool {
+	var ae *service.APIError
+	return errors.As(err, &ae) && ae.Status == http.StatusBadRequest && len(ae.Fields) == 1 && ae.Fields[0].Rule == "dir"
 }
 
 // pullFileViaServer pulls remote into a hidden file beside local, and

@@ -97,6 +97,7 @@ leases. Stop it with SIGTERM or Ctrl-C.`,
 				ln.Close()
 				return err
 			}
+			service.ManageMemory(ctx, cfg.Memory, log)
 			srv := &http.Server{Handler: svc.Handler(), ReadHeaderTimeout: 10 * time.Second,
 				ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 			served := make(chan error, 1)

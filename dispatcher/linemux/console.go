@@ -2,6 +2,7 @@ package linemux
 
 import (
 	"fmt"
+	"io"
 	"sync"
 
 	"github.com/boardlink/boardlink/dispatcher/lineshare"
@@ -19,12 +20,19 @@ type hub struct {
 	size  int
 	total int64 // console bytes seen: the offset after the ring's last
 	sinks map[*sink]struct{}
+	tee   io.Writer // Config.Console; nil: none
 }
 
-func newHub(size int) *hub { return &hub{size: size, sinks: map[*sink]struct{}{}} }
+func newHub(size int, tee io.Writer) *hub {
+	return &hub{size: size, sinks: map[*sink]struct{}{}, tee: tee}
+}
 
-// Write is the line's console text.
+// Write is the line's console text. The tee's failure is its own (a full
+// disk under a record): the line and the clients go on.
 func (h *hub) Write(p []byte) (int, error) {
+	if h.tee != nil {
+		_, _ = h.tee.Write(p)
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.total += int64(len(p))

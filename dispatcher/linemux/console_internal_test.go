@@ -6,7 +6,7 @@ import "testing"
 // the offset where its last connection's text ended, no more, no less;
 // one that asks for nothing from before gets nothing of it.
 func TestHubResumes(t *testing.T) {
-	h := newHub(16)
+	h := newHub(16, nil)
 	h.Write([]byte("0123456789")) // offsets 0..9
 	got := func(ring, resume bool, since int64) (string, int64) {
 		s := newSink(nil)

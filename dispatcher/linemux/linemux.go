@@ -26,6 +26,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -56,7 +57,10 @@ type Config struct {
 	// ConsoleKeep is how much console text is kept for clients that ask
 	// for it (default 256 KiB).
 	ConsoleKeep int
-	Logger      *slog.Logger
+	// Console, if set, gets a copy of all the line's console text as it
+	// comes, whoever is connected (a lab service's record of the board).
+	Console io.Writer
+	Logger  *slog.Logger
 }
 
 // DefaultIdle is how long a mux outlives its last client by default.
@@ -128,7 +132,7 @@ func Listen(ctx context.Context, cfg Config) (*Mux, error) {
 		return nil, err
 	}
 	m := &Mux{cfg: cfg, log: cfg.Logger.With("line", cfg.Addr), sock: sock, uid: os.Getuid(),
-		hub: newHub(cfg.ConsoleKeep), flock: sock + ".lock", clients: map[*client]struct{}{},
+		hub: newHub(cfg.ConsoleKeep, cfg.Console), flock: sock + ".lock", clients: map[*client]struct{}{},
 		left: make(chan struct{}, 1), tokens: map[string]route{}, lns: map[string]*client{}}
 	release, err := m.serialize()
 	if err != nil {

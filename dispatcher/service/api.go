@@ -15,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/dispatcher/power"
 	"github.com/boardlink/boardlink/dispatcher/store"
 	"github.com/boardlink/boardlink/proto"
@@ -99,10 +100,12 @@ func apiError(err error) *APIError {
 		e.Status, e.Reason = http.StatusConflict, ReasonState
 	case errors.Is(err, ErrNotAvailable):
 		e.Status, e.Reason = http.StatusConflict, ReasonBusy
-	case errors.Is(err, ErrTooManyLeases):
+	case errors.Is(err, ErrTooManyLeases), errors.Is(err, ErrTooManyUploads):
 		e.Status, e.Reason = http.StatusTooManyRequests, ReasonBusy
 	case errors.Is(err, ErrOffline):
 		e.Status, e.Reason = http.StatusServiceUnavailable, ReasonOffline
+	case errors.Is(err, dispatcher.ErrPartialDiffers):
+		e.Status, e.Reason = http.StatusConflict, ReasonState
 	case errors.Is(err, power.ErrNoPower):
 		e.Status, e.Reason = http.StatusConflict, ReasonUnsupported
 	}
@@ -138,6 +141,8 @@ var routes = []route{
 	{"GET", "/api/v1/boards/{id}/console", "board.console", (*Service).hConsole},
 	{"POST", "/api/v1/boards/{id}/files", "board.push", (*Service).hPush},
 	{"GET", "/api/v1/boards/{id}/files", "board.pull", (*Service).hPull},
+	{"POST", "/api/v1/boards/{id}/files/tree", "board.push", (*Service).hPushTree},
+	{"GET", "/api/v1/boards/{id}/files/tree", "board.pull", (*Service).hPullTree},
 	{"POST", "/api/v1/boards/{id}/reboot", "board.reboot", (*Service).hReboot},
 	{"POST", "/api/v1/boards/{id}/ota", "board.ota", (*Service).hOTA},
 	{"POST", "/api/v1/rollouts", "rollout.start", (*Service).hStartRollout},
@@ -191,8 +196,9 @@ func (s *Service) serve(w http.ResponseWriter, r *http.Request, rt route) {
 	}
 	handle := rt.handle
 	// An action on a board another service owns is that one's to do (and
-	// to record); a forwarded request is never forwarded again, and one
-	// that cannot be is refused and recorded here.
+	// to record, and to count against the user's uploads); a forwarded
+	// request is never forwarded again, and one that cannot be is refused
+	// and recorded here.
 	if !peer && strings.HasPrefix(rt.path, "/api/v1/boards/{id}/") {
 		fwd, ferr := s.forwarder(c.board, u)
 		if fwd != nil {
@@ -203,7 +209,11 @@ func (s *Service) serve(w http.ResponseWriter, r *http.Request, rt route) {
 			handle = func(*Service, http.ResponseWriter, *http.Request, *call) error { return ferr }
 		}
 	}
-	err := handle(s, w, r, c)
+	release, err := s.uploads.take(u.name, s.bodyLimit(rt) > maxBody)
+	if err == nil {
+		err = handle(s, w, r, c)
+		release()
+	}
 	if err != nil {
 		writeError(w, apiError(err))
 	}

@@ -355,9 +355,13 @@ func (c *Client) upload(ctx context.Context, path, lease string, spec any, local
 	if err != nil {
 		return nil, err
 	}
-	src := io.Reader(f)
+	return c.uploadFrom(ctx, path, lease, spec, filepath.Base(local), f, st.Size())
+}
+
+// uploadFrom is upload of the size bytes src yields, as the file name.
+func (c *Client) uploadFrom(ctx context.Context, path, lease string, spec any, name string, src io.Reader, size int64) (*http.Response, error) {
 	if c.progress != nil {
-		src = &counting{r: f, total: st.Size(), progress: c.progress}
+		src = &counting{r: src, total: size, progress: c.progress}
 	}
 	pr, pw := io.Pipe()
 	mw := multipart.NewWriter(pw)
@@ -370,7 +374,7 @@ func (c *Client) upload(ctx context.Context, path, lease string, spec any, local
 			if err := json.NewEncoder(sw).Encode(spec); err != nil {
 				return err
 			}
-			fw, err := mw.CreateFormFile(UploadFile, filepath.Base(local))
+			fw, err := mw.CreateFormFile(UploadFile, name)
 			if err != nil {
 				return err
 			}
@@ -409,7 +413,8 @@ func (c *counting) Read(p []byte) (int, error) {
 func boardPath(id, what string) string { return "/api/v1/boards/" + url.PathEscape(id) + "/" + what }
 
 // Push pushes the local file to a board under lease (or none), as r says
-// (r.Mode and r.ModTime: the file's own when zero).
+// (r.Mode and r.ModTime: the file's own when zero). The file is hashed
+// first: the service streams it on to the board, which checks it.
 func (c *Client) Push(ctx context.Context, id, lease, local string, r PushRequest) (proto.FileResult, error) {
 	st, err := os.Stat(local)
 	if err != nil {
@@ -420,6 +425,9 @@ func (c *Client) Push(ctx context.Context, id, lease, local string, r PushReques
 	}
 	if r.ModTime.IsZero() {
 		r.ModTime = st.ModTime()
+	}
+	if r.Size, r.SHA256, err = dispatcher.HashFile(ctx, local); err != nil {
+		return proto.FileResult{}, err
 	}
 	resp, err := c.upload(ctx, boardPath(id, "files"), lease, r, local)
 	if err != nil {

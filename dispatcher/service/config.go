@@ -70,6 +70,8 @@ type Config struct {
 	// its claims (default 10s; renewed every third of it), so that the
 	// others see a dead host's boards offline within about 14s.
 	ClaimTTL Duration `yaml:"claim_ttl"`
+	// Memory: the process's memory limit, GOGC and trims (memory.go).
+	Memory MemoryConfig `yaml:"memory"`
 }
 
 // RecoveryConfig bounds the recovery of a board with a power driver whose

@@ -83,12 +83,16 @@ type dashboard struct {
 	mu    sync.Mutex
 	live  map[string]int // open live streams by user
 	nLive int
+
+	signins  *signinLimit
+	sessions sessions // live streams by sign-in, which signing out ends
 }
 
 // Dashboard is the web dashboard, which Handler serves at /.
 func (s *Service) Dashboard(cfg DashboardConfig) http.Handler {
 	d := &dashboard{s: s, cfg: cfg, pages: map[string]*template.Template{}, csrfKey: make([]byte, 32),
-		origin: http.NewCrossOriginProtection(), mux: http.NewServeMux(), live: map[string]int{}}
+		origin: http.NewCrossOriginProtection(), mux: http.NewServeMux(), live: map[string]int{},
+		signins: newSigninLimit()}
 	rand.Read(d.csrfKey)
 	// seg: an id as one segment of a path (a static board's id is any text).
 	funcs := template.FuncMap{"ago": ago, "utc": utc, "percent": percent, "size": size, "seg": url.PathEscape,
@@ -455,6 +459,11 @@ func (d *dashboard) signin(w http.ResponseWriter, r *http.Request) {
 		d.message(w, r, http.StatusForbidden, "Refused", err.Error())
 		return
 	}
+	if wait := d.signins.wait(r); wait > 0 {
+		d.s.log.Warn("dashboard: sign-in refused: too many failed ones", "from", r.RemoteAddr, "retry_after", wait)
+		limited(w, wait)
+		return
+	}
 	next := safeNext(r.PostForm.Get("next"))
 	tok := strings.TrimSpace(r.PostForm.Get("token"))
 	v := viewer{}
@@ -462,6 +471,7 @@ func (d *dashboard) signin(w http.ResponseWriter, r *http.Request) {
 		v = d.viewerOf(tok)
 	}
 	if !v.signedIn {
+		d.signins.failed(r)
 		d.s.log.Warn("dashboard: sign-in refused", "from", r.RemoteAddr)
 		d.render(w, http.StatusUnauthorized, "signin", pageData{Title: "Sign in", Path: r.URL.Path,
 			Error: "No user has that token.", Data: next})
@@ -481,6 +491,9 @@ func (d *dashboard) signout(w http.ResponseWriter, r *http.Request) {
 	}
 	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: "", Path: "/", MaxAge: -1, HttpOnly: true,
 		SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil})
+	if n := d.sessions.end(v); n > 0 {
+		d.s.log.Info("dashboard: signed out, live streams ended", "user", v.user.name, "streams", n)
+	}
 	http.Redirect(w, r, "/signin", http.StatusSeeOther)
 }
 

@@ -77,6 +77,7 @@ func (d *dashboard) open(w http.ResponseWriter, r *http.Request, v viewer, refus
 		return nil, nil, nil, false
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), liveMaxAge)
+	forget := d.sessions.add(v, cancel)
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("X-Accel-Buffering", "no") // a proxy in front must not hold the events back
@@ -85,7 +86,7 @@ func (d *dashboard) open(w http.ResponseWriter, r *http.Request, v viewer, refus
 	// The browser opens an ended stream again after 3s.
 	_, _ = io.WriteString(w, "retry: 3000\n\n")
 	_ = es.rc.Flush()
-	return es, ctx, func() { cancel(); release() }, true
+	return es, ctx, func() { forget(); cancel(); release() }, true
 }
 
 // fragment is a live region rendered anew: the id of its element and its

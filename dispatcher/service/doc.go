@@ -7,7 +7,9 @@
 // Boards. Each board has one persistent dispatcher.Client, which the
 // service calls board.info on every heartbeat (last seen, boot id, slot
 // versions); a failed heartbeat closes it and the board is dialed again
-// with backoff. A board's State moves only along the transitions of the
+// with backoff. A board on a serial line is reached through a line mux
+// the service runs (lines.go), which lets a reboot's, an OTA's or a
+// rollout's session share the line and records the console. A board's State moves only along the transitions of the
 // table in state.go: idle, leased, updating, offline, and the two a person
 // ends, maintenance and quarantined (after Config.QuarantineAfter failed
 // health checks or recoveries in a row).

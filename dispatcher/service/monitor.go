@@ -132,7 +132,8 @@ func (s *Service) dialBoard(ctx context.Context, b *board, addr string) (*dispat
 
 // dialOptions are the options of a session with b: its own token file or
 // the config's, its fingerprint if the config gives one, the service's
-// trust, its id required, its console recorded.
+// trust, its id required; on a serial line, through the line's mux
+// (lines.go), which records the console.
 func (s *Service) dialOptions(b *board, addr string) (dispatcher.DialOptions, error) {
 	opts := dispatcher.DialOptions{Trust: s.trust, BoardID: b.id, Logger: s.log.With("board", b.id), ReadBuffer: boardReadBuffer}
 	tokenFile := s.cfg.TokenFile
@@ -163,7 +164,7 @@ func (s *Service) dialOptions(b *board, addr string) (dispatcher.DialOptions, er
 		if err != nil {
 			return opts, fmt.Errorf("console record: %w", err)
 		}
-		opts.Console = l
+		opts.Lines = s.lineShare(b, opts, l) // the line's mux records the console
 	}
 	return opts, nil
 }

@@ -6,13 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"mime/multipart"
 	"net/http"
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/image"
@@ -37,12 +41,19 @@ const uploadSlack = maxBody + 64<<10
 // bodyLimit bounds the body of a request to rt: an upload's file may be
 // as large as Options.MaxUpload, any other body maxBody.
 func (s *Service) bodyLimit(rt route) int64 {
-	if rt.method == "POST" && (strings.HasSuffix(rt.path, "/files") || strings.HasSuffix(rt.path, "/ota") ||
-		rt.path == "/api/v1/rollouts") {
+	switch {
+	case rt.method != "POST":
+	case strings.HasSuffix(rt.path, "/files/tree"):
+		return s.opts.MaxUpload + uploadSlack + MaxTreeEntries*treeEntrySlack
+	case strings.HasSuffix(rt.path, "/files") || strings.HasSuffix(rt.path, "/ota") || rt.path == "/api/v1/rollouts":
 		return s.opts.MaxUpload + uploadSlack
 	}
 	return maxBody
 }
+
+// treeEntrySlack is what a tree's tar holds per entry besides its bytes:
+// a header, a PAX header with a long name, their padding.
+const treeEntrySlack = 10 << 10
 
 // dataDir is the directory beside the database that holds the service's
 // files: spooled uploads, the images of rollouts.
@@ -51,37 +62,47 @@ func (s *Service) dataDir(name string) (string, error) {
 	return dir, os.MkdirAll(dir, 0o700)
 }
 
+// uploadPart reads an upload's spec part into spec (validated) and
+// returns its file part, not read yet.
+func uploadPart(r *http.Request, spec any) (*multipart.Part, error) {
+	mr, err := r.MultipartReader()
+	if err != nil {
+		return nil, &FieldError{"body", "want multipart/form-data: a part " + UploadSpec + " (JSON), then a part " + UploadFile}
+	}
+	p, err := mr.NextPart()
+	if err != nil || p.FormName() != UploadSpec {
+		return nil, &FieldError{"body", "the first part must be " + UploadSpec}
+	}
+	raw, err := io.ReadAll(io.LimitReader(p, maxBody+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading the %s part: %w", UploadSpec, err)
+	}
+	if len(raw) > maxBody {
+		return nil, tooLarge(fmt.Sprintf("the %s part is over %d bytes", UploadSpec, maxBody))
+	}
+	if perr := proto.DecodeParams(raw, spec); perr != nil {
+		return nil, perr
+	}
+	if p, err = mr.NextPart(); err != nil || p.FormName() != UploadFile {
+		return nil, &FieldError{"body", "the second part must be " + UploadFile}
+	}
+	return p, nil
+}
+
 // readUpload reads an upload: its spec part into spec (validated), and
 // its file part into a new file of the spool directory, whose path it
 // returns (the caller removes it). The file is copied as it comes, never
 // held in memory, and refused beyond Options.MaxUpload.
 func (s *Service) readUpload(r *http.Request, spec any) (string, error) {
-	mr, err := r.MultipartReader()
+	p, err := uploadPart(r, spec)
 	if err != nil {
-		return "", &FieldError{"body", "want multipart/form-data: a part " + UploadSpec + " (JSON), then a part " + UploadFile}
-	}
-	p, err := mr.NextPart()
-	if err != nil || p.FormName() != UploadSpec {
-		return "", &FieldError{"body", "the first part must be " + UploadSpec}
-	}
-	raw, err := io.ReadAll(io.LimitReader(p, maxBody+1))
-	if err != nil {
-		return "", fmt.Errorf("reading the %s part: %w", UploadSpec, err)
-	}
-	if len(raw) > maxBody {
-		return "", tooLarge(fmt.Sprintf("the %s part is over %d bytes", UploadSpec, maxBody))
-	}
-	if perr := proto.DecodeParams(raw, spec); perr != nil {
-		return "", perr
-	}
-	if p, err = mr.NextPart(); err != nil || p.FormName() != UploadFile {
-		return "", &FieldError{"body", "the second part must be " + UploadFile}
+		return "", err
 	}
 	dir, err := s.dataDir("spool")
 	if err != nil {
 		return "", err
 	}
-	f, err := os.CreateTemp(dir, "upload-")
+	f, err := os.CreateTemp(dir, fmt.Sprintf("upload-%d-", os.Getpid()))
 	if err != nil {
 		return "", err
 	}
@@ -103,6 +124,77 @@ func (s *Service) readUpload(r *http.Request, spec any) (string, error) {
 		return "", err
 	}
 	return f.Name(), nil
+}
+
+// MaxUploadsPerUser bounds the uploads (pushes, trees, OTA images,
+// rollout images) one user sends at once; one more is refused (busy).
+const MaxUploadsPerUser = 4
+
+// ErrTooManyUploads refuses an upload past MaxUploadsPerUser.
+var ErrTooManyUploads = fmt.Errorf("%d uploads of this user are under way already: wait for one to end", MaxUploadsPerUser)
+
+// uploadSlots counts the uploads under way by user.
+type uploadSlots struct {
+	mu  sync.Mutex
+	per map[string]int
+}
+
+// take takes one of who's upload slots when upload says the request is
+// one; release gives it back.
+func (u *uploadSlots) take(who string, upload bool) (release func(), err error) {
+	if !upload {
+		return func() {}, nil
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.per[who] >= MaxUploadsPerUser {
+		return nil, ErrTooManyUploads
+	}
+	if u.per == nil {
+		u.per = map[string]int{}
+	}
+	u.per[who]++
+	return func() {
+		u.mu.Lock()
+		defer u.mu.Unlock()
+		if u.per[who]--; u.per[who] == 0 {
+			delete(u.per, who)
+		}
+	}, nil
+}
+
+// cleanSpool removes what a service killed mid-upload left in spool/:
+// each file whose maker, the process its name names, no longer runs.
+// Another service's upload under way (one sharing the directory) stays.
+func (s *Service) cleanSpool() {
+	dir := filepath.Join(s.st.Dir(), "spool")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return // none yet
+	}
+	removed := 0
+	for _, e := range ents {
+		rest, _ := strings.CutPrefix(e.Name(), "upload-")
+		pidText, _, _ := strings.Cut(rest, "-")
+		if pid, err := strconv.Atoi(pidText); err == nil && pid > 0 && alive(pid) {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+			s.log.Warn("spool: leftover not removed", "file", e.Name(), "err", err)
+			continue
+		}
+		removed++
+	}
+	if removed > 0 {
+		s.log.Info("spool: removed the uploads a stopped service left", "files", removed)
+	}
+}
+
+// alive reports whether process pid runs (signal 0 reaches it, or it is
+// another user's).
+func alive(pid int) bool {
+	err := unix.Kill(pid, 0)
+	return err == nil || errors.Is(err, unix.EPERM)
 }
 
 func tooLarge(msg string) *APIError {
@@ -167,65 +259,64 @@ func (s *Service) attach(ctx context.Context, who user, id, lease string) (*disp
 
 // dial opens a session of its own with b at addr, for work that lives
 // through the board's reboots (the persistent connection ends with each
-// boot). The persistent connection already records a serial console.
+// boot); on a serial line, beside the persistent one through the mux.
 func (s *Service) dial(ctx context.Context, b *board, addr string) (*dispatcher.Client, error) {
 	opts, err := s.dialOptions(b, addr)
 	if err != nil {
 		return nil, err
 	}
-	opts.Console = nil
 	return dispatcher.Dial(ctx, addr, opts)
 }
 
 // PushRequest is how a pushed file goes on the board. Path is where; a
 // path that ends in "/" or names a directory on the board takes Name in
-// it.
+// it. Size and SHA256 are the file's: the service streams it to the
+// board as it arrives, and the board checks it before it appears.
 type PushRequest struct {
 	Path    string    `json:"path" validate:"required,max=4096,excludes=\x00"`
+	Size    int64     `json:"size" validate:"min=0"`
+	SHA256  string    `json:"sha256" validate:"required,len=64,hexadecimal,lowercase"`
 	Name    string    `json:"name,omitempty" validate:"omitempty,max=255,excludes=/,excludes=\x00"`
 	Mode    uint32    `json:"mode,omitempty" validate:"max=4095"`
 	ModTime time.Time `json:"mtime,omitzero"`
 	Parents bool      `json:"parents,omitempty"`
 }
 
-// Push pushes the file local (an upload spooled by the service) to board
-// id as r says, over the board's connection, resuming what the board kept
-// of an earlier cut push of the same bytes.
-func (s *Service) Push(ctx context.Context, who user, id, lease, local string, r PushRequest) (proto.FileResult, error) {
+// Push pushes the r.Size bytes body yields (an upload, as it arrives) to
+// board id as r says, over the board's connection, resuming what the
+// board kept of an earlier cut push of the same bytes.
+func (s *Service) Push(ctx context.Context, who user, id, lease string, body io.Reader, r PushRequest) (proto.FileResult, error) {
 	c, ctx, done, err := s.attach(ctx, who, id, lease)
 	if err != nil {
 		return proto.FileResult{}, err
 	}
 	defer done()
-	to := r.Path
-	into := strings.HasSuffix(to, "/")
+	to, err := destination(ctx, c, r.Path, r.Name)
+	if err != nil {
+		return proto.FileResult{}, err
+	}
+	return c.PushFrom(ctx, body, proto.FilePushParams{Path: to, Size: r.Size, SHA256: r.SHA256, Mode: r.Mode,
+		ModTime: r.ModTime, Parents: r.Parents}, dispatcher.TransferOptions{})
+}
+
+// destination is where a push to dir goes on the board: into it as name
+// when it ends in "/" or is a directory there, else dir itself.
+func destination(ctx context.Context, c *dispatcher.Client, dir, name string) (string, error) {
+	into := strings.HasSuffix(dir, "/")
 	if !into {
-		info, err := c.Stat(ctx, to, false)
+		info, err := c.Stat(ctx, dir, false)
 		if err != nil {
-			return proto.FileResult{}, err
+			return "", err
 		}
 		into = info.Dir
 	}
-	if into {
-		if r.Name == "" {
-			return proto.FileResult{}, &FieldError{"name", fmt.Sprintf("%s is a directory: name the file in it", r.Path)}
-		}
-		to = path.Join(to, r.Name)
+	if !into {
+		return dir, nil
 	}
-	// The board keeps the file's mode and mtime: those of the spooled copy.
-	mode := os.FileMode(r.Mode)
-	if mode == 0 {
-		mode = 0o644
+	if name == "" {
+		return "", &FieldError{"name", fmt.Sprintf("%s is a directory: name what goes in it", dir)}
 	}
-	if err := os.Chmod(local, mode); err != nil {
-		return proto.FileResult{}, err
-	}
-	if !r.ModTime.IsZero() {
-		if err := os.Chtimes(local, time.Time{}, r.ModTime); err != nil {
-			return proto.FileResult{}, err
-		}
-	}
-	return c.Push(ctx, local, to, dispatcher.TransferOptions{Parents: r.Parents})
+	return path.Join(dir, name), nil
 }
 
 // Pull copies the file remote from board id to the writer start returns,
@@ -353,13 +444,15 @@ func (s *Service) hPush(w http.ResponseWriter, r *http.Request, c *call) error {
 	if _, _, err := s.session(r.Context(), c.user, c.board, c.lease); err != nil {
 		return err
 	}
-	local, err := s.readUpload(r, &req)
+	body, err := uploadPart(r, &req)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(local)
 	c.detail = req.Path
-	res, err := s.Push(r.Context(), c.user, c.board, c.lease, local, req)
+	if req.Size > s.opts.MaxUpload { // before any byte of the file is read
+		return tooLarge(fmt.Sprintf("the file is over the service's limit of %d bytes", s.opts.MaxUpload))
+	}
+	res, err := s.Push(r.Context(), c.user, c.board, c.lease, body, req)
 	s.metrics.fileMoved(toBoard, res)
 	if err != nil {
 		return err

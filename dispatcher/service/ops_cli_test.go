@@ -17,8 +17,8 @@ import (
 	"github.com/boardlink/boardlink/proto"
 )
 
-// TestOpsCLI: `boardlink --server URL` push, pull, reboot, ota and
-// rollout go through the service; while bob's lease holds a board,
+// TestOpsCLI: `boardlink --server URL` push, pull (of files and, with
+// -r, of trees), reboot, ota and rollout go through the service; while bob's lease holds a board,
 // alice's push, pull, reboot and ota of it are refused (exit 1) with his
 // name.
 func TestOpsCLI(t *testing.T) {
@@ -54,6 +54,31 @@ func TestOpsCLI(t *testing.T) {
 	}
 	if _, errOut, code := run("pull", sb.ID, filepath.Join(sb.Dir(), "missing"), into); code != 1 {
 		t.Fatalf("pull of a missing file: %d %s", code, errOut)
+	}
+	// A tree each way: into the board's directory under its own name, and
+	// back into a new local directory; a file with -r is pulled as one.
+	tree := filepath.Join(t.TempDir(), "suite")
+	if err := os.MkdirAll(filepath.Join(tree, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tree, "sub", "data.bin"), data, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if out, errOut, code := run("push", "-r", sb.ID, tree, sb.Dir()); code != 0 || !strings.Contains(out, "pushed") {
+		t.Fatalf("push -r: %d %s %s", code, out, errOut)
+	}
+	if got, err := os.ReadFile(filepath.Join(sb.Dir(), "suite", "sub", "data.bin")); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("push -r: the board holds %d bytes (%v)", len(got), err)
+	}
+	back := filepath.Join(t.TempDir(), "back")
+	if out, errOut, code := run("pull", "-r", sb.ID, filepath.Join(sb.Dir(), "suite"), back); code != 0 || !strings.Contains(out, "pulled") {
+		t.Fatalf("pull -r: %d %s %s", code, out, errOut)
+	}
+	if got, err := os.ReadFile(filepath.Join(back, "sub", "data.bin")); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("pull -r: %d bytes (%v)", len(got), err)
+	}
+	if out, errOut, code := run("pull", "-r", sb.ID, filepath.Join(sb.Dir(), "data.bin"), filepath.Join(back, "one.bin")); code != 0 {
+		t.Fatalf("pull -r of a file: %d %s %s", code, out, errOut)
 	}
 
 	out, errOut, code := run("reboot", sb.ID, "--wait", "--json")

@@ -2,10 +2,15 @@ package service
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -42,14 +47,31 @@ type otaLab struct {
 // noService, a service over them (users alice and bob).
 func startOTALab(t *testing.T, n int, noService bool) *otaLab {
 	t.Helper()
+	return startOTALabOn(t, n, noService, false)
+}
+
+// startOTALabOn is startOTALab, with each board on a serial line of its
+// own (a pty) when serial.
+func startOTALabOn(t *testing.T, n int, noService, serial bool) *otaLab {
+	t.Helper()
 	pub, key, err := image.GenerateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
 	o := &otaLab{key: key, commits: map[string]int{}}
-	sim, err := simlab.Start(context.Background(), simlab.Options{Boards: n, Dir: filepath.Join(dir, "boards"),
-		TrustKeys: []ed25519.PublicKey{pub}, BootDelay: time.Millisecond, OnPhase: o.onPhase})
+	so := simlab.Options{Boards: n, Dir: filepath.Join(dir, "boards"),
+		TrustKeys: []ed25519.PublicKey{pub}, BootDelay: time.Millisecond, OnPhase: o.onPhase}
+	addrs := make([]string, n)
+	if serial {
+		masters := make([]*os.File, n)
+		for i := range n {
+			master, slave := testenv.RawPTY(t) // the slave stays open: the board's line lives across the service's
+			masters[i], addrs[i] = testenv.Pollable(t, master), "serial://"+slave.Name()
+		}
+		so.Line = func(i int) *os.File { return masters[i] }
+	}
+	sim, err := simlab.Start(context.Background(), so)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,8 +84,8 @@ func startOTALab(t *testing.T, n int, noService bool) *otaLab {
 	boardTok := filepath.Join(dir, "board-token")
 	writeSecret(t, boardTok, sim.Token())
 	o.cfg = Config{TokenFile: boardTok, Heartbeat: Duration(200 * time.Millisecond), QuarantineAfter: -1}
-	for _, b := range sim.Boards {
-		o.cfg.Boards = append(o.cfg.Boards, BoardConfig{ID: b.ID, Address: b.Addr()})
+	for i, b := range sim.Boards {
+		o.cfg.Boards = append(o.cfg.Boards, BoardConfig{ID: b.ID, Address: cmp.Or(addrs[i], b.Addr())})
 	}
 	for _, u := range []string{"alice", "bob"} {
 		o.tokens[u] = "token-of-" + u
@@ -249,5 +271,155 @@ func TestOpsThroughAPI(t *testing.T) {
 	spool, _ := os.ReadDir(filepath.Join(o.dir, "spool"))
 	if len(spool) != 0 {
 		t.Fatalf("the spool keeps %d files", len(spool))
+	}
+}
+
+// TestSerialBoardOps: a board on a serial line (a pty, as a USB serial
+// port is), whose line holds one session, takes an exec, a reboot, an OTA
+// and a rollout through the service, each beside the service's persistent
+// session: the service reaches it through a line mux of its own. The
+// console record holds every boot's first line, printed while no session
+// was up; the mux ends with the service and frees the line.
+func TestSerialBoardOps(t *testing.T) {
+	o := startOTALabOn(t, 1, false, true)
+	ctx := context.Background()
+	alice := o.clients["alice"]
+	sb := o.sim.Boards[0]
+	id := sb.ID
+	bootLine := func(boot string) string { return "simlab: " + id + " booting " + boot }
+	recorded := func(what string, lines ...string) {
+		t.Helper()
+		testenv.Eventually(t, what+" in the console record", func() bool {
+			var text strings.Builder
+			if err := alice.Console(ctx, id, "1h", false, &text); err != nil {
+				t.Fatal(err)
+			}
+			for _, l := range lines {
+				if !strings.Contains(text.String(), l) {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	first := sb.BootID()
+	recorded("the first boot", bootLine(first))
+
+	var out bytes.Buffer
+	if res, err := alice.Exec(ctx, id, "", ExecRequest{Argv: []string{"echo", "on the line"}}, &out, io.Discard); err != nil ||
+		res.Result.ExitCode != 0 || out.String() != "on the line\n" {
+		t.Fatalf("exec: %+v %q %v", res, out.String(), err)
+	}
+
+	back, err := alice.Reboot(ctx, id, "", RebootRequest{Wait: true})
+	if err != nil || back.OldBootID != first || back.NewBootID == first || back.NewBootID != sb.BootID() {
+		t.Fatalf("reboot: %+v %v (boot was %s, is %s)", back, err, first, sb.BootID())
+	}
+	o.waitIdle()
+	recorded("both boots", bootLine(first), bootLine(back.NewBootID))
+
+	rep, err := alice.OTA(ctx, id, "", o.img, OTARequest{}, nil)
+	if err != nil || rep.Update == nil || rep.Update.Result != proto.ResultCommitted || o.commitsOf(id) != 1 {
+		t.Fatalf("ota: %+v %v", rep, err)
+	}
+	testenv.Eventually(t, "the board idle after its OTA", func() bool {
+		b, err := o.svc.Board(id)
+		return err == nil && b.State == Idle && b.BootID == sb.BootID()
+	})
+	recorded("the trial boot", bootLine(back.NewBootID), bootLine(sb.BootID()))
+
+	st, err := alice.StartRollout(ctx, o.image("3.0.0"), RolloutRequest{Boards: []string{id}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st = waitRollout(t, alice, st)
+	if got := resultsOf(st); st.State != store.StateDone || got[id] != string(proto.ResultCommitted) || o.commitsOf(id) != 2 {
+		t.Fatalf("rollout %s: %s %v, %d commits", st.ID, st.State, got, o.commitsOf(id))
+	}
+	o.waitIdle()
+
+	// The service's mux holds the line while it runs, and frees it when it
+	// stops: a session of one's own on the line then opens.
+	o.stopService()
+	c, err := dispatcher.Dial(ctx, o.cfg.Boards[0].Address, o.sim.DialOptions())
+	if err != nil {
+		t.Fatalf("the line after the service stopped: %v", err)
+	}
+	defer c.Close()
+	if info, err := c.Info(ctx); err != nil || info.BootID != sb.BootID() {
+		t.Fatalf("board.info on the freed line: %+v %v", info, err)
+	}
+}
+
+// TestPushStreamed: a push through the service goes on to the board as
+// it arrives, not spooled first: half an upload sent, the board holds a
+// part of it already, and nothing is in the service's spool. The board
+// checks the sha256 the client gave: bytes that do not match it, or more
+// bytes than the size given, never appear on the board.
+func TestPushStreamed(t *testing.T) {
+	o := startOTALab(t, 1, false)
+	ctx := context.Background()
+	alice := o.clients["alice"]
+	sb := o.sim.Boards[0]
+	data := make([]byte, 4<<20)
+	rand.Read(data)
+	sum := sha256.Sum256(data)
+	req := PushRequest{Path: filepath.Join(sb.Dir(), "streamed.bin"), Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:])}
+	push := func(src io.Reader, r PushRequest) (proto.FileResult, error) {
+		resp, err := alice.uploadFrom(ctx, boardPath(sb.ID, "files"), "", r, "streamed.bin", src, r.Size)
+		if err != nil {
+			return proto.FileResult{}, err
+		}
+		defer resp.Body.Close()
+		var res proto.FileResult
+		return res, json.NewDecoder(resp.Body).Decode(&res)
+	}
+	partial := filepath.Join(sb.Dir(), ".streamed.bin."+req.SHA256[:16]+".boardlink-partial")
+
+	pr, pw := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		res, err := push(pr, req)
+		if err == nil && (res.Size != req.Size || res.SHA256 != req.SHA256) {
+			err = fmt.Errorf("the board's result: %+v", res)
+		}
+		done <- err
+	}()
+	if _, err := pw.Write(data[:len(data)/2]); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, "the first half on the board while the upload waits for its second", func() bool {
+		st, err := os.Stat(partial)
+		return err == nil && st.Size() > 0
+	})
+	if spool, _ := os.ReadDir(filepath.Join(o.dir, "spool")); len(spool) != 0 {
+		t.Fatalf("the spool holds %d files", len(spool))
+	}
+	if _, err := pw.Write(data[len(data)/2:]); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if got, err := os.ReadFile(req.Path); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("the board holds %d bytes (%v)", len(got), err)
+	}
+
+	var ae *APIError
+	bad := req
+	bad.Path, bad.SHA256 = req.Path+".bad", strings.Repeat("0", 64)
+	if _, err := push(bytes.NewReader(data), bad); !errors.As(err, &ae) || ae.Reason != string(proto.ReasonChecksumMismatch) {
+		t.Fatalf("bytes that do not match their sha256: %v", err)
+	}
+	long := req
+	long.Path = req.Path + ".long"
+	if _, err := push(io.MultiReader(bytes.NewReader(data), strings.NewReader("x")), long); err == nil {
+		t.Fatal("more bytes than the size given: pushed")
+	}
+	for _, p := range []string{bad.Path, long.Path} {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s on the board: %v", p, err)
+		}
 	}
 }

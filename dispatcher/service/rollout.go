@@ -157,9 +157,9 @@ func (s *Service) rolloutEnv() dispatcher.RolloutConfig {
 }
 
 // rolloutDial opens a session with the board of the inventory at addr,
-// unless a lease holds it: a rollout never starts on a leased board. One
-// already marked updating goes on: a lease that took it while it rebooted
-// does not leave its trial without a verdict.
+// unless a lease holds it: a rollout never starts on a leased board (its
+// attempts wait for the lease, then it fails naming the holder). One a
+// rollout marked updating goes on: no lease takes it meanwhile.
 func (s *Service) rolloutDial(ctx context.Context, addr string) (*dispatcher.Client, error) {
 	s.mu.Lock()
 	var b *board
@@ -173,8 +173,10 @@ func (s *Service) rolloutDial(ctx context.Context, addr string) (*dispatcher.Cli
 	switch {
 	case b == nil:
 		err = fmt.Errorf("no board of the inventory is at %s: %w", addr, ErrNoSuchBoard)
-	case b.lease != "" && b.updating == 0:
+	case !s.rolloutHoldsLocked(b.id) && b.lease != "":
 		err = s.leasedLocked(b)
+	default:
+		s.rolloutTakeLocked(b)
 	}
 	s.mu.Unlock()
 	if err != nil {
@@ -197,11 +199,16 @@ func (s *Service) rolloutEvent(e dispatcher.Event) {
 				marked = map[string]bool{}
 				s.rolled[e.Rollout] = marked
 			}
-			marked[e.Board] = true
-			s.markUpdatingLocked(b, true)
-		case e.Kind == "done" && e.Result != "" && marked[e.Board]:
+			// A leased board is marked once its lease is over (rolloutDial).
+			marked[e.Board] = b.lease == ""
+			if marked[e.Board] {
+				s.markUpdatingLocked(b, true)
+			}
+		case e.Kind == "done" && e.Result != "":
+			if marked[e.Board] {
+				s.markUpdatingLocked(b, false)
+			}
 			delete(marked, e.Board)
-			s.markUpdatingLocked(b, false)
 		case e.Kind == "progress" && marked[e.Board]:
 			s.holdUpdatingLocked(b)
 		}
@@ -214,8 +221,8 @@ func (s *Service) rolloutEvent(e dispatcher.Event) {
 // (it was interrupted) and, once it is over, removes its image.
 func (s *Service) rolloutEnded(id string, rep dispatcher.Report, err error) {
 	s.mu.Lock()
-	for bid := range s.rolled[id] {
-		if b := s.boards[bid]; b != nil {
+	for bid, on := range s.rolled[id] {
+		if b := s.boards[bid]; b != nil && on {
 			s.markUpdatingLocked(b, false)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -210,4 +211,63 @@ func startServe(t *testing.T, cmd *exec.Cmd) (*exec.Cmd, string, *testenv.Buffer
 		t.Fatalf("serve said %q (%v)\n%s", line, err, stderr.String())
 	}
 	return cmd, url, stderr
+}
+
+// TestRolloutWaitsForLease: a board that a lease took after the rollout
+// started is not updated under its holder when its turn comes: the
+// rollout's attempts wait for the lease, and the board fails naming the
+// holder, never updating, never rebooted, leased throughout.
+func TestRolloutWaitsForLease(t *testing.T) {
+	o := startOTALab(t, 2, false)
+	ctx := context.Background()
+	alice, bob := o.clients["alice"], o.clients["bob"]
+	b0, b1 := o.sim.Boards[0].ID, o.sim.Boards[1].ID
+	reached, leased := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	o.mu.Lock()
+	o.hold = func(board string, phase proto.Phase) {
+		// The first board's prepare waits, on the board's side, for bob
+		// to lease the second.
+		if board == b0 && phase == proto.PhasePrepare {
+			once.Do(func() { close(reached); <-leased })
+		}
+	}
+	o.mu.Unlock()
+	st, err := alice.StartRollout(ctx, o.img, RolloutRequest{Concurrency: 1, WaveSize: 1, MaxFailures: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-reached
+	l, err := acquire(ctx, bob, AcquireRequest{Boards: []string{b1}, TTLMs: 60000})
+	close(leased)
+	if err != nil {
+		t.Fatal(err)
+	}
+	boots := o.sim.Boards[1].Boots()
+	st = waitRollout(t, alice, st)
+	var r1 store.BoardResult
+	for _, b := range st.BoardResults {
+		if b.BoardID == b1 {
+			r1 = b
+		}
+	}
+	if got := resultsOf(st); got[b0] != string(proto.ResultCommitted) || !dispatcher.RolloutFailure(got[b1]) ||
+		!strings.Contains(r1.Reason, "bob") {
+		t.Fatalf("rollout %s: %v, %s: %+v", st.ID, got, b1, r1)
+	}
+	if o.commitsOf(b1) != 0 || o.sim.Boards[1].Boots() != boots {
+		t.Fatalf("the leased board was updated: %d commits, %d boots (was %d)", o.commitsOf(b1), o.sim.Boards[1].Boots(), boots)
+	}
+	if b, err := o.svc.Board(b1); err != nil || b.State != Leased || b.Lease != l.ID {
+		t.Fatalf("%s after the rollout: %+v %v", b1, b, err)
+	}
+	es, err := o.svc.Audit(ctx, store.AuditFilter{Board: b1, Action: "board.state"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range es {
+		if strings.Contains(e.Detail, "updating") {
+			t.Errorf("%s was updating under the lease: %+v", b1, e)
+		}
+	}
 }

@@ -90,6 +90,7 @@ type Service struct {
 	rolloutChanged chan struct{}
 	kick           chan struct{} // wakes the expiry loop
 	journal        *journal
+	uploads        uploadSlots     // uploads under way, by user (ops.go)
 	metrics        *metrics        // nil: none
 	ctx            context.Context // the service's life, from Start to Stop
 	cancel         context.CancelFunc
@@ -299,6 +300,7 @@ func (s *Service) Start(ctx context.Context) error {
 		return errors.New("service: started twice")
 	}
 	s.ctx, s.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	s.cleanSpool()
 	s.wg.Go(func() { s.journal.run(s.ctx) })
 	s.mu.Unlock()
 	// The first round claims the boards, and starts the monitors of those

@@ -26,6 +26,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -113,6 +114,12 @@ type Options struct {
 	// Insecure serves plain ws:// instead of wss:// with each board's
 	// key (the demo on loopback).
 	Insecure bool
+	// Line, if set, gives board i its end of a serial line (a pty's
+	// master, say), on which it serves instead of on WebSocket, across its
+	// boots, and prints a line at each boot as firmware does. The line
+	// must support SetReadDeadline (a pty does): a boot's stop ends its
+	// reads without closing the line. Nil, or nil for board i: WebSocket.
+	Line func(i int) *os.File
 	// Logger is shared by every board (each adds board=ID); nil discards.
 	Logger *slog.Logger
 }
@@ -145,6 +152,7 @@ type Board struct {
 	dir    string
 	log    *slog.Logger
 	labels map[string]string
+	line   *os.File // Options.Line's; nil: WebSocket
 
 	// op serializes boots and stops; the fields after it are changed with
 	// it held.
@@ -166,6 +174,7 @@ type boot struct {
 	execs *agent.Execs
 	ota   *ota.Updater
 	ws    *agent.WebSocketServer
+	uart  *agent.SerialServer   // on Options.Line, instead of ws
 	adv   *discovery.Advertiser // nil without mDNS
 }
 
@@ -207,6 +216,9 @@ func Start(ctx context.Context, opts Options) (*Lab, error) {
 		b.log = l.log.With("board", b.ID)
 		if opts.Labels != nil {
 			b.labels = maps.Clone(opts.Labels(i))
+		}
+		if opts.Line != nil {
+			b.line = opts.Line(i)
 		}
 		l.Boards[i] = b
 	}
@@ -405,11 +417,18 @@ func (b *Board) bootLocked(ctx context.Context) (err error) {
 		return err
 	}
 	bt.ota = u
-	if bt.ws, err = b.listen(ctx, a); err != nil {
-		return err
+	port := 0
+	if b.line != nil {
+		if err := b.serveLine(ctx, bt, a); err != nil {
+			return err
+		}
+	} else {
+		if bt.ws, err = b.listen(ctx, a); err != nil {
+			return err
+		}
+		port = bt.ws.Addr().(*net.TCPAddr).Port
 	}
-	port := bt.ws.Addr().(*net.TCPAddr).Port
-	if len(l.opts.Ifaces) > 0 {
+	if len(l.opts.Ifaces) > 0 && port != 0 {
 		adv := discovery.NewAdvertiser(discovery.AdvertiseConfig{Ifaces: l.opts.Ifaces, Logger: b.log})
 		if err := adv.Start(ctx, discovery.RecordOf(a.Info(ctx), port, !l.opts.Insecure)); err != nil {
 			return err
@@ -455,6 +474,25 @@ func (b *Board) listen(ctx context.Context, a *agent.Agent) (*agent.WebSocketSer
 	}
 }
 
+// serveLine prints the boot's first line on the board's serial line, as
+// its firmware would, and serves the agent on it.
+func (b *Board) serveLine(ctx context.Context, bt *boot, a *agent.Agent) error {
+	if err := b.line.SetReadDeadline(time.Time{}); err != nil {
+		return err
+	}
+	if _, err := fmt.Fprintf(b.line, "simlab: %s booting %s (slot %s)\r\n", b.ID, bt.sim.BootID(), bt.sim.Slot()); err != nil {
+		return err
+	}
+	bt.uart = agent.NewLineSerialServer(a, "uart", bootLine{b.line})
+	return bt.uart.Start(ctx)
+}
+
+// bootLine is one boot's view of its board's serial line: closing it ends
+// the boot's reads and leaves the line to the next boot.
+type bootLine struct{ *os.File }
+
+func (l bootLine) Close() error { return l.SetReadDeadline(time.Now()) }
+
 // stopLocked stops the running boot, if any; rebooting says the board
 // comes back, which its mDNS record announces instead of a goodbye.
 func (b *Board) stopLocked(ctx context.Context, rebooting bool) error {
@@ -484,6 +522,9 @@ func (bt *boot) stop(ctx context.Context, rebooting bool) error {
 	}
 	if bt.ws != nil {
 		errs = append(errs, bt.ws.Stop(ctx))
+	}
+	if bt.uart != nil {
+		errs = append(errs, bt.uart.Stop(ctx))
 	}
 	if bt.ota != nil {
 		errs = append(errs, bt.ota.Stop(ctx))

@@ -38,3 +38,22 @@ func RawPTY(t testing.TB) (master, slave *os.File) {
 	}
 	return master, slave
 }
+
+// Pollable is f (a pty's master, which pty.Open leaves blocking) as a
+// file Go's poller serves, so that its deadlines end a pending Read. The
+// two share one open file description, now non-blocking; the copy is
+// closed when the test ends.
+func Pollable(t testing.TB, f *os.File) *os.File {
+	t.Helper()
+	fd, err := unix.Dup(int(f.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	p := os.NewFile(uintptr(fd), f.Name())
+	t.Cleanup(func() { p.Close() })
+	return p
+}
