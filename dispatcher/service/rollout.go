@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/dispatcher/rolloutjob"
 	"github.com/boardlink/boardlink/dispatcher/store"
 	"github.com/boardlink/boardlink/image"
 	"github.com/boardlink/boardlink/proto"
@@ -90,9 +91,9 @@ func (s *Service) StartRollout(ctx context.Context, who user, img string, r Roll
 	if len(r.Boards) > 0 {
 		sel = strings.TrimSpace(sel + " boards=" + strings.Join(r.Boards, ","))
 	}
-	id, err := dispatcher.RecordRollout(ctx, s.st, dispatcher.NewRollout{ImagePath: kept, Selector: sel, Plan: plan,
-		Concurrency: concurrency, MaxFailures: r.MaxFailures, Spec: dispatcher.RolloutSpec{Gate: gate, WaveSize: r.WaveSize,
-			BoardTimeout: boardTimeout, Force: r.Force, Owner: dispatcher.OwnerService}})
+	id, err := rolloutjob.RecordRollout(ctx, s.st, rolloutjob.NewRollout{ImagePath: kept, Selector: sel, Plan: plan,
+		Concurrency: concurrency, MaxFailures: r.MaxFailures, Spec: rolloutjob.RolloutSpec{Gate: gate, WaveSize: r.WaveSize,
+			BoardTimeout: boardTimeout, Force: r.Force, Owner: rolloutjob.OwnerService}})
 	if err != nil {
 		os.Remove(kept)
 		return RolloutStatus{}, err
@@ -226,14 +227,14 @@ func (s *Service) rolloutEnded(id string, rep dispatcher.Report, err error) {
 // runRollout runs the recorded rollout id to its end, or until the
 // service stops (it stays running then, for the next start).
 func (s *Service) runRollout(ctx context.Context, id string) {
-	rep, err := dispatcher.RunRecorded(ctx, s.st, id, s.rolloutEnv())
+	rep, err := rolloutjob.RunRecorded(ctx, s.st, id, s.rolloutEnv())
 	s.rolloutEnded(id, rep, err)
 }
 
 // resumeRollouts runs on the rollouts the service ran that a stop or a
 // crash left unfinished.
 func (s *Service) resumeRollouts(ctx context.Context) {
-	outs, err := dispatcher.ResumeRollouts(ctx, s.st, dispatcher.OwnerService, s.rolloutEnv())
+	outs, err := rolloutjob.ResumeRollouts(ctx, s.st, rolloutjob.OwnerService, s.rolloutEnv())
 	if err != nil {
 		s.log.Error("rollouts not resumed", "err", err)
 	}
