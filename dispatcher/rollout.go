@@ -115,7 +115,7 @@ func (r Report) OK() bool {
 // Event is one step of a rollout, for displays and logs.
 type Event struct {
 	Time    time.Time `json:"time"`
-	Rollout string    `json:"rollout,omitempty"` // the recorded rollout's id (RunRecorded)
+	Rollout string    `json:"rollout,omitempty"` // the recorded rollout's id (rolloutjob.RunRecorded)
 	Board   string    `json:"board,omitempty"`   // "" for the rollout itself
 	Stage   string    `json:"stage"`
 	Wave    int       `json:"wave,omitempty"`   // from 1, when the boards are updated in more than one wave

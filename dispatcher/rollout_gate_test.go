@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/dispatcher/rolloutjob"
 	"github.com/boardlink/boardlink/dispatcher/store"
 	"github.com/boardlink/boardlink/image"
 	"github.com/boardlink/boardlink/internal/simlab"
@@ -233,13 +234,13 @@ func TestRolloutJobResumes(t *testing.T) {
 	gate, _ := dispatcher.ParseGate(`exec: echo "$BOARDLINK_BOARD" >>` + gatesFile + `; test "$BOARDLINK_BOARD" != ` + g.id(5))
 	env := dispatcher.RolloutConfig{DialOptions: g.lab.DialOptions(), Attempts: 2, Backoff: time.Millisecond}
 	plan := dispatcher.PlanRollout(ctx, dispatcher.RolloutConfig{Image: g.im, DialOptions: env.DialOptions}, targets(g.lab))
-	id, err := dispatcher.RecordRollout(ctx, st, dispatcher.NewRollout{ImagePath: g.img, Selector: "model=sim", Plan: plan,
-		Concurrency: 2, MaxFailures: -1, Spec: dispatcher.RolloutSpec{Gate: gate, WaveSize: 2, Owner: dispatcher.OwnerService}})
+	id, err := rolloutjob.RecordRollout(ctx, st, rolloutjob.NewRollout{ImagePath: g.img, Selector: "model=sim", Plan: plan,
+		Concurrency: 2, MaxFailures: -1, Spec: rolloutjob.RolloutSpec{Gate: gate, WaveSize: 2, Owner: rolloutjob.OwnerService}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Another owner's rollout, left running: not the service's to resume.
-	other, err := dispatcher.RecordRollout(ctx, st, dispatcher.NewRollout{ImagePath: g.img, Plan: dispatcher.Plan{
+	other, err := rolloutjob.RecordRollout(ctx, st, rolloutjob.NewRollout{ImagePath: g.img, Plan: dispatcher.Plan{
 		Version: plan.Version, ImageSHA256: plan.ImageSHA256}, Concurrency: 1})
 	if err != nil {
 		t.Fatal(err)
@@ -253,7 +254,7 @@ func TestRolloutJobResumes(t *testing.T) {
 			cancel()
 		}
 	}
-	if _, err := dispatcher.RunRecorded(stop, st, id, first); !errors.Is(err, context.Canceled) {
+	if _, err := rolloutjob.RunRecorded(stop, st, id, first); !errors.Is(err, context.Canceled) {
 		t.Fatalf("the interrupted run: %v", err)
 	}
 	rec, boards, err := st.Rollout(ctx, id)
@@ -264,7 +265,7 @@ func TestRolloutJobResumes(t *testing.T) {
 		t.Fatalf("a board of wave 2 after the interruption: %+v", b)
 	}
 
-	outcomes, err := dispatcher.ResumeRollouts(ctx, st, dispatcher.OwnerService, env)
+	outcomes, err := rolloutjob.ResumeRollouts(ctx, st, rolloutjob.OwnerService, env)
 	if err != nil || len(outcomes) != 1 || outcomes[0].ID != id || outcomes[0].Err != nil {
 		t.Fatalf("resumed %+v %v", outcomes, err)
 	}

@@ -128,12 +128,14 @@ func benchCLI(ctx context.Context, e *benchEnv) ([]row, error) {
 	for _, l := range links {
 		vs = append(vs, variant{name: "boardlink exec " + l, run: func(ctx context.Context) error { return e.cliExec(ctx, l) }})
 	}
+	// What the process costs before it dials: start-up, package init, flags.
+	vs = append(vs, variant{name: "boardlink --version", run: func(ctx context.Context) error { return e.runCLI(ctx, "--version") }})
 	vs = append(vs,
 		variant{name: "ssh host true", run: func(ctx context.Context) error { return e.runSSH(ctx, nil, nil, nil, "true") }},
 		variant{name: "ssh -S ctl host true", run: func(ctx context.Context) error {
 			return e.runSSH(ctx, []string{"-S", ctl}, nil, nil, "true")
 		}})
-	return measure(ctx, e.cfg.cli, true, "`true`, a fresh CLI process", vs, 2, 0)
+	return measure(ctx, e.cfg.cli, true, "`true`, a fresh CLI process", vs, len(links)+1, 0)
 }
 
 // waitMaster waits until the ControlMaster at ctl answers.

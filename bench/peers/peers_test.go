@@ -66,8 +66,8 @@ func TestSmoke(t *testing.T) {
 	s := out.String()
 	t.Log(s)
 	rows := regexp.MustCompile(`(?m)^\| ([^|]+) \| (client|boardlink) [^|]+ \| [^|]+ \| ([^|]+) \| [^|]+ \| [0-9.]+ \(([0-9.]+)× (faster|slower)\) \| (\d+) \|$`).FindAllStringSubmatch(s, -1)
-	want := map[string]int{ // case: rows, each boardlink link against each peer
-		"`true`, persistent connection": 4, "`true`, a fresh CLI process": 4, "push 1 MiB": 4, "pull 1 MiB": 4,
+	want := map[string]int{ // case: rows, each boardlink variant (a link; the CLI also --version) against each peer
+		"`true`, persistent connection": 4, "`true`, a fresh CLI process": 6, "push 1 MiB": 4, "pull 1 MiB": 4,
 		"`true` over a serial line (115200 baud)": 1,
 	}
 	cfg := smokeConfig()

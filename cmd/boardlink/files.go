@@ -650,7 +650,8 @@ func (t *transfer) viaServerFailed(ctx context.Context, err error, resume string
 	return serviceFailure(err)
 }
 
-var sha256Hex = regexp.MustCompile(`^[0-9a-f]{64}$`)
+// sha256Hex is compiled on first use, not at every start of the CLI.
+var sha256Hex = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[0-9a-f]{64}$`) })
 
 func newDownloadCmd(g *globals) *cobra.Command {
 	var (
@@ -697,7 +698,7 @@ board's deadline) ran out; 2 a refused path or argument, or content beyond
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req.URL, req.Path = args[1], args[2]
 			req.SHA256 = strings.ToLower(req.SHA256)
-			if !sha256Hex.MatchString(req.SHA256) {
+			if !sha256Hex().MatchString(req.SHA256) {
 				return &usageError{fmt.Errorf("--sha256 must be 64 hex digits, got %q", req.SHA256)}
 			}
 			if mode != "" {

@@ -23,6 +23,7 @@ import (
 
 	"github.com/boardlink/boardlink/discovery"
 	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/dispatcher/rolloutjob"
 	"github.com/boardlink/boardlink/dispatcher/service"
 	"github.com/boardlink/boardlink/dispatcher/store"
 	"github.com/boardlink/boardlink/image"
@@ -190,7 +191,7 @@ func runRollout(ctx context.Context, g *globals, o rolloutOptions, args []string
 	)
 	if o.resume != "" {
 		var rec store.Rollout
-		if rec, plan, _, _, err = dispatcher.RecordedRollout(ctx, db, o.resume); err != nil {
+		if rec, plan, _, _, err = rolloutjob.RecordedRollout(ctx, db, o.resume); err != nil {
 			return &usageError{err}
 		}
 		id, o.concurrency = rec.ID, rec.Concurrency
@@ -232,15 +233,15 @@ func runRollout(ctx context.Context, g *globals, o rolloutOptions, args []string
 				return nil
 			}
 		}
-		id, err = dispatcher.RecordRollout(ctx, db, dispatcher.NewRollout{ImagePath: args[0], Selector: strings.Join(o.selectors, " "),
+		id, err = rolloutjob.RecordRollout(ctx, db, rolloutjob.NewRollout{ImagePath: args[0], Selector: strings.Join(o.selectors, " "),
 			Plan: plan, Concurrency: o.concurrency, MaxFailures: o.maxFailures,
-			Spec: dispatcher.RolloutSpec{Gate: gate, WaveSize: o.waveSize, BoardTimeout: o.boardTimeout, Force: o.force}})
+			Spec: rolloutjob.RolloutSpec{Gate: gate, WaveSize: o.waveSize, BoardTimeout: o.boardTimeout, Force: o.force}})
 		if err != nil {
 			return &exitError{code: 1, err: err}
 		}
 	}
 	show.begin(id, len(plan.Boards))
-	rep, err := dispatcher.RunRecorded(ctx, db, id, dispatcher.RolloutConfig{Events: show.event, BoardTimeout: o.boardTimeout,
+	rep, err := rolloutjob.RunRecorded(ctx, db, id, dispatcher.RolloutConfig{Events: show.event, BoardTimeout: o.boardTimeout,
 		DialOptions: dialOpts})
 	if ctx.Err() != nil {
 		if err := db.SetRolloutState(context.WithoutCancel(ctx), id, store.StateStopped); err != nil {

@@ -3,6 +3,7 @@ package bootstrap
 import (
 	"bytes"
 	"regexp"
+	"sync"
 )
 
 // Prompt is what a board's console text ends in.
@@ -29,13 +30,16 @@ func (p Prompt) String() string {
 }
 
 // escapes are terminal control sequences a prompt may carry (colours,
-// bracketed paste, a window title) and that do not show.
-var escapes = regexp.MustCompile(`\x1b(\[[0-9;?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[()][0-9A-Za-z]|[=>])`)
+// bracketed paste, a window title) and that do not show. Both regexps are
+// compiled on first use: every CLI start links this package.
+var escapes = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`\x1b(\[[0-9;?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[()][0-9A-Za-z]|[=>])`)
+})
 
 // kernelLines are kernel messages on a console ("[   12.345678] usb
 // 1-1: ..." and its line end), which land anywhere, right after a prompt
 // too.
-var kernelLines = regexp.MustCompile(`\[ *\d+\.\d+\] [^\r\n]*[\r\n]+`)
+var kernelLines = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`\[ *\d+\.\d+\] [^\r\n]*[\r\n]+`) })
 
 // Detect reports whether console text ends in a prompt, and which: the
 // last line, control sequences removed, ends in "# " or "$ " (a shell),
@@ -48,11 +52,11 @@ var kernelLines = regexp.MustCompile(`\[ *\d+\.\d+\] [^\r\n]*[\r\n]+`)
 // a prompt there means a shell, and `boardlink bootstrap ADDRESS` puts an
 // agent on it.
 func Detect(text []byte) Prompt {
-	text = kernelLines.ReplaceAll(text, nil)
+	text = kernelLines().ReplaceAll(text, nil)
 	if i := bytes.LastIndexAny(text, "\r\n"); i >= 0 {
 		text = text[i+1:]
 	}
-	text = escapes.ReplaceAll(text, nil)
+	text = escapes().ReplaceAll(text, nil)
 	if len(text) < 2 || text[len(text)-1] != ' ' {
 		return NoPrompt
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/dispatcher/rolloutjob"
 	"github.com/boardlink/boardlink/dispatcher/store"
 	"github.com/boardlink/boardlink/image"
 	"github.com/boardlink/boardlink/proto"
@@ -98,8 +99,8 @@ func (s *Service) StartRollout(ctx context.Context, who user, img string, r Roll
 	if len(r.Boards) > 0 {
 		sel = strings.TrimSpace(sel + " boards=" + strings.Join(r.Boards, ","))
 	}
-	id, err := dispatcher.RecordRollout(ctx, s.st, dispatcher.NewRollout{ImagePath: kept, Selector: sel, Plan: plan,
-		Concurrency: concurrency, MaxFailures: r.MaxFailures, Spec: dispatcher.RolloutSpec{Gate: gate, WaveSize: r.WaveSize,
+	id, err := rolloutjob.RecordRollout(ctx, s.st, rolloutjob.NewRollout{ImagePath: kept, Selector: sel, Plan: plan,
+		Concurrency: concurrency, MaxFailures: r.MaxFailures, Spec: rolloutjob.RolloutSpec{Gate: gate, WaveSize: r.WaveSize,
 			BoardTimeout: boardTimeout, Force: r.Force, Owner: s.rolloutOwner()}})
 	if err != nil {
 		os.Remove(kept)
@@ -243,7 +244,7 @@ func (s *Service) rolloutEnded(id string, rep dispatcher.Report, err error) {
 // runRollout runs the recorded rollout id to its end, or until the
 // service stops (it stays running then, for the next start).
 func (s *Service) runRollout(ctx context.Context, id string) {
-	rep, err := dispatcher.RunRecorded(ctx, s.st, id, s.rolloutEnv())
+	rep, err := rolloutjob.RunRecorded(ctx, s.st, id, s.rolloutEnv())
 	s.rolloutEnded(id, rep, err)
 }
 
@@ -252,9 +253,9 @@ func (s *Service) runRollout(ctx context.Context, id string) {
 func (s *Service) resumeRollouts(ctx context.Context) {
 	var wg sync.WaitGroup
 	// Its own, and those of a database older than several services.
-	for _, owner := range []string{s.rolloutOwner(), dispatcher.OwnerService} {
+	for _, owner := range []string{s.rolloutOwner(), rolloutjob.OwnerService} {
 		wg.Go(func() {
-			outs, err := dispatcher.ResumeRollouts(ctx, s.st, owner, s.rolloutEnv())
+			outs, err := rolloutjob.ResumeRollouts(ctx, s.st, owner, s.rolloutEnv())
 			if err != nil {
 				s.log.Error("rollouts not resumed", "err", err)
 			}

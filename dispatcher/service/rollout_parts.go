@@ -7,11 +7,12 @@ import (
 	"time"
 
 	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/dispatcher/rolloutjob"
 )
 
 // rolloutOwner is the owner of the rollouts this service runs: it resumes
 // them when it starts, and no other service does.
-func (s *Service) rolloutOwner() string { return dispatcher.OwnerService + ":" + s.owner }
+func (s *Service) rolloutOwner() string { return rolloutjob.OwnerService + ":" + s.owner }
 
 // RolloutPart is the share of a rollout started on another service, for
 // the boards it drives: its rollout there, or why it did not start.

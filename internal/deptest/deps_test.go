@@ -88,6 +88,8 @@ func TestLayering(t *testing.T) {
 		{from: "transport", never: []string{"agent", "dispatcher", "board"}, why: "the links carry messages for either end"},
 		{from: "discovery", never: []string{"agent", "dispatcher"}, why: "discovery only announces and listens"},
 		{from: "dispatcher", never: []string{"agent", "board"}, why: "the host side reaches a board only over the wire"},
+		{from: "dispatcher", never: []string{"dispatcher/store", "dispatcher/service"},
+			why: "a client of the dispatcher must not link the store's SQL drivers or the service (their init runs at every start of a CLI call)"},
 		{from: "agent", never: []string{"dispatcher", "cmd"}, why: "the board side never drives another board"},
 		{from: "cmd/boardlinkd", never: []string{"dispatcher"}, why: "the agent binary carries no host side"},
 		// The demo runs its boards in this process (internal/simlab), so
@@ -114,5 +116,31 @@ func TestLayering(t *testing.T) {
 	// The one detour is real: the demo's lab links the agent.
 	if !reach(g, "internal/simlab")["agent/ota"] {
 		t.Error("internal/simlab no longer links agent/ota: drop the detour from the cmd/boardlink rule")
+	}
+}
+
+// heavy are modules whose package init costs a fresh process milliseconds
+// (docs/benchmarks.md): SQL drivers, metrics, a browser driver.
+var heavy = []string{"modernc.org/sqlite", "github.com/jackc/pgx", "github.com/prometheus/", "github.com/chromedp/", "database/sql"}
+
+// TestLightClient keeps the heavy modules out of what every command of the
+// CLI that talks to a board links: a binary runs the init of each package
+// it links, whichever verb runs.
+func TestLightClient(t *testing.T) {
+	pkgs := []string{"dispatcher", "transport/...", "auth", "proto", "discovery"}
+	args := []string{"list", "-deps"}
+	for _, p := range pkgs {
+		args = append(args, module+"/"+p)
+	}
+	out, err := exec.Command("go", args...).Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for dep := range strings.FieldsSeq(string(out)) {
+		for _, h := range heavy {
+			if strings.HasPrefix(dep, h) {
+				t.Errorf("%v link %s: keep it out of the client's path (a fresh CLI call pays its init)", pkgs, dep)
+			}
+		}
 	}
 }

@@ -1,4 +1,10 @@
-package dispatcher
+// Package rolloutjob records rollouts in the store and runs, resumes and
+// reports them from it (`boardlink rollout`, the lab service's rollout
+// jobs). It is not in package dispatcher so that a client of the
+// dispatcher need not link the store: a binary that links it runs the
+// init of its SQL drivers at every start, about a quarter of a fresh
+// CLI process's start (docs/benchmarks.md).
+package rolloutjob
 
 import (
 	"context"
@@ -9,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/dispatcher/store"
 	"github.com/boardlink/boardlink/image"
 )
@@ -25,18 +32,18 @@ const (
 // that a rollout resumed after a restart keeps its gate, its waves and
 // its limits.
 type RolloutSpec struct {
-	Gate         *Gate         `json:"gate,omitempty"`
-	WaveSize     int           `json:"wave_size,omitempty"`
-	BoardTimeout time.Duration `json:"board_timeout_ns,omitempty"`
-	Force        bool          `json:"force,omitempty"`
-	Owner        string        `json:"owner,omitempty"`
+	Gate         *dispatcher.Gate `json:"gate,omitempty"`
+	WaveSize     int              `json:"wave_size,omitempty"`
+	BoardTimeout time.Duration    `json:"board_timeout_ns,omitempty"`
+	Force        bool             `json:"force,omitempty"`
+	Owner        string           `json:"owner,omitempty"`
 }
 
 // recordedPlan is the JSON of a rollout's plan column: the Plan with its
 // RolloutSpec's fields beside its own. A plan recorded before specs were
 // reads as one with an empty spec.
 type recordedPlan struct {
-	Plan
+	dispatcher.Plan
 	RolloutSpec
 }
 
@@ -45,7 +52,7 @@ type recordedPlan struct {
 type NewRollout struct {
 	ImagePath   string // the signed image file, opened again by each run
 	Selector    string // which boards, as given, for the records
-	Plan        Plan
+	Plan        dispatcher.Plan
 	Concurrency int
 	MaxFailures int
 	Spec        RolloutSpec
@@ -68,7 +75,7 @@ func RecordRollout(ctx context.Context, st *store.Store, r NewRollout) (string, 
 		return "", err
 	}
 	for _, b := range r.Plan.Boards { // every board is on record from the start
-		err := st.PutBoard(ctx, toRecord(rec.ID, BoardReport{ID: b.ID, Address: b.Address, Stage: StagePlan,
+		err := st.PutBoard(ctx, toRecord(rec.ID, dispatcher.BoardReport{ID: b.ID, Address: b.Address, Stage: dispatcher.StagePlan,
 			Result: b.Result, Reason: b.Reason, FromVersion: b.FromVersion, ToVersion: r.Plan.Version}))
 		if err != nil {
 			return "", err
@@ -80,16 +87,16 @@ func RecordRollout(ctx context.Context, st *store.Store, r NewRollout) (string, 
 // RecordedRollout reads the recorded rollout id (or a unique prefix of
 // one): its record, its plan and spec, and its boards as the last run left
 // them.
-func RecordedRollout(ctx context.Context, st *store.Store, id string) (store.Rollout, Plan, RolloutSpec, []BoardReport, error) {
+func RecordedRollout(ctx context.Context, st *store.Store, id string) (store.Rollout, dispatcher.Plan, RolloutSpec, []dispatcher.BoardReport, error) {
 	rec, rows, err := st.Rollout(ctx, id)
 	if err != nil {
-		return rec, Plan{}, RolloutSpec{}, nil, err
+		return rec, dispatcher.Plan{}, RolloutSpec{}, nil, err
 	}
 	var p recordedPlan
 	if err := json.Unmarshal(rec.Plan, &p); err != nil {
-		return rec, Plan{}, RolloutSpec{}, nil, fmt.Errorf("rollout %s: its plan: %w", rec.ID, err)
+		return rec, dispatcher.Plan{}, RolloutSpec{}, nil, fmt.Errorf("rollout %s: its plan: %w", rec.ID, err)
 	}
-	var boards []BoardReport
+	var boards []dispatcher.BoardReport
 	for _, r := range rows {
 		boards = append(boards, fromRecord(r))
 	}
@@ -109,21 +116,21 @@ func RecordedRollout(ctx context.Context, st *store.Store, id string) (store.Rol
 // many failures stopped it early. When ctx ends first the state stays
 // running, for a later run to resume, and the error is ctx's. Other
 // errors are the records' or the image's.
-func RunRecorded(ctx context.Context, st *store.Store, id string, env RolloutConfig) (Report, error) {
+func RunRecorded(ctx context.Context, st *store.Store, id string, env dispatcher.RolloutConfig) (dispatcher.Report, error) {
 	rec, plan, spec, prior, err := RecordedRollout(ctx, st, id)
 	if err != nil {
-		return Report{}, err
+		return dispatcher.Report{}, err
 	}
 	im, err := image.OpenFile(rec.Image)
 	if err != nil {
-		return Report{}, fmt.Errorf("rollout %s: %w", rec.ID, err)
+		return dispatcher.Report{}, fmt.Errorf("rollout %s: %w", rec.ID, err)
 	}
 	defer im.Close()
 	if im.Manifest.PayloadSHA256 != rec.ImageSHA256 {
-		return Report{}, fmt.Errorf("rollout %s: %s no longer holds the image the rollout began with", rec.ID, rec.Image)
+		return dispatcher.Report{}, fmt.Errorf("rollout %s: %s no longer holds the image the rollout began with", rec.ID, rec.Image)
 	}
 	if err := st.SetRolloutState(ctx, rec.ID, store.StateRunning); err != nil {
-		return Report{}, err
+		return dispatcher.Report{}, err
 	}
 	cfg := env
 	cfg.Image, cfg.Concurrency, cfg.MaxFailures = im, rec.Concurrency, rec.MaxFailures
@@ -132,7 +139,7 @@ func RunRecorded(ctx context.Context, st *store.Store, id string, env RolloutCon
 		cfg.BoardTimeout = spec.BoardTimeout
 	}
 	if events := env.Events; events != nil {
-		cfg.Events = func(e Event) {
+		cfg.Events = func(e dispatcher.Event) {
 			e.Rollout = rec.ID
 			events(e)
 		}
@@ -141,7 +148,7 @@ func RunRecorded(ctx context.Context, st *store.Store, id string, env RolloutCon
 		mu      sync.Mutex
 		records []error
 	)
-	cfg.Record = func(b BoardReport) {
+	cfg.Record = func(b dispatcher.BoardReport) {
 		if err := st.PutBoard(context.WithoutCancel(ctx), toRecord(rec.ID, b)); err != nil {
 			mu.Lock()
 			records = append(records, err)
@@ -151,7 +158,7 @@ func RunRecorded(ctx context.Context, st *store.Store, id string, env RolloutCon
 			env.Record(b)
 		}
 	}
-	rep := RunRollout(ctx, cfg, plan, prior)
+	rep := dispatcher.RunRollout(ctx, cfg, plan, prior)
 	if ctx.Err() != nil {
 		// Interrupted: boards under way keep their records (not the
 		// report's "interrupted"), for the next run to go on from.
@@ -173,7 +180,7 @@ func RunRecorded(ctx context.Context, st *store.Store, id string, env RolloutCon
 // RolloutOutcome is how one resumed rollout ended.
 type RolloutOutcome struct {
 	ID     string
-	Report Report
+	Report dispatcher.Report
 	Err    error
 }
 
@@ -181,7 +188,7 @@ type RolloutOutcome struct {
 // still in StateRunning (its last run was killed, or stopped with its
 // process), as RunRecorded does, and returns once they all ended. The
 // lab service calls it once as it starts, with OwnerService.
-func ResumeRollouts(ctx context.Context, st *store.Store, owner string, env RolloutConfig) ([]RolloutOutcome, error) {
+func ResumeRollouts(ctx context.Context, st *store.Store, owner string, env dispatcher.RolloutConfig) ([]RolloutOutcome, error) {
 	ids, err := st.RunningRollouts(ctx)
 	if err != nil {
 		return nil, err
@@ -209,7 +216,7 @@ func ResumeRollouts(ctx context.Context, st *store.Store, owner string, env Roll
 }
 
 // toRecord is a board's report as the records keep it.
-func toRecord(rollout string, b BoardReport) store.BoardResult {
+func toRecord(rollout string, b dispatcher.BoardReport) store.BoardResult {
 	phase := b.Stage
 	if b.Result != "" {
 		phase = store.PhaseDone
@@ -220,12 +227,12 @@ func toRecord(rollout string, b BoardReport) store.BoardResult {
 }
 
 // fromRecord is a recorded board as RunRollout takes it back.
-func fromRecord(r store.BoardResult) BoardReport {
+func fromRecord(r store.BoardResult) dispatcher.BoardReport {
 	stage := r.Phase
 	if stage == store.PhaseDone {
-		stage = StageExecute
+		stage = dispatcher.StageExecute
 	}
-	return BoardReport{ID: r.BoardID, Address: r.Address, Result: r.Result, Stage: stage, Reason: r.Reason,
+	return dispatcher.BoardReport{ID: r.BoardID, Address: r.Address, Result: r.Result, Stage: stage, Reason: r.Reason,
 		FromVersion: r.FromVersion, ToVersion: r.ToVersion, UpdateID: r.UpdateID, BytesSent: r.BytesSent, Attempts: r.Attempts,
 		Started: r.Started, Ended: r.Ended}
 }
