@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/boardlink/boardlink/internal/atomicfile"
+	"github.com/boardlink/boardlink/internal/bulk"
 	"github.com/boardlink/boardlink/proto"
 	"github.com/boardlink/boardlink/transport"
 )
@@ -128,7 +129,7 @@ func (c *Client) push(ctx context.Context, f *os.File, p proto.FilePushParams, o
 	copyErr := make(chan error, 1)
 	go func() {
 		src := io.NewSectionReader(f, started.Offset, p.Size-started.Offset)
-		_, err := io.CopyBuffer(newCounter(s, started.Offset, p.Size, opts.Progress), src, make([]byte, 256<<10))
+		_, err := bulk.Copy(newCounter(s, started.Offset, p.Size, opts.Progress), src, -1, nil, nil)
 		if err == nil {
 			err = s.CloseWrite()
 		}
@@ -203,12 +204,14 @@ func (c *Client) Pull(ctx context.Context, remote, local string, opts TransferOp
 			return proto.FileResult{}, err
 		}
 	}
-	sink := pullSink{w: f, held: held, h: h, flush: f.Sync, begin: func(offset int64) error {
+	dw := &bulk.DiskWriter{F: f}
+	sink := pullSink{w: dw, held: held, h: h, flush: f.Sync, begin: func(offset int64) error {
 		if offset == 0 {
 			if err := f.Truncate(0); err != nil {
 				return err
 			}
 		}
+		dw.Off = offset
 		_, err := f.Seek(offset, io.SeekStart)
 		return err
 	}}
@@ -294,8 +297,9 @@ func (c *Client) pull(ctx context.Context, remote string, sink pullSink, opts Tr
 	// A larger window than the default, as the board grants for a push:
 	// the board goes on sending while this side writes to disk.
 	s.Grow(3 * proto.StreamWindow)
-	w := newCounter(io.MultiWriter(sink.w, sink.h), started.Offset, started.Size, opts.Progress)
-	_, copyErr := io.CopyBuffer(w, s, make([]byte, 256<<10))
+	// The next block is read and hashed while this one is written.
+	w := newCounter(sink.w, started.Offset, started.Size, opts.Progress)
+	_, copyErr := bulk.Copy(w, s, -1, sink.h, func() { s.Reset("canceled") })
 	if copyErr == nil {
 		opts.phase(PhaseVerify)
 	}
