@@ -79,24 +79,7 @@ func TestQuietAfterPowerCut(t *testing.T) {
 	}
 	ae2 := NewEndpoint(line.Board(), Config{BeaconInterval: 50 * time.Millisecond, Beacon: beaconOf("board-1")})
 	t.Cleanup(func() { ae2.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	accepted := make(chan transport.Link, 1)
-	go func() {
-		al, err := ae2.Accept(ctx)
-		if err != nil {
-			t.Errorf("accept: %v", err)
-		}
-		accepted <- al
-	}()
-	hl2, err := he.Dial(ctx)
-	if err != nil {
-		t.Fatalf("dial after the reboot: %v", err)
-	}
-	al2 := <-accepted
-	if al2 == nil {
-		t.FailNow()
-	}
+	hl2, al2 := connect(t, he, ae2)
 	go echo(al2)
 	roundTrip(t, hl2, "after the reboot")
 }
