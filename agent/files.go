@@ -16,8 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/boardlink/boardlink/internal/bulk"
 	"github.com/boardlink/boardlink/internal/rootpath"
 	"github.com/boardlink/boardlink/proto"
 	"github.com/boardlink/boardlink/transport"
@@ -27,10 +26,6 @@ import (
 // times the default, so that the sender goes on while the receiver writes
 // to disk or waits for the CPU.
 const transferWindow = 4 * proto.StreamWindow
-
-// copyBuffer is the size of one read or write of a transfer: large enough
-// that per-call costs vanish beside the bytes.
-const copyBuffer = 256 << 10
 
 // transfer is one push or pull, owned by the session that started it.
 type transfer struct {
@@ -341,16 +336,18 @@ func (a *Agent) receive(root *os.Root, rel, partial string, f *os.File, h hash.H
 		return proto.FileResult{}, rootpath.Local(p.Path, err)
 	}
 	// One byte past the size is read so a sender of too much is caught.
-	w := &diskWriter{f: f, off: offset, unsynced: offset}
-	n, err := io.CopyBuffer(io.MultiWriter(w, h), io.LimitReader(st, p.Size-offset+1), make([]byte, copyBuffer))
+	w := &bulk.DiskWriter{F: f, Off: offset}
+	// A failed write resets the stream at once, with the disk's reason.
+	abort := func() { st.Reset(string(proto.ReasonOf(rootpath.Local(p.Path, w.Err)))) }
+	n, err := bulk.Copy(w, st, p.Size-offset+1, h, abort)
 	total := offset + n
-	if serr := f.Sync(); w.err == nil {
-		w.err = serr
+	if serr := f.Sync(); w.Err == nil {
+		w.Err = serr
 	}
-	if w.err != nil {
+	if w.Err != nil {
 		// The disk failed, not the link (a full disk: no_space); what is
 		// there stays for a resume.
-		err := rootpath.Local(p.Path, w.err)
+		err := rootpath.Local(p.Path, w.Err)
 		st.Reset(string(proto.ReasonOf(err)))
 		return proto.FileResult{}, err
 	}
@@ -413,39 +410,6 @@ func (a *Agent) receive(root *os.Root, rel, partial string, f *os.File, h hash.H
 	}
 	return proto.FileResult{Path: p.Path, Size: p.Size, SHA256: p.SHA256, Offset: offset, Bytes: n,
 		Mode: uint32(mode), ModTime: info.ModTime().UTC(), DurationMs: msSince(start)}, nil
-}
-
-// writebackChunk is how much a transfer writes before it asks the disk
-// to start writing it out.
-const writebackChunk = 8 << 20
-
-// diskWriter writes to f from offset off and keeps its error, which is the
-// disk's, not the link's. Every writebackChunk it starts the disk's write
-// of what it wrote (sync_file_range, not waited for), so the disk works
-// while the link does and the fsync at the end finds little left.
-type diskWriter struct {
-	f        *os.File
-	off      int64 // where the next write goes
-	unsynced int64 // where the bytes not yet handed to the disk begin
-	err      error
-}
-
-func (w *diskWriter) Write(p []byte) (int, error) {
-	n, err := w.f.Write(p)
-	w.off += int64(n)
-	if w.off-w.unsynced >= writebackChunk {
-		if rc, cerr := w.f.SyscallConn(); cerr == nil {
-			_ = rc.Control(func(fd uintptr) {
-				// Only a hint: the fsync at the end is what counts.
-				_ = unix.SyncFileRange(int(fd), w.unsynced, w.off-w.unsynced, unix.SYNC_FILE_RANGE_WRITE)
-			})
-		}
-		w.unsynced = w.off
-	}
-	if err != nil {
-		w.err = err
-	}
-	return n, err
 }
 
 func msSince(t time.Time) float64 { return float64(time.Since(t).Microseconds()) / 1000 }
@@ -515,8 +479,8 @@ func (s *session) logTransfer(verb, p string, res proto.FileResult, err error, s
 func send(f *os.File, h hash.Hash, st *transport.Stream, p string, info os.FileInfo, offset int64) (proto.FileResult, error) {
 	start := time.Now()
 	defer st.Close()
-	src := io.TeeReader(io.NewSectionReader(f, offset, info.Size()-offset), h)
-	n, err := io.CopyBuffer(st, src, make([]byte, copyBuffer))
+	// The next block is read and hashed while this one is sent.
+	n, err := bulk.Copy(st, io.NewSectionReader(f, offset, info.Size()-offset), -1, h, nil)
 	if err == nil && n < info.Size()-offset {
 		err = fmt.Errorf("%s shrank to %d bytes while being read", p, offset+n)
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/boardlink/boardlink/internal/atomicfile"
+	"github.com/boardlink/boardlink/internal/bulk"
 	"github.com/boardlink/boardlink/proto"
 	"github.com/boardlink/boardlink/transport"
 )
@@ -233,7 +234,15 @@ func (c *Client) push(ctx context.Context, from pushSource, p proto.FilePushPara
 	opts.phase(PhaseSend)
 	copyErr := make(chan error, 1)
 	go func() {
-		_, err := io.CopyBuffer(newCounter(s, started.Offset, p.Size, opts.Progress), src, make([]byte, 256<<10))
+		var err error
+		dst := newCounter(s, started.Offset, p.Size, opts.Progress)
+		if _, ok := from.(fileSource); ok {
+			_, err = bulk.Copy(dst, src, -1, nil, nil) // the next block read while one is sent
+		} else {
+			// A stream as it comes: a reader ahead of a failed send
+			// could wait on its client for ever.
+			_, err = io.CopyBuffer(dst, src, make([]byte, 256<<10))
+		}
 		if err == nil {
 			err = s.CloseWrite()
 		}
@@ -308,12 +317,14 @@ func (c *Client) Pull(ctx context.Context, remote, local string, opts TransferOp
 			return proto.FileResult{}, err
 		}
 	}
-	sink := pullSink{w: f, held: held, h: h, flush: f.Sync, begin: func(offset int64) error {
+	dw := &bulk.DiskWriter{F: f}
+	sink := pullSink{w: dw, held: held, h: h, flush: f.Sync, begin: func(offset int64) error {
 		if offset == 0 {
 			if err := f.Truncate(0); err != nil {
 				return err
 			}
 		}
+		dw.Off = offset
 		_, err := f.Seek(offset, io.SeekStart)
 		return err
 	}}
@@ -399,8 +410,9 @@ func (c *Client) pull(ctx context.Context, remote string, sink pullSink, opts Tr
 	// A larger window than the default, as the board grants for a push:
 	// the board goes on sending while this side writes to disk.
 	s.Grow(3 * proto.StreamWindow)
-	w := newCounter(io.MultiWriter(sink.w, sink.h), started.Offset, started.Size, opts.Progress)
-	_, copyErr := io.CopyBuffer(w, s, make([]byte, 256<<10))
+	// The next block is read and hashed while this one is written.
+	w := newCounter(sink.w, started.Offset, started.Size, opts.Progress)
+	_, copyErr := bulk.Copy(w, s, -1, sink.h, func() { s.Reset("canceled") })
 	if copyErr == nil {
 		opts.phase(PhaseVerify)
 	}

@@ -292,7 +292,7 @@ func TestSlowReaderBoundsSender(t *testing.T) {
 	// would not be waiting.
 	testenv.Eventually(t, "a window's worth to arrive and the connections to go quiet", func() bool {
 		return c.Stats().StreamBytesIn >= proto.StreamWindow && (link.granted.Load() > 0 || produced.Load() > proto.StreamWindow ||
-			testenv.Parked("transport.(*Conn).readLoop", "transport.(*Conn).writeLoop", "wslink.(*Link).writeLoop", "transport.(*Stream).Write"))
+			testenv.Parked("transport.(*Conn).readLoop", "transport.(*Conn).writeLoop", "wslink.(*Link).pingLoop", "transport.(*Stream).Write"))
 	})
 	if n := link.granted.Load(); n != 0 {
 		t.Fatalf("the client granted credit %d times with nobody reading", n)
@@ -319,7 +319,7 @@ func TestGrowWidensWindow(t *testing.T) {
 	want := int64(2 * proto.StreamWindow)
 	testenv.Eventually(t, "the grown window to arrive and the connections to go quiet", func() bool {
 		return c.Stats().StreamBytesIn >= want && (produced.Load() > want ||
-			testenv.Parked("transport.(*Conn).readLoop", "transport.(*Conn).writeLoop", "wslink.(*Link).writeLoop", "transport.(*Stream).Write"))
+			testenv.Parked("transport.(*Conn).readLoop", "transport.(*Conn).writeLoop", "wslink.(*Link).pingLoop", "transport.(*Stream).Write"))
 	})
 	if p, in := produced.Load(), c.Stats().StreamBytesIn; p != want || in != want {
 		t.Fatalf("the producer wrote %d bytes and the client got %d with nobody reading; the window is %d", p, in, want)
@@ -463,7 +463,7 @@ func TestGrowIsBounded(t *testing.T) {
 	want := int64(5 * proto.StreamWindow) // two windows of their own, three grown
 	testenv.Eventually(t, "the grown windows to arrive and the connections to go quiet", func() bool {
 		return c.Stats().StreamBytesIn >= want && (produced.Load() > want ||
-			testenv.Parked("transport.(*Conn).readLoop", "transport.(*Conn).writeLoop", "wslink.(*Link).writeLoop", "transport.(*Stream).Write"))
+			testenv.Parked("transport.(*Conn).readLoop", "transport.(*Conn).writeLoop", "wslink.(*Link).pingLoop", "transport.(*Stream).Write"))
 	})
 	if p, in := produced.Load(), c.Stats().StreamBytesIn; p != want || in != want {
 		t.Fatalf("the producers wrote %d bytes and the client got %d with nobody reading; the bound is %d", p, in, want)

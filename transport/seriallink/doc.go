@@ -139,6 +139,13 @@
 // line, and opens its session at once (its SYN replaces the old one). A session that
 // makes no progress for DeadAfter (default 15s) fails with ErrDead.
 //
+// A host that sent Config.QuietAfter SYNs, retransmissions and probes in a
+// row without hearing the agent writes nothing more, RST included, until it
+// does: the board may have lost its power, and a boot loader reading its
+// UART takes any byte as a key. It resumes at the agent's next frame (a
+// probe, at least every BeaconInterval) or, on a beacon, ends the session
+// for a new one.
+//
 // The sender splits messages into fragments no larger than the smaller
 // max payload and shrinks them on a noisy line: from the share of frames
 // that needed retransmission it estimates the byte error rate r and picks

@@ -54,6 +54,14 @@ type Config struct {
 	// proto.CompactVersion in its hello and a session where the agent
 	// accepts it carries text messages in that encoding.
 	JSONOnly bool
+	// QuietAfter is how many SYNs, retransmissions and probes in a row a
+	// host sends without hearing the agent before it stops writing
+	// (default 6, 1..1000). It writes again as soon as it hears the agent,
+	// which beacons or probes at least every BeaconInterval; a session
+	// that stays silent fails after DeadAfter as before, and Dial listens
+	// before it writes. So a board that lost its power gets at most that
+	// many frames (and the window's first transmissions) while it boots.
+	QuietAfter int
 	// DialWithoutBeacon lets Dial send its SYN without first hearing from
 	// an agent. Only for lines known to carry an agent: on anything else
 	// (a boot loader waiting for a key) the SYN is input.
@@ -71,6 +79,7 @@ const (
 	DefaultMaxMessage     = proto.MaxMessage
 	DefaultBeaconInterval = time.Second
 	DefaultConsoleBuffer  = 64 << 10
+	DefaultQuietAfter     = 6
 )
 
 func (c Config) withDefaults() Config {
@@ -85,6 +94,7 @@ func (c Config) withDefaults() Config {
 	def(&c.MaxMessage, DefaultMaxMessage, 1, 1<<30)
 	def(&c.ConsoleBuffer, DefaultConsoleBuffer, 1, 1<<30)
 	def(&c.Framing, maxFraming, 1, maxFraming)
+	def(&c.QuietAfter, DefaultQuietAfter, 1, 1000)
 	dur := func(v *time.Duration, d time.Duration) {
 		if *v <= 0 {
 			*v = d
@@ -284,7 +294,9 @@ func (e *Endpoint) Dial(ctx context.Context) (transport.Link, error) {
 		return nil, fmt.Errorf("seriallink: dial: %w", err)
 	}
 	if old := e.sess; old != nil { // its RST goes out before our SYN
-		e.queueCtrl(header{typ: typeRst, tag: old.tag}, []byte{rstClosed})
+		if !old.quiet() {
+			e.queueCtrl(header{typ: typeRst, tag: old.tag}, []byte{rstClosed})
+		}
 		old.fail(fmt.Errorf("%w: redialed", ErrSessionReset))
 	}
 	tag := e.lastTag
@@ -375,6 +387,11 @@ func (e *Endpoint) shutdown(err error) {
 func (e *Endpoint) reset(l *link, err error) {
 	e.mu.Lock()
 	if l.err != nil {
+		e.mu.Unlock()
+		return
+	}
+	if l.quiet() { // the agent is not listening, and maybe a boot loader is
+		l.fail(err)
 		e.mu.Unlock()
 		return
 	}
@@ -544,6 +561,12 @@ func (e *Endpoint) onFrame(h header, payload []byte) {
 }
 
 func (e *Endpoint) hostFrame(h header, payload []byte, now time.Time) {
+	if l := e.sess; l != nil {
+		if l.silent {
+			l.backoff = 0 // what went unanswered is probed for at once
+		}
+		l.unheard, l.silent = 0, false // an agent is there, whichever session it speaks of: writing is safe
+	}
 	if h.typ == typeBeacon {
 		// An agent beacons only without a session: ours is gone.
 		if l := e.sess; l != nil && l.established {

@@ -32,6 +32,13 @@ func openPair(t testing.TB, host, agent io.ReadWriteCloser, hcfg, acfg Config) (
 	ae = NewEndpoint(agent, acfg)
 	he = NewEndpoint(host, hcfg)
 	t.Cleanup(func() { he.Close(); ae.Close() })
+	hl, al = connect(t, he, ae)
+	return he, ae, hl, al
+}
+
+// connect opens a session from he to ae.
+func connect(t testing.TB, he, ae *Endpoint) (hl, al transport.Link) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	accepted := make(chan transport.Link, 1)
@@ -50,7 +57,7 @@ func openPair(t testing.TB, host, agent io.ReadWriteCloser, hcfg, acfg Config) (
 	if al == nil {
 		t.FailNow()
 	}
-	return he, ae, hl, al
+	return hl, al
 }
 
 // echo answers every message on l with the same message, until l fails.

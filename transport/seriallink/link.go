@@ -113,7 +113,11 @@ type link struct {
 	probeOrd  uint64
 	lastSend  time.Time
 	lastHeard time.Time
-	progress  time.Time // last sign the peer takes our frames
+	// unheard counts the SYNs, retransmissions and probes a host sent
+	// since it last heard the agent: at Config.QuietAfter it goes quiet.
+	unheard  int
+	silent   bool      // the host has written its last frame before going quiet
+	progress time.Time // last sign the peer takes our frames
 	// Decaying sums over acknowledged frames, for the payload size: frames,
 	// their transmissions, and the wire bytes of those.
 	adN, adTx, adWire float64
@@ -474,12 +478,32 @@ func (l *link) sack() []byte {
 // there is none, when to look again (zero: only when woken).
 func (l *link) next(now time.Time, fb *frameBuf, out []byte) ([]byte, time.Time) {
 	cfg := &l.e.cfg
+	if l.quiet() {
+		if !l.silent { // the frame that made it quiet is out
+			l.silent = true
+			l.e.stats.quiet.Add(1)
+			l.e.log.Debug("seriallink: the agent does not answer; listening only", "tag", l.tag, "unanswered", l.unheard)
+			l.e.broadcast()
+		}
+		// Listen only, until the agent's next frame (it beacons or probes
+		// at least every BeaconInterval) wakes us; DeadAfter still ends
+		// the session (Dial's own timer a session not yet open).
+		if !l.established {
+			return out, time.Time{}
+		}
+		if dead := l.progress.Add(cfg.DeadAfter); now.Before(dead) {
+			return out, dead
+		}
+		l.fail(fmt.Errorf("%w: no progress for %v", ErrDead, cfg.DeadAfter))
+		return out, time.Time{}
+	}
 	if !l.established {
 		if now.Before(l.synAt) {
 			return out, l.synAt
 		}
 		l.synAt = now.Add(min(cfg.RTO<<min(l.synTries, maxBackoff), maxProbeGap))
 		l.synTries++
+		l.unanswered()
 		return fb.appendFrame(out, header{typ: typeSyn, tag: l.tag}, hello(cfg, offer(cfg))), time.Time{}
 	}
 	if l.synAckOwed {
@@ -517,6 +541,7 @@ func (l *link) next(now time.Time, fb *frameBuf, out []byte) ([]byte, time.Time)
 		}
 		if f.txCount > 0 {
 			l.e.stats.retransmits.Add(1)
+			l.unanswered()
 		} else {
 			l.unsent++
 			l.e.stats.payloadOut.Add(uint64(len(f.payload)))
@@ -556,10 +581,27 @@ func (l *link) next(now time.Time, fb *frameBuf, out []byte) ([]byte, time.Time)
 	l.probeID++
 	l.clock++
 	l.probeOrd, l.probeAt = l.clock, now
+	l.unanswered()
 	h.typ, h.flags, h.seq = typeAck, flagAckReq, l.probeID
 	l.ackOwed = false
 	return l.frame(fb, out, h, l.sack()), time.Time{}
 }
+
+// unanswered counts a SYN, retransmission or probe sent by a host that
+// has not heard the agent since. Past Config.QuietAfter of them in a row
+// the host stops writing: an agent that stops answering may have lost its
+// power, and its UART may now be read by a boot loader, for which any
+// byte is a key that stops autoboot (an ESC puts OVMF in its setup).
+func (l *link) unanswered() {
+	if !l.host {
+		return
+	}
+	l.unheard++
+}
+
+// quiet reports a host that wrote QuietAfter frames in a row unanswered
+// and now only listens.
+func (l *link) quiet() bool { return l.host && l.unheard >= l.e.cfg.QuietAfter }
 
 // quietMax caps a wait before a probe. An agent never stays silent longer
 // than its beacon interval, session or not: a host that vanished without

@@ -15,12 +15,13 @@ type Stats struct {
 	ConsoleBytes          uint64 // console text received
 	ConsoleDropped        uint64 // console text dropped because nobody read it in time
 	CompactIn, CompactOut uint64 // text messages received and sent in the compact encoding
+	Quiet                 uint64 // times a host stopped writing to an agent that did not answer (Config.QuietAfter)
 }
 
 type counters struct {
 	wireIn, wireOut, payloadIn, payloadOut, framesIn, framesOut   atomic.Uint64
 	retransmits, corrupt, recovered, consoleBytes, consoleDropped atomic.Uint64
-	fecIn, corrected, compactIn, compactOut                       atomic.Uint64
+	fecIn, corrected, compactIn, compactOut, quiet                atomic.Uint64
 	rxRate                                                        atomic.Uint32 // the error rate byte to report, from the parser
 }
 
@@ -33,5 +34,6 @@ func (c *counters) snapshot() Stats {
 		ConsoleBytes: c.consoleBytes.Load(), ConsoleDropped: c.consoleDropped.Load(),
 		FECFramesIn: c.fecIn.Load(), Corrected: c.corrected.Load(),
 		CompactIn: c.compactIn.Load(), CompactOut: c.compactOut.Load(),
+		Quiet: c.quiet.Load(),
 	}
 }

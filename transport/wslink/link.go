@@ -77,21 +77,18 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-type outgoing struct {
-	t     int
-	data  []byte
-	parts [][]byte // instead of data: written one after the other as one message
-	done  chan error
-}
-
 // Link is a transport.Link over one WebSocket connection.
 type Link struct {
-	ws       *websocket.Conn
-	cfg      Config
-	out      chan outgoing
+	ws  *websocket.Conn
+	cfg Config
+	// wsem is held by the goroutine writing a message: the caller's
+	// own, so a message costs no hand-off to a writer goroutine and back
+	// (two wake-ups per 64 KiB of a transfer). Pings and the close frame
+	// go out with WriteControl, which may run beside it.
+	wsem     chan struct{}
 	closing  chan struct{}
 	readDone chan struct{}
-	stopped  chan struct{} // the writer has exited
+	stopped  chan struct{} // the ping loop has exited, the close handshake done
 	once     sync.Once
 	readOnce sync.Once
 	mu       sync.Mutex
@@ -175,14 +172,14 @@ func readAll(r io.Reader, b []byte) ([]byte, error) {
 
 func newLink(ws *websocket.Conn, cfg Config) *Link {
 	cfg = cfg.withDefaults()
-	l := &Link{ws: ws, cfg: cfg, out: make(chan outgoing),
+	l := &Link{ws: ws, cfg: cfg, wsem: make(chan struct{}, 1),
 		closing: make(chan struct{}), readDone: make(chan struct{}), stopped: make(chan struct{})}
 	ws.SetReadLimit(cfg.HardLimit)
 	_ = ws.SetReadDeadline(time.Now().Add(cfg.PongWait))
 	ws.SetPongHandler(func(string) error {
 		return ws.SetReadDeadline(time.Now().Add(cfg.PongWait))
 	})
-	go l.writeLoop()
+	go l.pingLoop()
 	return l
 }
 
@@ -224,54 +221,54 @@ func (l *Link) readFailed(err error) error {
 	return err
 }
 
-// WriteMessage hands p to the writer goroutine and waits until it is written.
+// WriteMessage writes p as one message, once the messages before it are
+// written.
 func (l *Link) WriteMessage(ctx context.Context, t transport.MessageType, p []byte) error {
-	m := outgoing{t: int(t), data: p, done: make(chan error, 1)}
-	if err := l.enqueue(ctx, m); err != nil {
-		return err
-	}
-	select {
-	case err := <-m.done:
-		return err
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return l.writeParts(ctx, int(t), p)
 }
 
 // WriteMessageParts writes parts as one message, with no copy into one
-// buffer first: a stream frame's header and its payload. The parts are
-// the caller's, so once the writer has them it is waited for even when
-// ctx ends (its write is bounded by WriteTimeout).
+// buffer first: a stream frame's header and its payload.
 func (l *Link) WriteMessageParts(ctx context.Context, t transport.MessageType, parts ...[]byte) error {
-	m := outgoing{t: int(t), parts: parts, done: make(chan error, 1)}
-	if err := l.enqueue(ctx, m); err != nil {
-		return err
-	}
-	return <-m.done
+	return l.writeParts(ctx, int(t), parts...)
 }
 
-// enqueue hands m to the writer goroutine.
-func (l *Link) enqueue(ctx context.Context, m outgoing) error {
+// writeParts waits for its turn (or ctx, or the link closing) and writes
+// the message in the caller's goroutine; the write itself is bounded by
+// WriteTimeout.
+func (l *Link) writeParts(ctx context.Context, t int, parts ...[]byte) error {
 	select {
-	case l.out <- m:
-		return nil
+	case l.wsem <- struct{}{}:
 	case <-l.closing:
 		return l.closedErr()
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	defer func() { <-l.wsem }()
+	select {
+	case <-l.closing:
+		return l.closedErr()
+	default:
+	}
+	_ = l.ws.SetWriteDeadline(time.Now().Add(l.cfg.WriteTimeout))
+	err := l.write(t, parts)
+	if err != nil {
+		l.startClose()
+		return fmt.Errorf("websocket write: %w", err)
+	}
+	return nil
 }
 
-// write writes m on the WebSocket.
-func (l *Link) write(m outgoing) error {
-	if m.parts == nil {
-		return l.ws.WriteMessage(m.t, m.data)
+// write writes parts on the WebSocket as one message.
+func (l *Link) write(t int, parts [][]byte) error {
+	if len(parts) == 1 {
+		return l.ws.WriteMessage(t, parts[0])
 	}
-	w, err := l.ws.NextWriter(m.t)
+	w, err := l.ws.NextWriter(t)
 	if err != nil {
 		return err
 	}
-	for _, p := range m.parts {
+	for _, p := range parts {
 		if _, err := w.Write(p); err != nil {
 			w.Close()
 			return err
@@ -289,22 +286,13 @@ func (l *Link) closedErr() error {
 	return transport.ErrClosed
 }
 
-func (l *Link) writeLoop() {
+// pingLoop pings the peer while the link is open, then closes it.
+func (l *Link) pingLoop() {
 	defer close(l.stopped)
 	ping := time.NewTicker(l.cfg.PingInterval)
 	defer ping.Stop()
 	for {
 		select {
-		case m := <-l.out:
-			_ = l.ws.SetWriteDeadline(time.Now().Add(l.cfg.WriteTimeout))
-			err := l.write(m)
-			if err != nil {
-				err = fmt.Errorf("websocket write: %w", err)
-			}
-			m.done <- err
-			if err != nil {
-				l.startClose()
-			}
 		case <-ping.C:
 			if err := l.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(l.cfg.WriteTimeout)); err != nil {
 				l.startClose()

@@ -1,0 +1,133 @@
+// Package bulk moves a transfer's bytes: a pipeline that reads and hashes
+// the next block while the one before is written, on both ends of a push
+// or a pull, and a file writer that starts the disk's write-back as it goes.
+package bulk
+
+import (
+	"hash"
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// Block is the size of one read or write of a transfer: large enough that
+// per-call costs vanish beside the bytes.
+const Block = 128 << 10
+
+// blocks is how many blocks a Copy holds: one being read and hashed, one
+// waiting, one being written. A transfer holds blocks*Block bytes.
+const blocks = 3
+
+type block struct {
+	b   []byte
+	err error // the read's error, after the bytes of b
+}
+
+// Copy copies src to dst until src's EOF (or limit bytes, if limit >= 0)
+// and feeds h, if not nil, with the same bytes. Reading and hashing run in
+// a goroutine of their own, a block ahead of the writes, so that on two
+// cores hashing costs no time of the writer's. When a write fails, abort
+// (if not nil) is called to unblock a src that may be waiting for data (a
+// stream to reset), and Copy waits for the reader before it returns: h is
+// the caller's again.
+func Copy(dst io.Writer, src io.Reader, limit int64, h hash.Hash, abort func()) (int64, error) {
+	free := make(chan []byte, blocks)
+	for range blocks {
+		free <- make([]byte, Block)
+	}
+	full := make(chan block, blocks)
+	stop := make(chan struct{})
+	go func() {
+		defer close(full)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			var b []byte
+			select {
+			case b = <-free:
+			case <-stop:
+				return
+			}
+			if limit >= 0 && int64(len(b)) > limit {
+				b = b[:limit]
+			}
+			n, err := io.ReadFull(src, b)
+			if err == io.ErrUnexpectedEOF {
+				err = io.EOF
+			}
+			if n == 0 && err == nil { // limit reached
+				err = io.EOF
+			}
+			limit -= int64(n)
+			if h != nil {
+				h.Write(b[:n])
+			}
+			full <- block{b: b[:n], err: err}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	var written int64
+	var err error
+	for blk := range full {
+		if len(blk.b) > 0 && err == nil {
+			var n int
+			n, err = dst.Write(blk.b)
+			written += int64(n)
+			if err != nil {
+				close(stop)
+				if abort != nil {
+					abort()
+				}
+			}
+		}
+		if err == nil && blk.err != nil && blk.err != io.EOF {
+			err = blk.err
+		}
+		free <- blk.b[:cap(blk.b)]
+	}
+	return written, err
+}
+
+// writebackChunk is how much a DiskWriter writes before it asks the disk
+// to start writing it out.
+const writebackChunk = 8 << 20
+
+// DiskWriter writes to F at its current offset, Off, and keeps its error,
+// which is the disk's, not the link's. Every writebackChunk it starts the
+// disk's write of what it wrote (sync_file_range, not waited for), so the
+// disk works while the link does and the fsync at the end finds little
+// left.
+type DiskWriter struct {
+	F        *os.File
+	Off      int64 // where the next write goes: F's offset when it was made
+	unsynced int64 // where the bytes not yet handed to the disk begin
+	started  bool
+	Err      error
+}
+
+func (w *DiskWriter) Write(p []byte) (int, error) {
+	if !w.started {
+		w.unsynced, w.started = w.Off, true
+	}
+	n, err := w.F.Write(p)
+	w.Off += int64(n)
+	if w.Off-w.unsynced >= writebackChunk {
+		if rc, cerr := w.F.SyscallConn(); cerr == nil {
+			_ = rc.Control(func(fd uintptr) {
+				// Only a hint: the fsync at the end is what counts.
+				_ = unix.SyncFileRange(int(fd), w.unsynced, w.Off-w.unsynced, unix.SYNC_FILE_RANGE_WRITE)
+			})
+		}
+		w.unsynced = w.Off
+	}
+	if err != nil {
+		w.Err = err
+	}
+	return n, err
+}

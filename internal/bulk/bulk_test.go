@@ -1,0 +1,80 @@
+package bulk
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"testing"
+)
+
+// Every byte arrives once and in order, and the hash is of those bytes,
+// for sizes around the block.
+func TestCopyIntact(t *testing.T) {
+	for _, size := range []int{0, 1, Block - 1, Block, Block + 1, 7*Block + 13} {
+		data := make([]byte, size)
+		rand.Read(data)
+		var dst bytes.Buffer
+		h := sha256.New()
+		n, err := Copy(&dst, bytes.NewReader(data), -1, h, nil)
+		if err != nil || n != int64(size) || !bytes.Equal(dst.Bytes(), data) {
+			t.Fatalf("size %d: copied %d, %v; equal %v", size, n, err, bytes.Equal(dst.Bytes(), data))
+		}
+		if want := sha256.Sum256(data); !bytes.Equal(h.Sum(nil), want[:]) {
+			t.Fatalf("size %d: hash differs", size)
+		}
+	}
+}
+
+// A limit stops the copy there, one byte past what a push announced
+// included.
+func TestCopyLimit(t *testing.T) {
+	data := make([]byte, 3*Block)
+	rand.Read(data)
+	var dst bytes.Buffer
+	n, err := Copy(&dst, bytes.NewReader(data), Block+5, nil, nil)
+	if err != nil || n != Block+5 || !bytes.Equal(dst.Bytes(), data[:Block+5]) {
+		t.Fatalf("copied %d, %v", n, err)
+	}
+}
+
+type failWriter struct{ after int }
+
+var errDisk = errors.New("disk full")
+
+func (w *failWriter) Write(p []byte) (int, error) {
+	if w.after <= 0 {
+		return 0, errDisk
+	}
+	w.after--
+	return len(p), nil
+}
+
+// A failed write aborts a reader blocked on its source, and Copy returns
+// the write's error only once the reader is done.
+func TestCopyWriteErrorAborts(t *testing.T) {
+	pr, pw := io.Pipe()
+	go func() {
+		pw.Write(make([]byte, 2*Block)) // then nothing: the reader blocks
+	}()
+	n, err := Copy(&failWriter{after: 1}, pr, -1, sha256.New(), func() { pr.CloseWithError(errors.New("aborted")) })
+	if !errors.Is(err, errDisk) || n != Block {
+		t.Fatalf("copied %d, %v; want %d, the disk's error", n, err, Block)
+	}
+}
+
+// A read error after some bytes is the copy's error, after those bytes.
+func TestCopyReadError(t *testing.T) {
+	boom := errors.New("link cut")
+	src := io.MultiReader(bytes.NewReader(make([]byte, Block/2)), errReader{boom})
+	var dst bytes.Buffer
+	n, err := Copy(&dst, src, -1, nil, nil)
+	if !errors.Is(err, boom) || n != Block/2 {
+		t.Fatalf("copied %d, %v", n, err)
+	}
+}
+
+type errReader struct{ err error }
+
+func (r errReader) Read([]byte) (int, error) { return 0, r.err }
