@@ -509,6 +509,10 @@ func (c *Client) Download(ctx context.Context, r DownloadRequest) (proto.Downloa
 		p.Progress = tok
 	}
 	var res proto.DownloadResult
-	err := c.Conn().Call(ctx, proto.MethodFileDownload, p, &res)
+	conn := c.Conn()
+	err := conn.Call(ctx, proto.MethodFileDownload, p, &res)
+	if r.Progress != nil {
+		conn.SyncNotes(ctx) // the last figures came before the answer
+	}
 	return res, err
 }

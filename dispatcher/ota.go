@@ -211,7 +211,12 @@ func (c *Client) otaStart(ctx context.Context, params proto.OTAImageParams, opts
 		defer done() // before anything else reports progress: never two at once
 		params.Progress = tok
 	}
-	return c.Conn().Call(ctx, proto.MethodOTAStart, params, plan)
+	conn := c.Conn()
+	err := conn.Call(ctx, proto.MethodOTAStart, params, plan)
+	if opts.Progress != nil {
+		conn.SyncNotes(ctx) // the last figures came before the answer
+	}
+	return err
 }
 
 // Execute activates a prepared update (rep.Plan.ID) and follows it to its

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -126,19 +127,38 @@ func TestTransferCanceled(t *testing.T) {
 	c := dial(t, b.ws.URL())
 	const size = 64 << 20
 	local, data := randomFile(t, t.TempDir(), size)
-	// cancelAt is a transfer whose context ends once a MiB has crossed.
-	cancelAt := func() (context.Context, dispatcher.TransferOptions) {
+	// cancelAt is a transfer whose context ends once a MiB has crossed
+	// and held says the far end holds some of it: bytes still in the
+	// stream's window when the cancel's reset comes are dropped, and a
+	// starved board may have read none.
+	cancelAt := func(held func() bool) (context.Context, dispatcher.TransferOptions) {
 		ctx, cancel := context.WithCancel(context.Background())
 		t.Cleanup(cancel)
 		return ctx, dispatcher.TransferOptions{Progress: func(done, _ int64) {
-			if done >= 1<<20 {
-				cancel()
+			if done < 1<<20 {
+				return
 			}
+			// The sender waits here; a file's size has no event to wait on.
+			for deadline := time.Now().Add(time.Minute); !held() && time.Now().Before(deadline); {
+				time.Sleep(5 * time.Millisecond)
+			}
+			cancel()
 		}}
 	}
 
 	remote := filepath.Join(b.dir, "pushed.bin")
-	ctx, opts := cancelAt()
+	partial := func() (int64, error) {
+		parts, _ := filepath.Glob(filepath.Join(b.dir, ".pushed.bin.*.boardlink-partial"))
+		if len(parts) != 1 {
+			return 0, fmt.Errorf("%d partial files", len(parts))
+		}
+		st, err := os.Stat(parts[0])
+		if err != nil {
+			return 0, err
+		}
+		return st.Size(), nil
+	}
+	ctx, opts := cancelAt(func() bool { n, _ := partial(); return n > 0 })
 	if _, err := c.Push(ctx, local, remote, opts); !errors.Is(err, context.Canceled) {
 		t.Fatalf("a canceled push: %v", err)
 	}
@@ -147,12 +167,8 @@ func TestTransferCanceled(t *testing.T) {
 	}
 	var kept int64
 	testenv.Eventually(t, "the board to keep the canceled push's bytes", func() bool {
-		parts, _ := filepath.Glob(filepath.Join(b.dir, ".pushed.bin.*.boardlink-partial"))
-		if len(parts) != 1 {
-			return false
-		}
-		st, err := os.Stat(parts[0])
-		kept = st.Size()
+		n, err := partial()
+		kept = n
 		return err == nil && kept > 0
 	})
 	if kept >= size {
@@ -164,7 +180,10 @@ func TestTransferCanceled(t *testing.T) {
 	}
 
 	pulled := filepath.Join(t.TempDir(), "pulled.bin")
-	ctx, opts = cancelAt()
+	ctx, opts = cancelAt(func() bool {
+		st, err := os.Stat(dispatcher.PartialPath(pulled))
+		return err == nil && st.Size() > 0
+	})
 	if _, err := c.Pull(ctx, remote, pulled, opts); !errors.Is(err, context.Canceled) {
 		t.Fatalf("a canceled pull: %v", err)
 	}

@@ -23,6 +23,8 @@ type Request struct {
 	// written to the link (or failed to be): for work that must not begin
 	// before the peer can have the answer, such as a reboot.
 	AfterReply func()
+
+	flushed chan struct{} // not a notification: SyncNotes's marker
 }
 
 // Handler serves incoming requests and notifications. Requests run each in
@@ -275,10 +277,36 @@ func (c *Conn) writeLoop() {
 	}
 }
 
+// SyncNotes returns once every notification that arrived before it was
+// called has been handled, or ctx or the connection ended. A caller that
+// subscribes to a request's notifications (progress) calls it after the
+// answer: the notifications the peer sent before answering are then
+// handled, not dropped by an unsubscribe that came first.
+func (c *Conn) SyncNotes(ctx context.Context) {
+	c.notesStart.Do(func() { go c.noteLoop() })
+	mark := &Request{flushed: make(chan struct{})}
+	select {
+	case c.notes <- mark:
+	case <-ctx.Done():
+		return
+	case <-c.done:
+		return
+	}
+	select {
+	case <-mark.flushed:
+	case <-ctx.Done():
+	case <-c.done:
+	}
+}
+
 func (c *Conn) noteLoop() {
 	for {
 		select {
 		case r := <-c.notes:
+			if r.flushed != nil {
+				close(r.flushed)
+				continue
+			}
 			if c.cfg.Handler != nil {
 				if _, err := c.cfg.Handler.Handle(c.ctx, c, r); err != nil {
 					c.log.Debug("notification handler", "method", r.Method, "err", err)

@@ -474,3 +474,49 @@ func TestGrowIsBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestSyncNotes: notifications the peer sent before its answer are all
+// handled once SyncNotes returns after the call, though the handler was
+// held while the answer came (a progress subscription ended at the
+// answer would drop them).
+func TestSyncNotes(t *testing.T) {
+	const n = 5
+	url := testServer(t, "", wslink.Config{}, transport.HandlerFunc(func(ctx context.Context, c *transport.Conn, r *transport.Request) (any, error) {
+		for i := range n {
+			if err := c.Notify(ctx, "progress", echoParams{Text: "p", Seq: i}); err != nil {
+				return nil, err
+			}
+		}
+		return echoParams{Text: "done"}, nil
+	}))
+	held := make(chan struct{})
+	var mu sync.Mutex
+	var seen []int
+	c := dial(t, url, "", transport.HandlerFunc(func(ctx context.Context, _ *transport.Conn, r *transport.Request) (any, error) {
+		<-held
+		var p echoParams
+		if err := json.Unmarshal(r.Params, &p); err != nil {
+			return nil, err
+		}
+		mu.Lock()
+		seen = append(seen, p.Seq)
+		mu.Unlock()
+		return nil, nil
+	}))
+	var out echoParams
+	if err := c.Call(context.Background(), "go", nil, &out); err != nil || out.Text != "done" {
+		t.Fatalf("call: %+v %v", out, err)
+	}
+	close(held) // the answer is in; the notifications' handler was held
+	c.SyncNotes(context.Background())
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != n {
+		t.Fatalf("handled %v after SyncNotes, want all %d notifications", seen, n)
+	}
+	for i, s := range seen {
+		if s != i {
+			t.Fatalf("handled %v, want them in the order sent", seen)
+		}
+	}
+}

@@ -52,15 +52,24 @@ func (r *ptyRun) await(t *testing.T, from int, want string) int {
 	t.Helper()
 	at := -1
 	testenv.Eventually(t, "the terminal to show "+strconv.Quote(want), func() bool {
+		seen := func() bool {
+			if i := strings.Index(r.out.String()[from:], want); i >= 0 {
+				at = from + i + len(want)
+			}
+			return at >= 0
+		}
+		if seen() {
+			return true
+		}
 		select {
-		case <-r.read:
-			t.Fatalf("the CLI's terminal closed before it showed %q:\n%q", want, r.out.String())
+		case <-r.read: // all it showed is read: look once more
+			if !seen() {
+				t.Fatalf("the CLI's terminal closed before it showed %q:\n%q", want, r.out.String())
+			}
+			return true
 		default:
+			return false
 		}
-		if i := strings.Index(r.out.String()[from:], want); i >= 0 {
-			at = from + i + len(want)
-		}
-		return at >= 0
 	})
 	return at
 }
