@@ -325,7 +325,7 @@ type boardData struct {
 }
 
 func (d *dashboard) loadBoard(ctx context.Context, r *http.Request, v viewer) (any, error) {
-	b, err := d.s.Board(r.PathValue("id"))
+	b, err := d.boardView(ctx, r.PathValue("id"), v)
 	if err != nil {
 		return nil, err
 	}
@@ -341,8 +341,11 @@ func (d *dashboard) loadBoard(ctx context.Context, r *http.Request, v viewer) (a
 		return nil, err
 	}
 	// The page shows the console's tail once; its live stream is its own.
+	// An owner out of reach costs the console, not the page.
 	if b.Console && !strings.HasPrefix(r.URL.Path, "/live/") {
-		if data.Console, err = d.recentConsole(ctx, b.ID); err != nil {
+		if data.Console, err = d.recentConsole(ctx, v, b.ID); errors.Is(err, ErrOffline) {
+			data.Console = "(" + err.Error() + ")"
+		} else if err != nil {
 			return nil, err
 		}
 	}
@@ -396,12 +399,12 @@ func (d *dashboard) loadRollout(ctx context.Context, r *http.Request, v viewer) 
 }
 
 // recentConsole is the end of board id's recent console text.
-func (d *dashboard) recentConsole(ctx context.Context, id string) (string, error) {
-	var buf bytes.Buffer
-	if err := d.s.Console(ctx, id, time.Now().Add(-consoleWindow), false, &buf, nil); err != nil {
+func (d *dashboard) recentConsole(ctx context.Context, v viewer, id string) (string, error) {
+	var buf tailBuffer
+	if err := d.console(ctx, v, id, time.Now().Add(-consoleWindow), false, &buf); err != nil {
 		return "", err
 	}
-	return string(tail(buf.Bytes())), nil
+	return string(buf.b), nil
 }
 
 // tail is the end of a console's text the dashboard shows.
@@ -413,7 +416,8 @@ func tail(b []byte) []byte {
 }
 
 // power switches a board's power from its page's buttons, as the API's
-// POST /boards/{id}/power does (and recorded the same way).
+// POST /boards/{id}/power does (and recorded the same way), on any board
+// of the inventory (dashboard_peer.go).
 func (d *dashboard) power(w http.ResponseWriter, r *http.Request) {
 	v := d.viewer(r)
 	if !v.signedIn {
@@ -436,9 +440,7 @@ func (d *dashboard) power(w http.ResponseWriter, r *http.Request) {
 		if b.Holder == v.user.name {
 			lease = b.Lease
 		}
-		err = d.s.Power(r.Context(), v.user, id, lease, action)
-		d.s.journal.audit(store.AuditEntry{User: v.user.name, Action: "board.power", Board: id, Lease: lease,
-			Result: result(err), Detail: action + " (dashboard)"})
+		err = d.powerBoard(r.Context(), v, id, lease, action)
 	}
 	if err != nil {
 		e := apiError(err)

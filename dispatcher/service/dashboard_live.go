@@ -179,6 +179,9 @@ func (d *dashboard) consoleStream(w http.ResponseWriter, r *http.Request) {
 	if err == nil && !b.Console {
 		err = ErrNoConsole
 	}
+	if err == nil { // an owner that vanished refuses the stream before it starts
+		_, _, err = d.s.ownerClient(b.ID, v.user)
+	}
 	es, ctx, done, ok := d.open(w, r, v, err)
 	if !ok {
 		return
@@ -187,7 +190,7 @@ func (d *dashboard) consoleStream(w http.ResponseWriter, r *http.Request) {
 	if es.event("reset", []byte(`""`)) != nil {
 		return
 	}
-	err = d.s.Console(ctx, b.ID, time.Now().Add(-consoleWindow), true, &consoleEvents{es: es}, nil)
+	err = d.console(ctx, v, b.ID, time.Now().Add(-consoleWindow), true, &consoleEvents{es: es})
 	if err != nil && ctx.Err() == nil {
 		d.s.log.Warn("dashboard: console stream", "board", b.ID, "err", err)
 	}

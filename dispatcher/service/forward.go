@@ -42,25 +42,37 @@ func (s *Service) peerUser(r *http.Request) (user, bool) {
 	return user{name: name, peer: true}, true
 }
 
-// forwarder is the proxy to board id's owner, if another service owns it
-// (nil: this service serves the request). The URL comes only from the
-// database's record of that service, never from the request.
-func (s *Service) forwarder(id string, u user) (http.Handler, error) {
+// ownerURL is where board id's owner is reached, if another service
+// owns it ("": this service serves the board), or why it cannot be (its
+// owner vanished, advertises no URL, or this service has no peer token).
+// The URL comes only from the database's record of that service, never
+// from a request.
+func (s *Service) ownerURL(id string) (owner string, target *url.URL, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	b := s.boards[id]
 	if b == nil || b.owner == "" || b.owner == s.owner {
-		return nil, nil
+		return "", nil, nil
 	}
 	if !b.ownerGone.IsZero() {
-		return nil, fmt.Errorf("board %s: %w: its owner %s vanished at %s", id, ErrOffline, b.owner,
+		return b.owner, nil, fmt.Errorf("board %s: %w: its owner %s vanished at %s", id, ErrOffline, b.owner,
 			b.ownerGone.UTC().Format(time.RFC3339))
 	}
-	target, err := s.peerURLLocked(b.owner)
+	target, err = s.peerURLLocked(b.owner)
 	if err != nil {
-		return nil, fmt.Errorf("board %s: %w", id, err)
+		return b.owner, nil, fmt.Errorf("board %s: %w", id, err)
 	}
-	owner, tok := b.owner, s.peerToken
+	return b.owner, target, nil
+}
+
+// forwarder is the proxy to board id's owner, if another service owns it
+// (nil: this service serves the request).
+func (s *Service) forwarder(id string, u user) (http.Handler, error) {
+	owner, target, err := s.ownerURL(id)
+	if target == nil {
+		return nil, err
+	}
+	tok := s.peerToken
 	return &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
@@ -71,9 +83,26 @@ func (s *Service) forwarder(id string, u user) (http.Handler, error) {
 		Transport:     s.peerTransport,
 		FlushInterval: -1, // exec output and consoles stream
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			writeError(w, apiError(fmt.Errorf("board %s: %w: its owner %s: %w", id, ErrOffline, owner, err)))
+			writeError(w, apiError(unreachable(id, owner, err)))
 		},
 	}, nil
+}
+
+// unreachable is the error of a request forwarded to board id's owner
+// that got no answer from it.
+func unreachable(id, owner string, err error) error {
+	return fmt.Errorf("board %s: %w: its owner %s: %w", id, ErrOffline, owner, err)
+}
+
+// ownerClient is a client of board id's owner acting for u, if another
+// service owns it (nil: this service serves the board), with the owner's
+// name; an error says why the owner cannot be asked.
+func (s *Service) ownerClient(id string, u user) (*Client, string, error) {
+	owner, target, err := s.ownerURL(id)
+	if target == nil {
+		return nil, owner, err
+	}
+	return s.clientAt(target, u), owner, nil
 }
 
 // peerTransport is the transport of forwarded requests: https checked
@@ -121,6 +150,12 @@ func (s *Service) peerClient(owner string, u user) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	return s.clientAt(target, u), nil
+}
+
+// clientAt is a client of the service at target acting for u, with the
+// peer token.
+func (s *Service) clientAt(target *url.URL, u user) *Client {
 	return &Client{base: strings.TrimSuffix(target.String(), "/"), token: s.peerToken,
-		http: &http.Client{Transport: s.peerTransport}, peerUser: u.name}, nil
+		http: &http.Client{Transport: s.peerTransport}, peerUser: u.name}
 }

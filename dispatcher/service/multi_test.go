@@ -4,16 +4,20 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"net/http"
+	"net/url"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/boardlink/boardlink/dispatcher/power"
 	"github.com/boardlink/boardlink/dispatcher/store"
 	"github.com/boardlink/boardlink/image"
 	"github.com/boardlink/boardlink/internal/pgtest"
+	"github.com/boardlink/boardlink/internal/simlab"
 	"github.com/boardlink/boardlink/internal/testenv"
 )
 
@@ -327,4 +331,164 @@ func BenchmarkExecThroughPeer(bm *testing.B) {
 	bm.ReportMetric(float64(owner.Microseconds())/float64(n), "owner-µs/exec")
 	bm.ReportMetric(float64(forwarded.Microseconds())/float64(n), "forwarded-µs/exec")
 	bm.ReportMetric(float64(forwarded)/float64(owner), "forwarded/owner")
+}
+
+// TestDashboardTwoServices: the dashboard of service A acts on the boards
+// of service B (one database): a board's page shows B's view (its power
+// driver) and its console, live; a power button switches it through B,
+// which records alice once; a form without its token is refused by A;
+// B's refusal (a board bob holds) comes back; B killed, a power post on
+// A is refused and recorded by A, and the console stream refused.
+func TestDashboardTwoServices(t *testing.T) {
+	for _, e := range sharedEngines {
+		t.Run(e.name, func(t *testing.T) {
+			ctx := context.Background()
+			clock := &fakeClock{t: time.Now()}
+			db := e.db(t)
+			peer := filepath.Join(t.TempDir(), "peer.token")
+			writeSecret(t, peer, "peer-secret")
+			o := labOptions{boards: 1, ttl: time.Minute, db: db, peerTokenFile: peer, now: clock.Now, claimTTL: claimTTL,
+				owner: "A", idPrefix: "a"}
+			a := startLab(t, o)
+			drv := &simPower{}
+			o.owner, o.idPrefix = "B", "b"
+			o.power = func(sim *simlab.Lab, bc BoardConfig) (power.Driver, error) {
+				if bc.ID != sim.Boards[0].ID {
+					return power.New(bc.Power)
+				}
+				drv.b = sim.Boards[0]
+				return drv, nil
+			}
+			b := startLab(t, o)
+			// B again, with a board on a serial line (its console recorded
+			// as B's reader of the line would).
+			b.stopService()
+			b.cfg.Boards = append(b.cfg.Boards, BoardConfig{ID: "b-uart", Address: "serial://" + filepath.Join(b.dir, "no-such-tty")})
+			b.start(func(bc BoardConfig) (power.Driver, error) { return o.power(b.sim, bc) })
+			onB := b.sim.Boards[0].ID
+			testenv.Eventually(t, "B's boards on A, owned by B", func() bool {
+				if err := a.svc.claimRound(ctx); err != nil {
+					t.Fatal(err)
+				}
+				v, err := a.svc.Board(onB)
+				u, uerr := a.svc.Board("b-uart")
+				return err == nil && uerr == nil && v.State == Idle && v.Owner == "B" && u.Owner == "B"
+			})
+			rec, err := b.svc.consoles.Log("b-uart")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := rec.Write([]byte("U-Boot on B\r\n")); err != nil {
+				t.Fatal(err)
+			}
+
+			c := newDashClient(t, a.srv.URL)
+			c.signIn(a.tokens["alice"])
+			page := "/boards/" + onB
+			if _, body := c.do("GET", page, nil, nil); !strings.Contains(body, `id="power-cycle"`) ||
+				!strings.Contains(body, "driver configured") {
+				t.Fatalf("B's board on A's dashboard has no power buttons:\n%s", body)
+			}
+			tok := c.csrf(page)
+			path := page + "/power"
+			if resp, body := c.do("POST", path, url.Values{"action": {"cycle"}, "csrf": {tok + "x"}}, c.sameSite()); resp.StatusCode != http.StatusForbidden {
+				t.Fatalf("a bad form token, on A: %s\n%s", resp.Status, body)
+			}
+			if n := drv.cycles.Load(); n != 0 {
+				t.Fatalf("%d cycles after a refused post", n)
+			}
+			resp, body := c.do("POST", path, url.Values{"action": {"cycle"}, "csrf": {tok}}, c.sameSite())
+			if resp.StatusCode != http.StatusSeeOther || drv.cycles.Load() == 0 {
+				t.Fatalf("power cycle through A: %s, %d cycles\n%s", resp.Status, drv.cycles.Load(), body)
+			}
+			powers := func() []store.AuditEntry {
+				es, err := b.svc.Audit(ctx, store.AuditFilter{Board: onB, Action: "board.power"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				return es
+			}
+			if es := powers(); len(es) != 1 || es[0].User != "alice" || es[0].Result != "ok" || es[0].Detail != "cycle" {
+				t.Fatalf("the cycle is recorded once, by B: %+v", es)
+			}
+
+			// A board bob holds through B: B's refusal comes back, recorded by B.
+			held, err := acquire(ctx, b.clients["bob"], AcquireRequest{Boards: []string{onB}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := a.svc.claimRound(ctx); err != nil {
+				t.Fatal(err)
+			}
+			resp, body = c.do("POST", path, url.Values{"action": {"off"}, "csrf": {tok}}, c.sameSite())
+			if resp.StatusCode != http.StatusConflict || !strings.Contains(body, "leased by bob") {
+				t.Fatalf("power of bob's board through A: %s\n%s", resp.Status, body)
+			}
+			if es := powers(); len(es) != 2 || es[0].User != "alice" || !strings.Contains(es[0].Result, "leased by bob") {
+				t.Fatalf("the refusal is recorded once, by B: %+v", es)
+			}
+			if _, err := b.clients["bob"].Release(ctx, held.ID); err != nil {
+				t.Fatal(err)
+			}
+
+			// A command run on B's board shows in its page's log on A.
+			if _, err := a.clients["alice"].Exec(ctx, onB, "", ExecRequest{Argv: []string{"echo", "via-A"}}, nil, nil); err != nil {
+				t.Fatal(err)
+			}
+			// (B records it once its answer is out.)
+			testenv.Eventually(t, "the command in the page's log on A", func() bool {
+				_, body := c.do("GET", page, nil, nil)
+				return strings.Contains(body, "echo via-A")
+			})
+
+			// B's console, on A's page and A's live stream.
+			if _, body := c.do("GET", "/boards/b-uart", nil, nil); !strings.Contains(body, "U-Boot on B") {
+				t.Fatalf("B's console on A's page:\n%s", body)
+			}
+			resp, sc := openStream(t, c, "/live/boards/b-uart/console")
+			var text strings.Builder
+			if ev := nextEvent(t, sc); ev.name != "reset" {
+				t.Fatalf("first event %+v", ev)
+			}
+			if _, err := rec.Write([]byte("Starting kernel on B\r\n")); err != nil {
+				t.Fatal(err)
+			}
+			for !strings.Contains(text.String(), "Starting kernel on B") {
+				var s string
+				if err := json.Unmarshal([]byte(nextEvent(t, sc).data), &s); err != nil {
+					t.Fatal(err)
+				}
+				text.WriteString(s)
+			}
+			resp.Body.Close()
+			if !strings.Contains(text.String(), "U-Boot on B") {
+				t.Fatalf("the stream's recent record: %q", text.String())
+			}
+
+			// B vanished: A refuses, and records the refusal itself.
+			b.killService()
+			clock.Add(claimTTL)
+			testenv.Eventually(t, "B's board offline on A", func() bool {
+				if err := a.svc.claimRound(ctx); err != nil {
+					t.Fatal(err)
+				}
+				v, err := a.svc.Board(onB)
+				return err == nil && !v.OwnerGone.IsZero()
+			})
+			resp, body = c.do("POST", path, url.Values{"action": {"cycle"}, "csrf": {tok}}, c.sameSite())
+			if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, "owner B vanished") {
+				t.Fatalf("power through A, B gone: %s\n%s", resp.Status, body)
+			}
+			e := a.audited(onB, "board.power", "cycle (dashboard)")
+			if e.User != "alice" || !strings.Contains(e.Result, "owner B vanished") {
+				t.Fatalf("%+v", e)
+			}
+			if resp, _ := c.do("GET", "/live/boards/b-uart/console", nil, nil); resp.StatusCode != http.StatusServiceUnavailable {
+				t.Fatalf("console stream, B gone: %s", resp.Status)
+			}
+			if resp, body := c.do("GET", "/boards/b-uart", nil, nil); resp.StatusCode != http.StatusOK || !strings.Contains(body, "owner B vanished") {
+				t.Fatalf("B's serial board's page, B gone: %s\n%s", resp.Status, body)
+			}
+		})
+	}
 }
