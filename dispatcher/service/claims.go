@@ -161,7 +161,7 @@ func (s *Service) adoptLocked(b *board) {
 	if b.owner != "" {
 		s.log.Info("board taken over", "board", b.id, "from", b.owner)
 	}
-	b.owner, b.ownerGone, b.online = s.owner, time.Time{}, false
+	b.owner, b.ownerGone, b.unclaimed, b.online = s.owner, time.Time{}, false, false
 	if b.state != Maintenance && b.state != Quarantined {
 		b.state, b.reason = Offline, "claimed by "+s.owner
 	}
@@ -235,6 +235,7 @@ func (s *Service) viewOthersLocked(b *board, now time.Time, r store.LabBoard, c 
 		b.owner = c.Owner
 	}
 	b.ownerGone = time.Time{}
+	b.unclaimed = c.BoardID == "" || !c.Expires.After(now)
 	switch {
 	case c.BoardID == "":
 		b.state, b.online = Offline, false
@@ -265,6 +266,25 @@ func (s *Service) viewOthersLocked(b *board, now time.Time, r store.LabBoard, c 
 	if b.state != old.state || b.reason != old.reason || b.owner != old.owner || b.lease != old.lease {
 		s.notifyLocked()
 	}
+}
+
+// reportsLocked reports whether this service's metrics count board b:
+// it owns it, or no service drives it and this service is the first
+// (by name) of those alive (a claim round within a claim TTL), so that
+// across services every board is counted once.
+func (s *Service) reportsLocked(b *board, now time.Time) bool {
+	if b.owner == s.owner {
+		return true
+	}
+	if b.owner != "" && !b.unclaimed {
+		return false
+	}
+	for name, in := range s.instances {
+		if name < s.owner && now.Before(in.Renewed.Add(s.cfg.ClaimTTL.D())) {
+			return false
+		}
+	}
+	return true
 }
 
 // endOrphans ends the open leases whose home service vanished (it has not

@@ -252,11 +252,14 @@ func (w countingWriter) Write(p []byte) (int, error) { return w.c.add(w.Writer.W
 // stateCollector reads what the service holds at each scrape, so that no
 // count is kept beside the service's own state: boards by state, open
 // leases, each board's last heartbeat, and the store's running rollouts.
+// Of several services on one database, each reports the boards it owns
+// and its own leases, and one the boards no service drives
+// (reportsLocked): the sum over the services is the lab.
 type stateCollector struct{ s *Service }
 
 var (
 	boardsDesc = prometheus.NewDesc("boardlink_boards",
-		"Boards of the inventory, by state.", []string{"state"}, nil)
+		"Boards of the inventory this service drives (and, on one service, those none drives), by state.", []string{"state"}, nil)
 	leasesDesc = prometheus.NewDesc("boardlink_leases",
 		"Open leases: active (holding boards) or waiting in the queue.", []string{"state"}, nil)
 	lastSeenDesc = prometheus.NewDesc("boardlink_board_last_seen_timestamp_seconds",
@@ -289,9 +292,13 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	// Copied under the lock, sent after it: a slow scraper never holds
 	// the service up.
 	var last []seen
+	now := s.now()
 	s.mu.Lock()
 	for _, id := range s.ids {
 		b := s.boards[id]
+		if !s.reportsLocked(b, now) {
+			continue
+		}
 		byState[b.state]++
 		if !b.lastSeen.IsZero() {
 			last = append(last, seen{id, b.lastSeen})

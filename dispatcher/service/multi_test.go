@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -488,6 +489,74 @@ func TestDashboardTwoServices(t *testing.T) {
 			}
 			if resp, body := c.do("GET", "/boards/b-uart", nil, nil); resp.StatusCode != http.StatusOK || !strings.Contains(body, "owner B vanished") {
 				t.Fatalf("B's serial board's page, B gone: %s\n%s", resp.Status, body)
+			}
+		})
+	}
+}
+
+// TestMetricsSharedDatabase: services A and B on one database, each with
+// two boards, and a board whose owner C released it: each reports the
+// boards it owns, and A (first by name) the one no service drives, so
+// that the sum of their scrapes is the lab; B killed, A reports B's
+// boards, offline, once B's claims expire.
+func TestMetricsSharedDatabase(t *testing.T) {
+	for _, e := range sharedEngines {
+		t.Run(e.name, func(t *testing.T) {
+			ctx := context.Background()
+			clock := &fakeClock{t: time.Now()}
+			a, b := startPair(t, e.db(t), 2, clock)
+			if err := a.svc.st.PutLabBoard(ctx, store.LabBoard{ID: "c-000", State: string(Idle), Owner: "C"}); err != nil {
+				t.Fatal(err)
+			}
+			settled := func(l *lab, want map[string]State) func() bool {
+				return func() bool {
+					if err := l.svc.claimRound(ctx); err != nil {
+						t.Fatal(err)
+					}
+					for id, st := range want {
+						if v, err := l.svc.Board(id); err != nil || v.State != st {
+							return false
+						}
+					}
+					return true
+				}
+			}
+			all := map[string]State{"a-000": Idle, "a-001": Idle, "b-000": Idle, "b-001": Idle, "c-000": Offline}
+			testenv.Eventually(t, "every board on A", settled(a, all))
+			testenv.Eventually(t, "every board on B", settled(b, all))
+
+			// boards sums boardlink_boards by state, and lists the boards
+			// of boardlink_board_last_seen_timestamp_seconds, over scrapes.
+			boards := func(ls ...*lab) (map[State]int, []string) {
+				n := map[State]int{}
+				var seen []string
+				for _, l := range ls {
+					m := scrape(t, l.srv.URL, l.tokens["alice"])
+					for _, st := range States {
+						n[st] += int(m.value(t, "boardlink_boards", "state="+string(st)))
+					}
+					for _, s := range m["boardlink_board_last_seen_timestamp_seconds"].GetMetric() {
+						seen = append(seen, s.GetLabel()[0].GetValue())
+					}
+				}
+				slices.Sort(seen)
+				return n, seen
+			}
+			if n, seen := boards(a); n[Idle] != 2 || n[Offline] != 1 || strings.Join(seen, " ") != "a-000 a-001" {
+				t.Errorf("A: %v %v", n, seen)
+			}
+			if n, seen := boards(b); n[Idle] != 2 || n[Offline] != 0 || strings.Join(seen, " ") != "b-000 b-001" {
+				t.Errorf("B: %v %v", n, seen)
+			}
+			if n, seen := boards(a, b); n[Idle] != 4 || n[Offline] != 1 || len(seen) != 4 {
+				t.Errorf("A and B: %v %v", n, seen)
+			}
+
+			b.killService()
+			clock.Add(claimTTL)
+			testenv.Eventually(t, "B's boards offline on A", settled(a, map[string]State{"b-000": Offline, "b-001": Offline}))
+			if n, seen := boards(a); n[Idle] != 2 || n[Offline] != 3 || len(seen) != 4 {
+				t.Errorf("A, B gone: %v %v", n, seen)
 			}
 		})
 	}

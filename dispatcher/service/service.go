@@ -122,10 +122,13 @@ type board struct {
 	stop                   context.CancelFunc
 	// local: this service reaches the board (its config or its discovery)
 	// and claims it; owner is the service whose claim holds it ("": none),
-	// and ownerGone when that claim expired (zero: it has not).
+	// and ownerGone when that claim expired (zero: it has not); unclaimed:
+	// another's claim on it expired or was released, so no service drives
+	// it.
 	local     bool
 	owner     string
 	ownerGone time.Time
+	unclaimed bool
 	// hold is a lease another service granted that holds the board (its
 	// Lease empty: none), as the database says.
 	hold store.Hold
