@@ -273,12 +273,12 @@ func (s *Service) viewOthersLocked(b *board, now time.Time, r store.LabBoard, c 
 // (by name) of those alive (a claim round within a claim TTL), so that
 // across services every board is counted once.
 func (s *Service) reportsLocked(b *board, now time.Time) bool {
-	if b.owner == s.owner {
-		return true
-	}
-	if b.owner != "" && !b.unclaimed {
-		return false
-	}
+	return b.owner == s.owner || (b.owner == "" || b.unclaimed) && s.leadsLocked(now)
+}
+
+// leadsLocked reports whether this service is the first by name of those
+// alive at now, which reports what no service drives.
+func (s *Service) leadsLocked(now time.Time) bool {
 	for name, in := range s.instances {
 		if name < s.owner && now.Before(in.Renewed.Add(s.cfg.ClaimTTL.D())) {
 			return false

@@ -294,6 +294,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	var last []seen
 	now := s.now()
 	s.mu.Lock()
+	leads := s.leadsLocked(now)
 	for _, id := range s.ids {
 		b := s.boards[id]
 		if !s.reportsLocked(b, now) {
@@ -321,37 +322,39 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(lastSeenDesc, float64(b.at.UnixNano())/1e9, b.id)
 	}
 	gauge(heartbeatDesc, s.cfg.Heartbeat.D().Seconds())
-	c.collectRollouts(ch, gauge)
+	c.collectRollouts(ch, gauge, now, leads)
 }
 
 // collectRollouts reports the running rollouts the store records, as the
 // rollout's runner writes them (the service's own, or a CLI's on the same
-// database).
-func (c *stateCollector) collectRollouts(ch chan<- prometheus.Metric, gauge func(*prometheus.Desc, float64, ...string)) {
+// database), counted in the store: of their boards, those this service
+// owns, and, if it leads (leadsLocked), those no service's claim holds at
+// now.
+func (c *stateCollector) collectRollouts(ch chan<- prometheus.Metric, gauge func(*prometheus.Desc, float64, ...string), now time.Time, leads bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), rolloutScrapeTimeout)
 	defer cancel()
-	ids, err := c.s.st.RunningRollouts(ctx)
+	counts, err := c.s.st.RolloutCounts(ctx, now, maxScrapedRollouts)
 	if err != nil {
 		ch <- prometheus.NewInvalidMetric(rolloutBoardsDesc, err)
 		return
 	}
-	for _, id := range ids[:min(len(ids), maxScrapedRollouts)] {
-		boards, err := c.s.st.Boards(ctx, id)
-		if err != nil {
-			ch <- prometheus.NewInvalidMetric(rolloutBoardsDesc, err)
-			return
+	type key struct{ rollout, phase, result string }
+	n, failed := map[key]int{}, map[string]int{}
+	for _, rc := range counts {
+		if rc.Owner != c.s.owner && (rc.Owner != "" || !leads) {
+			continue
 		}
-		type key struct{ phase, result string }
-		n, failed := map[key]int{}, 0
-		for _, b := range boards {
-			n[key{b.Phase, b.Result}]++
-			if dispatcher.RolloutFailure(b.Result) {
-				failed++
-			}
+		n[key{rc.Rollout, rc.Phase, rc.Result}] += rc.Boards
+		f := 0
+		if dispatcher.RolloutFailure(rc.Result) {
+			f = rc.Boards
 		}
-		for k, v := range n {
-			gauge(rolloutBoardsDesc, float64(v), id, k.phase, k.result)
-		}
-		gauge(rolloutFailedDesc, float64(failed), id)
+		failed[rc.Rollout] += f // each rollout's series, 0 included
+	}
+	for k, v := range n {
+		gauge(rolloutBoardsDesc, float64(v), k.rollout, k.phase, k.result)
+	}
+	for id, v := range failed {
+		gauge(rolloutFailedDesc, float64(v), id)
 	}
 }

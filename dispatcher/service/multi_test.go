@@ -497,8 +497,9 @@ func TestDashboardTwoServices(t *testing.T) {
 // TestMetricsSharedDatabase: services A and B on one database, each with
 // two boards, and a board whose owner C released it: each reports the
 // boards it owns, and A (first by name) the one no service drives, so
-// that the sum of their scrapes is the lab; B killed, A reports B's
-// boards, offline, once B's claims expire.
+// that the sum of their scrapes is the lab; so too for a running
+// rollout's boards; B killed, A reports B's boards, offline, and their
+// rollout results once B's claims expire.
 func TestMetricsSharedDatabase(t *testing.T) {
 	for _, e := range sharedEngines {
 		t.Run(e.name, func(t *testing.T) {
@@ -552,11 +553,48 @@ func TestMetricsSharedDatabase(t *testing.T) {
 				t.Errorf("A and B: %v %v", n, seen)
 			}
 
+			// A running rollout's boards: each service reports those it
+			// owns, A the one no service claims.
+			ro := store.Rollout{ID: store.NewRolloutID(), Version: "2.0.0"}
+			if err := a.svc.st.CreateRollout(ctx, ro); err != nil {
+				t.Fatal(err)
+			}
+			for _, br := range []store.BoardResult{{BoardID: "a-000", Phase: store.PhaseDone, Result: store.ResultCommitted},
+				{BoardID: "b-000", Phase: store.PhaseDone, Result: store.ResultFailed}, {BoardID: "x-000", Phase: store.PhasePrepare}} {
+				br.RolloutID = ro.ID
+				if err := a.svc.st.PutBoard(ctx, br); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// rollout sums the rollout's boards and failed boards over scrapes.
+			rollout := func(ls ...*lab) (n, failed float64) {
+				for _, l := range ls {
+					m := scrape(t, l.srv.URL, l.tokens["alice"])
+					for _, s := range m["boardlink_rollout_boards"].GetMetric() {
+						n += s.GetGauge().GetValue()
+					}
+					failed += m.metric("boardlink_rollout_failed_boards", "rollout="+ro.ID).GetGauge().GetValue()
+				}
+				return n, failed
+			}
+			for _, c := range []struct {
+				name      string
+				ls        []*lab
+				n, failed float64
+			}{{"A", []*lab{a}, 2, 0}, {"B", []*lab{b}, 1, 1}, {"A and B", []*lab{a, b}, 3, 1}} {
+				if n, failed := rollout(c.ls...); n != c.n || failed != c.failed {
+					t.Errorf("%s: rollout boards %v, failed %v; want %v, %v", c.name, n, failed, c.n, c.failed)
+				}
+			}
+
 			b.killService()
 			clock.Add(claimTTL)
 			testenv.Eventually(t, "B's boards offline on A", settled(a, map[string]State{"b-000": Offline, "b-001": Offline}))
 			if n, seen := boards(a); n[Idle] != 2 || n[Offline] != 3 || len(seen) != 4 {
 				t.Errorf("A, B gone: %v %v", n, seen)
+			}
+			if n, failed := rollout(a); n != 3 || failed != 1 {
+				t.Errorf("A, B gone: rollout boards %v, failed %v", n, failed)
 			}
 		})
 	}

@@ -242,3 +242,108 @@ func BenchmarkRenewClaims(b *testing.B) {
 		})
 	}
 }
+
+// TestRolloutCounts: the boards of the running rollouts, counted by
+// rollout, phase, result and the owner whose claim holds them at the
+// time asked (none: an expired claim, or no claim); a finished rollout,
+// and the rollouts past the limit, are left out.
+func TestRolloutCounts(t *testing.T) {
+	eachEngine(t, func(t *testing.T, newDB func(testing.TB) string) {
+		ctx := context.Background()
+		s := open(t, newDB(t))
+		for i, r := range []Rollout{{ID: "r-1"}, {ID: "r-2"}, {ID: "r-done", State: StateDone}, {ID: "r-3"}} {
+			r.Created = at(time.Duration(i) * time.Second)
+			if err := s.CreateRollout(ctx, r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, b := range []BoardResult{
+			{RolloutID: "r-1", BoardID: "a1", Phase: PhaseDone, Result: ResultCommitted},
+			{RolloutID: "r-1", BoardID: "a2", Phase: PhaseDone, Result: ResultCommitted},
+			{RolloutID: "r-1", BoardID: "a3", Phase: PhasePrepare},
+			{RolloutID: "r-1", BoardID: "b1", Phase: PhaseDone, Result: ResultFailed},
+			{RolloutID: "r-1", BoardID: "gone", Phase: PhasePrepare},
+			{RolloutID: "r-1", BoardID: "nobody", Phase: PhasePrepare},
+			{RolloutID: "r-2", BoardID: "a1", Phase: PhasePlan},
+			{RolloutID: "r-done", BoardID: "a1", Phase: PhaseDone, Result: ResultCommitted},
+			{RolloutID: "r-3", BoardID: "a1", Phase: PhasePlan},
+		} {
+			if err := s.PutBoard(ctx, b); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for owner, ids := range map[string][]string{"A": {"a1", "a2", "a3"}, "B": {"b1"}} {
+			if _, err := s.ClaimBoards(ctx, owner, ids, time.Minute, at(0)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := s.ClaimBoards(ctx, "C", []string{"gone"}, time.Second, at(0)); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.RolloutCounts(ctx, at(30*time.Second), 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var lines []string
+		for _, c := range got {
+			lines = append(lines, fmt.Sprintf("%s %s %s %s %d", c.Rollout, c.Owner, c.Phase, c.Result, c.Boards))
+		}
+		want := []string{
+			"r-1  prepare  2",
+			"r-1 A done committed 2",
+			"r-1 A prepare  1",
+			"r-1 B done failed 1",
+			"r-2 A plan  1",
+		}
+		if strings.Join(lines, "\n") != strings.Join(want, "\n") {
+			t.Fatalf("got\n%s\nwant\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
+		}
+	})
+}
+
+// BenchmarkRolloutCounts: a metrics scrape's read of a running rollout of
+// 1,000 boards, all claimed: RolloutCounts (counted in the database)
+// against reading the rollout's rows (Boards, what a scrape read before),
+// in turn, on each engine; it reports each and their ratio.
+func BenchmarkRolloutCounts(b *testing.B) {
+	for _, e := range engines {
+		b.Run(e.name, func(b *testing.B) {
+			ctx := context.Background()
+			s := open(b, e.newDB(b))
+			if err := s.CreateRollout(ctx, Rollout{ID: "r-bench"}); err != nil {
+				b.Fatal(err)
+			}
+			ids := boardIDs(1000)
+			for i, id := range ids {
+				br := BoardResult{RolloutID: "r-bench", BoardID: id, Phase: PhaseDone, Result: ResultCommitted}
+				if i%4 == 0 {
+					br = BoardResult{RolloutID: "r-bench", BoardID: id, Phase: PhasePrepare}
+				}
+				if err := s.PutBoard(ctx, br); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if _, err := s.ClaimBoards(ctx, "A", ids, time.Hour, at(0)); err != nil {
+				b.Fatal(err)
+			}
+			var counted, rows time.Duration
+			n := 0
+			for b.Loop() {
+				start := time.Now()
+				if cs, err := s.RolloutCounts(ctx, at(time.Second), 64); err != nil || len(cs) != 2 {
+					b.Fatalf("%+v %v", cs, err)
+				}
+				counted += time.Since(start)
+				start = time.Now()
+				if bs, err := s.Boards(ctx, "r-bench"); err != nil || len(bs) != 1000 {
+					b.Fatalf("%d %v", len(bs), err)
+				}
+				rows += time.Since(start)
+				n++
+			}
+			b.ReportMetric(float64(counted.Microseconds())/float64(n), "counts-µs")
+			b.ReportMetric(float64(rows.Microseconds())/float64(n), "rows-µs")
+			b.ReportMetric(float64(counted)/float64(rows), "counts/rows")
+		})
+	}
+}

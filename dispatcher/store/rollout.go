@@ -255,6 +255,46 @@ func (s *Store) RunningRollouts(ctx context.Context) ([]string, error) {
 	return ids, nil
 }
 
+// RolloutCount is how many boards of a running rollout are at one phase
+// with one result, of those one service owns.
+type RolloutCount struct {
+	Rollout string
+	// Owner is the service whose claim holds the boards at the time asked
+	// ("": none, or one that expired).
+	Owner  string
+	Phase  string
+	Result string
+	Boards int
+}
+
+// RolloutCounts counts the boards of the running rollouts (the limit
+// oldest) by rollout, owner at now, phase and result, in one query: what
+// a metrics scrape reads, without the rows.
+func (s *Store) RolloutCounts(ctx context.Context, now time.Time, limit int) ([]RolloutCount, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT br.rollout_id, CASE WHEN c.expires > ? THEN c.owner ELSE '' END,
+		br.phase, br.result, COUNT(*)
+		FROM board_results br
+		JOIN (SELECT id FROM rollouts WHERE state = ? ORDER BY created, id LIMIT ?) r ON r.id = br.rollout_id
+		LEFT JOIN board_claims c ON c.board_id = br.board_id
+		GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4`, now.UnixNano(), StateRunning, limit)
+	if err != nil {
+		return nil, fmt.Errorf("store: rollout counts: %w", err)
+	}
+	defer rows.Close()
+	var out []RolloutCount
+	for rows.Next() {
+		var c RolloutCount
+		if err := rows.Scan(&c.Rollout, &c.Owner, &c.Phase, &c.Result, &c.Boards); err != nil {
+			return nil, fmt.Errorf("store: rollout counts: %w", err)
+		}
+		out = append(out, c)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("store: rollout counts: %w", err)
+	}
+	return out, nil
+}
+
 // ResolveRollout returns the id of the one rollout whose id is id or, failing
 // that, begins with id. None is ErrNotFound; more than one is ErrAmbiguous
 // (the error names a few).
