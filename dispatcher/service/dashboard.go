@@ -341,9 +341,11 @@ func (d *dashboard) loadBoard(ctx context.Context, r *http.Request, v viewer) (a
 		return nil, err
 	}
 	// The page shows the console's tail once; its live stream is its own.
-	// An owner out of reach costs the console, not the page.
+	// Another's board's console that its owner does not give costs the
+	// console, not the page.
 	if b.Console && !strings.HasPrefix(r.URL.Path, "/live/") {
-		if data.Console, err = d.recentConsole(ctx, v, b.ID); errors.Is(err, ErrOffline) {
+		data.Console, err = d.recentConsole(ctx, v, b.ID)
+		if err != nil && (errors.Is(err, ErrOffline) || b.Owner != d.s.owner) {
 			data.Console = "(" + err.Error() + ")"
 		} else if err != nil {
 			return nil, err
