@@ -259,17 +259,17 @@ type stateCollector struct{ s *Service }
 
 var (
 	boardsDesc = prometheus.NewDesc("boardlink_boards",
-		"Boards of the inventory this service drives (and, on one service, those none drives), by state.", []string{"state"}, nil)
+		"Boards this service reports, by state: those it drives and, on the first service alive by name, those none drives.", []string{"state"}, nil)
 	leasesDesc = prometheus.NewDesc("boardlink_leases",
-		"Open leases: active (holding boards) or waiting in the queue.", []string{"state"}, nil)
+		"Open leases this service keeps: active (holding boards) or waiting in the queue.", []string{"state"}, nil)
 	lastSeenDesc = prometheus.NewDesc("boardlink_board_last_seen_timestamp_seconds",
 		"When each board last answered a heartbeat (or its connection's first board.info), in Unix time.", []string{"board"}, nil)
 	heartbeatDesc = prometheus.NewDesc("boardlink_heartbeat_interval_seconds",
 		"How often the service asks each board board.info.", nil, nil)
 	rolloutBoardsDesc = prometheus.NewDesc("boardlink_rollout_boards",
-		"Boards of each running rollout, by phase and result (\"\" while under way).", []string{"rollout", "phase", "result"}, nil)
+		"Boards this service reports of each running rollout, by phase and result (\"\" while under way).", []string{"rollout", "phase", "result"}, nil)
 	rolloutFailedDesc = prometheus.NewDesc("boardlink_rollout_failed_boards",
-		"Boards of each running rollout that failed (the count max_failures bounds).", []string{"rollout"}, nil)
+		"Boards this service reports of each running rollout that failed (the count max_failures bounds).", []string{"rollout"}, nil)
 )
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
