@@ -5,13 +5,13 @@
 // The program builds boardlink, starts a private PostgreSQL cluster with
 // internal/pgtest (on a unix socket, pg_stat_statements loaded), and for
 // each instance sN a lab of its share of the boards with internal/simlab
-// (the real agent each, on 127.0.0.1, no mDNS, trusting a key made for
-// the run) and `boardlink serve --listen 127.0.0.1:0` with those boards as
+// (the real agent each, on a loopback address of the instance's own,
+// 127.0.K.1 for instance K-1, no mDNS, trusting a key made for the run) and `boardlink serve --listen 127.0.0.1:0` with those boards as
 // the static entries of its config: each instance reaches only its own
 // boards, and lists the others' through the database. The boards run in
 // this process; each instance is a process of its own, so that its CPU
-// and memory are its own. Network namespaces are not used: every instance
-// and board is on 127.0.0.1 (see docs/benchmarks.md).
+// and memory are its own, and listens on 127.0.0.1. Network namespaces
+// are not used (see docs/benchmarks.md).
 //
 // Once instance s0 lists every board idle, it measures, one after the
 // other, through s0:
@@ -43,7 +43,7 @@
 //	go run ./bench/lab                                  # 10,000 boards, 4 instances
 //	go run ./bench/lab -boards 400 -instances 2 -window 10s
 //
-// Only 127.0.0.1 and a unix socket are used, and no multicast. The whole
+// Only loopback addresses and a unix socket are used, and no multicast. The whole
 // run is bounded by -timeout. Everything it starts and writes is removed
 // when it ends, also on error or Ctrl-C.
 package main
@@ -192,7 +192,7 @@ func run(ctx context.Context, o options) error {
 		idir := filepath.Join(dir, in.name)
 		fmt.Printf("starting %s: %d sim boards, then its service...\n", in.name, n)
 		in.lab, err = simlab.Start(ctx, simlab.Options{Boards: n, Dir: filepath.Join(idir, "boards"), IDPrefix: in.name,
-			TrustKeys: []ed25519.PublicKey{pub}})
+			Host: fmt.Sprintf("127.0.%d.1", k+1), TrustKeys: []ed25519.PublicKey{pub}})
 		if err != nil {
 			return err
 		}
@@ -236,7 +236,7 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	idleRSS := m.rss()
+	idleRSS, benchIdle := m.rss(), benchkit.MemKiB(os.Getpid(), "VmRSS:")
 
 	own, ownExec, err := leaseTrips(ctx, s0.c, s0.lab, o.leases)
 	if err != nil {
@@ -290,7 +290,7 @@ func run(ctx context.Context, o options) error {
 		fmt.Printf("  %s RSS: %s idle, %s after the rollout, %s peak\n", in.name, benchkit.MiB(idleRSS[i][0]<<10),
 			benchkit.MiB(endRSS[i][0]<<10), benchkit.MiB(endRSS[i][1]<<10))
 	}
-	fmt.Printf("  this process (the boards) RSS: %s idle, %s peak\n", benchkit.MiB(benchkit.MemKiB(os.Getpid(), "VmRSS:")<<10),
+	fmt.Printf("  this process (the boards) RSS: %s idle, %s peak\n", benchkit.MiB(benchIdle<<10),
 		benchkit.MiB(benchkit.MemKiB(os.Getpid(), "VmHWM:")<<10))
 	return nil
 }
