@@ -292,7 +292,7 @@ func run(ctx context.Context, o options) error {
 	}
 	fmt.Printf("  this process (the boards) RSS: %s idle, %s peak\n", benchkit.MiB(benchIdle<<10),
 		benchkit.MiB(benchkit.MemKiB(os.Getpid(), "VmHWM:")<<10))
-	return nil
+	return m.topStatements(ctx, 8)
 }
 
 // start writes the instance's config (its lab's boards as static entries,
@@ -538,6 +538,33 @@ func (m meter) report(what string, a, b sample) {
 		fmt.Printf(" %s %s", in.name, share(a.serve[i], b.serve[i]))
 	}
 	fmt.Printf("; boards %s (of one core)\n", share(a.bench, b.bench))
+}
+
+// topStatements prints the n statements Postgres ran most often over the
+// whole run, from pg_stat_statements.
+func (m meter) topStatements(ctx context.Context, n int) error {
+	rows, err := m.db.QueryContext(ctx, `SELECT calls, total_exec_time, query FROM pg_stat_statements ORDER BY calls DESC LIMIT $1`, n)
+	if err != nil {
+		return fmt.Errorf("pg_stat_statements: %w", err)
+	}
+	defer rows.Close()
+	fmt.Println("\n  statements run most often over the whole run (calls, total ms, statement):")
+	for rows.Next() {
+		var (
+			calls int64
+			ms    float64
+			q     string
+		)
+		if err := rows.Scan(&calls, &ms, &q); err != nil {
+			return err
+		}
+		q = strings.Join(strings.Fields(q), " ")
+		if len(q) > 100 {
+			q = q[:100] + "..."
+		}
+		fmt.Printf("  %9d %9.0f  %s\n", calls, ms, q)
+	}
+	return rows.Err()
 }
 
 // rss is each instance's RSS and peak, in KiB.
