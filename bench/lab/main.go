@@ -222,8 +222,13 @@ func run(ctx context.Context, o options) error {
 			return fmt.Errorf("waiting for %d boards idle on s0 (%d so far): %w", o.boards, idle, ctx.Err())
 		}
 	}
-	online := time.Since(start)
+	fmt.Printf("\n%d sim boards across %d `boardlink serve` instances on one PostgreSQL, loopback, heartbeat %v\n\n",
+		o.boards, o.instances, o.heartbeat)
+	fmt.Printf("  all boards idle on s0 after start      %s (boards and services started one instance after the other)\n",
+		benchkit.Seconds(time.Since(start)))
 
+	// Each figure is printed once measured: a run that fails later keeps
+	// the ones before.
 	m := meter{db: db, pg: pg.Pid(), ins: ins}
 	idle0, err := m.sample(ctx)
 	if err != nil {
@@ -236,20 +241,29 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
+	m.report("idle", idle0, idle1)
 	idleRSS, benchIdle := m.rss(), benchkit.MemKiB(os.Getpid(), "VmRSS:")
 
 	own, ownExec, err := leaseTrips(ctx, s0.c, s0.lab, o.leases)
 	if err != nil {
 		return fmt.Errorf("leases on s0's own boards: %w", err)
 	}
+	fmt.Printf("  lease acquire+release, own (%d)       %s\n", o.leases, spread(own))
+	fmt.Printf("  exec `true` under it, own              %s\n", spread(ownExec))
 	other, otherExec, err := leaseTrips(ctx, s0.c, s1.lab, o.leases)
 	if err != nil {
 		return fmt.Errorf("leases through s0 on s1's boards: %w", err)
 	}
+	fmt.Printf("  lease acquire+release, s1's (%d)      %s\n", o.leases, spread(other))
+	fmt.Printf("  exec `true` under it, s1's (forwarded) %s\n", spread(otherExec))
 
 	pages, err := dashboardTimes(ctx, s0.url, o.pages, "/", "/boards/"+s0.lab.Boards[0].ID, "/boards/"+s1.lab.Boards[0].ID)
 	if err != nil {
 		return err
+	}
+	for _, p := range pages {
+		fmt.Printf("  dashboard GET %-24s median %s, max %s (%s)\n", p.path, benchkit.Seconds(benchkit.Median(p.times)),
+			benchkit.Seconds(slices.Max(p.times)), benchkit.Human(p.bytes))
 	}
 
 	img := filepath.Join(dir, "image.blimg")
@@ -268,23 +282,9 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	endRSS := m.rss()
-
-	fmt.Printf("\n%d sim boards across %d `boardlink serve` instances on one PostgreSQL, loopback, heartbeat %v\n\n",
-		o.boards, o.instances, o.heartbeat)
-	fmt.Printf("  all boards idle on s0 after start     %s (boards and services started one instance after the other)\n", benchkit.Seconds(online))
-	fmt.Printf("  lease acquire+release, own (%d)       %s\n", o.leases, spread(own))
-	fmt.Printf("  lease acquire+release, s1's (%d)      %s\n", o.leases, spread(other))
-	fmt.Printf("  exec `true` under it, own             %s\n", spread(ownExec))
-	fmt.Printf("  exec `true` under it, s1's (forwarded) %s\n", spread(otherExec))
-	for _, p := range pages {
-		fmt.Printf("  dashboard GET %-24s median %s, max %s (%s)\n", p.path, benchkit.Seconds(benchkit.Median(p.times)),
-			benchkit.Seconds(slices.Max(p.times)), benchkit.Human(p.bytes))
-	}
 	fmt.Printf("  rollout of %d boards at -C %d         %s wall; %s\n", o.boards, o.conc, benchkit.Seconds(ro1.at.Sub(ro0.at)), results)
-	fmt.Println()
-	m.report("idle", idle0, idle1)
 	m.report("rollout", ro0, ro1)
+	endRSS := m.rss()
 	fmt.Println()
 	for i, in := range ins {
 		fmt.Printf("  %s RSS: %s idle, %s after the rollout, %s peak\n", in.name, benchkit.MiB(idleRSS[i][0]<<10),
@@ -460,9 +460,14 @@ func rollout(ctx context.Context, ins []*instance, img string, conc int) (string
 			return "", fmt.Errorf("rollout: no share on %s", in.name)
 		}
 		r := service.RolloutStatus{Rollout: store.Rollout{ID: id, State: store.StateRunning}}
+		var said time.Time
 		for r.State == store.StateRunning {
 			if r, err = in.c.WaitRollout(ctx, id, r.Updated, 10*time.Second); err != nil {
 				return "", fmt.Errorf("rollout %s on %s: %w", id, in.name, err)
+			}
+			if time.Since(said) > 15*time.Second || r.State != store.StateRunning {
+				said = time.Now()
+				fmt.Printf("    %s rollout, %s's share: %s %v\n", said.UTC().Format(time.TimeOnly), in.name, r.State, r.Summary)
 			}
 		}
 		for k, v := range r.Summary {
