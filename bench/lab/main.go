@@ -28,7 +28,8 @@
 //     s1.
 //   - dashboard: signed in on s0, -pages times GET / (the boards page,
 //     every board a row) and GET /boards/ID of a board of s0's and of
-//     s1's; median and max.
+//     s1's; median and max. And GET / every 2 seconds during the
+//     rollout.
 //   - rollout: a signed image (-size bytes) to every board through s0 at
 //     -C: s0 runs its share and starts one on each other instance, each at
 //     -C. Wall time until every share is over, the boards' results, and
@@ -257,7 +258,11 @@ func run(ctx context.Context, o options) error {
 	fmt.Printf("  lease acquire+release, s1's (%d)      %s\n", o.leases, spread(other))
 	fmt.Printf("  exec `true` under it, s1's (forwarded) %s\n", spread(otherExec))
 
-	pages, err := dashboardTimes(ctx, s0.url, o.pages, "/", "/boards/"+s0.lab.Boards[0].ID, "/boards/"+s1.lab.Boards[0].ID)
+	dash, err := signIn(ctx, s0.url)
+	if err != nil {
+		return err
+	}
+	pages, err := dash.times(ctx, o.pages, "/", "/boards/"+s0.lab.Boards[0].ID, "/boards/"+s1.lab.Boards[0].ID)
 	if err != nil {
 		return err
 	}
@@ -274,7 +279,12 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan pageTimes, 1)
+	go func() { watched <- dash.watch(watchCtx) }()
 	results, err := rollout(ctx, ins, img, o.conc)
+	stopWatch()
+	busy := <-watched
 	if err != nil {
 		return err
 	}
@@ -284,6 +294,10 @@ func run(ctx context.Context, o options) error {
 	}
 	fmt.Printf("  rollout of %d boards at -C %d         %s wall; %s\n", o.boards, o.conc, benchkit.Seconds(ro1.at.Sub(ro0.at)), results)
 	m.report("rollout", ro0, ro1)
+	if len(busy.times) > 0 {
+		fmt.Printf("  dashboard GET / during the rollout (%d) median %s, max %s\n", len(busy.times),
+			benchkit.Seconds(benchkit.Median(busy.times)), benchkit.Seconds(slices.Max(busy.times)))
+	}
 	endRSS := m.rss()
 	fmt.Println()
 	for i, in := range ins {
@@ -380,41 +394,53 @@ type pageTimes struct {
 	bytes int64
 }
 
-// dashboardTimes signs in on the dashboard at base and reads each page n
-// times.
-func dashboardTimes(ctx context.Context, base string, n int, paths ...string) ([]pageTimes, error) {
+// dashboard is a client of a service's dashboard, signed in.
+type dashboard struct {
+	base string
+	hc   *http.Client
+}
+
+// signIn signs in on the dashboard at base.
+func signIn(ctx context.Context, base string) (*dashboard, error) {
 	jar, _ := cookiejar.New(nil)
-	hc := &http.Client{Jar: jar}
-	get := func(method, path string, body io.Reader) (int64, error) {
-		req, err := http.NewRequestWithContext(ctx, method, base+path, body)
-		if err != nil {
-			return 0, err
-		}
-		if body != nil {
-			req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		}
-		resp, err := hc.Do(req)
-		if err != nil {
-			return 0, err
-		}
-		defer resp.Body.Close()
-		size, err := io.Copy(io.Discard, resp.Body)
-		if err == nil && resp.StatusCode != http.StatusOK {
-			err = fmt.Errorf("dashboard %s %s: %s", method, path, resp.Status)
-		}
-		return size, err
-	}
+	d := &dashboard{base: base, hc: &http.Client{Jar: jar}}
 	// The sign-in answers with a redirect to the boards page, which the
 	// client follows with the cookie.
-	if _, err := get("POST", "/signin", strings.NewReader(url.Values{"token": {userToken}, "next": {"/"}}.Encode())); err != nil {
+	if _, err := d.do(ctx, "POST", "/signin", strings.NewReader(url.Values{"token": {userToken}, "next": {"/"}}.Encode())); err != nil {
 		return nil, fmt.Errorf("sign-in: %w", err)
 	}
+	return d, nil
+}
+
+// do asks for path and reads the answer, which must be 200: its size.
+func (d *dashboard) do(ctx context.Context, method, path string, body io.Reader) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, method, d.base+path, body)
+	if err != nil {
+		return 0, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	resp, err := d.hc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	size, err := io.Copy(io.Discard, resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("dashboard %s %s: %s", method, path, resp.Status)
+	}
+	return size, err
+}
+
+// times reads each page n times.
+func (d *dashboard) times(ctx context.Context, n int, paths ...string) ([]pageTimes, error) {
 	var out []pageTimes
 	for _, p := range paths {
 		pt := pageTimes{path: p}
 		for range n {
 			t := time.Now()
-			size, err := get("GET", p, nil)
+			size, err := d.do(ctx, "GET", p, nil)
 			if err != nil {
 				return nil, err
 			}
@@ -424,6 +450,22 @@ func dashboardTimes(ctx context.Context, base string, n int, paths ...string) ([
 		out = append(out, pt)
 	}
 	return out, nil
+}
+
+// watch reads the boards page every 2 seconds until ctx ends: how long
+// it takes under load.
+func (d *dashboard) watch(ctx context.Context) pageTimes {
+	pt := pageTimes{path: "/"}
+	for benchkit.Sleep(ctx, 2*time.Second) {
+		t := time.Now()
+		size, err := d.do(ctx, "GET", "/", nil)
+		if err != nil {
+			break
+		}
+		pt.times = append(pt.times, time.Since(t))
+		pt.bytes = size
+	}
+	return pt
 }
 
 // writeImage writes an image of size random bytes for the sim boards,
