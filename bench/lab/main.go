@@ -38,8 +38,9 @@
 // Each instance's RSS is given at idle and after the rollout, with its
 // peak (VmHWM).
 //
-// Run it from the module root (as root, to raise the open files limit
-// beyond 20,000: the boards and the services' connections are files):
+// Run it from the module root (as root where that may raise the open
+// files limit past its hard limit: the boards and the services'
+// connections are files):
 //
 //	go run ./bench/lab                                  # 10,000 boards, 4 instances
 //	go run ./bench/lab -boards 400 -instances 2 -window 10s
@@ -205,6 +206,7 @@ func run(ctx context.Context, o options) error {
 	s0, s1 := ins[0], ins[1]
 
 	// Online: s0 lists every board idle, each owned.
+	said := time.Now()
 	for {
 		bs, err := s0.c.Boards(ctx)
 		if err != nil {
@@ -218,6 +220,10 @@ func run(ctx context.Context, o options) error {
 		}
 		if idle == o.boards {
 			break
+		}
+		if time.Since(said) > 30*time.Second {
+			said = time.Now()
+			fmt.Printf("    %s %d of %d boards idle on s0\n", said.UTC().Format(time.TimeOnly), idle, o.boards)
 		}
 		if !benchkit.Sleep(ctx, 500*time.Millisecond) {
 			return fmt.Errorf("waiting for %d boards idle on s0 (%d so far): %w", o.boards, idle, ctx.Err())
