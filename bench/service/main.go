@@ -45,12 +45,8 @@
 package main
 
 import (
-	"bufio"
 	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -93,7 +89,7 @@ func main() {
 }
 
 func run(ctx context.Context, n int, heartbeat, window time.Duration, leases, dead, silent int) error {
-	raiseFileLimit()
+	benchkit.RaiseFileLimit(0)
 	dir, err := os.MkdirTemp("", "boardlink-bench-service-")
 	if err != nil {
 		return err
@@ -163,7 +159,7 @@ func run(ctx context.Context, n int, heartbeat, window time.Duration, leases, de
 		serve.Process.Signal(syscall.SIGTERM)
 		serve.Wait()
 	}()
-	url, err := listening(stdout)
+	url, err := benchkit.ServeURL(stdout)
 	if err != nil {
 		return err
 	}
@@ -188,24 +184,24 @@ func run(ctx context.Context, n int, heartbeat, window time.Duration, leases, de
 		if idle == n {
 			break
 		}
-		if !sleep(ctx, 100*time.Millisecond) {
+		if !benchkit.Sleep(ctx, 100*time.Millisecond) {
 			return ctx.Err()
 		}
 	}
 	online := time.Since(start)
 
 	// Steady state.
-	cpu0, err := cpuTicks(pid)
+	cpu0, err := benchkit.CPUTicks(pid)
 	if err != nil {
 		return err
 	}
 	t0 := time.Now()
-	if !sleep(ctx, window) {
+	if !benchkit.Sleep(ctx, window) {
 		return ctx.Err()
 	}
-	cpu1, _ := cpuTicks(pid)
+	cpu1, _ := benchkit.CPUTicks(pid)
 	cpuShare := float64(cpu1-cpu0) / 100 / time.Since(t0).Seconds() // USER_HZ is 100 on Linux
-	rss, hwm := memKiB(pid, "VmRSS:"), memKiB(pid, "VmHWM:")
+	rss, hwm := benchkit.MemKiB(pid, "VmRSS:"), benchkit.MemKiB(pid, "VmHWM:")
 	bs, err := c.Boards(ctx)
 	if err != nil {
 		return err
@@ -294,73 +290,12 @@ func writeConfig(dir string, lab *simlab.Lab, heartbeat time.Duration, addrs map
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "token_file: %s\nheartbeat: %s\nquarantine_after: -1\nusers:\n  - name: bench\n    token_sha256: %s\nboards:\n",
-		strconv.Quote(tok), heartbeat, sha256hex(userToken))
+		strconv.Quote(tok), heartbeat, benchkit.SHA256Hex(userToken))
 	for _, x := range lab.Boards {
 		fmt.Fprintf(&b, "  - {id: %s, address: %q}\n", x.ID, cmp.Or(addrs[x.ID], x.Addr()))
 	}
 	path := filepath.Join(dir, "serve.yaml")
 	return path, os.WriteFile(path, []byte(b.String()), 0o600)
-}
-
-// listening reads serve's "listening on URL" line.
-func listening(stdout interface{ Read([]byte) (int, error) }) (string, error) {
-	sc := bufio.NewScanner(stdout)
-	for sc.Scan() {
-		if _, url, ok := strings.Cut(sc.Text(), "listening on "); ok {
-			return url, nil
-		}
-	}
-	return "", errors.New("boardlink serve ended before it listened (see its log)")
-}
-
-// cpuTicks is a process's user and system time, in clock ticks.
-func cpuTicks(pid int) (int64, error) {
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// Fields after the command name (which may hold spaces), from field 3.
-	_, rest, _ := strings.Cut(string(raw), ") ")
-	f := strings.Fields(rest)
-	if len(f) < 13 {
-		return 0, errors.New("short /proc/PID/stat")
-	}
-	u, _ := strconv.ParseInt(f[11], 10, 64)
-	s, _ := strconv.ParseInt(f[12], 10, 64)
-	return u + s, nil
-}
-
-// memKiB is a /proc/PID/status memory line, in KiB.
-func memKiB(pid int, key string) int64 {
-	raw, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	for _, line := range strings.Split(string(raw), "\n") {
-		if v, ok := strings.CutPrefix(line, key); ok {
-			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return n
-		}
-	}
-	return 0
-}
-
-// raiseFileLimit raises the open files limit to the hard limit: every
-// board is a listener and a connection or two.
-func raiseFileLimit() {
-	var l syscall.Rlimit
-	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil {
-		l.Cur = l.Max
-		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }
 
 // pprofOverlay writes a file that serves net/http/pprof on addr, and the
@@ -381,11 +316,6 @@ func pprofOverlay(dir, addr string) (string, error) {
 	return overlay, os.WriteFile(overlay, []byte(raw), 0o600)
 }
 
-func sha256hex(s string) string {
-	sum := sha256.Sum256([]byte(s))
-	return hex.EncodeToString(sum[:])
-}
-
 // waitOffline polls the service until it reports board id offline.
 func waitOffline(ctx context.Context, c *service.Client, id string) error {
 	for {
@@ -396,7 +326,7 @@ func waitOffline(ctx context.Context, c *service.Client, id string) error {
 		if got.State == service.Offline {
 			return nil
 		}
-		if !sleep(ctx, pollEvery) {
+		if !benchkit.Sleep(ctx, pollEvery) {
 			return ctx.Err()
 		}
 	}

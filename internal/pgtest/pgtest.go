@@ -72,8 +72,9 @@ func New(t testing.TB) string {
 	}
 	name := fmt.Sprintf("test_%d", seq.Add(1))
 	ctx := context.Background()
-	if _, err := c.admin.ExecContext(ctx, `CREATE DATABASE `+name); err != nil {
-		t.Fatalf("pgtest: create database: %v", err)
+	dsn, err := c.create(ctx, name)
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
 	}
 	t.Cleanup(func() {
 		// FORCE: a store the test did not close must not keep it.
@@ -81,8 +82,44 @@ func New(t testing.TB) string {
 			t.Errorf("pgtest: drop database %s: %v", name, err)
 		}
 	})
-	return c.url(name)
+	return dsn
 }
+
+// create creates database name and returns its URL.
+func (c *cluster) create(ctx context.Context, name string) (string, error) {
+	if _, err := c.admin.ExecContext(ctx, `CREATE DATABASE `+name); err != nil {
+		return "", fmt.Errorf("create database %s: %w", name, err)
+	}
+	return c.url(name), nil
+}
+
+// Cluster is a private cluster for a program rather than a test (a
+// benchmark under bench/), as tests get theirs: Start starts it, Stop
+// stops it and removes its directory.
+type Cluster struct{ c *cluster }
+
+// Start starts a private cluster. settings are server settings as
+// name=value (postgres -c), given after pgtest's own, which they override.
+func Start(ctx context.Context, settings ...string) (*Cluster, error) {
+	c, err := start(ctx, settings)
+	if err != nil {
+		return nil, err
+	}
+	return &Cluster{c}, nil
+}
+
+// CreateDatabase creates database name and returns its URL (over the
+// socket, as the superuser).
+func (c *Cluster) CreateDatabase(ctx context.Context, name string) (string, error) {
+	return c.c.create(ctx, name)
+}
+
+// Pid is the postmaster's process id: its children are the server's
+// other processes, one per connection among them.
+func (c *Cluster) Pid() int { return c.c.cmd.Process.Pid }
+
+// Stop stops the cluster and removes its directory.
+func (c *Cluster) Stop() error { return c.c.stop() }
 
 // Main runs the tests, then stops the cluster if one was started, and
 // returns the tests' exit code (1 if the cluster would not stop cleanly).
@@ -106,7 +143,7 @@ func get() (*cluster, error) {
 	if running == nil && failure == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
 		defer cancel()
-		running, failure = start(ctx)
+		running, failure = start(ctx, nil)
 	}
 	return running, failure
 }
@@ -137,9 +174,10 @@ func binDir() (string, error) {
 	return found[len(found)-1], nil
 }
 
-// start makes and starts the cluster. initdb and postgres refuse to run
-// as root, so as root they run as nobody, who owns the directory.
-func start(ctx context.Context) (_ *cluster, err error) {
+// start makes and starts a cluster with settings (name=value) on top of
+// its own. initdb and postgres refuse to run as root, so as root they run
+// as nobody, who owns the directory.
+func start(ctx context.Context, settings []string) (_ *cluster, err error) {
 	bin, err := binDir()
 	if err != nil {
 		return nil, err
@@ -175,9 +213,12 @@ func start(ctx context.Context) (_ *cluster, err error) {
 		return nil, fmt.Errorf("initdb: %w\n%s", err, out)
 	}
 	// Durability is not tested here, speed is wanted: no fsync.
-	cmd := exec.Command(filepath.Join(bin, "postgres"), "-D", data, "-k", dir,
-		"-c", "listen_addresses=", "-c", "fsync=off", "-c", "synchronous_commit=off",
-		"-c", "full_page_writes=off", "-c", "max_connections=200")
+	args := []string{"-D", data, "-k", dir, "-c", "listen_addresses=", "-c", "fsync=off", "-c", "synchronous_commit=off",
+		"-c", "full_page_writes=off", "-c", "max_connections=200"}
+	for _, s := range settings {
+		args = append(args, "-c", s)
+	}
+	cmd := exec.Command(filepath.Join(bin, "postgres"), args...)
 	cmd.Dir = dir
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGQUIT}
 	// The log is read from a pipe of our own, not StderrPipe, whose reads

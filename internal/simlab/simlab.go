@@ -18,6 +18,7 @@
 package simlab
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"encoding/base64"
@@ -94,10 +95,14 @@ type Options struct {
 	HealthTimeout time.Duration
 	// Ifaces, if not empty, makes every board advertise itself over mDNS
 	// on these interfaces (the record the daemon announces, said goodbye
-	// to at every stop and reboot). The boards listen on 127.0.0.1 only:
+	// to at every stop and reboot). The boards listen on loopback only:
 	// in tests, give ["lo"] inside testenv.InPrivateLoopback. Empty: no
 	// mDNS.
 	Ifaces []string
+	// Host is the loopback address the boards listen on (default
+	// 127.0.0.1): labs on 127.0.1.1, 127.0.2.1... keep their boards apart
+	// and each their own share of ports.
+	Host string
 	// BootDelay is the pause between the end of a boot and the next, as
 	// the supervisor's --sim-boot-delay (default 50ms).
 	BootDelay time.Duration
@@ -196,6 +201,10 @@ func Start(ctx context.Context, opts Options) (*Lab, error) {
 	opts.Dir = dir
 	if opts.IDPrefix == "" {
 		opts.IDPrefix = DefaultIDPrefix
+	}
+	opts.Host = cmp.Or(opts.Host, "127.0.0.1")
+	if ip := net.ParseIP(opts.Host); ip == nil || !ip.IsLoopback() {
+		return nil, fmt.Errorf("simlab: Options.Host %q is not a loopback address", opts.Host)
 	}
 	if opts.Model == "" {
 		opts.Model = DefaultModel
@@ -298,7 +307,7 @@ func (l *Lab) isStopped() bool {
 	return l.stopped
 }
 
-// Addr is the board's WebSocket address, "wss://127.0.0.1:PORT" (ws://
+// Addr is the board's WebSocket address, "wss://HOST:PORT" (ws://
 // with Options.Insecure): the same across reboots, Down and Up.
 func (b *Board) Addr() string {
 	b.mu.Lock()
@@ -310,7 +319,7 @@ func (b *Board) Addr() string {
 	if b.lab.opts.Insecure {
 		scheme = "ws://"
 	}
-	return scheme + net.JoinHostPort("127.0.0.1", strconv.Itoa(b.port))
+	return scheme + net.JoinHostPort(b.lab.opts.Host, strconv.Itoa(b.port))
 }
 
 // Token is the token every board of the lab accepts.
@@ -440,17 +449,14 @@ func (b *Board) bootLocked(ctx context.Context) (err error) {
 	b.port, b.bootID = port, sb.BootID()
 	b.boots++
 	b.mu.Unlock()
-	b.log.Debug("simlab: up", "boot_id", sb.BootID(), "slot", sb.Slot(), "addr", "127.0.0.1:"+strconv.Itoa(port))
+	b.log.Debug("simlab: up", "boot_id", sb.BootID(), "slot", sb.Slot(), "addr", net.JoinHostPort(b.lab.opts.Host, strconv.Itoa(port)))
 	return nil
 }
 
 // listen starts the WebSocket server: on a free port the first time, then
 // on the same one, retrying briefly while it is still taken.
 func (b *Board) listen(ctx context.Context, a *agent.Agent) (*agent.WebSocketServer, error) {
-	addr := "127.0.0.1:0"
-	if b.port != 0 {
-		addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(b.port))
-	}
+	addr := net.JoinHostPort(b.lab.opts.Host, strconv.Itoa(b.port)) // port 0 the first time: a free one
 	deadline := time.Now().Add(bindRetry)
 	for {
 		ws := agent.NewWebSocketServer(a, addr)

@@ -1,0 +1,631 @@
+// Command lab benchmarks a lab of several services on one database (issue
+// 18): -boards simulated boards (default 10,000) shared out among
+// -instances `boardlink serve` processes (default 4) on one PostgreSQL.
+//
+// The program builds boardlink, starts a private PostgreSQL cluster with
+// internal/pgtest (on a unix socket, pg_stat_statements loaded), and for
+// each instance sN a lab of its share of the boards with internal/simlab
+// (the real agent each, on a loopback address of the instance's own,
+// 127.0.K.1 for instance K-1, no mDNS, trusting a key made for the run) and `boardlink serve --listen 127.0.0.1:0` with those boards as
+// the static entries of its config: each instance reaches only its own
+// boards, and lists the others' through the database. The boards run in
+// this process; each instance is a process of its own, so that its CPU
+// and memory are its own, and listens on 127.0.0.1. Network namespaces
+// are not used (see docs/benchmarks.md).
+//
+// Once instance s0 lists every board idle, it measures, one after the
+// other, through s0:
+//
+//   - idle over -window: Postgres statements a second (pg_stat_statements
+//     calls; transactions a second from pg_stat_database's xact_commit
+//     and xact_rollback beside them), and the CPU of each instance, of
+//     Postgres (the postmaster and its children) and of this process (the
+//     boards).
+//   - lease round trip: -leases times, acquire one named board and
+//     release it, on s0's own boards and on s1's (the lease is kept by
+//     s0, the board driven by s1), the median, p90 and max; and a command
+//     (`true`) run under each lease, which on s1's board s0 forwards to
+//     s1.
+//   - dashboard: signed in on s0, -pages times GET / (the boards page,
+//     every board a row) and GET /boards/ID of a board of s0's and of
+//     s1's; median and max. And GET / every 2 seconds during the
+//     rollout.
+//   - rollout: a signed image (-size bytes) to every board through s0 at
+//     -C: s0 runs its share and starts one on each other instance, each at
+//     -C. Wall time until every share is over, the boards' results, and
+//     the same Postgres and CPU figures as at idle.
+//
+// Each instance's RSS is given at idle and after the rollout, with its
+// peak (VmHWM).
+//
+// Run it from the module root (as root where that may raise the open
+// files limit past its hard limit: the boards and the services'
+// connections are files):
+//
+//	go run ./bench/lab                                  # 10,000 boards, 4 instances
+//	go run ./bench/lab -boards 400 -instances 2 -window 10s
+//
+// Only loopback addresses and a unix socket are used, and no multicast. The whole
+// run is bounded by -timeout. Everything it starts and writes is removed
+// when it ends, also on error or Ctrl-C.
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"database/sql"
+	"flag"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver
+
+	"github.com/boardlink/boardlink/bench/internal/benchkit"
+	"github.com/boardlink/boardlink/dispatcher/service"
+	"github.com/boardlink/boardlink/dispatcher/store"
+	"github.com/boardlink/boardlink/image"
+	"github.com/boardlink/boardlink/internal/pgtest"
+	"github.com/boardlink/boardlink/internal/simlab"
+)
+
+const (
+	userToken   = "bench-user-token"
+	stopTimeout = 3 * time.Minute
+	// fileLimit is the open files limit asked for: the boards' listeners
+	// and connections, both ends of each in this process's and the
+	// services' tables.
+	fileLimit = 1 << 18
+)
+
+type options struct {
+	boards, instances, conc, leases, pages int
+	heartbeat, window                      time.Duration
+	size                                   int64
+}
+
+func main() {
+	var o options
+	flag.IntVar(&o.boards, "boards", 10000, "simulated boards in the lab, shared out among the instances")
+	flag.IntVar(&o.instances, "instances", 4, "`boardlink serve` instances on the one database")
+	flag.IntVar(&o.conc, "C", 256, "the rollout's concurrency (each instance's share runs at it)")
+	flag.IntVar(&o.leases, "leases", 100, "lease round trips measured on own boards, and as many on another instance's")
+	flag.IntVar(&o.pages, "pages", 10, "times each dashboard page is read")
+	flag.DurationVar(&o.heartbeat, "heartbeat", 5*time.Second, "the services' heartbeat interval")
+	flag.DurationVar(&o.window, "window", 20*time.Second, "how long the idle lab is measured")
+	size := benchkit.Size(64 << 10)
+	flag.Var(&size, "size", "the rollout image's payload")
+	timeout := flag.Duration("timeout", 30*time.Minute, "bound of the whole run")
+	flag.Parse()
+	o.size = int64(size)
+	if flag.NArg() > 0 || o.instances < 2 || o.boards < 2*o.instances || o.conc < 1 || o.conc > 1024 || o.leases < 1 ||
+		o.pages < 1 || o.heartbeat < 100*time.Millisecond || o.window <= 0 || o.size < 1 || *timeout <= 0 {
+		fmt.Fprintln(os.Stderr, "lab: bad arguments (see -help); at least 2 instances, 2 boards each")
+		os.Exit(2)
+	}
+	benchkit.Run("lab", func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, *timeout)
+		defer cancel()
+		return run(ctx, o)
+	})
+}
+
+// instance is one `boardlink serve` with its boards.
+type instance struct {
+	name  string
+	lab   *simlab.Lab
+	serve *exec.Cmd
+	c     *service.Client
+	url   string
+}
+
+func run(ctx context.Context, o options) error {
+	benchkit.RaiseFileLimit(fileLimit)
+	dir, err := os.MkdirTemp("", "boardlink-bench-lab-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	bin := filepath.Join(dir, "boardlink")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/boardlink").CombinedOutput(); err != nil {
+		return fmt.Errorf("go build ./cmd/boardlink (run from the module root): %v\n%s", err, out)
+	}
+	pg, err := pgtest.Start(ctx, "shared_preload_libraries=pg_stat_statements")
+	if err != nil {
+		return fmt.Errorf("postgres: %w", err)
+	}
+	defer pg.Stop()
+	dsn, err := pg.CreateDatabase(ctx, "lab")
+	if err != nil {
+		return err
+	}
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	if _, err := db.ExecContext(ctx, "CREATE EXTENSION pg_stat_statements"); err != nil {
+		return fmt.Errorf("pg_stat_statements: %w", err)
+	}
+	pub, key, err := image.GenerateKey()
+	if err != nil {
+		return err
+	}
+	peer := filepath.Join(dir, "peer.token")
+	if err := os.WriteFile(peer, []byte("bench-peer-token\n"), 0o600); err != nil {
+		return err
+	}
+
+	var ins []*instance
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
+		defer cancel()
+		for _, in := range ins {
+			if in.serve != nil {
+				in.serve.Process.Signal(syscall.SIGTERM)
+				in.serve.Wait()
+			}
+		}
+		for _, in := range ins {
+			in.lab.Stop(sctx)
+		}
+	}()
+	start := time.Now()
+	for k := range o.instances {
+		n := o.boards / o.instances
+		if k < o.boards%o.instances {
+			n++
+		}
+		in := &instance{name: fmt.Sprintf("s%d", k)}
+		idir := filepath.Join(dir, in.name)
+		fmt.Printf("starting %s: %d sim boards, then its service...\n", in.name, n)
+		in.lab, err = simlab.Start(ctx, simlab.Options{Boards: n, Dir: filepath.Join(idir, "boards"), IDPrefix: in.name,
+			Host: fmt.Sprintf("127.0.%d.1", k+1), TrustKeys: []ed25519.PublicKey{pub}})
+		if err != nil {
+			return err
+		}
+		ins = append(ins, in)
+		if err := in.start(ctx, bin, idir, dsn, peer, o.heartbeat); err != nil {
+			return err
+		}
+	}
+	s0, s1 := ins[0], ins[1]
+
+	// Online: s0 lists every board idle, each owned.
+	said := time.Now()
+	for {
+		bs, err := s0.c.Boards(ctx)
+		if err != nil {
+			return err
+		}
+		idle := 0
+		for _, b := range bs {
+			if b.State == service.Idle && b.Owner != "" {
+				idle++
+			}
+		}
+		if idle == o.boards {
+			break
+		}
+		if time.Since(said) > 30*time.Second {
+			said = time.Now()
+			fmt.Printf("    %s %d of %d boards idle on s0\n", said.UTC().Format(time.TimeOnly), idle, o.boards)
+		}
+		if !benchkit.Sleep(ctx, 500*time.Millisecond) {
+			return fmt.Errorf("waiting for %d boards idle on s0 (%d so far): %w", o.boards, idle, ctx.Err())
+		}
+	}
+	fmt.Printf("\n%d sim boards across %d `boardlink serve` instances on one PostgreSQL, loopback, heartbeat %v\n\n",
+		o.boards, o.instances, o.heartbeat)
+	fmt.Printf("  all boards idle on s0 after start      %s (boards and services started one instance after the other)\n",
+		benchkit.Seconds(time.Since(start)))
+
+	// Each figure is printed once measured: a run that fails later keeps
+	// the ones before.
+	m := meter{db: db, pg: pg.Pid(), ins: ins}
+	idle0, err := m.sample(ctx)
+	if err != nil {
+		return err
+	}
+	if !benchkit.Sleep(ctx, o.window) {
+		return ctx.Err()
+	}
+	idle1, err := m.sample(ctx)
+	if err != nil {
+		return err
+	}
+	m.report("idle", idle0, idle1)
+	idleRSS, benchIdle := m.rss(), benchkit.MemKiB(os.Getpid(), "VmRSS:")
+
+	own, ownExec, err := leaseTrips(ctx, s0.c, s0.lab, o.leases)
+	if err != nil {
+		return fmt.Errorf("leases on s0's own boards: %w", err)
+	}
+	fmt.Printf("  lease acquire+release, own (%d)       %s\n", o.leases, spread(own))
+	fmt.Printf("  exec `true` under it, own              %s\n", spread(ownExec))
+	other, otherExec, err := leaseTrips(ctx, s0.c, s1.lab, o.leases)
+	if err != nil {
+		return fmt.Errorf("leases through s0 on s1's boards: %w", err)
+	}
+	fmt.Printf("  lease acquire+release, s1's (%d)      %s\n", o.leases, spread(other))
+	fmt.Printf("  exec `true` under it, s1's (forwarded) %s\n", spread(otherExec))
+
+	dash, err := signIn(ctx, s0.url)
+	if err != nil {
+		return err
+	}
+	pages, err := dash.times(ctx, o.pages, "/", "/boards/"+s0.lab.Boards[0].ID, "/boards/"+s1.lab.Boards[0].ID)
+	if err != nil {
+		return err
+	}
+	for _, p := range pages {
+		fmt.Printf("  dashboard GET %-24s median %s, max %s (%s)\n", p.path, benchkit.Seconds(benchkit.Median(p.times)),
+			benchkit.Seconds(slices.Max(p.times)), benchkit.Human(p.bytes))
+	}
+
+	img := filepath.Join(dir, "image.blimg")
+	if err := writeImage(img, key, o.size); err != nil {
+		return err
+	}
+	ro0, err := m.sample(ctx)
+	if err != nil {
+		return err
+	}
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan pageTimes, 1)
+	go func() { watched <- dash.watch(watchCtx) }()
+	results, err := rollout(ctx, ins, img, o.conc)
+	stopWatch()
+	busy := <-watched
+	if err != nil {
+		return err
+	}
+	ro1, err := m.sample(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("  rollout of %d boards at -C %d         %s wall; %s\n", o.boards, o.conc, benchkit.Seconds(ro1.at.Sub(ro0.at)), results)
+	m.report("rollout", ro0, ro1)
+	if len(busy.times) > 0 {
+		fmt.Printf("  dashboard GET / during the rollout (%d) median %s, max %s\n", len(busy.times),
+			benchkit.Seconds(benchkit.Median(busy.times)), benchkit.Seconds(slices.Max(busy.times)))
+	}
+	endRSS := m.rss()
+	fmt.Println()
+	for i, in := range ins {
+		fmt.Printf("  %s RSS: %s idle, %s after the rollout, %s peak\n", in.name, benchkit.MiB(idleRSS[i][0]<<10),
+			benchkit.MiB(endRSS[i][0]<<10), benchkit.MiB(endRSS[i][1]<<10))
+	}
+	fmt.Printf("  this process (the boards) RSS: %s idle, %s peak\n", benchkit.MiB(benchIdle<<10),
+		benchkit.MiB(benchkit.MemKiB(os.Getpid(), "VmHWM:")<<10))
+	return m.topStatements(ctx, 8)
+}
+
+// start writes the instance's config (its lab's boards as static entries,
+// one user, the peer token) and starts its service on 127.0.0.1.
+func (in *instance) start(ctx context.Context, bin, dir, dsn, peer string, heartbeat time.Duration) error {
+	tok := filepath.Join(dir, "board.token")
+	if err := os.WriteFile(tok, []byte(in.lab.Token()), 0o600); err != nil {
+		return err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "owner: %s\ntoken_file: %q\npeer_token_file: %q\nknown_boards: %q\nheartbeat: %s\nquarantine_after: -1\n"+
+		"users:\n  - {name: bench, token_sha256: %s}\nboards:\n",
+		in.name, tok, peer, filepath.Join(dir, "known_boards.json"), heartbeat, benchkit.SHA256Hex(userToken))
+	for _, x := range in.lab.Boards {
+		fmt.Fprintf(&b, "  - {id: %s, address: %q}\n", x.ID, x.Addr())
+	}
+	cfg := filepath.Join(dir, "serve.yaml")
+	if err := os.WriteFile(cfg, []byte(b.String()), 0o600); err != nil {
+		return err
+	}
+	log, err := os.Create(filepath.Join(dir, "serve.log"))
+	if err != nil {
+		return err
+	}
+	defer log.Close() // the service holds its own
+	in.serve = exec.Command(bin, "serve", "--config", cfg, "--listen", "127.0.0.1:0", "--db", dsn)
+	in.serve.Env = append(os.Environ(), "XDG_CONFIG_HOME="+dir, "XDG_STATE_HOME="+dir)
+	in.serve.Stderr = log
+	stdout, err := in.serve.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := in.serve.Start(); err != nil {
+		in.serve = nil
+		return err
+	}
+	if in.url, err = benchkit.ServeURL(stdout); err != nil {
+		tail, _ := os.ReadFile(log.Name())
+		return fmt.Errorf("%s: %w\n%s", in.name, err, tail)
+	}
+	go io.Copy(io.Discard, stdout)
+	in.c, err = service.NewClient(in.url, userToken, nil)
+	return err
+}
+
+// leaseTrips acquires each of n boards of lab's (in turn) through c and
+// releases it: the round trips, and that of a command run under each.
+func leaseTrips(ctx context.Context, c *service.Client, lab *simlab.Lab, n int) (trips, execs []time.Duration, err error) {
+	for i := range n {
+		id := lab.Boards[i%len(lab.Boards)].ID
+		t := time.Now()
+		l, err := c.Acquire(ctx, service.AcquireRequest{Boards: []string{id}})
+		if err != nil {
+			return nil, nil, fmt.Errorf("acquire %s: %w", id, err)
+		}
+		if l.State != store.LeaseActive {
+			return nil, nil, fmt.Errorf("acquire %s: %s, not granted at once", id, l.State)
+		}
+		held := time.Since(t)
+		t = time.Now()
+		res, err := c.Exec(ctx, id, l.ID, service.ExecRequest{Argv: []string{"true"}}, nil, nil)
+		if err != nil || res.Result.ExitCode != 0 {
+			return nil, nil, fmt.Errorf("exec on %s: %+v %v", id, res, err)
+		}
+		execs = append(execs, time.Since(t))
+		t = time.Now()
+		if _, err := c.Release(ctx, l.ID); err != nil {
+			return nil, nil, fmt.Errorf("release: %w", err)
+		}
+		trips = append(trips, held+time.Since(t))
+	}
+	return trips, execs, nil
+}
+
+// spread is the median, p90 and max of ds.
+func spread(ds []time.Duration) string {
+	s := slices.Sorted(slices.Values(ds))
+	return fmt.Sprintf("median %s, p90 %s, max %s", benchkit.Seconds(benchkit.Median(s)), benchkit.Seconds(s[len(s)*9/10]),
+		benchkit.Seconds(s[len(s)-1]))
+}
+
+type pageTimes struct {
+	path  string
+	times []time.Duration
+	bytes int64
+}
+
+// dashboard is a client of a service's dashboard, signed in.
+type dashboard struct {
+	base string
+	hc   *http.Client
+}
+
+// signIn signs in on the dashboard at base.
+func signIn(ctx context.Context, base string) (*dashboard, error) {
+	jar, _ := cookiejar.New(nil)
+	d := &dashboard{base: base, hc: &http.Client{Jar: jar}}
+	// The sign-in answers with a redirect to the boards page, which the
+	// client follows with the cookie.
+	if _, err := d.do(ctx, "POST", "/signin", strings.NewReader(url.Values{"token": {userToken}, "next": {"/"}}.Encode())); err != nil {
+		return nil, fmt.Errorf("sign-in: %w", err)
+	}
+	return d, nil
+}
+
+// do asks for path and reads the answer, which must be 200: its size.
+func (d *dashboard) do(ctx context.Context, method, path string, body io.Reader) (int64, error) {
+	req, err := http.NewRequestWithContext(ctx, method, d.base+path, body)
+	if err != nil {
+		return 0, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	}
+	resp, err := d.hc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	size, err := io.Copy(io.Discard, resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("dashboard %s %s: %s", method, path, resp.Status)
+	}
+	return size, err
+}
+
+// times reads each page n times.
+func (d *dashboard) times(ctx context.Context, n int, paths ...string) ([]pageTimes, error) {
+	var out []pageTimes
+	for _, p := range paths {
+		pt := pageTimes{path: p}
+		for range n {
+			t := time.Now()
+			size, err := d.do(ctx, "GET", p, nil)
+			if err != nil {
+				return nil, err
+			}
+			pt.times = append(pt.times, time.Since(t))
+			pt.bytes = size
+		}
+		out = append(out, pt)
+	}
+	return out, nil
+}
+
+// watch reads the boards page every 2 seconds until ctx ends: how long
+// it takes under load.
+func (d *dashboard) watch(ctx context.Context) pageTimes {
+	pt := pageTimes{path: "/"}
+	for benchkit.Sleep(ctx, 2*time.Second) {
+		t := time.Now()
+		size, err := d.do(ctx, "GET", "/", nil)
+		if err != nil {
+			break
+		}
+		pt.times = append(pt.times, time.Since(t))
+		pt.bytes = size
+	}
+	return pt
+}
+
+// writeImage writes an image of size random bytes for the sim boards,
+// signed with key.
+func writeImage(path string, key ed25519.PrivateKey, size int64) error {
+	payload := make([]byte, size)
+	rand.Read(payload)
+	var buf bytes.Buffer
+	if _, err := image.Build(&buf, bytes.NewReader(payload), size, image.BuildOptions{Key: key,
+		Models: []string{simlab.DefaultModel}, Version: "2.0.0", ChunkSize: 16 << 10}); err != nil {
+		return err
+	}
+	return os.WriteFile(path, buf.Bytes(), 0o600)
+}
+
+// rollout rolls img out to every board through the first instance and
+// waits until every share is over; it returns the boards' results.
+func rollout(ctx context.Context, ins []*instance, img string, conc int) (string, error) {
+	st, err := ins[0].c.StartRollout(ctx, img, service.RolloutRequest{Concurrency: conc, MaxFailures: -1})
+	if err != nil {
+		return "", fmt.Errorf("rollout: %w", err)
+	}
+	shares := map[string]string{ins[0].name: st.ID}
+	for _, p := range st.Parts {
+		if p.Error != "" {
+			return "", fmt.Errorf("rollout: %s's share did not start: %s", p.Owner, p.Error)
+		}
+		shares[p.Owner] = p.Rollout
+	}
+	total := map[string]int{}
+	for _, in := range ins {
+		id, ok := shares[in.name]
+		if !ok {
+			return "", fmt.Errorf("rollout: no share on %s", in.name)
+		}
+		r := service.RolloutStatus{Rollout: store.Rollout{ID: id, State: store.StateRunning}}
+		var said time.Time
+		for r.State == store.StateRunning {
+			if r, err = in.c.WaitRollout(ctx, id, r.Updated, 10*time.Second); err != nil {
+				return "", fmt.Errorf("rollout %s on %s: %w", id, in.name, err)
+			}
+			if time.Since(said) > 15*time.Second || r.State != store.StateRunning {
+				said = time.Now()
+				fmt.Printf("    %s rollout, %s's share: %s %v\n", said.UTC().Format(time.TimeOnly), in.name, r.State, r.Summary)
+			}
+		}
+		for k, v := range r.Summary {
+			total[k] += v
+		}
+	}
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(total)) {
+		parts = append(parts, fmt.Sprintf("%s %d", k, total[k]))
+	}
+	return strings.Join(parts, ", "), nil
+}
+
+// meter reads the figures compared between two samples.
+type meter struct {
+	db  *sql.DB
+	pg  int
+	ins []*instance
+}
+
+type sample struct {
+	at              time.Time
+	calls, xacts    int64
+	serve           []int64 // each instance's CPU ticks
+	postgres, bench int64
+}
+
+func (m meter) sample(ctx context.Context) (sample, error) {
+	s := sample{at: time.Now()}
+	err := m.db.QueryRowContext(ctx, `SELECT (SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_statements),
+		(SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = current_database())`).Scan(&s.calls, &s.xacts)
+	if err != nil {
+		return s, fmt.Errorf("postgres statistics: %w", err)
+	}
+	for _, in := range m.ins {
+		t, err := benchkit.CPUTicks(in.serve.Process.Pid)
+		if err != nil {
+			return s, fmt.Errorf("%s: %w", in.name, err)
+		}
+		s.serve = append(s.serve, t)
+	}
+	s.bench, _ = benchkit.CPUTicks(os.Getpid())
+	s.postgres = treeTicks(m.pg)
+	return s, nil
+}
+
+// treeTicks is the CPU ticks of the process pid and its children (what
+// the ones that ended used is not counted).
+func treeTicks(pid int) int64 {
+	total, _ := benchkit.CPUTicks(pid)
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		child, err := strconv.Atoi(p.Name())
+		if err != nil {
+			continue
+		}
+		raw, _ := os.ReadFile(filepath.Join("/proc", p.Name(), "stat"))
+		_, rest, _ := strings.Cut(string(raw), ") ")
+		if f := strings.Fields(rest); len(f) > 1 && f[1] == strconv.Itoa(pid) {
+			t, _ := benchkit.CPUTicks(child)
+			total += t
+		}
+	}
+	return total
+}
+
+func (m meter) report(what string, a, b sample) {
+	sec := b.at.Sub(a.at).Seconds()
+	share := func(t0, t1 int64) string { return fmt.Sprintf("%.0f%%", float64(t1-t0)/sec) } // 100 ticks a second
+	fmt.Printf("  %-8s over %5.1fs: postgres %.0f statements/s, %.0f transactions/s, CPU %s;", what, sec,
+		float64(b.calls-a.calls)/sec, float64(b.xacts-a.xacts)/sec, share(a.postgres, b.postgres))
+	for i, in := range m.ins {
+		fmt.Printf(" %s %s", in.name, share(a.serve[i], b.serve[i]))
+	}
+	fmt.Printf("; boards %s (of one core)\n", share(a.bench, b.bench))
+}
+
+// topStatements prints the n statements Postgres ran most often over the
+// whole run, from pg_stat_statements.
+func (m meter) topStatements(ctx context.Context, n int) error {
+	rows, err := m.db.QueryContext(ctx, `SELECT calls, total_exec_time, query FROM pg_stat_statements ORDER BY calls DESC LIMIT $1`, n)
+	if err != nil {
+		return fmt.Errorf("pg_stat_statements: %w", err)
+	}
+	defer rows.Close()
+	fmt.Println("\n  statements run most often over the whole run (calls, total ms, statement):")
+	for rows.Next() {
+		var (
+			calls int64
+			ms    float64
+			q     string
+		)
+		if err := rows.Scan(&calls, &ms, &q); err != nil {
+			return err
+		}
+		q = strings.Join(strings.Fields(q), " ")
+		if len(q) > 100 {
+			q = q[:100] + "..."
+		}
+		fmt.Printf("  %9d %9.0f  %s\n", calls, ms, q)
+	}
+	return rows.Err()
+}
+
+// rss is each instance's RSS and peak, in KiB.
+func (m meter) rss() [][2]int64 {
+	var out [][2]int64
+	for _, in := range m.ins {
+		pid := in.serve.Process.Pid
+		out = append(out, [2]int64{benchkit.MemKiB(pid, "VmRSS:"), benchkit.MemKiB(pid, "VmHWM:")})
+	}
+	return out
+}
