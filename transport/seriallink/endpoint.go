@@ -195,13 +195,18 @@ func NewEndpoint(rwc io.ReadWriteCloser, cfg Config) *Endpoint {
 
 func (e *Endpoint) start() {
 	e.startOnce.Do(func() {
+		// Added under the lock shutdown takes: a Close that comes at the
+		// same moment either sees the loops counted before its Wait or
+		// keeps them from starting (Add racing Wait is a misuse).
 		e.mu.Lock()
 		closed := e.lineErr != nil
+		if !closed {
+			e.wg.Add(2)
+		}
 		e.mu.Unlock()
 		if closed {
 			return
 		}
-		e.wg.Add(2)
 		go e.readLoop()
 		go e.writeLoop()
 	})
