@@ -17,6 +17,10 @@ type journal struct {
 	st  *store.Store
 	log *slog.Logger
 
+	// flushing is held through a whole flush, so that a flush called
+	// to read what was recorded waits for one the writer has begun.
+	flushing sync.Mutex
+
 	mu     sync.Mutex
 	boards map[string]store.LabBoard
 	audits []store.AuditEntry
@@ -83,8 +87,11 @@ func (j *journal) run(ctx context.Context) {
 	}
 }
 
-// flush writes everything pending.
+// flush writes everything pending, including what another flush has
+// taken but not yet written.
 func (j *journal) flush(ctx context.Context) error {
+	j.flushing.Lock()
+	defer j.flushing.Unlock()
 	j.mu.Lock()
 	boards, audits, sights := j.boards, j.audits, j.sights
 	j.boards, j.audits, j.sights = map[string]store.LabBoard{}, nil, nil
