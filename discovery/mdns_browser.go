@@ -124,6 +124,7 @@ type origin struct {
 	haveSRV     bool
 	txt         []string
 	haveTXT     bool
+	txtBy       [2]famTXT // per family (v4, v6): see lateCopy
 	hb          hbInfo
 	rebootUntil time.Time
 	ptrAt       time.Time
@@ -133,6 +134,33 @@ type origin struct {
 	probes      int       // questions asked since last heard
 	refused     string    // why its record is not believed, as last reported
 	seq         int       // order of appearance
+}
+
+// famTXT is the TXT that one family's packets of an origin carry, and
+// the one they carried before it changed.
+type famTXT struct {
+	cur, prev []string
+	changed   time.Time
+}
+
+// lateCopy records that a packet of family f carried txt, and says
+// whether it is a late copy of what the other family's packets have
+// replaced within the last second. A responder sends each announcement
+// over IPv4 and IPv6, and the browser reads the two sockets on their own
+// goroutines, so the IPv6 copy of an old announcement can be handled
+// after the IPv4 copy of the new one; taking it would flip the board back
+// and forth.
+func (o *origin) lateCopy(f family, txt []string, now time.Time) bool {
+	i, other := 0, 1
+	if f == v6 {
+		i, other = 1, 0
+	}
+	h := &o.txtBy[other]
+	late := now.Sub(h.changed) < time.Second && h.prev != nil && slices.Equal(h.prev, txt) && !slices.Equal(h.cur, txt)
+	if mine := &o.txtBy[i]; !slices.Equal(mine.cur, txt) {
+		mine.prev, mine.cur, mine.changed = mine.cur, txt, now
+	}
+	return late
 }
 
 // hostAddr is an address record, with the packet source that sent it.
@@ -519,9 +547,12 @@ func (b *Browser) applyLocked(name string, s *svcRRs, p packet, claimed []netip.
 		}
 	}
 	if txt, ok := s.txt.(*dns.TXT); ok {
-		o.txt = make([]string, len(txt.Txt))
+		vals := make([]string, len(txt.Txt))
 		for i, t := range txt.Txt {
-			o.txt[i] = unescapeTXT(t)
+			vals[i] = unescapeTXT(t)
+		}
+		if !o.lateCopy(p.fam, vals, now) {
+			o.txt = vals
 		}
 		o.haveTXT = true
 	}

@@ -174,10 +174,15 @@ func roundTrip(t testing.TB, m *dns.Msg) *dns.Msg {
 
 // feed hands the browser a packet from src, as its socket would.
 func feed(b *Browser, ifc *ifaceAddrs, m *dns.Msg, src string, at time.Time) {
+	feedFam(b, ifc, m, src, v4, at)
+}
+
+// feedFam is feed on the socket of family f.
+func feedFam(b *Browser, ifc *ifaceAddrs, m *dns.Msg, src string, f family, at time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.ifaces[ifc.Index] = ifc
-	b.handleLocked(m, packet{src: netip.AddrPortFrom(netip.MustParseAddr(src), mdnsPort), ifindex: ifc.Index, fam: v4}, at)
+	b.handleLocked(m, packet{src: netip.AddrPortFrom(netip.MustParseAddr(src), mdnsPort), ifindex: ifc.Index, fam: f}, at)
 }
 
 func nextEvent(t *testing.T, b *Browser) Event {

@@ -169,6 +169,46 @@ func TestBrowserLiveness(t *testing.T) {
 	noEvent(t, b)
 }
 
+// A responder sends each announcement over IPv4 and IPv6; the browser
+// reads them on two goroutines, so the IPv6 copy of an old announcement
+// may come after the IPv4 copy of the new one. It is not taken as news
+// (TestLabAddUpdateRemove once saw board1 flip back to its old boot id),
+// but the same TXT coming back later, or first on the other family, is.
+func TestBrowserLateCopyFromOtherFamily(t *testing.T) {
+	ifc := fakeIface(t)
+	b := NewBrowser(BrowseConfig{})
+	const v4src, v6src = "10.77.0.2", "fe80::2"
+	both := func(boot string) *dns.Msg {
+		s := &service{rec: testRecord("board1", 7207, boot), hb: hbInfo{Every: DefaultHeartbeat}}
+		m := newResponse()
+		m.Answer = s.records(&ifaceAddrs{v4: []netip.Addr{netip.MustParseAddr(v4src)}, v6: []netip.Addr{netip.MustParseAddr(v6src)}}, 1)
+		return roundTrip(t, m)
+	}
+	t0 := time.Now()
+	feedFam(b, ifc, both("1"), v4src, v4, t0)
+	feedFam(b, ifc, both("1"), v6src, v6, t0)
+	if ev := nextEvent(t, b); ev.Op != Added || ev.Record.BootID != "1" {
+		t.Fatalf("got %s %+v", ev.Op, ev.Record)
+	}
+	feedFam(b, ifc, both("2"), v4src, v4, t0.Add(10*time.Millisecond))
+	if ev := nextEvent(t, b); ev.Op != Updated || ev.Record.BootID != "2" {
+		t.Fatalf("update: %s %+v", ev.Op, ev.Record)
+	}
+	feedFam(b, ifc, both("1"), v6src, v6, t0.Add(11*time.Millisecond)) // the late copy
+	feedFam(b, ifc, both("2"), v6src, v6, t0.Add(12*time.Millisecond))
+	noEvent(t, b)
+	if got := b.Boards(); len(got) != 1 || got[0].BootID != "2" {
+		t.Fatalf("Boards() = %+v", got)
+	}
+	// Past the second, the old TXT again is news, whichever family says it first.
+	feedFam(b, ifc, both("1"), v6src, v6, t0.Add(2*time.Second))
+	if ev := nextEvent(t, b); ev.Op != Updated || ev.Record.BootID != "1" {
+		t.Fatalf("back to 1: %s %+v", ev.Op, ev.Record)
+	}
+	feedFam(b, ifc, both("1"), v4src, v4, t0.Add(2*time.Second))
+	noEvent(t, b)
+}
+
 // The responder answers a PTR question with every record of the board
 // in one group, leaves out what the asker knows, and answers a legacy
 // unicast question with TTLs of at most 10 s and the question repeated.
