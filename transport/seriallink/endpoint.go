@@ -567,10 +567,7 @@ func (e *Endpoint) onFrame(h header, payload []byte) {
 
 func (e *Endpoint) hostFrame(h header, payload []byte, now time.Time) {
 	if l := e.sess; l != nil {
-		if l.silent {
-			l.backoff = 0 // what went unanswered is probed for at once
-		}
-		l.unheard, l.silent = 0, false // an agent is there, whichever session it speaks of: writing is safe
+		l.heard()
 	}
 	if h.typ == typeBeacon {
 		// An agent beacons only without a session: ours is gone.

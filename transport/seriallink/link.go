@@ -116,7 +116,7 @@ type link struct {
 	// unheard counts the SYNs, retransmissions and probes a host sent
 	// since it last heard the agent: at Config.QuietAfter it goes quiet.
 	unheard  int
-	silent   bool      // the host has written its last frame before going quiet
+	voice    voice     // whether a host may write (always speaking for an agent)
 	progress time.Time // last sign the peer takes our frames
 	// Decaying sums over acknowledged frames, for the payload size: frames,
 	// their transmissions, and the wire bytes of those.
@@ -479,8 +479,8 @@ func (l *link) sack() []byte {
 func (l *link) next(now time.Time, fb *frameBuf, out []byte) ([]byte, time.Time) {
 	cfg := &l.e.cfg
 	if l.quiet() {
-		if !l.silent { // the frame that made it quiet is out
-			l.silent = true
+		if l.voice == hushed { // the frame that made it quiet is out
+			l.voice = l.voice.on(reported)
 			l.e.stats.quiet.Add(1)
 			l.e.log.Debug("seriallink: the agent does not answer; listening only", "tag", l.tag, "unanswered", l.unheard)
 			l.e.broadcast()
@@ -596,12 +596,56 @@ func (l *link) unanswered() {
 	if !l.host {
 		return
 	}
-	l.unheard++
+	if l.unheard++; l.unheard >= l.e.cfg.QuietAfter {
+		l.voice = l.voice.on(unansweredEnough)
+	}
+}
+
+// heard: the host heard the agent (whichever session it speaks of), so
+// writing is safe again.
+func (l *link) heard() {
+	if l.voice == listening {
+		l.backoff = 0 // what went unanswered is probed for at once
+	}
+	l.unheard, l.voice = 0, l.voice.on(agentHeard)
 }
 
 // quiet reports a host that wrote QuietAfter frames in a row unanswered
 // and now only listens.
-func (l *link) quiet() bool { return l.host && l.unheard >= l.e.cfg.QuietAfter }
+func (l *link) quiet() bool { return l.host && l.voice != speaking }
+
+// voice is whether a host may write to its agent.
+type voice uint8
+
+const (
+	speaking  voice = iota // writes; counts the frames the agent leaves unanswered
+	hushed                 // wrote QuietAfter unanswered frames: writes no more, not yet reported
+	listening              // reported (stats, log); listens until the agent is heard
+)
+
+// voiceEvent is what moves a host's voice.
+type voiceEvent uint8
+
+const (
+	unansweredEnough voiceEvent = iota // QuietAfter frames in a row unanswered
+	reported                           // the writer saw it hushed and said so
+	agentHeard                         // a valid frame from the agent
+)
+
+// voiceMoves is the transition table; an event not listed for a state
+// leaves it as it is.
+var voiceMoves = map[voice]map[voiceEvent]voice{
+	speaking:  {unansweredEnough: hushed},
+	hushed:    {reported: listening, agentHeard: speaking},
+	listening: {agentHeard: speaking},
+}
+
+func (v voice) on(ev voiceEvent) voice {
+	if next, ok := voiceMoves[v][ev]; ok {
+		return next
+	}
+	return v
+}
 
 // quietMax caps a wait before a probe. An agent never stays silent longer
 // than its beacon interval, session or not: a host that vanished without
