@@ -92,10 +92,7 @@ func ProbePort(ctx context.Context, dev string, cfg SerialConfig) (Record, error
 	if why := portBusy(dev); why != "" {
 		return Record{}, &PortBusyError{Port: dev, Reason: why}
 	}
-	unlock, why, err := lockPort(dev)
-	if err != nil {
-		return Record{}, fmt.Errorf("%s: %w", dev, err)
-	}
+	unlock, why := lockPort(dev)
 	if why != "" {
 		return Record{}, &PortBusyError{Port: dev, Reason: why}
 	}

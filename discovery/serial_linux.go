@@ -14,73 +14,15 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/boardlink/boardlink/internal/uucplock"
 	"golang.org/x/sys/unix"
 )
 
-// lockDirs are where uucp lock files live: the first one that exists is
-// where the probe writes its own; every one is read.
-var lockDirs = []string{"/run/lock", "/var/lock"}
-
-// canonical is dev with its symlinks resolved (/dev/serial/by-id/... is
-// /dev/ttyUSB0), so that every name of a port finds the same lock.
-func canonical(dev string) string {
-	if p, err := filepath.EvalSymlinks(dev); err == nil {
-		return p
-	}
-	return dev
-}
-
-// lockName is the uucp lock file name of a port: LCK..ttyUSB0, and
-// LCK..pts_3 for /dev/pts/3.
-func lockName(dev string) string {
-	return "LCK.." + strings.ReplaceAll(strings.TrimPrefix(canonical(dev), "/dev/"), "/", "_")
-}
-
-// lockOwner reads a lock file: the pid it names, and whether that
-// process is alive (a lock left by a dead one is stale).
-func lockOwner(path string) (pid int, alive bool, err error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, false, err
-	}
-	s := strings.TrimSpace(string(b))
-	if pid, err = strconv.Atoi(s); err != nil && len(b) == 4 { // the old binary form
-		pid, err = int(int32(b[0])|int32(b[1])<<8|int32(b[2])<<16|int32(b[3])<<24), nil
-	}
-	if err != nil || pid <= 0 {
-		return 0, false, fmt.Errorf("lock file %s: unreadable pid %q", path, s)
-	}
-	err = unix.Kill(pid, 0)
-	return pid, err == nil || errors.Is(err, unix.EPERM), nil
-}
-
-// processName is what /proc says the process is called, or "".
-func processName(pid int) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-	if err != nil {
-		return ""
-	}
-	return strings.TrimSpace(string(b))
-}
-
-func describe(pid int) string {
-	if name := processName(pid); name != "" {
-		return fmt.Sprintf("pid %d (%s)", pid, name)
-	}
-	return fmt.Sprintf("pid %d", pid)
-}
-
 // lockedBy says which live process holds the port's lock file, or "".
 func lockedBy(dev string) string {
-	for _, dir := range lockDirs {
-		path := filepath.Join(dir, lockName(dev))
-		pid, alive, err := lockOwner(path)
-		switch {
-		case errors.Is(err, os.ErrNotExist):
-		case err != nil:
+	for _, dir := range uucplock.Dirs {
+		if err := uucplock.Holder(filepath.Join(dir, uucplock.Name(dev))); err != nil {
 			return err.Error() // unreadable: someone's, all the same
-		case alive:
-			return fmt.Sprintf("locked by %s (%s)", describe(pid), path)
 		}
 	}
 	return ""
@@ -117,7 +59,7 @@ func openedBy(dev string) []string {
 			}
 			var st unix.Stat_t
 			if unix.Stat(target, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFCHR && st.Rdev == want.Rdev {
-				out = append(out, describe(pid))
+				out = append(out, uucplock.Describe(pid))
 				break
 			}
 		}
@@ -142,43 +84,24 @@ func openedElsewhere(dev string) string {
 }
 
 // lockPort takes the port's uucp lock for this process, removing a stale
-// one, and returns what releases it. Where no lock directory can be
-// written (a user outside the lock group), it goes on without one.
-func lockPort(dev string) (unlock func(), busy string, err error) {
-	for _, dir := range lockDirs {
+// one, and returns what releases it. Where no lock can be written (a user
+// outside the lock group), it goes on without one: TIOCEXCL still guards.
+func lockPort(dev string) (unlock func(), busy string) {
+	for _, dir := range uucplock.Dirs {
 		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
 			continue
 		}
-		path := filepath.Join(dir, lockName(dev))
-		for range 2 { // a stale lock is removed once, then taken
-			f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-			if errors.Is(err, os.ErrExist) {
-				pid, alive, rerr := lockOwner(path)
-				if rerr != nil || alive {
-					if rerr != nil {
-						return nil, rerr.Error(), nil
-					}
-					return nil, fmt.Sprintf("locked by %s (%s)", describe(pid), path), nil
-				}
-				_ = os.Remove(path)
-				continue
-			}
-			if err != nil {
-				return func() {}, "", nil // not ours to lock: TIOCEXCL still guards
-			}
-			_, werr := fmt.Fprintf(f, "%10d\n", os.Getpid()) // the HDB form
-			if cerr := f.Close(); werr == nil {
-				werr = cerr
-			}
-			if werr != nil {
-				_ = os.Remove(path)
-				return nil, "", fmt.Errorf("lock %s: %w", path, werr)
-			}
-			return func() { _ = os.Remove(path) }, "", nil
+		unlock, err := uucplock.Take(filepath.Join(dir, uucplock.Name(dev)))
+		var held *uucplock.HeldError
+		switch {
+		case errors.As(err, &held) || errors.Is(err, uucplock.ErrUnreadable):
+			return nil, err.Error()
+		case err != nil:
+			return func() {}, ""
 		}
-		return nil, "", fmt.Errorf("lock %s: stale lock file came back", path)
+		return unlock, ""
 	}
-	return func() {}, "", nil
+	return func() {}, ""
 }
 
 // bauds maps the rates a probe may listen at to their termios codes.

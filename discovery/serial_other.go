@@ -16,6 +16,6 @@ func portBusy(string) string { return "" }
 
 func openedElsewhere(string) string { return "" }
 
-func lockPort(string) (func(), string, error) { return func() {}, "", nil }
+func lockPort(string) (func(), string) { return func() {}, "" }
 
 func openTTY(dev string, baud int) (io.ReadWriteCloser, error) { return seriallink.OpenPort(dev, baud) }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/boardlink/boardlink/internal/testenv"
+	"github.com/boardlink/boardlink/internal/uucplock"
 	"github.com/boardlink/boardlink/proto"
 	"github.com/boardlink/boardlink/transport/seriallink"
 )
@@ -23,7 +24,7 @@ import (
 // port without holding its uucp lock.
 func countingOpen(t *testing.T, written *atomic.Int64) func(string, int) (io.ReadWriteCloser, error) {
 	return func(dev string, baud int) (io.ReadWriteCloser, error) {
-		if pid, alive, err := lockOwner(filepath.Join(lockDirs[0], lockName(dev))); err != nil || !alive || pid != os.Getpid() {
+		if pid, alive, err := uucplock.Owner(filepath.Join(uucplock.Dirs[0], uucplock.Name(dev))); err != nil || !alive || pid != os.Getpid() {
 			t.Errorf("the probe opened %s without its lock file: pid %d, %v", dev, pid, err)
 		}
 		p, err := openTTY(dev, baud)
@@ -38,9 +39,9 @@ func countingOpen(t *testing.T, written *atomic.Int64) func(string, int) (io.Rea
 // directory, where the probe keeps its lock.
 func requireLockDir(t *testing.T) {
 	t.Helper()
-	f, err := os.CreateTemp(lockDirs[0], "boardlink-test-")
+	f, err := os.CreateTemp(uucplock.Dirs[0], "boardlink-test-")
 	if err != nil {
-		testenv.SkipOrFail(t, "cannot write the lock directory %s: %v", lockDirs[0], err)
+		testenv.SkipOrFail(t, "cannot write the lock directory %s: %v", uucplock.Dirs[0], err)
 	}
 	f.Close()
 	os.Remove(f.Name())
@@ -89,7 +90,7 @@ func TestProbeFindsAgentByListening(t *testing.T) {
 	if n := written.Load(); n != 0 {
 		t.Fatalf("the probe wrote %d bytes", n)
 	}
-	if _, err := os.Stat(filepath.Join(lockDirs[0], lockName(slave.Name()))); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(filepath.Join(uucplock.Dirs[0], uucplock.Name(slave.Name()))); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the probe left its lock file: %v", err)
 	}
 }
@@ -203,7 +204,7 @@ func TestProbeSkipsAPortInUse(t *testing.T) {
 func TestProbeHonoursLockFiles(t *testing.T) {
 	requireLockDir(t)
 	_, slave := testenv.RawPTY(t)
-	lock := filepath.Join(lockDirs[0], lockName(slave.Name()))
+	lock := filepath.Join(uucplock.Dirs[0], uucplock.Name(slave.Name()))
 	t.Cleanup(func() { os.Remove(lock) })
 	cfg := SerialConfig{Wait: 100 * time.Millisecond}
 

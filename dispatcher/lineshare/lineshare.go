@@ -40,11 +40,11 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/boardlink/boardlink/internal/uucplock"
 	"github.com/boardlink/boardlink/proto"
 	"github.com/boardlink/boardlink/transport"
 )
@@ -149,7 +149,7 @@ func Key(addr string) (string, error) {
 	}
 	switch u.Scheme {
 	case "serial":
-		return "serial:" + canonical(u.Path), nil
+		return "serial:" + uucplock.Canonical(u.Path), nil
 	case "unix":
 		p, err := filepath.Abs(u.Path)
 		if err != nil {
@@ -160,15 +160,6 @@ func Key(addr string) (string, error) {
 		return "tcp:" + u.Host, nil
 	}
 	return "", fmt.Errorf("line %q: not a serial line (serial://, tcp:// or unix://)", addr)
-}
-
-// canonical is dev with its symlinks resolved (/dev/serial/by-id/... is
-// /dev/ttyUSB0), so that every name of a port finds the same mux and lock.
-func canonical(dev string) string {
-	if p, err := filepath.EvalSymlinks(dev); err == nil {
-		return p
-	}
-	return dev
 }
 
 // Socket is where the mux of the line at addr listens, under dir.
@@ -385,13 +376,4 @@ func Dial(ctx context.Context, sock string, h Hello) (*Conn, Welcome, error) {
 		return nil, Welcome{}, err
 	}
 	return c, w, nil
-}
-
-// Describe names a process for messages: "pid 42 (boardlink)".
-func Describe(pid int) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
-	if name := strings.TrimSpace(string(b)); err == nil && name != "" {
-		return fmt.Sprintf("pid %d (%s)", pid, name)
-	}
-	return fmt.Sprintf("pid %d", pid)
 }

@@ -3,18 +3,12 @@ package lineshare
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 
+	"github.com/boardlink/boardlink/internal/uucplock"
 	"golang.org/x/sys/unix"
 )
-
-// lockDirs are where uucp lock files live (minicom, picocom, screen and
-// ModemManager keep theirs there): every one is read, the first one this
-// user may write takes ours.
-var lockDirs = []string{"/run/lock", "/var/lock"}
 
 // BusyError: another live process holds the line's lock file.
 type BusyError struct {
@@ -24,7 +18,7 @@ type BusyError struct {
 }
 
 func (e *BusyError) Error() string {
-	return fmt.Sprintf("%s is in use by %s (lock file %s)", e.Line, Describe(e.PID), e.Path)
+	return fmt.Sprintf("%s is in use by %s (lock file %s)", e.Line, uucplock.Describe(e.PID), e.Path)
 }
 
 // Unwrap makes it an ErrBusy.
@@ -39,7 +33,7 @@ func lockName(addr string) (name string, device bool, err error) {
 		return "", false, err
 	}
 	if dev, ok := strings.CutPrefix(key, "serial:"); ok {
-		return "LCK.." + strings.ReplaceAll(strings.TrimPrefix(dev, "/dev/"), "/", "_"), true, nil
+		return uucplock.Name(dev), true, nil
 	}
 	return "LCK..boardlink-" + hash(key), false, nil
 }
@@ -58,7 +52,7 @@ func Lock(addr, runDir string) (unlock func(), err error) {
 	}
 	var dirs []string
 	if device {
-		for _, dir := range lockDirs {
+		for _, dir := range uucplock.Dirs {
 			if err := busy(addr, filepath.Join(dir, name)); err != nil {
 				return nil, err
 			}
@@ -87,60 +81,20 @@ func Lock(addr, runDir string) (unlock func(), err error) {
 
 // busy reports a live holder of the lock file at path.
 func busy(addr, path string) error {
-	pid, alive, err := lockOwner(path)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		return nil
-	case err != nil:
-		return err
-	case alive:
-		return &BusyError{Line: addr, PID: pid, Path: path}
-	}
-	return nil
+	return asBusy(addr, uucplock.Holder(path))
 }
 
-// lockIn takes the lock file at path (HDB form: the pid in ten columns),
-// removing a stale one once.
+// asBusy is err, a live holder as a *BusyError.
+func asBusy(addr string, err error) error {
+	var held *uucplock.HeldError
+	if errors.As(err, &held) {
+		return &BusyError{Line: addr, PID: held.PID, Path: held.Path}
+	}
+	return err
+}
+
+// lockIn takes the lock file at path, removing a stale one.
 func lockIn(addr, path string) (func(), error) {
-	for range 2 {
-		f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
-		if errors.Is(err, os.ErrExist) {
-			if err := busy(addr, path); err != nil {
-				return nil, err
-			}
-			_ = os.Remove(path) // stale: its process is gone
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		_, werr := fmt.Fprintf(f, "%10d\n", os.Getpid())
-		if cerr := f.Close(); werr == nil {
-			werr = cerr
-		}
-		if werr != nil {
-			_ = os.Remove(path)
-			return nil, werr
-		}
-		return func() { _ = os.Remove(path) }, nil
-	}
-	return nil, fmt.Errorf("%s: a stale lock file came back", path)
-}
-
-// lockOwner reads a lock file: the pid it names (ASCII, or the old 4-byte
-// binary form), and whether that process lives.
-func lockOwner(path string) (pid int, alive bool, err error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, false, err
-	}
-	s := strings.TrimSpace(string(b))
-	if pid, err = strconv.Atoi(s); err != nil && len(b) == 4 {
-		pid, err = int(int32(b[0])|int32(b[1])<<8|int32(b[2])<<16|int32(b[3])<<24), nil
-	}
-	if err != nil || pid <= 0 {
-		return 0, false, fmt.Errorf("lock file %s: unreadable pid %q", path, s)
-	}
-	err = unix.Kill(pid, 0)
-	return pid, err == nil || errors.Is(err, unix.EPERM), nil
+	unlock, err := uucplock.Take(path)
+	return unlock, asBusy(addr, err)
 }
