@@ -78,7 +78,7 @@ func TestTargets(t *testing.T) {
 	if err != nil || len(got) != 2 || got[0].ID != "rack-a" || got[1].ID != "rack-b" {
 		t.Fatalf("inventory only: %+v %v", got, err)
 	}
-	serial := &dispatcher.Resolver{NoMDNS: true, SerialPorts: []string{port}, Timeout: 5 * time.Second}
+	serial := &dispatcher.Resolver{NoMDNS: true, SerialPorts: []string{port}, Timeout: time.Minute}
 	got, found, err := dispatcher.Targets(ctx, serial, inv[:2], dispatcher.Selector{"model": "sim"})
 	if err != nil || len(got) != 2 || got[0].ID != "rack-b" || got[1].ID != "uart-board" ||
 		!strings.HasPrefix(got[1].Address, "serial://") || len(found.Boards) != 1 {

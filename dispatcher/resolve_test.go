@@ -167,7 +167,9 @@ func TestResolveWithoutInterface(t *testing.T) {
 		t.Fatalf("found %+v, warning %q", ue.Found, ue.Found.Warning())
 	}
 	var warnings []string
-	r := &dispatcher.Resolver{SerialPorts: []string{servePTY(t, "uart-board")}, Timeout: 5 * time.Second,
+	// mDNS listens the whole bound for a prefix; the serial port's beacon
+	// must come within it, also on a loaded machine.
+	r := &dispatcher.Resolver{SerialPorts: []string{servePTY(t, "uart-board")}, Timeout: 20 * time.Second,
 		Warn: func(m string) { warnings = append(warnings, m) }}
 	if rec, err := r.Resolve(ctx, "uart"); err != nil || rec.ID != "uart-board" {
 		t.Fatalf("resolve: %+v %v", rec, err)
@@ -182,7 +184,9 @@ func TestResolveWithoutInterface(t *testing.T) {
 func TestResolveOnSerial(t *testing.T) {
 	ctx := context.Background()
 	port := servePTY(t, "uart-board")
-	r := &dispatcher.Resolver{NoMDNS: true, SerialPorts: []string{port}, Timeout: 5 * time.Second,
+	// The search ends when the port's beacon is heard: the bound only
+	// fails a board that never beacons, also on a loaded machine.
+	r := &dispatcher.Resolver{NoMDNS: true, SerialPorts: []string{port}, Timeout: time.Minute,
 		Warn: func(m string) { t.Errorf("warning %q", m) }}
 	rec, err := r.Resolve(ctx, "uart")
 	if err != nil || rec.ID != "uart-board" || rec.Source != "serial" || rec.Address != "serial://"+port+"?baud=115200" {
