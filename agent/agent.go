@@ -200,6 +200,8 @@ type Peer struct {
 	// session began (proto.AuthBearer: a token on the upgrade), and Host
 	// which token it was.
 	Auth, Host string
+	// hello is the session.hello answered on the upgrade, if any.
+	hello *upgradeHello
 }
 
 // ServeLink serves one connection until it ends or ctx is canceled. Until
@@ -219,6 +221,9 @@ func (a *Agent) ServeLink(ctx context.Context, l transport.Link, peer Peer) {
 		s.logAuth() // every session is logged with how it authenticated
 	case a.cfg.Auth.NoAuth:
 		s.authenticated(proto.AuthNoAuth, "")
+	}
+	if h := peer.hello; h != nil {
+		s.authSess, s.protocol = h.sess, h.protocol
 	}
 	c := transport.NewConn(l, transport.Config{Handler: s, Logger: a.log,
 		MaxInflight: a.cfg.Limits.MaxInflight, MaxStreams: a.cfg.Limits.MaxStreams})
@@ -489,18 +494,14 @@ func (s *session) hello(params json.RawMessage) (any, error) {
 	if err := proto.DecodeParams(params, &p); err != nil {
 		return nil, err
 	}
-	if p.Protocol < proto.MinVersion {
-		return nil, proto.Errorf(proto.ReasonIncompatible,
-			"protocol %d is not served; this agent speaks %d to %d", p.Protocol, proto.MinVersion, proto.Version)
+	res, sess, err := s.a.helloResult(p)
+	if err != nil {
+		return nil, err
 	}
-	res := proto.HelloResult{Protocol: min(p.Protocol, proto.Version), Agent: version.Version,
-		BoardID: s.a.board.Identity().ID, Capabilities: s.a.Capabilities()}
 	if p.Nonce != nil {
-		ch, sess := s.a.auth.challenge(p.Nonce)
 		s.mu.Lock()
 		s.authSess = sess
 		s.mu.Unlock()
-		res.Auth = ch
 	}
 	if p.Token != "" && !s.authed.Load() {
 		// A client older than protocol 4 sends the token itself.
@@ -516,6 +517,55 @@ func (s *session) hello(params json.RawMessage) (any, error) {
 	s.protocol = res.Protocol
 	s.mu.Unlock()
 	return res, nil
+}
+
+// helloResult answers session.hello's p, with the board's proof when p has
+// a nonce, and the session's nonces that proof opens; the caller says
+// whether the session is authenticated.
+func (a *Agent) helloResult(p proto.HelloParams) (proto.HelloResult, auth.Session, error) {
+	if p.Protocol < proto.MinVersion {
+		return proto.HelloResult{}, auth.Session{}, proto.Errorf(proto.ReasonIncompatible,
+			"protocol %d is not served; this agent speaks %d to %d", p.Protocol, proto.MinVersion, proto.Version)
+	}
+	res := proto.HelloResult{Protocol: min(p.Protocol, proto.Version), Agent: version.Version,
+		BoardID: a.board.Identity().ID, Capabilities: a.Capabilities()}
+	var sess auth.Session
+	if p.Nonce != nil {
+		res.Auth, sess = a.auth.challenge(p.Nonce)
+	}
+	return res, sess, nil
+}
+
+// upgradeHello is a session.hello answered on the WebSocket upgrade
+// (protocol.md 2.7): the session starts with its nonces and version.
+type upgradeHello struct {
+	sess     auth.Session
+	protocol int
+}
+
+// helloOnUpgrade answers the HelloHeader of an upgrade request: the
+// header to answer with, and what the session starts with. Anything it
+// does not serve (bad params, no nonce, a token, an old protocol) gets no
+// answer: the client then says hello in-band, where the error is named.
+func (a *Agent) helloOnUpgrade(value string, authenticated bool) (string, *upgradeHello) {
+	raw, err := proto.HelloHeaderJSON(value)
+	if err != nil {
+		return "", nil
+	}
+	var p proto.HelloParams
+	if perr := proto.DecodeParams(raw, &p); perr != nil || p.Nonce == nil || p.Token != "" {
+		return "", nil
+	}
+	res, sess, err := a.helloResult(p)
+	if err != nil {
+		return "", nil
+	}
+	res.Authenticated = authenticated
+	answer, err := proto.EncodeHelloHeader(res)
+	if err != nil {
+		return "", nil
+	}
+	return answer, &upgradeHello{sess: sess, protocol: res.Protocol}
 }
 
 // checkVersion refuses a method newer than the session's version, naming

@@ -151,25 +151,35 @@ func countSession(delta int) {
 }
 
 // peer describes the peer of an upgraded link, with the Bearer token it
-// presented, if any (check already verified it).
+// presented, if any (check already verified it), and the hello answered
+// on the upgrade.
 func (s *WebSocketServer) peer(l *wslink.Link) Peer {
 	p := l.Peer()
 	out := Peer{Addr: p.Addr, Link: "ws"}
 	if s.tls {
 		out.Link = "wss"
 	}
-	if b, ok := p.Info.(bearer); ok {
-		out.Auth, out.Host = proto.AuthBearer, string(b)
+	if u, ok := p.Info.(upgraded); ok {
+		if u.bearer {
+			out.Auth, out.Host = proto.AuthBearer, u.token
+		}
+		out.hello = u.hello
 	}
 	return out
 }
 
-// bearer names the token an upgrade presented, from check to peer.
-type bearer string
+// upgraded is what check saw on the upgrade, from check to peer: a Bearer
+// token presented and its name, and the hello answered.
+type upgraded struct {
+	bearer bool
+	token  string
+	hello  *upgradeHello
+}
 
 // check refuses what a browser could send (DNS rebinding: a page whose
-// name resolves to the board), and checks a Bearer token when the upgrade
-// carries one. Without one the session authenticates in-band.
+// name resolves to the board), checks a Bearer token when the upgrade
+// carries one (without one the session authenticates in-band), and
+// answers a hello on the upgrade (protocol.md 2.7).
 func (s *WebSocketServer) check(w http.ResponseWriter, r *http.Request) (any, bool) {
 	if origin := r.Header.Get("Origin"); origin != "" {
 		s.log.Warn("refused a request with an Origin header (a browser?)", "peer", r.RemoteAddr, "origin", origin, "host", r.Host)
@@ -181,27 +191,33 @@ func (s *WebSocketServer) check(w http.ResponseWriter, r *http.Request) (any, bo
 		http.Error(w, "boardlink: Host names another server", http.StatusMisdirectedRequest)
 		return nil, false
 	}
-	h := r.Header.Get("Authorization")
-	if h == "" {
-		return nil, true
-	}
-	tok, ok := strings.CutPrefix(h, "Bearer ")
-	if !ok {
-		http.Error(w, "boardlink: Authorization must be Bearer TOKEN", http.StatusUnauthorized)
-		return nil, false
-	}
-	name, err := s.agent.auth.plainToken(r.RemoteAddr, tok, "the bearer token")
-	if err != nil {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="boardlink"`)
-		status := http.StatusUnauthorized
-		if lo, ok := errors.AsType[*lockedOut](err); ok {
-			status = http.StatusTooManyRequests
-			w.Header().Set("Retry-After", strconv.Itoa(int(lo.wait.Seconds())+1))
+	var u upgraded
+	if h := r.Header.Get("Authorization"); h != "" {
+		tok, ok := strings.CutPrefix(h, "Bearer ")
+		if !ok {
+			http.Error(w, "boardlink: Authorization must be Bearer TOKEN", http.StatusUnauthorized)
+			return nil, false
 		}
-		http.Error(w, "boardlink: "+err.Error(), status)
-		return nil, false
+		name, err := s.agent.auth.plainToken(r.RemoteAddr, tok, "the bearer token")
+		if err != nil {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="boardlink"`)
+			status := http.StatusUnauthorized
+			if lo, ok := errors.AsType[*lockedOut](err); ok {
+				status = http.StatusTooManyRequests
+				w.Header().Set("Retry-After", strconv.Itoa(int(lo.wait.Seconds())+1))
+			}
+			http.Error(w, "boardlink: "+err.Error(), status)
+			return nil, false
+		}
+		u.bearer, u.token = true, name
 	}
-	return bearer(name), true
+	if v := r.Header.Get(proto.HelloHeader); v != "" {
+		var answer string
+		if answer, u.hello = s.agent.helloOnUpgrade(v, u.bearer || s.agent.cfg.Auth.NoAuth); answer != "" {
+			w.Header().Set(proto.HelloHeader, answer)
+		}
+	}
+	return u, true
 }
 
 // hostAllowed accepts a Host that is an address, localhost, an mDNS name

@@ -256,9 +256,11 @@ func newClient(ctx context.Context, addr string, opts DialOptions) (*Client, err
 			// Close sends the close frame and waits little for the
 			// board's: by then every answer is in, and a short-lived CLI
 			// would spend a round trip on politeness.
+			// session.hello rides on the upgrade too (helloHeader).
 			return wslink.Dial(ctx, addr, "", wslink.Config{Logger: opts.Logger, CloseWait: closeWait, ReadBufferSize: opts.ReadBuffer,
 				VerifyKey: func(ed25519.PublicKey) error { return nil },
-				Authorize: func(cs tls.ConnectionState) string { return upgradeToken(cs, opts) }})
+				Authorize: func(cs tls.ConnectionState) string { return upgradeToken(cs, opts) },
+				Header:    helloHeader()})
 		}
 		return &Client{opts: opts, redial: redial}, nil
 	}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
+	"net/http"
 
 	"github.com/boardlink/boardlink/auth"
 	"github.com/boardlink/boardlink/internal/version"
@@ -51,11 +53,13 @@ func boardHello(ctx context.Context, conn *transport.Conn, l transport.Link, opt
 	if opts.Trust == nil && opts.Fingerprint.IsZero() {
 		return proto.HelloResult{}, nil, fmt.Errorf("%w: no way to check the board's key (give DialOptions.Trust or Fingerprint)", ErrUntrusted)
 	}
-	nonce := auth.NewNonce()
-	var hello proto.HelloResult
-	err := conn.Call(ctx, proto.MethodHello, proto.HelloParams{Protocol: proto.Version, Client: clientName, Nonce: nonce}, &hello)
-	if err != nil {
-		return hello, nil, fmt.Errorf("session.hello: %w", err)
+	nonce, hello, ok := upgradeHello(l)
+	if !ok {
+		nonce = auth.NewNonce()
+		err := conn.Call(ctx, proto.MethodHello, proto.HelloParams{Protocol: proto.Version, Client: clientName, Nonce: nonce}, &hello)
+		if err != nil {
+			return hello, nil, fmt.Errorf("session.hello: %w", err)
+		}
 	}
 	if opts.BoardID != "" && hello.BoardID != opts.BoardID {
 		return hello, nil, &WrongBoardError{Want: opts.BoardID, Got: hello.BoardID}
@@ -118,6 +122,42 @@ func authenticate(ctx context.Context, conn *transport.Conn, board string, s aut
 		return res, fmt.Errorf("board %s refused %s: %w", board, what, err)
 	}
 	return res, nil
+}
+
+// helloHeader is session.hello for a WebSocket upgrade to carry, with a
+// nonce of its own (protocol.md 2.7): the agent answers it on the 101 and
+// the session saves hello's round trip. Never a token: what the hello
+// answers is checked as in-band, before anything of the host's is sent.
+func helloHeader() http.Header {
+	v, err := proto.EncodeHelloHeader(proto.HelloParams{Protocol: proto.Version, Client: clientName, Nonce: auth.NewNonce()})
+	if err != nil {
+		return nil // said in-band instead
+	}
+	return http.Header{proto.HelloHeader: {v}}
+}
+
+// upgradeHello is the hello a WebSocket link's upgrade carried: the nonce
+// sent and what the agent answered. ok is false when there was none (not
+// a WebSocket link, or an agent that does not answer it): hello is then
+// said in-band.
+func upgradeHello(l transport.Link) (nonce []byte, res proto.HelloResult, ok bool) {
+	wl, isWS := l.(*wslink.Link)
+	if !isWS {
+		return nil, res, false
+	}
+	peer := wl.Peer()
+	sent, answer := peer.Sent.Get(proto.HelloHeader), peer.Answered.Get(proto.HelloHeader)
+	if sent == "" || answer == "" {
+		return nil, res, false
+	}
+	var p proto.HelloParams
+	if raw, err := proto.HelloHeaderJSON(sent); err != nil || json.Unmarshal(raw, &p) != nil || p.Nonce == nil {
+		return nil, res, false
+	}
+	if raw, err := proto.HelloHeaderJSON(answer); err != nil || json.Unmarshal(raw, &res) != nil {
+		return nil, proto.HelloResult{}, false
+	}
+	return p.Nonce, res, true
 }
 
 // pins is what a Trust that pins keys by board id (KnownBoards) can say

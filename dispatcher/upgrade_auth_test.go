@@ -90,8 +90,9 @@ func TestTokenRidesUpgradeToPinnedBoard(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", step.what, err)
 		}
-		if !log.called(proto.MethodHello) || log.called(proto.MethodAuth) != step.auth {
-			t.Errorf("%s: called %v, want session.auth: %v", step.what, log.methods, step.auth)
+		// session.hello rode on the upgrade (protocol.md 2.7).
+		if log.called(proto.MethodHello) || log.called(proto.MethodAuth) != step.auth {
+			t.Errorf("%s: called %v, want no session.hello, session.auth: %v", step.what, log.methods, step.auth)
 		}
 	}
 	if _, err := session(tb.ws.URL(), "a-wrong-token-of-some-length"); !proto.IsReason(err, proto.ReasonUnauthorized) {
@@ -151,5 +152,37 @@ func TestUpgradeTokenOnlyToExpectedKey(t *testing.T) {
 		if got := <-headers; got != c.want {
 			t.Errorf("%s: Authorization %q, want %q", c.what, got, c.want)
 		}
+	}
+}
+
+// An agent that does not answer hello on the upgrade (one older than
+// protocol.md 2.7) is greeted in-band, and the session is the same.
+func TestHelloInBandToAgentNotAnsweringUpgrade(t *testing.T) {
+	tb := startBoard(t, agent.Config{})
+	sent := make(chan string, 1)
+	ts := httptest.NewServer(&wslink.Server{
+		Check: func(_ http.ResponseWriter, r *http.Request) (any, bool) {
+			sent <- r.Header.Get(proto.HelloHeader)
+			return nil, true
+		},
+		Serve: func(ctx context.Context, l *wslink.Link) {
+			tb.agent.ServeLink(ctx, l, agent.Peer{Addr: l.Peer().Addr, Link: "ws"})
+		}})
+	t.Cleanup(ts.Close)
+	log := &calls{}
+	c, err := dispatcher.Dial(context.Background(), "ws"+strings.TrimPrefix(ts.URL, "http"),
+		dispatcher.DialOptions{Token: labToken, Trust: dispatcher.NewKnownBoards(""), Logger: slog.New(log)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if <-sent == "" {
+		t.Error("the upgrade carried no hello")
+	}
+	if !log.called(proto.MethodHello) || !log.called(proto.MethodAuth) || !c.Hello().Authenticated {
+		t.Errorf("called %v (authenticated: %v), want session.hello and session.auth in-band", log.methods, c.Hello().Authenticated)
+	}
+	if _, err := c.Info(context.Background()); err != nil {
+		t.Errorf("board.info: %v", err)
 	}
 }

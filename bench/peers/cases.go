@@ -130,12 +130,21 @@ func benchCLI(ctx context.Context, e *benchEnv) ([]row, error) {
 	}
 	// What the process costs before it dials: start-up, package init, flags.
 	vs = append(vs, variant{name: "boardlink --version", run: func(ctx context.Context) error { return e.runCLI(ctx, "--version") }})
+	for _, also := range e.cfg.cliAlso {
+		name, bin, ok := strings.Cut(also, "=")
+		if !ok {
+			return nil, fmt.Errorf("-cli-also %q: want NAME=PATH", also)
+		}
+		vs = append(vs, variant{name: name + " exec ws", run: func(ctx context.Context) error {
+			return e.runBin(ctx, bin, "exec", e.urls["ws"], "--token-file", e.token, "--", "true")
+		}})
+	}
 	vs = append(vs,
 		variant{name: "ssh host true", run: func(ctx context.Context) error { return e.runSSH(ctx, nil, nil, nil, "true") }},
 		variant{name: "ssh -S ctl host true", run: func(ctx context.Context) error {
 			return e.runSSH(ctx, []string{"-S", ctl}, nil, nil, "true")
 		}})
-	return measure(ctx, e.cfg.cli, true, "`true`, a fresh CLI process", vs, len(links)+1, 0)
+	return measure(ctx, e.cfg.cli, true, "`true`, a fresh CLI process", vs, len(links)+1+len(e.cfg.cliAlso), 0)
 }
 
 // waitMaster waits until the ControlMaster at ctl answers.

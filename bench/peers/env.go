@@ -164,7 +164,12 @@ func (e *benchEnv) cliExec(ctx context.Context, l string) error {
 
 // runCLI runs the boardlink binary with the temporary XDG dirs.
 func (e *benchEnv) runCLI(ctx context.Context, args ...string) error {
-	cmd := exec.CommandContext(ctx, e.cli, args...)
+	return e.runBin(ctx, e.cli, args...)
+}
+
+// runBin runs bin as runCLI runs the CLI.
+func (e *benchEnv) runBin(ctx context.Context, bin string, args ...string) error {
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = e.cliEnv
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("boardlink %s: %w\n%s", strings.Join(args, " "), err, out)

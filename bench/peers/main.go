@@ -64,6 +64,10 @@ type config struct {
 	archs  []string      // architectures whose boardlinkd size is reported
 	smoke  bool
 	native string // the architecture of this machine's binaries
+	// cliAlso are other binaries timed beside the CLI, by name: NAME=PATH
+	// runs PATH with `exec ws://… -- true`'s arguments (a build of another
+	// commit, a prototype, an empty program).
+	cliAlso []string
 }
 
 // allArchs are the board architectures of `just cross`.
@@ -87,9 +91,13 @@ func main() {
 	flag.IntVar(&cfg.serial, "serial", 50, "timed exec round trips per variant over a serial line")
 	flag.DurationVar(&cfg.idle, "idle", time.Minute, "the footprint's idle window")
 	cases := flag.String("cases", strings.Join(allCases, ","), "the cases to run, comma-separated: "+strings.Join(allCases, ", "))
+	cliAlso := flag.String("cli-also", "", "NAME=PATH,...: other binaries the cli case runs with `exec ws://… -- true`'s arguments, beside the CLI")
 	smoke := flag.Bool("smoke", false, "every case small and fast (1 MiB, 1-3 runs, 0.5s idle, this machine's architecture only); overrides the other flags")
 	flag.Parse()
 	cfg.size = int64(size)
+	if *cliAlso != "" {
+		cfg.cliAlso = strings.Split(*cliAlso, ",")
+	}
 	for _, c := range strings.Split(*cases, ",") {
 		if !slices.Contains(allCases, c) {
 			fmt.Fprintf(os.Stderr, "peers: -cases: no case %q (want %s)\n", c, strings.Join(allCases, ", "))

@@ -92,6 +92,8 @@ func TestLayering(t *testing.T) {
 			why: "a client of the dispatcher must not link the store's SQL drivers or the service (their init runs at every start of a CLI call)"},
 		{from: "agent", never: []string{"dispatcher", "cmd"}, why: "the board side never drives another board"},
 		{from: "cmd/boardlinkd", never: []string{"dispatcher"}, why: "the agent binary carries no host side"},
+		{from: "bench/heldexec/client", only: []string{"bench/heldexec"},
+			why: "the held path's client measures the floor of a fresh process (docs/benchmarks.md): nothing of ours but its socket's name"},
 		// The demo runs its boards in this process (internal/simlab), so
 		// the CLI links the agent through it; nothing else of the CLI may.
 		{from: "cmd/boardlink", never: []string{"agent", "board/linux"}, through: []string{"internal/simlab"},

@@ -34,7 +34,10 @@ func Dial(ctx context.Context, rawURL, token string, cfg Config) (*Link, error) 
 	if u.Path == "" || u.Path == "/" {
 		u.Path = Path
 	}
-	h := http.Header{}
+	h := cfg.Header.Clone()
+	if h == nil {
+		h = http.Header{}
+	}
 	if token != "" {
 		h.Set("Authorization", "Bearer "+token)
 	}
@@ -93,6 +96,7 @@ func Dial(ctx context.Context, rawURL, token string, cfg Config) (*Link, error) 
 	}
 	l := newLink(ws, cfg)
 	l.peer.Addr = ws.RemoteAddr().String()
+	l.peer.Sent, l.peer.Answered = cfg.Header, resp.Header
 	if tc, ok := ws.NetConn().(*tls.Conn); ok {
 		cs := tc.ConnectionState()
 		l.peer.TLS = &cs

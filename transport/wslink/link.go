@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync"
 	"time"
 
@@ -40,6 +41,9 @@ type Config struct {
 	// none. It is never asked on ws://, where nothing has shown yet who
 	// answers.
 	Authorize func(tls.ConnectionState) string
+	// Header holds Dial's own headers for the upgrade request: what a
+	// protocol negotiates on the upgrade (protocol.md 2.7). Never a token.
+	Header http.Header
 	// NetDialContext, when set, opens Dial's TCP connection (a source
 	// address of one's choosing, a route of one's own).
 	NetDialContext func(ctx context.Context, network, addr string) (net.Conn, error)
@@ -106,6 +110,9 @@ type Peer struct {
 	TLS *tls.ConnectionState
 	// Info is what the Server's Check said of the request.
 	Info any
+	// Sent and Answered are, on the dialing side, the upgrade's own
+	// headers (Config.Header) and the headers of the agent's 101 answer.
+	Sent, Answered http.Header
 }
 
 // Peer describes the other end.

@@ -21,7 +21,8 @@ type Server struct {
 	Token string
 	// Check, when set, runs before the upgrade (after the Token check): it
 	// refuses a request by answering it and returning false. What it
-	// returns as info reaches Serve as the link's Peer().Info.
+	// returns as info reaches Serve as the link's Peer().Info, and the
+	// headers it sets on w go out on the 101.
 	Check func(w http.ResponseWriter, r *http.Request) (info any, ok bool)
 	// Serve runs one connection; the link is closed when it returns.
 	Serve func(ctx context.Context, l *Link)
@@ -64,7 +65,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	up := websocket.Upgrader{HandshakeTimeout: 10 * time.Second,
 		ReadBufferSize: readBufferSize, WriteBufferSize: writeBufferSize, WriteBufferPool: &writeBuffers}
-	ws, err := up.Upgrade(w, r, nil)
+	// What Check set on w's headers (a negotiation on the upgrade) goes
+	// out on the 101.
+	ws, err := up.Upgrade(w, r, w.Header())
 	if err != nil {
 		return // Upgrade has already answered with an HTTP error
 	}
