@@ -339,11 +339,15 @@ func TestLabAddUpdateRemove(t *testing.T) {
 	checkBoard(t, ev.Record, testRecord("board1", 7207, "boot-2"), fmt.Sprintf("ws://%s:7207", b1.IPv4))
 	t.Logf("Update seen as updated after %v", time.Unix(0, ev.At).Sub(t0).Round(time.Millisecond))
 
-	// Agent restart: goodbye, then a new process with a new boot id.
+	// Agent restart: goodbye, then a new process with a new boot id (started
+	// ahead, so that the restart takes what a service manager's does).
+	again := helper(t, "advertise board2 again", b2.NS, "advertise", labIface, "board2", "7208", "boot-2", "on-go")
+	again.expect("waiting", 10*time.Second)
 	adv2.send("stop")
 	adv2.expect("stopped", 5*time.Second)
 	t0 = time.Now()
-	adv2 = helper(t, "advertise board2 again", b2.NS, "advertise", labIface, "board2", "7208", "boot-2")
+	adv2 = again
+	adv2.send("go")
 	adv2.expect("ready", 10*time.Second)
 	ev = events.nextNews(5*time.Second, shown)
 	if ev.Op != Updated || ev.Record.ID != "board2" {

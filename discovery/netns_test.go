@@ -324,15 +324,25 @@ func testRecord(id string, port int, boot string) Record {
 
 func helperAdvertise(args []string) error {
 	if len(args) < 4 {
-		return fmt.Errorf("advertise IFACE ID PORT BOOT [COUNT]")
+		return fmt.Errorf("advertise IFACE ID PORT BOOT [COUNT|on-go]")
 	}
 	iface, id, boot := args[0], args[1], args[3]
 	port, err := strconv.Atoi(args[2])
 	if err != nil {
 		return err
 	}
+	sc := bufio.NewScanner(os.Stdin)
 	count := 1
-	if len(args) > 4 {
+	switch {
+	case len(args) > 4 && args[4] == "on-go":
+		// Started ahead, it advertises when told: a restart is then the
+		// goodbye and the new announcement milliseconds apart, as with a
+		// service manager, not a process start on a loaded machine apart.
+		fmt.Println("waiting")
+		if !sc.Scan() || sc.Text() != "go" {
+			return fmt.Errorf("on-go: got %q", sc.Text())
+		}
+	case len(args) > 4:
 		if count, err = strconv.Atoi(args[4]); err != nil {
 			return err
 		}
@@ -369,7 +379,6 @@ func helperAdvertise(args []string) error {
 		fmt.Println("stopped")
 		return nil
 	}
-	sc := bufio.NewScanner(os.Stdin)
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
 		switch {
