@@ -117,7 +117,7 @@ func (a *Agent) release(key string) {
 func (a *Agent) Capabilities() []string {
 	caps := []string{proto.CapExec, proto.CapExecDetach, proto.CapTCP}
 	if len(a.cfg.Roots) > 0 {
-		caps = append(caps, proto.CapFile, proto.CapDownload)
+		caps = append(caps, proto.CapFile, proto.CapDownload, proto.CapFrames)
 	}
 	if a.cfg.Reboot != nil {
 		caps = append(caps, proto.CapReboot)

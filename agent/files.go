@@ -232,7 +232,7 @@ func (s *session) filePush(c *transport.Conn, r *transport.Request) (any, error)
 		return nil, err
 	}
 	id, t := s.newTransfer()
-	res := proto.FilePushResult{ID: id, Offset: offset}
+	res := proto.FilePushResult{ID: id, Offset: offset, Frame: proto.MaxBulkFrame}
 	if offset > 0 {
 		res.OffsetSHA256 = sumHex(h)
 	}
@@ -446,6 +446,7 @@ func (s *session) filePull(c *transport.Conn, r *transport.Request) (any, error)
 		f.Close()
 		return nil, err
 	}
+	st.SetChunk(p.Frame)
 	id, t := s.newTransfer()
 	// The data follows the answer, which tells the caller where it starts.
 	r.AfterReply = func() {
@@ -479,8 +480,7 @@ func (s *session) logTransfer(verb, p string, res proto.FileResult, err error, s
 func send(f *os.File, h hash.Hash, st *transport.Stream, p string, info os.FileInfo, offset int64) (proto.FileResult, error) {
 	start := time.Now()
 	defer st.Close()
-	// The next block is read and hashed while this one is sent.
-	n, err := bulk.Copy(st, io.NewSectionReader(f, offset, info.Size()-offset), -1, h, nil)
+	n, err := bulk.CopyInline(st, io.NewSectionReader(f, offset, info.Size()-offset), h)
 	if err == nil && n < info.Size()-offset {
 		err = fmt.Errorf("%s shrank to %d bytes while being read", p, offset+n)
 	}

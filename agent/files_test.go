@@ -2,13 +2,16 @@ package agent_test
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -21,6 +24,7 @@ import (
 	"github.com/boardlink/boardlink/internal/testenv"
 	"github.com/boardlink/boardlink/proto"
 	"github.com/boardlink/boardlink/transport"
+	"github.com/boardlink/boardlink/transport/wslink"
 )
 
 // writeRandom makes a file of n random bytes with a distinctive mode and
@@ -580,5 +584,75 @@ func TestPushNoRoom(t *testing.T) {
 	}
 	if ents, err := os.ReadDir(h.root); err != nil || len(ents) != 0 {
 		t.Fatalf("the root holds %v (%v)", ents, err)
+	}
+}
+
+// file.pull's frame: a host that names none (an older one) gets frames of
+// the default size, one that names proto.MaxBulkFrame gets frames that
+// large; the hello announces it, and a push's answer names the agent's.
+func TestPullFrames(t *testing.T) {
+	h := newHarness(t, "")
+	ctx := ctxTimeout(t, time.Minute)
+	remote := filepath.Join(h.root, "f.bin")
+	writeRandom(t, remote, 1<<20)
+	l, err := wslink.Dial(ctx, h.wsURL(), h.token, wslink.Config{VerifyKey: func(ed25519.PublicKey) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := transport.NewConn(l, transport.Config{Client: true})
+	c.Start()
+	t.Cleanup(func() { c.Close() })
+	var hello proto.HelloResult
+	if err := c.Call(ctx, proto.MethodHello, proto.HelloParams{Protocol: proto.Version}, &hello); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(hello.Capabilities, proto.CapFrames) {
+		t.Fatalf("hello does not announce %s: %v", proto.CapFrames, hello.Capabilities)
+	}
+	for _, tc := range []struct{ frame, want int }{{0, 64 << 10}, {proto.MaxBulkFrame, proto.MaxBulkFrame}} {
+		s, err := c.OpenStream()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Grow(1 << 20) // frames limited by their size, not by the credit
+		var started proto.FilePullResult
+		if err := c.Call(ctx, proto.MethodFilePull, proto.FilePullParams{Path: remote, Stream: s.ID(), Frame: tc.frame}, &started); err != nil {
+			t.Fatal(err)
+		}
+		// A Read returns one frame's payload at most.
+		largest, total, buf := 0, 0, make([]byte, 2*proto.MaxBulkFrame)
+		for {
+			n, err := s.Read(buf)
+			largest, total = max(largest, n), total+n
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if total != 1<<20 || largest != tc.want {
+			t.Errorf("frame %d: %d bytes in frames of up to %d, want frames of %d", tc.frame, total, largest, tc.want)
+		}
+		if err := c.Call(ctx, proto.MethodFileWait, proto.FileWaitParams{ID: started.ID}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, _ := c.OpenStream()
+	err = c.Call(ctx, proto.MethodFilePull, proto.FilePullParams{Path: remote, Stream: s.ID(), Frame: proto.MaxBulkFrame + 1}, nil)
+	if !proto.IsReason(err, proto.ReasonInvalidParams) || !mentionsField(err, "frame") {
+		t.Fatalf("a frame beyond proto.MaxBulkFrame: %v, want invalid_params naming frame", err)
+	}
+	s.Close()
+	s, _ = c.OpenStream()
+	var pushed proto.FilePushResult
+	err = c.Call(ctx, proto.MethodFilePush, proto.FilePushParams{Path: filepath.Join(h.root, "g.bin"), Size: 0,
+		SHA256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", Stream: s.ID()}, &pushed)
+	if err != nil || pushed.Frame != proto.MaxBulkFrame {
+		t.Fatalf("file.push answered %+v, %v; want frame %d", pushed, err, proto.MaxBulkFrame)
+	}
+	s.CloseWrite()
+	if err := c.Call(ctx, proto.MethodFileWait, proto.FileWaitParams{ID: pushed.ID}, nil); err != nil {
+		t.Fatal(err)
 	}
 }

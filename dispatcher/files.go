@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/boardlink/boardlink/internal/atomicfile"
@@ -223,6 +224,7 @@ func (c *Client) push(ctx context.Context, from pushSource, p proto.FilePushPara
 		s.Close()
 		return proto.FileResult{}, err
 	}
+	s.SetChunk(started.Frame) // what the board reads in one frame, if it said
 	src, err := from.rest(ctx, started.Offset, started.OffsetSHA256)
 	if err != nil {
 		s.Reset("canceled")
@@ -392,6 +394,9 @@ func (c *Client) pull(ctx context.Context, remote string, sink pullSink, opts Tr
 		}
 	}()
 	p := proto.FilePullParams{Path: remote, Offset: sink.held, Stream: s.ID()}
+	if slices.Contains(c.Hello().Capabilities, proto.CapFrames) {
+		p.Frame = proto.MaxBulkFrame // a quarter of the frames, writes and wake-ups
+	}
 	if sink.held > 0 {
 		p.OffsetSHA256 = hex.EncodeToString(sink.h.Sum(nil))
 	}
@@ -407,12 +412,14 @@ func (c *Client) pull(ctx context.Context, remote string, sink pullSink, opts Tr
 		}
 	}
 	opts.phase(PhaseSend)
-	// A larger window than the default, as the board grants for a push:
-	// the board goes on sending while this side writes to disk.
-	s.Grow(3 * proto.StreamWindow)
-	// The next block is read and hashed while this one is written.
+	// A larger window than the default (twice what the board grants for a
+	// push): the board goes on sending while this side hashes and writes.
+	s.Grow(7 * proto.StreamWindow)
 	w := newCounter(sink.w, started.Offset, started.Size, opts.Progress)
-	_, copyErr := bulk.Copy(w, s, -1, sink.h, func() { s.Reset("canceled") })
+	_, copyErr := bulk.CopyInline(w, s, sink.h)
+	if copyErr != nil {
+		s.Reset("canceled") // the board's end stops at once, and file.wait answers
+	}
 	if copyErr == nil {
 		opts.phase(PhaseVerify)
 	}

@@ -20,7 +20,17 @@ const (
 	CapFile     = "file"
 	CapDownload = "file.download"
 	CapReboot   = "system.reboot"
+	// CapFrames: file.pull takes Frame, the largest DATA payload its
+	// caller reads in one frame (up to MaxBulkFrame), and file.push
+	// answers with the agent's.
+	CapFrames = "file.frames"
 )
+
+// MaxBulkFrame is the largest DATA payload a transfer's receiver may ask
+// for (file.pull's Frame, file.push's answer): four times the default
+// frame, so a transfer costs a quarter of the messages, writes and
+// wake-ups on both ends. Other streams keep their default.
+const MaxBulkFrame = 256 << 10
 
 // Paths in file requests are absolute paths on the board, in clean form (no
 // "." or ".." elements, no trailing slash), under one of the agent's file
@@ -75,6 +85,10 @@ type FilePushResult struct {
 	ID           string `json:"id"`
 	Offset       int64  `json:"offset"`
 	OffsetSHA256 string `json:"offset_sha256,omitempty"`
+	// Frame is the largest DATA payload the agent takes in one frame on
+	// the push's stream (CapFrames; absent from older agents: the
+	// default).
+	Frame int `json:"frame,omitempty"`
 }
 
 // FilePullParams starts a pull of Path; the agent writes the bytes from
@@ -86,6 +100,10 @@ type FilePullParams struct {
 	Offset       int64  `json:"offset,omitempty" validate:"min=0"`
 	OffsetSHA256 string `json:"offset_sha256,omitempty" validate:"required_unless=Offset 0,omitempty,len=64,hexadecimal,lowercase"`
 	Stream       uint32 `json:"stream" validate:"required"`
+	// Frame is the largest DATA payload the caller takes in one frame;
+	// 0 keeps the agent's default. Only to an agent that announced
+	// CapFrames, which sends frames of up to min(Frame, MaxBulkFrame).
+	Frame int `json:"frame,omitempty" validate:"omitempty,min=1,max=262144"`
 }
 
 // FilePullResult answers file.pull before the data flows.

@@ -520,3 +520,70 @@ func TestSyncNotes(t *testing.T) {
 		}
 	}
 }
+
+// frameSizer is a client's link that records the largest DATA payload it
+// reads.
+type frameSizer struct {
+	*wslink.Link
+	largest atomic.Int64
+}
+
+func (l *frameSizer) ReadMessage() (transport.MessageType, []byte, error) {
+	t, p, err := l.Link.ReadMessage()
+	if f, ferr := proto.DecodeStreamFrame(p); err == nil && t == transport.Binary && ferr == nil && f.Kind == proto.FrameData {
+		if n := int64(len(f.Payload)); n > l.largest.Load() {
+			l.largest.Store(n)
+		}
+	}
+	return t, p, err
+}
+
+// SetChunk sets a stream's frames to what its reader asked for, within
+// proto.MaxBulkFrame; a stream that was not asked keeps the default.
+func TestSetChunk(t *testing.T) {
+	const size = 1 << 20
+	send := transport.HandlerFunc(func(ctx context.Context, c *transport.Conn, r *transport.Request) (any, error) {
+		var p struct{ Out, Chunk int }
+		if err := json.Unmarshal(r.Params, &p); err != nil {
+			return nil, err
+		}
+		out, err := c.AttachStream(uint32(p.Out))
+		if err != nil {
+			return nil, err
+		}
+		out.SetChunk(p.Chunk)
+		go func() {
+			defer out.Close()
+			_, _ = out.Write(make([]byte, size))
+		}()
+		return nil, nil
+	})
+	url := testServer(t, "", wslink.Config{}, send)
+	for _, tc := range []struct{ chunk, want int }{
+		{0, 64 << 10},
+		{proto.MaxBulkFrame, proto.MaxBulkFrame},
+		{4 * proto.MaxBulkFrame, proto.MaxBulkFrame},
+		{10_000, 10_000},
+	} {
+		l, err := wslink.Dial(context.Background(), url, "", wslink.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		link := &frameSizer{Link: l}
+		c := transport.NewConn(link, transport.Config{Client: true})
+		c.Start()
+		out, _ := c.OpenStream()
+		out.Grow(size) // frames limited by their size, not by the credit
+		if err := c.Call(context.Background(), "send", map[string]any{"Out": out.ID(), "Chunk": tc.chunk}, nil); err != nil {
+			t.Fatal(err)
+		}
+		n, err := io.Copy(io.Discard, out)
+		c.Close()
+		if err != nil || n != size {
+			t.Fatalf("chunk %d: read %d, %v", tc.chunk, n, err)
+		}
+		if got := link.largest.Load(); got != int64(tc.want) {
+			t.Errorf("chunk %d: the largest frame carried %d bytes, want %d", tc.chunk, got, tc.want)
+		}
+	}
+}

@@ -45,6 +45,7 @@ type Stream struct {
 	finIn    bool
 	finOut   bool
 	credit   int // bytes we may still send
+	chunk    int // the most data one frame carries: the connection's, or SetChunk's
 	err      error
 }
 
@@ -52,7 +53,20 @@ func (c *Conn) newStream(id uint32) *Stream {
 	ctx, cancel := context.WithCancel(c.ctx)
 	return &Stream{c: c, id: id, ctx: ctx, end: cancel,
 		readable: make(chan struct{}, 1), writable: make(chan struct{}, 1),
-		size: proto.StreamWindow, window: proto.StreamWindow, credit: proto.StreamWindow}
+		size: proto.StreamWindow, window: proto.StreamWindow, credit: proto.StreamWindow, chunk: c.chunk}
+}
+
+// SetChunk sets the most data one frame of s carries to n, as the
+// peer's reader asked for a bulk transfer (proto.MaxBulkFrame at most),
+// unless the link wants smaller pieces (ChunkSizer) or n is not positive.
+// Call it before the first Write.
+func (s *Stream) SetChunk(n int) {
+	if _, sized := s.c.link.(ChunkSizer); sized || n <= 0 {
+		return
+	}
+	s.writeMu.Lock()
+	s.chunk = min(n, proto.MaxBulkFrame)
+	s.writeMu.Unlock()
 }
 
 // Grow lets the peer send up to n more bytes ahead of what this side has
@@ -219,7 +233,7 @@ func (s *Stream) Write(p []byte) (int, error) {
 			s.mu.Unlock()
 			return written, err
 		}
-		n := min(len(p)-written, s.credit, s.c.chunk)
+		n := min(len(p)-written, s.credit, s.chunk)
 		s.credit -= n
 		s.mu.Unlock()
 		if err := s.writeData(p[written : written+n]); err != nil {

@@ -1,6 +1,7 @@
 // Package bulk moves a transfer's bytes: a pipeline that reads and hashes
-// the next block while the one before is written, on both ends of a push
-// or a pull, and a file writer that starts the disk's write-back as it goes.
+// the next block while the one before is written (Copy), the same in one
+// goroutine where the kernel already buffers (CopyInline), and a file writer that starts
+// the disk's write-back as it goes.
 package bulk
 
 import (
@@ -12,8 +13,9 @@ import (
 )
 
 // Block is the size of one read or write of a transfer: large enough that
-// per-call costs vanish beside the bytes.
-const Block = 128 << 10
+// per-call costs vanish beside the bytes, and a whole frame of a transfer
+// that negotiated them (proto.MaxBulkFrame).
+const Block = 256 << 10
 
 // blocks is how many blocks a Copy holds: one being read and hashed, one
 // waiting, one being written. A transfer holds blocks*Block bytes.
@@ -52,20 +54,7 @@ func Copy(dst io.Writer, src io.Reader, limit int64, h hash.Hash, abort func()) 
 			case <-stop:
 				return
 			}
-			if limit >= 0 && int64(len(b)) > limit {
-				b = b[:limit]
-			}
-			n, err := io.ReadFull(src, b)
-			if err == io.ErrUnexpectedEOF {
-				err = io.EOF
-			}
-			if n == 0 && err == nil { // limit reached
-				err = io.EOF
-			}
-			limit -= int64(n)
-			if h != nil {
-				h.Write(b[:n])
-			}
+			n, err := fill(src, b, &limit, h)
 			full <- block{b: b[:n], err: err}
 			if err != nil {
 				return
@@ -92,6 +81,55 @@ func Copy(dst io.Writer, src io.Reader, limit int64, h hash.Hash, abort func()) 
 		free <- blk.b[:cap(blk.b)]
 	}
 	return written, err
+}
+
+// fill reads the next block into b (at most *limit bytes, if *limit >= 0)
+// and hashes it; io.EOF once src or the limit ends.
+func fill(src io.Reader, b []byte, limit *int64, h hash.Hash) (int, error) {
+	if *limit >= 0 && int64(len(b)) > *limit {
+		b = b[:*limit]
+	}
+	n, err := io.ReadFull(src, b)
+	if err == io.ErrUnexpectedEOF {
+		err = io.EOF
+	}
+	if n == 0 && err == nil { // limit reached
+		err = io.EOF
+	}
+	*limit -= int64(n)
+	if h != nil {
+		h.Write(b[:n])
+	}
+	return n, err
+}
+
+// CopyInline is Copy in the caller's goroutine, for a copy whose other
+// side the kernel already buffers (a socket's send buffer, a stream's
+// window, the page cache): that buffer carries bytes on while the next
+// block is read and hashed, and a second goroutine would only add its
+// hand-offs (two wake-ups per block, and the runtime taking the P of
+// every write that blocks). Measured on a pull, both ends on two cores:
+// a tenth to a fifth of each end's CPU.
+func CopyInline(dst io.Writer, src io.Reader, h hash.Hash) (int64, error) {
+	b := make([]byte, Block)
+	limit := int64(-1)
+	var written int64
+	for {
+		n, err := fill(src, b, &limit, h)
+		if n > 0 {
+			m, werr := dst.Write(b[:n])
+			written += int64(m)
+			if werr != nil {
+				return written, werr
+			}
+		}
+		if err == io.EOF {
+			return written, nil
+		}
+		if err != nil {
+			return written, err
+		}
+	}
 }
 
 // writebackChunk is how much a DiskWriter writes before it asks the disk

@@ -5,24 +5,31 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"hash"
 	"io"
 	"testing"
 )
 
 // Every byte arrives once and in order, and the hash is of those bytes,
-// for sizes around the block.
+// for sizes around the block, by Copy and by CopyInline.
 func TestCopyIntact(t *testing.T) {
-	for _, size := range []int{0, 1, Block - 1, Block, Block + 1, 7*Block + 13} {
-		data := make([]byte, size)
-		rand.Read(data)
-		var dst bytes.Buffer
-		h := sha256.New()
-		n, err := Copy(&dst, bytes.NewReader(data), -1, h, nil)
-		if err != nil || n != int64(size) || !bytes.Equal(dst.Bytes(), data) {
-			t.Fatalf("size %d: copied %d, %v; equal %v", size, n, err, bytes.Equal(dst.Bytes(), data))
-		}
-		if want := sha256.Sum256(data); !bytes.Equal(h.Sum(nil), want[:]) {
-			t.Fatalf("size %d: hash differs", size)
+	copies := map[string]func(io.Writer, io.Reader, hash.Hash) (int64, error){
+		"Copy":       func(dst io.Writer, src io.Reader, h hash.Hash) (int64, error) { return Copy(dst, src, -1, h, nil) },
+		"CopyInline": CopyInline,
+	}
+	for name, copyFn := range copies {
+		for _, size := range []int{0, 1, Block - 1, Block, Block + 1, 7*Block + 13} {
+			data := make([]byte, size)
+			rand.Read(data)
+			var dst bytes.Buffer
+			h := sha256.New()
+			n, err := copyFn(&dst, bytes.NewReader(data), h)
+			if err != nil || n != int64(size) || !bytes.Equal(dst.Bytes(), data) {
+				t.Fatalf("%s, size %d: copied %d, %v; equal %v", name, size, n, err, bytes.Equal(dst.Bytes(), data))
+			}
+			if want := sha256.Sum256(data); !bytes.Equal(h.Sum(nil), want[:]) {
+				t.Fatalf("%s, size %d: hash differs", name, size)
+			}
 		}
 	}
 }

@@ -127,36 +127,59 @@ var _ transport.Link = (*Link)(nil)
 const (
 	readBufferSize  = 16 << 10
 	writeBufferSize = 64<<10 + 64
-	// maxHint bounds the buffer a message read starts with: a whole chunk
-	// and its header.
-	maxHint = 64<<10 + 64
+	// maxHint is the buffer a message read starts with after a stream
+	// chunk: a whole chunk and its header. bulkHint is the same for a
+	// transfer's larger frames (proto.MaxBulkFrame).
+	maxHint  = 64<<10 + 64
+	bulkHint = proto.MaxBulkFrame + 64
 )
 
 var writeBuffers sync.Pool
 
-// readBuffers are message buffers of maxHint bytes given back by Recycle:
-// a bulk transfer reads every frame into one of them instead of a new
-// buffer each (an allocation, its zeroing and its garbage per 64 KiB).
-var readBuffers sync.Pool
+// readBuffers are message buffers of maxHint bytes, bulkBuffers of
+// bulkHint, given back by Recycle: a bulk transfer reads every frame into
+// one of them instead of a new buffer each (an allocation, its zeroing
+// and its garbage per frame).
+var readBuffers, bulkBuffers sync.Pool
 
 // Recycle takes back a message ReadMessage returned, once nothing holds
 // on to it; the next bulk message may be read into it.
 func (l *Link) Recycle(msg []byte) {
-	if cap(msg) == maxHint {
+	if p := pool(cap(msg)); p != nil {
 		msg = msg[:0]
-		readBuffers.Put(&msg)
+		p.Put(&msg)
 	}
+}
+
+// pool is the pool of buffers of capacity n, if any.
+func pool(n int) *sync.Pool {
+	switch n {
+	case maxHint:
+		return &readBuffers
+	case bulkHint:
+		return &bulkBuffers
+	}
+	return nil
 }
 
 // messageBuffer is an empty buffer to read a message of about hint bytes
 // into.
 func messageBuffer(hint int) []byte {
-	if hint == maxHint {
-		if b, ok := readBuffers.Get().(*[]byte); ok {
+	if p := pool(hint); p != nil {
+		if b, ok := p.Get().(*[]byte); ok {
 			return *b
 		}
 	}
 	return make([]byte, 0, max(hint, 512))
+}
+
+// nextHint guesses the size of the message after one of n bytes read into
+// a buffer of c: a transfer's frames come in a row.
+func nextHint(n, c int) int {
+	if n > maxHint {
+		return bulkHint
+	}
+	return min(c, maxHint)
 }
 
 // readAll is io.ReadAll into b: bulk data arrives as messages of one
@@ -199,7 +222,7 @@ func (l *Link) ReadMessage() (transport.MessageType, []byte, error) {
 	}
 	_ = l.ws.SetReadDeadline(time.Now().Add(l.cfg.PongWait))
 	data, err := readAll(io.LimitReader(r, int64(l.cfg.MaxMessage)+1), messageBuffer(l.sizeHint))
-	l.sizeHint = min(cap(data), maxHint)
+	l.sizeHint = nextHint(len(data), cap(data))
 	if err != nil {
 		return 0, nil, l.readFailed(err)
 	}

@@ -10,12 +10,15 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/boardlink/boardlink/proto"
 	"github.com/boardlink/boardlink/transport"
 )
 
 // Bulk data crosses a WebSocket link intact both ways: frames written in
 // parts (header, then the caller's bytes) and read into recycled buffers,
-// with the reader's and the writer's buffers of other sizes than a frame.
+// with the reader's and the writer's buffers of other sizes than a frame;
+// frames of the default size one way and a transfer's larger ones
+// (proto.MaxBulkFrame, past the server's write buffer) the other.
 func TestStreamEchoIntact(t *testing.T) {
 	echo := transport.HandlerFunc(func(ctx context.Context, c *transport.Conn, r *transport.Request) (any, error) {
 		var p struct{ Stream uint32 }
@@ -27,9 +30,10 @@ func TestStreamEchoIntact(t *testing.T) {
 			return nil, err
 		}
 		s.Grow(1 << 20)
+		s.SetChunk(proto.MaxBulkFrame)
 		go func() {
 			defer s.Close()
-			if _, err := io.CopyBuffer(s, s, make([]byte, 100_000)); err == nil {
+			if _, err := io.CopyBuffer(s, s, make([]byte, 300_000)); err == nil {
 				_ = s.CloseWrite()
 			}
 		}()
