@@ -5,7 +5,7 @@ package proto
 // [MinVersion, Version], and a session is served only the methods its
 // negotiated version has (MethodVersion).
 const (
-	Version    = 5
+	Version    = 6
 	MinVersion = 1
 )
 
@@ -53,6 +53,11 @@ var History = []Change{
 		"by itself when the hold ends.",
 		[]string{MethodExecResize, MethodExecRun, MethodTCPDial, MethodTCPListen, MethodTCPAccept, MethodTCPUnlisten,
 			MethodOTACommit, MethodOTARollback}},
+	{6, "2026-12-02", "Fewer round trips and larger transfer frames, both negotiated: session.hello " +
+		"may ride on the WebSocket upgrade (the Boardlink-Hello header, answered on the 101); " +
+		"with the agent's capability file.frames, file.pull takes frame (at most 256 KiB) and " +
+		"file.push answers the agent's frame. No new methods; version 5 peers are served as before.",
+		nil},
 }
 
 // methodVersions maps each method to the version that added it.
