@@ -177,8 +177,9 @@ func (s *Store) SetRolloutState(ctx context.Context, id, state string) error {
 }
 
 // PutBoard stores b as the row of board b.BoardID in rollout b.RolloutID
-// (exact id), replacing the whole row if there is one, and bumps the
-// rollout's Updated time. An empty Phase is PhasePlan. A rollout that does
+// (exact id), replacing the whole row if there is one, stamped with the
+// time: the rollout's Updated is its latest board's. An empty Phase is
+// PhasePlan. A rollout that does
 // not exist is ErrNotFound.
 func (s *Store) PutBoard(ctx context.Context, b BoardResult) error {
 	if b.RolloutID == "" || b.BoardID == "" {
@@ -190,36 +191,37 @@ func (s *Store) PutBoard(ctx context.Context, b BoardResult) error {
 	if !validPhase(b.Phase) {
 		return fmt.Errorf("store: board %s: unknown phase %q", b.BoardID, b.Phase)
 	}
-	err := s.tx(ctx, func(tx handle) error {
-		res, err := tx.ExecContext(ctx, `UPDATE rollouts SET updated = `+sqlMax("updated", "?1")+` WHERE id = ?2`,
-			dbTime(time.Now()), b.RolloutID)
-		if err != nil {
-			return err
-		}
-		if n, err := res.RowsAffected(); err == nil && n == 0 {
-			return fmt.Errorf("rollout %s: %w", b.RolloutID, ErrNotFound)
-		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO board_results
+	// The rollout's row is only read: a rollout's boards are written at
+	// once (-C of them), and each taking the row's lock queued them all.
+	var one int
+	err := s.db.QueryRowContext(ctx, `SELECT 1 FROM rollouts WHERE id = ?`, b.RolloutID).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("store: put board %s: rollout %s: %w", b.BoardID, b.RolloutID, ErrNotFound)
+	}
+	if err == nil {
+		_, err = s.db.ExecContext(ctx, `INSERT INTO board_results
 			(rollout_id, board_id, address, phase, result, reason, from_version, to_version,
-			 bytes_sent, attempts, started, ended, update_id)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+			 bytes_sent, attempts, started, ended, update_id, updated)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (rollout_id, board_id) DO UPDATE SET
 				address = excluded.address, phase = excluded.phase, result = excluded.result,
 				reason = excluded.reason, from_version = excluded.from_version,
 				to_version = excluded.to_version, bytes_sent = excluded.bytes_sent,
 				attempts = excluded.attempts, started = excluded.started, ended = excluded.ended,
-				update_id = excluded.update_id`,
+				update_id = excluded.update_id, updated = `+sqlMax("board_results.updated", "excluded.updated"),
 			b.RolloutID, b.BoardID, b.Address, b.Phase, b.Result, b.Reason, b.FromVersion, b.ToVersion,
-			b.BytesSent, b.Attempts, dbTime(b.Started), dbTime(b.Ended), b.UpdateID)
-		return err
-	})
+			b.BytesSent, b.Attempts, dbTime(b.Started), dbTime(b.Ended), b.UpdateID, dbTime(time.Now()))
+	}
 	if err != nil {
 		return fmt.Errorf("store: put board %s: %w", b.BoardID, err)
 	}
 	return nil
 }
 
-const rolloutColumns = `id, image, image_sha256, version, selector, concurrency, max_failures, state, created, updated`
+// rolloutColumns are a rollout's columns; its updated is the latest of its
+// row's and its boards'.
+var rolloutColumns = `id, image, image_sha256, version, selector, concurrency, max_failures, state, created, ` +
+	sqlMax("updated", "(SELECT coalesce(max(br.updated), 0) FROM board_results br WHERE br.rollout_id = rollouts.id)")
 
 func scanRollout(sc interface{ Scan(...any) error }, extra ...any) (Rollout, error) {
 	var (
