@@ -423,3 +423,41 @@ func TestPutBoardLeavesRolloutRow(t *testing.T) {
 		}
 	})
 }
+
+// PutBoards records a rollout's boards in statements of many rows: every
+// board is stored, a second call replaces rows, and a board of another
+// rollout or of no rollout is refused.
+func TestPutBoards(t *testing.T) {
+	eachEngine(t, func(t *testing.T, newDB func(testing.TB) string) {
+		ctx := context.Background()
+		s := open(t, newDB(t))
+		if err := s.CreateRollout(ctx, Rollout{ID: "r-1"}); err != nil {
+			t.Fatal(err)
+		}
+		var bs []BoardResult
+		for _, id := range boardIDs(2*boardsPerInsert + 3) {
+			bs = append(bs, BoardResult{RolloutID: "r-1", BoardID: id, ToVersion: "2.0.0"})
+		}
+		if err := s.PutBoards(ctx, "r-1", bs); err != nil {
+			t.Fatal(err)
+		}
+		bs[0].Phase, bs[len(bs)-1].Phase, bs[len(bs)-1].Result = PhasePrepare, PhaseDone, ResultCommitted
+		if err := s.PutBoards(ctx, "r-1", []BoardResult{bs[0], bs[len(bs)-1]}); err != nil {
+			t.Fatal(err)
+		}
+		r, rows, err := s.Rollout(ctx, "r-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]int{SummaryPending: len(bs) - 2, SummaryRunning: 1, ResultCommitted: 1}
+		if r.Boards != len(bs) || fmt.Sprint(r.Summary) != fmt.Sprint(want) || rows[0].ToVersion != "2.0.0" {
+			t.Fatalf("%d boards %v, want %d %v", r.Boards, r.Summary, len(bs), want)
+		}
+		if err := s.PutBoards(ctx, "r-1", []BoardResult{{RolloutID: "r-2", BoardID: "x"}}); err == nil {
+			t.Fatal("a board of another rollout stored")
+		}
+		if err := s.PutBoards(ctx, "r-none", []BoardResult{{RolloutID: "r-none", BoardID: "x"}}); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("boards of an unknown rollout: %v, want ErrNotFound", err)
+		}
+	})
+}
