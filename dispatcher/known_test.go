@@ -112,14 +112,7 @@ func TestDialBoundCoversPinWrite(t *testing.T) {
 	tb := startBoard(t, agent.Config{})
 	path := filepath.Join(t.TempDir(), "known_boards.json")
 	known := dispatcher.NewKnownBoards(path)
-	lock, err := os.OpenFile(path+".lock", os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lock.Close()
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
-		t.Fatal(err)
-	}
+	unlock := lockKnown(t, path)
 	ctx, cancel := context.WithCancel(t.Context())
 	dialed := make(chan error, 1)
 	go func() {
@@ -148,9 +141,7 @@ func TestDialBoundCoversPinWrite(t *testing.T) {
 	if _, ok := dispatcher.NewKnownBoards(path).Lookup("test-board"); ok {
 		t.Fatal("pinned while the file was locked")
 	}
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_UN); err != nil {
-		t.Fatal(err)
-	}
+	unlock()
 	testenv.Eventually(t, "the pin to be written once the lock is free", func() bool {
 		_, ok := dispatcher.NewKnownBoards(path).Lookup("test-board")
 		return ok
@@ -186,14 +177,7 @@ func TestKnownBoardsBatchedPins(t *testing.T) {
 	// Hold the file's lock, as another process writing it, until every
 	// pin waits: the first writes alone (it took the lock's turn), the
 	// others together.
-	lock, err := os.OpenFile(path+".lock", os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lock.Close()
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
-		t.Fatal(err)
-	}
+	unlock := lockKnown(t, path)
 	const n = 50
 	var (
 		wg      sync.WaitGroup
@@ -208,9 +192,7 @@ func TestKnownBoardsBatchedPins(t *testing.T) {
 	testenv.Eventually(t, "every pin to wait for its write", func() bool {
 		return started.Load() == n && testenv.Parked("dispatcher_test.pinAndRead")
 	})
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_UN); err != nil {
-		t.Fatal(err)
-	}
+	unlock()
 	wg.Wait()
 	all, err := dispatcher.NewKnownBoards(path).List()
 	if err != nil || len(all) != n || pinned != n {
@@ -246,5 +228,24 @@ func pinAndRead(t *testing.T, k *dispatcher.KnownBoards, path, id string) {
 	}
 	if _, ok := dispatcher.NewKnownBoards(path).Lookup(id); !ok {
 		t.Errorf("%s: Verify returned before its pin was written", id)
+	}
+}
+
+// lockKnown takes the known-boards file's lock at path as another process
+// would (a lock of its own); the function returned lets it go.
+func lockKnown(t *testing.T, path string) func() {
+	t.Helper()
+	lock, err := os.OpenFile(path+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lock.Close() })
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		if err := unix.Flock(int(lock.Fd()), unix.LOCK_UN); err != nil {
+			t.Error(err)
+		}
 	}
 }
