@@ -89,7 +89,7 @@ func boardHello(ctx context.Context, conn *transport.Conn, l transport.Link, opt
 		return hello, nil, &FingerprintError{Board: hello.BoardID, Want: opts.Fingerprint, Got: s.Board}
 	}
 	if opts.Trust != nil {
-		if err := opts.Trust.Verify(hello.BoardID, s.Board); err != nil {
+		if err := opts.Trust.Verify(ctx, hello.BoardID, s.Board); err != nil {
 			return hello, nil, err
 		}
 	}

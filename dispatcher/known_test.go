@@ -1,6 +1,7 @@
 package dispatcher_test
 
 import (
+	"context"
 	"crypto/ed25519"
 	"errors"
 	"fmt"
@@ -8,10 +9,16 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"unsafe"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/boardlink/boardlink/agent"
 	"github.com/boardlink/boardlink/auth"
 	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/internal/testenv"
 )
 
 func fingerprint(t *testing.T) auth.Fingerprint {
@@ -29,10 +36,10 @@ func TestKnownBoards(t *testing.T) {
 	var pinned []string
 	k.OnPin = func(b dispatcher.KnownBoard) { pinned = append(pinned, b.ID) }
 	a, b := fingerprint(t), fingerprint(t)
-	if err := k.Verify("lab-7", a); err != nil {
+	if err := k.Verify(t.Context(), "lab-7", a); err != nil {
 		t.Fatalf("first use: %v", err)
 	}
-	if err := k.Verify("lab-7", a); err != nil {
+	if err := k.Verify(t.Context(), "lab-7", a); err != nil {
 		t.Fatalf("the same key again: %v", err)
 	}
 	if len(pinned) != 1 {
@@ -40,7 +47,7 @@ func TestKnownBoards(t *testing.T) {
 	}
 	// Another process reads the same file.
 	other := dispatcher.NewKnownBoards(path)
-	err := other.Verify("lab-7", b)
+	err := other.Verify(t.Context(), "lab-7", b)
 	var ke *dispatcher.KeyChangedError
 	if !errors.As(err, &ke) || ke.Pinned != a || ke.Got != b || !errors.Is(err, dispatcher.ErrUntrusted) {
 		t.Fatalf("changed key: %v", err)
@@ -57,10 +64,10 @@ func TestKnownBoards(t *testing.T) {
 	// Strict: a board not known is refused, a known one is fine.
 	strict := dispatcher.NewKnownBoards(path)
 	strict.Strict = true
-	if err := strict.Verify("lab-8", a); !errors.Is(err, dispatcher.ErrUnknownKey) || !strings.Contains(err.Error(), "boardlink trust lab-8") {
+	if err := strict.Verify(t.Context(), "lab-8", a); !errors.Is(err, dispatcher.ErrUnknownKey) || !strings.Contains(err.Error(), "boardlink trust lab-8") {
 		t.Fatalf("strict, unknown: %v", err)
 	}
-	if err := strict.Verify("lab-7", a); err != nil {
+	if err := strict.Verify(t.Context(), "lab-7", a); err != nil {
 		t.Fatalf("strict, known: %v", err)
 	}
 	if err := k.Pin("lab-7", b, true); err != nil {
@@ -85,7 +92,7 @@ func TestKnownBoardsConcurrentPins(t *testing.T) {
 	for i := range 20 {
 		wg.Go(func() {
 			k := dispatcher.NewKnownBoards(path) // each its own, as separate processes
-			if err := k.Verify(fmt.Sprintf("board-%02d", i), fingerprint(t)); err != nil {
+			if err := k.Verify(t.Context(), fmt.Sprintf("board-%02d", i), fingerprint(t)); err != nil {
 				t.Error(err)
 			}
 		})
@@ -94,5 +101,151 @@ func TestKnownBoardsConcurrentPins(t *testing.T) {
 	all, err := dispatcher.NewKnownBoards(path).List()
 	if err != nil || len(all) != 20 {
 		t.Fatalf("%d pins after 20 concurrent ones: %v", len(all), err)
+	}
+}
+
+// A dial's context bounds the wait for a first-use pin to be written: a
+// lab service found dials to boards waiting for the known-boards file
+// for minutes past their bound, while another process (here, the test)
+// held the file's lock. The pin is still written once the lock is free.
+func TestDialBoundCoversPinWrite(t *testing.T) {
+	tb := startBoard(t, agent.Config{})
+	path := filepath.Join(t.TempDir(), "known_boards.json")
+	known := dispatcher.NewKnownBoards(path)
+	unlock := lockKnown(t, path)
+	ctx, cancel := context.WithCancel(t.Context())
+	dialed := make(chan error, 1)
+	go func() {
+		c, err := dispatcher.Dial(ctx, tb.ws.URL(), dispatcher.DialOptions{Token: labToken, Trust: known})
+		if err == nil {
+			c.Close()
+		}
+		dialed <- err
+	}()
+	testenv.Eventually(t, "the dial to wait for its pin to be written", func() bool {
+		return testenv.Parked("dispatcher.(*KnownBoards).Verify")
+	})
+	cancel()
+	var dialErr error
+	testenv.Eventually(t, "the canceled dial to return while the file is locked", func() bool {
+		select {
+		case dialErr = <-dialed:
+			return true
+		default:
+			return false
+		}
+	})
+	if !errors.Is(dialErr, context.Canceled) {
+		t.Fatalf("dial canceled while its pin waits: %v, want context.Canceled", dialErr)
+	}
+	if _, ok := dispatcher.NewKnownBoards(path).Lookup("test-board"); ok {
+		t.Fatal("pinned while the file was locked")
+	}
+	unlock()
+	testenv.Eventually(t, "the pin to be written once the lock is free", func() bool {
+		_, ok := dispatcher.NewKnownBoards(path).Lookup("test-board")
+		return ok
+	})
+	c, err := dispatcher.Dial(t.Context(), tb.ws.URL(), dispatcher.DialOptions{Token: labToken, Trust: known})
+	if err != nil {
+		t.Fatalf("dial once pinned: %v", err)
+	}
+	c.Close()
+}
+
+// Pins asked for while the file is written are written together, and
+// none is reported before the write that holds it: each Verify, once it
+// returns, finds its pin in the file as another process reads it.
+func TestKnownBoardsBatchedPins(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "known_boards.json")
+	k := dispatcher.NewKnownBoards(path)
+	var (
+		mu     sync.Mutex
+		pinned int
+	)
+	k.OnPin = func(dispatcher.KnownBoard) { mu.Lock(); pinned++; mu.Unlock() }
+	// The file's replacements, as inotify sees them: one per write.
+	in, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		t.Skipf("inotify: %v", err)
+	}
+	defer unix.Close(in)
+	if _, err := unix.InotifyAddWatch(in, dir, unix.IN_MOVED_TO); err != nil {
+		t.Fatal(err)
+	}
+	// Hold the file's lock, as another process writing it, until every
+	// pin waits: the first writes alone (it took the lock's turn), the
+	// others together.
+	unlock := lockKnown(t, path)
+	const n = 50
+	var (
+		wg      sync.WaitGroup
+		started atomic.Int32
+	)
+	for i := range n {
+		wg.Go(func() {
+			started.Add(1)
+			pinAndRead(t, k, path, fmt.Sprintf("board-%02d", i))
+		})
+	}
+	testenv.Eventually(t, "every pin to wait for its write", func() bool {
+		return started.Load() == n && testenv.Parked("dispatcher_test.pinAndRead")
+	})
+	unlock()
+	wg.Wait()
+	all, err := dispatcher.NewKnownBoards(path).List()
+	if err != nil || len(all) != n || pinned != n {
+		t.Fatalf("%d pins in the file, %d reported, after %d: %v", len(all), pinned, n, err)
+	}
+	writes := 0
+	buf := make([]byte, 64<<10)
+	for {
+		m, err := unix.Read(in, buf)
+		if m <= 0 || err != nil {
+			break
+		}
+		for off := 0; off < m; {
+			ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+			name := strings.TrimRight(string(buf[off+unix.SizeofInotifyEvent:off+unix.SizeofInotifyEvent+int(ev.Len)]), "\x00")
+			if name == filepath.Base(path) {
+				writes++
+			}
+			off += unix.SizeofInotifyEvent + int(ev.Len)
+		}
+	}
+	if writes < 1 || writes > 2 {
+		t.Errorf("%d pins asked for at once took %d writes of the file, want 1 or 2", n, writes)
+	}
+}
+
+// pinAndRead pins a new key for id and checks, once Verify returned, that
+// the file holds it.
+func pinAndRead(t *testing.T, k *dispatcher.KnownBoards, path, id string) {
+	if err := k.Verify(t.Context(), id, fingerprint(t)); err != nil {
+		t.Error(err)
+		return
+	}
+	if _, ok := dispatcher.NewKnownBoards(path).Lookup(id); !ok {
+		t.Errorf("%s: Verify returned before its pin was written", id)
+	}
+}
+
+// lockKnown takes the known-boards file's lock at path as another process
+// would (a lock of its own); the function returned lets it go.
+func lockKnown(t *testing.T, path string) func() {
+	t.Helper()
+	lock, err := os.OpenFile(path+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { lock.Close() })
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		if err := unix.Flock(int(lock.Fd()), unix.LOCK_UN); err != nil {
+			t.Error(err)
+		}
 	}
 }

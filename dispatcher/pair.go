@@ -97,11 +97,13 @@ func Pair(ctx context.Context, addr string, opts PairOptions) (PairResult, error
 	return PairResult{BoardID: hello.BoardID, Fingerprint: s.Board}, nil
 }
 
-// TrustFunc adapts a function to Trust.
+// TrustFunc adapts a function that does not wait to Trust.
 type TrustFunc func(boardID string, fp auth.Fingerprint) error
 
 // Verify calls f.
-func (f TrustFunc) Verify(boardID string, fp auth.Fingerprint) error { return f(boardID, fp) }
+func (f TrustFunc) Verify(_ context.Context, boardID string, fp auth.Fingerprint) error {
+	return f(boardID, fp)
+}
 
 // DefaultHostKeyPath is $XDG_CONFIG_HOME/boardlink/host_key.pem.
 func DefaultHostKeyPath() (string, error) {

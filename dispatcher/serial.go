@@ -95,7 +95,7 @@ func (c *Client) sessionHello(ctx context.Context, conn *transport.Conn, l trans
 			return hello, &FingerprintError{Board: hello.BoardID, Want: c.opts.Fingerprint, Got: fp}
 		}
 		if c.opts.Trust != nil {
-			if err := c.opts.Trust.Verify(hello.BoardID, fp); err != nil {
+			if err := c.opts.Trust.Verify(ctx, hello.BoardID, fp); err != nil {
 				return hello, err
 			}
 		}

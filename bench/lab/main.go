@@ -8,10 +8,12 @@
 // (the real agent each, on a loopback address of the instance's own,
 // 127.0.K.1 for instance K-1, no mDNS, trusting a key made for the run) and `boardlink serve --listen 127.0.0.1:0` with those boards as
 // the static entries of its config: each instance reaches only its own
-// boards, and lists the others' through the database. The boards run in
-// this process; each instance is a process of its own, so that its CPU
-// and memory are its own, and listens on 127.0.0.1. Network namespaces
-// are not used (see docs/benchmarks.md).
+// boards, and lists the others' through the database. Each instance's
+// boards run in a process of their own (this program again, as a board
+// host: 10,000 boards in one process need more open files than a
+// container's hard limit of 20,000 allows); each instance is a process
+// of its own, so that its CPU and memory are its own, and listens on
+// 127.0.0.1. Network namespaces are not used (see docs/benchmarks.md).
 //
 // Once instance s0 lists every board idle, it measures, one after the
 // other, through s0:
@@ -19,8 +21,7 @@
 //   - idle over -window: Postgres statements a second (pg_stat_statements
 //     calls; transactions a second from pg_stat_database's xact_commit
 //     and xact_rollback beside them), and the CPU of each instance, of
-//     Postgres (the postmaster and its children) and of this process (the
-//     boards).
+//     Postgres (the postmaster and its children) and of the board hosts.
 //   - lease round trip: -leases times, acquire one named board and
 //     release it, on s0's own boards and on s1's (the lease is kept by
 //     s0, the board driven by s1), the median, p90 and max; and a command
@@ -56,6 +57,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"database/sql"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -65,6 +67,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -116,6 +119,17 @@ func main() {
 		fmt.Fprintln(os.Stderr, "lab: bad arguments (see -help); at least 2 instances, 2 boards each")
 		os.Exit(2)
 	}
+	if spec := os.Getenv(hostEnv); spec != "" {
+		// SIGTERM is how the benchmark stops it: no error then.
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		err := hostBoards(ctx, spec)
+		stop()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "lab board host:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	benchkit.Run("lab", func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, *timeout)
 		defer cancel()
@@ -125,11 +139,98 @@ func main() {
 
 // instance is one `boardlink serve` with its boards.
 type instance struct {
-	name  string
-	lab   *simlab.Lab
-	serve *exec.Cmd
-	c     *service.Client
-	url   string
+	name   string
+	host   *exec.Cmd // the process of its boards
+	hostIn io.WriteCloser
+	lab    hostedLab
+	serve  *exec.Cmd
+	c      *service.Client
+	url    string
+}
+
+// hostEnv, in a child's environment, makes this program a board host:
+// the JSON of a hostSpec.
+const hostEnv = "BOARDLINK_BENCH_LAB_HOST"
+
+// hostSpec is what a board host runs.
+type hostSpec struct {
+	Boards          int
+	Dir, Prefix, IP string
+	TrustKey        ed25519.PublicKey
+}
+
+// hostedLab is what a board host tells of its boards, one line of JSON
+// on its standard output once they all run.
+type hostedLab struct {
+	Token  string
+	Boards []hostedBoard
+}
+
+type hostedBoard struct{ ID, Addr string }
+
+// hostBoards runs the boards of spec until ctx ends (SIGTERM) or its
+// standard input closes (the benchmark is gone).
+func hostBoards(ctx context.Context, spec string) error {
+	var h hostSpec
+	if err := json.Unmarshal([]byte(spec), &h); err != nil {
+		return fmt.Errorf("%s: %w", hostEnv, err)
+	}
+	benchkit.RaiseFileLimit(fileLimit)
+	lab, err := simlab.Start(ctx, simlab.Options{Boards: h.Boards, Dir: h.Dir, IDPrefix: h.Prefix, Host: h.IP,
+		TrustKeys: []ed25519.PublicKey{h.TrustKey}})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
+		defer cancel()
+		lab.Stop(sctx)
+	}()
+	out := hostedLab{Token: lab.Token()}
+	for _, b := range lab.Boards {
+		out.Boards = append(out.Boards, hostedBoard{ID: b.ID, Addr: b.Addr()})
+	}
+	if err := json.NewEncoder(os.Stdout).Encode(out); err != nil {
+		return err
+	}
+	gone := make(chan struct{})
+	go func() { io.Copy(io.Discard, os.Stdin); close(gone) }()
+	select {
+	case <-ctx.Done():
+	case <-gone:
+	}
+	return nil
+}
+
+// startHost starts the board host of instance in and reads its boards.
+func (in *instance) startHost(ctx context.Context, spec hostSpec) error {
+	raw, err := json.Marshal(spec)
+	if err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	in.host = exec.Command(self)
+	in.host.Env = append(os.Environ(), hostEnv+"="+string(raw))
+	in.host.Stderr = os.Stderr
+	// Kept open until this process ends: the host stops when it closes.
+	if in.hostIn, err = in.host.StdinPipe(); err != nil {
+		return err
+	}
+	stdout, err := in.host.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := in.host.Start(); err != nil {
+		in.host = nil
+		return err
+	}
+	if err := json.NewDecoder(stdout).Decode(&in.lab); err != nil {
+		return fmt.Errorf("%s's board host: %w", in.name, err)
+	}
+	return nil
 }
 
 func run(ctx context.Context, o options) error {
@@ -172,8 +273,7 @@ func run(ctx context.Context, o options) error {
 
 	var ins []*instance
 	defer func() {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
-		defer cancel()
+		// Each board host's stop is bounded by stopTimeout of its own.
 		for _, in := range ins {
 			if in.serve != nil {
 				in.serve.Process.Signal(syscall.SIGTERM)
@@ -181,7 +281,10 @@ func run(ctx context.Context, o options) error {
 			}
 		}
 		for _, in := range ins {
-			in.lab.Stop(sctx)
+			if in.host != nil {
+				in.host.Process.Signal(syscall.SIGTERM)
+				in.host.Wait()
+			}
 		}
 	}()
 	start := time.Now()
@@ -193,12 +296,11 @@ func run(ctx context.Context, o options) error {
 		in := &instance{name: fmt.Sprintf("s%d", k)}
 		idir := filepath.Join(dir, in.name)
 		fmt.Printf("starting %s: %d sim boards, then its service...\n", in.name, n)
-		in.lab, err = simlab.Start(ctx, simlab.Options{Boards: n, Dir: filepath.Join(idir, "boards"), IDPrefix: in.name,
-			Host: fmt.Sprintf("127.0.%d.1", k+1), TrustKeys: []ed25519.PublicKey{pub}})
-		if err != nil {
+		ins = append(ins, in)
+		if err := in.startHost(ctx, hostSpec{Boards: n, Dir: filepath.Join(idir, "boards"), Prefix: in.name,
+			IP: fmt.Sprintf("127.0.%d.1", k+1), TrustKey: pub}); err != nil {
 			return err
 		}
-		ins = append(ins, in)
 		if err := in.start(ctx, bin, idir, dsn, peer, o.heartbeat); err != nil {
 			return err
 		}
@@ -249,7 +351,7 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	m.report("idle", idle0, idle1)
-	idleRSS, benchIdle := m.rss(), benchkit.MemKiB(os.Getpid(), "VmRSS:")
+	idleRSS, hostsIdle := m.rss(), m.hostsRSS()
 
 	own, ownExec, err := leaseTrips(ctx, s0.c, s0.lab, o.leases)
 	if err != nil {
@@ -310,8 +412,10 @@ func run(ctx context.Context, o options) error {
 		fmt.Printf("  %s RSS: %s idle, %s after the rollout, %s peak\n", in.name, benchkit.MiB(idleRSS[i][0]<<10),
 			benchkit.MiB(endRSS[i][0]<<10), benchkit.MiB(endRSS[i][1]<<10))
 	}
-	fmt.Printf("  this process (the boards) RSS: %s idle, %s peak\n", benchkit.MiB(benchIdle<<10),
-		benchkit.MiB(benchkit.MemKiB(os.Getpid(), "VmHWM:")<<10))
+	for i, in := range ins {
+		fmt.Printf("  %s's boards' process RSS: %s idle, %s peak\n", in.name, benchkit.MiB(hostsIdle[i]<<10),
+			benchkit.MiB(benchkit.MemKiB(in.host.Process.Pid, "VmHWM:")<<10))
+	}
 	return m.topStatements(ctx, 8)
 }
 
@@ -319,7 +423,7 @@ func run(ctx context.Context, o options) error {
 // one user, the peer token) and starts its service on 127.0.0.1.
 func (in *instance) start(ctx context.Context, bin, dir, dsn, peer string, heartbeat time.Duration) error {
 	tok := filepath.Join(dir, "board.token")
-	if err := os.WriteFile(tok, []byte(in.lab.Token()), 0o600); err != nil {
+	if err := os.WriteFile(tok, []byte(in.lab.Token), 0o600); err != nil {
 		return err
 	}
 	var b strings.Builder
@@ -327,7 +431,7 @@ func (in *instance) start(ctx context.Context, bin, dir, dsn, peer string, heart
 		"users:\n  - {name: bench, token_sha256: %s}\nboards:\n",
 		in.name, tok, peer, filepath.Join(dir, "known_boards.json"), heartbeat, benchkit.SHA256Hex(userToken))
 	for _, x := range in.lab.Boards {
-		fmt.Fprintf(&b, "  - {id: %s, address: %q}\n", x.ID, x.Addr())
+		fmt.Fprintf(&b, "  - {id: %s, address: %q}\n", x.ID, x.Addr)
 	}
 	cfg := filepath.Join(dir, "serve.yaml")
 	if err := os.WriteFile(cfg, []byte(b.String()), 0o600); err != nil {
@@ -360,7 +464,7 @@ func (in *instance) start(ctx context.Context, bin, dir, dsn, peer string, heart
 
 // leaseTrips acquires each of n boards of lab's (in turn) through c and
 // releases it: the round trips, and that of a command run under each.
-func leaseTrips(ctx context.Context, c *service.Client, lab *simlab.Lab, n int) (trips, execs []time.Duration, err error) {
+func leaseTrips(ctx context.Context, c *service.Client, lab hostedLab, n int) (trips, execs []time.Duration, err error) {
 	for i := range n {
 		id := lab.Boards[i%len(lab.Boards)].ID
 		t := time.Now()
@@ -557,7 +661,10 @@ func (m meter) sample(ctx context.Context) (sample, error) {
 		}
 		s.serve = append(s.serve, t)
 	}
-	s.bench, _ = benchkit.CPUTicks(os.Getpid())
+	for _, in := range m.ins {
+		t, _ := benchkit.CPUTicks(in.host.Process.Pid)
+		s.bench += t
+	}
 	s.postgres = treeTicks(m.pg)
 	return s, nil
 }
@@ -590,7 +697,7 @@ func (m meter) report(what string, a, b sample) {
 	for i, in := range m.ins {
 		fmt.Printf(" %s %s", in.name, share(a.serve[i], b.serve[i]))
 	}
-	fmt.Printf("; boards %s (of one core)\n", share(a.bench, b.bench))
+	fmt.Printf("; boards' processes %s (of one core)\n", share(a.bench, b.bench))
 }
 
 // topStatements prints the n statements Postgres ran most often over the
@@ -618,6 +725,15 @@ func (m meter) topStatements(ctx context.Context, n int) error {
 		fmt.Printf("  %9d %9.0f  %s\n", calls, ms, q)
 	}
 	return rows.Err()
+}
+
+// hostsRSS is the RSS of each instance's boards' process, in KiB.
+func (m meter) hostsRSS() []int64 {
+	var out []int64
+	for _, in := range m.ins {
+		out = append(out, benchkit.MemKiB(in.host.Process.Pid, "VmRSS:"))
+	}
+	return out
 }
 
 // rss is each instance's RSS and peak, in KiB.

@@ -74,12 +74,13 @@ func RecordRollout(ctx context.Context, st *store.Store, r NewRollout) (string, 
 	if err := st.CreateRollout(ctx, rec); err != nil {
 		return "", err
 	}
+	rows := make([]store.BoardResult, 0, len(r.Plan.Boards))
 	for _, b := range r.Plan.Boards { // every board is on record from the start
-		err := st.PutBoard(ctx, toRecord(rec.ID, dispatcher.BoardReport{ID: b.ID, Address: b.Address, Stage: dispatcher.StagePlan,
+		rows = append(rows, toRecord(rec.ID, dispatcher.BoardReport{ID: b.ID, Address: b.Address, Stage: dispatcher.StagePlan,
 			Result: b.Result, Reason: b.Reason, FromVersion: b.FromVersion, ToVersion: r.Plan.Version}))
-		if err != nil {
-			return "", err
-		}
+	}
+	if err := st.PutBoards(ctx, rec.ID, rows); err != nil {
+		return "", err
 	}
 	return rec.ID, nil
 }

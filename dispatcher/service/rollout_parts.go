@@ -4,6 +4,7 @@ import (
 	"context"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/boardlink/boardlink/dispatcher"
@@ -43,23 +44,31 @@ func (s *Service) startRolloutParts(ctx context.Context, who user, img string, r
 		byOwner[b.owner] = append(byOwner[b.owner], id)
 	}
 	s.mu.Unlock()
-	var parts []RolloutPart
-	for _, owner := range slices.Sorted(maps.Keys(byOwner)) {
-		p := RolloutPart{Owner: owner, Boards: byOwner[owner]}
-		c, err := s.peerClient(owner, who)
-		if err == nil {
-			sub := r
-			sub.Boards = p.Boards
-			var st RolloutStatus
-			st, err = c.StartRollout(ctx, img, sub)
-			p.Rollout = st.ID
-		}
-		if err != nil {
-			p.Error = err.Error()
-		}
-		s.log.Info("rollout part", "owner", owner, "rollout", p.Rollout, "boards", len(p.Boards), "err", p.Error)
-		parts = append(parts, p)
+	// Each owner plans its share (a look at each of its boards) at the
+	// same time: one after the other, four shares of 2,500 boards took
+	// minutes each to start.
+	owners := slices.Sorted(maps.Keys(byOwner))
+	parts := make([]RolloutPart, len(owners))
+	var wg sync.WaitGroup
+	for i, owner := range owners {
+		wg.Go(func() {
+			p := RolloutPart{Owner: owner, Boards: byOwner[owner]}
+			c, err := s.peerClient(owner, who)
+			if err == nil {
+				sub := r
+				sub.Boards = p.Boards
+				var st RolloutStatus
+				st, err = c.StartRollout(ctx, img, sub)
+				p.Rollout = st.ID
+			}
+			if err != nil {
+				p.Error = err.Error()
+			}
+			s.log.Info("rollout part", "owner", owner, "rollout", p.Rollout, "boards", len(p.Boards), "err", p.Error)
+			parts[i] = p
+		})
 	}
+	wg.Wait()
 	return parts
 }
 

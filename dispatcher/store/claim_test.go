@@ -2,12 +2,15 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/boardlink/boardlink/internal/testenv"
 )
 
 func boardIDs(n int) []string {
@@ -346,4 +349,115 @@ func BenchmarkRolloutCounts(b *testing.B) {
 			b.ReportMetric(float64(counted)/float64(rows), "counts/rows")
 		})
 	}
+}
+
+// A rollout's board writes leave the rollout's row alone, so that the
+// boards of a share, written at once, do not queue on its lock: on
+// Postgres a board is written while another transaction holds the row
+// for an update. The rollout's Updated still follows its boards, in the
+// rollout and in the list.
+func TestPutBoardLeavesRolloutRow(t *testing.T) {
+	eachEngine(t, func(t *testing.T, newDB func(testing.TB) string) {
+		ctx := context.Background()
+		dsn := newDB(t)
+		s := open(t, dsn)
+		if err := s.CreateRollout(ctx, Rollout{ID: "r-1", Created: at(0)}); err != nil {
+			t.Fatal(err)
+		}
+		db := raw(t, dsn)
+		rowUpdated := func() (n int64) {
+			if err := db.QueryRow(`SELECT updated FROM rollouts WHERE id = 'r-1'`).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+		before := rowUpdated()
+		if IsPostgres(dsn) {
+			// Another writer holds the rollout's row (as an UPDATE of it
+			// does) while the board is written.
+			tx, err := db.BeginTx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Exec(`SELECT 1 FROM rollouts WHERE id = 'r-1' FOR NO KEY UPDATE`); err != nil {
+				t.Fatal(err)
+			}
+			put := make(chan error, 1)
+			go func() { put <- s.PutBoard(ctx, BoardResult{RolloutID: "r-1", BoardID: "b1", Phase: PhasePrepare}) }()
+			var err2 error
+			testenv.Eventually(t, "the board written while the rollout's row is held", func() bool {
+				select {
+				case err2 = <-put:
+					return true
+				default:
+					return false
+				}
+			})
+			tx.Rollback()
+			if err2 != nil {
+				t.Fatal(err2)
+			}
+		} else if err := s.PutBoard(ctx, BoardResult{RolloutID: "r-1", BoardID: "b1", Phase: PhasePrepare}); err != nil {
+			t.Fatal(err)
+		}
+		if after := rowUpdated(); after != before {
+			t.Errorf("the rollout's row written by a board's write: updated %d, was %d", after, before)
+		}
+		r, _, err := s.Rollout(ctx, "r-1")
+		if err != nil || !r.Updated.After(at(0)) {
+			t.Fatalf("rollout updated %v after a board's write (%v), want later than its creation", r.Updated, err)
+		}
+		list, err := s.Rollouts(ctx, 10)
+		if err != nil || len(list) != 1 || !list[0].Updated.Equal(r.Updated) {
+			t.Fatalf("listed %+v (%v), want updated %v", list, err, r.Updated)
+		}
+		// A later write moves it on; an unknown rollout is refused.
+		if err := s.PutBoard(ctx, BoardResult{RolloutID: "r-1", BoardID: "b1", Phase: PhaseExecute}); err != nil {
+			t.Fatal(err)
+		}
+		if r2, _, err := s.Rollout(ctx, "r-1"); err != nil || r2.Updated.Before(r.Updated) {
+			t.Fatalf("updated %v after a second write, was %v (%v)", r2.Updated, r.Updated, err)
+		}
+		if err := s.PutBoard(ctx, BoardResult{RolloutID: "r-none", BoardID: "b1"}); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("a board of an unknown rollout: %v, want ErrNotFound", err)
+		}
+	})
+}
+
+// PutBoards records a rollout's boards in statements of many rows: every
+// board is stored, a second call replaces rows, and a board of another
+// rollout or of no rollout is refused.
+func TestPutBoards(t *testing.T) {
+	eachEngine(t, func(t *testing.T, newDB func(testing.TB) string) {
+		ctx := context.Background()
+		s := open(t, newDB(t))
+		if err := s.CreateRollout(ctx, Rollout{ID: "r-1"}); err != nil {
+			t.Fatal(err)
+		}
+		var bs []BoardResult
+		for _, id := range boardIDs(2*boardsPerInsert + 3) {
+			bs = append(bs, BoardResult{RolloutID: "r-1", BoardID: id, ToVersion: "2.0.0"})
+		}
+		if err := s.PutBoards(ctx, "r-1", bs); err != nil {
+			t.Fatal(err)
+		}
+		bs[0].Phase, bs[len(bs)-1].Phase, bs[len(bs)-1].Result = PhasePrepare, PhaseDone, ResultCommitted
+		if err := s.PutBoards(ctx, "r-1", []BoardResult{bs[0], bs[len(bs)-1]}); err != nil {
+			t.Fatal(err)
+		}
+		r, rows, err := s.Rollout(ctx, "r-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]int{SummaryPending: len(bs) - 2, SummaryRunning: 1, ResultCommitted: 1}
+		if r.Boards != len(bs) || fmt.Sprint(r.Summary) != fmt.Sprint(want) || rows[0].ToVersion != "2.0.0" {
+			t.Fatalf("%d boards %v, want %d %v", r.Boards, r.Summary, len(bs), want)
+		}
+		if err := s.PutBoards(ctx, "r-1", []BoardResult{{RolloutID: "r-2", BoardID: "x"}}); err == nil {
+			t.Fatal("a board of another rollout stored")
+		}
+		if err := s.PutBoards(ctx, "r-none", []BoardResult{{RolloutID: "r-none", BoardID: "x"}}); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("boards of an unknown rollout: %v, want ErrNotFound", err)
+		}
+	})
 }

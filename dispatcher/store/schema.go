@@ -165,6 +165,12 @@ CREATE TABLE lab_instances (
 	renewed {int} NOT NULL
 ) {strict};
 `,
+	// 5: each board result's last write, so that a board's write need
+	// not touch its rollout's row (a rollout's boards queued on that
+	// row's lock): a rollout's Updated is the latest of both.
+	`
+ALTER TABLE board_results ADD COLUMN updated {int} NOT NULL DEFAULT 0;
+`,
 }
 
 // SchemaVersion is the schema version this package writes.

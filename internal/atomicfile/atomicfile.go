@@ -113,6 +113,11 @@ func ReadJSON(path string, wantVersion int, v any) error {
 	if err != nil {
 		return fmt.Errorf("read %s: %w", path, err)
 	}
+	return DecodeJSON(path, b, wantVersion, v)
+}
+
+// DecodeJSON is ReadJSON of b, the contents of the file path, already read.
+func DecodeJSON(path string, b []byte, wantVersion int, v any) error {
 	var env envelope
 	if err := json.Unmarshal(b, &env); err != nil {
 		return fmt.Errorf("read %s: not a versioned JSON file: %w", path, err)
