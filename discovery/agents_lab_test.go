@@ -57,7 +57,7 @@ func TestLabRealAgents(t *testing.T) {
 	for id, nd := range map[string]*node{"board1": b1, "board2": b2} {
 		r := added[id].Record
 		want := Record{ID: id, Model: "imx8", Protocol: proto.Version,
-			Capabilities: []string{proto.CapExec, proto.CapExecDetach, proto.CapTCP, proto.CapFile, proto.CapDownload, proto.CapReboot, proto.CapOTA, proto.CapPair},
+			Capabilities: []string{proto.CapExec, proto.CapExecDetach, proto.CapTCP, proto.CapFile, proto.CapDownload, proto.CapFrames, proto.CapReboot, proto.CapOTA, proto.CapPair},
 			Version:      version.Version, BootID: r.BootID, Slot: "A", Labels: map[string]string{"rack": id[len(id)-1:]}, Port: 7207,
 			FP: r.FP, TLS: true}
 		checkBoard(t, r, want, fmt.Sprintf("wss://%s:7207", nd.IPv4))
