@@ -2,7 +2,10 @@
 // (internal/qemuboard: OVMF, GRUB choosing the slot with the grub.cfg of
 // docs/boot.md, Debian's kernel, a busybox initramfs running boardlinkd
 // --board linux --boot grub), driven only through the boardlink CLI, as a
-// built binary, and the dispatcher library.
+// built binary, and the dispatcher library. And the compatibility tests:
+// this tree's host against protocol 5's agent and protocol 5's CLI
+// against this tree's agent, both built from the git history
+// (compat_test.go).
 //
 // They are long (QEMU runs on TCG): they run with BOARDLINK_E2E=1 only
 // (`just e2e`, .ci/run), where a missing tool or a failed download is a
