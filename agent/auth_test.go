@@ -222,7 +222,7 @@ func TestChangedKeyRefused(t *testing.T) {
 	if !strings.Contains(err.Error(), known.Path()) {
 		t.Errorf("refusal does not name the known-boards file: %v", err)
 	}
-	if found, err := known.Forget("test-board"); !found || err != nil {
+	if found, err := known.Forget(context.Background(), "test-board"); !found || err != nil {
 		t.Fatalf("forget: %v %v", found, err)
 	}
 	c, err = dispatcher.Dial(context.Background(), h2.wsURL(), opts)

@@ -33,7 +33,7 @@ func TestDialRefusals(t *testing.T) {
 	addr := b.ws.URL()
 	ctx := context.Background()
 	pinned := dispatcher.NewKnownBoards("")
-	if err := pinned.Pin("test-board", fingerprint(t), false); err != nil {
+	if err := pinned.Pin(context.Background(), "test-board", fingerprint(t), false); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {

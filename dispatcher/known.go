@@ -217,22 +217,28 @@ func (k *KnownBoards) List() ([]KnownBoard, error) {
 }
 
 // Pin replaces the pin of board id with fp (boardlink trust, a pairing).
-func (k *KnownBoards) Pin(id string, fp auth.Fingerprint, paired bool) error {
-	return k.update(context.Background(), knownChange{apply: func(m map[string]KnownBoard) bool {
+// It returns once the pin is on disk, or when ctx ends (another process
+// may hold the file's lock): the pin is then still written.
+func (k *KnownBoards) Pin(ctx context.Context, id string, fp auth.Fingerprint, paired bool) error {
+	return k.update(ctx, knownChange{apply: func(m map[string]KnownBoard) bool {
 		m[id] = KnownBoard{ID: id, Fingerprint: fp, Added: k.now().UTC(), Paired: paired}
 		return true
 	}})
 }
 
 // Forget removes the pin of board id; it reports whether there was one.
-func (k *KnownBoards) Forget(id string) (bool, error) {
+// As Pin, it waits for the file's write at most until ctx ends.
+func (k *KnownBoards) Forget(ctx context.Context, id string) (bool, error) {
 	found := false
-	err := k.update(context.Background(), knownChange{apply: func(m map[string]KnownBoard) bool {
+	err := k.update(ctx, knownChange{apply: func(m map[string]KnownBoard) bool {
 		_, found = m[id]
 		delete(m, id)
 		return found
 	}})
-	return found, err
+	if err != nil {
+		return false, err // the writer may still set found
+	}
+	return found, nil
 }
 
 // refreshLocked makes mem the file's pins, reading the file again only if

@@ -70,16 +70,16 @@ func TestKnownBoards(t *testing.T) {
 	if err := strict.Verify(t.Context(), "lab-7", a); err != nil {
 		t.Fatalf("strict, known: %v", err)
 	}
-	if err := k.Pin("lab-7", b, true); err != nil {
+	if err := k.Pin(context.Background(), "lab-7", b, true); err != nil {
 		t.Fatal(err)
 	}
 	if e, ok := other.Lookup("lab-7"); !ok || e.Fingerprint != b || !e.Paired {
 		t.Fatalf("after Pin: %+v", e)
 	}
-	if found, err := k.Forget("lab-7"); !found || err != nil {
+	if found, err := k.Forget(context.Background(), "lab-7"); !found || err != nil {
 		t.Fatalf("forget: %v %v", found, err)
 	}
-	if found, _ := k.Forget("lab-7"); found {
+	if found, _ := k.Forget(context.Background(), "lab-7"); found {
 		t.Fatal("forgot twice")
 	}
 }
@@ -151,6 +151,29 @@ func TestDialBoundCoversPinWrite(t *testing.T) {
 		t.Fatalf("dial once pinned: %v", err)
 	}
 	c.Close()
+}
+
+// Pin and Forget wait for the file's write only as long as their ctx: a
+// `boardlink trust` interrupted while another process holds the lock
+// returns at once, and its pin is still written once the lock is free.
+func TestPinForgetBoundedByContext(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "known_boards.json")
+	known := dispatcher.NewKnownBoards(path)
+	fp := fingerprint(t)
+	unlock := lockKnown(t, path)
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := known.Pin(ctx, "lab-9", fp, true); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Pin with the file locked and ctx over: %v, want context.Canceled", err)
+	}
+	if _, err := known.Forget(ctx, "lab-8"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Forget with the file locked and ctx over: %v, want context.Canceled", err)
+	}
+	unlock()
+	testenv.Eventually(t, "the pin to be written once the lock is free", func() bool {
+		e, ok := dispatcher.NewKnownBoards(path).Lookup("lab-9")
+		return ok && e.Paired && e.Fingerprint.Equal(fp)
+	})
 }
 
 // Pins asked for while the file is written are written together, and

@@ -91,7 +91,7 @@ func Pair(ctx context.Context, addr string, opts PairOptions) (PairResult, error
 	if err := conn.Call(ctx, proto.MethodPairConfirm, proto.PairConfirmParams{Confirm: keys.Mine}, &done); err != nil {
 		return PairResult{}, fmt.Errorf("board %s: %w", hello.BoardID, err)
 	}
-	if err := known.Pin(hello.BoardID, s.Board, true); err != nil {
+	if err := known.Pin(ctx, hello.BoardID, s.Board, true); err != nil {
 		return PairResult{}, fmt.Errorf("board %s paired, but its key could not be stored: %w", hello.BoardID, err)
 	}
 	return PairResult{BoardID: hello.BoardID, Fingerprint: s.Board}, nil

@@ -123,7 +123,7 @@ func TestUpgradeTokenOnlyToExpectedKey(t *testing.T) {
 	fp := func(k ed25519.PrivateKey) auth.Fingerprint { return auth.FingerprintOf(k.Public().(ed25519.PublicKey)) }
 	pinned := func(id string, k ed25519.PrivateKey) *dispatcher.KnownBoards {
 		known := dispatcher.NewKnownBoards(filepath.Join(t.TempDir(), "known_boards.json"))
-		if err := known.Pin(id, fp(k), false); err != nil {
+		if err := known.Pin(context.Background(), id, fp(k), false); err != nil {
 			t.Fatal(err)
 		}
 		return known

@@ -25,7 +25,7 @@ func startBoard(t *testing.T) *demoBoard {
 	}
 	t.Cleanup(d.stop)
 	// The test knows the board: no "trusting on first use" in its output.
-	if err := dispatcher.NewKnownBoards(knownBoards(t)).Pin("demo-board", d.agent.Fingerprint(), false); err != nil {
+	if err := dispatcher.NewKnownBoards(knownBoards(t)).Pin(context.Background(), "demo-board", d.agent.Fingerprint(), false); err != nil {
 		t.Fatal(err)
 	}
 	return d

@@ -171,7 +171,7 @@ is needed. --list prints the pinned keys.`,
 				return linkFailure(err)
 			}
 			old, had := known.Lookup(res.BoardID)
-			if err := known.Pin(res.BoardID, res.Fingerprint, false); err != nil {
+			if err := known.Pin(ctx, res.BoardID, res.Fingerprint, false); err != nil {
 				return &exitError{code: 1, err: err}
 			}
 			switch {
@@ -233,7 +233,7 @@ so that the next connection pins the key the board shows then (or, with
 				return err
 			}
 			old, _ := known.Lookup(args[0])
-			found, err := known.Forget(args[0])
+			found, err := known.Forget(cmd.Context(), args[0])
 			if err != nil {
 				return &exitError{code: 1, err: err}
 			}
