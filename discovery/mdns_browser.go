@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -124,7 +125,8 @@ type origin struct {
 	haveSRV     bool
 	txt         []string
 	haveTXT     bool
-	txtBy       [2]famTXT // per family (v4, v6): see lateCopy
+	txtBy       [2]famSeen // the TXT per family (v4, v6): see lateCopy
+	srvBy       [2]famSeen // the SRV's port and target per family
 	hb          hbInfo
 	rebootUntil time.Time
 	ptrAt       time.Time
@@ -136,29 +138,30 @@ type origin struct {
 	seq         int       // order of appearance
 }
 
-// famTXT is the TXT that one family's packets of an origin carry, and
-// the one they carried before it changed.
-type famTXT struct {
+// famSeen is what one family's packets of an origin carry for one
+// record (its TXT, or its SRV's port and target), and what they carried
+// before it changed.
+type famSeen struct {
 	cur, prev []string
 	changed   time.Time
 }
 
-// lateCopy records that a packet of family f carried txt, and says
-// whether it is a late copy of what the other family's packets have
+// lateCopy records in by that a packet of family f carried vals, and
+// says whether it is a late copy of what the other family's packets have
 // replaced within the last second. A responder sends each announcement
 // over IPv4 and IPv6, and the browser reads the two sockets on their own
 // goroutines, so the IPv6 copy of an old announcement can be handled
 // after the IPv4 copy of the new one; taking it would flip the board back
-// and forth.
-func (o *origin) lateCopy(f family, txt []string, now time.Time) bool {
+// and forth (its boot id in the TXT, its port in the SRV after a restart).
+func lateCopy(by *[2]famSeen, f family, vals []string, now time.Time) bool {
 	i, other := 0, 1
 	if f == v6 {
 		i, other = 1, 0
 	}
-	h := &o.txtBy[other]
-	late := now.Sub(h.changed) < time.Second && h.prev != nil && slices.Equal(h.prev, txt) && !slices.Equal(h.cur, txt)
-	if mine := &o.txtBy[i]; !slices.Equal(mine.cur, txt) {
-		mine.prev, mine.cur, mine.changed = mine.cur, txt, now
+	h := &by[other]
+	late := now.Sub(h.changed) < time.Second && h.prev != nil && slices.Equal(h.prev, vals) && !slices.Equal(h.cur, vals)
+	if mine := &by[i]; !slices.Equal(mine.cur, vals) {
+		mine.prev, mine.cur, mine.changed = mine.cur, vals, now
 	}
 	return late
 }
@@ -541,7 +544,11 @@ func (b *Browser) applyLocked(name string, s *svcRRs, p packet, claimed []netip.
 		o.ptrAt, o.ptrTTL = now, s.ptr.Header().Ttl
 	}
 	if srv, ok := s.srv.(*dns.SRV); ok && srv.Port > 0 {
-		o.port, o.target, o.haveSRV = int(srv.Port), strings.ToLower(srv.Target), true
+		target := strings.ToLower(srv.Target)
+		if !lateCopy(&o.srvBy, p.fam, []string{strconv.Itoa(int(srv.Port)), target}, now) {
+			o.port, o.target = int(srv.Port), target
+		}
+		o.haveSRV = true
 		if !p.legacy {
 			o.srvTTL = srv.Hdr.Ttl
 		}
@@ -551,7 +558,7 @@ func (b *Browser) applyLocked(name string, s *svcRRs, p packet, claimed []netip.
 		for i, t := range txt.Txt {
 			vals[i] = unescapeTXT(t)
 		}
-		if !o.lateCopy(p.fam, vals, now) {
+		if !lateCopy(&o.txtBy, p.fam, vals, now) {
 			o.txt = vals
 		}
 		o.haveTXT = true

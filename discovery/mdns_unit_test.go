@@ -178,8 +178,10 @@ func TestBrowserLateCopyFromOtherFamily(t *testing.T) {
 	ifc := fakeIface(t)
 	b := NewBrowser(BrowseConfig{})
 	const v4src, v6src = "10.77.0.2", "fe80::2"
-	both := func(boot string) *dns.Msg {
-		s := &service{rec: testRecord("board1", 7207, boot), hb: hbInfo{Every: DefaultHeartbeat}}
+	var bothAt func(port int, boot string) *dns.Msg
+	both := func(boot string) *dns.Msg { return bothAt(7207, boot) }
+	bothAt = func(port int, boot string) *dns.Msg {
+		s := &service{rec: testRecord("board1", port, boot), hb: hbInfo{Every: DefaultHeartbeat}}
 		m := newResponse()
 		m.Answer = s.records(&ifaceAddrs{v4: []netip.Addr{netip.MustParseAddr(v4src)}, v6: []netip.Addr{netip.MustParseAddr(v6src)}}, 1)
 		return roundTrip(t, m)
@@ -207,6 +209,19 @@ func TestBrowserLateCopyFromOtherFamily(t *testing.T) {
 	}
 	feedFam(b, ifc, both("1"), v4src, v4, t0.Add(2*time.Second))
 	noEvent(t, b)
+	// A restart on another port: the late IPv6 copy of the old SRV does
+	// not move the board back to its old port either.
+	t1 := t0.Add(4 * time.Second)
+	feedFam(b, ifc, bothAt(7300, "3"), v4src, v4, t1)
+	if ev := nextEvent(t, b); ev.Op != Updated || ev.Record.BootID != "3" || ev.Record.Port != 7300 {
+		t.Fatalf("restart on 7300: %s %+v", ev.Op, ev.Record)
+	}
+	feedFam(b, ifc, both("1"), v6src, v6, t1.Add(time.Millisecond)) // the late copy
+	feedFam(b, ifc, bothAt(7300, "3"), v6src, v6, t1.Add(2*time.Millisecond))
+	noEvent(t, b)
+	if got := b.Boards(); len(got) != 1 || got[0].Port != 7300 {
+		t.Fatalf("Boards() = %+v, want port 7300", got)
+	}
 }
 
 // The responder answers a PTR question with every record of the board
