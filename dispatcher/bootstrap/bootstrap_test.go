@@ -26,6 +26,11 @@ import (
 	"github.com/boardlink/boardlink/transport/seriallink"
 )
 
+// hangGuard bounds a whole bootstrap (megabytes typed into a shell on a
+// pty) so that a hang fails the test instead of the run: a guard, not a
+// speed bound. Under -race on a loaded machine one took 5 minutes.
+const hangGuard = 15 * time.Minute
+
 // loginScript is a console's login, as getty and login give one: it asks
 // for a user (again after an empty line) and a password (echo off), says
 // "Login incorrect" and asks again when they are wrong, and execs an interactive /bin/sh when they
@@ -230,7 +235,7 @@ func execOn(ctx context.Context, t *testing.T, line io.ReadWriteCloser, argv ...
 // (base64, gzipped, in chunks), is installed under a root of the test's,
 // starts in place of the shell, and exec through the normal client works.
 func TestBootstrapLoginShell(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 	defer cancel()
 	b := newBoard(t)
 	o := b.options(t)
@@ -307,7 +312,7 @@ func TestBootstrapLoginShell(t *testing.T) {
 // typed) leaves the three before on the board, says so, and the next run
 // gets the shell back and sends only the rest, then starts the agent.
 func TestBootstrapResumes(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 	defer cancel()
 	b := newBoard(t)
 	o := b.options(t)
@@ -364,7 +369,7 @@ func TestBootstrapZmodem(t *testing.T) {
 			testenv.SkipOrFail(t, "ZMODEM needs %s (Debian package lrzsz): %v", tool, err)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 	defer cancel()
 	b := newBoard(t)
 	o := b.options(t)
@@ -393,7 +398,7 @@ func TestBootstrapZmodem(t *testing.T) {
 // compression, as to a board without base64 and gzip; the bytes arrive
 // intact, NULs and all.
 func TestBootstrapPrintfFallback(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
 	defer cancel()
 	b := newBoard(t)
 	o := b.options(t)
