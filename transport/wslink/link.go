@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -99,6 +100,9 @@ type Link struct {
 	err      error
 	sizeHint int // the reader's guess at the next message's size
 	peer     Peer
+	// torn: a write failed (timed out), and may have left part of a TLS
+	// record on the wire. See finish.
+	torn atomic.Bool
 }
 
 // Peer is the other end of a link as the HTTP exchange showed it.
@@ -283,6 +287,7 @@ func (l *Link) writeParts(ctx context.Context, t int, parts ...[]byte) error {
 	_ = l.ws.SetWriteDeadline(time.Now().Add(l.cfg.WriteTimeout))
 	err := l.write(t, parts)
 	if err != nil {
+		l.torn.Store(true)
 		l.startClose()
 		return fmt.Errorf("websocket write: %w", err)
 	}
@@ -325,6 +330,7 @@ func (l *Link) pingLoop() {
 		select {
 		case <-ping.C:
 			if err := l.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(l.cfg.WriteTimeout)); err != nil {
+				l.torn.Store(true)
 				l.startClose()
 			}
 		case <-l.closing:
@@ -338,12 +344,22 @@ func (l *Link) pingLoop() {
 // CloseWait to answer (the reader sees its frame), then drop the socket.
 func (l *Link) finish() {
 	msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")
-	_ = l.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(l.cfg.WriteTimeout))
+	if err := l.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(l.cfg.WriteTimeout)); err != nil {
+		l.torn.Store(true)
+	}
 	t := time.NewTimer(l.cfg.CloseWait)
 	defer t.Stop()
 	select {
 	case <-l.readDone:
 	case <-t.C:
+	}
+	// After a failed write, TLS's Close would still send its close_notify
+	// alert, behind what may be half a record: the peer reads the two as
+	// one corrupt record and reports "tls: bad record MAC", as if the
+	// stream had been tampered with. Dropping the TCP connection under it
+	// shows the peer what happened: the connection ended mid-message.
+	if tc, ok := l.ws.NetConn().(*tls.Conn); ok && l.torn.Load() {
+		_ = tc.NetConn().Close()
 	}
 	_ = l.ws.Close()
 }
