@@ -14,6 +14,7 @@ import (
 
 	"github.com/boardlink/boardlink/dispatcher"
 	"github.com/boardlink/boardlink/proto"
+	"github.com/boardlink/boardlink/transport/wslink"
 )
 
 // ExecStreamRequest starts a command through GET
@@ -375,6 +376,7 @@ func (w *wsWriter) loop(every time.Duration) {
 			return
 		}
 		if err != nil {
+			_ = wslink.Abort(w.ws) // no TLS alert behind a torn record
 			if w.onFail != nil {
 				w.onFail(err)
 			}

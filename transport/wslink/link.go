@@ -353,13 +353,9 @@ func (l *Link) finish() {
 	case <-l.readDone:
 	case <-t.C:
 	}
-	// After a failed write, TLS's Close would still send its close_notify
-	// alert, behind what may be half a record: the peer reads the two as
-	// one corrupt record and reports "tls: bad record MAC", as if the
-	// stream had been tampered with. Dropping the TCP connection under it
-	// shows the peer what happened: the connection ended mid-message.
-	if tc, ok := l.ws.NetConn().(*tls.Conn); ok && l.torn.Load() {
-		_ = tc.NetConn().Close()
+	if l.torn.Load() {
+		_ = Abort(l.ws)
+		return
 	}
 	_ = l.ws.Close()
 }
@@ -374,4 +370,20 @@ func (l *Link) Close() error {
 	l.startClose()
 	<-l.stopped
 	return nil
+}
+
+// Abort closes ws after one of its writes failed. A write that timed out
+// may have left half a TLS record on the wire, and TLS's Close would
+// still send its close_notify alert behind it: the peer reads the two as
+// one corrupt record and reports "tls: bad record MAC", as if the stream
+// had been tampered with. Under TLS, Abort drops the TCP connection
+// beneath instead, so the peer sees what happened: the connection ended
+// mid-message. Without TLS it is ws.Close.
+func Abort(ws *websocket.Conn) error {
+	if tc, ok := ws.NetConn().(*tls.Conn); ok {
+		err := tc.NetConn().Close()
+		_ = ws.Close() // releases TLS's side; its alert finds the socket closed
+		return err
+	}
+	return ws.Close()
 }
