@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -338,14 +339,29 @@ func (l *Link) pingLoop() {
 // CloseWait to answer (the reader sees its frame), then drop the socket.
 func (l *Link) finish() {
 	msg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")
-	_ = l.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(l.cfg.WriteTimeout))
+	// After a failed write (the close frame's own, or an earlier one,
+	// which WriteControl returns again) nothing more may be written.
+	err := l.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(l.cfg.WriteTimeout))
 	t := time.NewTimer(l.cfg.CloseWait)
 	defer t.Stop()
 	select {
 	case <-l.readDone:
 	case <-t.C:
 	}
-	_ = l.ws.Close()
+	if err == nil || errors.Is(err, websocket.ErrCloseSent) {
+		_ = l.ws.Close()
+		return
+	}
+	// A write cut off by its deadline may have sent part of a TLS record;
+	// tls.Conn.Close would send its close_notify alert after it, which
+	// the peer reads as the rest of the record: a corrupt one ("tls: bad
+	// record MAC") instead of the connection's end. Close the socket
+	// under TLS instead.
+	nc := l.ws.NetConn()
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	_ = nc.Close()
 }
 
 func (l *Link) startClose() {
