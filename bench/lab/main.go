@@ -5,15 +5,28 @@
 // The program builds boardlink, starts a private PostgreSQL cluster with
 // internal/pgtest (on a unix socket, pg_stat_statements loaded), and for
 // each instance sN a lab of its share of the boards with internal/simlab
-// (the real agent each, on a loopback address of the instance's own,
-// 127.0.K.1 for instance K-1, no mDNS, trusting a key made for the run) and `boardlink serve --listen 127.0.0.1:0` with those boards as
-// the static entries of its config: each instance reaches only its own
-// boards, and lists the others' through the database. Each instance's
-// boards run in a process of their own (this program again, as a board
-// host: 10,000 boards in one process need more open files than a
-// container's hard limit of 20,000 allows); each instance is a process
-// of its own, so that its CPU and memory are its own, and listens on
-// 127.0.0.1. Network namespaces are not used (see docs/benchmarks.md).
+// (the real agent each, no mDNS, trusting a key made for the run) and
+// `boardlink serve` with those boards as the static entries of its
+// config: each instance reaches only its own boards, and lists the
+// others' through the database. Each instance's boards run in a process
+// of their own (this program again, as a board host: 10,000 boards in one
+// process need more open files than a container's hard limit of 20,000
+// allows); each instance is a process of its own, so that its CPU and
+// memory are its own.
+//
+// As root (unless -loopback), each instance and its boards' process run
+// in a network namespace of their own (internal/netlab, named after this
+// process: bllabPID-s0, ...), joined by a veth each to a bridge in a hub
+// namespace (bllabPID-br, 10.77.0.1): the boards on the namespace's own
+// loopback, 127.0.0.1, which only their instance reaches, and the service
+// on https://10.77.1.K+1:7300 for instance K (TLS with a certificate made
+// for the run, which the peers trust), so a lease's command forwarded
+// from s0 to s1 crosses the bridge. Postgres stays on its unix socket,
+// which the namespaces share (the filesystem is one). The measures are
+// taken from the hub: every connection to s0 is dialed from a thread
+// moved into the hub's namespace. With -loopback (or not root), every
+// instance serves plain http on 127.0.0.1 and instance K's boards listen
+// on 127.0.K+1.1, in this machine's namespace.
 //
 // Once instance s0 lists every board idle, it measures, one after the
 // other, through s0:
@@ -46,9 +59,13 @@
 //	go run ./bench/lab                                  # 10,000 boards, 4 instances
 //	go run ./bench/lab -boards 400 -instances 2 -window 10s
 //
-// Only loopback addresses and a unix socket are used, and no multicast. The whole
-// run is bounded by -timeout. Everything it starts and writes is removed
-// when it ends, also on error or Ctrl-C.
+// Only the namespaces it makes (10.77.0.0/16), loopback addresses and a
+// unix socket are used, nothing of the root namespace's interfaces is
+// touched, and nothing multicasts. The whole run is bounded by -timeout.
+// Everything it starts and writes (processes, namespaces with their veths
+// and bridge, files) is removed when it ends, also on error or Ctrl-C;
+// only -logs DIR keeps the services' and the boards' logs. At the end it
+// counts each service's lost boards by error, from its log.
 package main
 
 import (
@@ -123,7 +140,7 @@ func main() {
 	flag.Var(&size, "size", "the rollout image's payload")
 	timeout := flag.Duration("timeout", 30*time.Minute, "bound of the whole run")
 	loopback := flag.Bool("loopback", false, "run every instance on loopback in this machine's namespace (the default when not root)")
-	flag.StringVar(&o.logs, "logs", "", "keep the services' logs in this directory (default: removed with the rest)")
+	flag.StringVar(&o.logs, "logs", "", "keep the services' and the boards' logs in this directory (default: removed with the rest)")
 	flag.Parse()
 	o.size = int64(size)
 	o.netns = !*loopback && os.Geteuid() == 0
