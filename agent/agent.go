@@ -245,7 +245,7 @@ func (a *Agent) ServeLink(ctx context.Context, l transport.Link, peer Peer) {
 	a.auth.endSession(s)
 	if s.authed.Load() {
 		a.log.Info("session ended", "peer", peer.Addr, "link", peer.Link, "auth", s.method, "host", s.host,
-			"duration", time.Since(s.started).Round(time.Millisecond))
+			"duration", time.Since(s.started).Round(time.Millisecond), "err", c.Err())
 	}
 }
 

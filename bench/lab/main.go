@@ -5,15 +5,28 @@
 // The program builds boardlink, starts a private PostgreSQL cluster with
 // internal/pgtest (on a unix socket, pg_stat_statements loaded), and for
 // each instance sN a lab of its share of the boards with internal/simlab
-// (the real agent each, on a loopback address of the instance's own,
-// 127.0.K.1 for instance K-1, no mDNS, trusting a key made for the run) and `boardlink serve --listen 127.0.0.1:0` with those boards as
-// the static entries of its config: each instance reaches only its own
-// boards, and lists the others' through the database. Each instance's
-// boards run in a process of their own (this program again, as a board
-// host: 10,000 boards in one process need more open files than a
-// container's hard limit of 20,000 allows); each instance is a process
-// of its own, so that its CPU and memory are its own, and listens on
-// 127.0.0.1. Network namespaces are not used (see docs/benchmarks.md).
+// (the real agent each, no mDNS, trusting a key made for the run) and
+// `boardlink serve` with those boards as the static entries of its
+// config: each instance reaches only its own boards, and lists the
+// others' through the database. Each instance's boards run in a process
+// of their own (this program again, as a board host: 10,000 boards in one
+// process need more open files than a container's hard limit of 20,000
+// allows); each instance is a process of its own, so that its CPU and
+// memory are its own.
+//
+// As root (unless -loopback), each instance and its boards' process run
+// in a network namespace of their own (internal/netlab, named after this
+// process: bllabPID-s0, ...), joined by a veth each to a bridge in a hub
+// namespace (bllabPID-br, 10.77.0.1): the boards on the namespace's own
+// loopback, 127.0.0.1, which only their instance reaches, and the service
+// on https://10.77.1.K+1:7300 for instance K (TLS with a certificate made
+// for the run, which the peers trust), so a lease's command forwarded
+// from s0 to s1 crosses the bridge. Postgres stays on its unix socket,
+// which the namespaces share (the filesystem is one). The measures are
+// taken from the hub: every connection to s0 is dialed from a thread
+// moved into the hub's namespace. With -loopback (or not root), every
+// instance serves plain http on 127.0.0.1 and instance K's boards listen
+// on 127.0.K+1.1, in this machine's namespace.
 //
 // Once instance s0 lists every board idle, it measures, one after the
 // other, through s0:
@@ -46,29 +59,40 @@
 //	go run ./bench/lab                                  # 10,000 boards, 4 instances
 //	go run ./bench/lab -boards 400 -instances 2 -window 10s
 //
-// Only loopback addresses and a unix socket are used, and no multicast. The whole
-// run is bounded by -timeout. Everything it starts and writes is removed
-// when it ends, also on error or Ctrl-C.
+// Only the namespaces it makes (10.77.0.0/16), loopback addresses and a
+// unix socket are used, nothing of the root namespace's interfaces is
+// touched, and nothing multicasts. The whole run is bounded by -timeout.
+// Everything it starts and writes (processes, namespaces with their veths
+// and bridge, files) is removed when it ends, also on error or Ctrl-C;
+// only -logs DIR keeps the services' and the boards' logs. At the end it
+// counts each service's lost boards by error, from its log.
 package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"database/sql"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"maps"
+	"net"
 	"net/http"
 	"net/http/cookiejar"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -81,6 +105,7 @@ import (
 	"github.com/boardlink/boardlink/dispatcher/service"
 	"github.com/boardlink/boardlink/dispatcher/store"
 	"github.com/boardlink/boardlink/image"
+	"github.com/boardlink/boardlink/internal/netlab"
 	"github.com/boardlink/boardlink/internal/pgtest"
 	"github.com/boardlink/boardlink/internal/simlab"
 )
@@ -98,6 +123,8 @@ type options struct {
 	boards, instances, conc, leases, pages int
 	heartbeat, window                      time.Duration
 	size                                   int64
+	netns                                  bool   // each instance in a network namespace of its own
+	logs                                   string // where the services' logs are kept ("": removed)
 }
 
 func main() {
@@ -112,8 +139,11 @@ func main() {
 	size := benchkit.Size(64 << 10)
 	flag.Var(&size, "size", "the rollout image's payload")
 	timeout := flag.Duration("timeout", 30*time.Minute, "bound of the whole run")
+	loopback := flag.Bool("loopback", false, "run every instance on loopback in this machine's namespace (the default when not root)")
+	flag.StringVar(&o.logs, "logs", "", "keep the services' and the boards' logs in this directory (default: removed with the rest)")
 	flag.Parse()
 	o.size = int64(size)
+	o.netns = !*loopback && os.Geteuid() == 0
 	if flag.NArg() > 0 || o.instances < 2 || o.boards < 2*o.instances || o.conc < 1 || o.conc > 1024 || o.leases < 1 ||
 		o.pages < 1 || o.heartbeat < 100*time.Millisecond || o.window <= 0 || o.size < 1 || *timeout <= 0 {
 		fmt.Fprintln(os.Stderr, "lab: bad arguments (see -help); at least 2 instances, 2 boards each")
@@ -140,6 +170,8 @@ func main() {
 // instance is one `boardlink serve` with its boards.
 type instance struct {
 	name   string
+	ns     string    // its network namespace ("": loopback)
+	log    string    // its service's log
 	host   *exec.Cmd // the process of its boards
 	hostIn io.WriteCloser
 	lab    hostedLab
@@ -157,6 +189,7 @@ type hostSpec struct {
 	Boards          int
 	Dir, Prefix, IP string
 	TrustKey        ed25519.PublicKey
+	Log             string // the boards' log (info and above)
 }
 
 // hostedLab is what a board host tells of its boards, one line of JSON
@@ -176,8 +209,13 @@ func hostBoards(ctx context.Context, spec string) error {
 		return fmt.Errorf("%s: %w", hostEnv, err)
 	}
 	benchkit.RaiseFileLimit(fileLimit)
+	logf, err := os.Create(h.Log)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
 	lab, err := simlab.Start(ctx, simlab.Options{Boards: h.Boards, Dir: h.Dir, IDPrefix: h.Prefix, Host: h.IP,
-		TrustKeys: []ed25519.PublicKey{h.TrustKey}})
+		TrustKeys: []ed25519.PublicKey{h.TrustKey}, Logger: slog.New(slog.NewTextHandler(logf, nil))})
 	if err != nil {
 		return err
 	}
@@ -213,6 +251,9 @@ func (in *instance) startHost(ctx context.Context, spec hostSpec) error {
 		return err
 	}
 	in.host = exec.Command(self)
+	if in.ns != "" {
+		in.host = netlab.Command(in.ns, self)
+	}
 	in.host.Env = append(os.Environ(), hostEnv+"="+string(raw))
 	in.host.Stderr = os.Stderr
 	// Kept open until this process ends: the host stops when it closes.
@@ -271,7 +312,26 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 
-	var ins []*instance
+	var w *network
+	if o.netns {
+		if w, err = startNetwork(ctx, dir, o.instances); err != nil {
+			return err
+		}
+		defer w.close() // once the processes in its namespaces are stopped, below
+	}
+	logs := dir
+	if o.logs != "" {
+		if err := os.MkdirAll(o.logs, 0o755); err != nil {
+			return err
+		}
+		logs = o.logs
+	}
+
+	var (
+		ins       []*instance
+		rolloutAt time.Time // when the rollout was asked for
+	)
+	defer func() { reportLosses(ins, rolloutAt) }() // once the services are stopped, below
 	defer func() {
 		// Each board host's stop is bounded by stopTimeout of its own.
 		for _, in := range ins {
@@ -293,15 +353,19 @@ func run(ctx context.Context, o options) error {
 		if k < o.boards%o.instances {
 			n++
 		}
-		in := &instance{name: fmt.Sprintf("s%d", k)}
+		in := &instance{name: fmt.Sprintf("s%d", k), log: filepath.Join(logs, fmt.Sprintf("s%d.serve.log", k))}
 		idir := filepath.Join(dir, in.name)
 		fmt.Printf("starting %s: %d sim boards, then its service...\n", in.name, n)
 		ins = append(ins, in)
+		ip := fmt.Sprintf("127.0.%d.1", k+1)
+		if w != nil {
+			in.ns, ip = w.Spaces[k].Name, "127.0.0.1" // the namespace's own loopback
+		}
 		if err := in.startHost(ctx, hostSpec{Boards: n, Dir: filepath.Join(idir, "boards"), Prefix: in.name,
-			IP: fmt.Sprintf("127.0.%d.1", k+1), TrustKey: pub}); err != nil {
+			IP: ip, TrustKey: pub, Log: filepath.Join(logs, in.name+".boards.log")}); err != nil {
 			return err
 		}
-		if err := in.start(ctx, bin, idir, dsn, peer, o.heartbeat); err != nil {
+		if err := in.start(ctx, bin, idir, dsn, peer, o.heartbeat, w); err != nil {
 			return err
 		}
 	}
@@ -331,8 +395,12 @@ func run(ctx context.Context, o options) error {
 			return fmt.Errorf("waiting for %d boards idle on s0 (%d so far): %w", o.boards, idle, ctx.Err())
 		}
 	}
-	fmt.Printf("\n%d sim boards across %d `boardlink serve` instances on one PostgreSQL, loopback, heartbeat %v\n\n",
-		o.boards, o.instances, o.heartbeat)
+	where := "loopback"
+	if w != nil {
+		where = "a network namespace each on a bridge, measured from the hub's"
+	}
+	fmt.Printf("\n%d sim boards across %d `boardlink serve` instances on one PostgreSQL, %s, heartbeat %v\n\n",
+		o.boards, o.instances, where, o.heartbeat)
 	fmt.Printf("  all boards idle on s0 after start      %s (boards and services started one instance after the other)\n",
 		benchkit.Seconds(time.Since(start)))
 
@@ -366,7 +434,7 @@ func run(ctx context.Context, o options) error {
 	fmt.Printf("  lease acquire+release, s1's (%d)      %s\n", o.leases, spread(other))
 	fmt.Printf("  exec `true` under it, s1's (forwarded) %s\n", spread(otherExec))
 
-	dash, err := signIn(ctx, s0.url)
+	dash, err := signIn(ctx, s0.url, w)
 	if err != nil {
 		return err
 	}
@@ -390,6 +458,7 @@ func run(ctx context.Context, o options) error {
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	watched := make(chan pageTimes, 1)
 	go func() { watched <- dash.watch(watchCtx) }()
+	rolloutAt = time.Now()
 	results, err := rollout(ctx, ins, img, o.conc)
 	stopWatch()
 	busy := <-watched
@@ -420,13 +489,21 @@ func run(ctx context.Context, o options) error {
 }
 
 // start writes the instance's config (its lab's boards as static entries,
-// one user, the peer token) and starts its service on 127.0.0.1.
-func (in *instance) start(ctx context.Context, bin, dir, dsn, peer string, heartbeat time.Duration) error {
+// one user, the peer token) and starts its service: on 127.0.0.1, or with
+// w on its namespace's address on the bridge, over TLS (the peers trust
+// w's certificate).
+func (in *instance) start(ctx context.Context, bin, dir, dsn, peer string, heartbeat time.Duration, w *network) error {
 	tok := filepath.Join(dir, "board.token")
 	if err := os.WriteFile(tok, []byte(in.lab.Token), 0o600); err != nil {
 		return err
 	}
 	var b strings.Builder
+	listen, tlsArgs, roots := "127.0.0.1:0", []string(nil), (*x509.CertPool)(nil)
+	if w != nil {
+		listen = net.JoinHostPort(w.addr(in.ns).String(), "7300")
+		tlsArgs, roots = []string{"--tls-cert", w.cert, "--tls-key", w.key}, w.roots
+		fmt.Fprintf(&b, "advertise: https://%s\npeer_ca_file: %q\n", listen, w.cert)
+	}
 	fmt.Fprintf(&b, "owner: %s\ntoken_file: %q\npeer_token_file: %q\nknown_boards: %q\nheartbeat: %s\nquarantine_after: -1\n"+
 		"users:\n  - {name: bench, token_sha256: %s}\nboards:\n",
 		in.name, tok, peer, filepath.Join(dir, "known_boards.json"), heartbeat, benchkit.SHA256Hex(userToken))
@@ -437,12 +514,16 @@ func (in *instance) start(ctx context.Context, bin, dir, dsn, peer string, heart
 	if err := os.WriteFile(cfg, []byte(b.String()), 0o600); err != nil {
 		return err
 	}
-	log, err := os.Create(filepath.Join(dir, "serve.log"))
+	log, err := os.Create(in.log)
 	if err != nil {
 		return err
 	}
 	defer log.Close() // the service holds its own
-	in.serve = exec.Command(bin, "serve", "--config", cfg, "--listen", "127.0.0.1:0", "--db", dsn)
+	args := append([]string{"serve", "--config", cfg, "--listen", listen, "--db", dsn}, tlsArgs...)
+	in.serve = exec.Command(bin, args...)
+	if in.ns != "" {
+		in.serve = netlab.Command(in.ns, bin, args...)
+	}
 	in.serve.Env = append(os.Environ(), "XDG_CONFIG_HOME="+dir, "XDG_STATE_HOME="+dir)
 	in.serve.Stderr = log
 	stdout, err := in.serve.StdoutPipe()
@@ -458,7 +539,9 @@ func (in *instance) start(ctx context.Context, bin, dir, dsn, peer string, heart
 		return fmt.Errorf("%s: %w\n%s", in.name, err, tail)
 	}
 	go io.Copy(io.Discard, stdout)
-	in.c, err = service.NewClient(in.url, userToken, nil)
+	if in.c, err = service.NewClient(in.url, userToken, roots); err == nil && w != nil {
+		in.c.DialWith(w.dial)
+	}
 	return err
 }
 
@@ -510,10 +593,16 @@ type dashboard struct {
 	hc   *http.Client
 }
 
-// signIn signs in on the dashboard at base.
-func signIn(ctx context.Context, base string) (*dashboard, error) {
+// signIn signs in on the dashboard at base (from w's hub, with w).
+func signIn(ctx context.Context, base string, w *network) (*dashboard, error) {
 	jar, _ := cookiejar.New(nil)
 	d := &dashboard{base: base, hc: &http.Client{Jar: jar}}
+	if w != nil {
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = &tls.Config{RootCAs: w.roots, MinVersion: tls.VersionTLS12}
+		tr.DialContext = w.dial
+		d.hc.Transport = tr
+	}
 	// The sign-in answers with a redirect to the boards page, which the
 	// client follows with the cookie.
 	if _, err := d.do(ctx, "POST", "/signin", strings.NewReader(url.Values{"token": {userToken}, "next": {"/"}}.Encode())); err != nil {
@@ -744,4 +833,112 @@ func (m meter) rss() [][2]int64 {
 		out = append(out, [2]int64{benchkit.MemKiB(pid, "VmRSS:"), benchkit.MemKiB(pid, "VmHWM:")})
 	}
 	return out
+}
+
+// network is where the instances run without -loopback: a namespace each
+// on a bridge, and the measures taken from the hub's.
+type network struct {
+	*netlab.Net
+	dial      netlab.DialFunc // from the hub
+	closeDial func() error
+	// cert and key are the services' certificate, for their addresses on
+	// the bridge; roots trusts it.
+	cert, key string
+	roots     *x509.CertPool
+}
+
+// startNetwork makes n namespaces s0, s1, ... on a bridge, named after
+// this process, and the services' certificate in dir.
+func startNetwork(ctx context.Context, dir string, n int) (*network, error) {
+	names := make([]string, n)
+	for k := range names {
+		names[k] = fmt.Sprintf("s%d", k)
+	}
+	nl, err := netlab.New(ctx, fmt.Sprintf("bllab%d", os.Getpid()), names...)
+	if err != nil {
+		return nil, err
+	}
+	w := &network{Net: nl}
+	var ips []net.IP
+	for _, sp := range nl.Spaces {
+		ips = append(ips, sp.Addr.AsSlice())
+	}
+	if w.cert, w.key, w.roots, err = netlab.SelfSigned(dir, ips...); err == nil {
+		w.dial, w.closeDial, err = netlab.Dialer(nl.Hub)
+	}
+	if err != nil {
+		nl.Close()
+		return nil, err
+	}
+	return w, nil
+}
+
+// addr is namespace ns's address on the bridge.
+func (w *network) addr(ns string) netip.Addr {
+	for _, sp := range w.Spaces {
+		if sp.Name == ns {
+			return sp.Addr
+		}
+	}
+	return netip.Addr{}
+}
+
+func (w *network) close() {
+	w.closeDial()
+	if err := w.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, "lab:", err)
+	}
+}
+
+// lossLine is a service's log line of a lost board: its time, and its
+// err attribute.
+var (
+	lossLine = regexp.MustCompile(`^time=(\S+) .*msg="board lost" .*err=("(?:[^"\\]|\\.)*"|\S+)`)
+	address  = regexp.MustCompile(`\d+\.\d+\.\d+\.\d+:\d+`)
+)
+
+// reportLosses prints each service's lost boards (its log's "board lost"
+// lines: a failed heartbeat or a connection ended), by error, before the
+// rollout and from its start (when each updated board reboots) on, its
+// addresses made alike.
+func reportLosses(ins []*instance, rolloutAt time.Time) {
+	if len(ins) == 0 {
+		return
+	}
+	fmt.Println("\n  boards lost by each service (\"board lost\" in its log), by error, before the rollout / from its start on:")
+	for _, in := range ins {
+		raw, err := os.ReadFile(in.log)
+		if err != nil {
+			fmt.Printf("  %s: %v\n", in.name, err)
+			continue
+		}
+		byErr, total := map[string]*[2]int{}, [2]int{}
+		for _, ln := range strings.Split(string(raw), "\n") {
+			m := lossLine.FindStringSubmatch(ln)
+			if m == nil {
+				continue
+			}
+			e := m[2]
+			if u, err := strconv.Unquote(e); err == nil {
+				e = u
+			}
+			e = address.ReplaceAllString(e, "ADDR")
+			if byErr[e] == nil {
+				byErr[e] = &[2]int{}
+			}
+			at, err := time.Parse(time.RFC3339Nano, m[1])
+			k := 0
+			if err == nil && !rolloutAt.IsZero() && !at.Before(rolloutAt) {
+				k = 1
+			}
+			byErr[e][k]++
+			total[k]++
+		}
+		fmt.Printf("  %s: %d / %d\n", in.name, total[0], total[1])
+		for _, e := range slices.SortedFunc(maps.Keys(byErr), func(a, b string) int {
+			return cmp.Or(byErr[b][0]+byErr[b][1]-byErr[a][0]-byErr[a][1], strings.Compare(a, b))
+		}) {
+			fmt.Printf("  %9d / %d  %s\n", byErr[e][0], byErr[e][1], e)
+		}
+	}
 }

@@ -2,17 +2,11 @@ package service
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -23,6 +17,7 @@ import (
 	"time"
 
 	"github.com/boardlink/boardlink/dispatcher/store"
+	"github.com/boardlink/boardlink/internal/netlab"
 	"github.com/boardlink/boardlink/internal/testenv"
 )
 
@@ -153,28 +148,9 @@ func TestServeCLI(t *testing.T) {
 // and its key into dir and returns their paths and a pool that trusts it.
 func selfSigned(t *testing.T, dir string, ips ...net.IP) (certFile, keyFile string, roots *x509.CertPool) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	certFile, keyFile, roots, err := netlab.SelfSigned(dir, ips...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "lab"},
-		IPAddresses: append([]net.IP{net.IPv4(127, 0, 0, 1)}, ips...), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile, keyFile = filepath.Join(dir, "lab.crt"), filepath.Join(dir, "lab.key")
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-	if err := os.WriteFile(certFile, certPEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	writeSecret(t, keyFile, string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder})))
-	roots = x509.NewCertPool()
-	roots.AppendCertsFromPEM(certPEM)
 	return certFile, keyFile, roots
 }

@@ -66,6 +66,12 @@ func NewClient(server, token string, roots *x509.CertPool) (*Client, error) {
 	return &Client{base: strings.TrimSuffix(u.String(), "/"), token: token, http: &http.Client{Transport: tr}}, nil
 }
 
+// DialWith makes the client's connections with dial (from another
+// network namespace, say); call it before the client's first request.
+func (c *Client) DialWith(dial func(ctx context.Context, network, addr string) (net.Conn, error)) {
+	c.http.Transport.(*http.Transport).DialContext = dial
+}
+
 // loopbackHost reports whether host (a name or an address) is this
 // machine's loopback.
 func loopbackHost(host string) bool {

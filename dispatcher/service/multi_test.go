@@ -599,3 +599,40 @@ func TestMetricsSharedDatabase(t *testing.T) {
 		})
 	}
 }
+
+// TestRolloutDialsItsOwnBoard: a board's address is the view of the
+// service that drives it, so another service's board may have the same
+// (each service in a network namespace of its own, its boards on its
+// loopback). B's inventory holds C's board a-999, listed before B's own,
+// at the address of B's board: a rollout on B dials B's board, and
+// commits.
+func TestRolloutDialsItsOwnBoard(t *testing.T) {
+	ctx := context.Background()
+	pub, key, err := image.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := &fakeClock{t: time.Now()}
+	_, b := startPair(t, filepath.Join(t.TempDir(), "lab.db"), 1, clock, pub)
+	own := b.sim.Boards[0]
+	if err := b.svc.st.PutLabBoard(ctx, store.LabBoard{ID: "a-999", Address: own.Addr(), State: string(Idle), Owner: "C"}); err != nil {
+		t.Fatal(err)
+	}
+	testenv.Eventually(t, "C's board on B", func() bool {
+		if err := b.svc.claimRound(ctx); err != nil {
+			t.Fatal(err)
+		}
+		v, err := b.svc.Board("a-999")
+		return err == nil && v.Owner == "C"
+	})
+	img := (&otaLab{lab: &lab{t: t, dir: t.TempDir()}, key: key}).image("2.0.0")
+	alice := b.clients["alice"]
+	st, err := alice.StartRollout(ctx, img, RolloutRequest{Boards: []string{own.ID}, MaxFailures: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st = waitRollout(t, alice, st)
+	if got := resultsOf(st); got[own.ID] != store.ResultCommitted {
+		t.Fatalf("rollout %s: %s %v %+v", st.ID, st.State, got, st.BoardResults)
+	}
+}

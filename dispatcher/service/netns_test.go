@@ -9,11 +9,9 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -23,6 +21,7 @@ import (
 
 	"github.com/boardlink/boardlink/dispatcher/store"
 	"github.com/boardlink/boardlink/image"
+	"github.com/boardlink/boardlink/internal/netlab"
 	"github.com/boardlink/boardlink/internal/pgtest"
 	"github.com/boardlink/boardlink/internal/simlab"
 	"github.com/boardlink/boardlink/internal/testenv"
@@ -105,61 +104,23 @@ func makeLabNetns(t *testing.T) labNetns {
 	if _, err := exec.LookPath("ip"); err != nil {
 		testenv.SkipOrFail(t, "no ip(8) for network namespaces: %v", err)
 	}
-	tag := fmt.Sprintf("bl%d", os.Getpid()%100000)
-	n := labNetns{a: tag + "a", b: tag + "b"}
-	br := tag + "br"
-	ip := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
-	for _, ns := range []string{br, n.a, n.b} {
-		ip("netns", "add", ns)
-		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-	}
-	ip("-n", br, "link", "add", "br0", "type", "bridge")
-	ip("-n", br, "link", "set", "br0", "up")
-	for i, ns := range []string{n.a, n.b} {
-		ip("-n", br, "link", "add", "v0", "type", "veth", "peer", "name", fmt.Sprintf("v%d-br", i))
-		ip("-n", br, "link", "set", "v0", "netns", ns)
-		ip("-n", br, "link", "set", fmt.Sprintf("v%d-br", i), "master", "br0", "up")
-		ip("-n", ns, "addr", "add", fmt.Sprintf("10.77.1.%d/16", i+1), "dev", "v0")
-		ip("-n", ns, "link", "set", "v0", "up")
-		ip("-n", ns, "link", "set", "lo", "up")
-	}
-	return n
-}
-
-// inNetns makes c's connections from network namespace ns: each dial
-// runs on an OS thread of its own moved there, which ends with it.
-func inNetns(t *testing.T, c *Client, ns string) {
-	t.Helper()
-	f, err := os.Open(filepath.Join("/var/run/netns", ns))
+	n, err := netlab.New(context.Background(), fmt.Sprintf("bl%d", os.Getpid()%100000), "a", "b")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { f.Close() })
-	tr := c.http.Transport.(*http.Transport)
-	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		type dialed struct {
-			c   net.Conn
-			err error
-		}
-		ch := make(chan dialed, 1)
-		go func() {
-			runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
-			if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-				ch <- dialed{nil, fmt.Errorf("setns %s: %w", ns, err)}
-				return
-			}
-			var d net.Dialer
-			c, err := d.DialContext(ctx, network, addr)
-			ch <- dialed{c, err}
-		}()
-		r := <-ch
-		return r.c, r.err
+	t.Cleanup(func() { n.Close() })
+	return labNetns{a: n.Spaces[0].Name, b: n.Spaces[1].Name}
+}
+
+// inNetns makes c's connections from network namespace ns.
+func inNetns(t *testing.T, c *Client, ns string) {
+	t.Helper()
+	dial, closeNS, err := netlab.Dialer(ns)
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { closeNS() })
+	c.DialWith(dial)
 }
 
 // TestServicesInNetns: two `boardlink serve` processes, A and B, in two
@@ -205,7 +166,7 @@ func TestServicesInNetns(t *testing.T) {
 		if err := os.MkdirAll(sdir, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		sim := exec.Command("ip", "netns", "exec", sd.ns, os.Args[0], "-test.run=^$")
+		sim := netlab.Command(sd.ns, os.Args[0], "-test.run=^$")
 		sim.Env = append(os.Environ(), helperEnv+"=simlab", "BOARDLINK_SIMLAB_DIR="+sdir, "BOARDLINK_SIMLAB_PREFIX="+strings.ToLower(sd.name),
 			"BOARDLINK_SIMLAB_KEY="+hex.EncodeToString(pub))
 		if sd.name == "B" {
@@ -251,7 +212,7 @@ func TestServicesInNetns(t *testing.T) {
 	start := func(sd *side) {
 		t.Helper()
 		host := strings.TrimPrefix(sd.url, "https://")
-		cmd := exec.Command("ip", "netns", "exec", sd.ns, cli, "serve", "--config", sd.cfg, "--listen", host,
+		cmd := netlab.Command(sd.ns, cli, "serve", "--config", sd.cfg, "--listen", host,
 			"--db", dsn, "--tls-cert", certFile, "--tls-key", keyFile)
 		cmd.Env = append(os.Environ(), "XDG_STATE_HOME="+filepath.Join(dir, sd.name), "XDG_CONFIG_HOME="+filepath.Join(dir, sd.name))
 		sd.serve, _, sd.stderr = startServe(t, cmd)

@@ -157,15 +157,18 @@ func (s *Service) rolloutEnv() dispatcher.RolloutConfig {
 	return dispatcher.RolloutConfig{Dial: s.rolloutDial, Events: s.rolloutEvent}
 }
 
-// rolloutDial opens a session with the board of the inventory at addr,
-// unless a lease holds it: a rollout never starts on a leased board (its
-// attempts wait for the lease, then it fails naming the holder). One a
-// rollout marked updating goes on: no lease takes it meanwhile.
+// rolloutDial opens a session with the board this service drives at
+// addr, unless a lease holds it: a rollout never starts on a leased board
+// (its attempts wait for the lease, then it fails naming the holder). One
+// a rollout marked updating goes on: no lease takes it meanwhile. Another
+// service's board may have the same address (an address is the view of
+// the service that drives the board: each service in a network namespace
+// of its own, its boards on its loopback), and is never the one meant.
 func (s *Service) rolloutDial(ctx context.Context, addr string) (*dispatcher.Client, error) {
 	s.mu.Lock()
 	var b *board
 	for _, id := range s.ids {
-		if s.boards[id].address == addr {
+		if s.boards[id].address == addr && s.boards[id].owner == s.owner {
 			b = s.boards[id]
 			break
 		}
