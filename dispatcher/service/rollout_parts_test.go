@@ -1,0 +1,154 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/boardlink/boardlink/dispatcher/store"
+	"github.com/boardlink/boardlink/image"
+	"github.com/boardlink/boardlink/internal/pgtest"
+	"github.com/boardlink/boardlink/internal/testenv"
+)
+
+// TestRolloutPartWaits (Postgres): B is dead when a rollout to every
+// board is started through A: A's boards commit, B's part waits, on
+// record, and the parent reads running with it; A restarted (B still
+// dead) keeps the part and its image; B back, A's claim round sees it
+// and the part starts on B, once, however many try it (the parts loop
+// and two more tries at once; B asked again under the part's id answers
+// the rollout it has); B's boards commit and the parent reads done, its
+// image gone.
+func TestRolloutPartWaits(t *testing.T) {
+	ctx := context.Background()
+	pub, key, err := image.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := &fakeClock{t: time.Now()}
+	a, b := startPair(t, pgtest.New(t), 2, clock, pub)
+	onA := func(what string, ok func(Board) bool) {
+		t.Helper()
+		testenv.Eventually(t, what, func() bool {
+			if err := a.svc.claimRound(ctx); err != nil {
+				t.Fatal(err)
+			}
+			v, err := a.svc.Board(b.sim.Boards[0].ID)
+			return err == nil && ok(v)
+		})
+	}
+	ownIdle := func() {
+		t.Helper()
+		testenv.Eventually(t, "A's boards idle", func() bool {
+			for _, v := range a.svc.Boards() {
+				if v.Owner != "B" && v.State != Idle {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	b.waitIdle()
+	ownIdle()
+	onA("B's board idle on A", func(v Board) bool { return v.State == Idle && v.Owner == "B" })
+	b.killService()
+	clock.Add(claimTTL)
+	onA("B's board offline on A", func(v Board) bool { return v.State == Offline && !v.OwnerGone.IsZero() })
+
+	img := (&otaLab{lab: a, key: key}).image("2.0.0")
+	st, err := a.clients["alice"].StartRollout(ctx, img, RolloutRequest{MaxFailures: -1})
+	if err != nil || st.ID == "" || st.Boards != 2 || st.State != store.StateRunning || len(st.Parts) != 1 {
+		t.Fatalf("%+v %v", st, err)
+	}
+	if p := st.Parts[0]; p.Owner != "B" || p.State != store.PartWaiting || strings.Join(p.Boards, " ") != "b-000 b-001" ||
+		!strings.Contains(p.Error, "waiting for service B to come back") {
+		t.Fatalf("B's part: %+v", p)
+	}
+	// A's boards commit; the parent runs on, for B's part.
+	for st.Summary[store.ResultCommitted] < 2 {
+		if st, err = a.clients["alice"].WaitRollout(ctx, st.ID, st.Updated, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ownIdle()
+	if st, err = a.clients["alice"].Rollout(ctx, st.ID); err != nil || st.State != store.StateRunning ||
+		st.Parts[0].State != store.PartWaiting || st.Parts[0].Attempts != 0 {
+		t.Fatalf("once A's boards committed: %+v %v", st, err)
+	}
+	if _, err := os.Stat(st.Image); err != nil {
+		t.Fatalf("the image while a part waits: %v", err)
+	}
+	if rs, err := a.clients["alice"].Rollouts(ctx, 10); err != nil || len(rs) != 1 || rs[0].State != store.StateRunning {
+		t.Fatalf("the list: %+v %v", rs, err)
+	}
+
+	// A restarted, B still dead: the part still waits.
+	a.stopService()
+	a.start(nil)
+	ownIdle()
+	if st, err = a.clients["alice"].Rollout(ctx, st.ID); err != nil || st.State != store.StateRunning || st.Parts[0].State != store.PartWaiting {
+		t.Fatalf("A restarted: %+v %v", st, err)
+	}
+	if _, err := a.clients["alice"].StartRollout(ctx, img, RolloutRequest{ID: "r-mine"}); !strings.Contains(errString(err), "id") {
+		t.Fatalf("a user naming the rollout's id: %v", err)
+	}
+
+	// B back: A's next round sees it alive, and the part starts there.
+	b.start(nil)
+	b.waitIdle()
+	parts, err := a.svc.st.RolloutParts(ctx, st.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() { a.svc.startParts(ctx, parts) }) // not yet alive for A: no try
+	}
+	wg.Wait()
+	if err := a.svc.claimRound(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		wg.Go(func() { a.svc.startParts(ctx, parts) }) // racing the parts loop
+	}
+	wg.Wait()
+	for st.State == store.StateRunning {
+		if st, err = a.clients["alice"].WaitRollout(ctx, st.ID, st.Updated, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p := st.Parts[0]
+	if st.State != store.StateDone || p.State != store.PartStarted || p.Rollout == "" {
+		t.Fatalf("once B is back: %+v", st)
+	}
+	t.Logf("B's part started after %d tries (%d refused)", p.Attempts, p.Refusals)
+	theirs, err := b.clients["alice"].Rollout(ctx, p.Rollout)
+	if err != nil || theirs.State != store.StateDone || len(theirs.BoardResults) != 2 {
+		t.Fatalf("B's part: %+v %v", theirs, err)
+	}
+	for id, res := range resultsOf(theirs) {
+		if res != store.ResultCommitted {
+			t.Fatalf("%s: %s (%+v)", id, res, theirs)
+		}
+	}
+	// Asked again under the part's id, B answers the rollout it has.
+	c, err := a.svc.peerClient("B", user{name: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := c.StartRollout(ctx, img, RolloutRequest{ID: p.Rollout, Boards: p.Boards, MaxFailures: -1})
+	if err != nil || again.ID != p.Rollout {
+		t.Fatalf("a part started again: %+v %v", again, err)
+	}
+	all, err := b.clients["alice"].Rollouts(ctx, 10)
+	if err != nil || len(all) != 2 {
+		t.Fatalf("one rollout on A, one on B: %+v %v", all, err)
+	}
+	if _, err := os.Stat(st.Image); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the image once the parent is over: %v", err)
+	}
+}
