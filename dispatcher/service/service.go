@@ -93,13 +93,13 @@ type Service struct {
 	// that loop.
 	partOwners map[string]bool
 	partsKick  chan struct{}
-	kick           chan struct{} // wakes the expiry loop
-	journal        *journal
-	uploads        uploadSlots     // uploads under way, by user (ops.go)
-	metrics        *metrics        // nil: none
-	ctx            context.Context // the service's life, from Start to Stop
-	cancel         context.CancelFunc
-	wg             sync.WaitGroup
+	kick       chan struct{} // wakes the expiry loop
+	journal    *journal
+	uploads    uploadSlots     // uploads under way, by user (ops.go)
+	metrics    *metrics        // nil: none
+	ctx        context.Context // the service's life, from Start to Stop
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
 }
 
 // board is one board of the inventory; the fields after mu's comment are
