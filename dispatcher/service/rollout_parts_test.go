@@ -1,11 +1,15 @@
 package service
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"io"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,6 +28,7 @@ import (
 // the rollout it has); B's boards commit and the parent reads done, its
 // image gone.
 func TestRolloutPartWaits(t *testing.T) {
+	cli := testenv.GoBuild(t, "../../cmd/boardlink")
 	ctx := context.Background()
 	pub, key, err := image.GenerateKey()
 	if err != nil {
@@ -90,6 +95,23 @@ func TestRolloutPartWaits(t *testing.T) {
 	a.stopService()
 	a.start(nil)
 	ownIdle()
+	// `boardlink rollout` follows it: it says what it waits for, and
+	// Ctrl-C says what is left.
+	home := t.TempDir()
+	follow := func() *followingCLI {
+		return startFollowing(t, cli, []string{"BOARDLINK_TOKEN=" + a.tokens["alice"], "XDG_CONFIG_HOME=" + home,
+			"XDG_CACHE_HOME=" + home, "XDG_STATE_HOME=" + home}, "--server", a.srv.URL, "rollout", "--resume", st.ID)
+	}
+	stopped := follow()
+	stopped.waitFor("waiting for service B to come back: 2 boards")
+	if err := stopped.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	if code, out := stopped.end(); code != 130 || !strings.Contains(out, "interrupted: rollout "+st.ID+" goes on in the lab service (2 boards waiting for service B)") {
+		t.Fatalf("the CLI interrupted: %d\n%s", code, out)
+	}
+	following := follow()
+	following.waitFor("waiting for service B to come back: 2 boards")
 	if st, err = a.clients["alice"].Rollout(ctx, st.ID); err != nil || st.State != store.StateRunning || st.Parts[0].State != store.PartWaiting {
 		t.Fatalf("A restarted: %+v %v", st, err)
 	}
@@ -135,6 +157,10 @@ func TestRolloutPartWaits(t *testing.T) {
 			t.Fatalf("%s: %s (%+v)", id, res, theirs)
 		}
 	}
+	if code, out := following.end(); code != 0 || !strings.Contains(out, "rollout "+p.Rollout+" on service B: 2 boards") ||
+		strings.Count(out, "committed") < 4 {
+		t.Fatalf("the CLI that followed: %d\n%s", code, out)
+	}
 	// Asked again under the part's id, B answers the rollout it has.
 	c, err := a.svc.peerClient("B", user{name: "alice"})
 	if err != nil {
@@ -151,4 +177,61 @@ func TestRolloutPartWaits(t *testing.T) {
 	if _, err := os.Stat(st.Image); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the image once the parent is over: %v", err)
 	}
+}
+
+// followingCLI is a `boardlink` run in the background whose output a
+// test reads line by line as it comes.
+type followingCLI struct {
+	t     *testing.T
+	cmd   *exec.Cmd
+	lines chan string
+	out   strings.Builder // every line read so far
+}
+
+// startFollowing starts the CLI cli with args, and env (NAME=value)
+// added to the test's; its stdout and stderr come as one stream.
+func startFollowing(t *testing.T, cli string, env []string, args ...string) *followingCLI {
+	t.Helper()
+	r, w := io.Pipe()
+	f := &followingCLI{t: t, cmd: exec.Command(cli, args...), lines: make(chan string)}
+	f.cmd.Env = append(os.Environ(), env...)
+	f.cmd.Stdout, f.cmd.Stderr = w, w
+	if err := f.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		f.cmd.Wait()
+		w.Close()
+	}()
+	go func() {
+		defer close(f.lines)
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			f.lines <- sc.Text()
+		}
+	}()
+	t.Cleanup(func() { f.cmd.Process.Kill() })
+	return f
+}
+
+// waitFor reads lines until one contains want; the CLI ending first
+// fails the test.
+func (f *followingCLI) waitFor(want string) {
+	f.t.Helper()
+	for line := range f.lines {
+		f.out.WriteString(line + "\n")
+		if strings.Contains(line, want) {
+			return
+		}
+	}
+	f.t.Fatalf("the CLI ended without %q:\n%s", want, f.out.String())
+}
+
+// end reads the rest until the CLI's end (the stream closes once it is
+// waited for), and returns its exit code and everything it wrote.
+func (f *followingCLI) end() (int, string) {
+	for line := range f.lines {
+		f.out.WriteString(line + "\n")
+	}
+	return f.cmd.ProcessState.ExitCode(), f.out.String()
 }
