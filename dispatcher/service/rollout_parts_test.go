@@ -87,6 +87,15 @@ func TestRolloutPartWaits(t *testing.T) {
 	if _, err := os.Stat(st.Image); err != nil {
 		t.Fatalf("the image while a part waits: %v", err)
 	}
+	page := func(want string) {
+		t.Helper()
+		c := newDashClient(t, a.srv.URL)
+		c.signIn(a.tokens["carol"])
+		if _, body := c.do("GET", "/rollouts/"+st.ID, nil, nil); !strings.Contains(body, want) {
+			t.Fatalf("the rollout's page lacks %q:\n%s", want, body)
+		}
+	}
+	page(`<tr data-part="B" data-state="waiting">`)
 	if rs, err := a.clients["alice"].Rollouts(ctx, 10); err != nil || len(rs) != 1 || rs[0].State != store.StateRunning {
 		t.Fatalf("the list: %+v %v", rs, err)
 	}
@@ -147,6 +156,7 @@ func TestRolloutPartWaits(t *testing.T) {
 	if st.State != store.StateDone || p.State != store.PartStarted || p.Rollout == "" {
 		t.Fatalf("once B is back: %+v", st)
 	}
+	page(`<a href="/rollouts/` + p.Rollout + `">`)
 	t.Logf("B's part started after %d tries (%d refused)", p.Attempts, p.Refusals)
 	theirs, err := b.clients["alice"].Rollout(ctx, p.Rollout)
 	if err != nil || theirs.State != store.StateDone || len(theirs.BoardResults) != 2 {
