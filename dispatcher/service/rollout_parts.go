@@ -34,13 +34,18 @@ import (
 func (s *Service) rolloutOwner() string { return rolloutjob.OwnerService + ":" + s.owner }
 
 // maxPartRefusals is how many refusals of its owner a part takes before
-// it is given up; each refusal waits twice as long as the one before
-// (partBackoff), so about a minute in all.
+// it is given up; each try waits twice as long as the one before
+// (partBackoff), so about half a minute in all.
 const maxPartRefusals = 6
 
-// partBackoff is the wait before a part's next try after its attempts.
+// partRetry is the wait after a part's first try that failed; a variable
+// for the tests.
+var partRetry = time.Second
+
+// partBackoff is the wait before a part's next try after its attempts:
+// partRetry doubled at each, at most 64 times it.
 func partBackoff(attempts int) time.Duration {
-	return min(time.Second<<min(max(attempts-1, 0), 6), time.Minute)
+	return partRetry << min(max(attempts-1, 0), 6)
 }
 
 // othersBoards are the boards r selects that other services own, by

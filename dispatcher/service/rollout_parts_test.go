@@ -184,9 +184,7 @@ func TestRolloutPartWaits(t *testing.T) {
 	if err != nil || len(all) != 2 {
 		t.Fatalf("one rollout on A, one on B: %+v %v", all, err)
 	}
-	if _, err := os.Stat(st.Image); !errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("the image once the parent is over: %v", err)
-	}
+	imageGone(t, st.Image)
 }
 
 // followingCLI is a `boardlink` run in the background whose output a
@@ -244,4 +242,79 @@ func (f *followingCLI) end() (int, string) {
 		f.out.WriteString(line + "\n")
 	}
 	return f.cmd.ProcessState.ExitCode(), f.out.String()
+}
+
+// TestRolloutPartGivenUp (Postgres): a part whose owner is alive but
+// refuses it (bob leases one of B's boards on B) is tried again, backing
+// off, and given up after maxPartRefusals refusals: the parent reads
+// stopped and its image is gone. A part whose owner is dead is
+// cancelled when its parent's own boards stop (a gate failed), and the
+// parent reads stopped.
+func TestRolloutPartGivenUp(t *testing.T) {
+	defer func(d time.Duration) { partRetry = d }(partRetry)
+	partRetry = time.Millisecond // the backoff is not what is tested
+	ctx := context.Background()
+	pub, key, err := image.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := &fakeClock{t: time.Now()}
+	a, b := startPair(t, pgtest.New(t), 1, clock, pub)
+	b.waitIdle()
+	testenv.Eventually(t, "B's board idle on A", func() bool {
+		if err := a.svc.claimRound(ctx); err != nil {
+			t.Fatal(err)
+		}
+		v, err := a.svc.Board("b-000")
+		return err == nil && v.State == Idle && v.Owner == "B"
+	})
+	if _, err := acquire(ctx, b.clients["bob"], AcquireRequest{Boards: []string{"b-000"}}); err != nil {
+		t.Fatal(err)
+	}
+	img := (&otaLab{lab: a, key: key}).image("2.0.0")
+	st, err := a.clients["alice"].StartRollout(ctx, img, RolloutRequest{Boards: []string{"a-000", "b-000"}, MaxFailures: -1})
+	if err != nil || len(st.Parts) != 1 {
+		t.Fatalf("%+v %v", st, err)
+	}
+	st = waitRollout(t, a.clients["alice"], st)
+	p := st.Parts[0]
+	if st.State != store.StateStopped || p.State != store.PartGivenUp || p.Refusals != maxPartRefusals ||
+		p.Attempts != maxPartRefusals || !strings.Contains(p.Error, "leased by bob") || resultsOf(st)["a-000"] != store.ResultCommitted {
+		t.Fatalf("a part B refuses: %+v", st)
+	}
+	imageGone(t, st.Image)
+
+	b.killService()
+	clock.Add(claimTTL)
+	testenv.Eventually(t, "B's board offline on A", func() bool {
+		if err := a.svc.claimRound(ctx); err != nil {
+			t.Fatal(err)
+		}
+		v, err := a.svc.Board("b-000")
+		return err == nil && v.State == Offline
+	})
+	testenv.Eventually(t, "A's board idle", func() bool {
+		v, err := a.svc.Board("a-000")
+		return err == nil && v.State == Idle
+	})
+	img = (&otaLab{lab: a, key: key}).image("3.0.0")
+	st, err = a.clients["alice"].StartRollout(ctx, img, RolloutRequest{MaxFailures: -1, Gate: "exec: false"})
+	if err != nil || len(st.Parts) != 1 || st.Parts[0].State != store.PartWaiting {
+		t.Fatalf("%+v %v", st, err)
+	}
+	st = waitRollout(t, a.clients["alice"], st)
+	if p := st.Parts[0]; st.State != store.StateStopped || p.State != store.PartCancelled || p.Attempts != 0 ||
+		!strings.Contains(p.Error, "its rollout stopped") {
+		t.Fatalf("a waiting part of a rollout that stopped: %+v", st)
+	}
+}
+
+// imageGone waits until a rollout's image is removed: its service does
+// it once the rollout reads over.
+func imageGone(t *testing.T, path string) {
+	t.Helper()
+	testenv.Eventually(t, "the rollout's image removed", func() bool {
+		_, err := os.Stat(path)
+		return errors.Is(err, os.ErrNotExist)
+	})
 }
