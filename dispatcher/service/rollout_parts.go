@@ -206,7 +206,7 @@ func (s *Service) tryParts(ctx context.Context) time.Time {
 	s.mu.Unlock()
 	s.startParts(ctx, due)
 	if len(due) > 0 {
-		return now // read again: a try may have left its part waiting
+		return now.Add(partRetry) // read again: a try may have left its part waiting
 	}
 	return next
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,8 +25,8 @@ import (
 // record, and the parent reads running with it; A restarted (B still
 // dead) keeps the part and its image; B back, A's claim round sees it
 // and the part starts on B, once, however many try it (the parts loop
-// and two more tries at once; B asked again under the part's id answers
-// the rollout it has); B's boards commit and the parent reads done, its
+// and tries of A's and of another instance C at once; B asked again
+// under the part's id answers the rollout it has); B's boards commit and the parent reads done, its
 // image gone.
 func TestRolloutPartWaits(t *testing.T) {
 	cli := testenv.GoBuild(t, "../../cmd/boardlink")
@@ -140,11 +141,22 @@ func TestRolloutPartWaits(t *testing.T) {
 		wg.Go(func() { a.svc.startParts(ctx, parts) }) // not yet alive for A: no try
 	}
 	wg.Wait()
-	if err := a.svc.claimRound(ctx); err != nil {
+	// Another instance, C, on the same database and the same disk, tries
+	// the part too, racing A's parts loop and A's own tries.
+	peer := filepath.Join(t.TempDir(), "peer.token")
+	writeSecret(t, peer, "peer-secret")
+	third := startLab(t, labOptions{boards: 1, ttl: time.Minute, db: a.db, peerTokenFile: peer, now: clock.Now, claimTTL: claimTTL,
+		owner: "C", idPrefix: "c"})
+	if err := third.svc.claimRound(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for range 2 {
-		wg.Go(func() { a.svc.startParts(ctx, parts) }) // racing the parts loop
+	wg.Go(func() {
+		if err := a.svc.claimRound(ctx); err != nil { // wakes A's parts loop
+			t.Error(err)
+		}
+	})
+	for _, s := range []*Service{a.svc, a.svc, third.svc, third.svc} {
+		wg.Go(func() { s.startParts(ctx, parts) })
 	}
 	wg.Wait()
 	for st.State == store.StateRunning {
@@ -251,7 +263,9 @@ func (f *followingCLI) end() (int, string) {
 // cancelled when its parent's own boards stop (a gate failed), and the
 // parent reads stopped.
 func TestRolloutPartGivenUp(t *testing.T) {
-	defer func(d time.Duration) { partRetry = d }(partRetry)
+	// Put back once the services stopped (cleanups run last first).
+	old := partRetry
+	t.Cleanup(func() { partRetry = old })
 	partRetry = time.Millisecond // the backoff is not what is tested
 	ctx := context.Background()
 	pub, key, err := image.GenerateKey()
