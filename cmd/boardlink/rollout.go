@@ -313,48 +313,19 @@ func rolloutViaServer(ctx context.Context, g *globals, o rolloutOptions, args []
 		}
 	}
 	if !o.asJSON {
-		if st.ID != "" {
-			fmt.Fprintf(stderr, "rollout %s of %s: %d boards, at most %d at once, run by the lab service\n", st.ID, st.Version, st.Boards, st.Concurrency)
-		}
-		for _, p := range st.Parts {
-			fmt.Fprintf(stderr, "rollout %s on service %s: %d boards %s\n", orDash(p.Rollout), p.Owner, len(p.Boards), p.Error)
-		}
+		fmt.Fprintf(stderr, "rollout %s of %s: %d boards, at most %d at once, run by the lab service\n", st.ID, st.Version, st.Boards, st.Concurrency)
 	}
-	enc := json.NewEncoder(stdout)
-	seen := map[string]store.BoardResult{}
-	// The rollout, then its shares on the other services sharing the
-	// database, each followed to its end.
-	var (
-		runs   []service.RolloutStatus
-		failed []string
-	)
-	for _, p := range st.Parts {
-		if p.Error != "" {
-			failed = append(failed, fmt.Sprintf("not started on %s (boards %s): %s", p.Owner, strings.Join(p.Boards, " "), p.Error))
-		}
+	f := &rolloutFollower{c: c, asJSON: o.asJSON, enc: json.NewEncoder(stdout), stderr: stderr,
+		seen: map[string]store.BoardResult{}, shown: map[string]string{}}
+	runs, err := f.follow(ctx, st)
+	if err != nil {
+		return err
 	}
-	pending := []string{st.ID}
-	for _, p := range st.Parts {
-		if p.Rollout != "" {
-			pending = append(pending, p.Rollout)
+	var failed []string
+	for _, p := range runs[0].Parts {
+		if p.State == store.PartGivenUp || p.State == store.PartCancelled {
+			failed = append(failed, fmt.Sprintf("not started on service %s (boards %s): %s", p.Owner, strings.Join(p.Boards, " "), p.Error))
 		}
-	}
-	for i, id := range pending {
-		if id == "" {
-			continue
-		}
-		if i > 0 {
-			if st, err = c.Rollout(ctx, id); err != nil {
-				return serviceFailure(err)
-			}
-		}
-		if st, err = followRollout(ctx, c, st, o.asJSON, enc, stderr, seen); err != nil {
-			return err
-		}
-		runs = append(runs, st)
-	}
-	if len(runs) == 0 {
-		return &exitError{code: 1, err: fmt.Errorf("rollout: %s", strings.Join(failed, "; "))}
 	}
 	st = runs[0]
 	rep := dispatcher.Report{Version: st.Version, Counts: map[string]int{}, TookMs: st.Updated.Sub(st.Created).Milliseconds()}
@@ -380,33 +351,106 @@ func rolloutViaServer(ctx context.Context, g *globals, o rolloutOptions, args []
 	return &exitError{code: 1, err: fmt.Errorf("rollout %s: not every board committed", st.ID)}
 }
 
-// followRollout shows rollout st's boards as they move, until it is over.
-func followRollout(ctx context.Context, c *service.Client, st service.RolloutStatus, asJSON bool, enc *json.Encoder, stderr io.Writer,
-	seen map[string]store.BoardResult) (service.RolloutStatus, error) {
+// rolloutFollower shows a rollout of the lab service as it moves: its
+// boards, and its parts on the other services (waiting for their owner,
+// started, given up) with their boards once started.
+type rolloutFollower struct {
+	c      *service.Client
+	asJSON bool
+	enc    *json.Encoder
+	stderr io.Writer
+	seen   map[string]store.BoardResult // each board as last shown
+	shown  map[string]string            // each part's line as last shown, by owner
+}
+
+// follow follows rollout st until it is over, its parts too, and returns
+// it with the rollouts its parts started.
+func (f *rolloutFollower) follow(ctx context.Context, st service.RolloutStatus) ([]service.RolloutStatus, error) {
 	for {
-		for _, b := range st.BoardResults {
-			if prev, ok := seen[b.BoardID]; ok && prev.Phase == b.Phase && prev.Result == b.Result {
+		f.boards(st)
+		runs := []service.RolloutStatus{st}
+		for _, p := range st.Parts {
+			if line := partLine(p); f.shown[p.Owner] != line {
+				f.shown[p.Owner] = line
+				if !f.asJSON {
+					fmt.Fprintln(f.stderr, line)
+				}
+			}
+			if p.State != store.PartStarted {
 				continue
 			}
-			seen[b.BoardID] = b
-			if asJSON {
-				_ = enc.Encode(b)
-				continue
+			r, err := f.c.Rollout(ctx, p.Rollout)
+			if ctx.Err() != nil {
+				return nil, f.interrupted(ctx, st)
 			}
-			fmt.Fprintf(stderr, "%-20s %-8s %s %s\n", b.BoardID, b.Phase, orDash(b.Result), b.Reason)
+			if err != nil {
+				return nil, serviceFailure(err)
+			}
+			f.boards(r)
+			runs = append(runs, r)
 		}
 		if st.State != store.StateRunning {
-			return st, nil
+			return runs, nil
 		}
-		next, err := c.WaitRollout(ctx, st.ID, st.Updated, 30*time.Second)
+		next, err := f.c.WaitRollout(ctx, st.ID, st.Updated, 30*time.Second)
 		if ctx.Err() != nil {
-			return st, interrupted(ctx, "rollout %s goes on in the lab service: follow it with 'boardlink rollout --resume %s'", st.ID, st.ID)
+			return nil, f.interrupted(ctx, st)
 		}
 		if err != nil {
-			return st, serviceFailure(err)
+			return nil, serviceFailure(err)
 		}
 		st = next
 	}
+}
+
+// boards shows rollout st's boards that moved since last shown.
+func (f *rolloutFollower) boards(st service.RolloutStatus) {
+	for _, b := range st.BoardResults {
+		if prev, ok := f.seen[b.BoardID]; ok && prev.Phase == b.Phase && prev.Result == b.Result {
+			continue
+		}
+		f.seen[b.BoardID] = b
+		if f.asJSON {
+			_ = f.enc.Encode(b)
+			continue
+		}
+		fmt.Fprintf(f.stderr, "%-20s %-8s %s %s\n", b.BoardID, b.Phase, orDash(b.Result), b.Reason)
+	}
+}
+
+// interrupted is the error of a follow that Ctrl-C stopped: the rollout
+// goes on in the service, and it says what was left of it.
+func (f *rolloutFollower) interrupted(ctx context.Context, st service.RolloutStatus) error {
+	var left []string
+	for _, p := range st.Parts {
+		if p.State.Open() {
+			left = append(left, fmt.Sprintf("%d boards waiting for service %s", len(p.Boards), p.Owner))
+		}
+	}
+	if n := st.Summary[store.SummaryPending] + st.Summary[store.SummaryRunning]; n > 0 {
+		left = append(left, fmt.Sprintf("%d boards of its own under way", n))
+	}
+	what := ""
+	if len(left) > 0 {
+		what = " (" + strings.Join(left, "; ") + ")"
+	}
+	return interrupted(ctx, "rollout %s goes on in the lab service%s: follow it with 'boardlink rollout --resume %s'", st.ID, what, st.ID)
+}
+
+// partLine says where part p stands.
+func partLine(p store.RolloutPart) string {
+	switch p.State {
+	case store.PartWaiting:
+		if p.Attempts == 0 {
+			return fmt.Sprintf("waiting for service %s to come back: %d boards", p.Owner, len(p.Boards))
+		}
+		return fmt.Sprintf("waiting for service %s: %d boards (tried %d times: %s)", p.Owner, len(p.Boards), p.Attempts, p.Error)
+	case store.PartStarting:
+		return fmt.Sprintf("starting on service %s: %d boards", p.Owner, len(p.Boards))
+	case store.PartStarted:
+		return fmt.Sprintf("rollout %s on service %s: %d boards", p.Rollout, p.Owner, len(p.Boards))
+	}
+	return fmt.Sprintf("%s on service %s: %d boards: %s", strings.ReplaceAll(string(p.State), "_", " "), p.Owner, len(p.Boards), p.Error)
 }
 
 // boardReports are rollout r's boards as a report's, and the first

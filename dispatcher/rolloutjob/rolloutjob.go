@@ -7,6 +7,7 @@
 package rolloutjob
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -50,6 +51,7 @@ type recordedPlan struct {
 // NewRollout is a planned rollout to record (RecordRollout) and run
 // (RunRecorded).
 type NewRollout struct {
+	ID          string // its id; empty: a new one (store.NewRolloutID)
 	ImagePath   string // the signed image file, opened again by each run
 	Selector    string // which boards, as given, for the records
 	Plan        dispatcher.Plan
@@ -59,7 +61,7 @@ type NewRollout struct {
 }
 
 // RecordRollout records r as a new rollout (StateRunning) with every
-// board of its plan, and returns its id.
+// board of its plan, and returns its id. An id in use is store.ErrExists.
 func RecordRollout(ctx context.Context, st *store.Store, r NewRollout) (string, error) {
 	abs, err := filepath.Abs(r.ImagePath)
 	if err != nil {
@@ -69,7 +71,7 @@ func RecordRollout(ctx context.Context, st *store.Store, r NewRollout) (string, 
 	if err != nil {
 		return "", err
 	}
-	rec := store.Rollout{ID: store.NewRolloutID(), Image: abs, ImageSHA256: r.Plan.ImageSHA256, Version: r.Plan.Version,
+	rec := store.Rollout{ID: cmp.Or(r.ID, store.NewRolloutID()), Image: abs, ImageSHA256: r.Plan.ImageSHA256, Version: r.Plan.Version,
 		Selector: r.Selector, Concurrency: r.Concurrency, MaxFailures: r.MaxFailures, Plan: raw, State: store.StateRunning}
 	if err := st.CreateRollout(ctx, rec); err != nil {
 		return "", err

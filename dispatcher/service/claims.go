@@ -106,6 +106,7 @@ func (s *Service) claimRound(ctx context.Context) error {
 	}
 	s.renewed, s.instances = now, instances
 	s.applyClaimsLocked(now, won, claims, rows, holds)
+	s.kickPartsLocked()
 	return nil
 }
 

@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/boardlink/boardlink/dispatcher/store"
-	"github.com/boardlink/boardlink/proto"
 )
 
 // DashboardConfig configures the web dashboard at /.
@@ -380,19 +379,19 @@ func (d *dashboard) loadRollouts(ctx context.Context, r *http.Request, v viewer)
 type rolloutData struct {
 	Rollout store.Rollout
 	Boards  []store.BoardResult
+	Parts   []store.RolloutPart
 	Done    int // boards with a result
 }
 
+// loadRollout reads the rollout as the API shows it: with its parts, its
+// state theirs too.
 func (d *dashboard) loadRollout(ctx context.Context, r *http.Request, v viewer) (any, error) {
-	ro, bs, err := d.s.st.Rollout(ctx, r.PathValue("id"))
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, &APIError{Status: http.StatusNotFound, Reason: string(proto.ReasonNotFound), Message: "no rollout " + r.PathValue("id")}
-	}
+	st, err := d.s.Rollout(ctx, r.PathValue("id"))
 	if err != nil {
 		return nil, err
 	}
-	data := rolloutData{Rollout: ro, Boards: bs}
-	for _, b := range bs {
+	data := rolloutData{Rollout: st.Rollout, Boards: st.BoardResults, Parts: st.Parts}
+	for _, b := range data.Boards {
 		if b.Result != "" {
 			data.Done++
 		}

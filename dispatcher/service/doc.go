@@ -42,7 +42,10 @@
 // with their owner, offline with the time when that owner vanished, and
 // an action on one is forwarded to its owner with the peer token
 // (forward.go). Leases are queued and held in the database, so a lease
-// asked of one service is honoured by all.
+// asked of one service is honoured by all. A rollout asked of one
+// service starts a part of it on each other owner of its boards, on
+// record; a part whose owner cannot be reached waits until a claim round
+// sees it back (rollout_parts.go).
 //
 // State lives in dispatcher/store: the inventory (with maintenance and
 // quarantine), every lease, and the audit log, so a restarted service

@@ -283,7 +283,16 @@ func TestServicesInNetns(t *testing.T) {
 			}
 		}
 	}
-	committed(waitRollout(t, a.client, st)) // A's share goes on without B
+	// A's share goes on without B; the rollout reads running while B's
+	// part does.
+	for st.Summary[store.ResultCommitted] < 2 {
+		if st, err = a.client.WaitRollout(ctx, st.ID, st.Updated, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st.State != store.StateRunning {
+		t.Fatalf("the rollout while B's part is away: %+v", st)
+	}
 	if r, err := a.client.Rollout(ctx, part); err != nil || r.State != store.StateRunning {
 		t.Fatalf("B's share while B is away: %+v %v", r, err)
 	}
@@ -291,5 +300,6 @@ func TestServicesInNetns(t *testing.T) {
 	start(b)
 	boardOnA("B's board back, owned by B", func(v Board) bool { return v.Owner == "B" && v.OwnerGone.IsZero() && v.State != Offline })
 	committed(waitRollout(t, b.client, RolloutStatus{Rollout: store.Rollout{ID: part, State: store.StateRunning}}))
+	committed(waitRollout(t, a.client, st)) // done with its part
 	boardOnA("B's board idle after its update", func(v Board) bool { return v.State == Idle })
 }

@@ -35,6 +35,10 @@ type RolloutRequest struct {
 	GateTimeoutMs  int64             `json:"gate_timeout_ms,omitempty" validate:"min=0,max=86400000"`
 	BoardTimeoutMs int64             `json:"board_timeout_ms,omitempty" validate:"min=0,max=86400000"`
 	Force          bool              `json:"force,omitempty"`
+	// ID is the id the rollout is recorded under: only a service starting
+	// its part of a rollout names it, and a rollout already recorded
+	// under it is answered as it is (a part starts at most once).
+	ID string `json:"id,omitempty" validate:"max=64"`
 }
 
 // RolloutStatus is a rollout as the API shows it: its record (with its
@@ -42,17 +46,30 @@ type RolloutRequest struct {
 type RolloutStatus struct {
 	store.Rollout
 	BoardResults []store.BoardResult `json:"board_results"`
-	// Parts are the rollouts of the same image started on the other
-	// services sharing the database, for the boards they drive.
-	Parts []RolloutPart `json:"parts,omitempty"`
+	// Parts are the shares of the rollout for the boards the other
+	// services sharing the database drive, each a rollout of its own on
+	// its owner once started (rollout_parts.go).
+	Parts []store.RolloutPart `json:"parts,omitempty"`
 }
 
 // StartRollout plans a rollout of the image file img (an upload spooled
 // by the service, which the rollout takes over) to the boards r selects,
 // records it and runs it in the background. A board another lease holds
 // is refused; boards offline, in maintenance or in quarantine are left
-// out. Each board reads updating while the rollout works on it.
+// out. Each board reads updating while the rollout works on it. The
+// boards other services drive get a part each, on record with the
+// rollout (which is recorded even with no board of this service's),
+// tried before the answer and, while its owner cannot be reached, again
+// once it is back (rollout_parts.go).
 func (s *Service) StartRollout(ctx context.Context, who user, img string, r RolloutRequest) (RolloutStatus, error) {
+	if r.ID != "" {
+		if !who.peer {
+			return RolloutStatus{}, &FieldError{"id", "only a service starting its part of a rollout names its id"}
+		}
+		if id, err := s.st.ResolveRollout(ctx, r.ID); err == nil && id == r.ID {
+			return s.Rollout(ctx, r.ID) // started already
+		}
+	}
 	var gate *dispatcher.Gate
 	if r.Gate != "" {
 		var err error
@@ -66,12 +83,9 @@ func (s *Service) StartRollout(ctx context.Context, who user, img string, r Roll
 		return RolloutStatus{}, &FieldError{UploadFile, err.Error()}
 	}
 	defer im.Close()
-	parts := s.startRolloutParts(ctx, who, img, r)
+	others := s.othersBoards(who, r)
 	targets, err := s.rolloutTargets(ctx, r)
-	if err != nil {
-		if len(parts) > 0 && errors.Is(err, ErrUnsatisfiable) {
-			return RolloutStatus{Parts: parts}, nil // the others' boards only
-		}
+	if err != nil && (len(others) == 0 || !errors.Is(err, ErrUnsatisfiable)) {
 		return RolloutStatus{}, err
 	}
 	boardTimeout := time.Duration(r.BoardTimeoutMs) * time.Millisecond
@@ -99,14 +113,22 @@ func (s *Service) StartRollout(ctx context.Context, who user, img string, r Roll
 	if len(r.Boards) > 0 {
 		sel = strings.TrimSpace(sel + " boards=" + strings.Join(r.Boards, ","))
 	}
-	id, err := rolloutjob.RecordRollout(ctx, s.st, rolloutjob.NewRollout{ImagePath: kept, Selector: sel, Plan: plan,
+	id, err := rolloutjob.RecordRollout(ctx, s.st, rolloutjob.NewRollout{ID: r.ID, ImagePath: kept, Selector: sel, Plan: plan,
 		Concurrency: concurrency, MaxFailures: r.MaxFailures, Spec: rolloutjob.RolloutSpec{Gate: gate, WaveSize: r.WaveSize,
 			BoardTimeout: boardTimeout, Force: r.Force, Owner: s.rolloutOwner()}})
 	if err != nil {
 		os.Remove(kept)
+		if r.ID != "" && errors.Is(err, store.ErrExists) {
+			return s.Rollout(ctx, r.ID) // another try of the part recorded it first
+		}
 		return RolloutStatus{}, err
 	}
-	s.log.Info("rollout started", "rollout", id, "by", who.name, "version", plan.Version, "boards", len(plan.Boards))
+	if err := s.recordParts(ctx, id, who, r, others); err != nil {
+		// The rollout runs without them; its answer says why.
+		s.log.Error("rollout parts not recorded", "rollout", id, "err", err)
+	}
+	s.log.Info("rollout started", "rollout", id, "by", who.name, "version", plan.Version, "boards", len(plan.Boards),
+		"parts", len(others))
 	s.mu.Lock()
 	if s.stopped || s.ctx == nil {
 		s.mu.Unlock()
@@ -114,10 +136,15 @@ func (s *Service) StartRollout(ctx context.Context, who user, img string, r Roll
 		return RolloutStatus{}, errServiceStopping
 	}
 	s.wg.Go(func() { s.runRollout(s.ctx, id) })
+	life := s.ctx
 	s.mu.Unlock()
-	st, err := s.Rollout(ctx, id)
-	st.Parts = parts
-	return st, err
+	if parts, err := s.st.RolloutParts(ctx, id); err == nil {
+		// Tried now, so that the answer names the parts' rollouts; for
+		// the service's life, as a try left halfway is retried.
+		s.startParts(life, parts)
+	}
+	s.kickParts() // it learns whom the others wait for
+	return s.Rollout(ctx, id)
 }
 
 // rolloutTargets are the boards r selects, sorted by id.
@@ -235,6 +262,10 @@ func (s *Service) rolloutEnded(id string, rep dispatcher.Report, err error) {
 	s.rolloutChanged = make(chan struct{})
 	s.mu.Unlock()
 	ctx := context.WithoutCancel(s.ctx)
+	if err == nil && rep.Stopped != "" {
+		s.cancelParts(ctx, id, rep.Stopped)
+	}
+	// Its image stays while a part of it may still start.
 	rec, _, rerr := s.st.Rollout(ctx, id)
 	if rerr == nil && rec.State != store.StateRunning {
 		if err := os.Remove(rec.Image); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -286,7 +317,7 @@ func (s *Service) Rollout(ctx context.Context, id string) (RolloutStatus, error)
 	if boards == nil {
 		boards = []store.BoardResult{}
 	}
-	return RolloutStatus{Rollout: rec, BoardResults: boards}, nil
+	return s.withParts(ctx, RolloutStatus{Rollout: rec, BoardResults: boards})
 }
 
 // WaitRollout returns rollout id once it changed from updated (its last

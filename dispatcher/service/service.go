@@ -88,13 +88,18 @@ type Service struct {
 	// updating; rolloutChanged is closed and replaced when a rollout moves.
 	rolled         map[string]map[string]bool
 	rolloutChanged chan struct{}
-	kick           chan struct{} // wakes the expiry loop
-	journal        *journal
-	uploads        uploadSlots     // uploads under way, by user (ops.go)
-	metrics        *metrics        // nil: none
-	ctx            context.Context // the service's life, from Start to Stop
-	cancel         context.CancelFunc
-	wg             sync.WaitGroup
+	// partOwners are the services the waiting parts of this service's
+	// rollouts wait for, as the parts loop last read them; partsKick wakes
+	// that loop.
+	partOwners map[string]bool
+	partsKick  chan struct{}
+	kick       chan struct{} // wakes the expiry loop
+	journal    *journal
+	uploads    uploadSlots     // uploads under way, by user (ops.go)
+	metrics    *metrics        // nil: none
+	ctx        context.Context // the service's life, from Start to Stop
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
 }
 
 // board is one board of the inventory; the fields after mu's comment are
@@ -193,7 +198,7 @@ func New(ctx context.Context, o Options) (*Service, error) {
 		boards: map[string]*board{}, leases: map[string]*store.Lease{}, changed: make(chan struct{}),
 		kick: make(chan struct{}, 1), closing: make(chan struct{}), rolled: map[string]map[string]bool{},
 		rolloutChanged: make(chan struct{}), owner: owner, advertise: o.Config.advertiseURL(o.URL), peerToken: peerToken,
-		now: o.Now, claimKick: make(chan struct{}, 1), instances: map[string]store.Instance{}}
+		now: o.Now, claimKick: make(chan struct{}, 1), instances: map[string]store.Instance{}, partsKick: make(chan struct{}, 1)}
 	if peerToken != "" {
 		s.peerHash = sha256.Sum256([]byte(peerToken))
 	}
@@ -319,6 +324,7 @@ func (s *Service) Start(ctx context.Context) error {
 		s.wg.Go(func() { s.discover(s.ctx) })
 	}
 	s.wg.Go(func() { s.resumeRollouts(s.ctx) })
+	s.wg.Go(func() { s.partsLoop(s.ctx) })
 	s.log.Info("service started", "owner", s.owner, "advertise", s.advertise, "boards", len(s.ids), "open_leases", len(s.leases))
 	return nil
 }

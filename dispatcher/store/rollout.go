@@ -246,10 +246,18 @@ func (s *Store) PutBoards(ctx context.Context, rolloutID string, bs []BoardResul
 	return nil
 }
 
-// rolloutColumns are a rollout's columns; its updated is the latest of its
-// row's and its boards'.
-var rolloutColumns = `id, image, image_sha256, version, selector, concurrency, max_failures, state, created, ` +
-	sqlMax("updated", "(SELECT coalesce(max(br.updated), 0) FROM board_results br WHERE br.rollout_id = rollouts.id)")
+// rolloutColumns are a rollout's columns. Its state reads running while
+// a part of it may still start on another service (the row's state is
+// its own boards'), and stopped when one never will; its updated is the
+// latest of its row's, its boards' and its parts'.
+var rolloutColumns = `id, image, image_sha256, version, selector, concurrency, max_failures,
+	CASE WHEN EXISTS (SELECT 1 FROM rollout_parts p WHERE p.parent = rollouts.id AND p.state IN ('` +
+	string(PartWaiting) + `', '` + string(PartStarting) + `')) THEN '` + StateRunning + `'
+	WHEN state = '` + StateDone + `' AND EXISTS (SELECT 1 FROM rollout_parts p WHERE p.parent = rollouts.id AND p.state IN ('` +
+	string(PartGivenUp) + `', '` + string(PartCancelled) + `')) THEN '` + StateStopped + `'
+	ELSE state END, created, ` +
+	sqlMax(sqlMax("updated", "(SELECT coalesce(max(br.updated), 0) FROM board_results br WHERE br.rollout_id = rollouts.id)"),
+		"(SELECT coalesce(max(p.updated), 0) FROM rollout_parts p WHERE p.parent = rollouts.id)")
 
 func scanRollout(sc interface{ Scan(...any) error }, extra ...any) (Rollout, error) {
 	var (

@@ -171,6 +171,32 @@ CREATE TABLE lab_instances (
 	`
 ALTER TABLE board_results ADD COLUMN updated {int} NOT NULL DEFAULT 0;
 `,
+	// 6: the parts of a rollout started through one service (home, which
+	// keeps the image) for the boards other services own: each waits for
+	// an owner that could not be reached until it is back (rollout_id is
+	// the id the part's rollout gets on its owner, chosen when it is
+	// first tried, so that it starts there at most once).
+	`
+CREATE TABLE rollout_parts (
+	parent     TEXT NOT NULL REFERENCES rollouts (id) ON DELETE CASCADE,
+	owner      TEXT NOT NULL,
+	home       TEXT NOT NULL,
+	boards     TEXT NOT NULL DEFAULT '[]',
+	request    TEXT NOT NULL DEFAULT '{}',
+	requester  TEXT NOT NULL DEFAULT '',
+	rollout_id TEXT NOT NULL DEFAULT '',
+	state      TEXT NOT NULL,
+	error      TEXT NOT NULL DEFAULT '',
+	attempts   {int} NOT NULL DEFAULT 0,
+	refusals   {int} NOT NULL DEFAULT 0,
+	tried      {int},
+	next_try   {int},
+	created    {int} NOT NULL,
+	updated    {int} NOT NULL,
+	PRIMARY KEY (parent, owner)
+) {strict};
+CREATE INDEX rollout_parts_by_home ON rollout_parts (home, state);
+`,
 }
 
 // SchemaVersion is the schema version this package writes.

@@ -3,7 +3,8 @@
 // (github.com/jackc/pgx/v5) when several lab services share one:
 // rollouts, each board's result in a rollout, board sightings (first and
 // last seen, boot ids, versions), the lab service's inventory, leases and
-// audit log, and which service owns which board (claims). It is what lets
+// audit log, which service owns which board (claims), and the parts of a
+// rollout started on the other services (RolloutPart). It is what lets
 // an interrupted rollout resume: every board's phase, result and OTA
 // update id are written as they change.
 //
