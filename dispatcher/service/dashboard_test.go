@@ -493,9 +493,11 @@ func TestDashboardRollouts(t *testing.T) {
 	}
 }
 
-// BenchmarkDashboardBoards renders the boards page of a lab of 1,000
+// BenchmarkDashboardBoards renders the boards page of a lab of 10,000
 // boards (static entries on a closed port: offline, as the page's worst
-// case is no cheaper) for a signed-in user.
+// case is no cheaper) for a signed-in user, and one round of its live
+// stream in which every live region changed (what a stream sends after a
+// change), and reports the bytes of each.
 func BenchmarkDashboardBoards(b *testing.B) {
 	dir := b.TempDir()
 	tokFile := filepath.Join(dir, "alice.token")
@@ -503,8 +505,8 @@ func BenchmarkDashboardBoards(b *testing.B) {
 		b.Fatal(err)
 	}
 	cfg := Config{QuarantineAfter: -1, Users: []UserConfig{{Name: "alice", TokenFile: tokFile}}}
-	for i := range 1000 {
-		cfg.Boards = append(cfg.Boards, BoardConfig{ID: fmt.Sprintf("board-%04d", i), Address: "ws://127.0.0.1:1",
+	for i := range 10000 {
+		cfg.Boards = append(cfg.Boards, BoardConfig{ID: fmt.Sprintf("board-%05d", i), Address: "ws://127.0.0.1:1",
 			Model: "imx8", Labels: map[string]string{"rack": fmt.Sprint(i / 40)}})
 	}
 	ctx := context.Background()
@@ -517,23 +519,59 @@ func BenchmarkDashboardBoards(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	h := svc.Dashboard(DashboardConfig{})
-	req := httptest.NewRequest("GET", "/", nil)
-	req.AddCookie(&http.Cookie{Name: cookieName, Value: base64.RawURLEncoding.EncodeToString([]byte("token-of-alice"))})
-	var size, n int
-	// The process's CPU time too: on a busy machine ns/op is mostly the
-	// wait for a CPU.
+	d := svc.Dashboard(DashboardConfig{}).(*dashboard)
+	signedIn := func(path string) *http.Request {
+		req := httptest.NewRequest("GET", path, nil)
+		req.AddCookie(&http.Cookie{Name: cookieName, Value: base64.RawURLEncoding.EncodeToString([]byte("token-of-alice"))})
+		return req
+	}
+	b.Run("page", func(b *testing.B) {
+		req := signedIn("/")
+		var size int
+		measure(b, func() {
+			rec := httptest.NewRecorder()
+			d.ServeHTTP(rec, req)
+			if rec.Code != http.StatusOK {
+				b.Fatalf("%d %s", rec.Code, rec.Body.String())
+			}
+			size = rec.Body.Len()
+		})
+		b.ReportMetric(float64(size), "page-bytes")
+	})
+	b.Run("live-round", func(b *testing.B) {
+		req := signedIn("/live/")
+		v := d.viewer(req)
+		var vw *dashView
+		for _, x := range d.views() {
+			if x.tmpl == "boards" {
+				vw = x
+			}
+		}
+		var size int
+		measure(b, func() {
+			frags, err := d.liveRound(ctx, req, v, vw, map[string]string{})
+			if err != nil || len(frags) != len(vw.frags) {
+				b.Fatalf("%d fragments: %v", len(frags), err)
+			}
+			size = 0
+			for _, f := range frags {
+				size += len(f.HTML)
+			}
+		})
+		b.ReportMetric(float64(size), "round-bytes")
+	})
+}
+
+// measure runs one op per iteration of b and reports the process's CPU
+// time per op too: on a busy machine ns/op is mostly the wait for a CPU.
+func measure(b *testing.B, op func()) {
+	b.ReportAllocs()
+	n := 0
 	cpu0 := cpuTime(b)
 	for b.Loop() {
-		rec := httptest.NewRecorder()
-		h.ServeHTTP(rec, req)
-		if rec.Code != http.StatusOK {
-			b.Fatalf("%d %s", rec.Code, rec.Body.String())
-		}
-		size = rec.Body.Len()
+		op()
 		n++
 	}
-	b.ReportMetric(float64(size), "page-bytes")
 	b.ReportMetric(float64((cpuTime(b)-cpu0).Nanoseconds())/float64(n), "cpu-ns/op")
 }
 
