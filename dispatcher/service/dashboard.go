@@ -242,7 +242,7 @@ type dashView struct {
 func (d *dashboard) views() []*dashView {
 	fixed := func(s string) func(*http.Request) string { return func(*http.Request) string { return s } }
 	return []*dashView{
-		{path: "/{$}", tmpl: "boards", title: fixed("Boards"), frags: []string{"boards-summary", "boards-rows"},
+		{path: "/{$}", tmpl: "boards", title: fixed("Boards"), frags: []string{"boards-summary", "boards-pager", "boards-rows"},
 			load: d.loadBoards},
 		{path: "/boards/{id}", tmpl: "board", title: func(r *http.Request) string { return "Board " + r.PathValue("id") },
 			frags: []string{"board-state", "board-log"}, load: d.loadBoard},
@@ -251,7 +251,7 @@ func (d *dashboard) views() []*dashView {
 		{path: "/rollouts", tmpl: "rollouts", title: fixed("Rollouts"), frags: []string{"rollouts-rows"},
 			load: d.loadRollouts},
 		{path: "/rollouts/{id}", tmpl: "rollout", title: func(r *http.Request) string { return "Rollout " + r.PathValue("id") },
-			frags: []string{"rollout-summary", "rollout-rows"}, load: d.loadRollout},
+			frags: []string{"rollout-summary", "rollout-pager", "rollout-rows"}, load: d.loadRollout},
 	}
 }
 
@@ -282,34 +282,17 @@ func (d *dashboard) renderView(w http.ResponseWriter, r *http.Request, vw *dashV
 		d.message(w, r, e.Status, vw.title(r), e.Message)
 		return
 	}
+	// The live stream follows the page's query (its filter and page).
+	live := "/live" + at
+	if q := r.URL.RawQuery; q != "" && r.Method == http.MethodGet {
+		live += "?" + q
+	}
 	d.render(w, status, vw.tmpl, pageData{Title: vw.title(r), User: v.user.name, CSRF: d.csrf(v),
-		Live: "/live" + at, Path: at, Notice: notice, Error: errText, Data: data})
-}
-
-// boardsData is the boards page's.
-type boardsData struct {
-	Boards []Board
-	Counts []stateCount
-}
-
-type stateCount struct {
-	State State
-	N     int
+		Live: live, Path: at, Notice: notice, Error: errText, Data: data})
 }
 
 func (d *dashboard) loadBoards(ctx context.Context, r *http.Request, v viewer) (any, error) {
-	bs := d.s.Boards()
-	n := map[State]int{}
-	for _, b := range bs {
-		n[b.State]++
-	}
-	data := boardsData{Boards: bs}
-	for _, st := range States {
-		if n[st] > 0 {
-			data.Counts = append(data.Counts, stateCount{st, n[st]})
-		}
-	}
-	return data, nil
+	return d.s.boardsData(r.URL.Query())
 }
 
 // boardData is a board's page's.
@@ -376,13 +359,6 @@ func (d *dashboard) loadRollouts(ctx context.Context, r *http.Request, v viewer)
 	return out, nil
 }
 
-// rolloutData is a rollout's page's.
-type rolloutData struct {
-	Rollout store.Rollout
-	Boards  []store.BoardResult
-	Done    int // boards with a result
-}
-
 func (d *dashboard) loadRollout(ctx context.Context, r *http.Request, v viewer) (any, error) {
 	ro, bs, err := d.s.st.Rollout(ctx, r.PathValue("id"))
 	if errors.Is(err, store.ErrNotFound) {
@@ -391,13 +367,7 @@ func (d *dashboard) loadRollout(ctx context.Context, r *http.Request, v viewer) 
 	if err != nil {
 		return nil, err
 	}
-	data := rolloutData{Rollout: ro, Boards: bs}
-	for _, b := range bs {
-		if b.Result != "" {
-			data.Done++
-		}
-	}
-	return data, nil
+	return rolloutPage(ro, bs, r.URL.Query())
 }
 
 // recentConsole is the end of board id's recent console text.

@@ -87,6 +87,9 @@ type BoardResult struct {
 	UpdateID    string    `json:"update_id,omitempty"` // the board's OTA update id, to resume it
 }
 
+// SummaryKey is the Summary key b counts under.
+func (b BoardResult) SummaryKey() string { return summaryKey(b.Phase, b.Result) }
+
 // summaryKey is the Summary key a board counts under.
 func summaryKey(phase, result string) string {
 	switch {
