@@ -2,7 +2,6 @@ package service
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -104,23 +103,9 @@ func TestDashboardBrowser(t *testing.T) {
 	l := startLab(t, labOptions{boards: 2, ttl: time.Minute, mdns: true})
 	// And a board on a serial line that does not exist: it stays offline,
 	// and the test writes its console record as the service's reader of
-	// the line would.
-	l.stopService()
-	l.cfg.Boards = append(l.cfg.Boards, BoardConfig{ID: "uart", Address: "serial://" + filepath.Join(l.dir, "no-such-tty")})
-	// And more boards than a page holds, offline (a closed port), so
+	// the line would. And more boards than a page holds, offline, so
 	// that "uart" is on page 2 and the sim boards on page 1.
-	for i := range perPage {
-		l.cfg.Boards = append(l.cfg.Boards, BoardConfig{ID: fmt.Sprintf("static-%03d", i), Address: "ws://127.0.0.1:1"})
-	}
-	l.start(nil)
-	testenv.Eventually(t, "the sim boards found and idle", func() bool {
-		for _, b := range l.sim.Boards {
-			if got, err := l.svc.Board(b.ID); err != nil || got.State != Idle {
-				return false
-			}
-		}
-		return true
-	})
+	manyBoards(t, l, perPage, BoardConfig{ID: "uart", Address: "serial://" + filepath.Join(l.dir, "no-such-tty")})
 	console, err := l.svc.consoles.Log("uart")
 	if err != nil {
 		t.Fatal(err)

@@ -593,18 +593,20 @@ func cpuTime(b *testing.B) time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// manyBoards restarts l's service with n static boards more, on a closed
-// port (they stay offline), named static-NNN, model imx8, label rack
-// rN (50 a rack), and waits for the sim boards to be idle.
-func manyBoards(t *testing.T, l *lab, n int) {
+// manyBoards restarts l's service with the boards more and n static
+// boards more on a closed port (they stay offline), named static-NNN,
+// model imx8, label rack rN (50 a rack), and waits for the sim boards
+// (static or found) to be idle.
+func manyBoards(t *testing.T, l *lab, n int, more ...BoardConfig) {
 	t.Helper()
 	l.stopService()
+	l.cfg.Boards = append(l.cfg.Boards, more...)
 	for i := range n {
 		l.cfg.Boards = append(l.cfg.Boards, BoardConfig{ID: fmt.Sprintf("static-%03d", i), Address: "ws://127.0.0.1:1",
 			Model: "imx8", Labels: map[string]string{"rack": fmt.Sprintf("r%d", i/50)}})
 	}
 	l.start(nil)
-	testenv.Eventually(t, "the sim boards idle", func() bool {
+	testenv.Eventually(t, "the sim boards found and idle", func() bool {
 		for _, b := range l.sim.Boards {
 			if got, err := l.svc.Board(b.ID); err != nil || got.State != Idle {
 				return false
