@@ -360,14 +360,14 @@ func (d *dashboard) loadRollouts(ctx context.Context, r *http.Request, v viewer)
 }
 
 func (d *dashboard) loadRollout(ctx context.Context, r *http.Request, v viewer) (any, error) {
-	ro, bs, err := d.s.st.Rollout(ctx, r.PathValue("id"))
+	data, err := rolloutPage(ctx, d.s.st, r.PathValue("id"), r.URL.Query())
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, &APIError{Status: http.StatusNotFound, Reason: string(proto.ReasonNotFound), Message: "no rollout " + r.PathValue("id")}
 	}
 	if err != nil {
 		return nil, err
 	}
-	return rolloutPage(ro, bs, r.URL.Query())
+	return data, nil
 }
 
 // recentConsole is the end of board id's recent console text.

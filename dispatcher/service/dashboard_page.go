@@ -1,6 +1,7 @@
 package service
 
 import (
+	"context"
 	"fmt"
 	"net/url"
 	"slices"
@@ -165,58 +166,33 @@ type resultCount struct {
 	Current bool
 }
 
-// resultRank orders a rollout's boards on its page: those that failed in
-// any way first (what an operator looks at), then those under way, those
-// waiting, those skipped, and those committed last.
-func resultRank(key string) int {
-	switch key {
-	case store.ResultCommitted:
-		return 4
-	case store.ResultSkipped:
-		return 3
-	case store.SummaryPending:
-		return 2
-	case store.SummaryRunning:
-		return 1
-	}
-	return 0
-}
-
-// resultRanks is how many ranks resultRank gives.
-const resultRanks = 5
-
-// rolloutPage is ro's page of its boards bs (all of them, sorted by id)
-// that the query q asks for: ?result= (a Summary key) and ?page=.
-func rolloutPage(ro store.Rollout, bs []store.BoardResult, q url.Values) (rolloutData, error) {
+// rolloutPage is the page of rollout id's boards that the query q asks
+// for: ?result= (a Summary key) and ?page=; those that failed first.
+func rolloutPage(ctx context.Context, st *store.Store, id string, q url.Values) (rolloutData, error) {
 	page, err := pageParam(q, "result")
 	if err != nil {
 		return rolloutData{}, err
 	}
-	data := rolloutData{Rollout: ro, Result: q.Get("result"), All: withParam(q, "result", "")}
-	for _, k := range store.SummaryKeys(ro.Summary) {
-		data.Results = append(data.Results, resultCount{Key: k, N: ro.Summary[k], Href: withParam(q, "result", k), Current: k == data.Result})
-		if k != store.SummaryPending && k != store.SummaryRunning {
-			data.Done += ro.Summary[k]
+	key := q.Get("result")
+	ro, bs, err := st.RolloutPage(ctx, id, key, (page-1)*perPage, perPage)
+	if err != nil {
+		return rolloutData{}, err
+	}
+	matched := ro.Boards
+	if key != "" {
+		matched = ro.Summary[key]
+	}
+	if last := max(1, (matched+perPage-1)/perPage); page > last { // past the end: the last
+		page = last
+		if ro, bs, err = st.RolloutPage(ctx, id, key, (page-1)*perPage, perPage); err != nil {
+			return rolloutData{}, err
 		}
 	}
-	matched := len(bs)
-	if data.Result != "" {
-		matched = ro.Summary[data.Result]
-	}
-	page = min(page, max(1, (matched+perPage-1)/perPage))
-	data.Pager = newPager(q, page, matched)
-	// One pass per rank rather than a sorted copy of all the boards.
-	skip, n := (page-1)*perPage, 0
-	for rank := range resultRanks {
-		for _, b := range bs {
-			k := b.SummaryKey()
-			if resultRank(k) != rank || data.Result != "" && k != data.Result {
-				continue
-			}
-			if n >= skip && len(data.Boards) < perPage {
-				data.Boards = append(data.Boards, b)
-			}
-			n++
+	data := rolloutData{Rollout: ro, Boards: bs, Result: key, All: withParam(q, "result", ""), Pager: newPager(q, page, matched)}
+	for _, k := range store.SummaryKeys(ro.Summary) {
+		data.Results = append(data.Results, resultCount{Key: k, N: ro.Summary[k], Href: withParam(q, "result", k), Current: k == key})
+		if k != store.SummaryPending && k != store.SummaryRunning {
+			data.Done += ro.Summary[k]
 		}
 	}
 	return data, nil

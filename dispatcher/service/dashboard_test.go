@@ -496,9 +496,10 @@ func TestDashboardRollouts(t *testing.T) {
 
 // BenchmarkDashboardBoards renders the boards page of a lab of 10,000
 // boards (static entries on a closed port: offline, as the page's worst
-// case is no cheaper) for a signed-in user, and one round of its live
-// stream in which every live region changed (what a stream sends after a
-// change), and reports the bytes of each.
+// case is no cheaper) for a signed-in user, and the page of a rollout of
+// all of them, and one round of each one's live stream in which every
+// live region changed (what a stream sends after a change), and reports
+// the bytes of each.
 func BenchmarkDashboardBoards(b *testing.B) {
 	dir := b.TempDir()
 	tokFile := filepath.Join(dir, "alice.token")
@@ -526,35 +527,58 @@ func BenchmarkDashboardBoards(b *testing.B) {
 		req.AddCookie(&http.Cookie{Name: cookieName, Value: base64.RawURLEncoding.EncodeToString([]byte("token-of-alice"))})
 		return req
 	}
+	// A rollout of every board: one in 333 failed, about half committed,
+	// the rest waiting.
+	ro := store.Rollout{ID: store.NewRolloutID(), Image: "fw.img", Version: "2.0.0", Selector: "model=imx8", Concurrency: 256}
+	if err := st.CreateRollout(ctx, ro); err != nil {
+		b.Fatal(err)
+	}
+	results := make([]store.BoardResult, len(cfg.Boards))
+	for i, bc := range cfg.Boards {
+		results[i] = store.BoardResult{RolloutID: ro.ID, BoardID: bc.ID, Phase: store.PhasePlan}
+		switch {
+		case i%333 == 0:
+			results[i].Phase, results[i].Result = store.PhaseDone, store.ResultFailed
+		case i%2 == 0:
+			results[i].Phase, results[i].Result = store.PhaseDone, store.ResultCommitted
+		}
+	}
+	if err := st.PutBoards(ctx, ro.ID, results); err != nil {
+		b.Fatal(err)
+	}
+	views := map[string]*dashView{}
+	for _, vw := range d.views() {
+		views[vw.tmpl] = vw
+	}
 	// A text filter that matches no board: a pass over every board's id,
 	// model and labels.
-	for _, page := range []struct{ name, path string }{{"page", "/"}, {"page-filtered", "/?q=no-such-board"}} {
+	for _, page := range []struct{ name, path, view string }{
+		{"page", "/", "boards"}, {"page-filtered", "/?q=no-such-board", ""}, {"rollout-page", "/rollouts/" + ro.ID, "rollout"},
+	} {
 		b.Run(page.name, func(b *testing.B) {
 			benchPage(b, d, signedIn(page.path))
 		})
-	}
-	b.Run("live-round", func(b *testing.B) {
-		req := signedIn("/live/")
-		v := d.viewer(req)
-		var vw *dashView
-		for _, x := range d.views() {
-			if x.tmpl == "boards" {
-				vw = x
-			}
+		if page.view == "" {
+			continue
 		}
-		var size int
-		measure(b, func() {
-			frags, err := d.liveRound(ctx, req, v, vw, map[string]string{})
-			if err != nil || len(frags) != len(vw.frags) {
-				b.Fatalf("%d fragments: %v", len(frags), err)
-			}
-			size = 0
-			for _, f := range frags {
-				size += len(f.HTML)
-			}
+		b.Run(strings.Replace(page.name, "page", "live-round", 1), func(b *testing.B) {
+			req := signedIn("/live" + page.path)
+			req.SetPathValue("id", ro.ID)
+			v, vw := d.viewer(req), views[page.view]
+			var size int
+			measure(b, func() {
+				frags, err := d.liveRound(ctx, req, v, vw, map[string]string{})
+				if err != nil || len(frags) != len(vw.frags) {
+					b.Fatalf("%d fragments: %v", len(frags), err)
+				}
+				size = 0
+				for _, f := range frags {
+					size += len(f.HTML)
+				}
+			})
+			b.ReportMetric(float64(size), "round-bytes")
 		})
-		b.ReportMetric(float64(size), "round-bytes")
-	})
+	}
 }
 
 // benchPage renders the page req asks for.
