@@ -292,7 +292,7 @@ func (d *dashboard) renderView(w http.ResponseWriter, r *http.Request, vw *dashV
 }
 
 func (d *dashboard) loadBoards(ctx context.Context, r *http.Request, v viewer) (any, error) {
-	return d.s.boardsData(r.URL.Query())
+	return d.s.dashboardBoards(r.URL.Query())
 }
 
 // boardData is a board's page's.

@@ -122,7 +122,7 @@ func boardsQuery(q url.Values) (boardFilter, int, error) {
 	return f, page, nil
 }
 
-func (s *Service) boardsData(q url.Values) (boardsData, error) {
+func (s *Service) dashboardBoards(q url.Values) (boardsData, error) {
 	f, page, err := boardsQuery(q)
 	if err != nil {
 		return boardsData{}, err
