@@ -264,7 +264,7 @@ func (d *dashboard) mayRead(v viewer) bool {
 func (d *dashboard) page(w http.ResponseWriter, r *http.Request, vw *dashView) {
 	v := d.viewer(r)
 	if !d.mayRead(v) {
-		http.Redirect(w, r, "/signin?next="+url.QueryEscape(r.URL.EscapedPath()), http.StatusSeeOther)
+		http.Redirect(w, r, "/signin?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
 		return
 	}
 	notice := ""
@@ -471,12 +471,18 @@ func (d *dashboard) signout(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, "/signin", http.StatusSeeOther)
 }
 
-// safeNext is where to go after signing in: a path of this site only.
+// safeNext is where to go after signing in: a path of this site only,
+// and its query (a page's filter).
 func safeNext(next string) string {
 	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.ContainsAny(next, "\\\r\n") {
 		return "/"
 	}
-	return path.Clean(next)
+	p, q, _ := strings.Cut(next, "?")
+	next = path.Clean(p)
+	if v, err := url.ParseQuery(q); err == nil && len(v) > 0 {
+		next += "?" + v.Encode()
+	}
+	return next
 }
 
 // ago says how long ago t was, coarsely.

@@ -291,6 +291,14 @@ func TestDashboardEscapes(t *testing.T) {
 			t.Errorf("GET %s: inline script", p)
 		}
 	}
+	// A page's query (its filter) survives signing in.
+	anon := newDashClient(t, l.srv.URL)
+	if resp, _ := anon.do("GET", "/?state=idle&q=a+b", nil, nil); resp.Header.Get("Location") != "/signin?next="+url.QueryEscape("/?state=idle&q=a+b") {
+		t.Errorf("sign-in's next: %q", resp.Header.Get("Location"))
+	}
+	if resp, _ := anon.do("POST", "/signin", url.Values{"token": {l.tokens["alice"]}, "next": {"/?state=idle&q=a+b"}}, anon.sameSite()); resp.Header.Get("Location") != "/?q=a+b&state=idle" {
+		t.Errorf("next with a query: %q", resp.Header.Get("Location"))
+	}
 	// A next that leaves the site is not followed.
 	if resp, _ := c.do("POST", "/signin", url.Values{"token": {l.tokens["alice"]}, "next": {"//evil.example/x"}}, c.sameSite()); resp.Header.Get("Location") != "/" {
 		t.Errorf("next off the site: %q", resp.Header.Get("Location"))
