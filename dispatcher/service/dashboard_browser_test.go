@@ -91,10 +91,11 @@ func screenshot(t *testing.T, tab context.Context, dir, name string) {
 // where it sorts) without a reload, one whose agent stops goes offline
 // there, a lease taken through the API appears on it and on the leases
 // page, the summary's link to a state filters the boards, page 2 is a
-// link away, a rollout's page follows its progress, a board's console
-// page tails what is recorded; with JavaScript off the pages (page 2, a
-// filter, the filter's form) read the same. Screenshots of the boards
-// page and of a rollout's are kept as artefacts.
+// link away, a rollout's page follows its progress and its link to a
+// result filters its boards, a board's console page tails what is
+// recorded; with JavaScript off the pages (page 2, a filter, the filter's
+// form) read the same. Screenshots of the boards page and of a rollout's
+// are kept as artefacts.
 func TestDashboardBrowser(t *testing.T) {
 	path := chromium(t)
 	if !testenv.InPrivateLoopback(t) {
@@ -215,6 +216,11 @@ func TestDashboardBrowser(t *testing.T) {
 	do("the rollout's progress", visible(row(l.sim.Boards[0].ID, `[data-result="committed"]`)),
 		visible(row(l.sim.Boards[1].ID, `[data-phase="prepare"]`)))
 	screenshot(t, tab, dir, "dashboard-rollout.png")
+	do("the rollout's committed boards", chromedp.Click(chromedp.CSS(`#rollout-summary a[data-result="committed"]`)),
+		visible(`#rollout-summary a.current[data-result="committed"]`), visible(row(l.sim.Boards[0].ID, `[data-result="committed"]`)), live)
+	if n, err := chromedp.Run(tab, chromedp.Evaluate[int](`document.querySelectorAll("#rollout-rows tr").length`)); err != nil || n != 1 {
+		t.Fatalf("the rollout's committed boards: %d rows %v", n, err)
+	}
 
 	do("the console page", chromedp.Navigate(l.srv.URL+"/boards/uart"),
 		visible(`//pre[@id="console"][contains(., "U-Boot 2024.01")]`))
