@@ -40,8 +40,8 @@
 //     s0, the board driven by s1), the median, p90 and max; and a command
 //     (`true`) run under each lease, which on s1's board s0 forwards to
 //     s1.
-//   - dashboard: signed in on s0, -pages times GET / (the boards page,
-//     every board a row) and GET /boards/ID of a board of s0's and of
+//   - dashboard: signed in on s0, -pages times GET / (the boards page:
+//     its first 100 rows, the counts of all) and GET /boards/ID of a board of s0's and of
 //     s1's; median and max. And GET / every 2 seconds during the
 //     rollout.
 //   - rollout: a signed image (-size bytes) to every board through s0 at

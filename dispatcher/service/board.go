@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/boardlink/boardlink/dispatcher/consolelog"
@@ -71,6 +72,73 @@ func (s *Service) Boards() []Board {
 		out = append(out, s.boardViewLocked(s.boards[id]))
 	}
 	return out
+}
+
+// boardFilter selects boards of the inventory; a zero field selects all.
+type boardFilter struct {
+	State State
+	Owner string // the service that drives it
+	Text  string // in its id, model or a label's key or value, case aside
+}
+
+func (f boardFilter) matches(b *board) bool {
+	if f.State != "" && b.state != f.State || f.Owner != "" && b.owner != f.Owner {
+		return false
+	}
+	if f.Text == "" || containsFold(b.id, f.Text) || containsFold(b.model, f.Text) {
+		return true
+	}
+	for k, v := range b.labels {
+		if containsFold(k, f.Text) || containsFold(v, f.Text) {
+			return true
+		}
+	}
+	return false
+}
+
+// containsFold reports whether sub is in s, case aside, without the
+// copies strings.ToLower would make.
+func containsFold(s, sub string) bool {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if strings.EqualFold(s[i:i+len(sub)], sub) {
+			return true
+		}
+	}
+	return false
+}
+
+// boardsPage is a page of the inventory, as the dashboard shows it.
+type boardsPage struct {
+	Boards  []Board // the page's, sorted by id
+	Matched int     // the boards f selects
+	Counts  map[State]int
+	Owners  []string // the owners of all boards, sorted
+}
+
+// pageOfBoards returns the boards f selects from the skip-th on, at most
+// limit of them, and the counts of all boards by state. It makes the view
+// of the page's boards only: a round of a live page of a large lab costs
+// a pass over the inventory, not a copy of it.
+func (s *Service) pageOfBoards(f boardFilter, skip, limit int) boardsPage {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := boardsPage{Counts: map[State]int{}}
+	for _, id := range s.ids {
+		b := s.boards[id]
+		p.Counts[b.state]++
+		if b.owner != "" && !slices.Contains(p.Owners, b.owner) { // a few services at most
+			p.Owners = append(p.Owners, b.owner)
+		}
+		if !f.matches(b) {
+			continue
+		}
+		if p.Matched >= skip && len(p.Boards) < limit {
+			p.Boards = append(p.Boards, s.boardViewLocked(b))
+		}
+		p.Matched++
+	}
+	slices.Sort(p.Owners)
+	return p
 }
 
 // Board returns one board.

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/boardlink/boardlink/dispatcher/store"
+	"github.com/boardlink/boardlink/proto"
 )
 
 // DashboardConfig configures the web dashboard at /.
@@ -241,7 +242,7 @@ type dashView struct {
 func (d *dashboard) views() []*dashView {
 	fixed := func(s string) func(*http.Request) string { return func(*http.Request) string { return s } }
 	return []*dashView{
-		{path: "/{$}", tmpl: "boards", title: fixed("Boards"), frags: []string{"boards-summary", "boards-rows"},
+		{path: "/{$}", tmpl: "boards", title: fixed("Boards"), frags: []string{"boards-summary", "boards-pager", "boards-rows"},
 			load: d.loadBoards},
 		{path: "/boards/{id}", tmpl: "board", title: func(r *http.Request) string { return "Board " + r.PathValue("id") },
 			frags: []string{"board-state", "board-log"}, load: d.loadBoard},
@@ -250,7 +251,7 @@ func (d *dashboard) views() []*dashView {
 		{path: "/rollouts", tmpl: "rollouts", title: fixed("Rollouts"), frags: []string{"rollouts-rows"},
 			load: d.loadRollouts},
 		{path: "/rollouts/{id}", tmpl: "rollout", title: func(r *http.Request) string { return "Rollout " + r.PathValue("id") },
-			frags: []string{"rollout-summary", "rollout-rows"}, load: d.loadRollout},
+			frags: []string{"rollout-summary", "rollout-pager", "rollout-rows"}, load: d.loadRollout},
 	}
 }
 
@@ -263,7 +264,7 @@ func (d *dashboard) mayRead(v viewer) bool {
 func (d *dashboard) page(w http.ResponseWriter, r *http.Request, vw *dashView) {
 	v := d.viewer(r)
 	if !d.mayRead(v) {
-		http.Redirect(w, r, "/signin?next="+url.QueryEscape(r.URL.EscapedPath()), http.StatusSeeOther)
+		http.Redirect(w, r, "/signin?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
 		return
 	}
 	notice := ""
@@ -281,34 +282,17 @@ func (d *dashboard) renderView(w http.ResponseWriter, r *http.Request, vw *dashV
 		d.message(w, r, e.Status, vw.title(r), e.Message)
 		return
 	}
+	// The live stream follows the page's query (its filter and page).
+	live := "/live" + at
+	if q := r.URL.RawQuery; q != "" && r.Method == http.MethodGet {
+		live += "?" + q
+	}
 	d.render(w, status, vw.tmpl, pageData{Title: vw.title(r), User: v.user.name, CSRF: d.csrf(v),
-		Live: "/live" + at, Path: at, Notice: notice, Error: errText, Data: data})
-}
-
-// boardsData is the boards page's.
-type boardsData struct {
-	Boards []Board
-	Counts []stateCount
-}
-
-type stateCount struct {
-	State State
-	N     int
+		Live: live, Path: at, Notice: notice, Error: errText, Data: data})
 }
 
 func (d *dashboard) loadBoards(ctx context.Context, r *http.Request, v viewer) (any, error) {
-	bs := d.s.Boards()
-	n := map[State]int{}
-	for _, b := range bs {
-		n[b.State]++
-	}
-	data := boardsData{Boards: bs}
-	for _, st := range States {
-		if n[st] > 0 {
-			data.Counts = append(data.Counts, stateCount{st, n[st]})
-		}
-	}
-	return data, nil
+	return d.s.dashboardBoards(r.URL.Query())
 }
 
 // boardData is a board's page's.
@@ -375,27 +359,23 @@ func (d *dashboard) loadRollouts(ctx context.Context, r *http.Request, v viewer)
 	return out, nil
 }
 
-// rolloutData is a rollout's page's.
-type rolloutData struct {
-	Rollout store.Rollout
-	Boards  []store.BoardResult
-	Parts   []store.RolloutPart
-	Done    int // boards with a result
-}
-
-// loadRollout reads the rollout as the API shows it: with its parts, its
-// state theirs too.
+// loadRollout reads one page of the rollout's boards, its state as the
+// API shows it: with its parts on the other services, theirs too.
 func (d *dashboard) loadRollout(ctx context.Context, r *http.Request, v viewer) (any, error) {
-	st, err := d.s.Rollout(ctx, r.PathValue("id"))
+	data, err := rolloutPage(ctx, d.s.st, r.PathValue("id"), r.URL.Query())
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil, &APIError{Status: http.StatusNotFound, Reason: string(proto.ReasonNotFound), Message: "no rollout " + r.PathValue("id")}
+	case errors.Is(err, store.ErrAmbiguous):
+		return nil, &FieldError{"id", err.Error()}
+	case err != nil:
+		return nil, err
+	}
+	st, err := d.s.withParts(ctx, RolloutStatus{Rollout: data.Rollout})
 	if err != nil {
 		return nil, err
 	}
-	data := rolloutData{Rollout: st.Rollout, Boards: st.BoardResults, Parts: st.Parts}
-	for _, b := range data.Boards {
-		if b.Result != "" {
-			data.Done++
-		}
-	}
+	data.Rollout.State, data.Rollout.Updated, data.Parts = st.State, st.Updated, st.Parts
 	return data, nil
 }
 
@@ -500,12 +480,18 @@ func (d *dashboard) signout(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, "/signin", http.StatusSeeOther)
 }
 
-// safeNext is where to go after signing in: a path of this site only.
+// safeNext is where to go after signing in: a path of this site only,
+// and its query (a page's filter).
 func safeNext(next string) string {
 	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.ContainsAny(next, "\\\r\n") {
 		return "/"
 	}
-	return path.Clean(next)
+	p, q, _ := strings.Cut(next, "?")
+	next = path.Clean(p)
+	if v, err := url.ParseQuery(q); err == nil && len(v) > 0 {
+		next += "?" + v.Encode()
+	}
+	return next
 }
 
 // ago says how long ago t was, coarsely.

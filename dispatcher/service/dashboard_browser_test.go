@@ -86,11 +86,15 @@ func screenshot(t *testing.T, tab context.Context, dir, name string) {
 }
 
 // TestDashboardBrowser drives the dashboard in headless Chromium against
-// the service and sim boards found by mDNS: a board that boots shows up
-// on the boards page without a reload, one whose agent stops goes offline
+// the service and sim boards found by mDNS, among more static boards than
+// a page holds: a board that boots shows up on the boards page (the first,
+// where it sorts) without a reload, one whose agent stops goes offline
 // there, a lease taken through the API appears on it and on the leases
-// page, a rollout's page follows its progress, a board's console page
-// tails what is recorded; with JavaScript off the pages read the same. Screenshots of the boards page and of a rollout's
+// page, the summary's link to a state filters the boards, page 2 is a
+// link away, a rollout's page follows its progress and its link to a
+// result filters its boards, a board's console page tails what is
+// recorded; with JavaScript off the pages (page 2, a filter, the filter's
+// form) read the same. Screenshots of the boards page and of a rollout's
 // are kept as artefacts.
 func TestDashboardBrowser(t *testing.T) {
 	path := chromium(t)
@@ -100,18 +104,9 @@ func TestDashboardBrowser(t *testing.T) {
 	l := startLab(t, labOptions{boards: 2, ttl: time.Minute, mdns: true})
 	// And a board on a serial line that does not exist: it stays offline,
 	// and the test writes its console record as the service's reader of
-	// the line would.
-	l.stopService()
-	l.cfg.Boards = append(l.cfg.Boards, BoardConfig{ID: "uart", Address: "serial://" + filepath.Join(l.dir, "no-such-tty")})
-	l.start(nil)
-	testenv.Eventually(t, "the sim boards found and idle", func() bool {
-		for _, b := range l.sim.Boards {
-			if got, err := l.svc.Board(b.ID); err != nil || got.State != Idle {
-				return false
-			}
-		}
-		return true
-	})
+	// the line would. And more boards than a page holds, offline, so
+	// that "uart" is on page 2 and the sim boards on page 1.
+	manyBoards(t, l, perPage, BoardConfig{ID: "uart", Address: "serial://" + filepath.Join(l.dir, "no-such-tty")})
 	console, err := l.svc.consoles.Log("uart")
 	if err != nil {
 		t.Fatal(err)
@@ -183,6 +178,22 @@ func TestDashboardBrowser(t *testing.T) {
 	}
 	screenshot(t, tab, dir, "dashboard-boards.png")
 
+	// The summary's link filters to a state; its stream follows the
+	// filter.
+	do("the idle boards", chromedp.Click(chromedp.CSS(`#boards-summary a[data-state="idle"]`)),
+		visible(row(l.sim.Boards[0].ID, `[data-state="idle"]`)), visible(`#boards-summary a.current[data-state="idle"]`), live)
+	shown, err := chromedp.Run(tab, chromedp.Evaluate[[]string](`Array.from(document.querySelectorAll("#boards-rows tr")).map(tr => tr.dataset.state)`))
+	if err != nil || len(shown) != 1 || shown[0] != "idle" {
+		t.Fatalf("the idle boards' rows: %v %v", shown, err)
+	}
+	if src, err := chromedp.Run(tab, chromedp.Evaluate[string](`document.querySelector("main").dataset.live`)); err != nil || src != "/live/?state=idle" {
+		t.Fatalf("the filtered page's stream: %q %v", src, err)
+	}
+	// Page 2 of all of them, by its link.
+	do("page 2", chromedp.Click(chromedp.CSS(`#boards-summary a[data-state=""]`)), visible(row(added, "")),
+		chromedp.Click(chromedp.CSS(`#boards-pager a[rel="next"]`)), visible(row("uart", "")),
+		visible(`#boards-pager .rows[data-page="2"]`), live)
+
 	do("the leases page", chromedp.Navigate(l.srv.URL+"/leases"),
 		visible(`tr[data-lease="`+held.ID+`"][data-state="active"]`), live)
 	other, err := acquire(ctx, l.clients["bob"], AcquireRequest{Boards: []string{l.sim.Boards[0].ID}})
@@ -205,6 +216,11 @@ func TestDashboardBrowser(t *testing.T) {
 	do("the rollout's progress", visible(row(l.sim.Boards[0].ID, `[data-result="committed"]`)),
 		visible(row(l.sim.Boards[1].ID, `[data-phase="prepare"]`)))
 	screenshot(t, tab, dir, "dashboard-rollout.png")
+	do("the rollout's committed boards", chromedp.Click(chromedp.CSS(`#rollout-summary a[data-result="committed"]`)),
+		visible(`#rollout-summary a.current[data-result="committed"]`), visible(row(l.sim.Boards[0].ID, `[data-result="committed"]`)), live)
+	if n, err := chromedp.Run(tab, chromedp.Evaluate[int](`document.querySelectorAll("#rollout-rows tr").length`)); err != nil || n != 1 {
+		t.Fatalf("the rollout's committed boards: %d rows %v", n, err)
+	}
 
 	do("the console page", chromedp.Navigate(l.srv.URL+"/boards/uart"),
 		visible(`//pre[@id="console"][contains(., "U-Boot 2024.01")]`))
@@ -226,6 +242,8 @@ func TestDashboardBrowser(t *testing.T) {
 	}
 	for _, tc := range []struct{ path, want string }{
 		{"/", row(added, `[data-state="offline"]`)},
+		{"/?page=2", row("uart", "")},
+		{"/?state=leased", row(l.sim.Boards[1].ID, `[data-holder="alice"]`)},
 		{"/", row(l.sim.Boards[1].ID, `[data-holder="alice"]`)},
 		{"/leases", `tr[data-lease="` + other.ID + `"]`},
 		{"/rollouts", `tr[data-rollout="` + ro.ID + `"]`},
@@ -240,5 +258,11 @@ func TestDashboardBrowser(t *testing.T) {
 		if err != nil || ran {
 			t.Errorf("%s without JavaScript: the script ran (%v)", tc.path, err)
 		}
+	}
+	// The filter is a plain form.
+	if err := chromedp.Do(noJS, chromedp.Navigate(l.srv.URL+"/"), chromedp.WaitReady(chromedp.CSS(`input[name="q"]`)),
+		chromedp.SendKeys(chromedp.CSS(`input[name="q"]`), "UART"), chromedp.Click(chromedp.CSS(`#boards-filter button`)),
+		chromedp.WaitReady(chromedp.CSS(row("uart", ""))), chromedp.WaitReady(chromedp.CSS(`#boards-pager .rows[data-pages="1"]`))); err != nil {
+		t.Fatalf("the filter form without JavaScript: %v", err)
 	}
 }

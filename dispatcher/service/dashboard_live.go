@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -119,25 +120,15 @@ func (d *dashboard) stream(w http.ResponseWriter, r *http.Request, vw *dashView)
 		d.s.mu.Lock()
 		changed := d.s.changed
 		d.s.mu.Unlock()
-		data, err := vw.load(ctx, r, v)
+		frags, err := d.liveRound(ctx, r, v, vw, sent)
 		if err != nil {
 			if ctx.Err() == nil {
 				d.s.log.Warn("dashboard: live view", "path", r.URL.Path, "err", err)
 			}
 			return
 		}
-		p := pageData{User: v.user.name, CSRF: d.csrf(v), Data: data}
-		for _, id := range vw.frags {
-			var buf bytes.Buffer
-			if err := d.pages[vw.tmpl].ExecuteTemplate(&buf, id, p); err != nil {
-				d.s.log.Error("dashboard: render", "fragment", id, "err", err)
-				return
-			}
-			if sent[id] == buf.String() {
-				continue
-			}
-			sent[id] = buf.String()
-			msg, err := json.Marshal(fragment{ID: id, HTML: buf.String()})
+		for _, f := range frags {
+			msg, err := json.Marshal(f)
 			if err != nil || es.event("fragment", msg) != nil {
 				return
 			}
@@ -165,6 +156,31 @@ func (d *dashboard) stream(w http.ResponseWriter, r *http.Request, vw *dashView)
 		case <-t.C:
 		}
 	}
+}
+
+// liveRound renders view vw's live regions for v again and returns those
+// that differ from what sent holds (the last sent of each), which it
+// updates.
+func (d *dashboard) liveRound(ctx context.Context, r *http.Request, v viewer, vw *dashView, sent map[string]string) ([]fragment, error) {
+	data, err := vw.load(ctx, r, v)
+	if err != nil {
+		return nil, err
+	}
+	p := pageData{User: v.user.name, CSRF: d.csrf(v), Data: data}
+	var out []fragment
+	var buf bytes.Buffer
+	for _, id := range vw.frags {
+		buf.Reset()
+		if err := d.pages[vw.tmpl].ExecuteTemplate(&buf, id, p); err != nil {
+			return nil, fmt.Errorf("render fragment %s: %w", id, err)
+		}
+		if sent[id] == string(buf.Bytes()) { // compared without a copy
+			continue
+		}
+		sent[id] = buf.String()
+		out = append(out, fragment{ID: id, HTML: sent[id]})
+	}
+	return out, nil
 }
 
 // consoleStream sends a board's console: a reset, its recent tail (what

@@ -22,6 +22,7 @@ import (
 	"github.com/boardlink/boardlink/dispatcher/power"
 	"github.com/boardlink/boardlink/dispatcher/store"
 	"github.com/boardlink/boardlink/internal/simlab"
+	"github.com/boardlink/boardlink/internal/testenv"
 )
 
 // dashClient is a browser without a browser: a cookie jar, and redirects
@@ -290,6 +291,14 @@ func TestDashboardEscapes(t *testing.T) {
 			t.Errorf("GET %s: inline script", p)
 		}
 	}
+	// A page's query (its filter) survives signing in.
+	anon := newDashClient(t, l.srv.URL)
+	if resp, _ := anon.do("GET", "/?state=idle&q=a+b", nil, nil); resp.Header.Get("Location") != "/signin?next="+url.QueryEscape("/?state=idle&q=a+b") {
+		t.Errorf("sign-in's next: %q", resp.Header.Get("Location"))
+	}
+	if resp, _ := anon.do("POST", "/signin", url.Values{"token": {l.tokens["alice"]}, "next": {"/?state=idle&q=a+b"}}, anon.sameSite()); resp.Header.Get("Location") != "/?q=a+b&state=idle" {
+		t.Errorf("next with a query: %q", resp.Header.Get("Location"))
+	}
 	// A next that leaves the site is not followed.
 	if resp, _ := c.do("POST", "/signin", url.Values{"token": {l.tokens["alice"]}, "next": {"//evil.example/x"}}, c.sameSite()); resp.Header.Get("Location") != "/" {
 		t.Errorf("next off the site: %q", resp.Header.Get("Location"))
@@ -493,9 +502,12 @@ func TestDashboardRollouts(t *testing.T) {
 	}
 }
 
-// BenchmarkDashboardBoards renders the boards page of a lab of 1,000
+// BenchmarkDashboardBoards renders the boards page of a lab of 10,000
 // boards (static entries on a closed port: offline, as the page's worst
-// case is no cheaper) for a signed-in user.
+// case is no cheaper) for a signed-in user, and the page of a rollout of
+// all of them, and one round of each one's live stream in which every
+// live region changed (what a stream sends after a change), and reports
+// the bytes of each.
 func BenchmarkDashboardBoards(b *testing.B) {
 	dir := b.TempDir()
 	tokFile := filepath.Join(dir, "alice.token")
@@ -503,8 +515,8 @@ func BenchmarkDashboardBoards(b *testing.B) {
 		b.Fatal(err)
 	}
 	cfg := Config{QuarantineAfter: -1, Users: []UserConfig{{Name: "alice", TokenFile: tokFile}}}
-	for i := range 1000 {
-		cfg.Boards = append(cfg.Boards, BoardConfig{ID: fmt.Sprintf("board-%04d", i), Address: "ws://127.0.0.1:1",
+	for i := range 10000 {
+		cfg.Boards = append(cfg.Boards, BoardConfig{ID: fmt.Sprintf("board-%05d", i), Address: "ws://127.0.0.1:1",
 			Model: "imx8", Labels: map[string]string{"rack": fmt.Sprint(i / 40)}})
 	}
 	ctx := context.Background()
@@ -517,23 +529,90 @@ func BenchmarkDashboardBoards(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	h := svc.Dashboard(DashboardConfig{})
-	req := httptest.NewRequest("GET", "/", nil)
-	req.AddCookie(&http.Cookie{Name: cookieName, Value: base64.RawURLEncoding.EncodeToString([]byte("token-of-alice"))})
-	var size, n int
-	// The process's CPU time too: on a busy machine ns/op is mostly the
-	// wait for a CPU.
-	cpu0 := cpuTime(b)
-	for b.Loop() {
+	d := svc.Dashboard(DashboardConfig{}).(*dashboard)
+	signedIn := func(path string) *http.Request {
+		req := httptest.NewRequest("GET", path, nil)
+		req.AddCookie(&http.Cookie{Name: cookieName, Value: base64.RawURLEncoding.EncodeToString([]byte("token-of-alice"))})
+		return req
+	}
+	// A rollout of every board: one in 333 failed, about half committed,
+	// the rest waiting.
+	ro := store.Rollout{ID: store.NewRolloutID(), Image: "fw.img", Version: "2.0.0", Selector: "model=imx8", Concurrency: 256}
+	if err := st.CreateRollout(ctx, ro); err != nil {
+		b.Fatal(err)
+	}
+	results := make([]store.BoardResult, len(cfg.Boards))
+	for i, bc := range cfg.Boards {
+		results[i] = store.BoardResult{RolloutID: ro.ID, BoardID: bc.ID, Phase: store.PhasePlan}
+		switch {
+		case i%333 == 0:
+			results[i].Phase, results[i].Result = store.PhaseDone, store.ResultFailed
+		case i%2 == 0:
+			results[i].Phase, results[i].Result = store.PhaseDone, store.ResultCommitted
+		}
+	}
+	if err := st.PutBoards(ctx, ro.ID, results); err != nil {
+		b.Fatal(err)
+	}
+	views := map[string]*dashView{}
+	for _, vw := range d.views() {
+		views[vw.tmpl] = vw
+	}
+	// A text filter that matches no board: a pass over every board's id,
+	// model and labels.
+	for _, page := range []struct{ name, path, view string }{
+		{"page", "/", "boards"}, {"page-filtered", "/?q=no-such-board", ""}, {"rollout-page", "/rollouts/" + ro.ID, "rollout"},
+	} {
+		b.Run(page.name, func(b *testing.B) {
+			benchPage(b, d, signedIn(page.path))
+		})
+		if page.view == "" {
+			continue
+		}
+		b.Run(strings.Replace(page.name, "page", "live-round", 1), func(b *testing.B) {
+			req := signedIn("/live" + page.path)
+			req.SetPathValue("id", ro.ID)
+			v, vw := d.viewer(req), views[page.view]
+			var size int
+			measure(b, func() {
+				frags, err := d.liveRound(ctx, req, v, vw, map[string]string{})
+				if err != nil || len(frags) != len(vw.frags) {
+					b.Fatalf("%d fragments: %v", len(frags), err)
+				}
+				size = 0
+				for _, f := range frags {
+					size += len(f.HTML)
+				}
+			})
+			b.ReportMetric(float64(size), "round-bytes")
+		})
+	}
+}
+
+// benchPage renders the page req asks for.
+func benchPage(b *testing.B, h http.Handler, req *http.Request) {
+	var size int
+	measure(b, func() {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)
 		if rec.Code != http.StatusOK {
 			b.Fatalf("%d %s", rec.Code, rec.Body.String())
 		}
 		size = rec.Body.Len()
+	})
+	b.ReportMetric(float64(size), "page-bytes")
+}
+
+// measure runs one op per iteration of b and reports the process's CPU
+// time per op too: on a busy machine ns/op is mostly the wait for a CPU.
+func measure(b *testing.B, op func()) {
+	b.ReportAllocs()
+	n := 0
+	cpu0 := cpuTime(b)
+	for b.Loop() {
+		op()
 		n++
 	}
-	b.ReportMetric(float64(size), "page-bytes")
 	b.ReportMetric(float64((cpuTime(b)-cpu0).Nanoseconds())/float64(n), "cpu-ns/op")
 }
 
@@ -544,4 +623,205 @@ func cpuTime(b *testing.B) time.Duration {
 		b.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// manyBoards restarts l's service with the boards more and n static
+// boards more on a closed port (they stay offline), named static-NNN,
+// model imx8, label rack rN (50 a rack), and waits for the sim boards
+// (static or found) to be idle.
+func manyBoards(t *testing.T, l *lab, n int, more ...BoardConfig) {
+	t.Helper()
+	l.stopService()
+	l.cfg.Boards = append(l.cfg.Boards, more...)
+	for i := range n {
+		l.cfg.Boards = append(l.cfg.Boards, BoardConfig{ID: fmt.Sprintf("static-%03d", i), Address: "ws://127.0.0.1:1",
+			Model: "imx8", Labels: map[string]string{"rack": fmt.Sprintf("r%d", i/50)}})
+	}
+	l.start(nil)
+	testenv.Eventually(t, "the sim boards found and idle", func() bool {
+		for _, b := range l.sim.Boards {
+			if got, err := l.svc.Board(b.ID); err != nil || got.State != Idle {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+var boardRow = regexp.MustCompile(`<tr id="board-[^"]*" data-board="([^"]+)"`)
+
+// rows are the boards of a boards page's (or fragment's) rows, in order.
+func rows(re *regexp.Regexp, html string) []string {
+	var out []string
+	for _, m := range re.FindAllStringSubmatch(html, -1) {
+		out = append(out, m[1])
+	}
+	return out
+}
+
+// TestDashboardPages: the boards page of a lab larger than a page shows
+// one page of rows (its size bounded by the page, not the lab), with
+// links to the others; a state (the summary's link), a text (id, model,
+// label, case aside) filter it, the summary counting all boards; a bad
+// query is a 400 naming the parameter. Its live stream follows the query
+// and sends a region only when it changed. A rollout's page lists its
+// failed boards first, a page at a time, filtered by result.
+func TestDashboardPages(t *testing.T) {
+	l := startLab(t, labOptions{boards: 2, ttl: time.Minute})
+	const n = 250 // and the 2 sim boards
+	manyBoards(t, l, n)
+	c := newDashClient(t, l.srv.URL)
+	c.signIn(l.tokens["alice"])
+	page := func(path string) string {
+		t.Helper()
+		resp, body := c.do("GET", path, nil, nil)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %s\n%s", path, resp.Status, body)
+		}
+		return body
+	}
+
+	body := page("/")
+	got := rows(boardRow, body)
+	if len(got) != perPage || got[0] != "sim-000" || got[2] != "static-000" {
+		t.Fatalf("first page: %d rows %v", len(got), got)
+	}
+	// A row is about 400 bytes; the page holds perPage of them whatever
+	// the lab's size.
+	if len(body) > perPage*1024 {
+		t.Errorf("the first page is %d bytes", len(body))
+	}
+	for _, want := range []string{`>252 boards</a>`, `data-state="offline">250 offline</a>`, `data-state="idle">2 idle</a>`,
+		"1–100 of 252", `<a href="?page=2" rel="next">`, `<a href="?page=3" rel="last">`, `data-live="/live/"`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("first page lacks %q", want)
+		}
+	}
+	body = page("/?page=3")
+	if got := rows(boardRow, body); len(got) != 52 || got[51] != "static-249" || !strings.Contains(body, "201–252 of 252") ||
+		strings.Contains(body, `rel="next"`) || !strings.Contains(body, `data-live="/live/?page=3"`) {
+		t.Errorf("last page: %d rows %v", len(got), got)
+	}
+	if got := rows(boardRow, page("/?page=9")); len(got) != 52 {
+		t.Errorf("past the last page: %d rows, not the last page's", len(got))
+	}
+
+	// The summary's link to a state filters to it; the counts stay.
+	body = page("/?page=2")
+	m := regexp.MustCompile(`<a href="([^"]*)" class="count state state-idle`).FindStringSubmatch(body)
+	if m == nil || m[1] != "?state=idle" {
+		t.Fatalf("the idle boards' link (from page 2): %v", m)
+	}
+	body = page("/" + m[1])
+	if got := rows(boardRow, body); len(got) != 2 || got[0] != "sim-000" || !strings.Contains(body, ">252 boards</a>") ||
+		!strings.Contains(body, `<option selected>idle</option>`) {
+		t.Errorf("idle boards: %v", got)
+	}
+	for q, want := range map[string]int{"R2": 50, "static-007": 1, "IMX8": n, "sim": 2, "nothing": 0} {
+		body := page("/?q=" + url.QueryEscape(q))
+		if got := rows(boardRow, body); len(got) != min(want, perPage) || !strings.Contains(body, fmt.Sprintf(" of %d<", want)) && want > 0 {
+			t.Errorf("?q=%s: %d rows", q, len(got))
+		}
+	}
+	if body := page("/?q=r2&state=idle"); len(rows(boardRow, body)) != 0 || !strings.Contains(body, "No board matches the filter.") {
+		t.Errorf("no match:\n%s", body)
+	}
+	for _, tc := range []struct{ query, field string }{
+		{"state=nope", "state"}, {"page=0", "page"}, {"page=x", "page"}, {"q=" + strings.Repeat("x", maxFilter+1), "q"},
+	} {
+		resp, body := c.do("GET", "/?"+tc.query, nil, nil)
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, tc.field+": ") {
+			t.Errorf("?%s: %s", tc.query, resp.Status)
+		}
+		if resp, _ := c.do("GET", "/live/?"+tc.query, nil, nil); resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("live ?%s: %s", tc.query, resp.Status)
+		}
+	}
+
+	// The live stream of the static boards' first page (whose rows do not
+	// age: never seen): a board leaving its last page changes the counts
+	// and the pager, not the rows, which are not sent again; a board
+	// leaving the page changes them.
+	resp, sc := openStream(t, c, "/live/?state=offline&q=static")
+	defer resp.Body.Close()
+	frag := func() fragment {
+		t.Helper()
+		var f fragment
+		if err := json.Unmarshal([]byte(nextEvent(t, sc).data), &f); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	for _, id := range []string{"boards-summary", "boards-pager", "boards-rows"} {
+		f := frag()
+		if f.ID != id {
+			t.Fatalf("fragment %s, want %s", f.ID, id)
+		}
+		if got := rows(boardRow, f.HTML); id == "boards-rows" && (len(got) != perPage || got[0] != "static-000") {
+			t.Fatalf("live rows: %d %v", len(got), got)
+		}
+	}
+	ctx := context.Background()
+	maintain := func(id string) {
+		t.Helper()
+		if _, err := l.clients["alice"].SetMaintenance(ctx, id, MaintenanceRequest{On: true, Reason: "test"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// (The summary may change by itself too: a sim board that misses a
+	// heartbeat on a loaded machine.)
+	maintain("static-249")
+	for f := frag(); f.ID != "boards-pager" || !strings.Contains(f.HTML, "1–100 of 249"); f = frag() {
+		if f.ID == "boards-rows" {
+			t.Fatalf("the rows sent again, unchanged")
+		}
+	}
+	maintain("static-000")
+	f := frag()
+	for f.ID != "boards-rows" {
+		f = frag()
+	}
+	if got := rows(boardRow, f.HTML); len(got) != perPage || got[0] != "static-001" {
+		t.Fatalf("live rows after static-000 left them: %v", got)
+	}
+	// A rollout of the static boards: 3 failed, 100 committed, the rest
+	// waiting.
+	ro := store.Rollout{ID: store.NewRolloutID(), Image: "fw.img", Version: "2.0.0", Selector: "model=imx8", Concurrency: 10, MaxFailures: 5}
+	if err := l.svc.st.CreateRollout(ctx, ro); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		b := store.BoardResult{RolloutID: ro.ID, BoardID: fmt.Sprintf("static-%03d", i), Phase: store.PhasePlan}
+		switch {
+		case i >= 200 && i < 203:
+			b.Phase, b.Result = store.PhaseDone, store.ResultFailed
+		case i < 100:
+			b.Phase, b.Result = store.PhaseDone, store.ResultCommitted
+		}
+		if err := l.svc.st.PutBoard(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rolloutRow := regexp.MustCompile(`<tr data-board="([^"]+)" data-phase="[^"]*" data-result="([^"]*)"`)
+	body = page("/rollouts/" + ro.ID)
+	got = rows(rolloutRow, body)
+	if len(got) != perPage || got[0] != "static-200" || got[2] != "static-202" || got[3] != "static-100" {
+		t.Fatalf("rollout page: %d rows %v", len(got), got)
+	}
+	for _, want := range []string{"103/250 done", `<a href="?result=failed" class="count result result-failed" data-result="failed">3 failed</a>`,
+		`data-result="committed">100 committed</a>`, "1–100 of 250", `<a href="?page=2" rel="next">`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("rollout page lacks %q", want)
+		}
+	}
+	if got := rows(rolloutRow, page("/rollouts/"+ro.ID+"?page=3")); len(got) != 50 || got[49] != "static-099" {
+		t.Errorf("rollout's last page (the committed last): %d %v", len(got), got)
+	}
+	body = page("/rollouts/" + ro.ID + "?result=failed")
+	if got := rows(rolloutRow, body); len(got) != 3 || !strings.Contains(body, "103/250 done") || !strings.Contains(body, "1–3 of 3") {
+		t.Errorf("failed boards: %v", got)
+	}
+	if resp, _ := c.do("GET", "/rollouts/"+ro.ID+"?page=-1", nil, nil); resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("rollout ?page=-1: %s", resp.Status)
+	}
 }

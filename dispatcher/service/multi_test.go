@@ -385,6 +385,12 @@ func TestDashboardTwoServices(t *testing.T) {
 
 			c := newDashClient(t, a.srv.URL)
 			c.signIn(a.tokens["alice"])
+			// A's boards page filters by the service that drives a board.
+			_, boards := c.do("GET", "/?owner=B", nil, nil)
+			if got := strings.Join(rows(boardRow, boards), " "); got != onB+" b-uart" ||
+				!strings.Contains(boards, `<option selected>B</option>`) || !strings.Contains(boards, `<option>A</option>`) {
+				t.Fatalf("B's boards on A's dashboard: %s\n%s", got, boards)
+			}
 			page := "/boards/" + onB
 			if _, body := c.do("GET", page, nil, nil); !strings.Contains(body, `id="power-cycle"`) ||
 				!strings.Contains(body, "driver configured") {

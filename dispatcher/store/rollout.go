@@ -426,16 +426,24 @@ func (s *Store) Boards(ctx context.Context, rolloutID string, results ...string)
 
 // boards lists a rollout's boards; no results is all of them.
 func (s *Store) boards(ctx context.Context, rolloutID string, results []string) ([]BoardResult, error) {
-	q := `SELECT rollout_id, board_id, address, phase, result, reason, from_version, to_version,
-		bytes_sent, attempts, started, ended, update_id FROM board_results WHERE rollout_id = ?`
-	args := []any{rolloutID}
+	var (
+		where string
+		args  []any
+	)
 	if len(results) > 0 {
-		q += ` AND result IN (` + placeholders(len(results)) + `)`
+		where = ` AND result IN (` + placeholders(len(results)) + `)`
 		for _, r := range results {
 			args = append(args, r)
 		}
 	}
-	rows, err := s.db.QueryContext(ctx, q+` ORDER BY board_id`, args...)
+	return s.queryBoards(ctx, rolloutID, where+` ORDER BY board_id`, args...)
+}
+
+// queryBoards is rollout rolloutID's boards that the SQL rest (after its
+// WHERE, with args) selects and orders.
+func (s *Store) queryBoards(ctx context.Context, rolloutID, rest string, args ...any) ([]BoardResult, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT rollout_id, board_id, address, phase, result, reason, from_version, to_version,
+		bytes_sent, attempts, started, ended, update_id FROM board_results WHERE rollout_id = ?`+rest, append([]any{rolloutID}, args...)...)
 	if err != nil {
 		return nil, fmt.Errorf("store: boards of %s: %w", rolloutID, err)
 	}
@@ -457,6 +465,75 @@ func (s *Store) boards(ctx context.Context, rolloutID string, results []string) 
 		return nil, fmt.Errorf("store: boards of %s: %w", rolloutID, err)
 	}
 	return out, nil
+}
+
+// keyWhere is the SQL condition (and its args) of the boards that count
+// under Summary key key.
+func keyWhere(key string) (string, []any) {
+	switch key {
+	case SummaryPending:
+		return `result = '' AND phase = ?`, []any{PhasePlan}
+	case SummaryRunning:
+		return `result = '' AND phase <> ?`, []any{PhasePlan}
+	}
+	return `result = ?`, []any{key}
+}
+
+// RolloutPage returns the rollout whose id is id, or the only one whose id
+// begins with id (see ResolveRollout), with its Boards and Summary but
+// without its Plan, and a page of its boards: those that count under the
+// Summary key key ("": all of them), from the skip-th on, at most limit,
+// those that failed in any way first, then those running, pending,
+// skipped and committed, each by board id. Unlike Rollout, it reads the
+// page's boards only, not all of a rollout of thousands.
+func (s *Store) RolloutPage(ctx context.Context, id, key string, skip, limit int) (Rollout, []BoardResult, error) {
+	full, err := s.ResolveRollout(ctx, id)
+	if err != nil {
+		return Rollout{}, nil, err
+	}
+	r, err := scanRollout(s.db.QueryRowContext(ctx, `SELECT `+rolloutColumns+` FROM rollouts WHERE id = ?`, full))
+	if errors.Is(err, sql.ErrNoRows) { // deleted in between
+		return Rollout{}, nil, fmt.Errorf("store: no rollout %q: %w", id, ErrNotFound)
+	}
+	if err != nil {
+		return Rollout{}, nil, fmt.Errorf("store: rollout %s: %w", full, err)
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT phase, result, count(*) FROM board_results WHERE rollout_id = ?
+		GROUP BY phase, result`, full)
+	if err != nil {
+		return Rollout{}, nil, fmt.Errorf("store: rollout %s: %w", full, err)
+	}
+	for rows.Next() {
+		var (
+			phase, result string
+			n             int
+		)
+		if err := rows.Scan(&phase, &result, &n); err != nil {
+			rows.Close()
+			return Rollout{}, nil, fmt.Errorf("store: rollout %s: %w", full, err)
+		}
+		r.Summary[summaryKey(phase, result)] += n
+		r.Boards += n
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return Rollout{}, nil, fmt.Errorf("store: rollout %s: %w", full, err)
+	}
+	var (
+		where string
+		args  []any
+	)
+	if key != "" {
+		where, args = keyWhere(key)
+		where = ` AND ` + where
+	}
+	args = append(args, ResultCommitted, ResultSkipped, PhasePlan, max(0, limit), max(0, skip))
+	boards, err := s.queryBoards(ctx, full, where+` ORDER BY CASE WHEN result = ? THEN 4 WHEN result = ? THEN 3
+		WHEN result = '' AND phase = ? THEN 2 WHEN result = '' THEN 1 ELSE 0 END, board_id LIMIT ? OFFSET ?`, args...)
+	if err != nil {
+		return Rollout{}, nil, err
+	}
+	return r, boards, nil
 }
 
 // Rollouts returns the newest limit rollouts (all when limit <= 0), newest
