@@ -624,12 +624,13 @@ func TestRolloutDialsItsOwnBoard(t *testing.T) {
 	if err := b.svc.st.PutLabBoard(ctx, store.LabBoard{ID: "a-999", Address: own.Addr(), State: string(Idle), Owner: "C"}); err != nil {
 		t.Fatal(err)
 	}
-	testenv.Eventually(t, "C's board on B", func() bool {
+	testenv.Eventually(t, "C's board on B, and B's own board idle and B's", func() bool {
 		if err := b.svc.claimRound(ctx); err != nil {
 			t.Fatal(err)
 		}
 		v, err := b.svc.Board("a-999")
-		return err == nil && v.Owner == "C"
+		mine, err2 := b.svc.Board(own.ID)
+		return err == nil && v.Owner == "C" && err2 == nil && mine.Owner == "B" && mine.State == Idle
 	})
 	img := (&otaLab{lab: &lab{t: t, dir: t.TempDir()}, key: key}).image("2.0.0")
 	alice := b.clients["alice"]
