@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -127,13 +128,13 @@ func TestMigrateFromVersion5(t *testing.T) {
 		}
 		s.Close()
 		db := raw(t, dsn)
-		for _, q := range []string{`DROP TABLE rollout_parts`, `UPDATE schema_version SET version = 5`} {
+		for _, q := range append(slices.Clone(toVersion6), `DROP TABLE rollout_parts`, `UPDATE schema_version SET version = 5`) {
 			if _, err := db.Exec(q); err != nil {
 				t.Fatal(err)
 			}
 		}
 		s = open(t, dsn)
-		if v := schemaVersion(t, dsn); v != 6 {
+		if v := schemaVersion(t, dsn); v != SchemaVersion() {
 			t.Fatalf("schema version %d", v)
 		}
 		if r, bs, err := s.Rollout(ctx, "r-1"); err != nil || r.State != StateDone || len(bs) != 1 || r.Summary[ResultCommitted] != 1 {
