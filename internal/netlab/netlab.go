@@ -84,8 +84,9 @@ var ErrName = errors.New("netlab: a label or name must be 1 to 32 of A-Z, a-z, 0
 var seq atomic.Int64
 
 // New makes a hub namespace with a bridge, and for each name a namespace
-// on it, the i-th with address 10.77.1.i+1, once it has removed what
-// Sweep removes. The namespaces are named PREFIX-LABEL-br (the hub) and
+// on it, the i-th with address 10.77.1.i+1, once it has removed the
+// namespaces of earlier Nets whose maker is gone, with the processes
+// left in them (sweep). The namespaces are named PREFIX-LABEL-br (the hub) and
 // PREFIX-LABEL-NAME, PREFIX being unique to the Net and naming this
 // process (nlPID-START-N); label says what they are for. On error, what
 // was made is removed.
@@ -104,7 +105,7 @@ func New(ctx context.Context, label string, names ...string) (n *Net, err error)
 	if _, err := exec.LookPath("ip"); err != nil {
 		return nil, fmt.Errorf("netlab: no ip(8) (iproute2): %w", err)
 	}
-	if _, err := Sweep(ctx); err != nil {
+	if err := sweep(ctx); err != nil {
 		return nil, err
 	}
 	self, err := makerOf(os.Getpid())
@@ -198,17 +199,17 @@ func makerOf(pid int) (string, error) {
 	return fmt.Sprintf("nl%d-%s", pid, fields[19]), nil
 }
 
-// Sweep removes the namespaces of Nets whose maker is gone (no process
+// sweep removes the namespaces of Nets whose maker is gone (no process
 // of that pid and start time), killing (SIGKILL) the processes still in
-// them, and returns their names. Namespaces of a live maker, and those
-// netlab did not name, are left alone. New calls it first.
-func Sweep(ctx context.Context) ([]string, error) {
+// them. Namespaces of a live maker, and those netlab did not name, are
+// left alone. New calls it first.
+func sweep(ctx context.Context) error {
 	ents, err := os.ReadDir(netnsDir)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
+		return nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("netlab: %w", err)
+		return fmt.Errorf("netlab: %w", err)
 	}
 	var stale []string
 	for _, e := range ents {
@@ -226,19 +227,17 @@ func Sweep(ctx context.Context) ([]string, error) {
 		stale = append(stale, e.Name())
 	}
 	var errs []error
-	var removed []string
 	for _, ns := range stale {
 		if err := ctx.Err(); err != nil {
-			return removed, err
+			return err
 		}
 		err := errors.Join(killIn(ns), deleteAll([]string{ns}))
 		if _, serr := os.Stat(filepath.Join(netnsDir, ns)); errors.Is(serr, fs.ErrNotExist) {
-			removed = append(removed, ns) // by us or by another process's Sweep
-			continue
+			continue // removed, by us or by another process's sweep
 		}
 		errs = append(errs, err)
 	}
-	return removed, errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
 // killIn sends SIGKILL to every process in namespace ns (as ip netns pids

@@ -226,20 +226,21 @@ func TestNewSweepsAfterSIGKILL(t *testing.T) {
 	}
 	held, loose := pidfd(t, l.Held), pidfd(t, l.Loose)
 	t.Cleanup(func() { unix.PidfdSendSignal(loose, unix.SIGKILL, nil, 0) })
-	if err := child.Process.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	child.Wait()
-
+	// Checked while the leaver lives: once it is dead, a New of another
+	// test binary may sweep them at any time.
 	for _, ns := range l.Names {
 		if _, err := os.Stat(filepath.Join(netnsDir, ns)); err != nil {
 			t.Fatalf("the leaver's namespace %s: %v", ns, err)
 		}
 	}
-	testenv.Eventually(t, "the leaver's Command to die with it", func() bool { return ended(t, held) })
-	if ended(t, loose) {
-		t.Fatal("the process started without the parent-death signal ended with the leaver")
+	if ended(t, held) || ended(t, loose) {
+		t.Fatal("the leaver's processes ended before it")
 	}
+	if err := child.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	child.Wait()
+	testenv.Eventually(t, "the leaver's Command to die with it", func() bool { return ended(t, held) })
 
 	next, err := New(ctx, "t", "b")
 	if err != nil {
