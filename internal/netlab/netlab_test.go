@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -47,7 +48,8 @@ func needNetns(t *testing.T) {
 
 // TestNet: a listener in the first namespace is reached over the bridge
 // from the hub and from the second namespace; a command runs in a
-// namespace with its address; Close removes the namespaces.
+// namespace with its address; the dials' threads come back; Close
+// removes the namespaces.
 func TestNet(t *testing.T) {
 	needNetns(t)
 	ctx := context.Background()
@@ -94,6 +96,24 @@ func TestNet(t *testing.T) {
 		closeNS()
 		if err != nil || string(got) != "hello from a\n" {
 			t.Fatalf("from %s: %q %v", from, got, err)
+		}
+	}
+	// The dials' threads are back in this process's namespace: no
+	// goroutine finds itself in another.
+	home, err := os.Stat("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 50 {
+		elsewhere := make(chan bool)
+		go func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			fi, err := os.Stat("/proc/thread-self/ns/net")
+			elsewhere <- err != nil || !os.SameFile(fi, home)
+		}()
+		if <-elsewhere {
+			t.Fatal("a thread left in another network namespace")
 		}
 	}
 	if err := n.Close(); err != nil {
@@ -282,5 +302,55 @@ func TestNewRefusesNames(t *testing.T) {
 		if _, err := New(context.Background(), c.label, c.names...); !errors.Is(err, ErrName) {
 			t.Errorf("New(%q, %q): %v, want ErrName", c.label, c.names, err)
 		}
+	}
+}
+
+// TestDialsKeepCommands: dials from a namespace end no thread, so a
+// Command started from a thread of its own that then went back to the
+// pool keeps running (its parent-death signal comes when that thread
+// ends) however many dials follow.
+func TestDialsKeepCommands(t *testing.T) {
+	needNetns(t)
+	ctx := context.Background()
+	n, err := New(ctx, "t", "a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	ns := n.Spaces[0].Name
+	ln := listenIn(t, ns, "10.77.1.1:0")
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	cmd := Command(ns, "sleep", "infinity")
+	var startErr error
+	tid := testenv.OnPooledThread(func() { startErr = cmd.Start() })
+	if startErr != nil {
+		t.Fatal(startErr)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	dial, closeNS, err := Dialer(n.Hub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeNS()
+	for range 100 {
+		c, err := dial(ctx, "tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", tid)); err != nil {
+		t.Fatalf("the thread that started the Command ended: %v", err)
+	}
+	if ended(t, pidfd(t, cmd.Process.Pid)) {
+		t.Fatal("the Command ended")
 	}
 }

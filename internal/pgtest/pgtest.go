@@ -243,7 +243,7 @@ func start(ctx context.Context, settings []string) (_ *cluster, err error) {
 		// the postmaster ends, not the process (golang/go#27505), and Go
 		// ends a thread whose goroutine exits locked to it (as
 		// netlab.Dialer's did, on whatever thread it ran): the postmaster
-		// got SIGQUIT mid-test and its socket was gone. Holding this
+		// would get SIGQUIT mid-test, and its socket go. Holding this
 		// thread for the postmaster's life keeps every other goroutine
 		// off it.
 		runtime.LockOSThread()

@@ -54,42 +54,17 @@ func TestNew(t *testing.T) {
 // parent-death signal (SIGQUIT), is never one of them; the postmaster
 // answers on its socket.
 func TestOutlivesEndedThreads(t *testing.T) {
-	if _, err := binDir(); err != nil {
+	_, err := binDir()
+	if err != nil {
 		testenv.SkipOrFail(t, "no PostgreSQL (apt-get install postgresql): %v", err)
 	}
-	// This goroutine keeps its thread, so that the next ones run on
-	// others; a goroutine that finds itself on the main thread keeps it
-	// until the test ends, so that the next cannot.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	type started struct {
-		c    *Cluster
-		err  error
-		main bool
+	var c *Cluster
+	testenv.OnPooledThread(func() { c, err = Start(context.Background()) })
+	if err != nil {
+		t.Fatal(err)
 	}
-	release := make(chan struct{})
-	defer close(release)
-	var s started
-	for s = (started{main: true}); s.main; {
-		ch := make(chan started)
-		go func() {
-			runtime.LockOSThread()
-			if unix.Gettid() == os.Getpid() {
-				ch <- started{main: true}
-				<-release
-				return
-			}
-			c, err := Start(context.Background())
-			runtime.UnlockOSThread()
-			ch <- started{c: c, err: err}
-		}()
-		s = <-ch
-	}
-	if s.err != nil {
-		t.Fatal(s.err)
-	}
-	defer s.c.Stop()
-	starter := s.c.c.starter
+	defer c.Stop()
+	starter := c.c.starter
 	for range 200 {
 		ended := make(chan int)
 		go func() {
@@ -103,9 +78,9 @@ func TestOutlivesEndedThreads(t *testing.T) {
 	if _, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", starter)); err != nil {
 		t.Fatalf("the postmaster's starting thread: %v", err)
 	}
-	dsn, err := s.c.CreateDatabase(context.Background(), "outlives")
+	dsn, err := c.CreateDatabase(context.Background(), "outlives")
 	if err != nil {
-		t.Fatalf("after threads ended: %v\n%s", err, s.c.c.log)
+		t.Fatalf("after threads ended: %v\n%s", err, c.c.log)
 	}
 	db, err := sql.Open("pgx", dsn)
 	if err != nil {
@@ -113,6 +88,6 @@ func TestOutlivesEndedThreads(t *testing.T) {
 	}
 	defer db.Close()
 	if err := db.PingContext(context.Background()); err != nil {
-		t.Fatalf("after threads ended: %v\n%s", err, s.c.c.log)
+		t.Fatalf("after threads ended: %v\n%s", err, c.c.log)
 	}
 }
