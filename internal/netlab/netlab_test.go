@@ -46,6 +46,19 @@ func needNetns(t *testing.T) {
 	}
 }
 
+// newNet makes a Net of namespaces names for t, which it closes, or
+// skips t without root.
+func newNet(t *testing.T, names ...string) *Net {
+	t.Helper()
+	needNetns(t)
+	n, err := New(context.Background(), "t", names...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	return n
+}
+
 // TestNet: a listener in the first namespace is reached over the bridge
 // from the hub and from the second namespace; a command runs in a
 // namespace with its address; the dials' threads come back; Close
@@ -210,13 +223,7 @@ func netnsList(t *testing.T) string {
 // both; it leaves alone the namespaces of a live maker (this process's)
 // and one netlab did not name.
 func TestNewSweepsAfterSIGKILL(t *testing.T) {
-	needNetns(t)
-	ctx := context.Background()
-	mine, err := New(ctx, "t", "a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { mine.Close() })
+	mine := newNet(t, "a")
 	foreign := fmt.Sprintf("nl%d-not-netlabs", os.Getpid())
 	if out, err := exec.Command("ip", "netns", "add", foreign).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add %s: %v\n%s", foreign, err, out)
@@ -262,11 +269,7 @@ func TestNewSweepsAfterSIGKILL(t *testing.T) {
 	child.Wait()
 	testenv.Eventually(t, "the leaver's Command to die with it", func() bool { return ended(t, held) })
 
-	next, err := New(ctx, "t", "b")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { next.Close() })
+	next := newNet(t, "b")
 	list := netnsList(t)
 	for _, ns := range l.Names {
 		if strings.Contains(list, ns) {
@@ -310,13 +313,7 @@ func TestNewRefusesNames(t *testing.T) {
 // pool keeps running (its parent-death signal comes when that thread
 // ends) however many dials follow.
 func TestDialsKeepCommands(t *testing.T) {
-	needNetns(t)
-	ctx := context.Background()
-	n, err := New(ctx, "t", "a")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
+	n := newNet(t, "a")
 	ns := n.Spaces[0].Name
 	ln := listenIn(t, ns, "10.77.1.1:0")
 	go func() {
@@ -341,7 +338,7 @@ func TestDialsKeepCommands(t *testing.T) {
 	}
 	defer closeNS()
 	for range 100 {
-		c, err := dial(ctx, "tcp", ln.Addr().String())
+		c, err := dial(context.Background(), "tcp", ln.Addr().String())
 		if err != nil {
 			t.Fatal(err)
 		}
