@@ -16,8 +16,8 @@
 //
 // As root (unless -loopback), each instance and its boards' process run
 // in a network namespace of their own (internal/netlab, named after this
-// process: bllabPID-s0, ...), joined by a veth each to a bridge in a hub
-// namespace (bllabPID-br, 10.77.0.1): the boards on the namespace's own
+// process: nlPID-START-1-lab-s0, ...), joined by a veth each to a bridge
+// in a hub namespace (nlPID-START-1-lab-br, 10.77.0.1): the boards on the namespace's own
 // loopback, 127.0.0.1, which only their instance reaches, and the service
 // on https://10.77.1.K+1:7300 for instance K (TLS with a certificate made
 // for the run, which the peers trust), so a lease's command forwarded
@@ -64,7 +64,10 @@
 // touched, and nothing multicasts. The whole run is bounded by -timeout.
 // Everything it starts and writes (processes, namespaces with their veths
 // and bridge, files) is removed when it ends, also on error or Ctrl-C;
-// only -logs DIR keeps the services' and the boards' logs. At the end it
+// only -logs DIR keeps the services' and the boards' logs. Killed with
+// SIGKILL, it leaves no process (each dies with it: the parent-death
+// signal), and its namespaces are removed by the next run, or any other
+// user of netlab; only its temporary files stay. At the end it
 // counts each service's lost boards by error, from its log.
 package main
 
@@ -854,7 +857,7 @@ func startNetwork(ctx context.Context, dir string, n int) (*network, error) {
 	for k := range names {
 		names[k] = fmt.Sprintf("s%d", k)
 	}
-	nl, err := netlab.New(ctx, fmt.Sprintf("bllab%d", os.Getpid()), names...)
+	nl, err := netlab.New(ctx, "lab", names...)
 	if err != nil {
 		return nil, err
 	}
