@@ -71,16 +71,21 @@ const (
 	outputChunk = 32 << 10
 	// startWait bounds the wait for the start message after the upgrade.
 	startWait = 30 * time.Second
+	// cancelGrace is how long a client whose context ended waits for the
+	// record of the command it canceled.
+	cancelGrace = 5 * time.Second
+)
+
+// The stream's clocks; variables for the tests.
+var (
 	// streamPing is how often the service pings the client; streamIdle
 	// is how long either end hears nothing (no message, no ping, no pong)
 	// before it takes the other for gone.
 	streamPing = 15 * time.Second
 	streamIdle = 3 * streamPing
-	// writeWait bounds one write to the other end.
+	// writeWait bounds one write of the service's to the client, and a
+	// ping or close frame of either end.
 	writeWait = 10 * time.Second
-	// cancelGrace is how long a client whose context ended waits for the
-	// record of the command it canceled.
-	cancelGrace = 5 * time.Second
 )
 
 // Why the service ends a streamed command early.
@@ -209,7 +214,7 @@ func (s *Service) hExecStream(w http.ResponseWriter, r *http.Request, c *call) e
 func (s *Service) execSession(ctx context.Context, ws *websocket.Conn, c *call) string {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	w := newWSWriter(ws, streamPing, func(err error) { cancel(fmt.Errorf("%w: %w", errClientLeft, err)) })
+	w := newWSWriter(ws, streamPing, writeWait, func(err error) { cancel(fmt.Errorf("%w: %w", errClientLeft, err)) })
 	ws.SetReadLimit(maxBody) // the start message, as a POST's body
 	_ = ws.SetReadDeadline(time.Now().Add(startWait))
 	req, err := readStart(ws)
@@ -304,8 +309,10 @@ func readInput(ws *websocket.Conn, stdin *io.PipeWriter, sizes chan dispatcher.S
 				return
 			}
 			// Blocks until the command reads it: the client's input
-			// waits in its socket, not here.
+			// waits in its socket, not here. The wait was the
+			// command's, not a silence of the client's.
 			_, _ = stdin.Write(raw)
+			_ = alive("")
 			continue
 		}
 		var in ExecStreamInput
@@ -338,23 +345,26 @@ type wsMessage struct {
 }
 
 // wsWriter is the one goroutine that writes a WebSocket (either
-// end's): messages come to it on a channel, each written within
-// writeWait, with a ping every ping (0: none) between them.
+// end's): messages come to it on a channel, each written within wait
+// (0: no bound), with a ping every ping (0: none) between them, and the
+// pongs its reader asks for.
 type wsWriter struct {
 	ws      *websocket.Conn
 	msgs    chan wsMessage
+	pongs   chan string   // the last ping not answered yet
 	closing chan struct{} // closed by finish
 	gone    chan struct{} // closed when it stops writing
 	onFail  func(error)   // called if a write fails (nil: nothing)
 }
 
-func newWSWriter(ws *websocket.Conn, ping time.Duration, onFail func(error)) *wsWriter {
-	w := &wsWriter{ws: ws, msgs: make(chan wsMessage), closing: make(chan struct{}), gone: make(chan struct{}), onFail: onFail}
-	go w.loop(ping)
+func newWSWriter(ws *websocket.Conn, ping, wait time.Duration, onFail func(error)) *wsWriter {
+	w := &wsWriter{ws: ws, msgs: make(chan wsMessage), pongs: make(chan string, 1), closing: make(chan struct{}),
+		gone: make(chan struct{}), onFail: onFail}
+	go w.loop(ping, wait)
 	return w
 }
 
-func (w *wsWriter) loop(every time.Duration) {
+func (w *wsWriter) loop(every, wait time.Duration) {
 	defer close(w.gone)
 	var tick <-chan time.Time
 	if every > 0 {
@@ -362,12 +372,20 @@ func (w *wsWriter) loop(every time.Duration) {
 		defer t.Stop()
 		tick = t.C
 	}
+	var deadline func() time.Time // zero: none
+	if wait > 0 {
+		deadline = func() time.Time { return time.Now().Add(wait) }
+	} else {
+		deadline = func() time.Time { return time.Time{} }
+	}
 	for {
 		var err error
 		select {
 		case m := <-w.msgs:
-			_ = w.ws.SetWriteDeadline(time.Now().Add(writeWait))
+			_ = w.ws.SetWriteDeadline(deadline())
 			err = w.ws.WriteMessage(m.kind, m.data)
+		case p := <-w.pongs:
+			err = w.ws.WriteControl(websocket.PongMessage, []byte(p), deadline())
 		case <-tick:
 			err = w.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait))
 		case <-w.closing:
@@ -382,6 +400,21 @@ func (w *wsWriter) loop(every time.Duration) {
 			}
 			return
 		}
+	}
+}
+
+// pong has the writer answer a ping, in its turn: the reader that asks
+// never waits on a write (behind input the other end does not read yet,
+// the pong would wait, and the output with it). An unanswered ping is
+// replaced by a newer one, whose pong is enough (RFC 6455 5.5.3).
+func (w *wsWriter) pong(data string) {
+	select {
+	case <-w.pongs:
+	default:
+	}
+	select {
+	case w.pongs <- data:
+	default:
 	}
 }
 

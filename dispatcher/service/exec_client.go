@@ -29,10 +29,17 @@ func (c *Client) ExecStream(ctx context.Context, id, lease string, r ExecStreamR
 		return ExecOutcome{}, err
 	}
 	ws.SetReadLimit(maxFrame)
-	w := newWSWriter(ws, 0, nil)
+	// Input is written without a bound: a command may leave its stdin
+	// unread as long as it likes (the service reads none meanwhile, and
+	// this write waits in the socket), and a service gone shows in
+	// readOutput, whose end closes the socket under the write.
+	w := newWSWriter(ws, 0, 0, nil)
 	defer func() {
-		w.finish(nil)
+		// The outcome came (the service closes its end next), or the
+		// stream failed: the socket goes first, so that a write of
+		// input still waiting ends.
 		ws.Close()
+		w.finish(nil)
 	}()
 	if err := w.sendJSON(ExecStreamInput{Start: &r}); err != nil {
 		return ExecOutcome{}, fmt.Errorf("exec stream: sending the start: %w", err)
@@ -58,13 +65,13 @@ func (c *Client) ExecStream(ctx context.Context, id, lease string, r ExecStreamR
 		}()
 	}
 	// Canceled: the command is asked to end, and its record awaited a
-	// while.
+	// while; the request may wait behind input the command has not read.
 	stop := context.AfterFunc(ctx, func() {
-		_ = w.sendJSON(ExecStreamInput{Cancel: true})
 		time.AfterFunc(cancelGrace, func() { ws.Close() })
+		_ = w.sendJSON(ExecStreamInput{Cancel: true})
 	})
 	defer stop()
-	out, err := readOutput(ws, sio)
+	out, err := readOutput(ws, w, sio)
 	if err != nil && ctx.Err() != nil {
 		return out, fmt.Errorf("exec stream: %w (%w)", context.Cause(ctx), err)
 	}
@@ -91,18 +98,15 @@ func pumpStdin(in io.Reader, w *wsWriter) {
 
 // readOutput is the client's one reader: it copies the command's output
 // to sio until the final record or an error comes.
-func readOutput(ws *websocket.Conn, sio ExecIO) (ExecOutcome, error) {
+func readOutput(ws *websocket.Conn, w *wsWriter, sio ExecIO) (ExecOutcome, error) {
 	// The service pings every streamPing: silence longer than
 	// streamIdle is a service, or a network, gone.
 	alive := func() { _ = ws.SetReadDeadline(time.Now().Add(streamIdle)) }
 	alive()
 	ws.SetPingHandler(func(data string) error {
 		alive()
-		err := ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(writeWait))
-		if errors.Is(err, websocket.ErrCloseSent) {
-			return nil
-		}
-		return err
+		w.pong(data)
+		return nil
 	})
 	for {
 		kind, raw, err := ws.ReadMessage()

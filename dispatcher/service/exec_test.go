@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -206,5 +207,27 @@ func TestExecStreamLeases(t *testing.T) {
 	_, resp, err := websocket.DefaultDialer.Dial(req.URL.String(), nil)
 	if err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("without a token: %v %v", resp, err)
+	}
+}
+
+// TestExecStreamInputWaits: a command that leaves its input unread for a
+// while (here a second and a half, five times the stream's clocks, shortened
+// for the test) still gets all of it. The input waits in the client's
+// socket meanwhile, the service reading none: neither the client's write
+// of it nor the service's silence toward the client ends the stream, and
+// the pings go on being answered as they can.
+func TestExecStreamInputWaits(t *testing.T) {
+	p, i, w := streamPing, streamIdle, writeWait
+	t.Cleanup(func() { streamPing, streamIdle, writeWait = p, i, w }) // after the lab's
+	streamPing, streamIdle, writeWait = 50*time.Millisecond, 300*time.Millisecond, 150*time.Millisecond
+	l := startLab(t, labOptions{boards: 1, ttl: time.Minute})
+	l.waitIdle()
+	const size = 32 << 20 // more than the sockets and pipes on the way hold
+	r := startStream(context.Background(), l.clients["alice"], l.sim.Boards[0].ID, "", ExecStreamRequest{
+		ExecRequest: ExecRequest{Shell: true, Argv: []string{"sleep 1.5; wc -c"}}},
+		ExecIO{Stdin: strings.NewReader(strings.Repeat("x", size))})
+	out, err := r.wait(t)
+	if err != nil || out.Result.ExitCode != 0 || strings.TrimSpace(r.out.String()) != strconv.Itoa(size) {
+		t.Fatalf("%+v %v: %q %q", out, err, r.out.String(), r.errOut.String())
 	}
 }
