@@ -533,6 +533,9 @@ func (c *Client) wait(ctx context.Context, id string) (proto.ExecResult, error) 
 // its id is known, if it is not yet) and waits for its record.
 func (c *Client) cancelRun(ctx context.Context, id string, started <-chan proto.ExecStarted, done <-chan error, res *proto.ExecRunResult, e *execStreams) (proto.ExecResult, error) {
 	canceled := fmt.Errorf("exec.run: %w", ctx.Err())
+	if cause := context.Cause(ctx); cause != ctx.Err() {
+		canceled = fmt.Errorf("exec.run: %w: %w", ctx.Err(), cause) // why, for the log
+	}
 	grace := time.NewTimer(cancelGrace)
 	defer grace.Stop()
 	// The record can come before the last of the output (what the

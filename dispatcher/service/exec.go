@@ -83,8 +83,7 @@ var (
 	// before it takes the other for gone.
 	streamPing = 15 * time.Second
 	streamIdle = 3 * streamPing
-	// writeWait bounds one write of the service's to the client, and a
-	// ping or close frame of either end.
+	// writeWait bounds the close frame of either end.
 	writeWait = 10 * time.Second
 )
 
@@ -214,7 +213,11 @@ func (s *Service) hExecStream(w http.ResponseWriter, r *http.Request, c *call) e
 func (s *Service) execSession(ctx context.Context, ws *websocket.Conn, c *call) string {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	w := newWSWriter(ws, streamPing, writeWait, func(err error) { cancel(fmt.Errorf("%w: %w", errClientLeft, err)) })
+	// Output is written without a bound, as input is: a client may read
+	// it as slowly as it likes (a pager, a terminal on hold); one gone
+	// is heard no more (it pings as the service does), and readInput
+	// then closes the socket under the write.
+	w := newWSWriter(ws, streamPing, 0, func(err error) { cancel(fmt.Errorf("%w: %w", errClientLeft, err)) })
 	ws.SetReadLimit(maxBody) // the start message, as a POST's body
 	_ = ws.SetReadDeadline(time.Now().Add(startWait))
 	req, err := readStart(ws)
@@ -244,7 +247,7 @@ func (s *Service) execSession(ctx context.Context, ws *websocket.Conn, c *call) 
 	read := make(chan struct{})
 	go func() {
 		defer close(read)
-		readInput(ws, stdin, sizes, cancel)
+		readInput(ws, w, stdin, sizes, cancel)
 	}()
 	out, err := s.ExecStream(ctx, c.user, c.board, c.lease, *req, sio)
 	if pr != nil {
@@ -288,15 +291,20 @@ func readStart(ws *websocket.Conn) (*ExecStreamRequest, error) {
 // stdin (nil: the command takes no input), passes resizes to sizes and
 // ends when the client leaves, canceling the command, or when the
 // connection is closed at the end.
-func readInput(ws *websocket.Conn, stdin *io.PipeWriter, sizes chan dispatcher.Size, cancel context.CancelCauseFunc) {
+func readInput(ws *websocket.Conn, w *wsWriter, stdin *io.PipeWriter, sizes chan dispatcher.Size, cancel context.CancelCauseFunc) {
 	alive := func(string) error { return ws.SetReadDeadline(time.Now().Add(streamIdle)) }
 	_ = alive("")
 	ws.SetPongHandler(alive)
+	ws.SetPingHandler(func(data string) error {
+		w.pong(data)
+		return alive(data)
+	})
 	protocol := func(msg string) { cancel(fmt.Errorf("%w: %s", errClientLeft, msg)) }
 	for {
 		kind, raw, err := ws.ReadMessage()
 		if err != nil {
 			cancel(fmt.Errorf("%w: %w", errClientLeft, err))
+			_ = wslink.Abort(ws) // a write of output to a client gone ends
 			if stdin != nil {
 				stdin.CloseWithError(err)
 			}
@@ -345,9 +353,10 @@ type wsMessage struct {
 }
 
 // wsWriter is the one goroutine that writes a WebSocket (either
-// end's): messages come to it on a channel, each written within wait
-// (0: no bound), with a ping every ping (0: none) between them, and the
-// pongs its reader asks for.
+// end's): messages come to it on a channel, with a ping every ping (0:
+// none) between them and the pongs its reader asks for, each written
+// within wait (0: no bound; the reader's silence bound ends a write to a
+// peer gone, by closing the socket).
 type wsWriter struct {
 	ws      *websocket.Conn
 	msgs    chan wsMessage
@@ -387,7 +396,7 @@ func (w *wsWriter) loop(every, wait time.Duration) {
 		case p := <-w.pongs:
 			err = w.ws.WriteControl(websocket.PongMessage, []byte(p), deadline())
 		case <-tick:
-			err = w.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeWait))
+			err = w.ws.WriteControl(websocket.PingMessage, nil, deadline())
 		case <-w.closing:
 			_ = w.ws.WriteControl(websocket.CloseMessage,
 				websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(writeWait))

@@ -32,8 +32,9 @@ func (c *Client) ExecStream(ctx context.Context, id, lease string, r ExecStreamR
 	// Input is written without a bound: a command may leave its stdin
 	// unread as long as it likes (the service reads none meanwhile, and
 	// this write waits in the socket), and a service gone shows in
-	// readOutput, whose end closes the socket under the write.
-	w := newWSWriter(ws, 0, 0, nil)
+	// readOutput, whose end closes the socket under the write. The
+	// client pings too: the service hears it while it sends nothing.
+	w := newWSWriter(ws, streamPing, 0, nil)
 	defer func() {
 		// The outcome came (the service closes its end next), or the
 		// stream failed: the socket goes first, so that a write of
@@ -143,6 +144,7 @@ func readOutput(ws *websocket.Conn, w *wsWriter, sio ExecIO) (ExecOutcome, error
 			if _, err := out.Write(raw[1:]); err != nil {
 				return ExecOutcome{}, err
 			}
+			alive() // the wait was this end's, not a silence of the service's
 		}
 	}
 }

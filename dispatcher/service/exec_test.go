@@ -210,16 +210,22 @@ func TestExecStreamLeases(t *testing.T) {
 	}
 }
 
-// TestExecStreamInputWaits: a command that leaves its input unread for a
-// while (here a second and a half, five times the stream's clocks, shortened
-// for the test) still gets all of it. The input waits in the client's
-// socket meanwhile, the service reading none: neither the client's write
-// of it nor the service's silence toward the client ends the stream, and
-// the pings go on being answered as they can.
-func TestExecStreamInputWaits(t *testing.T) {
+// shortClocks sets the exec stream's clocks to a few hundred
+// milliseconds for the test, back after the lab's cleanup (call it first).
+func shortClocks(t *testing.T) {
 	p, i, w := streamPing, streamIdle, writeWait
-	t.Cleanup(func() { streamPing, streamIdle, writeWait = p, i, w }) // after the lab's
+	t.Cleanup(func() { streamPing, streamIdle, writeWait = p, i, w })
 	streamPing, streamIdle, writeWait = 50*time.Millisecond, 300*time.Millisecond, 150*time.Millisecond
+}
+
+// TestExecStreamInputWaits: a command that leaves its input unread for a
+// while (here a second and a half, five times the stream's clocks,
+// shortened for the test) still gets all of it. The input waits in the
+// client's socket meanwhile, the service reading none: neither the
+// client's write of it nor the service's silence toward the client ends
+// the stream, and the pings go on being answered.
+func TestExecStreamInputWaits(t *testing.T) {
+	shortClocks(t)
 	l := startLab(t, labOptions{boards: 1, ttl: time.Minute})
 	l.waitIdle()
 	const size = 32 << 20 // more than the sockets and pipes on the way hold
@@ -230,4 +236,58 @@ func TestExecStreamInputWaits(t *testing.T) {
 	if err != nil || out.Result.ExitCode != 0 || strings.TrimSpace(r.out.String()) != strconv.Itoa(size) {
 		t.Fatalf("%+v %v: %q %q", out, err, r.out.String(), r.errOut.String())
 	}
+}
+
+// slowReader is a client's output that takes a while over its first
+// write: a pager, a terminal on hold.
+type slowReader struct {
+	n     int
+	first bool
+}
+
+func (s *slowReader) Write(p []byte) (int, error) {
+	if !s.first {
+		s.first = true
+		time.Sleep(1500 * time.Millisecond)
+	}
+	s.n += len(p)
+	return len(p), nil
+}
+
+// TestExecStreamOutputWaits: a client that reads no output for a while
+// (a second and a half, five times the shortened clocks) gets all of it:
+// the service's writes of output wait in its socket meanwhile, and the
+// client's own wait is no silence of the service's.
+func TestExecStreamOutputWaits(t *testing.T) {
+	shortClocks(t)
+	l := startLab(t, labOptions{boards: 1, ttl: time.Minute})
+	l.waitIdle()
+	const size = 32 << 20
+	var slow slowReader
+	out, err := l.clients["alice"].ExecStream(context.Background(), l.sim.Boards[0].ID, "", ExecStreamRequest{
+		ExecRequest: ExecRequest{Argv: []string{"head", "-c", strconv.Itoa(size), "/dev/zero"}}}, ExecIO{Stdout: &slow})
+	if err != nil || out.Result.ExitCode != 0 || slow.n != size {
+		t.Fatalf("%+v %v: %d bytes of %d", out, err, slow.n, size)
+	}
+}
+
+// TestExecStreamClientGone: a client whose connection goes silent (a
+// relay on the way stops moving bytes either way, the socket left open)
+// while the service's writes of output wait for it is taken for gone once
+// it has not been heard (no ping) for the silence bound: the command is
+// canceled and the audit log says the client left.
+func TestExecStreamClientGone(t *testing.T) {
+	shortClocks(t)
+	l := startLab(t, labOptions{boards: 1, ttl: time.Minute})
+	l.waitIdle()
+	relay, addr := startFrozenRelay(t, l.srv.URL)
+	c, err := NewClient(addr, l.tokens["alice"], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := l.sim.Boards[0].ID
+	r := startStream(context.Background(), c, id, "", ExecStreamRequest{ExecRequest: ExecRequest{Argv: []string{"yes"}}}, ExecIO{})
+	r.awaitOutput(t, "y\ny\n")
+	relay.freeze()
+	l.audited(id, "board.exec", errClientLeft.Error())
 }
