@@ -197,6 +197,16 @@ CREATE TABLE rollout_parts (
 ) {strict};
 CREATE INDEX rollout_parts_by_home ON rollout_parts (home, state);
 `,
+	// 7: a stop asked of a rollout by hand (who asked it: "" none), on
+	// record so that the service running it stops it even if it was away
+	// when it was asked; and since when each part waits for its owner
+	// (its creation, until a given-up part is tried again), to give it up
+	// after its rollout's part wait.
+	`
+ALTER TABLE rollouts ADD COLUMN stop TEXT NOT NULL DEFAULT '';
+ALTER TABLE rollout_parts ADD COLUMN waiting_since {int} NOT NULL DEFAULT 0;
+UPDATE rollout_parts SET waiting_since = created;
+`,
 }
 
 // SchemaVersion is the schema version this package writes.
