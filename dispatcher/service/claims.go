@@ -99,6 +99,9 @@ func (s *Service) claimRound(ctx context.Context) error {
 	if err := s.endOrphans(ctx, now, instances); err != nil {
 		return err
 	}
+	if err := s.readStops(ctx); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped {

@@ -204,6 +204,35 @@ func (s *Store) StopRollout(ctx context.Context, id, why string) (bool, error) {
 	return false, err
 }
 
+// RolloutStops returns, by id, the stops on record of the rollouts ids
+// (exact ids) stopped by hand; the others are left out.
+func (s *Store) RolloutStops(ctx context.Context, ids []string) (map[string]string, error) {
+	out := map[string]string{}
+	for chunk := range slices.Chunk(ids, boardsPerInsert) {
+		args := make([]any, len(chunk))
+		for i, id := range chunk {
+			args[i] = id
+		}
+		rows, err := s.db.QueryContext(ctx, `SELECT id, stop FROM rollouts WHERE stop <> '' AND id IN (`+placeholders(len(chunk))+`)`, args...)
+		if err != nil {
+			return nil, fmt.Errorf("store: rollout stops: %w", err)
+		}
+		for rows.Next() {
+			var id, why string
+			if err := rows.Scan(&id, &why); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("store: rollout stops: %w", err)
+			}
+			out[id] = why
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("store: rollout stops: %w", err)
+		}
+	}
+	return out, nil
+}
+
 // PutBoard stores b as the row of board b.BoardID in rollout b.RolloutID
 // (exact id), replacing the whole row if there is one, stamped with the
 // time: the rollout's Updated is its latest board's. An empty Phase is
