@@ -617,7 +617,7 @@ func (r *run) stage(ctx context.Context, wave int, name string, boards []string,
 		wg.Go(func() {
 			defer func() { <-sem }()
 			if why := r.haltsBefore(name, b); why != "" {
-				r.abandon(ctx, wave, name, b, addr[b], why)
+				r.abandon(ctx, wave, name, b, addr[b], why, false)
 				return
 			}
 			started := time.Now()
@@ -635,7 +635,7 @@ func (r *run) stage(ctx context.Context, wave int, name string, boards []string,
 					return // interrupted: the board stays as it was, to resume
 				}
 				if why := r.cfg.Halt.Why(); why != "" && name == StagePrepare {
-					r.abandon(ctx, wave, name, b, addr[b], why+" during its prepare")
+					r.abandon(ctx, wave, name, b, addr[b], why+" during its prepare", true)
 					return
 				}
 				r.failures.Add(1)
@@ -686,28 +686,50 @@ var activated = []proto.Phase{proto.PhaseActivate, proto.PhaseTrial, proto.Phase
 	proto.PhaseRollback, proto.PhaseDone}
 
 // abandon skips board b at stage name, why (a halt): an update it
-// prepared, or began to, is aborted on it, so that none is left behind
-// (its running slot was never touched).
-func (r *run) abandon(ctx context.Context, wave int, name, b, addr, why string) {
+// prepared, or began to (cut: its prepare was cut short, maybe before
+// the board named its update), is aborted on it, so that none is left
+// behind (its running slot was never touched).
+func (r *run) abandon(ctx context.Context, wave int, name, b, addr, why string, cut bool) {
 	r.mu.Lock()
 	id := r.boards[b].UpdateID
 	r.mu.Unlock()
-	if id != "" {
+	if id != "" || cut {
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.BoardTimeout)
+		aborted := false
 		c, err := r.cfg.Dial(actx, addr)
 		if err == nil {
-			_, err = c.OTAAbort(actx, id)
+			aborted, err = r.abort(actx, c, id)
 			c.Close()
 		}
 		cancel()
-		if err != nil {
-			why += "; its prepared update was not aborted: " + err.Error()
-		} else {
-			why += "; its prepared update aborted"
+		switch {
+		case err != nil:
+			why += "; its update was not aborted: " + err.Error()
+		case aborted:
+			why += "; its update aborted"
 		}
 	}
 	r.note(b, func(br *BoardReport) { br.Result, br.Reason, br.Stage, br.Ended = ResultSkipped, why, name, time.Now() })
 	r.emit(Event{Board: b, Stage: name, Wave: wave, Kind: "done", Result: ResultSkipped, Reason: why})
+}
+
+// abort aborts update id on the board of c; with no id, the board's
+// update of the rollout's version not yet activated, if it has one. It
+// reports whether it aborted one.
+func (r *run) abort(ctx context.Context, c *Client, id string) (bool, error) {
+	if id == "" {
+		st, err := c.OTAStatus(ctx)
+		if err != nil {
+			return false, err
+		}
+		u := st.Update
+		if u == nil || !u.Phase.Abortable() || u.Version != r.cfg.Image.Manifest.Version {
+			return false, nil
+		}
+		id = u.ID
+	}
+	_, err := c.OTAAbort(ctx, id)
+	return err == nil, err
 }
 
 func (r *run) tooMany() bool {

@@ -311,7 +311,7 @@ func TestRolloutHalt(t *testing.T) {
 				if r.Result != dispatcher.ResultSkipped || !strings.Contains(r.Reason, "stopped by alice") || version == "2.0.0" {
 					t.Errorf("%s: %+v, runs %s", b.ID, r, version)
 				}
-				if r.UpdateID != "" && (!strings.Contains(r.Reason, "its prepared update aborted") || st.Update == nil ||
+				if r.UpdateID != "" && (!strings.Contains(r.Reason, "its update aborted") || st.Update == nil ||
 					st.Update.Result != proto.ResultAborted) {
 					t.Errorf("%s: an update left behind: %+v, status %+v", b.ID, r, st.Update)
 				}

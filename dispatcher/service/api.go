@@ -197,6 +197,9 @@ func (s *Service) serve(w http.ResponseWriter, r *http.Request, rt route) {
 	if strings.HasPrefix(rt.path, "/api/v1/leases/{id}") {
 		c.board, c.lease = "", r.PathValue("id")
 	}
+	if strings.HasPrefix(rt.path, "/api/v1/rollouts/{id}") {
+		c.board = "" // a rollout's id, in its detail
+	}
 	handle := rt.handle
 	// An action on a board another service owns is that one's to do (and
 	// to record, and to count against the user's uploads); a forwarded

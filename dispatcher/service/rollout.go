@@ -26,18 +26,18 @@ import (
 // MaxFailures failed (-1: never), waves of WaveSize boards, each gated by
 // Gate ("exec: COMMAND") before the next starts.
 type RolloutRequest struct {
-	Select         map[string]string `json:"select,omitempty" validate:"max=32,dive,keys,required,max=128,endkeys,max=256"`
-	Boards         []string          `json:"boards,omitempty" validate:"max=4096,dive,required,max=63"`
-	Concurrency    int               `json:"concurrency,omitempty" validate:"min=0,max=1024"`
-	MaxFailures    int               `json:"max_failures,omitempty" validate:"min=-1"`
-	WaveSize       int               `json:"wave_size,omitempty" validate:"min=0"`
-	Gate           string            `json:"gate,omitempty" validate:"max=4200"`
-	GateTimeoutMs  int64             `json:"gate_timeout_ms,omitempty" validate:"min=0,max=86400000"`
+	Select        map[string]string `json:"select,omitempty" validate:"max=32,dive,keys,required,max=128,endkeys,max=256"`
+	Boards        []string          `json:"boards,omitempty" validate:"max=4096,dive,required,max=63"`
+	Concurrency   int               `json:"concurrency,omitempty" validate:"min=0,max=1024"`
+	MaxFailures   int               `json:"max_failures,omitempty" validate:"min=-1"`
+	WaveSize      int               `json:"wave_size,omitempty" validate:"min=0"`
+	Gate          string            `json:"gate,omitempty" validate:"max=4200"`
+	GateTimeoutMs int64             `json:"gate_timeout_ms,omitempty" validate:"min=0,max=86400000"`
 	// PartWaitMs bounds how long a part waits for its owner to come back
 	// before it is given up (default DefaultPartWait, at most MaxPartWait).
-	PartWaitMs int64 `json:"part_wait_ms,omitempty" validate:"min=0,max=2592000000"`
-	BoardTimeoutMs int64             `json:"board_timeout_ms,omitempty" validate:"min=0,max=86400000"`
-	Force          bool              `json:"force,omitempty"`
+	PartWaitMs     int64 `json:"part_wait_ms,omitempty" validate:"min=0,max=2592000000"`
+	BoardTimeoutMs int64 `json:"board_timeout_ms,omitempty" validate:"min=0,max=86400000"`
+	Force          bool  `json:"force,omitempty"`
 	// ID is the id the rollout is recorded under: only a service starting
 	// its part of a rollout names it, and a rollout already recorded
 	// under it is answered as it is (a part starts at most once).

@@ -97,14 +97,14 @@ type Service struct {
 	// to be given up, as the parts loop last read them (zero: none).
 	partDue time.Time
 	// halts stop the rollouts this service runs, by id.
-	halts map[string]*dispatcher.Halt
-	kick       chan struct{} // wakes the expiry loop
-	journal    *journal
-	uploads    uploadSlots     // uploads under way, by user (ops.go)
-	metrics    *metrics        // nil: none
-	ctx        context.Context // the service's life, from Start to Stop
-	cancel     context.CancelFunc
-	wg         sync.WaitGroup
+	halts   map[string]*dispatcher.Halt
+	kick    chan struct{} // wakes the expiry loop
+	journal *journal
+	uploads uploadSlots     // uploads under way, by user (ops.go)
+	metrics *metrics        // nil: none
+	ctx     context.Context // the service's life, from Start to Stop
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
 }
 
 // board is one board of the inventory; the fields after mu's comment are
