@@ -61,11 +61,7 @@ func (s *Service) StopRollout(ctx context.Context, who user, id string) (Rollout
 	if err != nil {
 		return st, err
 	}
-	givenUp := false
-	for _, p := range st.Parts {
-		givenUp = givenUp || p.State == store.PartGivenUp
-	}
-	if st.Stop == "" && st.State != store.StateRunning && !givenUp {
+	if st.Stop == "" && !stoppable(st) {
 		return st, &RolloutStateError{Rollout: st.ID, State: st.State, Want: "only a rollout under way is stopped"}
 	}
 	why := "stopped by " + who.name
@@ -80,6 +76,13 @@ func (s *Service) StopRollout(ctx context.Context, who user, id string) (Rollout
 	s.rolloutMoved()
 	s.log.Info("rollout stop", "rollout", st.ID, "by", who.name)
 	return s.Rollout(ctx, st.ID)
+}
+
+// stoppable reports whether rollout st may be stopped: it runs, or a
+// part of it was given up (and may be tried again).
+func stoppable(st RolloutStatus) bool {
+	return st.State == store.StateRunning ||
+		slices.ContainsFunc(st.Parts, func(p store.RolloutPart) bool { return p.State == store.PartGivenUp })
 }
 
 // stopParts carries rollout id's stop (on record) to its parts: those

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"errors"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"strings"
@@ -152,6 +153,13 @@ func TestRolloutStop(t *testing.T) {
 					t.Errorf("%s booted %d times during a rollout stopped before any activation", sb.ID, sb.Boots()-boots[sb.ID])
 				}
 			}
+			dash := newDashClient(t, a.srv.URL)
+			dash.signIn(a.tokens["alice"])
+			if _, body := dash.do("GET", "/rollouts/"+st.ID, nil, nil); !strings.Contains(body, `data-state="stopped"`) ||
+				!strings.Contains(body, `<span class="stop">stopped by carol</span>`) || strings.Contains(body, `id="rollout-stop"`) {
+				t.Fatalf("the page of a rollout stopped:\n%s", body)
+			}
+
 			// Again, by alice: as it is, carol's.
 			again, err := a.clients["alice"].StopRollout(ctx, st.ID)
 			if err != nil || again.State != store.StateStopped || again.Stop != "stopped by carol" {
@@ -185,9 +193,10 @@ func TestRolloutStop(t *testing.T) {
 // a part wait of an hour starts through A: A's board commits, B's part
 // waits; past the hour on the services' clock it is given up, naming B
 // and since when it waited, and the rollout keeps its image. Tried
-// again (`boardlink rollout retry`) it waits afresh (a second retry is
-// refused, as is a retry of a part the rollout lacks); B back, it starts
-// there and B's board commits.
+// again (from the rollout's page, which offers it) it waits afresh (a
+// second retry, by `boardlink rollout retry`, is refused, as is a retry
+// of a part the rollout lacks); B back, it starts there and B's board
+// commits.
 func TestRolloutPartWaitAndRetry(t *testing.T) {
 	cli := testenv.GoBuild(t, "../../cmd/boardlink")
 	ctx := context.Background()
@@ -240,16 +249,31 @@ func TestRolloutPartWaitAndRetry(t *testing.T) {
 		t.Fatalf("the image of a rollout whose part was given up: %v", err)
 	}
 
+	// The rollout's page offers carol a retry of B's part, and a stop.
+	page := "/rollouts/" + st.ID
+	dash := newDashClient(t, a.srv.URL)
+	dash.signIn(a.tokens["carol"])
+	if _, body := dash.do("GET", page, nil, nil); !strings.Contains(body, `<tr data-part="B" data-state="given_up">`) ||
+		!strings.Contains(body, `data-retry="B"`) || !strings.Contains(body, `id="rollout-stop"`) {
+		t.Fatalf("the page of a rollout whose part was given up:\n%s", body)
+	}
+	resp, body := dash.do("POST", page+"/parts/B/retry", url.Values{"csrf": {dash.csrf(page)}}, dash.sameSite())
+	if resp.StatusCode != http.StatusSeeOther || resp.Header.Get("Location") != page {
+		t.Fatalf("retry from the page: %s\n%s", resp.Status, body)
+	}
+	if _, body := dash.do("GET", page, nil, nil); !strings.Contains(body, `<tr data-part="B" data-state="waiting">`) ||
+		strings.Contains(body, `data-retry="B"`) {
+		t.Fatalf("the page of a part tried again:\n%s", body)
+	}
+	testenv.Eventually(t, "carol's retry in the audit", func() bool {
+		es, err := a.clients["alice"].Audit(ctx, store.AuditFilter{Action: "rollout.retry_part", User: "carol"})
+		return err == nil && len(es) == 1 && es[0].Detail == "rollout "+st.ID+": its part on B (dashboard)" && es[0].Result == "ok"
+	})
 	code, out := runCLI(t, cli, a, "bob", "rollout", "retry", st.ID, "B")
-	if code != 0 || !strings.Contains(out, "rollout "+st.ID+": running") ||
-		!strings.Contains(out, "waiting for service B to come back: 1 boards") {
-		t.Fatalf("rollout retry: %d\n%s", code, out)
+	if code != 1 || !strings.Contains(out, "its part on B is waiting; only a part given up is tried again") {
+		t.Fatalf("rollout retry of a part waiting: %d\n%s", code, out)
 	}
 	var ae *APIError
-	if _, err := a.clients["bob"].RetryPart(ctx, st.ID, "B"); !errors.As(err, &ae) || ae.Status != http.StatusConflict ||
-		!strings.Contains(ae.Message, "its part on B is waiting; only a part given up is tried again") {
-		t.Fatalf("a waiting part tried again: %v", err)
-	}
 	if _, err := a.clients["bob"].RetryPart(ctx, st.ID, "C"); !errors.As(err, &ae) || ae.Status != http.StatusNotFound {
 		t.Fatalf("a part the rollout lacks: %v", err)
 	}
