@@ -452,12 +452,17 @@ type rolloutFollower struct {
 	stderr io.Writer
 	seen   map[string]store.BoardResult // each board as last shown
 	shown  map[string]string            // each part's line as last shown, by owner
+	stop   bool                         // the rollout's stop by hand was shown
 }
 
 // follow follows rollout st until it is over, its parts too, and returns
 // it with the rollouts its parts started.
 func (f *rolloutFollower) follow(ctx context.Context, st service.RolloutStatus) ([]service.RolloutStatus, error) {
 	for {
+		if st.Stop != "" && !f.stop && !f.asJSON {
+			f.stop = true
+			fmt.Fprintf(f.stderr, "rollout %s %s: no board starts now, those under way stop at their safe points\n", st.ID, st.Stop)
+		}
 		f.boards(st)
 		runs := []service.RolloutStatus{st}
 		for _, p := range st.Parts {

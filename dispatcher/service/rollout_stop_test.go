@@ -69,7 +69,8 @@ func runCLI(t *testing.T, cli string, l *lab, user string, args ...string) (int,
 // answers at once, running; each board preparing is cut short with its
 // update aborted, the others are never started, on A and on B's part
 // alike, every one skipped naming carol; A's rollout and B's part end
-// stopped, the audit of each service names carol. Stopped again, it is
+// stopped, the audit of each service names carol; `boardlink rollout`
+// following it says so, and its page. Stopped again, it is
 // answered as it is; a rollout over is refused (409), as is a part wait
 // out of bounds, naming the field.
 func TestRolloutStop(t *testing.T) {
@@ -109,6 +110,11 @@ func TestRolloutStop(t *testing.T) {
 			part := st.Parts[0].Rollout
 			<-reached["a-000"]
 			<-reached["b-000"]
+			// alice follows it (`boardlink rollout --resume`).
+			home := t.TempDir()
+			following := startFollowing(t, cli, []string{"BOARDLINK_TOKEN=" + a.tokens["alice"], "XDG_CONFIG_HOME=" + home,
+				"XDG_CACHE_HOME=" + home, "XDG_STATE_HOME=" + home}, "--server", a.srv.URL, "rollout", "--resume", st.ID)
+			following.waitFor("rollout " + part + " on service B: 2 boards")
 
 			code, out := runCLI(t, cli, a, "carol", "rollout", "stop", st.ID)
 			if code != 0 || !strings.Contains(out, "rollout "+st.ID+": running; stopped by carol: the boards under way stop at their safe points") ||
@@ -129,6 +135,7 @@ func TestRolloutStop(t *testing.T) {
 				return err == nil && seen[st.ID] && seen[part]
 			})
 
+			following.waitFor("rollout " + st.ID + " stopped by carol: no board starts now")
 			releaseOnce()
 			st = waitRollout(t, a.clients["alice"], st)
 			theirs := waitRollout(t, b.clients["alice"], RolloutStatus{Rollout: store.Rollout{ID: part, State: store.StateRunning}})
@@ -152,6 +159,9 @@ func TestRolloutStop(t *testing.T) {
 				if sb.Boots() != boots[sb.ID] {
 					t.Errorf("%s booted %d times during a rollout stopped before any activation", sb.ID, sb.Boots()-boots[sb.ID])
 				}
+			}
+			if code, out := following.end(); code != 1 || !strings.Contains(out, "rollout "+st.ID+" stopped: stopped by carol") {
+				t.Fatalf("the CLI that followed: %d\n%s", code, out)
 			}
 			dash := newDashClient(t, a.srv.URL)
 			dash.signIn(a.tokens["alice"])
