@@ -617,7 +617,7 @@ func (r *run) stage(ctx context.Context, wave int, name string, boards []string,
 		wg.Go(func() {
 			defer func() { <-sem }()
 			if why := r.haltsBefore(name, b); why != "" {
-				r.abandon(ctx, wave, name, b, addr[b], why, false)
+				r.abandon(ctx, wave, name, b, addr[b], why)
 				return
 			}
 			started := time.Now()
@@ -635,7 +635,7 @@ func (r *run) stage(ctx context.Context, wave int, name string, boards []string,
 					return // interrupted: the board stays as it was, to resume
 				}
 				if why := r.cfg.Halt.Why(); why != "" && name == StagePrepare {
-					r.abandon(ctx, wave, name, b, addr[b], why+" during its prepare", true)
+					r.abandon(ctx, wave, name, b, addr[b], why+" during its prepare")
 					return
 				}
 				r.failures.Add(1)
@@ -686,14 +686,14 @@ var activated = []proto.Phase{proto.PhaseActivate, proto.PhaseTrial, proto.Phase
 	proto.PhaseRollback, proto.PhaseDone}
 
 // abandon skips board b at stage name, why (a halt): an update it
-// prepared, or began to (cut: its prepare was cut short, maybe before
-// the board named its update), is aborted on it, so that none is left
-// behind (its running slot was never touched).
-func (r *run) abandon(ctx context.Context, wave int, name, b, addr, why string, cut bool) {
+// prepared, or began to (its prepare cut short, in this run or an
+// earlier one, maybe before the board named its update), is aborted on
+// it, so that none is left behind (its running slot was never touched).
+func (r *run) abandon(ctx context.Context, wave int, name, b, addr, why string) {
 	r.mu.Lock()
-	id := r.boards[b].UpdateID
+	id, began := r.boards[b].UpdateID, r.boards[b].Stage == StagePrepare
 	r.mu.Unlock()
-	if id != "" || cut {
+	if id != "" || began {
 		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.BoardTimeout)
 		aborted := false
 		c, err := r.cfg.Dial(actx, addr)

@@ -8,6 +8,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -309,4 +310,103 @@ func TestRolloutPartWaitAndRetry(t *testing.T) {
 		t.Fatalf("retried: %+v; B's: %+v %v", st, theirs, err)
 	}
 	imageGone(t, st.Image)
+}
+
+// TestRolloutStopReachesOwnerAway (Postgres): a rollout through A to B's
+// boards runs as B's part; B is killed while its first board prepares
+// (held on the board's side), and the rollout is stopped through A. The
+// stop waits on record: B restarted resumes its part stopped, its first
+// board's update (begun before the kill) aborted, the second never
+// started, and the rollout reads stopped.
+func TestRolloutStopReachesOwnerAway(t *testing.T) {
+	ctx := context.Background()
+	pub, key, err := image.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	reached, release := make(chan struct{}), make(chan struct{})
+	var once, releaseOnce sync.Once
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
+	hold := func(board, _ string, phase proto.Phase) {
+		if board == "b-000" && phase == proto.PhasePrepare {
+			once.Do(func() {
+				close(reached)
+				<-release
+			})
+		}
+	}
+	clock := &fakeClock{t: time.Now()}
+	a, b := startPairWith(t, labOptions{boards: 2, db: pgtest.New(t), trustKeys: []ed25519.PublicKey{pub}, onPhase: hold}, clock)
+	pairIdle(t, a, b)
+	img := (&otaLab{lab: a, key: key}).image("2.0.0")
+	st, err := a.clients["alice"].StartRollout(ctx, img, RolloutRequest{Boards: []string{"b-000", "b-001"}, Concurrency: 1})
+	if err != nil || len(st.Parts) != 1 || st.Parts[0].State != store.PartStarted {
+		t.Fatalf("%+v %v", st, err)
+	}
+	part := st.Parts[0].Rollout
+	<-reached
+	b.killService()
+	if st, err = a.clients["carol"].StopRollout(ctx, st.ID); err != nil || st.State != store.StateRunning || st.Stop != "stopped by carol" {
+		t.Fatalf("stopped with B away: %+v %v", st, err)
+	}
+	releaseOnce.Do(func() { close(release) })
+	if theirs, _, err := a.svc.st.Rollout(ctx, part); err != nil || theirs.State != store.StateRunning || theirs.Stop != "stopped by carol" {
+		t.Fatalf("B's part while B is away: %+v %v", theirs, err)
+	}
+	b.start(nil)
+	st = waitRollout(t, a.clients["alice"], st)
+	theirs, err := b.clients["alice"].Rollout(ctx, part)
+	if err != nil || st.State != store.StateStopped || theirs.State != store.StateStopped {
+		t.Fatalf("B back: %+v; B's part: %+v %v", st, theirs, err)
+	}
+	for _, br := range theirs.BoardResults {
+		if br.Result != store.ResultSkipped || !strings.HasPrefix(br.Reason, "stopped by carol") ||
+			br.BoardID == "b-000" && !strings.HasSuffix(br.Reason, "its update aborted") ||
+			br.BoardID == "b-001" && !br.Started.IsZero() {
+			t.Errorf("%s: %+v", br.BoardID, br)
+		}
+	}
+}
+
+// TestRolloutStopThroughAnother: a rollout A runs on its own boards is
+// stopped through B: B answers at once, the stop on record; A reads it at
+// its next claim round and stops its boards.
+func TestRolloutStopThroughAnother(t *testing.T) {
+	ctx := context.Background()
+	pub, key, err := image.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	reached, release := make(chan struct{}), make(chan struct{})
+	var once, releaseOnce sync.Once
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
+	hold := func(board, _ string, phase proto.Phase) {
+		if board == "a-000" && phase == proto.PhasePrepare {
+			once.Do(func() {
+				close(reached)
+				<-release
+			})
+		}
+	}
+	clock := &fakeClock{t: time.Now()}
+	a, b := startPairWith(t, labOptions{boards: 2, db: filepath.Join(t.TempDir(), "lab.db"), trustKeys: []ed25519.PublicKey{pub},
+		onPhase: hold}, clock)
+	pairIdle(t, a, b)
+	img := (&otaLab{lab: a, key: key}).image("2.0.0")
+	st, err := a.clients["alice"].StartRollout(ctx, img, RolloutRequest{Boards: []string{"a-000", "a-001"}, Concurrency: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-reached
+	if st, err = b.clients["carol"].StopRollout(ctx, st.ID); err != nil || st.State != store.StateRunning || st.Stop != "stopped by carol" {
+		t.Fatalf("stopped through B: %+v %v", st, err)
+	}
+	if err := a.svc.claimRound(ctx); err != nil {
+		t.Fatal(err)
+	}
+	releaseOnce.Do(func() { close(release) })
+	st = waitRollout(t, a.clients["alice"], st)
+	if r := resultsOf(st); st.State != store.StateStopped || r["a-000"] != store.ResultSkipped || r["a-001"] != store.ResultSkipped {
+		t.Fatalf("stopped through B: %+v", st)
+	}
 }
