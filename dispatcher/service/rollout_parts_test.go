@@ -307,15 +307,7 @@ func TestRolloutPartGivenUp(t *testing.T) {
 	}
 	imageGone(t, st.Image)
 
-	b.killService()
-	clock.Add(claimTTL)
-	testenv.Eventually(t, "B's board offline on A", func() bool {
-		if err := a.svc.claimRound(ctx); err != nil {
-			t.Fatal(err)
-		}
-		v, err := a.svc.Board("b-000")
-		return err == nil && v.State == Offline
-	})
+	killB(t, a, b, clock)
 	testenv.Eventually(t, "A's board idle", func() bool {
 		v, err := a.svc.Board("a-000")
 		return err == nil && v.State == Idle

@@ -48,6 +48,21 @@ func pairIdle(t *testing.T, a, b *lab) {
 	})
 }
 
+// killB kills B, and waits until A, past B's claims' TTL on clock, lists
+// B's first board offline.
+func killB(t *testing.T, a, b *lab, clock *fakeClock) {
+	t.Helper()
+	b.killService()
+	clock.Add(claimTTL)
+	testenv.Eventually(t, "B's board offline on A", func() bool {
+		if err := a.svc.claimRound(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		v, err := a.svc.Board("b-000")
+		return err == nil && v.State == Offline
+	})
+}
+
 // runCLI runs the boardlink binary cli against service l as user and
 // returns its exit code and output.
 func runCLI(t *testing.T, cli string, l *lab, user string, args ...string) (int, string) {
@@ -63,6 +78,37 @@ func runCLI(t *testing.T, cli string, l *lab, user string, args ...string) (int,
 	}
 	return cmd.ProcessState.ExitCode(), string(out)
 }
+
+// prepareHold holds, on the boards' side, the first prepare of each of
+// its boards until free (at the test's end at the latest); reached[id]
+// is closed as board id's begins.
+type prepareHold struct {
+	reached map[string]chan struct{}
+	held    sync.Map
+	release chan struct{}
+	once    sync.Once
+}
+
+func newPrepareHold(t *testing.T, boards ...string) *prepareHold {
+	h := &prepareHold{reached: map[string]chan struct{}{}, release: make(chan struct{})}
+	for _, id := range boards {
+		h.reached[id] = make(chan struct{})
+	}
+	t.Cleanup(h.free)
+	return h
+}
+
+// onPhase is the boards' simlab.Options.OnPhase.
+func (h *prepareHold) onPhase(board, _ string, phase proto.Phase) {
+	if ch, ok := h.reached[board]; ok && phase == proto.PhasePrepare {
+		if _, again := h.held.LoadOrStore(board, true); !again {
+			close(ch)
+			<-h.release
+		}
+	}
+}
+
+func (h *prepareHold) free() { h.once.Do(func() { close(h.release) }) }
 
 // TestRolloutStop: a rollout through A to the boards of A and B, one at
 // a time, is stopped by carol (`boardlink rollout stop`) while the first
@@ -83,21 +129,9 @@ func TestRolloutStop(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			reached := map[string]chan struct{}{"a-000": make(chan struct{}), "b-000": make(chan struct{})}
-			var held sync.Map
-			release := make(chan struct{})
-			releaseOnce := sync.OnceFunc(func() { close(release) })
-			t.Cleanup(releaseOnce)
-			hold := func(board, _ string, phase proto.Phase) {
-				if ch, ok := reached[board]; ok && phase == proto.PhasePrepare {
-					if _, again := held.LoadOrStore(board, true); !again {
-						close(ch)
-						<-release
-					}
-				}
-			}
+			hold := newPrepareHold(t, "a-000", "b-000")
 			clock := &fakeClock{t: time.Now()}
-			a, b := startPairWith(t, labOptions{boards: 2, db: e.db(t), trustKeys: []ed25519.PublicKey{pub}, onPhase: hold}, clock)
+			a, b := startPairWith(t, labOptions{boards: 2, db: e.db(t), trustKeys: []ed25519.PublicKey{pub}, onPhase: hold.onPhase}, clock)
 			pairIdle(t, a, b)
 			boots := map[string]int{}
 			for _, sb := range append(a.sim.Boards, b.sim.Boards...) {
@@ -109,8 +143,8 @@ func TestRolloutStop(t *testing.T) {
 				t.Fatalf("%+v %v", st, err)
 			}
 			part := st.Parts[0].Rollout
-			<-reached["a-000"]
-			<-reached["b-000"]
+			<-hold.reached["a-000"]
+			<-hold.reached["b-000"]
 			// alice follows it (`boardlink rollout --resume`).
 			home := t.TempDir()
 			following := startFollowing(t, cli, []string{"BOARDLINK_TOKEN=" + a.tokens["alice"], "XDG_CONFIG_HOME=" + home,
@@ -137,7 +171,7 @@ func TestRolloutStop(t *testing.T) {
 			})
 
 			following.waitFor("rollout " + st.ID + " stopped by carol: no board starts now")
-			releaseOnce()
+			hold.free()
 			st = waitRollout(t, a.clients["alice"], st)
 			theirs := waitRollout(t, b.clients["alice"], RolloutStatus{Rollout: store.Rollout{ID: part, State: store.StateRunning}})
 			for _, r := range []RolloutStatus{st, theirs} {
@@ -218,15 +252,7 @@ func TestRolloutPartWaitAndRetry(t *testing.T) {
 	clock := &fakeClock{t: time.Now()}
 	a, b := startPair(t, pgtest.New(t), 1, clock, pub)
 	pairIdle(t, a, b)
-	b.killService()
-	clock.Add(claimTTL)
-	testenv.Eventually(t, "B's board offline on A", func() bool {
-		if err := a.svc.claimRound(ctx); err != nil {
-			t.Fatal(err)
-		}
-		v, err := a.svc.Board("b-000")
-		return err == nil && v.State == Offline
-	})
+	killB(t, a, b, clock)
 	img := (&otaLab{lab: a, key: key}).image("2.0.0")
 	st, err := a.clients["alice"].StartRollout(ctx, img, RolloutRequest{MaxFailures: -1, PartWaitMs: time.Hour.Milliseconds()})
 	if err != nil || len(st.Parts) != 1 || st.Parts[0].State != store.PartWaiting {
@@ -324,19 +350,9 @@ func TestRolloutStopReachesOwnerAway(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reached, release := make(chan struct{}), make(chan struct{})
-	var once, releaseOnce sync.Once
-	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
-	hold := func(board, _ string, phase proto.Phase) {
-		if board == "b-000" && phase == proto.PhasePrepare {
-			once.Do(func() {
-				close(reached)
-				<-release
-			})
-		}
-	}
+	hold := newPrepareHold(t, "b-000")
 	clock := &fakeClock{t: time.Now()}
-	a, b := startPairWith(t, labOptions{boards: 2, db: pgtest.New(t), trustKeys: []ed25519.PublicKey{pub}, onPhase: hold}, clock)
+	a, b := startPairWith(t, labOptions{boards: 2, db: pgtest.New(t), trustKeys: []ed25519.PublicKey{pub}, onPhase: hold.onPhase}, clock)
 	pairIdle(t, a, b)
 	img := (&otaLab{lab: a, key: key}).image("2.0.0")
 	st, err := a.clients["alice"].StartRollout(ctx, img, RolloutRequest{Boards: []string{"b-000", "b-001"}, Concurrency: 1})
@@ -344,12 +360,12 @@ func TestRolloutStopReachesOwnerAway(t *testing.T) {
 		t.Fatalf("%+v %v", st, err)
 	}
 	part := st.Parts[0].Rollout
-	<-reached
+	<-hold.reached["b-000"]
 	b.killService()
 	if st, err = a.clients["carol"].StopRollout(ctx, st.ID); err != nil || st.State != store.StateRunning || st.Stop != "stopped by carol" {
 		t.Fatalf("stopped with B away: %+v %v", st, err)
 	}
-	releaseOnce.Do(func() { close(release) })
+	hold.free()
 	if theirs, _, err := a.svc.st.Rollout(ctx, part); err != nil || theirs.State != store.StateRunning || theirs.Stop != "stopped by carol" {
 		t.Fatalf("B's part while B is away: %+v %v", theirs, err)
 	}
@@ -377,34 +393,24 @@ func TestRolloutStopThroughAnother(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reached, release := make(chan struct{}), make(chan struct{})
-	var once, releaseOnce sync.Once
-	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
-	hold := func(board, _ string, phase proto.Phase) {
-		if board == "a-000" && phase == proto.PhasePrepare {
-			once.Do(func() {
-				close(reached)
-				<-release
-			})
-		}
-	}
+	hold := newPrepareHold(t, "a-000")
 	clock := &fakeClock{t: time.Now()}
 	a, b := startPairWith(t, labOptions{boards: 2, db: filepath.Join(t.TempDir(), "lab.db"), trustKeys: []ed25519.PublicKey{pub},
-		onPhase: hold}, clock)
+		onPhase: hold.onPhase}, clock)
 	pairIdle(t, a, b)
 	img := (&otaLab{lab: a, key: key}).image("2.0.0")
 	st, err := a.clients["alice"].StartRollout(ctx, img, RolloutRequest{Boards: []string{"a-000", "a-001"}, Concurrency: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	<-reached
+	<-hold.reached["a-000"]
 	if st, err = b.clients["carol"].StopRollout(ctx, st.ID); err != nil || st.State != store.StateRunning || st.Stop != "stopped by carol" {
 		t.Fatalf("stopped through B: %+v %v", st, err)
 	}
 	if err := a.svc.claimRound(ctx); err != nil {
 		t.Fatal(err)
 	}
-	releaseOnce.Do(func() { close(release) })
+	hold.free()
 	st = waitRollout(t, a.clients["alice"], st)
 	if r := resultsOf(st); st.State != store.StateStopped || r["a-000"] != store.ResultSkipped || r["a-001"] != store.ResultSkipped {
 		t.Fatalf("stopped through B: %+v", st)
