@@ -100,7 +100,7 @@ func (s *Service) claimRound(ctx context.Context) error {
 		return err
 	}
 	if err := s.readStops(ctx); err != nil {
-		return err
+		s.log.Error("rollout stops not read", "err", err) // read again next round
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
