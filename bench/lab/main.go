@@ -16,8 +16,8 @@
 //
 // As root (unless -loopback), each instance and its boards' process run
 // in a network namespace of their own (internal/netlab, named after this
-// process: bllabPID-s0, ...), joined by a veth each to a bridge in a hub
-// namespace (bllabPID-br, 10.77.0.1): the boards on the namespace's own
+// process: nlPID-START-1-lab-s0, ...), joined by a veth each to a bridge
+// in a hub namespace (nlPID-START-1-lab-br, 10.77.0.1): the boards on the namespace's own
 // loopback, 127.0.0.1, which only their instance reaches, and the service
 // on https://10.77.1.K+1:7300 for instance K (TLS with a certificate made
 // for the run, which the peers trust), so a lease's command forwarded
@@ -64,7 +64,10 @@
 // touched, and nothing multicasts. The whole run is bounded by -timeout.
 // Everything it starts and writes (processes, namespaces with their veths
 // and bridge, files) is removed when it ends, also on error or Ctrl-C;
-// only -logs DIR keeps the services' and the boards' logs. At the end it
+// only -logs DIR keeps the services' and the boards' logs. Killed with
+// SIGKILL, it leaves no process (each dies with it: the parent-death
+// signal), and its namespaces are removed by the next run, or any other
+// user of netlab; only its temporary files stay. At the end it
 // counts each service's lost boards by error, from its log.
 package main
 
@@ -171,6 +174,7 @@ func main() {
 type instance struct {
 	name   string
 	ns     string    // its network namespace ("": loopback)
+	boards int       // how many boards it runs
 	log    string    // its service's log
 	host   *exec.Cmd // the process of its boards
 	hostIn io.WriteCloser
@@ -353,7 +357,7 @@ func run(ctx context.Context, o options) error {
 		if k < o.boards%o.instances {
 			n++
 		}
-		in := &instance{name: fmt.Sprintf("s%d", k), log: filepath.Join(logs, fmt.Sprintf("s%d.serve.log", k))}
+		in := &instance{name: fmt.Sprintf("s%d", k), boards: n, log: filepath.Join(logs, fmt.Sprintf("s%d.serve.log", k))}
 		idir := filepath.Join(dir, in.name)
 		fmt.Printf("starting %s: %d sim boards, then its service...\n", in.name, n)
 		ins = append(ins, in)
@@ -371,20 +375,28 @@ func run(ctx context.Context, o options) error {
 	}
 	s0, s1 := ins[0], ins[1]
 
-	// Online: s0 lists every board idle, each owned.
+	// Online: s0 lists every board idle, each owned, and so does every
+	// instance of its own boards. s0 alone once saw the last instance's
+	// boards idle while that instance still brought them online, which
+	// put their start-up writes in the idle window.
 	said := time.Now()
 	for {
-		bs, err := s0.c.Boards(ctx)
+		idle, err := idleBoards(ctx, s0.c, "")
 		if err != nil {
 			return err
 		}
-		idle := 0
-		for _, b := range bs {
-			if b.State == service.Idle && b.Owner != "" {
-				idle++
+		settled := idle == o.boards
+		for _, in := range ins[1:] {
+			if !settled {
+				break
 			}
+			own, err := idleBoards(ctx, in.c, in.name)
+			if err != nil {
+				return err
+			}
+			settled = own == in.boards
 		}
-		if idle == o.boards {
+		if settled {
 			break
 		}
 		if time.Since(said) > 30*time.Second {
@@ -547,6 +559,22 @@ func (in *instance) start(ctx context.Context, bin, dir, dsn, peer string, heart
 
 // leaseTrips acquires each of n boards of lab's (in turn) through c and
 // releases it: the round trips, and that of a command run under each.
+// idleBoards counts the boards c lists idle and owned: by owner, or by
+// anyone when owner is "".
+func idleBoards(ctx context.Context, c *service.Client, owner string) (int, error) {
+	bs, err := c.Boards(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, b := range bs {
+		if b.State == service.Idle && b.Owner != "" && (owner == "" || b.Owner == owner) {
+			n++
+		}
+	}
+	return n, nil
+}
+
 func leaseTrips(ctx context.Context, c *service.Client, lab hostedLab, n int) (trips, execs []time.Duration, err error) {
 	for i := range n {
 		id := lab.Boards[i%len(lab.Boards)].ID
@@ -854,7 +882,7 @@ func startNetwork(ctx context.Context, dir string, n int) (*network, error) {
 	for k := range names {
 		names[k] = fmt.Sprintf("s%d", k)
 	}
-	nl, err := netlab.New(ctx, fmt.Sprintf("bllab%d", os.Getpid()), names...)
+	nl, err := netlab.New(ctx, "lab", names...)
 	if err != nil {
 		return nil, err
 	}

@@ -104,7 +104,7 @@ func makeLabNetns(t *testing.T) labNetns {
 	if _, err := exec.LookPath("ip"); err != nil {
 		testenv.SkipOrFail(t, "no ip(8) for network namespaces: %v", err)
 	}
-	n, err := netlab.New(context.Background(), fmt.Sprintf("bl%d", os.Getpid()%100000), "a", "b")
+	n, err := netlab.New(context.Background(), "svc", "a", "b")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -496,11 +496,15 @@ func (s *Store) boards(ctx context.Context, rolloutID string, results []string) 
 	return s.queryBoards(ctx, rolloutID, where+` ORDER BY board_id`, args...)
 }
 
+// boardsSelect selects the boards of one rollout (its one arg), to
+// which a query adds its conditions and order.
+const boardsSelect = `SELECT rollout_id, board_id, address, phase, result, reason, from_version, to_version,
+	bytes_sent, attempts, started, ended, update_id FROM board_results WHERE rollout_id = ?`
+
 // queryBoards is rollout rolloutID's boards that the SQL rest (after its
 // WHERE, with args) selects and orders.
 func (s *Store) queryBoards(ctx context.Context, rolloutID, rest string, args ...any) ([]BoardResult, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT rollout_id, board_id, address, phase, result, reason, from_version, to_version,
-		bytes_sent, attempts, started, ended, update_id FROM board_results WHERE rollout_id = ?`+rest, append([]any{rolloutID}, args...)...)
+	rows, err := s.db.QueryContext(ctx, boardsSelect+rest, append([]any{rolloutID}, args...)...)
 	if err != nil {
 		return nil, fmt.Errorf("store: boards of %s: %w", rolloutID, err)
 	}
@@ -524,16 +528,62 @@ func (s *Store) queryBoards(ctx context.Context, rolloutID, rest string, args ..
 	return out, nil
 }
 
+// result_rank (schema version 7), a board's place on its rollout's page,
+// of the boards without a result: those running, then those pending.
+const (
+	rankRunning = 1
+	rankPending = 2
+)
+
 // keyWhere is the SQL condition (and its args) of the boards that count
-// under Summary key key.
-func keyWhere(key string) (string, []any) {
+// under Summary key key, on a column that an index holds with board id
+// after it (the boards of one key have one rank: their page is by board
+// id alone).
+func keyWhere(key string) (where string, args []any) {
 	switch key {
 	case SummaryPending:
-		return `result = '' AND phase = ?`, []any{PhasePlan}
+		return `result_rank = ?`, []any{rankPending}
 	case SummaryRunning:
-		return `result = '' AND phase <> ?`, []any{PhasePlan}
+		return `result_rank = ?`, []any{rankRunning}
 	}
 	return `result = ?`, []any{key}
+}
+
+// summaryCounts counts a rollout's boards (its one arg) by phase and
+// result, from the index that holds both (board_results_by_phase).
+const summaryCounts = `SELECT phase, result, count(*) FROM board_results WHERE rollout_id = ? GROUP BY phase, result`
+
+// pageOfBoards is what RolloutPage adds to boardsSelect (and its args,
+// after rolloutID) to read its page: the boards that count under key,
+// from the skip-th on, at most limit, in the order of an index
+// (board_results_by_rank, or by_result for one result). keyset (for
+// Postgres) starts the page at the key of its skip-th board, which a
+// subquery reads from the index alone, where an OFFSET would have Postgres
+// read the table's row of every board it skips; SQLite skips within the
+// index without reading rows, and seeks by the rank alone of a subquery's
+// row value, so OFFSET costs it less.
+func pageOfBoards(rolloutID, key string, skip, limit int, keyset bool) (rest string, args []any) {
+	var (
+		where string
+		fargs []any // where's
+		order = `result_rank, board_id`
+	)
+	if key != "" {
+		where, fargs = keyWhere(key)
+		where, order = ` AND `+where, `board_id`
+	}
+	rest, args = where, slices.Clone(fargs)
+	skip, limit = max(0, skip), max(0, limit)
+	switch {
+	case skip == 0:
+	case keyset:
+		rest += ` AND (` + order + `) >= (SELECT ` + order + ` FROM board_results WHERE rollout_id = ?` + where +
+			` ORDER BY ` + order + ` LIMIT 1 OFFSET ?)`
+		args = append(append(append(args, rolloutID), fargs...), skip)
+	default:
+		return rest + ` ORDER BY ` + order + ` LIMIT ? OFFSET ?`, append(args, limit, skip)
+	}
+	return rest + ` ORDER BY ` + order + ` LIMIT ?`, append(args, limit)
 }
 
 // RolloutPage returns the rollout whose id is id, or the only one whose id
@@ -542,7 +592,8 @@ func keyWhere(key string) (string, []any) {
 // Summary key key ("": all of them), from the skip-th on, at most limit,
 // those that failed in any way first, then those running, pending,
 // skipped and committed, each by board id. Unlike Rollout, it reads the
-// page's boards only, not all of a rollout of thousands.
+// page's boards only, not all of a rollout of thousands, in the order of
+// an index (see pageOfBoards and summaryCounts).
 func (s *Store) RolloutPage(ctx context.Context, id, key string, skip, limit int) (Rollout, []BoardResult, error) {
 	full, err := s.ResolveRollout(ctx, id)
 	if err != nil {
@@ -555,8 +606,7 @@ func (s *Store) RolloutPage(ctx context.Context, id, key string, skip, limit int
 	if err != nil {
 		return Rollout{}, nil, fmt.Errorf("store: rollout %s: %w", full, err)
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT phase, result, count(*) FROM board_results WHERE rollout_id = ?
-		GROUP BY phase, result`, full)
+	rows, err := s.db.QueryContext(ctx, summaryCounts, full)
 	if err != nil {
 		return Rollout{}, nil, fmt.Errorf("store: rollout %s: %w", full, err)
 	}
@@ -576,17 +626,8 @@ func (s *Store) RolloutPage(ctx context.Context, id, key string, skip, limit int
 	if err := rows.Err(); err != nil {
 		return Rollout{}, nil, fmt.Errorf("store: rollout %s: %w", full, err)
 	}
-	var (
-		where string
-		args  []any
-	)
-	if key != "" {
-		where, args = keyWhere(key)
-		where = ` AND ` + where
-	}
-	args = append(args, ResultCommitted, ResultSkipped, PhasePlan, max(0, limit), max(0, skip))
-	boards, err := s.queryBoards(ctx, full, where+` ORDER BY CASE WHEN result = ? THEN 4 WHEN result = ? THEN 3
-		WHEN result = '' AND phase = ? THEN 2 WHEN result = '' THEN 1 ELSE 0 END, board_id LIMIT ? OFFSET ?`, args...)
+	rest, args := pageOfBoards(full, key, skip, limit, s.d.postgres)
+	boards, err := s.queryBoards(ctx, full, rest, args...)
 	if err != nil {
 		return Rollout{}, nil, err
 	}

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -127,7 +128,7 @@ func TestMigrateFromVersion5(t *testing.T) {
 		}
 		s.Close()
 		db := raw(t, dsn)
-		for _, q := range []string{`DROP TABLE rollout_parts`, `ALTER TABLE rollouts DROP COLUMN stop`, `UPDATE schema_version SET version = 5`} {
+		for _, q := range append(slices.Concat(toVersion7, toVersion6), `DROP TABLE rollout_parts`, `UPDATE schema_version SET version = 5`) {
 			if _, err := db.Exec(q); err != nil {
 				t.Fatal(err)
 			}
@@ -202,10 +203,10 @@ func TestRolloutStopAndRetry(t *testing.T) {
 	})
 }
 
-// TestMigrateFromVersion6: a database of schema version 6 (before
+// TestMigrateFromVersion7: a database of schema version 7 (before
 // stops) gains the rollouts' stop, empty, and its parts wait since
 // their creation.
-func TestMigrateFromVersion6(t *testing.T) {
+func TestMigrateFromVersion7(t *testing.T) {
 	eachEngine(t, func(t *testing.T, newDB func(testing.TB) string) {
 		ctx := context.Background()
 		dsn := newDB(t)
@@ -218,14 +219,13 @@ func TestMigrateFromVersion6(t *testing.T) {
 		}
 		s.Close()
 		db := raw(t, dsn)
-		for _, q := range []string{`ALTER TABLE rollouts DROP COLUMN stop`, `ALTER TABLE rollout_parts DROP COLUMN waiting_since`,
-			`UPDATE schema_version SET version = 6`} {
+		for _, q := range append(slices.Clone(toVersion7), `UPDATE schema_version SET version = 7`) {
 			if _, err := db.Exec(q); err != nil {
 				t.Fatal(err)
 			}
 		}
 		s = open(t, dsn)
-		if v := schemaVersion(t, dsn); v != 7 {
+		if v := schemaVersion(t, dsn); v != 8 {
 			t.Fatalf("schema version %d", v)
 		}
 		r, _, err := s.Rollout(ctx, "r-1")
@@ -238,3 +238,7 @@ func TestMigrateFromVersion6(t *testing.T) {
 		}
 	})
 }
+
+// toVersion7 takes a database of schema version 8 back to version 7 (its
+// version number aside), for the tests of the migrations from before.
+var toVersion7 = []string{`ALTER TABLE rollouts DROP COLUMN stop`, `ALTER TABLE rollout_parts DROP COLUMN waiting_since`}

@@ -197,7 +197,25 @@ CREATE TABLE rollout_parts (
 ) {strict};
 CREATE INDEX rollout_parts_by_home ON rollout_parts (home, state);
 `,
-	// 7: a stop asked of a rollout by hand (who asked it: "" none), on
+	// 7: a board's place on its rollout's page (result_rank: failed in
+	// any way 0, running 1, pending 2, skipped 3, committed 4), computed
+	// by the database from phase and result so that no write can leave
+	// it stale; and the indexes that read a rollout's page without
+	// sorting or reading all its rows: one page of its boards in that
+	// order or of one result (board_results_by_result gains board_id),
+	// its counts by phase and result, and its latest board write (its
+	// Updated).
+	`
+ALTER TABLE board_results ADD COLUMN result_rank {int} GENERATED ALWAYS AS (CASE
+	WHEN result = 'committed' THEN 4 WHEN result = 'skipped' THEN 3
+	WHEN result = '' AND phase = 'plan' THEN 2 WHEN result = '' THEN 1 ELSE 0 END) {generated};
+CREATE INDEX board_results_by_rank ON board_results (rollout_id, result_rank, board_id);
+DROP INDEX board_results_by_result;
+CREATE INDEX board_results_by_result ON board_results (rollout_id, result, board_id);
+CREATE INDEX board_results_by_phase ON board_results (rollout_id, phase, result);
+CREATE INDEX board_results_by_updated ON board_results (rollout_id, updated);
+`,
+	// 8: a stop asked of a rollout by hand (who asked it: "" none), on
 	// record so that the service running it stops it even if it was away
 	// when it was asked; and since when each part waits for its owner
 	// (its creation, until a given-up part is tried again), to give it up

@@ -9,9 +9,18 @@
 // Command; a program's own connections come from one with Dialer. It
 // also makes the self-signed certificate a service on such a network
 // serves with (SelfSigned).
+//
+// It heals itself: a Net's namespaces are named after the process that
+// made it (nlPID-START-N-..., START its start time, so that a reused pid
+// is told apart), and New first removes the namespaces of earlier Nets
+// whose maker is gone (killed with SIGKILL, say), with every process
+// still in them. A namespace of a live process, or one not named so, is
+// never touched. The processes Command starts die with their maker
+// (the parent-death signal).
 package netlab
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -21,14 +30,19 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/big"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -58,17 +72,47 @@ type Space struct {
 // 10.77.1.1 and on, within one /24.
 const maxSpaces = 254
 
-// New makes the hub namespace prefix+"br" with a bridge, and for each
-// name a namespace prefix+name on it, the i-th with address 10.77.1.i+1.
-// The prefix should be unique to the run (the process id in it, say): the
-// names are the machine's. On error, what was made is removed.
-func New(ctx context.Context, prefix string, names ...string) (n *Net, err error) {
+// validName is what a label and a name given to New may be: they make
+// up file names under /var/run/netns.
+var validName = regexp.MustCompile(`^[A-Za-z0-9_]{1,32}$`)
+
+// ErrName is the error of New given a label or a name that is not a
+// validName, or the hub's.
+var ErrName = errors.New("netlab: a label or name must be 1 to 32 of A-Z, a-z, 0-9 and _, and a name not br")
+
+// seq numbers the Nets of this process, which may have several at once.
+var seq atomic.Int64
+
+// New makes a hub namespace with a bridge, and for each name a namespace
+// on it, the i-th with address 10.77.1.i+1, once it has removed the
+// namespaces of earlier Nets whose maker is gone, with the processes
+// left in them (sweep). The namespaces are named PREFIX-LABEL-br (the hub) and
+// PREFIX-LABEL-NAME, PREFIX being unique to the Net and naming this
+// process (nlPID-START-N); label says what they are for. On error, what
+// was made is removed.
+func New(ctx context.Context, label string, names ...string) (n *Net, err error) {
 	if len(names) == 0 || len(names) > maxSpaces {
 		return nil, fmt.Errorf("netlab: %d namespaces: want 1 to %d", len(names), maxSpaces)
+	}
+	if !validName.MatchString(label) {
+		return nil, fmt.Errorf("%w: label %q", ErrName, label)
+	}
+	for _, name := range names {
+		if !validName.MatchString(name) || name == "br" {
+			return nil, fmt.Errorf("%w: name %q", ErrName, name)
+		}
 	}
 	if _, err := exec.LookPath("ip"); err != nil {
 		return nil, fmt.Errorf("netlab: no ip(8) (iproute2): %w", err)
 	}
+	if err := sweep(ctx); err != nil {
+		return nil, err
+	}
+	self, err := makerOf(os.Getpid())
+	if err != nil {
+		return nil, fmt.Errorf("netlab: this process's start time: %w", err)
+	}
+	prefix := fmt.Sprintf("%s-%d-%s-", self, seq.Add(1), label)
 	n = &Net{Hub: prefix + "br"}
 	made := []string{}
 	defer func() {
@@ -127,6 +171,112 @@ func prefixed(prefix string, names []string) []string {
 	return out
 }
 
+// netnsDir is where ip(8) keeps the named namespaces.
+const netnsDir = "/var/run/netns"
+
+// owned matches the name of a namespace New made: the maker's pid and
+// start time.
+var owned = regexp.MustCompile(`^nl([0-9]{1,10})-([0-9]{1,20})-[0-9]+-`)
+
+// makerOf names process pid as New's namespaces do: nlPID-START, START
+// its start time (in clock ticks since boot, /proc/PID/stat), which a
+// later process given the same pid does not have.
+func makerOf(pid int) (string, error) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return "", err
+	}
+	// The command name, in parentheses, may hold spaces: the fields
+	// that matter follow its last ')'; the start time is the 22nd.
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return "", fmt.Errorf("/proc/%d/stat: %q", pid, stat)
+	}
+	fields := strings.Fields(string(stat[i+1:]))
+	if len(fields) < 20 {
+		return "", fmt.Errorf("/proc/%d/stat: %q", pid, stat)
+	}
+	return fmt.Sprintf("nl%d-%s", pid, fields[19]), nil
+}
+
+// sweep removes the namespaces of Nets whose maker is gone (no process
+// of that pid and start time), killing (SIGKILL) the processes still in
+// them. Namespaces of a live maker, and those netlab did not name, are
+// left alone. New calls it first.
+func sweep(ctx context.Context) error {
+	ents, err := os.ReadDir(netnsDir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("netlab: %w", err)
+	}
+	var stale []string
+	for _, e := range ents {
+		m := owned.FindStringSubmatch(e.Name())
+		if m == nil {
+			continue
+		}
+		pid, err := strconv.Atoi(m[1])
+		if err != nil {
+			continue
+		}
+		if now, err := makerOf(pid); err == nil && strings.HasPrefix(e.Name(), now+"-") {
+			continue // its maker lives
+		}
+		stale = append(stale, e.Name())
+	}
+	var errs []error
+	for _, ns := range stale {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		err := errors.Join(killIn(ns), deleteAll([]string{ns}))
+		if _, serr := os.Stat(filepath.Join(netnsDir, ns)); errors.Is(serr, fs.ErrNotExist) {
+			continue // removed, by us or by another process's sweep
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// killIn sends SIGKILL to every process in namespace ns (as ip netns pids
+// finds them: by the namespace of their main thread), through a pidfd,
+// checked again after it is opened, so that no pid reused meanwhile is
+// hit.
+func killIn(ns string) error {
+	want, err := os.Stat(filepath.Join(netnsDir, ns))
+	if err != nil {
+		return fmt.Errorf("netlab: %w", err)
+	}
+	in := func(pid int) bool {
+		fi, err := os.Stat(fmt.Sprintf("/proc/%d/ns/net", pid))
+		return err == nil && os.SameFile(fi, want)
+	}
+	procs, err := os.ReadDir("/proc")
+	if err != nil {
+		return fmt.Errorf("netlab: %w", err)
+	}
+	var errs []error
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil || !in(pid) {
+			continue
+		}
+		fd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			continue // gone already
+		}
+		if in(pid) {
+			if err := unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0); err != nil && !errors.Is(err, unix.ESRCH) {
+				errs = append(errs, fmt.Errorf("netlab: kill %d in %s: %w", pid, ns, err))
+			}
+		}
+		unix.Close(fd)
+	}
+	return errors.Join(errs...)
+}
+
 // Close deletes the namespaces; their veths and bridge go with them once
 // no process is left in them (stop those first).
 func (n *Net) Close() error {
@@ -149,9 +299,16 @@ func deleteAll(names []string) error {
 
 // Command is name run with args in namespace ns (ip netns exec, which
 // execs it in place: the process's pid is the command's, and a signal
-// to it reaches the command).
+// to it reaches the command). It is killed (SIGKILL) when the thread
+// that starts it ends (the parent-death signal is the thread's,
+// golang/go#27505), which is when this process dies: Go ends a thread
+// only when a goroutine exits locked to it, which netlab never does (see
+// Dialer). A program that does must start Commands from a goroutine
+// that holds its thread for as long as they run.
 func Command(ns, name string, args ...string) *exec.Cmd {
-	return exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns, name}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd
 }
 
 // DialFunc is the dialer of an http.Transport.
@@ -159,10 +316,10 @@ type DialFunc func(ctx context.Context, network, addr string) (net.Conn, error)
 
 // Dialer returns a dialer whose connections come from namespace ns, and
 // the closer of the namespace's handle it keeps. Each dial runs on an OS
-// thread of its own moved into ns, which ends with it: the rest of the
-// program stays where it is.
+// thread moved into ns and back: the rest of the program stays where it
+// is.
 func Dialer(ns string) (DialFunc, func() error, error) {
-	f, err := os.Open(filepath.Join("/var/run/netns", ns))
+	f, err := os.Open(filepath.Join(netnsDir, ns))
 	if err != nil {
 		return nil, nil, fmt.Errorf("netlab: namespace %s: %w", ns, err)
 	}
@@ -175,8 +332,12 @@ func Dialer(ns string) (DialFunc, func() error, error) {
 	return dial, f.Close, nil
 }
 
-// within runs fn on an OS thread of its own moved into the namespace of
-// handle ns, which ends with it; the sockets fn makes stay in ns.
+// within runs fn on an OS thread moved into the namespace of handle ns,
+// then back where it was; the sockets fn makes stay in ns. The thread
+// is not left to end with its goroutine: a process started from it with
+// a parent-death signal (a Command, pgtest's postmaster) would get it.
+// Only if it cannot be moved back does it end, rather than serve others
+// from ns.
 func within[T any](ns *os.File, fn func() (T, error)) (T, error) {
 	type result struct {
 		v   T
@@ -184,13 +345,24 @@ func within[T any](ns *os.File, fn func() (T, error)) (T, error) {
 	}
 	ch := make(chan result, 1)
 	go func() {
-		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		var zero T
+		runtime.LockOSThread()
+		home, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{zero, fmt.Errorf("netlab: %w", err)}
+			return
+		}
+		defer home.Close()
 		if err := unix.Setns(int(ns.Fd()), unix.CLONE_NEWNET); err != nil {
-			var zero T
+			runtime.UnlockOSThread()
 			ch <- result{zero, fmt.Errorf("setns %s: %w", ns.Name(), err)}
 			return
 		}
 		v, err := fn()
+		if unix.Setns(int(home.Fd()), unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
 		ch <- result{v, err}
 	}()
 	r := <-ch

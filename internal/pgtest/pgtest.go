@@ -11,7 +11,9 @@
 //	func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 //
 // Should the test binary die first, the postmaster gets SIGQUIT from the
-// kernel (the parent-death signal) and stops at once.
+// kernel (the parent-death signal) and stops at once. That signal is the
+// starting thread's, so the postmaster is started from a thread held for
+// its life: no other goroutine's end can end that thread.
 package pgtest
 
 import (
@@ -25,6 +27,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -35,6 +38,7 @@ import (
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver
+	"golang.org/x/sys/unix"
 
 	"github.com/boardlink/boardlink/internal/testenv"
 )
@@ -50,8 +54,11 @@ type cluster struct {
 	dir    string // the temporary directory: data/ and the socket
 	cmd    *exec.Cmd
 	exited chan struct{}
-	log    *tail
-	admin  *sql.DB // the "postgres" database, to create the tests' own
+	// starter is the thread that started the postmaster (and waits for
+	// it): when it ends, the postmaster gets its parent-death signal.
+	starter int
+	log     *tail
+	admin   *sql.DB // the "postgres" database, to create the tests' own
 }
 
 var (
@@ -229,19 +236,34 @@ func start(ctx context.Context, settings []string) (_ *cluster, err error) {
 		return nil, err
 	}
 	cmd.Stderr = logw
-	err = cmd.Start()
+	c := &cluster{dir: dir, cmd: cmd, exited: make(chan struct{}), log: &tail{}}
+	started := make(chan error, 1)
+	go func() {
+		// The parent-death signal is sent when the thread that started
+		// the postmaster ends, not the process (golang/go#27505), and Go
+		// ends a thread whose goroutine exits locked to it (as
+		// netlab.Dialer's did, on whatever thread it ran): the postmaster
+		// would get SIGQUIT mid-test, and its socket go. Holding this
+		// thread for the postmaster's life keeps every other goroutine
+		// off it.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		c.starter = unix.Gettid()
+		err := cmd.Start()
+		started <- err
+		if err == nil {
+			cmd.Wait()
+			close(c.exited)
+		}
+	}()
+	err = <-started
 	logw.Close()
 	if err != nil {
 		logr.Close()
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
-	c := &cluster{dir: dir, cmd: cmd, exited: make(chan struct{}), log: &tail{}}
 	ready := make(chan struct{})
 	go c.log.read(logr, "ready to accept connections", ready)
-	go func() {
-		cmd.Wait()
-		close(c.exited)
-	}()
 	select {
 	case <-ready:
 	case <-c.exited:

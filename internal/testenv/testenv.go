@@ -1,8 +1,9 @@
 // Package testenv holds what tests share about their environment: skips
 // that become failures under BOARDLINK_E2E=1 (set by .ci/run, where every
 // tool a test needs is installed), long stress tests that run only then,
-// waits on events (Eventually, Parked), and a leak check for goroutines
-// and file descriptors.
+// waits on events (Eventually, Parked), a leak check for goroutines
+// and file descriptors, and a thread to start a process with a
+// parent-death signal from (OnPooledThread).
 package testenv
 
 import (

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -94,6 +95,9 @@ type Link struct {
 	closing  chan struct{}
 	readDone chan struct{}
 	stopped  chan struct{} // the ping loop has exited, the close handshake done
+	// pong holds the payload of the last ping the reader saw, for the
+	// ping loop to answer (see newLink).
+	pong     chan string
 	once     sync.Once
 	readOnce sync.Once
 	mu       sync.Mutex
@@ -207,11 +211,25 @@ func readAll(r io.Reader, b []byte) ([]byte, error) {
 func newLink(ws *websocket.Conn, cfg Config) *Link {
 	cfg = cfg.withDefaults()
 	l := &Link{ws: ws, cfg: cfg, wsem: make(chan struct{}, 1),
-		closing: make(chan struct{}), readDone: make(chan struct{}), stopped: make(chan struct{})}
+		closing: make(chan struct{}), readDone: make(chan struct{}), stopped: make(chan struct{}),
+		pong: make(chan string, 1)}
 	ws.SetReadLimit(cfg.HardLimit)
-	_ = ws.SetReadDeadline(time.Now().Add(cfg.PongWait))
-	ws.SetPongHandler(func(string) error {
-		return ws.SetReadDeadline(time.Now().Add(cfg.PongWait))
+	alive := func(string) error { return ws.SetReadDeadline(time.Now().Add(cfg.PongWait)) }
+	_ = alive("")
+	ws.SetPongHandler(alive)
+	// gorilla's own ping handler writes the pong in the reader, and gives
+	// up on it silently after one second: behind a long write on a loaded
+	// host the peer then misses its pongs and drops a live link. The ping
+	// loop writes it instead, bounded by WriteTimeout as any write, and
+	// the reader never waits on the writer. An unanswered ping is replaced
+	// by a newer one: a pong for the last is enough (RFC 6455 5.5.3).
+	ws.SetPingHandler(func(payload string) error {
+		select {
+		case <-l.pong:
+		default:
+		}
+		l.pong <- payload
+		return alive(payload)
 	})
 	go l.pingLoop()
 	return l
@@ -329,14 +347,25 @@ func (l *Link) pingLoop() {
 	for {
 		select {
 		case <-ping.C:
-			if err := l.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(l.cfg.WriteTimeout)); err != nil {
-				l.torn.Store(true)
-				l.startClose()
-			}
+			l.control(websocket.PingMessage, nil)
+		case p := <-l.pong:
+			l.control(websocket.PongMessage, []byte(p))
 		case <-l.closing:
 			l.finish()
 			return
 		}
+	}
+}
+
+// control writes a ping or a pong within WriteTimeout; one that fails
+// ends the link, as a message's write does. After a close frame (the
+// reader answers the peer's) nothing more is due.
+func (l *Link) control(t int, payload []byte) {
+	err := l.ws.WriteControl(t, payload, time.Now().Add(l.cfg.WriteTimeout))
+	if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
+		l.cfg.Logger.Debug("websocket control frame not written", "type", t, "err", err)
+		l.torn.Store(true)
+		l.startClose()
 	}
 }
 

@@ -126,3 +126,87 @@ func TestWriteTimeoutEndsAsEOF(t *testing.T) {
 		t.Fatalf("%d bytes written on the connection after its write timed out", b)
 	}
 }
+
+// TestPongBehindALongWrite: a ping that arrives while the link's writer
+// is stuck in a long write (the peer reads nothing for a while) is
+// answered once the write goes through, as late as WriteTimeout allows,
+// and the reader goes on meanwhile. gorilla's own handler would hold the
+// reader for a second, then drop the pong without a word: a loaded host
+// lost live links that way, their peers' pongs missing.
+func TestPongBehindALongWrite(t *testing.T) {
+	const big = 32 << 20 // more than both ends' socket buffers hold
+	readAfter, wrote := make(chan struct{}), make(chan error, 1)
+	srv := &Server{Config: Config{PingInterval: time.Hour}, Serve: func(ctx context.Context, l *Link) {
+		reading := make(chan struct{})
+		go func() {
+			defer close(reading)
+			for {
+				_, msg, err := l.ReadMessage()
+				if err != nil {
+					return
+				}
+				if string(msg) == "after" {
+					close(readAfter)
+				}
+			}
+		}()
+		err := l.WriteMessage(ctx, transport.Binary, make([]byte, big))
+		if err == nil {
+			err = l.WriteMessage(ctx, transport.Text, []byte("end"))
+		}
+		wrote <- err
+		<-reading
+	}}
+	ts := httptest.NewServer(srv)
+	defer ts.Close()
+	c, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(ts.URL, "http")+Path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pongs, second := make(chan string, 2), make(chan struct{})
+	c.SetPongHandler(func(p string) error {
+		pongs <- p
+		if p == "2" {
+			close(second)
+		}
+		return nil
+	})
+	// The big message has begun: the server's writer holds the
+	// connection until this end reads it all.
+	typ, r, err := c.NextReader()
+	if err != nil || typ != websocket.BinaryMessage {
+		t.Fatalf("first message: %v %v", typ, err)
+	}
+	if err := c.WriteControl(websocket.PingMessage, []byte("1"), time.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WriteMessage(websocket.TextMessage, []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	<-readAfter // the server's reader got past the ping
+	n, err := io.Copy(io.Discard, r)
+	if err != nil || n != big {
+		t.Fatalf("big message: %d bytes, %v", n, err)
+	}
+	if _, msg, err := c.ReadMessage(); err != nil || string(msg) != "end" {
+		t.Fatalf("after the big message: %q %v", msg, err)
+	}
+	if err := <-wrote; err != nil {
+		t.Fatalf("the server's writes: %v", err)
+	}
+	if err := c.WriteControl(websocket.PingMessage, []byte("2"), time.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			if _, _, err := c.NextReader(); err != nil {
+				return
+			}
+		}
+	}()
+	<-second
+	if p := <-pongs; p != "1" {
+		t.Fatalf("first pong %q: the ping that came during the long write was not answered", p)
+	}
+}
