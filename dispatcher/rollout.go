@@ -1,6 +1,7 @@
 package dispatcher
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -169,6 +170,54 @@ type RolloutConfig struct {
 	// wave starts. A board older than protocol 5 cannot hold its trial: it
 	// commits first and is gated after.
 	Gate *Gate
+	// Halt, if set, stops the rollout by hand (Halt.Stop).
+	Halt *Halt
+}
+
+// A Halt stops a rollout by hand, each board at its safe point, before
+// its new slot is activated: no board starts a prepare or an execute
+// after it (those left are skipped, with the halt's reason); a board
+// preparing is cut short and its update aborted (only its inactive slot
+// was written); a board whose update was activated goes on to its end,
+// through its gate and its wave's verdict (a halt rolls nothing back).
+// The report's Stopped is the halt's reason. A nil Halt never stops.
+type Halt struct {
+	once sync.Once
+	done chan struct{}
+	why  string // set once, before done is closed
+}
+
+// NewHalt returns a Halt not stopped yet.
+func NewHalt() *Halt { return &Halt{done: make(chan struct{})} }
+
+// Stop stops the rollout, why (who stopped it); only the first call
+// counts.
+func (h *Halt) Stop(why string) {
+	h.once.Do(func() {
+		h.why = why
+		close(h.done)
+	})
+}
+
+// Why is the reason of the stop, "" while there is none.
+func (h *Halt) Why() string {
+	if h == nil {
+		return ""
+	}
+	select {
+	case <-h.done:
+		return h.why
+	default:
+		return ""
+	}
+}
+
+// Done is closed once the rollout is stopped (never, for a nil Halt).
+func (h *Halt) Done() <-chan struct{} {
+	if h == nil {
+		return nil
+	}
+	return h.done
 }
 
 // Transient reports whether err may go away when the same step is tried
@@ -336,7 +385,7 @@ func (r *run) attempts(ctx context.Context, board, stage string, step func(conte
 			defer c.Close()
 			return step(actx, c)
 		}()
-		if err == nil || !Transient(err) || ctx.Err() != nil {
+		if err == nil || !Transient(err) || ctx.Err() != nil || stage == StagePrepare && r.cfg.Halt.Why() != "" {
 			return err
 		}
 	}
@@ -396,8 +445,21 @@ func RunRollout(ctx context.Context, cfg RolloutConfig, plan Plan, done []BoardR
 	}
 	prepare := func(ctx context.Context, c *Client, b string) error {
 		if r.resumeLater(ctx, c, b) {
-			return nil
+			return nil // past its safe point: it goes on even after a halt
 		}
+		if why := cfg.Halt.Why(); why != "" {
+			return errors.New(why)
+		}
+		// A halt cuts the prepare short: only the inactive slot is written.
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go func() {
+			select {
+			case <-cfg.Halt.Done():
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
 		rep, err := c.Prepare(ctx, cfg.Image, OTAOptions{Force: cfg.Force, Chunks: r.cache, Progress: r.progress(b, StagePrepare)})
 		r.note(b, func(br *BoardReport) {
 			br.UpdateID = rep.Plan.ID
@@ -471,7 +533,7 @@ func RunRollout(ctx context.Context, cfg RolloutConfig, plan Plan, done []BoardR
 		r.verdict(ctx, n, committed, addr, verdict)
 	}
 	out := Report{Version: plan.Version, Counts: map[string]int{}, ImageBytesRead: r.cache.BytesRead(),
-		TookMs: time.Since(start).Milliseconds(), Stopped: r.stopped}
+		TookMs: time.Since(start).Milliseconds(), Stopped: cmp.Or(cfg.Halt.Why(), r.stopped)}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, id := range order {
@@ -554,6 +616,10 @@ func (r *run) stage(ctx context.Context, wave int, name string, boards []string,
 		}
 		wg.Go(func() {
 			defer func() { <-sem }()
+			if why := r.haltsBefore(name, b); why != "" {
+				r.abandon(ctx, wave, name, b, addr[b], why)
+				return
+			}
 			started := time.Now()
 			r.note(b, func(br *BoardReport) {
 				br.Stage = name
@@ -567,6 +633,10 @@ func (r *run) stage(ctx context.Context, wave int, name string, boards []string,
 			if err != nil {
 				if ctx.Err() != nil {
 					return // interrupted: the board stays as it was, to resume
+				}
+				if why := r.cfg.Halt.Why(); why != "" && name == StagePrepare {
+					r.abandon(ctx, wave, name, b, addr[b], why+" during its prepare")
+					return
 				}
 				r.failures.Add(1)
 				res := failureResult(err)
@@ -586,6 +656,80 @@ func (r *run) stage(ctx context.Context, wave int, name string, boards []string,
 	wg.Wait()
 	slices.SortFunc(passed, func(a, b string) int { return slices.Index(boards, a) - slices.Index(boards, b) })
 	return passed
+}
+
+// haltsBefore is the halt's reason when board b must not start stage
+// name: a halt came, and b has not passed its safe point ("": it goes
+// on). A board with an update of an earlier run prepares (its prepare
+// step finds out how far its update went); one whose update was
+// activated executes to its end.
+func (r *run) haltsBefore(name, b string) string {
+	why := r.cfg.Halt.Why()
+	if why == "" {
+		return ""
+	}
+	r.mu.Lock()
+	rep := *r.boards[b]
+	r.mu.Unlock()
+	switch {
+	case name == StagePrepare && rep.UpdateID == "":
+		return why
+	case name == StageExecute && !slices.Contains(activated, proto.Phase(rep.Phase)):
+		return why
+	}
+	return ""
+}
+
+// activated are the phases of an update past its safe point: the board
+// boots, or booted, its new slot.
+var activated = []proto.Phase{proto.PhaseActivate, proto.PhaseTrial, proto.PhaseHeld, proto.PhaseCommit,
+	proto.PhaseRollback, proto.PhaseDone}
+
+// abandon skips board b at stage name, why (a halt): an update it
+// prepared, or began to (its prepare cut short, in this run or an
+// earlier one, maybe before the board named its update), is aborted on
+// it, so that none is left behind (its running slot was never touched).
+func (r *run) abandon(ctx context.Context, wave int, name, b, addr, why string) {
+	r.mu.Lock()
+	id, began := r.boards[b].UpdateID, r.boards[b].Stage == StagePrepare
+	r.mu.Unlock()
+	if id != "" || began {
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.cfg.BoardTimeout)
+		aborted := false
+		c, err := r.cfg.Dial(actx, addr)
+		if err == nil {
+			aborted, err = r.abort(actx, c, id)
+			c.Close()
+		}
+		cancel()
+		switch {
+		case err != nil:
+			why += "; its update was not aborted: " + err.Error()
+		case aborted:
+			why += "; its update aborted"
+		}
+	}
+	r.note(b, func(br *BoardReport) { br.Result, br.Reason, br.Stage, br.Ended = ResultSkipped, why, name, time.Now() })
+	r.emit(Event{Board: b, Stage: name, Wave: wave, Kind: "done", Result: ResultSkipped, Reason: why})
+}
+
+// abort aborts update id on the board of c; with no id, the board's
+// update of the rollout's version not yet activated, if it has one. It
+// reports whether it aborted one.
+func (r *run) abort(ctx context.Context, c *Client, id string) (bool, error) {
+	if id == "" {
+		st, err := c.OTAStatus(ctx)
+		if err != nil {
+			return false, err
+		}
+		u := st.Update
+		if u == nil || !u.Phase.Abortable() || u.Version != r.cfg.Image.Manifest.Version {
+			return false, nil
+		}
+		id = u.ID
+	}
+	_, err := c.OTAAbort(ctx, id)
+	return err == nil, err
 }
 
 func (r *run) tooMany() bool {

@@ -265,7 +265,7 @@ func TestRolloutJobResumes(t *testing.T) {
 		t.Fatalf("a board of wave 2 after the interruption: %+v", b)
 	}
 
-	outcomes, err := rolloutjob.ResumeRollouts(ctx, st, rolloutjob.OwnerService, env)
+	outcomes, err := rolloutjob.ResumeRollouts(ctx, st, rolloutjob.OwnerService, env, nil)
 	if err != nil || len(outcomes) != 1 || outcomes[0].ID != id || outcomes[0].Err != nil {
 		t.Fatalf("resumed %+v %v", outcomes, err)
 	}

@@ -258,3 +258,64 @@ func TestTransient(t *testing.T) {
 		}
 	}
 }
+
+// TestRolloutHalt: a rollout stopped by hand while its first board
+// prepares skips every board, the one preparing with its update aborted;
+// stopped once a board's execute began, that board commits (a stop rolls
+// nothing back) and the boards prepared after it are skipped, their
+// updates aborted: none of them runs the new version.
+func TestRolloutHalt(t *testing.T) {
+	pub, priv, err := image.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, at := range []string{dispatcher.StagePrepare, dispatcher.StageExecute} {
+		t.Run(at, func(t *testing.T) {
+			lab := otaLab(t, 3, pub)
+			_, im := imageFile(t, priv, "2.0.0")
+			halt := dispatcher.NewHalt()
+			first := lab.Boards[0].ID
+			cfg := dispatcher.RolloutConfig{Image: im, Concurrency: 1, MaxFailures: -1, DialOptions: lab.DialOptions(), Halt: halt,
+				Events: func(e dispatcher.Event) {
+					if e.Board == first && e.Stage == at && (e.Kind == "progress" || at == dispatcher.StageExecute && e.Kind == "start") {
+						halt.Stop("stopped by alice")
+					}
+				}}
+			rep := dispatcher.RunRollout(ctx, cfg, dispatcher.PlanRollout(ctx, cfg, targets(lab)), nil)
+			if rep.Stopped != "stopped by alice" || rep.OK() {
+				t.Fatalf("report: %+v", rep)
+			}
+			for i, b := range lab.Boards {
+				r := byID(rep)[b.ID]
+				c := dial(t, b.Addr())
+				st, err := c.OTAStatus(ctx)
+				info, ierr := c.Info(ctx)
+				c.Close()
+				if err != nil || ierr != nil {
+					t.Fatal(err, ierr)
+				}
+				version := ""
+				for _, s := range info.Slots {
+					if s.Booted {
+						version = s.Version
+					}
+				}
+				if i == 0 && at == dispatcher.StageExecute {
+					if r.Result != string(proto.ResultCommitted) || version != "2.0.0" {
+						t.Errorf("%s, in execute when stopped: %+v, runs %s", b.ID, r, version)
+					}
+					continue
+				}
+				t.Logf("%s: %s: %s", b.ID, r.Result, r.Reason)
+				if r.Result != dispatcher.ResultSkipped || !strings.Contains(r.Reason, "stopped by alice") || version == "2.0.0" {
+					t.Errorf("%s: %+v, runs %s", b.ID, r, version)
+				}
+				if r.UpdateID != "" && (!strings.Contains(r.Reason, "its update aborted") || st.Update == nil ||
+					st.Update.Result != proto.ResultAborted) {
+					t.Errorf("%s: an update left behind: %+v, status %+v", b.ID, r, st.Update)
+				}
+			}
+		})
+	}
+}

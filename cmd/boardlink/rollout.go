@@ -49,6 +49,7 @@ type rolloutOptions struct {
 	gate         string
 	gateTimeout  time.Duration
 	waveSize     int
+	partWait     time.Duration
 }
 
 func newRolloutCmd(g *globals) *cobra.Command {
@@ -110,7 +111,10 @@ a job of its own: it selects among its boards (leaving out those offline,
 in maintenance or in quarantine; a board a lease holds is refused),
 records the rollout and resumes it after a restart; this command follows
 it and prints the report. Ctrl-C stops following, not the rollout: --resume ID
-follows it again. --plan, --save-plan, --inventory, --db and --log-dir do
+follows it again; 'boardlink rollout stop ID' stops it. The boards other
+services sharing its database drive are a part each, started on their
+service, or waiting for it to come back for --part-wait at most (then
+given up: 'boardlink rollout retry ID SERVICE' tries again). --plan, --save-plan, --inventory, --db and --log-dir do
 not go through the service.
 
 Exit status: 0 when every selected board committed (or already ran the
@@ -159,7 +163,94 @@ version); 1 when any failed, rolled back or was skipped; 2 a usage error.`,
 	f.StringVar(&o.gate, "gate", "", "'exec: COMMAND': run on each board of a wave on its held trial; the wave commits, and the next starts, only if it passes on all")
 	f.DurationVar(&o.gateTimeout, "gate-timeout", dispatcher.DefaultGateTimeout, "bound on the gate command on one board")
 	f.IntVar(&o.waveSize, "wave", 0, "boards per wave (default: -C with --gate, else all in one wave)")
+	f.DurationVar(&o.partWait, "part-wait", service.DefaultPartWait, "with --server: how long the boards of another service wait for it to come back")
+	cmd.AddCommand(newRolloutStopCmd(g), newRolloutRetryCmd(g))
 	return cmd
+}
+
+func newRolloutStopCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "stop ID",
+		Short: "Stop a rollout the lab service runs",
+		Long: `stop stops a rollout of the lab service (--server or BOARDLINK_SERVER), and
+its parts on the other services sharing its database, each board at its
+safe point: no board not yet started is started; a board writing its
+inactive slot stops and its update is aborted; a board already switching
+to the new slot (activated, rebooting, in its trial) goes on to its end,
+committed or rolled back: a stop rolls nothing back. The boards left are
+skipped, naming who stopped the rollout, and it ends stopped. A service
+away when it is stopped stops its part as it comes back. It answers at
+once; 'boardlink rollout --resume ID' follows the rollout to its end.
+
+Exit status: 0 when the rollout is stopped (or was already); 1 when it was
+over already.`,
+		Example: `  boardlink --server http://lab:7300 rollout stop r-20261202-1830-ab12`,
+		Args:    exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return rolloutStop(cmd.Context(), g, args, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+}
+
+func newRolloutRetryCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "retry ID SERVICE",
+		Short: "Try again a rollout's part that was given up on another service",
+		Long: `retry tries again the part of a rollout of the lab service (--server or
+BOARDLINK_SERVER) for the boards SERVICE drives, given up because SERVICE
+refused it too often or stayed away longer than the rollout's
+--part-wait: it waits for SERVICE afresh and starts there once SERVICE is
+back. Only a part given up is tried again.`,
+		Example: `  boardlink --server http://lab:7300 rollout retry r-20261202-1830-ab12 lab-b`,
+		Args:    exactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return rolloutRetry(cmd.Context(), g, args, cmd.OutOrStdout(), cmd.ErrOrStderr())
+		},
+	}
+}
+
+// rolloutStop stops rollout args[0] and says where it stands.
+func rolloutStop(ctx context.Context, g *globals, args []string, stdout, _ io.Writer) error {
+	c, err := g.serviceClient()
+	if err != nil {
+		return err
+	}
+	st, err := c.StopRollout(ctx, args[0])
+	if err != nil {
+		return serviceFailure(err)
+	}
+	printRolloutState(stdout, st)
+	return nil
+}
+
+// rolloutRetry tries again rollout args[0]'s part on service args[1].
+func rolloutRetry(ctx context.Context, g *globals, args []string, stdout, _ io.Writer) error {
+	c, err := g.serviceClient()
+	if err != nil {
+		return err
+	}
+	st, err := c.RetryPart(ctx, args[0], args[1])
+	if err != nil {
+		return serviceFailure(err)
+	}
+	printRolloutState(stdout, st)
+	return nil
+}
+
+// printRolloutState says what state rollout st is in, who stopped it, and
+// where its parts stand.
+func printRolloutState(w io.Writer, st service.RolloutStatus) {
+	line := fmt.Sprintf("rollout %s: %s", st.ID, st.State)
+	switch {
+	case st.Stop != "" && st.State == store.StateRunning:
+		line += "; " + st.Stop + ": the boards under way stop at their safe points"
+	case st.Stop != "":
+		line += "; " + st.Stop
+	}
+	fmt.Fprintln(w, line)
+	for _, p := range st.Parts {
+		fmt.Fprintln(w, "  "+partLine(p))
+	}
 }
 
 func runRollout(ctx context.Context, g *globals, o rolloutOptions, args []string, stdout, stderr io.Writer) error {
@@ -306,7 +397,7 @@ func rolloutViaServer(ctx context.Context, g *globals, o rolloutOptions, args []
 		}
 		st, err = c.WithUploadProgress(bar.set).StartRollout(ctx, args[0], service.RolloutRequest{Select: sel, Concurrency: o.concurrency,
 			MaxFailures: o.maxFailures, WaveSize: o.waveSize, Gate: o.gate, GateTimeoutMs: o.gateTimeout.Milliseconds(),
-			BoardTimeoutMs: o.boardTimeout.Milliseconds(), Force: o.force})
+			BoardTimeoutMs: o.boardTimeout.Milliseconds(), Force: o.force, PartWaitMs: o.partWait.Milliseconds()})
 		bar.done(err == nil)
 		if err != nil {
 			return serviceFailure(err)
@@ -361,12 +452,17 @@ type rolloutFollower struct {
 	stderr io.Writer
 	seen   map[string]store.BoardResult // each board as last shown
 	shown  map[string]string            // each part's line as last shown, by owner
+	stop   bool                         // the rollout's stop by hand was shown
 }
 
 // follow follows rollout st until it is over, its parts too, and returns
 // it with the rollouts its parts started.
 func (f *rolloutFollower) follow(ctx context.Context, st service.RolloutStatus) ([]service.RolloutStatus, error) {
 	for {
+		if st.Stop != "" && !f.stop && !f.asJSON {
+			f.stop = true
+			fmt.Fprintf(f.stderr, "rollout %s %s: no board starts now, those under way stop at their safe points\n", st.ID, st.Stop)
+		}
 		f.boards(st)
 		runs := []service.RolloutStatus{st}
 		for _, p := range st.Parts {

@@ -115,8 +115,11 @@ func RecordedRollout(ctx context.Context, st *store.Store, id string) (store.Rol
 // waves, board timeout, force. Every board's report is recorded as it
 // changes; Events carry the rollout's id.
 //
-// At the end the rollout's state is done, or stopped when a gate or too
-// many failures stopped it early. When ctx ends first the state stays
+// At the end the rollout's state is done, or stopped when a gate, too
+// many failures or a halt (env.Halt) stopped it early. A stop on record
+// (store.StopRollout: asked while no run was under way, or of another
+// process) halts it from the start: boards whose update was activated
+// are followed to their end, the others skipped. When ctx ends first the state stays
 // running, for a later run to resume, and the error is ctx's. Other
 // errors are the records' or the image's.
 func RunRecorded(ctx context.Context, st *store.Store, id string, env dispatcher.RolloutConfig) (dispatcher.Report, error) {
@@ -136,6 +139,12 @@ func RunRecorded(ctx context.Context, st *store.Store, id string, env dispatcher
 		return dispatcher.Report{}, err
 	}
 	cfg := env
+	if rec.Stop != "" {
+		if cfg.Halt == nil {
+			cfg.Halt = dispatcher.NewHalt()
+		}
+		cfg.Halt.Stop(rec.Stop)
+	}
 	cfg.Image, cfg.Concurrency, cfg.MaxFailures = im, rec.Concurrency, rec.MaxFailures
 	cfg.Gate, cfg.WaveSize, cfg.Force = spec.Gate, spec.WaveSize, spec.Force
 	if spec.BoardTimeout > 0 {
@@ -189,9 +198,11 @@ type RolloutOutcome struct {
 
 // ResumeRollouts runs on, all at once, every recorded rollout of owner
 // still in StateRunning (its last run was killed, or stopped with its
-// process), as RunRecorded does, and returns once they all ended. The
-// lab service calls it once as it starts, with OwnerService.
-func ResumeRollouts(ctx context.Context, st *store.Store, owner string, env dispatcher.RolloutConfig) ([]RolloutOutcome, error) {
+// process), as RunRecorded does, each with the Halt halt gives it (nil:
+// none), and returns once they all ended. The lab service calls it once
+// as it starts, with OwnerService.
+func ResumeRollouts(ctx context.Context, st *store.Store, owner string, env dispatcher.RolloutConfig,
+	halt func(id string) *dispatcher.Halt) ([]RolloutOutcome, error) {
 	ids, err := st.RunningRollouts(ctx)
 	if err != nil {
 		return nil, err
@@ -210,6 +221,10 @@ func ResumeRollouts(ctx context.Context, st *store.Store, owner string, env disp
 	var wg sync.WaitGroup
 	for i, id := range mine {
 		wg.Go(func() {
+			env := env
+			if halt != nil {
+				env.Halt = halt(id)
+			}
 			rep, err := RunRecorded(ctx, st, id, env)
 			out[i] = RolloutOutcome{ID: id, Report: rep, Err: err}
 		})

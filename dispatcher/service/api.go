@@ -70,6 +70,7 @@ func apiError(err error) *APIError {
 		fe *FieldError
 		le *LeasedError
 		se *StateError
+		re *RolloutStateError
 	)
 	e := &APIError{Status: http.StatusInternalServerError, Reason: ReasonInternal, Message: err.Error()}
 	switch {
@@ -86,7 +87,7 @@ func apiError(err error) *APIError {
 		e.Fields = []proto.FieldError{{Field: fe.Field, Rule: "bounds", Message: fe.Message}}
 	case errors.As(err, &le):
 		e.Status, e.Reason, e.Leased = http.StatusConflict, ReasonLeased, le
-	case errors.As(err, &se):
+	case errors.As(err, &se), errors.As(err, &re):
 		e.Status, e.Reason = http.StatusConflict, ReasonState
 	case errors.Is(err, ErrNoSuchLease), errors.Is(err, ErrNoSuchBoard), errors.Is(err, ErrNoConsole):
 		e.Status, e.Reason = http.StatusNotFound, string(proto.ReasonNotFound)
@@ -148,6 +149,8 @@ var routes = []route{
 	{"POST", "/api/v1/rollouts", "rollout.start", (*Service).hStartRollout},
 	{"GET", "/api/v1/rollouts", "", (*Service).hRollouts},
 	{"GET", "/api/v1/rollouts/{id}", "", (*Service).hRollout},
+	{"POST", "/api/v1/rollouts/{id}/stop", "rollout.stop", (*Service).hStopRollout},
+	{"POST", "/api/v1/rollouts/{id}/parts/{owner}/retry", "rollout.retry_part", (*Service).hRetryPart},
 	{"POST", "/api/v1/leases", "lease.acquire", (*Service).hAcquire},
 	{"GET", "/api/v1/leases", "", (*Service).hLeases},
 	{"GET", "/api/v1/leases/{id}", "", (*Service).hLease},
@@ -193,6 +196,9 @@ func (s *Service) serve(w http.ResponseWriter, r *http.Request, rt route) {
 	c := &call{user: u, action: rt.action, board: r.PathValue("id"), lease: r.Header.Get(LeaseHeader)}
 	if strings.HasPrefix(rt.path, "/api/v1/leases/{id}") {
 		c.board, c.lease = "", r.PathValue("id")
+	}
+	if strings.HasPrefix(rt.path, "/api/v1/rollouts/{id}") {
+		c.board = "" // a rollout's id, in its detail
 	}
 	handle := rt.handle
 	// An action on a board another service owns is that one's to do (and

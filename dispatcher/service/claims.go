@@ -99,6 +99,9 @@ func (s *Service) claimRound(ctx context.Context) error {
 	if err := s.endOrphans(ctx, now, instances); err != nil {
 		return err
 	}
+	if err := s.readStops(ctx); err != nil {
+		s.log.Error("rollout stops not read", "err", err) // read again next round
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped {

@@ -581,3 +581,23 @@ func (c *Client) WaitRollout(ctx context.Context, id string, updated time.Time, 
 	err := c.call(ctx, "GET", path, "", nil, &st)
 	return st, err
 }
+
+// StopRollout stops a rollout (its id or a unique prefix) and returns its
+// status at once: it reads running until the boards under way reached
+// their safe points (boards that already switched to the new slot are not
+// rolled back). A rollout stopped already is answered as it is; one over
+// otherwise is refused with an *APIError of Status 409 (ReasonState).
+func (c *Client) StopRollout(ctx context.Context, id string) (RolloutStatus, error) {
+	var st RolloutStatus
+	err := c.call(ctx, "POST", "/api/v1/rollouts/"+url.PathEscape(id)+"/stop", "", nil, &st)
+	return st, err
+}
+
+// RetryPart tries again a rollout's part on service owner that was given
+// up, and returns the rollout's status; a part in any other state is
+// refused with an *APIError of Status 409 (ReasonState).
+func (c *Client) RetryPart(ctx context.Context, id, owner string) (RolloutStatus, error) {
+	var st RolloutStatus
+	err := c.call(ctx, "POST", "/api/v1/rollouts/"+url.PathEscape(id)+"/parts/"+url.PathEscape(owner)+"/retry", "", nil, &st)
+	return st, err
+}

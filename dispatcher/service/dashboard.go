@@ -111,6 +111,8 @@ func (s *Service) Dashboard(cfg DashboardConfig) http.Handler {
 	}
 	d.mux.HandleFunc("GET /live/boards/{id}/console", d.consoleStream)
 	d.mux.HandleFunc("POST /boards/{id}/power", d.power)
+	d.mux.HandleFunc("POST /rollouts/{id}/stop", d.rolloutAction)
+	d.mux.HandleFunc("POST /rollouts/{id}/parts/{owner}/retry", d.rolloutAction)
 	d.mux.HandleFunc("GET /signin", d.signinForm)
 	d.mux.HandleFunc("POST /signin", d.signin)
 	d.mux.HandleFunc("POST /signout", d.signout)
@@ -376,7 +378,44 @@ func (d *dashboard) loadRollout(ctx context.Context, r *http.Request, v viewer) 
 		return nil, err
 	}
 	data.Rollout.State, data.Rollout.Updated, data.Parts = st.State, st.Updated, st.Parts
+	data.MayStop = v.signedIn && stoppable(st) && st.Stop == ""
+	data.MayRetry = v.signedIn && st.Stop == ""
 	return data, nil
+}
+
+// rolloutAction stops a rollout, or tries one of its parts again, from
+// its page's buttons, as the API's POST /rollouts/{id}/stop and
+// /rollouts/{id}/parts/{owner}/retry do (and recorded the same way).
+func (d *dashboard) rolloutAction(w http.ResponseWriter, r *http.Request) {
+	v := d.viewer(r)
+	if !v.signedIn {
+		d.message(w, r, http.StatusUnauthorized, "Sign in", "Sign in to stop a rollout or try a part again.")
+		return
+	}
+	if err := d.checkPost(w, r, v); err != nil {
+		d.s.log.Warn("dashboard: form refused", "path", r.URL.Path, "user", v.user.name, "err", err)
+		d.message(w, r, http.StatusForbidden, "Refused", err.Error())
+		return
+	}
+	id, owner := r.PathValue("id"), r.PathValue("owner")
+	action, detail := "rollout.stop", "rollout "+id
+	var (
+		st  RolloutStatus
+		err error
+	)
+	if owner == "" {
+		st, err = d.s.StopRollout(r.Context(), v.user, id)
+	} else {
+		action, detail = "rollout.retry_part", fmt.Sprintf("rollout %s: its part on %s", id, owner)
+		st, err = d.s.RetryPart(r.Context(), v.user, id, owner)
+	}
+	d.s.journal.audit(store.AuditEntry{User: v.user.name, Action: action, Result: result(err), Detail: detail + " (dashboard)"})
+	if err != nil {
+		e := apiError(err)
+		d.message(w, r, e.Status, "Rollout "+id, e.Message)
+		return
+	}
+	http.Redirect(w, r, "/rollouts/"+url.PathEscape(st.ID), http.StatusSeeOther)
 }
 
 // recentConsole is the end of board id's recent console text.

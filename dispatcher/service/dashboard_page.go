@@ -156,6 +156,8 @@ type rolloutData struct {
 	All     string // the link to every result
 	Result  string // the filter: a Summary key
 	Pager   pager
+	// The viewer may stop the rollout, and try its parts given up again.
+	MayStop, MayRetry bool
 }
 
 // resultCount is how many of a rollout's boards count under Key (a

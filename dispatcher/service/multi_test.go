@@ -61,9 +61,16 @@ var sharedEngines = []struct {
 // one peer token and their claims on clock.
 func startPair(t testing.TB, db string, n int, clock *fakeClock, keys ...ed25519.PublicKey) (a, b *lab) {
 	t.Helper()
+	return startPairWith(t, labOptions{boards: n, db: db, trustKeys: keys}, clock)
+}
+
+// startPairWith is startPair with the boards, database, keys and board
+// hooks of o.
+func startPairWith(t testing.TB, o labOptions, clock *fakeClock) (a, b *lab) {
+	t.Helper()
 	peer := filepath.Join(t.TempDir(), "peer.token")
 	writeSecret(t, peer, "peer-secret")
-	o := labOptions{boards: n, ttl: time.Minute, db: db, peerTokenFile: peer, now: clock.Now, claimTTL: claimTTL, trustKeys: keys}
+	o.ttl, o.peerTokenFile, o.now, o.claimTTL = time.Minute, peer, clock.Now, claimTTL
 	o.owner, o.idPrefix = "A", "a"
 	a = startLab(t, o)
 	o.owner, o.idPrefix = "B", "b"

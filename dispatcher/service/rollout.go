@@ -26,15 +26,18 @@ import (
 // MaxFailures failed (-1: never), waves of WaveSize boards, each gated by
 // Gate ("exec: COMMAND") before the next starts.
 type RolloutRequest struct {
-	Select         map[string]string `json:"select,omitempty" validate:"max=32,dive,keys,required,max=128,endkeys,max=256"`
-	Boards         []string          `json:"boards,omitempty" validate:"max=4096,dive,required,max=63"`
-	Concurrency    int               `json:"concurrency,omitempty" validate:"min=0,max=1024"`
-	MaxFailures    int               `json:"max_failures,omitempty" validate:"min=-1"`
-	WaveSize       int               `json:"wave_size,omitempty" validate:"min=0"`
-	Gate           string            `json:"gate,omitempty" validate:"max=4200"`
-	GateTimeoutMs  int64             `json:"gate_timeout_ms,omitempty" validate:"min=0,max=86400000"`
-	BoardTimeoutMs int64             `json:"board_timeout_ms,omitempty" validate:"min=0,max=86400000"`
-	Force          bool              `json:"force,omitempty"`
+	Select        map[string]string `json:"select,omitempty" validate:"max=32,dive,keys,required,max=128,endkeys,max=256"`
+	Boards        []string          `json:"boards,omitempty" validate:"max=4096,dive,required,max=63"`
+	Concurrency   int               `json:"concurrency,omitempty" validate:"min=0,max=1024"`
+	MaxFailures   int               `json:"max_failures,omitempty" validate:"min=-1"`
+	WaveSize      int               `json:"wave_size,omitempty" validate:"min=0"`
+	Gate          string            `json:"gate,omitempty" validate:"max=4200"`
+	GateTimeoutMs int64             `json:"gate_timeout_ms,omitempty" validate:"min=0,max=86400000"`
+	// PartWaitMs bounds how long a part waits for its owner to come back
+	// before it is given up (default DefaultPartWait, at most MaxPartWait).
+	PartWaitMs     int64 `json:"part_wait_ms,omitempty" validate:"min=0,max=2592000000"`
+	BoardTimeoutMs int64 `json:"board_timeout_ms,omitempty" validate:"min=0,max=86400000"`
+	Force          bool  `json:"force,omitempty"`
 	// ID is the id the rollout is recorded under: only a service starting
 	// its part of a rollout names it, and a rollout already recorded
 	// under it is answered as it is (a part starts at most once).
@@ -258,6 +261,7 @@ func (s *Service) rolloutEnded(id string, rep dispatcher.Report, err error) {
 		}
 	}
 	delete(s.rolled, id)
+	delete(s.halts, id)
 	close(s.rolloutChanged)
 	s.rolloutChanged = make(chan struct{})
 	s.mu.Unlock()
@@ -265,20 +269,16 @@ func (s *Service) rolloutEnded(id string, rep dispatcher.Report, err error) {
 	if err == nil && rep.Stopped != "" {
 		s.cancelParts(ctx, id, rep.Stopped)
 	}
-	// Its image stays while a part of it may still start.
-	rec, _, rerr := s.st.Rollout(ctx, id)
-	if rerr == nil && rec.State != store.StateRunning {
-		if err := os.Remove(rec.Image); err != nil && !errors.Is(err, os.ErrNotExist) {
-			s.log.Warn("rollout image not removed", "rollout", id, "err", err)
-		}
-	}
-	s.log.Info("rollout ended", "rollout", id, "state", rec.State, "stopped", rep.Stopped, "err", err)
+	s.settleParent(ctx, id)
+	s.log.Info("rollout ended", "rollout", id, "stopped", rep.Stopped, "err", err)
 }
 
 // runRollout runs the recorded rollout id to its end, or until the
 // service stops (it stays running then, for the next start).
 func (s *Service) runRollout(ctx context.Context, id string) {
-	rep, err := rolloutjob.RunRecorded(ctx, s.st, id, s.rolloutEnv())
+	env := s.rolloutEnv()
+	env.Halt = s.haltFor(id)
+	rep, err := rolloutjob.RunRecorded(ctx, s.st, id, env)
 	s.rolloutEnded(id, rep, err)
 }
 
@@ -289,7 +289,7 @@ func (s *Service) resumeRollouts(ctx context.Context) {
 	// Its own, and those of a database older than several services.
 	for _, owner := range []string{s.rolloutOwner(), rolloutjob.OwnerService} {
 		wg.Go(func() {
-			outs, err := rolloutjob.ResumeRollouts(ctx, s.st, owner, s.rolloutEnv())
+			outs, err := rolloutjob.ResumeRollouts(ctx, s.st, owner, s.rolloutEnv(), s.haltFor)
 			if err != nil {
 				s.log.Error("rollouts not resumed", "err", err)
 			}

@@ -83,7 +83,8 @@ func (s *Service) recordParts(ctx context.Context, parent string, who user, r Ro
 	var parts []store.RolloutPart
 	s.mu.Lock()
 	for _, owner := range slices.Sorted(maps.Keys(byOwner)) {
-		p := store.RolloutPart{Parent: parent, Owner: owner, Home: s.owner, Boards: byOwner[owner], Request: req, Requester: who.name}
+		p := store.RolloutPart{Parent: parent, Owner: owner, Home: s.owner, Boards: byOwner[owner], Request: req, Requester: who.name,
+			Waiting: s.now()}
 		if !s.aliveLocked(owner) {
 			p.Error = s.goneLocked(owner)
 		}
@@ -153,8 +154,12 @@ func (s *Service) reopenParts(ctx context.Context) {
 }
 
 // kickPartsLocked wakes the parts loop when a part waits for an owner
-// the last claim round saw alive.
+// the last claim round saw alive, or is due to be given up.
 func (s *Service) kickPartsLocked() {
+	if !s.partDue.IsZero() && !s.now().Before(s.partDue) {
+		s.kickParts()
+		return
+	}
 	for owner := range s.partOwners {
 		if s.aliveLocked(owner) {
 			s.kickParts()
@@ -172,8 +177,9 @@ func (s *Service) kickParts() {
 }
 
 // tryParts tries every waiting part of this service that is due and
-// whose owner is alive, and returns when the next one whose owner is
-// alive is due (zero: none).
+// whose owner is alive, gives up those whose owner stayed away past
+// their part wait (on the service's clock), and returns when the next one
+// whose owner is alive is due (zero: none).
 func (s *Service) tryParts(ctx context.Context) time.Time {
 	open, err := s.st.OpenRolloutParts(ctx, s.owner)
 	if err != nil {
@@ -183,10 +189,11 @@ func (s *Service) tryParts(ctx context.Context) time.Time {
 		return time.Now().Add(partBackoff(1))
 	}
 	owners := map[string]bool{}
-	var due []store.RolloutPart
-	var next time.Time
+	var due, late []store.RolloutPart
+	var next, giveUp time.Time
 	now := time.Now()
 	s.mu.Lock()
+	clock := s.now()
 	for _, p := range open {
 		if p.State != store.PartWaiting {
 			continue
@@ -194,6 +201,11 @@ func (s *Service) tryParts(ctx context.Context) time.Time {
 		owners[p.Owner] = true
 		switch {
 		case !s.aliveLocked(p.Owner):
+			if end := p.Waiting.Add(partWait(p)); !clock.Before(end) {
+				late = append(late, p)
+			} else if giveUp.IsZero() || end.Before(giveUp) {
+				giveUp = end
+			}
 		case p.NextTry.After(now):
 			if next.IsZero() || p.NextTry.Before(next) {
 				next = p.NextTry
@@ -202,8 +214,12 @@ func (s *Service) tryParts(ctx context.Context) time.Time {
 			due = append(due, p)
 		}
 	}
-	s.partOwners = owners
+	s.partOwners, s.partDue = owners, giveUp
 	s.mu.Unlock()
+	for _, p := range late {
+		s.giveUp(ctx, p, partWait(p))
+		s.settleParent(context.WithoutCancel(ctx), p.Parent)
+	}
 	s.startParts(ctx, due)
 	if len(due) > 0 {
 		return now.Add(partRetry) // read again: a try may have left its part waiting
@@ -258,6 +274,8 @@ func (s *Service) startPart(ctx context.Context, p store.RolloutPart) {
 	}
 	s.log.Info("rollout part", "rollout", p.Parent, "owner", p.Owner, "part", rollout, "boards", len(p.Boards),
 		"state", move.To, "err", move.Error)
+	// A stop that came while it was starting (when it is not cancelled).
+	s.stopParts(context.WithoutCancel(ctx), user{name: p.Requester}, p.Parent)
 	s.rolloutMoved()
 	s.settleParent(context.WithoutCancel(ctx), p.Parent)
 }
@@ -299,10 +317,16 @@ func (s *Service) rolloutMoved() {
 }
 
 // settleParent removes the image of rollout id once it is over: its own
-// boards done and no part that may still start.
+// boards done and no part that may still start, nor be tried again (a
+// part given up keeps it until it is tried again or the rollout is
+// stopped).
 func (s *Service) settleParent(ctx context.Context, id string) {
 	rec, _, err := s.st.Rollout(ctx, id)
 	if err != nil || rec.State == store.StateRunning {
+		return
+	}
+	parts, err := s.st.RolloutParts(ctx, id)
+	if err != nil || slices.ContainsFunc(parts, func(p store.RolloutPart) bool { return p.State == store.PartGivenUp }) {
 		return
 	}
 	if err := os.Remove(rec.Image); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -310,12 +334,17 @@ func (s *Service) settleParent(ctx context.Context, id string) {
 	}
 }
 
-// cancelParts cancels the waiting parts of rollout id, which stopped.
+// cancelParts cancels the parts of rollout id, which stopped, that wait
+// or were given up.
 func (s *Service) cancelParts(ctx context.Context, id, why string) {
-	n, err := s.st.MovePart(ctx, store.PartMove{Parent: id, From: store.PartWaiting, To: store.PartCancelled,
-		Error: "its rollout stopped: " + why})
-	if err != nil {
-		s.log.Error("rollout parts not cancelled", "rollout", id, "err", err)
+	n := 0
+	for _, from := range []store.PartState{store.PartWaiting, store.PartGivenUp} {
+		m, err := s.st.MovePart(ctx, store.PartMove{Parent: id, From: from, To: store.PartCancelled,
+			Error: "its rollout stopped: " + why})
+		if err != nil {
+			s.log.Error("rollout parts not cancelled", "rollout", id, "err", err)
+		}
+		n += m
 	}
 	if n > 0 {
 		s.log.Info("rollout parts cancelled", "rollout", id, "parts", n, "why", why)

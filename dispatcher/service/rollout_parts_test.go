@@ -259,7 +259,8 @@ func (f *followingCLI) end() (int, string) {
 // TestRolloutPartGivenUp (Postgres): a part whose owner is alive but
 // refuses it (bob leases one of B's boards on B) is tried again, backing
 // off, and given up after maxPartRefusals refusals: the parent reads
-// stopped and its image is gone. A part whose owner is dead is
+// stopped and keeps its image (for a retry) until it is stopped by hand,
+// which cancels the part. A part whose owner is dead is
 // cancelled when its parent's own boards stop (a gate failed), and the
 // parent reads stopped.
 func TestRolloutPartGivenUp(t *testing.T) {
@@ -296,17 +297,17 @@ func TestRolloutPartGivenUp(t *testing.T) {
 		p.Attempts != maxPartRefusals || !strings.Contains(p.Error, "leased by bob") || resultsOf(st)["a-000"] != store.ResultCommitted {
 		t.Fatalf("a part B refuses: %+v", st)
 	}
+	// Its image stays for a retry, until the rollout is stopped.
+	if _, err := os.Stat(st.Image); err != nil {
+		t.Fatalf("the image of a rollout with a part given up: %v", err)
+	}
+	if st, err = a.clients["carol"].StopRollout(ctx, st.ID); err != nil || st.State != store.StateStopped ||
+		st.Stop != "stopped by carol" || st.Parts[0].State != store.PartCancelled {
+		t.Fatalf("stopped with its part given up: %+v %v", st, err)
+	}
 	imageGone(t, st.Image)
 
-	b.killService()
-	clock.Add(claimTTL)
-	testenv.Eventually(t, "B's board offline on A", func() bool {
-		if err := a.svc.claimRound(ctx); err != nil {
-			t.Fatal(err)
-		}
-		v, err := a.svc.Board("b-000")
-		return err == nil && v.State == Offline
-	})
+	killB(t, a, b, clock)
 	testenv.Eventually(t, "A's board idle", func() bool {
 		v, err := a.svc.Board("a-000")
 		return err == nil && v.State == Idle

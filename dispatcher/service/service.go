@@ -93,13 +93,18 @@ type Service struct {
 	// that loop.
 	partOwners map[string]bool
 	partsKick  chan struct{}
-	kick       chan struct{} // wakes the expiry loop
-	journal    *journal
-	uploads    uploadSlots     // uploads under way, by user (ops.go)
-	metrics    *metrics        // nil: none
-	ctx        context.Context // the service's life, from Start to Stop
-	cancel     context.CancelFunc
-	wg         sync.WaitGroup
+	// partDue is when the first waiting part whose owner is away is due
+	// to be given up, as the parts loop last read them (zero: none).
+	partDue time.Time
+	// halts stop the rollouts this service runs, by id.
+	halts   map[string]*dispatcher.Halt
+	kick    chan struct{} // wakes the expiry loop
+	journal *journal
+	uploads uploadSlots     // uploads under way, by user (ops.go)
+	metrics *metrics        // nil: none
+	ctx     context.Context // the service's life, from Start to Stop
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
 }
 
 // board is one board of the inventory; the fields after mu's comment are
@@ -198,7 +203,8 @@ func New(ctx context.Context, o Options) (*Service, error) {
 		boards: map[string]*board{}, leases: map[string]*store.Lease{}, changed: make(chan struct{}),
 		kick: make(chan struct{}, 1), closing: make(chan struct{}), rolled: map[string]map[string]bool{},
 		rolloutChanged: make(chan struct{}), owner: owner, advertise: o.Config.advertiseURL(o.URL), peerToken: peerToken,
-		now: o.Now, claimKick: make(chan struct{}, 1), instances: map[string]store.Instance{}, partsKick: make(chan struct{}, 1)}
+		now: o.Now, claimKick: make(chan struct{}, 1), instances: map[string]store.Instance{}, partsKick: make(chan struct{}, 1),
+		halts: map[string]*dispatcher.Halt{}}
 	if peerToken != "" {
 		s.peerHash = sha256.Sum256([]byte(peerToken))
 	}

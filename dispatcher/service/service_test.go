@@ -19,6 +19,7 @@ import (
 	"github.com/boardlink/boardlink/dispatcher/store"
 	"github.com/boardlink/boardlink/internal/simlab"
 	"github.com/boardlink/boardlink/internal/testenv"
+	"github.com/boardlink/boardlink/proto"
 )
 
 // lab is a service over sim boards in this process, with its API on
@@ -60,6 +61,8 @@ type labOptions struct {
 	claimTTL                           time.Duration
 	// trustKeys are the keys the boards take images signed by.
 	trustKeys []ed25519.PublicKey
+	// onPhase is the boards' simlab.Options.OnPhase.
+	onPhase func(board, updateID string, phase proto.Phase)
 }
 
 // writeSecret writes a file only its owner reads.
@@ -74,7 +77,7 @@ func startLab(t testing.TB, o labOptions) *lab {
 	t.Helper()
 	dir := t.TempDir()
 	so := simlab.Options{Boards: o.boards, Dir: filepath.Join(dir, "boards"), Labels: o.labels, IDPrefix: o.idPrefix,
-		TrustKeys: o.trustKeys}
+		TrustKeys: o.trustKeys, OnPhase: o.onPhase}
 	if o.mdns {
 		so.Ifaces = []string{"lo"}
 	}

@@ -62,6 +62,10 @@ type Rollout struct {
 	State   string          `json:"state"` // StateRunning, StateDone or StateStopped
 	Created time.Time       `json:"created"`
 	Updated time.Time       `json:"updated"` // the last write to the rollout or any of its boards
+	// Stop is who stopped the rollout by hand ("stopped by alice"; "":
+	// nobody): the service that runs it stops at its boards' safe points
+	// once it reads it (StopRollout).
+	Stop string `json:"stop,omitempty"`
 
 	// Computed on read, ignored by CreateRollout: how many boards, and how
 	// many per Result (SummaryPending and SummaryRunning for those with
@@ -176,6 +180,59 @@ func (s *Store) SetRolloutState(ctx context.Context, id, state string) error {
 	return nil
 }
 
+// StopRollout records that rollout id (exact id) is stopped by hand,
+// why (who stopped it), unless a stop is on record already: the first
+// stop's reason stays. It reports whether this one was recorded. An
+// unknown id is ErrNotFound.
+func (s *Store) StopRollout(ctx context.Context, id, why string) (bool, error) {
+	if why == "" {
+		return false, fmt.Errorf("store: stop rollout %s: the reason is empty", id)
+	}
+	res, err := s.db.ExecContext(ctx, `UPDATE rollouts SET stop = ?, updated = ? WHERE id = ? AND stop = ''`,
+		why, dbTime(time.Now()), id)
+	if err != nil {
+		return false, fmt.Errorf("store: stop rollout %s: %w", id, err)
+	}
+	if n, err := res.RowsAffected(); err != nil || n > 0 {
+		return n > 0, err
+	}
+	var one int
+	err = s.db.QueryRowContext(ctx, `SELECT 1 FROM rollouts WHERE id = ?`, id).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, fmt.Errorf("store: stop rollout %s: %w", id, ErrNotFound)
+	}
+	return false, err
+}
+
+// RolloutStops returns, by id, the stops on record of the rollouts ids
+// (exact ids) stopped by hand; the others are left out.
+func (s *Store) RolloutStops(ctx context.Context, ids []string) (map[string]string, error) {
+	out := map[string]string{}
+	for chunk := range slices.Chunk(ids, boardsPerInsert) {
+		args := make([]any, len(chunk))
+		for i, id := range chunk {
+			args[i] = id
+		}
+		rows, err := s.db.QueryContext(ctx, `SELECT id, stop FROM rollouts WHERE stop <> '' AND id IN (`+placeholders(len(chunk))+`)`, args...)
+		if err != nil {
+			return nil, fmt.Errorf("store: rollout stops: %w", err)
+		}
+		for rows.Next() {
+			var id, why string
+			if err := rows.Scan(&id, &why); err != nil {
+				rows.Close()
+				return nil, fmt.Errorf("store: rollout stops: %w", err)
+			}
+			out[id] = why
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, fmt.Errorf("store: rollout stops: %w", err)
+		}
+	}
+	return out, nil
+}
+
 // PutBoard stores b as the row of board b.BoardID in rollout b.RolloutID
 // (exact id), replacing the whole row if there is one, stamped with the
 // time: the rollout's Updated is its latest board's. An empty Phase is
@@ -257,7 +314,7 @@ var rolloutColumns = `id, image, image_sha256, version, selector, concurrency, m
 	string(PartGivenUp) + `', '` + string(PartCancelled) + `')) THEN '` + StateStopped + `'
 	ELSE state END, created, ` +
 	sqlMax(sqlMax("updated", "(SELECT coalesce(max(br.updated), 0) FROM board_results br WHERE br.rollout_id = rollouts.id)"),
-		"(SELECT coalesce(max(p.updated), 0) FROM rollout_parts p WHERE p.parent = rollouts.id)")
+		"(SELECT coalesce(max(p.updated), 0) FROM rollout_parts p WHERE p.parent = rollouts.id)") + `, stop`
 
 func scanRollout(sc interface{ Scan(...any) error }, extra ...any) (Rollout, error) {
 	var (
@@ -265,7 +322,7 @@ func scanRollout(sc interface{ Scan(...any) error }, extra ...any) (Rollout, err
 		created, updated sql.NullInt64
 	)
 	err := sc.Scan(append([]any{&r.ID, &r.Image, &r.ImageSHA256, &r.Version, &r.Selector,
-		&r.Concurrency, &r.MaxFailures, &r.State, &created, &updated}, extra...)...)
+		&r.Concurrency, &r.MaxFailures, &r.State, &created, &updated, &r.Stop}, extra...)...)
 	r.Created, r.Updated = goTime(created), goTime(updated)
 	r.Summary = map[string]int{}
 	return r, err

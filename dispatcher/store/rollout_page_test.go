@@ -236,13 +236,13 @@ func TestMigrateAddsResultRank(t *testing.T) {
 		}
 		s.Close()
 		db := raw(t, dsn)
-		for _, q := range append(slices.Clone(toVersion6), `UPDATE schema_version SET version = 6`) {
+		for _, q := range append(slices.Concat(toVersion7, toVersion6), `UPDATE schema_version SET version = 6`) {
 			if _, err := db.Exec(q); err != nil {
 				t.Fatal(q, err)
 			}
 		}
 		s = open(t, dsn)
-		if v := schemaVersion(t, dsn); v != SchemaVersion() || v != 7 {
+		if v := schemaVersion(t, dsn); v != SchemaVersion() || v != 8 {
 			t.Fatalf("schema version %d", v)
 		}
 		checkPages(t, s, "r-1", 3, boards)

@@ -18,15 +18,17 @@ const (
 	PartWaiting   PartState = "waiting"   // its owner was not reached yet; tried again when it is back
 	PartStarting  PartState = "starting"  // its home is asking its owner to start it, now
 	PartStarted   PartState = "started"   // its rollout runs on its owner (Rollout)
-	PartGivenUp   PartState = "given_up"  // its owner refused it too often
+	PartGivenUp   PartState = "given_up"  // its owner refused it too often, or stayed away past its rollout's part wait
 	PartCancelled PartState = "cancelled" // its parent stopped before it started
 )
 
 // partTransitions are the only moves a part makes. A part starting is
-// not cancelled: its owner may already run it.
+// not cancelled: its owner may already run it. A part given up is tried
+// again (waiting) by hand, or cancelled when its parent is stopped.
 var partTransitions = map[PartState][]PartState{
-	PartWaiting:  {PartStarting, PartCancelled},
+	PartWaiting:  {PartStarting, PartCancelled, PartGivenUp},
 	PartStarting: {PartStarted, PartWaiting, PartGivenUp},
+	PartGivenUp:  {PartWaiting, PartCancelled},
 }
 
 // CanMove reports whether a part may move from p to to.
@@ -53,8 +55,12 @@ type RolloutPart struct {
 	Refusals  int             `json:"refusals"` // tries its owner answered with a refusal
 	Tried     time.Time       `json:"tried,omitzero"`
 	NextTry   time.Time       `json:"next_try,omitzero"` // not tried again before
-	Created   time.Time       `json:"created"`
-	Updated   time.Time       `json:"updated"`
+	// Waiting is since when the part waits for its owner: its creation
+	// (CreateRolloutParts: now, unless set), or when it was last tried
+	// again by hand; it is given up once its rollout's part wait passed.
+	Waiting time.Time `json:"waiting_since"`
+	Created time.Time `json:"created"`
+	Updated time.Time `json:"updated"`
 }
 
 // CreateRolloutParts records parts, waiting, for their parent rollouts
@@ -77,11 +83,15 @@ func (s *Store) CreateRolloutParts(ctx context.Context, parts []RolloutPart) err
 			if !json.Valid(req) {
 				return fmt.Errorf("store: rollout part %s/%s: the request is not JSON", p.Parent, p.Owner)
 			}
+			waiting := p.Waiting
+			if waiting.IsZero() {
+				waiting = now
+			}
 			_, err = tx.ExecContext(ctx, `INSERT INTO rollout_parts
-				(parent, owner, home, boards, request, requester, state, error, created, updated)
-				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+				(parent, owner, home, boards, request, requester, state, error, created, updated, waiting_since)
+				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 				p.Parent, p.Owner, p.Home, string(boards), string(req), p.Requester, PartWaiting, p.Error,
-				dbTime(now), dbTime(now))
+				dbTime(now), dbTime(now), dbTime(waiting))
 			switch {
 			case isUniqueViolation(err):
 				return fmt.Errorf("store: rollout part %s/%s: %w", p.Parent, p.Owner, ErrExists)
@@ -99,7 +109,9 @@ func (s *Store) CreateRolloutParts(ctx context.Context, parts []RolloutPart) err
 // stamps Tried with At, takes Rollout as the part's rollout id unless it
 // has one (a part keeps its id across tries, so that its owner starts it
 // at most once), and waits for the part's NextTry. Error and NextTry are
-// set as given; Refused counts a refusal.
+// set as given; Refused counts a refusal. A part given up that moves to
+// PartWaiting (tried again by hand) starts afresh: its refusals are
+// reset and it waits since At.
 type PartMove struct {
 	Parent, Owner string
 	From, To      PartState
@@ -127,12 +139,18 @@ func (s *Store) MovePart(ctx context.Context, m PartMove) (int, error) {
 	if m.Refused {
 		refused = 1
 	}
-	q := `UPDATE rollout_parts SET state = ?, error = ?, next_try = ?, updated = ?, refusals = refusals + ?,
+	again := 0
+	if m.From == PartGivenUp && m.To == PartWaiting {
+		again = 1
+	}
+	q := `UPDATE rollout_parts SET state = ?, error = ?, next_try = ?, updated = ?,
+		refusals = CASE WHEN ? = 1 THEN 0 ELSE refusals + ? END,
+		waiting_since = CASE WHEN ? = 1 THEN ? ELSE waiting_since END,
 		attempts = attempts + ?, tried = CASE WHEN ? = 1 THEN ? ELSE tried END,
 		rollout_id = CASE WHEN rollout_id = '' THEN ? ELSE rollout_id END
 		WHERE parent = ? AND state = ?`
-	args := []any{m.To, m.Error, dbTime(m.NextTry), dbTime(time.Now()), refused, try, try, dbTime(m.At), m.Rollout,
-		m.Parent, m.From}
+	args := []any{m.To, m.Error, dbTime(m.NextTry), dbTime(time.Now()), again, refused, again, dbTime(m.At), try, try,
+		dbTime(m.At), m.Rollout, m.Parent, m.From}
 	if m.Owner != "" {
 		q += ` AND owner = ?`
 		args = append(args, m.Owner)
@@ -162,7 +180,7 @@ func (s *Store) OpenRolloutParts(ctx context.Context, home string) ([]RolloutPar
 
 func (s *Store) parts(ctx context.Context, where string, args ...any) ([]RolloutPart, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT parent, owner, home, boards, request, requester, rollout_id, state, error,
-		attempts, refusals, tried, next_try, created, updated FROM rollout_parts `+where, args...)
+		attempts, refusals, tried, next_try, created, updated, waiting_since FROM rollout_parts `+where, args...)
 	if err != nil {
 		return nil, fmt.Errorf("store: rollout parts: %w", err)
 	}
@@ -173,9 +191,10 @@ func (s *Store) parts(ctx context.Context, where string, args ...any) ([]Rollout
 			p                             RolloutPart
 			boards, req                   string
 			tried, next, created, updated sql.NullInt64
+			waiting                       int64
 		)
 		if err := rows.Scan(&p.Parent, &p.Owner, &p.Home, &boards, &req, &p.Requester, &p.Rollout, &p.State, &p.Error,
-			&p.Attempts, &p.Refusals, &tried, &next, &created, &updated); err != nil {
+			&p.Attempts, &p.Refusals, &tried, &next, &created, &updated, &waiting); err != nil {
 			return nil, fmt.Errorf("store: rollout parts: %w", err)
 		}
 		if err := json.Unmarshal([]byte(boards), &p.Boards); err != nil {
@@ -183,6 +202,7 @@ func (s *Store) parts(ctx context.Context, where string, args ...any) ([]Rollout
 		}
 		p.Request = json.RawMessage(req)
 		p.Tried, p.NextTry, p.Created, p.Updated = goTime(tried), goTime(next), goTime(created), goTime(updated)
+		p.Waiting = time.Unix(0, waiting)
 		out = append(out, p)
 	}
 	if err := rows.Err(); err != nil {

@@ -128,7 +128,7 @@ func TestMigrateFromVersion5(t *testing.T) {
 		}
 		s.Close()
 		db := raw(t, dsn)
-		for _, q := range append(slices.Clone(toVersion6), `DROP TABLE rollout_parts`, `UPDATE schema_version SET version = 5`) {
+		for _, q := range append(slices.Concat(toVersion7, toVersion6), `DROP TABLE rollout_parts`, `UPDATE schema_version SET version = 5`) {
 			if _, err := db.Exec(q); err != nil {
 				t.Fatal(err)
 			}
@@ -148,3 +148,97 @@ func TestMigrateFromVersion5(t *testing.T) {
 		}
 	})
 }
+
+// TestRolloutStopAndRetry, on both engines: a stop on record keeps the
+// first reason, and an unknown rollout is ErrNotFound; a part waiting is
+// given up, tried again by hand from there only (its refusals reset, it
+// waits since the retry), and a part given up is cancelled by a stop.
+func TestRolloutStopAndRetry(t *testing.T) {
+	eachEngine(t, func(t *testing.T, newDB func(testing.TB) string) {
+		ctx := context.Background()
+		s := open(t, newDB(t))
+		if err := s.CreateRollout(ctx, Rollout{ID: "r-1", State: StateDone}); err != nil {
+			t.Fatal(err)
+		}
+		for _, why := range []string{"stopped by alice", "stopped by bob"} {
+			if _, err := s.StopRollout(ctx, "r-1", why); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if r, _, err := s.Rollout(ctx, "r-1"); err != nil || r.Stop != "stopped by alice" {
+			t.Fatalf("%+v %v", r, err)
+		}
+		if rs, err := s.Rollouts(ctx, 0); err != nil || len(rs) != 1 || rs[0].Stop != "stopped by alice" {
+			t.Fatalf("the list: %+v %v", rs, err)
+		}
+		if _, err := s.StopRollout(ctx, "r-", "stopped by alice"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("a prefix: %v", err)
+		}
+		since := at(1)
+		if err := s.CreateRolloutParts(ctx, []RolloutPart{{Parent: "r-1", Owner: "B", Home: "A", Waiting: since}}); err != nil {
+			t.Fatal(err)
+		}
+		move := func(from, to PartState, want int) {
+			t.Helper()
+			n, err := s.MovePart(ctx, PartMove{Parent: "r-1", Owner: "B", From: from, To: to, Refused: true, Error: string(to), At: at(2)})
+			if err != nil || n != want {
+				t.Fatalf("%s to %s: %d %v", from, to, n, err)
+			}
+		}
+		if ps, err := s.RolloutParts(ctx, "r-1"); err != nil || !ps[0].Waiting.Equal(since) {
+			t.Fatalf("%+v %v", ps, err)
+		}
+		move(PartWaiting, PartGivenUp, 1)
+		if _, err := s.MovePart(ctx, PartMove{Parent: "r-1", Owner: "B", From: PartStarted, To: PartWaiting}); err == nil {
+			t.Fatal("a started part tried again")
+		}
+		move(PartGivenUp, PartWaiting, 1)
+		ps, err := s.RolloutParts(ctx, "r-1")
+		if err != nil || ps[0].State != PartWaiting || ps[0].Refusals != 0 || !ps[0].Waiting.Equal(at(2)) {
+			t.Fatalf("tried again: %+v %v", ps, err)
+		}
+		move(PartWaiting, PartGivenUp, 1)
+		move(PartGivenUp, PartCancelled, 1)
+		move(PartGivenUp, PartWaiting, 0)
+	})
+}
+
+// TestMigrateFromVersion7: a database of schema version 7 (before
+// stops) gains the rollouts' stop, empty, and its parts wait since
+// their creation.
+func TestMigrateFromVersion7(t *testing.T) {
+	eachEngine(t, func(t *testing.T, newDB func(testing.TB) string) {
+		ctx := context.Background()
+		dsn := newDB(t)
+		s := open(t, dsn)
+		if err := s.CreateRollout(ctx, Rollout{ID: "r-1", State: StateDone}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.CreateRolloutParts(ctx, []RolloutPart{{Parent: "r-1", Owner: "B", Home: "A"}}); err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		db := raw(t, dsn)
+		for _, q := range append(slices.Clone(toVersion7), `UPDATE schema_version SET version = 7`) {
+			if _, err := db.Exec(q); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s = open(t, dsn)
+		if v := schemaVersion(t, dsn); v != 8 {
+			t.Fatalf("schema version %d", v)
+		}
+		r, _, err := s.Rollout(ctx, "r-1")
+		if err != nil || r.State != StateRunning || r.Stop != "" {
+			t.Fatalf("%+v %v", r, err)
+		}
+		ps, err := s.RolloutParts(ctx, "r-1")
+		if err != nil || len(ps) != 1 || !ps[0].Waiting.Equal(ps[0].Created) {
+			t.Fatalf("%+v %v", ps, err)
+		}
+	})
+}
+
+// toVersion7 takes a database of schema version 8 back to version 7 (its
+// version number aside), for the tests of the migrations from before.
+var toVersion7 = []string{`ALTER TABLE rollouts DROP COLUMN stop`, `ALTER TABLE rollout_parts DROP COLUMN waiting_since`}

@@ -215,6 +215,16 @@ CREATE INDEX board_results_by_result ON board_results (rollout_id, result, board
 CREATE INDEX board_results_by_phase ON board_results (rollout_id, phase, result);
 CREATE INDEX board_results_by_updated ON board_results (rollout_id, updated);
 `,
+	// 8: a stop asked of a rollout by hand (who asked it: "" none), on
+	// record so that the service running it stops it even if it was away
+	// when it was asked; and since when each part waits for its owner
+	// (its creation, until a given-up part is tried again), to give it up
+	// after its rollout's part wait.
+	`
+ALTER TABLE rollouts ADD COLUMN stop TEXT NOT NULL DEFAULT '';
+ALTER TABLE rollout_parts ADD COLUMN waiting_since {int} NOT NULL DEFAULT 0;
+UPDATE rollout_parts SET waiting_since = created;
+`,
 }
 
 // SchemaVersion is the schema version this package writes.

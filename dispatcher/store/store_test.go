@@ -766,7 +766,7 @@ func TestMigrateFromVersion2(t *testing.T) {
 		}
 		s.Close()
 		db := raw(t, dsn)
-		for _, q := range append(slices.Clone(toVersion6), `DROP TABLE board_claims`, `DROP TABLE lease_boards`, `DROP TABLE counters`,
+		for _, q := range append(slices.Concat(toVersion7, toVersion6), `DROP TABLE board_claims`, `DROP TABLE lease_boards`, `DROP TABLE counters`,
 			`DROP TABLE lab_instances`, `ALTER TABLE lab_boards DROP COLUMN owner`, `ALTER TABLE leases DROP COLUMN home`, `ALTER TABLE board_results DROP COLUMN updated`,
 			`DROP TABLE rollout_parts`, `UPDATE schema_version SET version = 2`) {
 			if _, err := db.Exec(q); err != nil {
@@ -774,7 +774,7 @@ func TestMigrateFromVersion2(t *testing.T) {
 			}
 		}
 		s = open(t, dsn)
-		if v := schemaVersion(t, dsn); v != SchemaVersion() || v != 7 {
+		if v := schemaVersion(t, dsn); v != SchemaVersion() || v != 8 {
 			t.Fatalf("schema version %d", v)
 		}
 		if bs, err := s.LabBoards(ctx); err != nil || len(bs) != 1 {
