@@ -118,8 +118,8 @@ func section(out, cmd string) string {
 const testToken = "cmd-boardlink-test-token"
 
 // TestMain keeps the CLI's files (known boards, the host key, the id
-// cache) in a directory of the test run, never the user's, and gives
-// the CLI the test boards' token.
+// cache, the rollouts' database) in a directory of the test run, never
+// the user's, and gives the CLI the test boards' token.
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "boardlink-cli-test-")
 	if err != nil {
@@ -127,6 +127,7 @@ func TestMain(m *testing.M) {
 	}
 	os.Setenv("XDG_CONFIG_HOME", filepath.Join(dir, "config"))
 	os.Setenv("XDG_CACHE_HOME", filepath.Join(dir, "cache"))
+	os.Setenv("XDG_STATE_HOME", filepath.Join(dir, "state"))
 	os.Setenv("BOARDLINK_TOKEN", testToken)
 	code := m.Run()
 	os.RemoveAll(dir)

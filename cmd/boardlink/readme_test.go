@@ -68,6 +68,9 @@ func TestReadmeTour(t *testing.T) {
 	// failed step leaves none behind.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	// A step that failed (set -e) leaves the agents started before it
+	// holding the output open: the tour's end is the script's.
+	cmd.WaitDelay = 10 * time.Second
 	cmd.Env = append(os.Environ(), "GOCACHE="+goCacheOutsideTest(t), "GOPROXY=off", "BOARDLINK_TOKEN=")
 	var out testenv.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
