@@ -198,11 +198,12 @@ type RolloutOutcome struct {
 
 // ResumeRollouts runs on, all at once, every recorded rollout of owner
 // still in StateRunning (its last run was killed, or stopped with its
-// process), as RunRecorded does, each with the Halt halt gives it (nil:
-// none), and returns once they all ended. The lab service calls it once
+// process), as RunRecorded does, each with the Halt halt gives it (a nil
+// func: none; false: the caller runs that one already, left out), and
+// returns once they all ended. The lab service calls it once
 // as it starts, with OwnerService.
 func ResumeRollouts(ctx context.Context, st *store.Store, owner string, env dispatcher.RolloutConfig,
-	halt func(id string) *dispatcher.Halt) ([]RolloutOutcome, error) {
+	halt func(id string) (*dispatcher.Halt, bool)) ([]RolloutOutcome, error) {
 	ids, err := st.RunningRollouts(ctx)
 	if err != nil {
 		return nil, err
@@ -217,16 +218,24 @@ func ResumeRollouts(ctx context.Context, st *store.Store, owner string, env disp
 			mine = append(mine, id)
 		}
 	}
-	out := make([]RolloutOutcome, len(mine))
-	var wg sync.WaitGroup
-	for i, id := range mine {
-		wg.Go(func() {
-			env := env
-			if halt != nil {
-				env.Halt = halt(id)
+	var (
+		out []RolloutOutcome
+		mu  sync.Mutex
+		wg  sync.WaitGroup
+	)
+	for _, id := range mine {
+		env := env
+		if halt != nil {
+			var ok bool
+			if env.Halt, ok = halt(id); !ok {
+				continue // it runs already
 			}
+		}
+		wg.Go(func() {
 			rep, err := RunRecorded(ctx, st, id, env)
-			out[i] = RolloutOutcome{ID: id, Report: rep, Err: err}
+			mu.Lock()
+			out = append(out, RolloutOutcome{ID: id, Report: rep, Err: err})
+			mu.Unlock()
 		})
 	}
 	wg.Wait()

@@ -277,7 +277,10 @@ func (s *Service) rolloutEnded(id string, rep dispatcher.Report, err error) {
 // service stops (it stays running then, for the next start).
 func (s *Service) runRollout(ctx context.Context, id string) {
 	env := s.rolloutEnv()
-	env.Halt = s.haltFor(id)
+	var ok bool
+	if env.Halt, ok = s.haltFor(id); !ok {
+		return // its resume runs it
+	}
 	rep, err := rolloutjob.RunRecorded(ctx, s.st, id, env)
 	s.rolloutEnded(id, rep, err)
 }

@@ -137,13 +137,19 @@ func (s *Service) tellOwner(who user, p store.RolloutPart) {
 	})
 }
 
-// haltFor is the halt of rollout id, which this service is about to run.
-func (s *Service) haltFor(id string) *dispatcher.Halt {
-	h := dispatcher.NewHalt()
+// haltFor is the halt of rollout id, which this service is about to run;
+// false if it runs it already. A rollout recorded as the service starts
+// is also found running by its resume: it must run once, or a stop would
+// halt one run and not the other.
+func (s *Service) haltFor(id string) (*dispatcher.Halt, bool) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.halts[id] != nil {
+		return nil, false
+	}
+	h := dispatcher.NewHalt()
 	s.halts[id] = h
-	s.mu.Unlock()
-	return h
+	return h, true
 }
 
 // haltOf is the halt of rollout id if this service runs it (nil: it
