@@ -381,11 +381,11 @@ func (w *wsWriter) loop(every, wait time.Duration) {
 		defer t.Stop()
 		tick = t.C
 	}
-	var deadline func() time.Time // zero: none
-	if wait > 0 {
-		deadline = func() time.Time { return time.Now().Add(wait) }
-	} else {
-		deadline = func() time.Time { return time.Time{} }
+	deadline := func() time.Time {
+		if wait <= 0 {
+			return time.Time{} // none
+		}
+		return time.Now().Add(wait)
 	}
 	for {
 		var err error
