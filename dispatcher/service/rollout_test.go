@@ -91,10 +91,12 @@ func TestRolloutGateThroughService(t *testing.T) {
 	if err != nil || len(list) != 1 || list[0].ID != st.ID || list[0].Summary[dispatcher.ResultSkipped] != 1 {
 		t.Fatalf("rollouts: %+v %v", list, err)
 	}
-	// The image is not kept once the rollout is over.
-	if kept, _ := os.ReadDir(filepath.Join(o.dir, "rollouts")); len(kept) != 0 {
-		t.Fatalf("%d images kept", len(kept))
-	}
+	// The image is not kept once the rollout is over (it is removed once
+	// the state is written: an event after the one seen above).
+	testenv.Eventually(t, "the rollout's image removed", func() bool {
+		kept, err := os.ReadDir(filepath.Join(o.dir, "rollouts"))
+		return err == nil && len(kept) == 0
+	})
 	var ae *APIError
 	if _, err := alice.Rollout(ctx, "r-nothing"); !errors.As(err, &ae) || ae.Status != http.StatusNotFound {
 		t.Fatalf("an unknown rollout: %v", err)
