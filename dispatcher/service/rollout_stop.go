@@ -65,7 +65,13 @@ func (s *Service) StopRollout(ctx context.Context, who user, id string) (Rollout
 		return st, &RolloutStateError{Rollout: st.ID, State: st.State, Want: "only a rollout under way is stopped"}
 	}
 	why := "stopped by " + who.name
-	if _, err := s.st.StopRollout(ctx, st.ID, why); err != nil {
+	if _, err := s.st.StopRollout(ctx, st.ID, why); errors.Is(err, store.ErrOver) {
+		// It ended since it was read.
+		if st, err = s.Rollout(ctx, st.ID); err != nil {
+			return st, err
+		}
+		return st, &RolloutStateError{Rollout: st.ID, State: st.State, Want: "only a rollout under way is stopped"}
+	} else if err != nil {
 		return st, err
 	}
 	if h := s.haltOf(st.ID); h != nil {
@@ -105,7 +111,9 @@ func (s *Service) stopParts(ctx context.Context, who user, id string) {
 			continue
 		}
 		// On record first: an owner away stops it as it resumes it.
-		if _, err := s.st.StopRollout(ctx, p.Rollout, why); err != nil && !errors.Is(err, store.ErrNotFound) {
+		if _, err := s.st.StopRollout(ctx, p.Rollout, why); errors.Is(err, store.ErrOver) {
+			continue // it ended meanwhile
+		} else if err != nil && !errors.Is(err, store.ErrNotFound) {
 			s.log.Error("rollout part not stopped", "rollout", id, "owner", p.Owner, "err", err)
 			continue
 		}

@@ -183,12 +183,16 @@ func (s *Store) SetRolloutState(ctx context.Context, id, state string) error {
 // StopRollout records that rollout id (exact id) is stopped by hand,
 // why (who stopped it), unless a stop is on record already: the first
 // stop's reason stays. It reports whether this one was recorded. An
-// unknown id is ErrNotFound.
+// unknown id is ErrNotFound; one that is over is ErrOver: it no longer
+// runs, none of its parts waits, starts or runs, and none was given up
+// (a retry could still start it). The check and the write are one
+// statement, so that a stop and the rollout's end do not cross: a stop
+// is never on record on a rollout that had ended.
 func (s *Store) StopRollout(ctx context.Context, id, why string) (bool, error) {
 	if why == "" {
 		return false, fmt.Errorf("store: stop rollout %s: the reason is empty", id)
 	}
-	res, err := s.db.ExecContext(ctx, `UPDATE rollouts SET stop = ?, updated = ? WHERE id = ? AND stop = ''`,
+	res, err := s.db.ExecContext(ctx, `UPDATE rollouts SET stop = ?, updated = ? WHERE id = ? AND stop = '' AND `+stoppable,
 		why, dbTime(time.Now()), id)
 	if err != nil {
 		return false, fmt.Errorf("store: stop rollout %s: %w", id, err)
@@ -196,13 +200,23 @@ func (s *Store) StopRollout(ctx context.Context, id, why string) (bool, error) {
 	if n, err := res.RowsAffected(); err != nil || n > 0 {
 		return n > 0, err
 	}
-	var one int
-	err = s.db.QueryRowContext(ctx, `SELECT 1 FROM rollouts WHERE id = ?`, id).Scan(&one)
-	if errors.Is(err, sql.ErrNoRows) {
+	var stop string
+	err = s.db.QueryRowContext(ctx, `SELECT stop FROM rollouts WHERE id = ?`, id).Scan(&stop)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
 		return false, fmt.Errorf("store: stop rollout %s: %w", id, ErrNotFound)
+	case err == nil && stop == "":
+		return false, fmt.Errorf("store: stop rollout %s: %w", id, ErrOver)
 	}
 	return false, err
 }
+
+// stoppable is true of a rollout (row of rollouts) that a stop still
+// changes: see StopRollout.
+var stoppable = `(state = '` + StateRunning + `' OR EXISTS (SELECT 1 FROM rollout_parts p WHERE p.parent = rollouts.id AND
+	(p.state IN ('` + string(PartWaiting) + `', '` + string(PartStarting) + `', '` + string(PartGivenUp) + `') OR
+	p.state = '` + string(PartStarted) + `' AND EXISTS (SELECT 1 FROM rollouts c WHERE c.id = p.rollout_id AND c.state = '` +
+	StateRunning + `'))))`
 
 // RolloutStops returns, by id, the stops on record of the rollouts ids
 // (exact ids) stopped by hand; the others are left out.

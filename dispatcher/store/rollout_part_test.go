@@ -157,7 +157,7 @@ func TestRolloutStopAndRetry(t *testing.T) {
 	eachEngine(t, func(t *testing.T, newDB func(testing.TB) string) {
 		ctx := context.Background()
 		s := open(t, newDB(t))
-		if err := s.CreateRollout(ctx, Rollout{ID: "r-1", State: StateDone}); err != nil {
+		if err := s.CreateRollout(ctx, Rollout{ID: "r-1", State: StateRunning}); err != nil {
 			t.Fatal(err)
 		}
 		for _, why := range []string{"stopped by alice", "stopped by bob"} {
@@ -200,6 +200,61 @@ func TestRolloutStopAndRetry(t *testing.T) {
 		move(PartWaiting, PartGivenUp, 1)
 		move(PartGivenUp, PartCancelled, 1)
 		move(PartGivenUp, PartWaiting, 0)
+	})
+}
+
+// TestRolloutStopOnlyWhileItRuns, on both engines: a stop is recorded on
+// a rollout while a stop changes something (it runs, or a part of it
+// waits, was given up, or runs on its owner), and refused with ErrOver
+// once it is over, in one statement with the check: a stop that crosses
+// the rollout's end is refused, never left on a rollout that ended.
+func TestRolloutStopOnlyWhileItRuns(t *testing.T) {
+	eachEngine(t, func(t *testing.T, newDB func(testing.TB) string) {
+		ctx := context.Background()
+		s := open(t, newDB(t))
+		for _, r := range []Rollout{{ID: "r-done", State: StateDone}, {ID: "r-given", State: StateDone},
+			{ID: "r-parent", State: StateDone}, {ID: "r-child", State: StateRunning}} {
+			if err := s.CreateRollout(ctx, r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := s.CreateRolloutParts(ctx, []RolloutPart{{Parent: "r-given", Owner: "B", Home: "A"},
+			{Parent: "r-parent", Owner: "B", Home: "A"}}); err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range []PartMove{{Parent: "r-given", Owner: "B", From: PartWaiting, To: PartGivenUp},
+			{Parent: "r-parent", Owner: "B", From: PartWaiting, To: PartStarting},
+			{Parent: "r-parent", Owner: "B", From: PartStarting, To: PartStarted, Rollout: "r-child"}} {
+			if n, err := s.MovePart(ctx, m); n != 1 || err != nil {
+				t.Fatalf("%+v: %d %v", m, n, err)
+			}
+		}
+		stop := func(id string) (bool, error) { return s.StopRollout(ctx, id, "stopped by alice") }
+		if ok, err := stop("r-done"); ok || !errors.Is(err, ErrOver) {
+			t.Errorf("a rollout over: %v %v", ok, err)
+		}
+		if r, _, err := s.Rollout(ctx, "r-done"); err != nil || r.Stop != "" {
+			t.Errorf("a rollout over, after its stop was refused: %+v %v", r, err)
+		}
+		// The parent of a part that runs is stopped while the part runs.
+		if err := s.SetRolloutState(ctx, "r-child", StateDone); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := stop("r-parent"); ok || !errors.Is(err, ErrOver) {
+			t.Errorf("a rollout whose part ended: %v %v", ok, err)
+		}
+		if err := s.SetRolloutState(ctx, "r-child", StateRunning); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range []string{"r-given", "r-parent", "r-child"} {
+			if ok, err := stop(id); !ok || err != nil {
+				t.Errorf("%s: %v %v", id, ok, err)
+			}
+			// Stopped already: answered as it is, whatever its state.
+			if ok, err := stop(id); ok || err != nil {
+				t.Errorf("%s, stopped again: %v %v", id, ok, err)
+			}
+		}
 	})
 }
 

@@ -46,6 +46,8 @@ var (
 	ErrExists = errors.New("already exists")
 	// ErrConflict: a board is held by another lease (PutLease).
 	ErrConflict = errors.New("conflict")
+	// ErrOver: a rollout is over, which StopRollout refuses.
+	ErrOver = errors.New("over")
 	// ErrSchemaTooNew: the database was written by a newer boardlink.
 	ErrSchemaTooNew = errors.New("database schema is newer than this boardlink")
 )
