@@ -377,7 +377,8 @@ const cancelGrace = 5 * time.Second
 
 // Exec runs a command and returns its final record once its output has
 // been copied out. Canceling ctx sends TERM to the command and still
-// returns its record when the board answers within a few seconds.
+// returns its record when the board answers within a few seconds. An
+// output writer that fails is an *OutputError, with the record.
 //
 // With an agent of protocol 5 a command that is not detached costs one
 // round trip (exec.run); older agents get exec.start and exec.wait.
@@ -404,8 +405,7 @@ func (c *Client) Exec(ctx context.Context, r ExecRequest) (proto.ExecResult, err
 	if err != nil {
 		return res, err
 	}
-	e.copies.Wait()
-	return res, nil
+	return e.outcome(res)
 }
 
 // execStreams are the streams one Exec opened, and the copies of their
@@ -414,6 +414,56 @@ type execStreams struct {
 	conn   *transport.Conn
 	copies sync.WaitGroup
 	opened []*transport.Stream
+	mu     sync.Mutex
+	lost   error // the first output writer that failed (an *OutputError)
+}
+
+// OutputError is Exec's error when a writer of the command's output
+// failed: from then on that output was not read, and the board dropped
+// it (the command ran on, not held up by output nobody reads). The
+// command's record comes with it.
+type OutputError struct {
+	Stream string // "stdout" or "stderr"
+	Err    error
+}
+
+func (e *OutputError) Error() string {
+	return fmt.Sprintf("exec: the command's %s not copied out: %v", e.Stream, e.Err)
+}
+
+func (e *OutputError) Unwrap() error { return e.Err }
+
+// copyOut copies the output stream s to w. A write that fails ends the
+// copy and resets s: the board then drops that output instead of waiting
+// for a window nobody opens again (the command would block on its pipe,
+// and its record, even a canceled one's, would never come).
+func (e *execStreams) copyOut(name string, w io.Writer, s *transport.Stream) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, rerr := s.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				s.Reset(name + " not read: its writer failed")
+				e.mu.Lock()
+				if e.lost == nil {
+					e.lost = &OutputError{Stream: name, Err: werr}
+				}
+				e.mu.Unlock()
+				return
+			}
+		}
+		if rerr != nil {
+			return
+		}
+	}
+}
+
+// outcome is an ended command's record with the output lost, if any.
+func (e *execStreams) outcome(res proto.ExecResult) (proto.ExecResult, error) {
+	e.copies.Wait()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return res, e.lost
 }
 
 // open opens a stream for each of r's writers and for its reader, copies
@@ -430,9 +480,10 @@ func (e *execStreams) open(r ExecRequest, stdout, stderr, stdinID *uint32) (*tra
 		return s, nil
 	}
 	for _, out := range []struct {
-		w  io.Writer
-		id *uint32
-	}{{r.Stdout, stdout}, {r.Stderr, stderr}} {
+		name string
+		w    io.Writer
+		id   *uint32
+	}{{"stdout", r.Stdout, stdout}, {"stderr", r.Stderr, stderr}} {
 		if out.w == nil {
 			continue
 		}
@@ -440,7 +491,7 @@ func (e *execStreams) open(r ExecRequest, stdout, stderr, stdinID *uint32) (*tra
 		if err != nil {
 			return nil, err
 		}
-		e.copies.Go(func() { _, _ = io.Copy(out.w, s) })
+		e.copies.Go(func() { e.copyOut(out.name, out.w, s) })
 	}
 	if r.Stdin == nil {
 		return nil, nil
@@ -484,8 +535,7 @@ func (c *Client) run(ctx context.Context, conn *transport.Conn, r ExecRequest, e
 		if err := conn.Call(ctx, proto.MethodExecRun, p, &res); err != nil {
 			return proto.ExecResult{}, err
 		}
-		e.copies.Wait()
-		return res.Result(), nil
+		return e.outcome(res.Result())
 	}
 	tok, started, unsubscribe := c.runs.subscribe()
 	defer unsubscribe()
@@ -503,8 +553,7 @@ func (c *Client) run(ctx context.Context, conn *transport.Conn, r ExecRequest, e
 			if err != nil {
 				return proto.ExecResult{}, err
 			}
-			e.copies.Wait()
-			return res.Result(), nil
+			return e.outcome(res.Result())
 		case <-ctx.Done():
 			return c.cancelRun(ctx, id, started, done, &res, e)
 		}

@@ -181,6 +181,45 @@ func TestDialLine(t *testing.T) {
 
 // TestExecStreams: stdin, stdout and stderr stay apart; env and cwd reach
 // the command; the log keeps both commands, newest first.
+// failAfter takes n bytes, then fails every write.
+type failAfter struct {
+	n   int
+	err error
+}
+
+func (w *failAfter) Write(p []byte) (int, error) {
+	if len(p) > w.n {
+		k := w.n
+		w.n = 0
+		return k, w.err
+	}
+	w.n -= len(p)
+	return len(p), nil
+}
+
+// TestExecOutputWriterFails: a writer of the command's output that fails
+// ends that copy and resets the stream: the board drops the rest, the
+// command is not held up by a window nobody opens again (its 8 MiB are
+// far beyond it) and ends, and Exec returns its record with an
+// *OutputError naming the stream and the writer's error; the other
+// stream is copied whole. Before, Exec waited for ever.
+func TestExecOutputWriterFails(t *testing.T) {
+	b := startBoard(t, agent.Config{})
+	c := dial(t, b.ws.URL())
+	full := errors.New("no space left on the test's writer")
+	var stderr bytes.Buffer
+	res, err := c.Exec(context.Background(), dispatcher.ExecRequest{Argv: []string{"sh", "-c",
+		`head -c 8388608 /dev/zero; echo done >&2; exit 3`}, Stdout: &failAfter{n: 100 << 10, err: full}, Stderr: &stderr})
+	var oe *dispatcher.OutputError
+	if !errors.As(err, &oe) || oe.Stream != "stdout" || !errors.Is(err, full) || res.ExitCode != 3 || stderr.String() != "done\n" {
+		t.Fatalf("got %+v, %v; stderr %q", res, err, stderr.String())
+	}
+	log, err := c.ExecLog(context.Background(), 1)
+	if err != nil || len(log) != 1 || log[0].StdoutBytes != 8<<20 {
+		t.Fatalf("the board's record: %+v %v", log, err)
+	}
+}
+
 func TestExecStreams(t *testing.T) {
 	b := startBoard(t, agent.Config{})
 	c := dial(t, b.ws.URL())
