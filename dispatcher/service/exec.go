@@ -292,7 +292,8 @@ func readStart(ws *websocket.Conn) (*ExecStreamRequest, error) {
 // ends when the client leaves, canceling the command, or when the
 // connection is closed at the end.
 func readInput(ws *websocket.Conn, w *wsWriter, stdin *io.PipeWriter, sizes chan dispatcher.Size, cancel context.CancelCauseFunc) {
-	alive := func(string) error { return ws.SetReadDeadline(time.Now().Add(streamIdle)) }
+	idle := streamIdle // read once: a reader may outlive a test that set it
+	alive := func(string) error { return ws.SetReadDeadline(time.Now().Add(idle)) }
 	_ = alive("")
 	ws.SetPongHandler(alive)
 	ws.SetPingHandler(func(data string) error {
@@ -369,11 +370,11 @@ type wsWriter struct {
 func newWSWriter(ws *websocket.Conn, ping, wait time.Duration, onFail func(error)) *wsWriter {
 	w := &wsWriter{ws: ws, msgs: make(chan wsMessage), pongs: make(chan string, 1), closing: make(chan struct{}),
 		gone: make(chan struct{}), onFail: onFail}
-	go w.loop(ping, wait)
+	go w.loop(ping, wait, writeWait) // read here: the clocks are a test's to set before a stream
 	return w
 }
 
-func (w *wsWriter) loop(every, wait time.Duration) {
+func (w *wsWriter) loop(every, wait, closeWait time.Duration) {
 	defer close(w.gone)
 	var tick <-chan time.Time
 	if every > 0 {
@@ -399,7 +400,7 @@ func (w *wsWriter) loop(every, wait time.Duration) {
 			err = w.ws.WriteControl(websocket.PingMessage, nil, deadline())
 		case <-w.closing:
 			_ = w.ws.WriteControl(websocket.CloseMessage,
-				websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(writeWait))
+				websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(closeWait))
 			return
 		}
 		if err != nil {

@@ -102,7 +102,8 @@ func pumpStdin(in io.Reader, w *wsWriter) {
 func readOutput(ws *websocket.Conn, w *wsWriter, sio ExecIO) (ExecOutcome, error) {
 	// The service pings every streamPing: silence longer than
 	// streamIdle is a service, or a network, gone.
-	alive := func() { _ = ws.SetReadDeadline(time.Now().Add(streamIdle)) }
+	idle := streamIdle // read once: a reader may outlive a test that set it
+	alive := func() { _ = ws.SetReadDeadline(time.Now().Add(idle)) }
 	alive()
 	ws.SetPingHandler(func(data string) error {
 		alive()

@@ -290,4 +290,9 @@ func TestExecStreamClientGone(t *testing.T) {
 	r.awaitOutput(t, "y\ny\n")
 	relay.freeze()
 	l.audited(id, "board.exec", errClientLeft.Error())
+	// The client hears nothing through the frozen relay either, and gives
+	// up (waited for: its goroutines read the clocks shortClocks restores).
+	if out, err := r.wait(t); err == nil {
+		t.Fatalf("the client, through a frozen relay: %+v", out)
+	}
 }
