@@ -1,6 +1,7 @@
 package dispatcher
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/tls"
@@ -423,12 +424,12 @@ type execStreams struct {
 // it (the command ran on, not held up by output nobody reads). The
 // command's record comes with it.
 type OutputError struct {
-	Stream string // "stdout" or "stderr"
+	Stream string // "stdout", "stderr" or "terminal output" (Shell)
 	Err    error
 }
 
 func (e *OutputError) Error() string {
-	return fmt.Sprintf("exec: the command's %s not copied out: %v", e.Stream, e.Err)
+	return fmt.Sprintf("exec: the command's %s was not copied out: %v", e.Stream, e.Err)
 }
 
 func (e *OutputError) Unwrap() error { return e.Err }
@@ -436,24 +437,20 @@ func (e *OutputError) Unwrap() error { return e.Err }
 // copyOut copies the output stream s to w. A write that fails ends the
 // copy and resets s: the board then drops that output instead of waiting
 // for a window nobody opens again (the command would block on its pipe,
-// and its record, even a canceled one's, would never come).
-func (e *execStreams) copyOut(name string, w io.Writer, s *transport.Stream) {
+// and its record, even a canceled one's, would never come). It returns
+// that failure, an *OutputError, or nil.
+func copyOut(name string, w io.Writer, s *transport.Stream) error {
 	buf := make([]byte, 32<<10)
 	for {
 		n, rerr := s.Read(buf)
 		if n > 0 {
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				s.Reset(name + " not read: its writer failed")
-				e.mu.Lock()
-				if e.lost == nil {
-					e.lost = &OutputError{Stream: name, Err: werr}
-				}
-				e.mu.Unlock()
-				return
+				return &OutputError{Stream: name, Err: werr}
 			}
 		}
 		if rerr != nil {
-			return
+			return nil // the stream's end, or the session's: Exec's error says
 		}
 	}
 }
@@ -491,7 +488,13 @@ func (e *execStreams) open(r ExecRequest, stdout, stderr, stdinID *uint32) (*tra
 		if err != nil {
 			return nil, err
 		}
-		e.copies.Go(func() { e.copyOut(out.name, out.w, s) })
+		e.copies.Go(func() {
+			if err := copyOut(out.name, out.w, s); err != nil {
+				e.mu.Lock()
+				e.lost = cmp.Or(e.lost, err)
+				e.mu.Unlock()
+			}
+		})
 	}
 	if r.Stdin == nil {
 		return nil, nil

@@ -202,7 +202,8 @@ func (w *failAfter) Write(p []byte) (int, error) {
 // command is not held up by a window nobody opens again (its 8 MiB are
 // far beyond it) and ends, and Exec returns its record with an
 // *OutputError naming the stream and the writer's error; the other
-// stream is copied whole. Before, Exec waited for ever.
+// stream is copied whole. The same for Shell's terminal. Before, both
+// waited for ever.
 func TestExecOutputWriterFails(t *testing.T) {
 	b := startBoard(t, agent.Config{})
 	c := dial(t, b.ws.URL())
@@ -217,6 +218,12 @@ func TestExecOutputWriterFails(t *testing.T) {
 	log, err := c.ExecLog(context.Background(), 1)
 	if err != nil || len(log) != 1 || log[0].StdoutBytes != 8<<20 {
 		t.Fatalf("the board's record: %+v %v", log, err)
+	}
+	// The same on a terminal.
+	res, err = c.Shell(context.Background(), dispatcher.ShellRequest{Argv: []string{"sh", "-c",
+		`head -c 8388608 /dev/zero; exit 4`}, Stdout: &failAfter{n: 100 << 10, err: full}})
+	if !errors.As(err, &oe) || oe.Stream != "terminal output" || !errors.Is(err, full) || res.ExitCode != 4 {
+		t.Fatalf("on a terminal: got %+v, %v", res, err)
 	}
 }
 

@@ -45,7 +45,8 @@ var ErrNoTerminal = errors.New("the agent runs no command on a terminal")
 
 // Shell runs a command on a terminal on the board and returns its final
 // record once the terminal's output has been copied out. Canceling ctx
-// sends TERM to the command, as Exec does. A Read of Stdin still pending
+// sends TERM to the command, as Exec does; a Stdout that fails is an
+// *OutputError, with the record. A Read of Stdin still pending
 // when it returns is left to end by itself (a terminal may never reach
 // EOF); nothing else outlives the call.
 func (c *Client) Shell(ctx context.Context, r ShellRequest) (proto.ExecResult, error) {
@@ -82,9 +83,10 @@ func (c *Client) Shell(ctx context.Context, r ShellRequest) (proto.ExecResult, e
 		stdout = io.Discard
 	}
 	copied := make(chan struct{})
+	var lost error // read once copied is closed
 	go func() {
 		defer close(copied)
-		_, _ = io.Copy(stdout, out)
+		lost = copyOut("terminal output", stdout, out)
 	}()
 	// On every way out, nothing writes Stdout any more.
 	defer func() {
@@ -119,7 +121,7 @@ func (c *Client) Shell(ctx context.Context, r ShellRequest) (proto.ExecResult, e
 	}
 	<-copied // the output up to its FIN
 	log.Debug("shell ended", "id", started.ID, "exit_code", res.ExitCode, "signal", res.Signal)
-	return res, nil
+	return res, lost
 }
 
 // loginShell is the argv that asks the agent for its user's login shell.
