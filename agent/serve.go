@@ -94,7 +94,7 @@ func (s *WebSocketServer) Start(context.Context) error {
 	}
 	serveLn := s.ln
 	if tlsConf != nil {
-		serveLn = tls.NewListener(s.ln, tlsConf)
+		serveLn = tls.NewListener(wslink.BatchListener(s.ln), tlsConf)
 	}
 	go func() {
 		if err := s.srv.Serve(serveLn); err != nil && !errors.Is(err, http.ErrServerClosed) {

@@ -121,7 +121,7 @@ func dialTLS(ctx context.Context, u *url.URL, cfg Config) (*tls.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", u.Redacted(), err)
 	}
-	conn := tls.Client(raw, &tls.Config{
+	conn := tls.Client(&batchConn{Conn: raw}, &tls.Config{
 		ServerName: u.Hostname(),
 		MinVersion: tls.VersionTLS13,
 		// The chain of a self-signed certificate proves nothing: the

@@ -11,4 +11,8 @@
 // that stays silent longer than PongWait is dead.
 // Close performs the close handshake. The server checks the bearer token in
 // constant time before upgrading and answers 401 without it.
+//
+// Over TLS a large message goes out in one write of the TCP connection
+// (Dial's, or a BatchListener's beneath a TLS listener), not one per TLS
+// record: a 256 KiB transfer frame was 17 system calls.
 package wslink

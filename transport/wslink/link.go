@@ -107,6 +107,9 @@ type Link struct {
 	// torn: a write failed (timed out), and may have left part of a TLS
 	// record on the wire. See finish.
 	torn atomic.Bool
+	// batch gathers a large message's TLS records into one write (nil:
+	// not TLS, or a connection not made by Dial or a BatchListener).
+	batch *batchConn
 }
 
 // Peer is the other end of a link as the HTTP exchange showed it.
@@ -212,7 +215,7 @@ func newLink(ws *websocket.Conn, cfg Config) *Link {
 	cfg = cfg.withDefaults()
 	l := &Link{ws: ws, cfg: cfg, wsem: make(chan struct{}, 1),
 		closing: make(chan struct{}), readDone: make(chan struct{}), stopped: make(chan struct{}),
-		pong: make(chan string, 1)}
+		pong: make(chan string, 1), batch: batcher(ws)}
 	ws.SetReadLimit(cfg.HardLimit)
 	alive := func(string) error { return ws.SetReadDeadline(time.Now().Add(cfg.PongWait)) }
 	_ = alive("")
@@ -312,8 +315,25 @@ func (l *Link) writeParts(ctx context.Context, t int, parts ...[]byte) error {
 	return nil
 }
 
-// write writes parts on the WebSocket as one message.
+// write writes parts on the WebSocket as one message; a large one on a
+// TLS link in one write of the connection beneath (see batchConn).
 func (l *Link) write(t int, parts [][]byte) error {
+	size := 0
+	for _, p := range parts {
+		size += len(p)
+	}
+	if l.batch == nil || size < batchMin {
+		return l.writeWS(t, parts)
+	}
+	l.batch.begin()
+	err := l.writeWS(t, parts)
+	if ferr := l.batch.end(); err == nil {
+		err = ferr
+	}
+	return err
+}
+
+func (l *Link) writeWS(t int, parts [][]byte) error {
 	if len(parts) == 1 {
 		return l.ws.WriteMessage(t, parts[0])
 	}

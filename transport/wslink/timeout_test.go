@@ -64,6 +64,16 @@ func (c *cutConn) Write(p []byte) (int, error) {
 // had timed out, where it should read the connection's end. Here the
 // peer starts reading once the write timed out, while the link closes.
 func TestWriteTimeoutEndsAsEOF(t *testing.T) {
+	// Its messages, 64 KiB, are batched on a BatchListener's connection
+	// (see batchConn): a batch's write that timed out must end it as well.
+	for _, batched := range []bool{false, true} {
+		t.Run(map[bool]string{false: "records", true: "batched"}[batched], func(t *testing.T) {
+			writeTimeoutEndsAsEOF(t, batched)
+		})
+	}
+}
+
+func writeTimeoutEndsAsEOF(t *testing.T, batched bool) {
 	_, key, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -87,6 +97,9 @@ func TestWriteTimeoutEndsAsEOF(t *testing.T) {
 	ts := httptest.NewUnstartedServer(srv)
 	conns := make(chan *cutConn, 1)
 	ts.Listener = cutListener{Listener: ts.Listener, conns: conns}
+	if batched {
+		ts.Listener = BatchListener(ts.Listener)
+	}
 	ts.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
 	ts.StartTLS()
 	defer ts.Close()
