@@ -29,21 +29,6 @@ func (c *countConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-type countListener struct {
-	net.Listener
-	conns chan *countConn
-}
-
-func (l countListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	cc := &countConn{Conn: c}
-	l.conns <- cc
-	return cc, nil
-}
-
 // TestBatchedMessages: over wss://, a bulk frame (256 KiB) goes out in one
 // write of the TCP connection, from the side that dialled and from a
 // BatchListener's, where crypto/tls alone writes each of its 17 records
@@ -99,7 +84,8 @@ func echoBulk(t *testing.T, cfg Config) (clientMax, serverMax int64) {
 		<-ctx.Done()
 	}})
 	conns := make(chan *countConn, 1)
-	ts.Listener = BatchListener(countListener{Listener: ts.Listener, conns: conns})
+	ts.Listener = BatchListener(tapListener[*countConn]{Listener: ts.Listener, conns: conns,
+		wrap: func(c net.Conn) *countConn { return &countConn{Conn: c} }})
 	ts.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
 	ts.StartTLS()
 	defer ts.Close()

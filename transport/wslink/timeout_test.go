@@ -21,23 +21,25 @@ import (
 	"github.com/boardlink/boardlink/transport"
 )
 
-// cutListener's connections count what is written on them after a write
-// that timed out.
-type cutListener struct {
+// tapListener wraps each connection it accepts and hands the wrapper to
+// the test on conns.
+type tapListener[C net.Conn] struct {
 	net.Listener
-	conns chan *cutConn
+	wrap  func(net.Conn) C
+	conns chan C
 }
 
-func (l cutListener) Accept() (net.Conn, error) {
+func (l tapListener[C]) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err != nil {
 		return nil, err
 	}
-	cc := &cutConn{Conn: c}
-	l.conns <- cc
-	return cc, nil
+	w := l.wrap(c)
+	l.conns <- w
+	return w, nil
 }
 
+// cutConn counts what is written on it after a write that timed out.
 type cutConn struct {
 	net.Conn
 	cut   atomic.Bool  // a write timed out
@@ -96,7 +98,8 @@ func writeTimeoutEndsAsEOF(t *testing.T, batched bool) {
 	}}
 	ts := httptest.NewUnstartedServer(srv)
 	conns := make(chan *cutConn, 1)
-	ts.Listener = cutListener{Listener: ts.Listener, conns: conns}
+	ts.Listener = tapListener[*cutConn]{Listener: ts.Listener, conns: conns,
+		wrap: func(c net.Conn) *cutConn { return &cutConn{Conn: c} }}
 	if batched {
 		ts.Listener = BatchListener(ts.Listener)
 	}
