@@ -29,9 +29,16 @@ const (
 var grubModules = []string{"part_gpt", "fat", "ext2", "normal", "configfile", "linux", "loadenv",
 	"echo", "test", "regexp", "search", "search_label", "search_fs_uuid", "probe", "reboot", "halt", "sleep"}
 
-// vfatModules are the kernel modules the initramfs loads to mount the
-// ESP, where the grubenv is (the cloud kernel builds them as modules).
-var vfatModules = []string{"fs/fat/fat.ko", "fs/fat/vfat.ko", "fs/nls/nls_cp437.ko", "fs/nls/nls_ascii.ko"}
+// bootModules are the kernel modules /init loads, in this order, each after
+// those it depends on (the initramfs has no module index; the cloud kernel
+// builds them as modules): virtio-blk for the disk, then vfat to mount the
+// ESP, where the grubenv is.
+var bootModules = []string{
+	"drivers/virtio/virtio_ring.ko", "drivers/virtio/virtio.ko",
+	"drivers/virtio/virtio_pci_legacy_dev.ko", "drivers/virtio/virtio_pci_modern_dev.ko",
+	"drivers/virtio/virtio_pci.ko", "drivers/block/virtio_blk.ko",
+	"fs/fat/fat.ko", "fs/fat/vfat.ko", "fs/nls/nls_cp437.ko", "fs/nls/nls_ascii.ko",
+}
 
 //go:embed files
 var files embed.FS
@@ -133,7 +140,7 @@ func (c *Cache) grubEFI(ctx context.Context, modDir string) (string, error) {
 }
 
 // initramfs makes the boards' initramfs: busybox and its applets, /init
-// (files/init), the agent, the vfat modules, and grub-editenv with the
+// (files/init), the agent, the disk's and vfat's modules, and grub-editenv with the
 // shared libraries it needs, taken from this host (an x86_64 Linux too).
 func (c *Cache) initramfs(ctx context.Context, agent, busybox, modules string) (string, error) {
 	editenv, err := lookTool("grub-editenv")
@@ -145,7 +152,7 @@ func (c *Cache) initramfs(ctx context.Context, agent, busybox, modules string) (
 		return "", err
 	}
 	inputs := append([]string{agent, busybox, editenv}, libs...)
-	for _, m := range vfatModules {
+	for _, m := range bootModules {
 		inputs = append(inputs, filepath.Join(modules, m))
 	}
 	k, err := fileKey(inputs...)
@@ -185,11 +192,14 @@ func (c *Cache) initramfs(ctx context.Context, agent, busybox, modules string) (
 				return err
 			}
 		}
-		for _, m := range vfatModules {
+		var load []string
+		for _, m := range bootModules {
 			if err := addFile(t, "/lib/modules/"+filepath.Base(m), filepath.Join(modules, m), 0o644); err != nil {
 				return err
 			}
+			load = append(load, filepath.Base(m))
 		}
+		t.File("/lib/modules/load", 0o644, []byte(strings.Join(load, "\n")+"\n"))
 		for src, dst := range map[string]string{"init": "/init", "reboot": "/sbin/board-reboot"} {
 			b, err := files.ReadFile("files/" + src)
 			if err != nil {

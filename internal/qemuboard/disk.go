@@ -25,7 +25,7 @@ const (
 
 // Slot and data partitions as the booted kernel names them.
 const (
-	diskDev  = "/dev/nvme0n1"
+	diskDev  = "/dev/vda"
 	grubenv  = "/boot/grub/grubenv" // on the ESP
 	espMount = "/boot/efi"          // where /init mounts the ESP
 	dataDir  = "/data"              // where /init mounts the data partition
@@ -259,7 +259,7 @@ func (c *Cache) dataImage(ctx context.Context, spec Spec, dir string) (string, e
 		ID:            spec.ID,
 		Model:         spec.Model,
 		Boot:          "grub",
-		Slots:         map[string]string{"A": diskDev + "p2", "B": diskDev + "p3"},
+		Slots:         map[string]string{"A": diskDev + "2", "B": diskDev + "3"},
 		BootEnv:       espMount + grubenv,
 		RebootCommand: "/sbin/board-reboot",
 		Roots:         []string{dataDir + "/files", "/tmp"},
