@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/boardlink/boardlink/dispatcher"
+	"github.com/boardlink/boardlink/internal/qemuboard"
 )
 
 // figures logs what the agent costs and gives over the emulated UART,
@@ -154,7 +155,7 @@ func (s *shell) readUntil(ctx context.Context, text string) []byte {
 		n, err := s.Read(chunk)
 		s.buf = append(s.buf, chunk[:n]...)
 		if err != nil {
-			s.t.Fatalf("shell: waiting for %q: %v; got %q", text, err, tail(s.buf, 5))
+			s.t.Fatalf("shell: waiting for %q: %v; got %q", text, err, qemuboard.Tail(s.buf, 5))
 		}
 	}
 }

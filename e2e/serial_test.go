@@ -178,7 +178,7 @@ func checkBoard(ctx context.Context, t *testing.T, b *board) {
 		}
 		for _, want := range []string{"Welcome to GRUB!", "Booting `Linux (slot A)'", "Linux version ", "Run /init as init process", "boardlink-init: starting boardlinkd"} {
 			if !bytes.Contains(boot, []byte(want)) {
-				t.Errorf("the console log of reboot --wait has no %q:\n%s", want, tail(boot, 40))
+				t.Errorf("the console log of reboot --wait has no %q:\n%s", want, qemuboard.Tail(boot, 40))
 			}
 		}
 	}

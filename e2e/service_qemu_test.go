@@ -133,7 +133,7 @@ boards:
 		}
 	}
 	if kernel == "" {
-		t.Fatalf("no kernel line on ttyS0 after the reset:\n%s", tail(b.Console()[consoleAt:], 40))
+		t.Fatalf("no kernel line on ttyS0 after the reset:\n%s", qemuboard.Tail(b.Console()[consoleAt:], 40))
 	}
 	var rec bytes.Buffer
 	if err := c.Console(ctx, "qemu-svc", stopped.Format(time.RFC3339Nano), false, &rec); err != nil {
@@ -141,7 +141,7 @@ boards:
 	}
 	for _, w := range []string{"Booting `Linux (slot A)'", kernel, "boardlink-init: starting boardlinkd"} {
 		if !strings.Contains(rec.String(), w) {
-			t.Errorf("the service's console record since the agent stopped has no %q:\n%s", w, tail(rec.Bytes(), 60))
+			t.Errorf("the service's console record since the agent stopped has no %q:\n%s", w, qemuboard.Tail(rec.Bytes(), 60))
 		}
 	}
 }

@@ -156,7 +156,7 @@ func buildBoard(ctx context.Context, t *testing.T, spec qemuboard.Spec) *board {
 	t.Cleanup(func() {
 		b.Kill()
 		if t.Failed() {
-			t.Logf("the console of %s (%s), last lines:\n%s", spec.ID, b.ConsoleLog(), tail(b.Console(), 120))
+			t.Logf("the console of %s (%s), last lines:\n%s", spec.ID, b.ConsoleLog(), qemuboard.Tail(b.Console(), 120))
 		}
 	})
 	return b
@@ -303,11 +303,6 @@ func (b *board) waitConsole(ctx context.Context, text string) {
 	if _, err := b.WaitConsole(ctx, b.started, text); err != nil {
 		b.t.Fatal(err)
 	}
-}
-
-func tail(b []byte, lines int) string {
-	ls := strings.Split(string(b), "\n")
-	return strings.Join(ls[max(0, len(ls)-lines):], "\n")
 }
 
 func indent(s string) string {

@@ -64,7 +64,7 @@ func qemuBoard(ctx context.Context, t *testing.T) *qemuboard.Board {
 	t.Cleanup(func() {
 		b.Kill()
 		if t.Failed() {
-			t.Logf("the console:\n%s", b.Console())
+			t.Logf("the console (%s), last lines:\n%s", b.ConsoleLog(), qemuboard.Tail(b.Console(), 120))
 		}
 	})
 	if err := b.Start(ctx); err != nil {

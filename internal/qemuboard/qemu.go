@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -259,6 +260,13 @@ func (b *Board) QMP(ctx context.Context, command string) (json.RawMessage, error
 func (b *Board) Console() []byte {
 	out, _ := os.ReadFile(b.ConsoleLog())
 	return out
+}
+
+// Tail is the last lines of a console (or of a part of it), where a
+// failed boot says why: what a test logs, since whole consoles get cut.
+func Tail(console []byte, lines int) string {
+	ls := strings.Split(string(console), "\n")
+	return strings.Join(ls[max(0, len(ls)-lines):], "\n")
 }
 
 // WaitConsole waits until text appears on ttyS0 at or after offset from,

@@ -154,3 +154,15 @@ func TestCachePrunesUnusedEntries(t *testing.T) {
 		}
 	}
 }
+
+func TestTail(t *testing.T) {
+	console := []byte("one\ntwo\nthree\nfour")
+	for _, c := range []struct {
+		lines int
+		want  string
+	}{{2, "three\nfour"}, {4, "one\ntwo\nthree\nfour"}, {9, "one\ntwo\nthree\nfour"}, {0, ""}} {
+		if got := Tail(console, c.lines); got != c.want {
+			t.Errorf("Tail(%d) = %q, want %q", c.lines, got, c.want)
+		}
+	}
+}
