@@ -140,8 +140,9 @@ func (c *Cache) grubEFI(ctx context.Context, modDir string) (string, error) {
 }
 
 // initramfs makes the boards' initramfs: busybox and its applets, /init
-// (files/init), the agent, the disk's and vfat's modules, and grub-editenv with the
-// shared libraries it needs, taken from this host (an x86_64 Linux too).
+// (files/init), the agent, the disk's and vfat's modules, and grub-editenv
+// with the shared libraries it needs, taken from this host (an x86_64
+// Linux too).
 func (c *Cache) initramfs(ctx context.Context, agent, busybox, modules string) (string, error) {
 	editenv, err := lookTool("grub-editenv")
 	if err != nil {

@@ -8,9 +8,9 @@
 //
 // Everything is built by the test, as an ordinary user, into a cache
 // directory keyed by content (Cache): the static agent, the initramfs
-// (busybox-static, the virtio-blk and vfat modules, grub-editenv and its libraries), the
-// kernel, GRUB's EFI image and OVMF, the last four from Debian packages
-// fetched with apt-get download and unpacked with dpkg-deb. Each board
+// (busybox-static, the virtio-blk and vfat modules, grub-editenv and its
+// libraries), the kernel, GRUB's EFI image and OVMF, the last four from
+// Debian packages fetched with apt-get download and unpacked with dpkg-deb. Each board
 // then gets a disk of its own (Build): a GPT with the EFI system partition
 // (GRUB, grub.cfg, grubenv, the kernel and the initramfs, shared by both
 // slots), slot A, slot B and a data partition for the agent's state.
