@@ -217,7 +217,10 @@ func (s *Service) execSession(ctx context.Context, ws *websocket.Conn, c *call) 
 	// it as slowly as it likes (a pager, a terminal on hold); one gone
 	// is heard no more (it pings as the service does), and readInput
 	// then closes the socket under the write.
-	w := newWSWriter(ws, streamPing, 0, func(err error) { cancel(fmt.Errorf("%w: %w", errClientLeft, err)) })
+	w := newWSWriter(ws, streamPing, 0, func(err error) {
+		_ = wslink.Abort(ws) // ends readInput's read of a client gone
+		cancel(fmt.Errorf("%w: %w", errClientLeft, err))
+	})
 	ws.SetReadLimit(maxBody) // the start message, as a POST's body
 	_ = ws.SetReadDeadline(time.Now().Add(startWait))
 	req, err := readStart(ws)
@@ -263,7 +266,16 @@ func (s *Service) execSession(ctx context.Context, ws *websocket.Conn, c *call) 
 			detail += "; canceled: " + out.Canceled
 		}
 	}
-	ws.Close() // ends readInput's read
+	// The client closes its end once it has read the outcome, which ends
+	// readInput's read. Closing first would answer its pongs still on
+	// the way with a reset, which some systems let cost the client what
+	// it has not read yet. A client that does not close is not waited
+	// for longer than its close frame was.
+	select {
+	case <-read:
+	case <-time.After(writeWait):
+	}
+	ws.Close()
 	<-read
 	return detail
 }
@@ -364,7 +376,10 @@ type wsWriter struct {
 	pongs   chan string   // the last ping not answered yet
 	closing chan struct{} // closed by finish
 	gone    chan struct{} // closed when it stops writing
-	onFail  func(error)   // called if a write fails (nil: nothing)
+	// onFail is called if a write fails (nil: nothing), and the writer
+	// stops. It leaves the socket open: what the peer sent before it
+	// left is still there for the reader.
+	onFail func(error)
 }
 
 func newWSWriter(ws *websocket.Conn, ping, wait time.Duration, onFail func(error)) *wsWriter {
@@ -404,7 +419,6 @@ func (w *wsWriter) loop(every, wait, closeWait time.Duration) {
 			return
 		}
 		if err != nil {
-			_ = wslink.Abort(w.ws) // no TLS alert behind a torn record
 			if w.onFail != nil {
 				w.onFail(err)
 			}

@@ -1,10 +1,12 @@
 package service
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -294,5 +296,53 @@ func TestExecStreamClientGone(t *testing.T) {
 	// up (waited for: its goroutines read the clocks shortClocks restores).
 	if out, err := r.wait(t); err == nil {
 		t.Fatalf("the client, through a frozen relay: %+v", out)
+	}
+}
+
+// TestWSWriterFailureKeepsReading: a peer that sent its last messages
+// and closed makes the other end's next writes fail (its socket answers
+// them with a reset). The writer stops and says so, and leaves the
+// socket open: the messages already received are all still read. (An
+// exec stream's client lost the tail of a command's output so, when a
+// pong to a service that had closed failed before it had read it all.)
+func TestWSWriterFailureKeepsReading(t *testing.T) {
+	const n, size = 8, 8 << 10 // within the sockets' buffers
+	closed := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := streamUpgrader.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer close(closed)
+		defer ws.Close()
+		for i := range n {
+			if ws.WriteMessage(websocket.BinaryMessage, bytes.Repeat([]byte{byte(i)}, size)) != nil {
+				return
+			}
+		}
+		_ = ws.WriteMessage(websocket.TextMessage, []byte("end"))
+	}))
+	defer srv.Close()
+	ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	<-closed
+	failed := make(chan error, 1)
+	w := newWSWriter(ws, 0, 0, func(err error) { failed <- err })
+	for w.send(websocket.TextMessage, []byte("pong")) == nil {
+	}
+	if err := <-failed; err == nil {
+		t.Fatal("the writer stopped without a failure")
+	}
+	for i := range n {
+		kind, raw, err := ws.ReadMessage()
+		if err != nil || kind != websocket.BinaryMessage || !bytes.Equal(raw, bytes.Repeat([]byte{byte(i)}, size)) {
+			t.Fatalf("message %d after the writer failed: %d, %d bytes, %v", i, kind, len(raw), err)
+		}
+	}
+	if kind, raw, err := ws.ReadMessage(); err != nil || kind != websocket.TextMessage || string(raw) != "end" {
+		t.Fatalf("the last message: %d %q %v", kind, raw, err)
 	}
 }
