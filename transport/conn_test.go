@@ -1,6 +1,7 @@
 package transport_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -585,5 +586,61 @@ func TestSetChunk(t *testing.T) {
 		if got := link.largest.Load(); got != int64(tc.want) {
 			t.Errorf("chunk %d: the largest frame carried %d bytes, want %d", tc.chunk, got, tc.want)
 		}
+	}
+}
+
+// failAfter is a writer that takes n bytes and then fails.
+type failAfter struct{ n int }
+
+var errWriterFull = errors.New("the writer is full")
+
+func (f *failAfter) Write(p []byte) (int, error) {
+	if len(p) > f.n {
+		n := f.n
+		f.n = 0
+		return n, errWriterFull
+	}
+	f.n -= len(p)
+	return len(p), nil
+}
+
+// WriteTo hands the frames on as they came: every byte once and in
+// order, after a Read that took part of a frame, beyond the window (so
+// the credit it grants flows back), nil at the peer's FIN; and a write
+// that fails ends it with that error and the bytes written.
+func TestStreamWriteTo(t *testing.T) {
+	c := dial(t, testServer(t, "", wslink.Config{}, testHandler), "", nil)
+	in, _ := c.OpenStream()
+	out, _ := c.OpenStream()
+	if err := c.Call(context.Background(), "upper", map[string]uint32{"In": in.ID(), "Out": out.ID()}, nil); err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 3<<20)
+	rand.Read(data)
+	go func() {
+		in.Write(data)
+		in.CloseWrite()
+	}()
+	head := make([]byte, 100) // less than the first frame
+	if _, err := io.ReadFull(out, head); err != nil {
+		t.Fatal(err)
+	}
+	var rest bytes.Buffer
+	n, err := out.WriteTo(&rest)
+	if err != nil || n != int64(len(data)-len(head)) {
+		t.Fatalf("WriteTo: %d bytes, %v", n, err)
+	}
+	if got := append(head, rest.Bytes()...); !bytes.Equal(got, flip(data)) {
+		t.Fatalf("stream data differs (%d bytes back)", len(got))
+	}
+
+	produced.Store(0)
+	s, _ := c.OpenStream()
+	if err := c.Call(context.Background(), "produce", map[string]any{"Out": s.ID(), "N": 4 * proto.StreamWindow}, nil); err != nil {
+		t.Fatal(err)
+	}
+	w := &failAfter{n: proto.StreamWindow + 10}
+	if n, err := s.WriteTo(w); !errors.Is(err, errWriterFull) || n != proto.StreamWindow+10 {
+		t.Fatalf("WriteTo a writer that fails: %d bytes, %v", n, err)
 	}
 }

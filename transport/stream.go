@@ -179,32 +179,81 @@ func (s *Stream) Read(p []byte) (int, error) {
 			} else {
 				s.buf[0].data = s.buf[0].data[n:]
 			}
-			s.unacked += n
-			grant := 0
-			// Grant credit back in batches, not per read.
-			if s.unacked >= s.size/4 || (len(s.buf) == 0 && s.unacked >= s.size/16) {
-				grant, s.unacked = s.unacked, 0
-				s.window += grant
-			}
-			open := s.err == nil && !s.finIn
-			s.mu.Unlock()
-			if grant > 0 && open {
-				s.c.queueCredit(s, grant)
-			}
+			s.consumedLocked(n)
 			return n, nil
 		}
-		switch {
-		case s.finIn:
-			s.mu.Unlock()
-			return 0, io.EOF
-		case s.err != nil:
-			err := s.err
-			s.mu.Unlock()
+		if err := s.endLocked(); err != nil {
 			return 0, err
 		}
-		s.mu.Unlock()
 		<-s.readable
 	}
+}
+
+// WriteTo writes what the peer sends to w, each frame's payload as it
+// came, until the peer's FIN (nil, as io.Copy takes it) or an error: a
+// bulk copy out of the stream (a pull) writes the link's buffers in place
+// instead of copying them into its own first. It makes Stream an
+// io.WriterTo, which io.Copy uses.
+func (s *Stream) WriteTo(w io.Writer) (int64, error) {
+	var written int64
+	for {
+		s.mu.Lock()
+		if len(s.buf) == 0 {
+			switch err := s.endLocked(); err {
+			case nil:
+				<-s.readable
+				continue
+			case io.EOF:
+				return written, nil
+			default:
+				return written, err
+			}
+		}
+		c := s.buf[0]
+		s.buf[0] = chunk{}
+		s.buf = s.buf[1:]
+		s.mu.Unlock()
+		n, err := w.Write(c.data)
+		written += int64(n)
+		s.c.recycle(c.msg) // w keeps nothing of it (io.Writer's rule)
+		s.mu.Lock()
+		s.consumedLocked(len(c.data))
+		if err == nil && n < len(c.data) {
+			err = io.ErrShortWrite
+		}
+		if err != nil {
+			return written, err
+		}
+	}
+}
+
+// consumedLocked counts n bytes read out of the stream and grants the
+// peer credit back, in batches rather than per read; it unlocks s.mu.
+func (s *Stream) consumedLocked(n int) {
+	s.unacked += n
+	grant := 0
+	if s.unacked >= s.size/4 || (len(s.buf) == 0 && s.unacked >= s.size/16) {
+		grant, s.unacked = s.unacked, 0
+		s.window += grant
+	}
+	open := s.err == nil && !s.finIn
+	s.mu.Unlock()
+	if grant > 0 && open {
+		s.c.queueCredit(s, grant)
+	}
+}
+
+// endLocked is why a read of s finds nothing more, io.EOF after the
+// peer's FIN, or nil while more may come; it unlocks s.mu.
+func (s *Stream) endLocked() error {
+	defer s.mu.Unlock()
+	switch {
+	case s.finIn:
+		return io.EOF
+	case s.err != nil:
+		return s.err
+	}
+	return nil
 }
 
 // Write sends p, waiting for credit as the peer's reader consumes data.

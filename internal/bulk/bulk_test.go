@@ -11,11 +11,16 @@ import (
 )
 
 // Every byte arrives once and in order, and the hash is of those bytes,
-// for sizes around the block, by Copy and by CopyInline.
+// for sizes around the block, by Copy and by CopyInline, from a source
+// that writes its own buffers (bytes.Reader is an io.WriterTo) and from
+// one that is only read.
 func TestCopyIntact(t *testing.T) {
 	copies := map[string]func(io.Writer, io.Reader, hash.Hash) (int64, error){
 		"Copy":       func(dst io.Writer, src io.Reader, h hash.Hash) (int64, error) { return Copy(dst, src, -1, h, nil) },
 		"CopyInline": CopyInline,
+		"CopyInline, read": func(dst io.Writer, src io.Reader, h hash.Hash) (int64, error) {
+			return CopyInline(dst, struct{ io.Reader }{src}, h)
+		},
 	}
 	for name, copyFn := range copies {
 		for _, size := range []int{0, 1, Block - 1, Block, Block + 1, 7*Block + 13} {
