@@ -164,7 +164,7 @@ func (c *Cache) initramfs(ctx context.Context, agent, busybox, modules string) (
 	if err != nil {
 		return "", err
 	}
-	dir, err := c.entry("initramfs", key([]byte(k), []byte(scripts)), func(dir string) error {
+	dir, err := c.entry("initramfs", key([]byte(k), []byte(scripts), []byte(diskDev)), func(dir string) error {
 		t := newTree()
 		for _, d := range []string{"/proc", "/sys", "/dev", "/run", "/tmp", "/boot/efi", "/data", "/slot", "/root", "/usr/bin", "/sbin"} {
 			t.mkdirAll(d)
@@ -201,6 +201,7 @@ func (c *Cache) initramfs(ctx context.Context, agent, busybox, modules string) (
 			load = append(load, filepath.Base(m))
 		}
 		t.File("/lib/modules/load", 0o644, []byte(strings.Join(load, "\n")+"\n"))
+		t.File("/etc/boardlink-disk", 0o644, []byte(diskDev+"\n")) // /init's disk, as the agent's slots name it
 		for src, dst := range map[string]string{"init": "/init", "reboot": "/sbin/board-reboot"} {
 			b, err := files.ReadFile("files/" + src)
 			if err != nil {

@@ -41,7 +41,8 @@ func TestGrubConfigIsTheDocs(t *testing.T) {
 	for _, want := range []string{
 		"load_env boot_slot trial_slot trial_booted\n",
 		"save_env trial_slot trial_booted\n",
-		"linux /vmlinuz root=/dev/vda${slot_part} ro panic=5 boardlink.slot=${slot} console=ttyS0,115200 loglevel=7\n",
+		// The slot's partition on the disk the agent's slots name.
+		"linux /vmlinuz root=" + diskDev + "${slot_part} ro panic=5 boardlink.slot=${slot} console=ttyS0,115200 loglevel=7\n",
 	} {
 		if !bytes.Contains(cfg, []byte(want)) {
 			t.Errorf("grub.cfg has no %q:\n%s", want, cfg)
