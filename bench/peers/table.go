@@ -22,11 +22,14 @@ type variant struct {
 }
 
 // interleave times n rounds of every variant, one after the other in each
-// round (A, B, C, A, B, C, ...), so that all see the same machine.
+// round, so that all see the same machine; each round starts one variant
+// further (A B C, B C A, C A B, ...), so that none always runs first or
+// always after the same one (after an ssh session's processes, say).
 func interleave(ctx context.Context, n int, vs ...variant) (map[string][]time.Duration, error) {
 	times := map[string][]time.Duration{}
-	for range n {
-		for _, v := range vs {
+	for r := range n {
+		for i := range vs {
+			v := vs[(i+r)%len(vs)]
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
