@@ -319,7 +319,10 @@ func transferRows(ctx context.Context, e *benchEnv, where string, d transferDirs
 // measure times n rounds of vs, after an untimed warm-up round if warm
 // (first calls pay for page faults and caches), and pairs each of the
 // first nbl variants (boardlink's) with each of the others (the peers');
-// size is the bytes each run moves, for a transfer.
+// size is the bytes each run moves, for a transfer. A transfer's rows are
+// followed by the same pairs of the CPU the whole machine spent per run
+// (both ends, the kernel's work included): far steadier than its wall
+// time on a machine whose two cores both ends share.
 func measure(ctx context.Context, n int, warm bool, what string, vs []variant, nbl int, size int64) ([]row, error) {
 	if warm {
 		if _, err := interleave(ctx, 1, vs...); err != nil {
@@ -330,13 +333,18 @@ func measure(ctx context.Context, n int, warm bool, what string, vs []variant, n
 	if err != nil {
 		return nil, err
 	}
-	var rows []row
+	var rows, cpu []row
 	for _, peer := range vs[nbl:] {
 		for _, bl := range vs[:nbl] {
-			rows = append(rows, pair(what, bl.name, peer.name, times, size))
+			rows = append(rows, pair(what, bl.name, peer.name, times.wall, size))
+			if size > 0 && len(times.cpu[bl.name]) == n && len(times.cpu[peer.name]) == n {
+				r := pair(what+cpuWhat, bl.name, peer.name, times.cpu, 0)
+				r.cpu = true
+				cpu = append(cpu, r)
+			}
 		}
 	}
-	return rows, nil
+	return append(rows, cpu...), nil
 }
 
 // checkCopy fails unless the file at path hashes to sum.

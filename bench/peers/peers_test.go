@@ -97,6 +97,24 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("case %q: %d rows missing (negative: too many)", c, left)
 		}
 	}
+	// Each transfer's pairs again, of the machine's CPU per run: a ratio,
+	// or none where a 1 MiB run took less than a tick.
+	cpuWant := map[string]int{}
+	for _, c := range []string{"push 1 MiB", "pull 1 MiB", "push 1 MiB, tmpfs", "pull 1 MiB, tmpfs"} {
+		if _, ok := want[c]; ok {
+			cpuWant[c] = 4
+		}
+	}
+	cpuRows := regexp.MustCompile(`(?m)^\| ([^|]+)`+regexp.QuoteMeta(cpuWhat)+` \| boardlink [^|]+ \| [^|]+ \| [^|]+ \| [^|]+ \| `+
+		`([0-9.]+ \([0-9.]+× (more|less)\)|none \(under the 10ms tick\)) \| 1 \|$`).FindAllStringSubmatch(s, -1)
+	for _, r := range cpuRows {
+		cpuWant[r[1]]--
+	}
+	for c, left := range cpuWant {
+		if left != 0 {
+			t.Errorf("case %q: %d rows of CPU missing (negative: too many)", c, left)
+		}
+	}
 	for _, p := range []string{"fork/exec /bin/true", "ssh shell /bin/true", "ssh host true", "ssh -S ctl host true",
 		"scp upload", "scp download", "ssh 'cat > f'", "ssh 'cat f'", "sh on a serial line"} {
 		if !peers[p] {

@@ -163,6 +163,30 @@ func procStatus(pid int, field string) (int64, error) {
 // clockTick is the unit of /proc/PID/stat's times: USER_HZ, 100 on Linux.
 const clockTick = 10 * time.Millisecond
 
+// machineCPU returns the CPU time every CPU of the machine spent busy
+// since it booted: user, nice, system, irq and softirq of /proc/stat's
+// first line (not idle, iowait or the hypervisor's steal).
+func machineCPU() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return 0, errors.New("/proc/stat: no cpu line")
+	}
+	var busy int64
+	for _, i := range []int{1, 2, 3, 6, 7} { // user nice system (idle iowait) irq softirq
+		n, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/stat: %w", err)
+		}
+		busy += n
+	}
+	return time.Duration(busy) * clockTick, nil
+}
+
 // procCPU returns the CPU time pid spent, user plus system
 // (utime+stime of /proc/PID/stat).
 func procCPU(pid int) (time.Duration, error) {

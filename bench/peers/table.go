@@ -21,38 +21,50 @@ type variant struct {
 	prep, run, check func(context.Context) error
 }
 
+// timings are each variant's runs: wall is the time of each, cpu the CPU
+// time the whole machine spent meanwhile (empty where /proc/stat cannot
+// be read).
+type timings struct {
+	wall, cpu map[string][]time.Duration
+}
+
 // interleave times n rounds of every variant, one after the other in each
 // round, so that all see the same machine; each round starts one variant
 // further (A B C, B C A, C A B, ...), so that none always runs first or
 // always after the same one (after an ssh session's processes, say).
-func interleave(ctx context.Context, n int, vs ...variant) (map[string][]time.Duration, error) {
-	times := map[string][]time.Duration{}
+func interleave(ctx context.Context, n int, vs ...variant) (timings, error) {
+	times := timings{wall: map[string][]time.Duration{}, cpu: map[string][]time.Duration{}}
 	for r := range n {
 		for i := range vs {
 			v := vs[(i+r)%len(vs)]
 			if err := ctx.Err(); err != nil {
-				return nil, err
+				return timings{}, err
 			}
 			if v.prep != nil {
 				if err := v.prep(ctx); err != nil {
-					return nil, fmt.Errorf("%s: %w", v.name, err)
+					return timings{}, fmt.Errorf("%s: %w", v.name, err)
 				}
 			}
+			cpu0, cerr0 := machineCPU()
 			start := time.Now()
 			err := v.run(ctx)
 			d := time.Since(start)
+			cpu1, cerr1 := machineCPU()
 			if err != nil && ctx.Err() != nil {
-				return nil, fmt.Errorf("%s: %w", v.name, ctx.Err()) // killed by the cancel
+				return timings{}, fmt.Errorf("%s: %w", v.name, ctx.Err()) // killed by the cancel
 			}
 			if err != nil {
-				return nil, fmt.Errorf("%s: %w", v.name, err)
+				return timings{}, fmt.Errorf("%s: %w", v.name, err)
 			}
 			if v.check != nil {
 				if err := v.check(ctx); err != nil {
-					return nil, fmt.Errorf("%s: %w", v.name, err)
+					return timings{}, fmt.Errorf("%s: %w", v.name, err)
 				}
 			}
-			times[v.name] = append(times[v.name], d)
+			times.wall[v.name] = append(times.wall[v.name], d)
+			if cerr0 == nil && cerr1 == nil {
+				times.cpu[v.name] = append(times.cpu[v.name], cpu1-cpu0)
+			}
 		}
 	}
 	return times, nil
@@ -64,12 +76,16 @@ type row struct {
 	bl, peer     string // the variants' names
 	blTs, peerTs []time.Duration
 	size         int64 // bytes moved, for a transfer (MB/s shown)
+	cpu          bool  // the times are CPU times, not wall times
 }
 
 // pair makes the row of variants bl and peer of times.
 func pair(what, bl, peer string, times map[string][]time.Duration, size int64) row {
 	return row{what: what, bl: bl, peer: peer, blTs: times[bl], peerTs: times[peer], size: size}
 }
+
+// cpuWhat ends the case of a row of the machine's CPU times.
+const cpuWhat = ", CPU of the machine"
 
 // cell is a median with its min and max, and with size the median's MB/s.
 func cell(ts []time.Duration, size int64) string {
@@ -102,10 +118,18 @@ func writeRows(w io.Writer, rows []row) {
 	fmt.Fprintln(w, "| case | boardlink | median (min–max) | peer | median (min–max) | ratio | n |")
 	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
 	for _, r := range rows {
-		ratio := float64(benchkit.Median(r.blTs)) / float64(benchkit.Median(r.peerTs))
-		verdict := fmt.Sprintf("%.2f (%.2f× slower)", ratio, ratio)
-		if ratio < 1 {
-			verdict = fmt.Sprintf("%.2f (%.2f× faster)", ratio, 1/ratio)
+		bl, peer := benchkit.Median(r.blTs), benchkit.Median(r.peerTs)
+		ratio := float64(bl) / float64(peer)
+		more, less := "slower", "faster"
+		if r.cpu {
+			more, less = "more", "less"
+		}
+		verdict := fmt.Sprintf("%.2f (%.2f× %s)", ratio, ratio, more)
+		switch {
+		case r.cpu && (bl < clockTick || peer < clockTick):
+			verdict = fmt.Sprintf("none (under the %s tick)", clockTick)
+		case ratio < 1:
+			verdict = fmt.Sprintf("%.2f (%.2f× %s)", ratio, 1/ratio, less)
 		}
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %d |\n", r.what, r.bl, cell(r.blTs, r.size), r.peer, cell(r.peerTs, r.size), verdict, len(r.blTs))
 	}

@@ -148,10 +148,11 @@ func zmodemRow(ctx context.Context, e *benchEnv, c lineCase, i int, tools [2]str
 			return nil
 		}},
 	}
-	times, err := interleave(ctx, e.cfg.runs, vs...)
+	t, err := interleave(ctx, e.cfg.runs, vs...)
 	if err != nil {
 		return row{}, err
 	}
+	times := t.wall
 	frac := func(ts []time.Duration) float64 {
 		return float64(size) / benchkit.Median(ts).Seconds() / (float64(c.baud) / 10)
 	}
