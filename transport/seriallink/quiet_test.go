@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/boardlink/boardlink/internal/testenv"
 	"github.com/boardlink/boardlink/transport"
 	"github.com/boardlink/boardlink/transport/seriallink/linetest"
 )
@@ -71,6 +72,9 @@ func TestQuietAfterPowerCut(t *testing.T) {
 	}
 	t.Logf("to the boot loader: %d bytes (the message's frame, then %d probes unanswered)", atQuiet-before, hcfg.QuietAfter)
 
+	// The line holds what the host wrote until the loader reads it; a close
+	// first would drop the last probe unread (CI, -race).
+	testenv.Eventually(t, "the boot loader to read what the host wrote", func() bool { return got.Load() >= int64(atQuiet-before) })
 	// The board boots its agent; the host, dialing again, first hears it.
 	loader.Close()
 	<-loaderDone
