@@ -114,7 +114,10 @@ func fill(src io.Reader, b []byte, limit *int64, h hash.Hash) (int, error) {
 // hashed and written where the link read them, with no copy into a block.
 func CopyInline(dst io.Writer, src io.Reader, h hash.Hash) (int64, error) {
 	if wt, ok := src.(io.WriterTo); ok {
-		return wt.WriteTo(hashingWriter{dst, h})
+		if h != nil {
+			dst = io.MultiWriter(h, dst)
+		}
+		return wt.WriteTo(dst)
 	}
 	b := make([]byte, Block)
 	limit := int64(-1)
@@ -135,19 +138,6 @@ func CopyInline(dst io.Writer, src io.Reader, h hash.Hash) (int64, error) {
 			return written, err
 		}
 	}
-}
-
-// hashingWriter feeds h, if not nil, with what it writes to w.
-type hashingWriter struct {
-	w io.Writer
-	h hash.Hash
-}
-
-func (hw hashingWriter) Write(p []byte) (int, error) {
-	if hw.h != nil {
-		hw.h.Write(p)
-	}
-	return hw.w.Write(p)
 }
 
 // writebackChunk is how much a DiskWriter writes before it asks the disk
